@@ -1,0 +1,95 @@
+//! The file-system layer every engine file goes through.
+//!
+//! The engine never calls `std::fs` directly: it writes through
+//! [`FileSystem`], so that tests can swap in [`FaultInjectionFs`], which
+//! remembers how much of each file was fsynced and which directory entries
+//! were made durable, and can then simulate a power loss (LevelDB's
+//! fault-injection env). [`OsFs`] is the real implementation; it reads
+//! immutable files through `mmap`.
+
+mod fault;
+mod os;
+
+pub use fault::FaultInjectionFs;
+pub use os::OsFs;
+
+use std::fmt::Debug;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A file opened for appending. Appends may be buffered in user space until
+/// [`WritableFile::flush`]; they are durable only after [`WritableFile::sync`].
+pub trait WritableFile: Send + Sync {
+    /// Appends bytes at the end of the file.
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Hands buffered bytes to the operating system (they now survive a
+    /// process crash, not a power loss).
+    fn flush(&mut self) -> io::Result<()>;
+    /// Flushes, then makes the file's data durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+    /// Bytes appended so far, buffered or not.
+    fn len(&self) -> u64;
+    /// True when nothing has been appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An immutable file whose whole content can be borrowed as one slice.
+pub trait RandomAccessFile: Send + Sync + Debug {
+    /// The file's bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// A held exclusive lock on a file; released when dropped.
+pub trait FileLock: Send + Sync + Debug {}
+
+/// The operations the engine needs from a file system.
+pub trait FileSystem: Send + Sync + Debug {
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates (or truncates) a file for appending.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing file for appending at its end.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens a file for one sequential read.
+    fn open_sequential(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
+    /// Opens an immutable file for random reads.
+    fn open_random(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
+    /// Cuts a file to `len` bytes and makes the new length durable.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames a file, replacing any file at `to`. Durable after `sync_dir`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file. Durable after `sync_dir`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether a file exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Size of a file in bytes.
+    fn file_size(&self, path: &Path) -> io::Result<u64>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path`, failing with `WouldBlock` if it is held.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
+
+    /// Reads a whole (small) file.
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.open_sequential(path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Writes a small file and makes it durable under its final name:
+    /// write to `path.tmp`, fsync, rename, fsync the directory.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut file = self.create(&tmp)?;
+        file.append(data)?;
+        file.sync()?;
+        drop(file);
+        self.rename(&tmp, path)?;
+        self.sync_dir(path.parent().unwrap_or(Path::new(".")))
+    }
+}

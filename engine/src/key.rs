@@ -1,0 +1,145 @@
+//! Internal keys: a user key tagged with the sequence number and kind of the
+//! write that produced it.
+//!
+//! ## Format
+//!
+//! ```text
+//! internal key = user key ‖ trailer (8 bytes, big-endian)
+//! trailer      = sequence << 8 | kind        (kind: 0 = delete, 1 = put)
+//! ```
+//!
+//! Internal keys order by user key ascending, then trailer *descending*, so
+//! the newest version of a key comes first and a seek to
+//! `(key, snapshot_sequence, MAX_KIND)` lands on the newest version a
+//! snapshot may see. Sequence numbers use 56 bits.
+
+use std::cmp::Ordering;
+
+/// A write's position in the total order of all writes.
+pub type SeqNo = u64;
+
+/// The largest sequence number; reserved for seek targets.
+pub(crate) const MAX_SEQUENCE: SeqNo = (1 << 56) - 1;
+
+pub(crate) const TRAILER_LEN: usize = 8;
+
+/// What an internal entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ValueKind {
+    Delete = 0,
+    Put = 1,
+}
+
+/// Sorts after every real kind for the same sequence (so before it in
+/// internal order): the kind used for seek targets.
+const SEEK_KIND: u8 = 0xff;
+
+impl ValueKind {
+    pub(crate) fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(ValueKind::Delete),
+            1 => Some(ValueKind::Put),
+            _ => None,
+        }
+    }
+}
+
+/// Appends the internal key for `(user_key, sequence, kind)` to `out`.
+pub(crate) fn encode_into(out: &mut Vec<u8>, user_key: &[u8], sequence: SeqNo, kind: ValueKind) {
+    debug_assert!(sequence <= MAX_SEQUENCE);
+    out.extend_from_slice(user_key);
+    out.extend_from_slice(&((sequence << 8) | kind as u64).to_be_bytes());
+}
+
+pub(crate) fn encode(user_key: &[u8], sequence: SeqNo, kind: ValueKind) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user_key.len() + TRAILER_LEN);
+    encode_into(&mut out, user_key, sequence, kind);
+    out
+}
+
+/// The smallest internal key for `user_key` visible at `sequence`: a seek to
+/// it finds the newest version with a sequence at most `sequence`.
+pub(crate) fn seek_key(user_key: &[u8], sequence: SeqNo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user_key.len() + TRAILER_LEN);
+    out.extend_from_slice(user_key);
+    out.extend_from_slice(&((sequence << 8) | SEEK_KIND as u64).to_be_bytes());
+    out
+}
+
+/// The largest internal key for `user_key` (its oldest possible version).
+pub(crate) fn last_key_of(user_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user_key.len() + TRAILER_LEN);
+    out.extend_from_slice(user_key);
+    out.extend_from_slice(&0u64.to_be_bytes());
+    out
+}
+
+/// Splits an internal key. Callers pass keys that were validated when their
+/// block was decoded, so a short key is a bug, caught in debug builds.
+#[inline]
+pub(crate) fn user_key(internal: &[u8]) -> &[u8] {
+    debug_assert!(internal.len() >= TRAILER_LEN);
+    &internal[..internal.len().saturating_sub(TRAILER_LEN)]
+}
+
+#[inline]
+fn trailer(internal: &[u8]) -> u64 {
+    let start = internal.len().saturating_sub(TRAILER_LEN);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&internal[start..]);
+    u64::from_be_bytes(bytes)
+}
+
+#[inline]
+pub(crate) fn sequence(internal: &[u8]) -> SeqNo {
+    trailer(internal) >> 8
+}
+
+#[inline]
+pub(crate) fn kind(internal: &[u8]) -> Option<ValueKind> {
+    ValueKind::from_u8(trailer(internal) as u8)
+}
+
+/// The internal-key order: user key ascending, then trailer descending.
+#[inline]
+pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
+    user_key(a)
+        .cmp(user_key(b))
+        .then_with(|| trailer(b).cmp(&trailer(a)))
+}
+
+/// An owned internal key ordered by [`compare`] (the memtable's key type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InternalKey(pub(crate) Box<[u8]>);
+
+impl Ord for InternalKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for InternalKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_versions_sort_first() {
+        let old = encode(b"k", 1, ValueKind::Put);
+        let new = encode(b"k", 2, ValueKind::Delete);
+        assert_eq!(compare(&new, &old), Ordering::Less);
+        assert_eq!(compare(&seek_key(b"k", 2), &new), Ordering::Less);
+        assert_eq!(compare(&seek_key(b"k", 1), &new), Ordering::Greater);
+        assert_eq!(compare(&encode(b"k", 9, ValueKind::Put), &encode(b"ka", 1, ValueKind::Put)), Ordering::Less);
+        assert_eq!(compare(&last_key_of(b"k"), &old), Ordering::Greater);
+        assert_eq!(sequence(&new), 2);
+        assert_eq!(kind(&new), Some(ValueKind::Delete));
+        assert_eq!(user_key(&new), b"k");
+    }
+}

@@ -1,0 +1,40 @@
+//! The write-ahead log: segmented files of CRC32-framed records.
+//!
+//! The same framing serves three logs: the engine's WAL (payload = a write
+//! batch), the manifest (payload = a version edit) and, later, the Raft log
+//! store of `ferry-replication`. Each log is a sequence of *segments*; a
+//! segment is written once, front to back, and never modified afterwards
+//! except that recovery may cut a torn tail off the last one.
+//!
+//! ## Format (version 1)
+//!
+//! ```text
+//! segment = header record*
+//! header  = magic "FERRYLOG" (8 bytes) | version: u32 LE | log kind: u32 LE     (16 bytes)
+//! record  = crc: u32 LE | length: u32 LE | sequence: u64 LE | payload[length]  (16 + length bytes)
+//! crc     = CRC32 (crc32fast, IEEE) over length ‖ sequence ‖ payload
+//! ```
+//!
+//! The sequence is the log's own ordering number: the first write sequence
+//! of a batch in the WAL, an edit number in the manifest, a log index in the
+//! Raft log. Readers check that it never goes backwards.
+//!
+//! Recovery rules (see [`reader`]): a record that is cut short, fails its
+//! CRC with nothing after it, or is followed only by zero bytes, at the end
+//! of the *last* segment, is a torn write: it is truncated and reported.
+//! Any other damage is corruption, reported with file and offset.
+
+pub mod reader;
+pub mod record;
+pub mod writer;
+
+pub use reader::{read_segment, SegmentOutcome, TailPolicy};
+pub use record::LogKind;
+pub use writer::LogWriter;
+
+use std::path::{Path, PathBuf};
+
+/// File name of WAL segment `number` inside `dir`.
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.log"))
+}

@@ -1,0 +1,304 @@
+//! Reading a log segment back, with the torn-tail and corruption rules.
+
+use super::record::{
+    decode_header, record_crc, LogKind, FORMAT_VERSION, MAGIC, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::error::IoContext;
+use crate::fs::FileSystem;
+use crate::{Error, Result};
+use std::io::Read;
+use std::path::Path;
+
+/// How damage at the end of a segment is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailPolicy {
+    /// This is the last segment: a torn tail is cut off and reported.
+    TolerateTornTail,
+    /// Not the last segment: any damage is corruption.
+    Strict,
+    /// Salvage: any damage ends the segment, reported, never an error.
+    Salvage,
+}
+
+/// What reading a segment found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentOutcome {
+    /// Records delivered.
+    pub records: u64,
+    /// Length of the segment up to the end of the last good record.
+    pub valid_len: u64,
+    /// Offset and cause of damage that ended the segment early, if any.
+    pub damage: Option<(u64, String)>,
+    /// Bytes after `valid_len` that were dropped.
+    pub dropped_bytes: u64,
+}
+
+/// Reads every record of a segment, streaming (memory: one record), and hands
+/// `(sequence, payload)` to `on_record`. Sequences must not decrease.
+pub fn read_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    kind: LogKind,
+    policy: TailPolicy,
+    mut on_record: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<SegmentOutcome> {
+    let file_len = fs.file_size(path).at(path)?;
+    let mut reader = fs.open_sequential(path).at(path)?;
+    let mut outcome = SegmentOutcome::default();
+
+    // A segment whose header never fully reached the disk was created just
+    // before a crash and holds nothing.
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    if file_len < SEGMENT_HEADER_LEN as u64 {
+        return damaged_tail(path, policy, outcome, 0, file_len, "segment header is cut short".into(), &mut reader);
+    }
+    reader.read_exact(&mut header).at(path)?;
+    if &header[..8] != MAGIC {
+        if header.iter().all(|&b| b == 0) {
+            return damaged_tail(path, policy, outcome, 0, file_len, "segment header is zeroed".into(), &mut reader);
+        }
+        return Err(Error::corruption(path, 0, "bad magic: not a Ferry log segment"));
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version,
+        });
+    }
+    let found_kind = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
+    if found_kind != kind as u32 {
+        return Err(Error::corruption(path, 12, format!("log kind {found_kind}, expected {}", kind as u32)));
+    }
+
+    let mut offset = SEGMENT_HEADER_LEN as u64;
+    outcome.valid_len = offset;
+    let mut payload = Vec::new();
+    let mut last_sequence: Option<u64> = None;
+    while offset < file_len {
+        let remaining = file_len - offset;
+        if remaining < RECORD_HEADER_LEN as u64 {
+            return damaged_tail(path, policy, outcome, offset, file_len, "record header is cut short".into(), &mut reader);
+        }
+        let mut header_bytes = [0u8; RECORD_HEADER_LEN];
+        reader.read_exact(&mut header_bytes).at(path)?;
+        let header = decode_header(&header_bytes);
+        if header.length > MAX_PAYLOAD_LEN {
+            let reason = format!("implausible record length {}", header.length);
+            return damaged_after_header(path, policy, outcome, offset, file_len, reason, &header_bytes, &mut reader);
+        }
+        let record_end = offset + (RECORD_HEADER_LEN + header.length) as u64;
+        if record_end > file_len {
+            return damaged_after_header(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                "record is cut short".into(),
+                &header_bytes,
+                &mut reader,
+            );
+        }
+        payload.resize(header.length, 0);
+        reader.read_exact(&mut payload).at(path)?;
+        if record_crc(&header_bytes, &payload) != header.crc {
+            // A bad record that is the very last thing in the file is what a
+            // torn write leaves; with more records after it, it is corruption.
+            let reason = "record checksum mismatch".to_owned();
+            if record_end == file_len || all_zero(&header_bytes) && all_zero(&payload) {
+                return damaged_tail(path, policy, outcome, offset, file_len, reason, &mut reader);
+            }
+            return damaged_strict(path, policy, outcome, offset, file_len, reason);
+        }
+        if last_sequence.is_some_and(|last| header.sequence < last) {
+            return Err(Error::corruption(
+                path,
+                offset,
+                format!("sequence {} after {}", header.sequence, last_sequence.unwrap_or_default()),
+            ));
+        }
+        last_sequence = Some(header.sequence);
+        on_record(header.sequence, &payload)?;
+        outcome.records += 1;
+        offset = record_end;
+        outcome.valid_len = offset;
+    }
+    Ok(outcome)
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Damage where the bytes up to the end of the file might be a torn write:
+/// torn if everything from `offset` on is either missing or zero.
+#[allow(clippy::too_many_arguments)]
+fn damaged_after_header(
+    path: &Path,
+    policy: TailPolicy,
+    outcome: SegmentOutcome,
+    offset: u64,
+    file_len: u64,
+    reason: String,
+    header_bytes: &[u8],
+    reader: &mut Box<dyn Read + Send>,
+) -> Result<SegmentOutcome> {
+    if all_zero(header_bytes) {
+        return damaged_tail(path, policy, outcome, offset, file_len, reason, reader);
+    }
+    // A non-zero header whose length runs past the end of the file is a
+    // record whose write was interrupted.
+    let declared_past_end = {
+        let header: [u8; RECORD_HEADER_LEN] = header_bytes.try_into().unwrap_or([0; RECORD_HEADER_LEN]);
+        let length = decode_header(&header).length as u64;
+        offset + RECORD_HEADER_LEN as u64 + length > file_len
+    };
+    if declared_past_end {
+        // Whatever follows the header is the record's own partial payload.
+        return torn_or_strict(path, policy, outcome, offset, file_len, reason, true);
+    }
+    damaged_strict(path, policy, outcome, offset, file_len, reason)
+}
+
+/// Damage in a region that runs to the end of the file: a torn tail if
+/// nothing but zeros follows.
+fn damaged_tail(
+    path: &Path,
+    policy: TailPolicy,
+    mut outcome: SegmentOutcome,
+    offset: u64,
+    file_len: u64,
+    reason: String,
+    reader: &mut Box<dyn Read + Send>,
+) -> Result<SegmentOutcome> {
+    // A torn write may be followed only by zeros (a file system that
+    // extended the file before the data landed); anything else after it
+    // means this is not a tail.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).at(path)?;
+    torn_or_strict(path, policy, outcome, offset, file_len, reason, all_zero(&rest))
+}
+
+fn torn_or_strict(
+    path: &Path,
+    policy: TailPolicy,
+    mut outcome: SegmentOutcome,
+    offset: u64,
+    file_len: u64,
+    reason: String,
+    torn: bool,
+) -> Result<SegmentOutcome> {
+    match policy {
+        TailPolicy::TolerateTornTail if torn => {
+            outcome.damage = Some((offset, reason));
+            outcome.dropped_bytes = file_len - outcome.valid_len;
+            Ok(outcome)
+        }
+        _ => damaged_strict(path, policy, outcome, offset, file_len, reason),
+    }
+}
+
+fn damaged_strict(
+    path: &Path,
+    policy: TailPolicy,
+    mut outcome: SegmentOutcome,
+    offset: u64,
+    file_len: u64,
+    reason: String,
+) -> Result<SegmentOutcome> {
+    if policy == TailPolicy::Salvage {
+        outcome.damage = Some((offset, reason));
+        outcome.dropped_bytes = file_len - outcome.valid_len;
+        return Ok(outcome);
+    }
+    Err(Error::corruption(path, offset, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{FaultInjectionFs, FileSystem};
+    use crate::wal::LogWriter;
+
+    fn write_log(fs: &FaultInjectionFs, path: &Path, records: &[&[u8]]) {
+        let mut writer = LogWriter::create(fs, path, LogKind::Wal).unwrap();
+        for (i, record) in records.iter().enumerate() {
+            writer.append(i as u64 + 1, record).unwrap();
+        }
+        writer.sync().unwrap();
+    }
+
+    fn read_all(fs: &FaultInjectionFs, path: &Path, policy: TailPolicy) -> Result<(Vec<Vec<u8>>, SegmentOutcome)> {
+        let mut out = Vec::new();
+        let outcome = read_segment(fs, path, LogKind::Wal, policy, |_, p| {
+            out.push(p.to_vec());
+            Ok(())
+        })?;
+        Ok((out, outcome))
+    }
+
+    fn setup() -> (FaultInjectionFs, std::path::PathBuf) {
+        let fs = FaultInjectionFs::new();
+        fs.create_dir_all(Path::new("/w")).unwrap();
+        (fs, Path::new("/w/000001.log").to_path_buf())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one", b"", b"three"]);
+        let (records, outcome) = read_all(&fs, &path, TailPolicy::Strict).unwrap();
+        assert_eq!(records, vec![b"one".to_vec(), vec![], b"three".to_vec()]);
+        assert_eq!(outcome.damage, None);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_only_in_last_segment() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one", b"two"]);
+        let len = fs.file_size(&path).unwrap();
+        fs.truncate(&path, len - 2).unwrap();
+        let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
+        assert_eq!(records, vec![b"one".to_vec()]);
+        assert_eq!(outcome.damage.as_ref().map(|d| d.0), Some(16 + 16 + 3));
+        let err = read_all(&fs, &path, TailPolicy::Strict).unwrap_err();
+        assert!(err.to_string().contains("offset 35"), "{err}");
+    }
+
+    #[test]
+    fn bit_flip_in_the_middle_is_corruption_even_in_last_segment() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one", b"two", b"three"]);
+        fs.corrupt_byte(&path, 16 + 16 + 1).unwrap();
+        let err = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap_err();
+        assert!(err.is_corruption());
+        assert!(err.to_string().contains("000001.log at offset 16"), "{err}");
+        let (records, outcome) = read_all(&fs, &path, TailPolicy::Salvage).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(outcome.damage.unwrap().0, 16);
+    }
+
+    #[test]
+    fn bit_flip_in_last_record_is_a_torn_tail() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one", b"two"]);
+        let len = fs.file_size(&path).unwrap() as usize;
+        fs.corrupt_byte(&path, len - 1).unwrap();
+        let (records, _) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
+        assert_eq!(records, vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one"]);
+        let mut file = fs.open_append(&path).unwrap();
+        file.append(&[0u8; 100]).unwrap();
+        file.sync().unwrap();
+        let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(outcome.dropped_bytes, 100);
+    }
+}

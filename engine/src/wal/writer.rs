@@ -1,0 +1,81 @@
+//! Appending records to one log segment.
+
+use super::record::{encode_record, segment_header, LogKind};
+use crate::error::IoContext;
+use crate::fs::{FileSystem, WritableFile};
+use crate::Result;
+use std::path::{Path, PathBuf};
+
+/// Writes framed records to one segment file.
+///
+/// Records are buffered until [`LogWriter::flush`] (to the OS) or
+/// [`LogWriter::sync`] (to disk). Group commit appends many records and then
+/// syncs once.
+pub struct LogWriter {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    scratch: Vec<u8>,
+    last_sequence: Option<u64>,
+}
+
+impl LogWriter {
+    /// Creates a new segment and writes its header. The caller syncs the
+    /// directory so that the segment survives a power loss.
+    pub fn create(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
+        let mut file = fs.create(path).at(path)?;
+        file.append(&segment_header(kind)).at(path)?;
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            scratch: Vec::new(),
+            last_sequence: None,
+        })
+    }
+
+    /// Reopens an existing, already recovered segment to append after its
+    /// last record.
+    pub fn reopen(fs: &dyn FileSystem, path: &Path, last_sequence: Option<u64>) -> Result<Self> {
+        let file = fs.open_append(path).at(path)?;
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            scratch: Vec::new(),
+            last_sequence,
+        })
+    }
+
+    /// Appends one record. Sequences must not go backwards.
+    pub fn append(&mut self, sequence: u64, payload: &[u8]) -> Result<()> {
+        debug_assert!(self.last_sequence.is_none_or(|last| sequence >= last));
+        self.scratch.clear();
+        encode_record(&mut self.scratch, sequence, payload);
+        self.file.append(&self.scratch).at(&self.path)?;
+        self.last_sequence = Some(sequence);
+        Ok(())
+    }
+
+    /// Hands buffered records to the OS: they survive a process crash.
+    pub fn flush(&mut self) -> Result<()> {
+        self.file.flush().at(&self.path)
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file.sync().at(&self.path)
+    }
+
+    /// Bytes in the segment so far.
+    pub fn len(&self) -> u64 {
+        self.file.len()
+    }
+
+    /// True when the segment holds only its header.
+    pub fn is_empty(&self) -> bool {
+        self.file.len() <= super::record::SEGMENT_HEADER_LEN as u64
+    }
+
+    /// The segment's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
