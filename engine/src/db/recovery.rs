@@ -166,7 +166,15 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
         })?;
         report.wal_segments += 1;
         if let Some((offset, reason)) = outcome.damage {
-            fs.truncate(&path, outcome.valid_len).at(&path)?;
+            if outcome.valid_len < crate::wal::record::SEGMENT_HEADER_LEN as u64 {
+                // Not even the header reached the disk: the segment holds
+                // nothing. Remove it, or it would sit before the next
+                // segment as a damaged non-last one.
+                fs.remove_file(&path).at(&path)?;
+                fs.sync_dir(dir).at(dir)?;
+            } else {
+                fs.truncate(&path, outcome.valid_len).at(&path)?;
+            }
             match policy {
                 TailPolicy::Salvage => report.salvaged.push((path.clone(), offset, reason)),
                 _ => report.torn_tail = Some((path.clone(), offset, outcome.dropped_bytes)),

@@ -68,6 +68,67 @@ impl FaultInjectionFs {
         state.fail_writes = false;
     }
 
+    /// What a disk would hold if the power failed now, as a new, independent
+    /// file system: the running database keeps writing to `self`, which
+    /// no longer matters, while recovery is tested on the image.
+    pub fn durable_image(&self) -> FaultInjectionFs {
+        let state = self.state.lock();
+        let mut files = HashMap::new();
+        for id in state.durable.values() {
+            if let Some(file) = state.files.get(id) {
+                let bytes = file.bytes[..file.synced_len].to_vec();
+                files.insert(
+                    *id,
+                    FileData {
+                        synced_len: bytes.len(),
+                        bytes,
+                    },
+                );
+            }
+        }
+        let image = State {
+            files,
+            live: state.durable.clone(),
+            durable: state.durable.clone(),
+            dirs: state.dirs.clone(),
+            locks: HashSet::new(),
+            next_id: state.next_id,
+            fail_writes: false,
+        };
+        FaultInjectionFs {
+            state: Arc::new(Mutex::new(image)),
+        }
+    }
+
+    /// What the OS would hold if the *process* died now (not the machine):
+    /// every written byte and entry, synced or not, as a new file system.
+    pub fn process_crash_image(&self) -> FaultInjectionFs {
+        let state = self.state.lock();
+        let files = state
+            .files
+            .iter()
+            .map(|(id, file)| {
+                let copy = FileData {
+                    bytes: file.bytes.clone(),
+                    synced_len: file.synced_len,
+                };
+                (*id, copy)
+            })
+            .collect();
+        let image = State {
+            files,
+            live: state.live.clone(),
+            durable: state.durable.clone(),
+            dirs: state.dirs.clone(),
+            locks: HashSet::new(),
+            next_id: state.next_id,
+            fail_writes: false,
+        };
+        FaultInjectionFs {
+            state: Arc::new(Mutex::new(image)),
+        }
+    }
+
     /// Makes every later write and sync fail with an I/O error (a dying disk).
     pub fn set_fail_writes(&self, fail: bool) {
         self.state.lock().fail_writes = fail;
