@@ -21,7 +21,11 @@ impl BlockCache {
     pub(crate) fn new(capacity_bytes: u64) -> Self {
         let estimated_items = (capacity_bytes / 4096).clamp(16, 1 << 20) as usize;
         BlockCache {
-            cache: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes.max(1), BlockWeighter),
+            cache: quick_cache::sync::Cache::with_weighter(
+                estimated_items,
+                capacity_bytes.max(1),
+                BlockWeighter,
+            ),
         }
     }
 

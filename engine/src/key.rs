@@ -136,7 +136,13 @@ mod tests {
         assert_eq!(compare(&new, &old), Ordering::Less);
         assert_eq!(compare(&seek_key(b"k", 2), &new), Ordering::Less);
         assert_eq!(compare(&seek_key(b"k", 1), &new), Ordering::Greater);
-        assert_eq!(compare(&encode(b"k", 9, ValueKind::Put), &encode(b"ka", 1, ValueKind::Put)), Ordering::Less);
+        assert_eq!(
+            compare(
+                &encode(b"k", 9, ValueKind::Put),
+                &encode(b"ka", 1, ValueKind::Put)
+            ),
+            Ordering::Less
+        );
         assert_eq!(compare(&last_key_of(b"k"), &old), Ordering::Greater);
         assert_eq!(sequence(&new), 2);
         assert_eq!(kind(&new), Some(ValueKind::Delete));

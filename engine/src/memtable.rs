@@ -46,10 +46,13 @@ impl Memtable {
     /// Inserts one entry. Only the write leader calls this.
     pub(crate) fn insert(&self, user_key: &[u8], sequence: SeqNo, kind: ValueKind, value: &[u8]) {
         let internal = key::encode(user_key, sequence, kind);
-        self.approximate_bytes
-            .fetch_add(internal.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
+        self.approximate_bytes.fetch_add(
+            internal.len() + value.len() + ENTRY_OVERHEAD,
+            Ordering::Relaxed,
+        );
         self.max_sequence.fetch_max(sequence, Ordering::Relaxed);
-        self.map.insert(InternalKey(internal.into_boxed_slice()), value.into());
+        self.map
+            .insert(InternalKey(internal.into_boxed_slice()), value.into());
     }
 
     /// The newest version of `user_key` at or below `sequence`.
@@ -111,8 +114,12 @@ impl EntryIter for MemtableIter {
         let entry = match (target, self.reverse) {
             (None, false) => memtable.map.front(),
             (None, true) => memtable.map.back(),
-            (Some(t), false) => memtable.map.lower_bound(Bound::Included(&InternalKey(t.into()))),
-            (Some(t), true) => memtable.map.upper_bound(Bound::Included(&InternalKey(t.into()))),
+            (Some(t), false) => memtable
+                .map
+                .lower_bound(Bound::Included(&InternalKey(t.into()))),
+            (Some(t), true) => memtable
+                .map
+                .upper_bound(Bound::Included(&InternalKey(t.into()))),
         };
         self.set(entry);
         Ok(())

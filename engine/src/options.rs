@@ -142,7 +142,10 @@ impl Options {
         {
             return fail("level-0 triggers must satisfy 0 < compaction <= slowdown <= stop");
         }
-        if self.level_size_multiplier < 2 || self.level1_max_bytes == 0 || self.target_file_bytes == 0 {
+        if self.level_size_multiplier < 2
+            || self.level1_max_bytes == 0
+            || self.target_file_bytes == 0
+        {
             return fail("level sizes must be positive and grow by at least 2x");
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > u32::MAX as usize / 2 {

@@ -82,7 +82,9 @@ fn expected_range(model: &Model, a: u8, b: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-fn collect(iter: impl Iterator<Item = ferry_engine::Result<(Vec<u8>, Vec<u8>)>>) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn collect(
+    iter: impl Iterator<Item = ferry_engine::Result<(Vec<u8>, Vec<u8>)>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     iter.collect::<Result<_, _>>().expect("iteration failed")
 }
 
@@ -123,7 +125,11 @@ fn run(ops: Vec<Op>, background: bool) {
                 }
                 db.write(batch).unwrap();
             }
-            Op::Get(k) => assert_eq!(db.get(key(k)).unwrap(), model.get(&key(k)).cloned(), "get {k}"),
+            Op::Get(k) => assert_eq!(
+                db.get(key(k)).unwrap(),
+                model.get(&key(k)).cloned(),
+                "get {k}"
+            ),
             Op::Flush => db.flush().unwrap(),
             Op::Compact(range) => {
                 let (low, high) = range.map(|(a, b)| (key(a.min(b)), key(a.max(b)))).unzip();
@@ -140,7 +146,8 @@ fn run(ops: Vec<Op>, background: bool) {
                 if !snapshots.is_empty() {
                     let (snapshot, frozen) = &snapshots[i % snapshots.len()];
                     let seen = collect(snapshot.iter());
-                    let expected: Vec<_> = frozen.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let expected: Vec<_> =
+                        frozen.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     assert_eq!(seen, expected, "snapshot view changed");
                 }
             }

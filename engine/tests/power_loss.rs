@@ -35,7 +35,13 @@ fn value(i: u64) -> Vec<u8> {
 /// Writers in several threads; each acknowledged key is recorded under
 /// `acked`'s lock, and the power-loss image is taken under the same lock,
 /// so the recorded set is exactly what was acknowledged before the cut.
-fn cut_power_under_load(db: &Db, fs: &FaultInjectionFs, threads: u64, first: u64, run_for: Duration) -> (FaultInjectionFs, Vec<u64>) {
+fn cut_power_under_load(
+    db: &Db,
+    fs: &FaultInjectionFs,
+    threads: u64,
+    first: u64,
+    run_for: Duration,
+) -> (FaultInjectionFs, Vec<u64>) {
     let acked = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let (image, acked_at_cut) = std::thread::scope(|scope| {
@@ -79,7 +85,11 @@ fn sync_writes_survive_power_loss_at_random_moments() {
         expected.extend(&acked);
         let recovered = Db::open(dir, options(&image, Durability::Sync)).expect("recover");
         for &i in &expected {
-            assert_eq!(recovered.get(key(i)).unwrap(), Some(value(i)), "round {round}: acked key {i} lost");
+            assert_eq!(
+                recovered.get(key(i)).unwrap(),
+                Some(value(i)),
+                "round {round}: acked key {i} lost"
+            );
         }
         // Nothing but acknowledged or in-flight writes, and every value intact.
         for entry in recovered.iter() {
@@ -88,7 +98,10 @@ fn sync_writes_survive_power_loss_at_random_moments() {
             assert_eq!(v, value(i));
         }
         if round == 9 {
-            assert!(stats.flushes > 0, "the test must cut power around flushes too: {stats:?}");
+            assert!(
+                stats.flushes > 0,
+                "the test must cut power around flushes too: {stats:?}"
+            );
         }
         recovered.close().unwrap();
         fs = image;
@@ -113,7 +126,11 @@ fn every_acknowledged_sync_write_survives() {
     for (last_acked, image) in images {
         let db = Db::open(dir, options(&image, Durability::Sync)).unwrap();
         for i in 0..=last_acked {
-            assert_eq!(db.get(key(i)).unwrap(), Some(value(i)), "acked key {i} lost (cut after {last_acked})");
+            assert_eq!(
+                db.get(key(i)).unwrap(),
+                Some(value(i)),
+                "acked key {i} lost (cut after {last_acked})"
+            );
         }
         assert_eq!(db.iter().count() as u64, last_acked + 1, "no phantom keys");
     }
@@ -127,11 +144,18 @@ fn concurrent_sync_writers_share_fsyncs_and_lose_nothing() {
     let (image, acked) = cut_power_under_load(&db, &fs, 16, 0, Duration::from_millis(200));
     let stats = db.statistics();
     drop(db);
-    assert!(stats.wal_syncs < stats.writes, "group commit must share fsyncs: {stats:?}");
+    assert!(
+        stats.wal_syncs < stats.writes,
+        "group commit must share fsyncs: {stats:?}"
+    );
     let recovered = Db::open(dir, options(&image, Durability::Sync)).unwrap();
     assert!(!acked.is_empty());
     for i in acked {
-        assert_eq!(recovered.get(key(i)).unwrap(), Some(value(i)), "acked key {i} lost");
+        assert_eq!(
+            recovered.get(key(i)).unwrap(),
+            Some(value(i)),
+            "acked key {i} lost"
+        );
     }
 }
 
@@ -159,7 +183,11 @@ fn periodic_durability_loses_at_most_the_window() {
     for (i, at) in acked_at.iter().enumerate() {
         let present = recovered.get(key(i as u64)).unwrap().is_some();
         if *at + window < cut {
-            assert!(present, "key {i} acknowledged {:?} before the cut was lost", cut - *at);
+            assert!(
+                present,
+                "key {i} acknowledged {:?} before the cut was lost",
+                cut - *at
+            );
         } else if !present {
             lost_in_window += 1;
         }
@@ -167,9 +195,15 @@ fn periodic_durability_loses_at_most_the_window() {
     // Whatever survived is a prefix: no holes.
     let count = recovered.iter().count();
     for i in 0..count {
-        assert!(recovered.get(key(i as u64)).unwrap().is_some(), "hole at {i}");
+        assert!(
+            recovered.get(key(i as u64)).unwrap().is_some(),
+            "hole at {i}"
+        );
     }
-    eprintln!("periodic: {} writes, {lost_in_window} lost inside the window", acked_at.len());
+    eprintln!(
+        "periodic: {} writes, {lost_in_window} lost inside the window",
+        acked_at.len()
+    );
 }
 
 #[test]
@@ -192,6 +226,10 @@ fn buffered_writes_survive_a_process_crash_but_not_a_power_loss() {
     let db = Db::open(dir, options(&powered_off, Durability::Buffered)).unwrap();
     let count = db.iter().count() as u64;
     for i in 0..count {
-        assert_eq!(db.get(key(i)).unwrap(), Some(value(i)), "hole at {i} of {count}");
+        assert_eq!(
+            db.get(key(i)).unwrap(),
+            Some(value(i)),
+            "hole at {i} of {count}"
+        );
     }
 }

@@ -31,14 +31,19 @@ pub(crate) struct JobResult {
     pub(crate) bytes_written: u64,
 }
 
-pub(crate) fn run(compaction: &Compaction, version: &Version, context: &JobContext<'_>) -> Result<JobResult> {
+pub(crate) fn run(
+    compaction: &Compaction,
+    version: &Version,
+    context: &JobContext<'_>,
+) -> Result<JobResult> {
     let output_level = compaction.output_level();
     let mut edit = VersionEdit::default();
     for (level, file) in compaction.all_inputs() {
         edit.deleted.push((level, file.meta.number));
     }
     if compaction.is_trivial_move() {
-        edit.added.push((output_level, compaction.inputs[0].meta.clone()));
+        edit.added
+            .push((output_level, compaction.inputs[0].meta.clone()));
         return Ok(JobResult {
             edit,
             bytes_read: 0,
@@ -55,9 +60,11 @@ pub(crate) fn run(compaction: &Compaction, version: &Version, context: &JobConte
     let mut retention = Retention::new(context.snapshots.clone());
     let deeper = &version.levels[(output_level + 1).min(NUM_LEVELS)..];
     let is_bottom = |user_key: &[u8]| {
-        deeper
-            .iter()
-            .all(|files| files.iter().all(|f| !f.overlaps(Some(user_key), Some(user_key))))
+        deeper.iter().all(|files| {
+            files
+                .iter()
+                .all(|f| !f.overlaps(Some(user_key), Some(user_key)))
+        })
     };
     let mut output = OutputTables::new(
         context.fs,

@@ -23,7 +23,10 @@ pub(crate) fn level_max_bytes(options: &Options, level: usize) -> u64 {
 
 /// The level most in need of compaction and its score (>= 1 means needed).
 pub(crate) fn most_urgent(version: &Version, options: &Options) -> (usize, f64) {
-    let mut best = (0, version.levels[0].len() as f64 / options.level0_compaction_trigger as f64);
+    let mut best = (
+        0,
+        version.levels[0].len() as f64 / options.level0_compaction_trigger as f64,
+    );
     for level in 1..NUM_LEVELS - 1 {
         let score = version.level_bytes(level) as f64 / level_max_bytes(options, level) as f64;
         if score > best.1 {
@@ -35,7 +38,11 @@ pub(crate) fn most_urgent(version: &Version, options: &Options) -> (usize, f64) 
 
 /// Picks the next compaction, if any level is over budget. `pointers`
 /// remembers, per level, the largest key compacted last.
-pub(crate) fn pick(version: &Version, options: &Options, pointers: &mut [Vec<u8>; NUM_LEVELS]) -> Option<Compaction> {
+pub(crate) fn pick(
+    version: &Version,
+    options: &Options,
+    pointers: &mut [Vec<u8>; NUM_LEVELS],
+) -> Option<Compaction> {
     let (level, score) = most_urgent(version, options);
     if score < 1.0 {
         return None;
@@ -57,7 +64,12 @@ pub(crate) fn pick(version: &Version, options: &Options, pointers: &mut [Vec<u8>
 }
 
 /// A compaction of the tables of `level` that meet `[start, end]`.
-pub(crate) fn for_range(version: &Version, level: usize, start: Option<&[u8]>, end: Option<&[u8]>) -> Option<Compaction> {
+pub(crate) fn for_range(
+    version: &Version,
+    level: usize,
+    start: Option<&[u8]>,
+    end: Option<&[u8]>,
+) -> Option<Compaction> {
     debug_assert!(level < NUM_LEVELS - 1);
     let inputs = if level == 0 {
         // Level-0 tables overlap each other: taking only some of those that
@@ -82,8 +94,16 @@ fn with_next_level(
     inputs: Vec<std::sync::Arc<crate::manifest::version::TableFile>>,
     allow_trivial_move: bool,
 ) -> Compaction {
-    let start = inputs.iter().map(|f| f.smallest_user_key()).min().map(<[u8]>::to_vec);
-    let end = inputs.iter().map(|f| f.largest_user_key()).max().map(<[u8]>::to_vec);
+    let start = inputs
+        .iter()
+        .map(|f| f.smallest_user_key())
+        .min()
+        .map(<[u8]>::to_vec);
+    let end = inputs
+        .iter()
+        .map(|f| f.largest_user_key())
+        .max()
+        .map(<[u8]>::to_vec);
     let next_level_inputs = version.overlapping(level + 1, start.as_deref(), end.as_deref());
     Compaction {
         level,

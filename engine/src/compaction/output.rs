@@ -49,10 +49,9 @@ impl<'a> OutputTables<'a> {
 
     pub(crate) fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
         let user_key = key::user_key(internal_key);
-        let split = self
-            .current
-            .as_ref()
-            .is_some_and(|(_, b)| b.estimated_len() >= self.target_bytes && self.last_user_key != user_key);
+        let split = self.current.as_ref().is_some_and(|(_, b)| {
+            b.estimated_len() >= self.target_bytes && self.last_user_key != user_key
+        });
         if split {
             self.finish_current()?;
         }

@@ -36,7 +36,11 @@ impl Retention {
 
     /// Decides for the next entry, in internal-key order. `is_bottom` says
     /// whether no deeper level can hold the user key.
-    pub(crate) fn keep(&mut self, internal_key: &[u8], is_bottom: impl FnOnce(&[u8]) -> bool) -> bool {
+    pub(crate) fn keep(
+        &mut self,
+        internal_key: &[u8],
+        is_bottom: impl FnOnce(&[u8]) -> bool,
+    ) -> bool {
         let user_key = key::user_key(internal_key);
         let stripe = self.stripe(key::sequence(internal_key));
         let same_key = self.last_stripe.is_some() && self.last_user_key == user_key;
@@ -73,7 +77,10 @@ mod tests {
         assert_eq!(run(vec![], &entries, false), vec![9]);
         assert_eq!(run(vec![6], &entries, false), vec![9, 5]);
         assert_eq!(run(vec![6, 2], &entries, false), vec![9, 5, 1]);
-        assert_eq!(run(vec![8], &[(9, Put), (5, Delete), (3, Put)], true), vec![9]);
+        assert_eq!(
+            run(vec![8], &[(9, Put), (5, Delete), (3, Put)], true),
+            vec![9]
+        );
         assert_eq!(run(vec![], &[(5, Delete), (3, Put)], false), vec![5]);
         assert_eq!(run(vec![4], &[(5, Delete), (3, Put)], true), vec![5, 3]);
     }

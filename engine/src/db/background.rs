@@ -138,7 +138,9 @@ impl Inner {
         {
             let mut versions = self.versions.lock();
             let opened = versions.open_added(&edit)?;
-            let version = versions.log_and_apply(edit, opened, &|| self.next_file_number.load(Ordering::SeqCst))?;
+            let version = versions.log_and_apply(edit, opened, &|| {
+                self.next_file_number.load(Ordering::SeqCst)
+            })?;
             let mut state = self.state.lock();
             let flushed = state.imm.pop_front();
             debug_assert!(flushed.is_some_and(|m| Arc::ptr_eq(&m, &memtable)));
@@ -159,7 +161,10 @@ impl Inner {
             return;
         };
         for name in names {
-            if let Some(number) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(number) = name
+                .strip_suffix(".log")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 if number < log_number {
                     let _ = self.fs.remove_file(&segment_path(&self.dir, number));
                 }
@@ -210,7 +215,9 @@ impl Inner {
         {
             let mut versions = self.versions.lock();
             let opened = versions.open_added(&result.edit)?;
-            let next = versions.log_and_apply(result.edit, opened, &|| self.next_file_number.load(Ordering::SeqCst))?;
+            let next = versions.log_and_apply(result.edit, opened, &|| {
+                self.next_file_number.load(Ordering::SeqCst)
+            })?;
             let mut state = self.state.lock();
             state.version = next;
             state.refresh();
@@ -221,7 +228,10 @@ impl Inner {
             Counters::add(&self.counters.trivial_moves, 1);
         }
         Counters::add(&self.counters.compaction_bytes_read, result.bytes_read);
-        Counters::add(&self.counters.compaction_bytes_written, result.bytes_written);
+        Counters::add(
+            &self.counters.compaction_bytes_written,
+            result.bytes_written,
+        );
         Ok(())
     }
 }

@@ -45,7 +45,12 @@ pub struct DbIterator {
 }
 
 impl DbIterator {
-    pub(crate) fn new(source: Arc<SuperVersion>, sequence: SeqNo, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Self {
+    pub(crate) fn new(
+        source: Arc<SuperVersion>,
+        sequence: SeqNo,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> Self {
         DbIterator {
             source,
             sequence,
@@ -61,7 +66,10 @@ impl DbIterator {
 
     fn merge(&self, reverse: bool) -> MergeIter {
         let mut children: Vec<Box<dyn EntryIter>> = Vec::new();
-        children.push(Box::new(MemtableIter::new(self.source.mem.clone(), reverse)));
+        children.push(Box::new(MemtableIter::new(
+            self.source.mem.clone(),
+            reverse,
+        )));
         for memtable in &self.source.imm {
             children.push(Box::new(MemtableIter::new(memtable.clone(), reverse)));
         }
@@ -84,7 +92,11 @@ impl DbIterator {
             Bound::Included(start) => user_key >= start.as_slice(),
             Bound::Excluded(start) => user_key > start.as_slice(),
         };
-        in_range && self.front_key.as_deref().is_none_or(|front| user_key > front)
+        in_range
+            && self
+                .front_key
+                .as_deref()
+                .is_none_or(|front| user_key > front)
     }
 
     fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -169,7 +181,8 @@ impl DbIterator {
                     break;
                 }
                 if key::sequence(internal) <= self.sequence {
-                    newest = Some((key::kind(internal) == Some(ValueKind::Put)).then(|| value.to_vec()));
+                    newest =
+                        Some((key::kind(internal) == Some(ValueKind::Put)).then(|| value.to_vec()));
                 }
                 merge.advance()?;
             }

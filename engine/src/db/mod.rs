@@ -146,7 +146,11 @@ impl Inner {
         }
     }
 
-    pub(crate) fn range_at<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R, sequence: SeqNo) -> DbIterator {
+    pub(crate) fn range_at<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+        sequence: SeqNo,
+    ) -> DbIterator {
         let owned = |bound: Bound<&K>| match bound {
             Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
             Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
@@ -161,7 +165,12 @@ impl Inner {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
-        DbIterator::new(self.super_version(), sequence, Bound::Included(prefix.to_vec()), end)
+        DbIterator::new(
+            self.super_version(),
+            sequence,
+            Bound::Included(prefix.to_vec()),
+            end,
+        )
     }
 
     pub(crate) fn set_background_error(&self, error: &Error) {
@@ -232,7 +241,8 @@ impl Db {
     /// ```
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         self.inner.check_open()?;
-        self.inner.get_at(key.as_ref(), self.inner.visible_sequence())
+        self.inner
+            .get_at(key.as_ref(), self.inner.visible_sequence())
     }
 
     /// Sets `key` to `value`. Returns the sequence number of the write.
@@ -328,7 +338,8 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn iter(&self) -> DbIterator {
-        self.inner.range_at::<&[u8], _>(.., self.inner.visible_sequence())
+        self.inner
+            .range_at::<&[u8], _>(.., self.inner.visible_sequence())
     }
 
     /// Live keys within `range`, forwards or (with `.rev()`) backwards.
@@ -357,7 +368,8 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> DbIterator {
-        self.inner.prefix_at(prefix.as_ref(), self.inner.visible_sequence())
+        self.inner
+            .prefix_at(prefix.as_ref(), self.inner.visible_sequence())
     }
 
     /// Writes the memtable to a level-0 table and waits until every write

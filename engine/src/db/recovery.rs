@@ -16,13 +16,13 @@ use super::{Inner, State, SuperVersion, WalState};
 use crate::batch::BatchIter;
 use crate::cache::BlockCache;
 use crate::error::IoContext;
+use crate::flush::write_level0;
 use crate::fs::FileSystem;
 use crate::manifest::edit::VersionEdit;
 use crate::manifest::version::Version;
 use crate::manifest::{manifest_name, Recovered, VersionSet};
 use crate::memtable::Memtable;
 use crate::options::{Options, WalRecovery};
-use crate::flush::write_level0;
 use crate::sst::builder::TableOptions;
 use crate::stats::Counters;
 use crate::wal::{read_segment, segment_path, LogKind, LogWriter, TailPolicy};
@@ -57,7 +57,10 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     options.validate()?;
     let fs = options.fs.clone();
     if !fs.exists(dir) && !options.create_if_missing {
-        return Err(Error::InvalidOptions(format!("{} does not exist", dir.display())));
+        return Err(Error::InvalidOptions(format!(
+            "{} does not exist",
+            dir.display()
+        )));
     }
     fs.create_dir_all(dir).at(dir)?;
     let lock_path = dir.join("LOCK");
@@ -85,7 +88,10 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
             ));
         }
         if !options.create_if_missing {
-            return Err(Error::InvalidOptions(format!("no database in {}", dir.display())));
+            return Err(Error::InvalidOptions(format!(
+                "no database in {}",
+                dir.display()
+            )));
         }
         Recovered {
             version: Version::default(),
@@ -129,21 +135,34 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     segments.sort_unstable();
     let wal_number = new_number();
     let mut report = RecoveryReport::default();
-    let mut memtable = Arc::new(Memtable::new(segments.first().copied().unwrap_or(wal_number)));
+    let mut memtable = Arc::new(Memtable::new(
+        segments.first().copied().unwrap_or(wal_number),
+    ));
     let mut last_sequence = flushed_sequence;
     for (index, &segment) in segments.iter().enumerate() {
         let path = segment_path(dir, segment);
         let policy = match options.wal_recovery {
             WalRecovery::Salvage => TailPolicy::Salvage,
-            WalRecovery::TolerateTornTail if index + 1 == segments.len() => TailPolicy::TolerateTornTail,
+            WalRecovery::TolerateTornTail if index + 1 == segments.len() => {
+                TailPolicy::TolerateTornTail
+            }
             WalRecovery::TolerateTornTail => TailPolicy::Strict,
         };
         let outcome = read_segment(&*fs, &path, LogKind::Wal, policy, |sequence, payload| {
-            let ops = BatchIter::decode(payload)
-                .ok_or_else(|| Error::corruption(&path, 0, format!("batch at sequence {sequence} has no header")))?;
+            let ops = BatchIter::decode(payload).ok_or_else(|| {
+                Error::corruption(
+                    &path,
+                    0,
+                    format!("batch at sequence {sequence} has no header"),
+                )
+            })?;
             for (offset, op) in ops.enumerate() {
                 let op = op.ok_or_else(|| {
-                    Error::corruption(&path, 0, format!("batch at sequence {sequence} does not decode"))
+                    Error::corruption(
+                        &path,
+                        0,
+                        format!("batch at sequence {sequence} does not decode"),
+                    )
                 })?;
                 let op_sequence = sequence + offset as u64;
                 if op_sequence <= flushed_sequence {
@@ -157,7 +176,15 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
                 // The segment held more than one memtable (e.g. the write
                 // buffer was made smaller): flush now to bound memory.
                 let table_options = TableOptions::from(&options);
-                let edit = write_level0(&*fs, dir, table_options, &memtable, Vec::new(), segment, &new_number)?;
+                let edit = write_level0(
+                    &*fs,
+                    dir,
+                    table_options,
+                    &memtable,
+                    Vec::new(),
+                    segment,
+                    &new_number,
+                )?;
                 apply(&mut versions, edit, &next_file_number)?;
                 report.tables_flushed += 1;
                 memtable = Arc::new(Memtable::new(segment));
@@ -219,7 +246,10 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
         }),
         work: Condvar::new(),
         versions: Mutex::new(versions),
-        wal: Mutex::new(WalState { writer, dirty: false }),
+        wal: Mutex::new(WalState {
+            writer,
+            dirty: false,
+        }),
         queue: Mutex::default(),
         queue_changed: Condvar::new(),
         next_file_number,
@@ -248,7 +278,11 @@ fn delete_obsolete_files(
     log_number: u64,
     manifest_number: u64,
 ) -> Result<()> {
-    let live: HashSet<u64> = versions.current().all_files().map(|(_, f)| f.meta.number).collect();
+    let live: HashSet<u64> = versions
+        .current()
+        .all_files()
+        .map(|(_, f)| f.meta.number)
+        .collect();
     let current_manifest = manifest_name(versions.manifest_number().max(manifest_number));
     for name in fs.list(dir).at(dir)? {
         let obsolete = if let Some(number) = parse_number(&name, ".sst") {

@@ -10,13 +10,13 @@
 //! flush is already reading.
 
 use super::{Inner, WalState};
+use crate::batch::BatchOp;
+use crate::error::IoContext;
 use crate::key::SeqNo;
 use crate::memtable::Memtable;
 use crate::options::{Durability, WriteOptions};
 use crate::stats::Counters;
 use crate::wal::{segment_path, LogKind, LogWriter};
-use crate::batch::BatchOp;
-use crate::error::IoContext;
 use crate::{Error, Result, WriteBatch};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 const MAX_GROUP_BYTES: usize = 4 << 20;
 
 pub(crate) enum Job {
-    Write { batch: WriteBatch, sync: bool },
+    Write {
+        batch: WriteBatch,
+        sync: bool,
+    },
     /// Seal the memtable so that a flush can take it (from `Db::flush`).
     SwitchMemtable,
 }
@@ -49,7 +52,11 @@ impl Error {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
-            Error::Corruption { path, offset, reason } => Error::Corruption {
+            Error::Corruption {
+                path,
+                offset,
+                reason,
+            } => Error::Corruption {
                 path: path.clone(),
                 offset: *offset,
                 reason: reason.clone(),
@@ -143,8 +150,15 @@ impl Inner {
             })
             .sum();
         match self.commit_writes(&group, bytes) {
-            Ok(sequences) => group.iter().map(|(id, _)| *id).zip(sequences.into_iter().map(Ok)).collect(),
-            Err(error) => group.iter().map(|(id, _)| (*id, Err(error.for_group()))).collect(),
+            Ok(sequences) => group
+                .iter()
+                .map(|(id, _)| *id)
+                .zip(sequences.into_iter().map(Ok))
+                .collect(),
+            Err(error) => group
+                .iter()
+                .map(|(id, _)| (*id, Err(error.for_group())))
+                .collect(),
         }
     }
 
@@ -160,7 +174,9 @@ impl Inner {
             let mut payload = Vec::with_capacity(bytes);
             let appended = (|| -> Result<()> {
                 for (_, job) in group {
-                    let Job::Write { batch, sync } = job else { continue };
+                    let Job::Write { batch, sync } = job else {
+                        continue;
+                    };
                     payload.clear();
                     batch.encode_into(&mut payload);
                     wal.writer.append(next, &payload)?;
@@ -192,7 +208,9 @@ impl Inner {
         }
         let mut sequence = first;
         for (_, job) in group {
-            let Job::Write { batch, .. } = job else { continue };
+            let Job::Write { batch, .. } = job else {
+                continue;
+            };
             for op in batch.ops().flatten() {
                 memtable.insert(op.key, sequence, op.kind, op.value);
                 sequence += 1;
@@ -229,12 +247,16 @@ impl Inner {
                 let started = Instant::now();
                 std::thread::sleep(Duration::from_millis(1));
                 Counters::add(&self.counters.write_slowdowns, 1);
-                Counters::add(&self.counters.stall_micros, started.elapsed().as_micros() as u64);
+                Counters::add(
+                    &self.counters.stall_micros,
+                    started.elapsed().as_micros() as u64,
+                );
                 delayed = true;
                 state = self.state.lock();
                 continue;
             }
-            let full = state.mem.approximate_bytes() + bytes > self.options.write_buffer_bytes && !state.mem.is_empty();
+            let full = state.mem.approximate_bytes() + bytes > self.options.write_buffer_bytes
+                && !state.mem.is_empty();
             if !full && !(force && !state.mem.is_empty()) {
                 return Ok(state.mem.clone());
             }
@@ -250,7 +272,10 @@ impl Inner {
                 let started = Instant::now();
                 Counters::add(&self.counters.write_stops, 1);
                 self.work.wait_for(&mut state, Duration::from_millis(100));
-                Counters::add(&self.counters.stall_micros, started.elapsed().as_micros() as u64);
+                Counters::add(
+                    &self.counters.stall_micros,
+                    started.elapsed().as_micros() as u64,
+                );
                 continue;
             }
             drop(state);
@@ -273,7 +298,10 @@ impl Inner {
             // the newest segment can ever have a torn tail.
             wal.writer.sync()?;
             Counters::add(&self.counters.wal_syncs, 1);
-            *wal = WalState { writer, dirty: false };
+            *wal = WalState {
+                writer,
+                dirty: false,
+            };
             Ok(())
         })();
         if let Err(error) = switched {
@@ -336,4 +364,3 @@ fn take_group(pending: &mut VecDeque<(u64, Job)>) -> Vec<(u64, Job)> {
     }
     group
 }
-

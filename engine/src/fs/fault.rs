@@ -199,7 +199,10 @@ impl WritableFile for MemWritableFile {
 
     fn len(&self) -> u64 {
         let state = self.state.lock();
-        state.files.get(&self.id).map_or(0, |f| f.bytes.len() as u64)
+        state
+            .files
+            .get(&self.id)
+            .map_or(0, |f| f.bytes.len() as u64)
     }
 }
 
@@ -397,7 +400,8 @@ mod tests {
         let mut tmp = fs.create(&dir.join("CURRENT.tmp")).unwrap();
         tmp.append(b"two").unwrap();
         tmp.sync().unwrap();
-        fs.rename(&dir.join("CURRENT.tmp"), &dir.join("CURRENT")).unwrap();
+        fs.rename(&dir.join("CURRENT.tmp"), &dir.join("CURRENT"))
+            .unwrap();
         fs.power_loss();
         assert_eq!(fs.read_all(&dir.join("CURRENT")).unwrap(), b"one");
     }

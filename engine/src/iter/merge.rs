@@ -103,11 +103,15 @@ pub(crate) mod tests {
                 (None, false) => (n > 0).then_some(0),
                 (None, true) => n.checked_sub(1),
                 (Some(t), false) => {
-                    let i = self.entries.partition_point(|e| key::compare(&e.0, t) == Ordering::Less);
+                    let i = self
+                        .entries
+                        .partition_point(|e| key::compare(&e.0, t) == Ordering::Less);
                     (i < n).then_some(i)
                 }
                 (Some(t), true) => {
-                    let i = self.entries.partition_point(|e| key::compare(&e.0, t) != Ordering::Greater);
+                    let i = self
+                        .entries
+                        .partition_point(|e| key::compare(&e.0, t) != Ordering::Greater);
                     i.checked_sub(1)
                 }
             };
@@ -122,7 +126,8 @@ pub(crate) mod tests {
             Ok(())
         }
         fn current(&self) -> Option<(&[u8], &[u8])> {
-            self.position.map(|p| (&self.entries[p].0[..], &self.entries[p].1[..]))
+            self.position
+                .map(|p| (&self.entries[p].0[..], &self.entries[p].1[..]))
         }
     }
 
@@ -130,13 +135,18 @@ pub(crate) mod tests {
     fn merges_in_both_directions() {
         let make = |keys: &[(&[u8], u64)], reverse| -> Box<dyn EntryIter> {
             Box::new(VecIter::new(
-                keys.iter().map(|(k, s)| (key::encode(k, *s, ValueKind::Put), vec![])).collect(),
+                keys.iter()
+                    .map(|(k, s)| (key::encode(k, *s, ValueKind::Put), vec![]))
+                    .collect(),
                 reverse,
             ))
         };
         for reverse in [false, true] {
             let mut merge = MergeIter::new(
-                vec![make(&[(b"a", 1), (b"c", 3)], reverse), make(&[(b"b", 2), (b"c", 4)], reverse)],
+                vec![
+                    make(&[(b"a", 1), (b"c", 3)], reverse),
+                    make(&[(b"b", 2), (b"c", 4)], reverse),
+                ],
                 reverse,
             );
             merge.seek(None).unwrap();
@@ -145,7 +155,12 @@ pub(crate) mod tests {
                 seen.push((key::user_key(k).to_vec(), key::sequence(k)));
                 merge.advance().unwrap();
             }
-            let mut expected = vec![(b"a".to_vec(), 1), (b"b".to_vec(), 2), (b"c".to_vec(), 4), (b"c".to_vec(), 3)];
+            let mut expected = vec![
+                (b"a".to_vec(), 1),
+                (b"b".to_vec(), 2),
+                (b"c".to_vec(), 4),
+                (b"c".to_vec(), 3),
+            ];
             if reverse {
                 expected.reverse();
             }

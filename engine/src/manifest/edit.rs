@@ -59,7 +59,12 @@ impl VersionEdit {
         for (level, table) in &self.added {
             varint::put_u64(&mut out, TAG_ADD_TABLE);
             out.push(*level as u8);
-            for value in [table.number, table.size, table.min_sequence, table.max_sequence] {
+            for value in [
+                table.number,
+                table.size,
+                table.min_sequence,
+                table.max_sequence,
+            ] {
                 varint::put_u64(&mut out, value);
             }
             varint::put_bytes(&mut out, &table.smallest);

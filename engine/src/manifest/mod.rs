@@ -79,7 +79,9 @@ impl VersionSet {
             .ok()
             .map(str::trim)
             .filter(|n| n.starts_with("MANIFEST-"))
-            .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT does not name a manifest"))?;
+            .ok_or_else(|| {
+                Error::corruption(&current_path, 0, "CURRENT does not name a manifest")
+            })?;
         let number: u64 = name["MANIFEST-".len()..]
             .parse()
             .map_err(|_| Error::corruption(&current_path, 0, "CURRENT does not name a manifest"))?;
@@ -87,16 +89,22 @@ impl VersionSet {
         let mut edits = Vec::new();
         let mut decode_error = None;
         // A torn last edit was never synced, so nothing acted on it.
-        read_segment(&**fs, &path, LogKind::Manifest, TailPolicy::TolerateTornTail, |_, payload| {
-            match VersionEdit::decode(payload) {
-                Ok(edit) => edits.push(edit),
-                Err((at, reason)) => decode_error = Some((at, reason)),
-            }
-            if let Some((at, reason)) = &decode_error {
-                return Err(Error::corruption(&path, *at as u64, reason.clone()));
-            }
-            Ok(())
-        })?;
+        read_segment(
+            &**fs,
+            &path,
+            LogKind::Manifest,
+            TailPolicy::TolerateTornTail,
+            |_, payload| {
+                match VersionEdit::decode(payload) {
+                    Ok(edit) => edits.push(edit),
+                    Err((at, reason)) => decode_error = Some((at, reason)),
+                }
+                if let Some((at, reason)) = &decode_error {
+                    return Err(Error::corruption(&path, *at as u64, reason.clone()));
+                }
+                Ok(())
+            },
+        )?;
 
         let mut recovered = Recovered {
             version: Version::default(),
@@ -116,14 +124,16 @@ impl VersionSet {
                 recovered.last_sequence = recovered.last_sequence.max(sequence);
             }
             for (level, number) in &edit.deleted {
-                let files = live
-                    .get_mut(*level)
-                    .ok_or_else(|| Error::corruption(&path, 0, format!("edit names level {level}")))?;
+                let files = live.get_mut(*level).ok_or_else(|| {
+                    Error::corruption(&path, 0, format!("edit names level {level}"))
+                })?;
                 files.retain(|t| t.number != *number);
             }
             for (level, table) in &edit.added {
                 live.get_mut(*level)
-                    .ok_or_else(|| Error::corruption(&path, 0, format!("edit names level {level}")))?
+                    .ok_or_else(|| {
+                        Error::corruption(&path, 0, format!("edit names level {level}"))
+                    })?
                     .push(table.clone());
             }
         }
@@ -155,7 +165,15 @@ impl VersionSet {
         next_file_number: u64,
         last_sequence: u64,
     ) -> Result<VersionSet> {
-        let manifest = write_snapshot(&*fs, dir, manifest_number, &version, log_number, next_file_number, last_sequence)?;
+        let manifest = write_snapshot(
+            &*fs,
+            dir,
+            manifest_number,
+            &version,
+            log_number,
+            next_file_number,
+            last_sequence,
+        )?;
         Ok(VersionSet {
             dir: dir.to_path_buf(),
             fs,
@@ -183,11 +201,21 @@ impl VersionSet {
     pub(crate) fn open_added(&self, edit: &VersionEdit) -> Result<HashMap<u64, Arc<TableFile>>> {
         let mut opened = HashMap::new();
         for (_, meta) in &edit.added {
-            if let Some((_, live)) = self.current.all_files().find(|(_, f)| f.meta.number == meta.number) {
+            if let Some((_, live)) = self
+                .current
+                .all_files()
+                .find(|(_, f)| f.meta.number == meta.number)
+            {
                 opened.insert(meta.number, live.clone());
                 continue;
             }
-            let file = open_table(&self.fs, &self.dir, meta.clone(), &self.cache, &self.counters)?;
+            let file = open_table(
+                &self.fs,
+                &self.dir,
+                meta.clone(),
+                &self.cache,
+                &self.counters,
+            )?;
             opened.insert(meta.number, file);
         }
         Ok(opened)
@@ -237,7 +265,10 @@ impl VersionSet {
             if edit.added.iter().any(|(_, meta)| meta.number == *number) {
                 continue;
             }
-            if let Some(file) = self.current.levels[*level].iter().find(|f| f.meta.number == *number) {
+            if let Some(file) = self.current.levels[*level]
+                .iter()
+                .find(|f| f.meta.number == *number)
+            {
                 file.mark_obsolete();
             }
         }
@@ -267,7 +298,11 @@ fn open_table(
     // manifest recorded when it was written.
     let properties = table.properties();
     if properties.smallest != meta.smallest || properties.largest != meta.largest {
-        return Err(Error::corruption(&path, 0, "table key range differs from the manifest"));
+        return Err(Error::corruption(
+            &path,
+            0,
+            "table key range differs from the manifest",
+        ));
     }
     Ok(Arc::new(TableFile::new(meta, Arc::new(table), fs.clone())))
 }

@@ -37,7 +37,9 @@ pub(crate) struct TableFile {
 
 impl std::fmt::Debug for TableFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TableFile").field("number", &self.meta.number).finish()
+        f.debug_struct("TableFile")
+            .field("number", &self.meta.number)
+            .finish()
     }
 }
 
@@ -68,7 +70,8 @@ impl TableFile {
     /// Whether the table's key range meets `[start, end]` (user keys,
     /// `None` = unbounded).
     pub(crate) fn overlaps(&self, start: Option<&[u8]>, end: Option<&[u8]>) -> bool {
-        start.is_none_or(|s| self.largest_user_key() >= s) && end.is_none_or(|e| self.smallest_user_key() <= e)
+        start.is_none_or(|s| self.largest_user_key() >= s)
+            && end.is_none_or(|e| self.smallest_user_key() <= e)
     }
 }
 
@@ -90,14 +93,23 @@ pub(crate) struct Version {
 impl Version {
     /// Applies an edit, producing the next version. `opened` holds the
     /// readers of the tables the edit adds.
-    pub(crate) fn apply(&self, edit: &VersionEdit, opened: &mut HashMap<u64, Arc<TableFile>>) -> Result<Version> {
+    pub(crate) fn apply(
+        &self,
+        edit: &VersionEdit,
+        opened: &mut HashMap<u64, Arc<TableFile>>,
+    ) -> Result<Version> {
         let mut next = self.clone();
         for (level, number) in &edit.deleted {
-            let files = next.levels.get_mut(*level).ok_or_else(|| invalid(format!("level {level}")))?;
+            let files = next
+                .levels
+                .get_mut(*level)
+                .ok_or_else(|| invalid(format!("level {level}")))?;
             let before = files.len();
             files.retain(|f| f.meta.number != *number);
             if files.len() == before {
-                return Err(invalid(format!("deleting table {number} not in level {level}")));
+                return Err(invalid(format!(
+                    "deleting table {number} not in level {level}"
+                )));
             }
         }
         for (level, meta) in &edit.added {
@@ -144,7 +156,12 @@ impl Version {
     }
 
     /// Tables of `level` that meet `[start, end]` (user keys).
-    pub(crate) fn overlapping(&self, level: usize, start: Option<&[u8]>, end: Option<&[u8]>) -> Vec<Arc<TableFile>> {
+    pub(crate) fn overlapping(
+        &self,
+        level: usize,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+    ) -> Vec<Arc<TableFile>> {
         self.levels[level]
             .iter()
             .filter(|f| f.overlaps(start, end))

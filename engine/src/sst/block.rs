@@ -50,7 +50,11 @@ impl BlockBuilder {
             self.since_restart = 0;
             0
         } else {
-            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+            self.last_key
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count()
         };
         varint::put_u64(&mut self.buffer, shared as u64);
         varint::put_u64(&mut self.buffer, (key.len() - shared) as u64);
@@ -105,7 +109,9 @@ pub(crate) struct Block {
 impl Block {
     /// Validates the restart array of freshly read bytes.
     pub(crate) fn new(data: Vec<u8>, path: Arc<PathBuf>, offset: u64) -> Result<Self> {
-        let bad = |reason: &str| Error::corruption(path.to_path_buf(), offset, format!("block: {reason}"));
+        let bad = |reason: &str| {
+            Error::corruption(path.to_path_buf(), offset, format!("block: {reason}"))
+        };
         let len = data.len();
         let tail: [u8; 4] = data
             .get(len.wrapping_sub(4)..)
@@ -120,7 +126,8 @@ impl Block {
         let entries_end = len - restarts_len;
         let restarts_ok = (0..num_restarts).all(|index| {
             let at = entries_end + index * 4;
-            let restart = u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let restart =
+                u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
             let previous = (index > 0).then(|| {
                 let at = at - 4;
                 u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize

@@ -66,7 +66,8 @@ impl TableBuilder {
     pub(crate) fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
         let properties = &mut self.properties;
         debug_assert!(
-            properties.entries == 0 || key::compare(&properties.largest, internal_key) == Ordering::Less,
+            properties.entries == 0
+                || key::compare(&properties.largest, internal_key) == Ordering::Less,
             "table keys out of order"
         );
         let user_key = key::user_key(internal_key);

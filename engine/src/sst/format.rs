@@ -83,7 +83,12 @@ pub(crate) fn decode_block(file: &[u8], handle: BlockHandle, path: &Path) -> Res
         .checked_add(handle.size)
         .and_then(|n| n.checked_add(BLOCK_TRAILER_LEN as u64))
         .filter(|&end| end <= file.len() as u64)
-        .ok_or_else(|| bad(format!("block of {} bytes runs past the end of the file", handle.size)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "block of {} bytes runs past the end of the file",
+                handle.size
+            ))
+        })?;
     let bytes = &file[handle.offset as usize..end as usize];
     let (body, crc_bytes) = bytes.split_at(bytes.len() - 4);
     let stored_crc = u32::from_le_bytes(crc_bytes.try_into().unwrap_or_default());
@@ -133,11 +138,16 @@ impl Footer {
     pub(crate) fn decode(file: &[u8], path: &Path) -> Result<Self> {
         let len = file.len();
         if len < FOOTER_LEN {
-            return Err(Error::corruption(path, 0, format!("file of {len} bytes is too short for a table")));
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("file of {len} bytes is too short for a table"),
+            ));
         }
         let start = len - FOOTER_LEN;
         let footer = &file[start..];
-        let word = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap_or_default());
+        let word =
+            |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap_or_default());
         let bad = |reason: &str| Error::corruption(path, start as u64, format!("footer: {reason}"));
         if word(56) != TABLE_MAGIC {
             return Err(bad("bad magic, not a Ferry table"));

@@ -45,10 +45,20 @@ impl Table {
         let bytes = file.bytes();
         let footer = Footer::decode(bytes, path)?;
         let shared_path = Arc::new(path.to_path_buf());
-        let index = Block::new(decode_block(bytes, footer.index, path)?, shared_path.clone(), footer.index.offset)?;
+        let index = Block::new(
+            decode_block(bytes, footer.index, path)?,
+            shared_path.clone(),
+            footer.index.offset,
+        )?;
         let filter = decode_block(bytes, footer.filter, path)?;
         let properties = TableProperties::decode(&decode_block(bytes, footer.properties, path)?)
-            .ok_or_else(|| Error::corruption(path, footer.properties.offset, "properties block does not decode"))?;
+            .ok_or_else(|| {
+                Error::corruption(
+                    path,
+                    footer.properties.offset,
+                    "properties block does not decode",
+                )
+            })?;
         Ok(Table {
             file,
             path: shared_path,
@@ -70,8 +80,13 @@ impl Table {
     }
 
     fn read_block(&self, index_value: &[u8]) -> Result<Arc<Block>> {
-        let handle = BlockHandle::decode_varint(index_value)
-            .ok_or_else(|| Error::corruption(self.path.as_path(), self.index_offset(), "index entry does not decode"))?;
+        let handle = BlockHandle::decode_varint(index_value).ok_or_else(|| {
+            Error::corruption(
+                self.path.as_path(),
+                self.index_offset(),
+                "index entry does not decode",
+            )
+        })?;
         if let Some(block) = self.cache.get(self.number, handle.offset) {
             Counters::add(&self.counters.block_cache_hits, 1);
             return Ok(block);
@@ -84,7 +99,10 @@ impl Table {
     }
 
     fn index_offset(&self) -> u64 {
-        self.file.bytes().len().saturating_sub(super::format::FOOTER_LEN) as u64
+        self.file
+            .bytes()
+            .len()
+            .saturating_sub(super::format::FOOTER_LEN) as u64
     }
 
     /// The newest version of `user_key` at or below `sequence` in this table.
@@ -107,7 +125,13 @@ impl Table {
         Ok(match key::kind(data.key()) {
             Some(ValueKind::Put) => Lookup::Found(data.value().to_vec()),
             Some(ValueKind::Delete) => Lookup::Deleted,
-            None => return Err(Error::corruption(self.path.as_path(), 0, "entry with unknown kind")),
+            None => {
+                return Err(Error::corruption(
+                    self.path.as_path(),
+                    0,
+                    "entry with unknown kind",
+                ))
+            }
         })
     }
 }

@@ -51,14 +51,34 @@ pub fn read_segment(
     // before a crash and holds nothing.
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     if file_len < SEGMENT_HEADER_LEN as u64 {
-        return damaged_tail(path, policy, outcome, 0, file_len, "segment header is cut short".into(), &mut reader);
+        return damaged_tail(
+            path,
+            policy,
+            outcome,
+            0,
+            file_len,
+            "segment header is cut short".into(),
+            &mut reader,
+        );
     }
     reader.read_exact(&mut header).at(path)?;
     if &header[..8] != MAGIC {
         if header.iter().all(|&b| b == 0) {
-            return damaged_tail(path, policy, outcome, 0, file_len, "segment header is zeroed".into(), &mut reader);
+            return damaged_tail(
+                path,
+                policy,
+                outcome,
+                0,
+                file_len,
+                "segment header is zeroed".into(),
+                &mut reader,
+            );
         }
-        return Err(Error::corruption(path, 0, "bad magic: not a Ferry log segment"));
+        return Err(Error::corruption(
+            path,
+            0,
+            "bad magic: not a Ferry log segment",
+        ));
     }
     let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
     if version != FORMAT_VERSION {
@@ -69,7 +89,11 @@ pub fn read_segment(
     }
     let found_kind = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
     if found_kind != kind as u32 {
-        return Err(Error::corruption(path, 12, format!("log kind {found_kind}, expected {}", kind as u32)));
+        return Err(Error::corruption(
+            path,
+            12,
+            format!("log kind {found_kind}, expected {}", kind as u32),
+        ));
     }
 
     let mut offset = SEGMENT_HEADER_LEN as u64;
@@ -79,14 +103,31 @@ pub fn read_segment(
     while offset < file_len {
         let remaining = file_len - offset;
         if remaining < RECORD_HEADER_LEN as u64 {
-            return damaged_tail(path, policy, outcome, offset, file_len, "record header is cut short".into(), &mut reader);
+            return damaged_tail(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                "record header is cut short".into(),
+                &mut reader,
+            );
         }
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
         reader.read_exact(&mut header_bytes).at(path)?;
         let header = decode_header(&header_bytes);
         if header.length > MAX_PAYLOAD_LEN {
             let reason = format!("implausible record length {}", header.length);
-            return damaged_after_header(path, policy, outcome, offset, file_len, reason, &header_bytes, &mut reader);
+            return damaged_after_header(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                reason,
+                &header_bytes,
+                &mut reader,
+            );
         }
         let record_end = offset + (RECORD_HEADER_LEN + header.length) as u64;
         if record_end > file_len {
@@ -116,7 +157,11 @@ pub fn read_segment(
             return Err(Error::corruption(
                 path,
                 offset,
-                format!("sequence {} after {}", header.sequence, last_sequence.unwrap_or_default()),
+                format!(
+                    "sequence {} after {}",
+                    header.sequence,
+                    last_sequence.unwrap_or_default()
+                ),
             ));
         }
         last_sequence = Some(header.sequence);
@@ -151,7 +196,8 @@ fn damaged_after_header(
     // A non-zero header whose length runs past the end of the file is a
     // record whose write was interrupted.
     let declared_past_end = {
-        let header: [u8; RECORD_HEADER_LEN] = header_bytes.try_into().unwrap_or([0; RECORD_HEADER_LEN]);
+        let header: [u8; RECORD_HEADER_LEN] =
+            header_bytes.try_into().unwrap_or([0; RECORD_HEADER_LEN]);
         let length = decode_header(&header).length as u64;
         offset + RECORD_HEADER_LEN as u64 + length > file_len
     };
@@ -178,7 +224,15 @@ fn damaged_tail(
     // means this is not a tail.
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).at(path)?;
-    torn_or_strict(path, policy, outcome, offset, file_len, reason, all_zero(&rest))
+    torn_or_strict(
+        path,
+        policy,
+        outcome,
+        offset,
+        file_len,
+        reason,
+        all_zero(&rest),
+    )
 }
 
 fn torn_or_strict(
@@ -230,7 +284,11 @@ mod tests {
         writer.sync().unwrap();
     }
 
-    fn read_all(fs: &FaultInjectionFs, path: &Path, policy: TailPolicy) -> Result<(Vec<Vec<u8>>, SegmentOutcome)> {
+    fn read_all(
+        fs: &FaultInjectionFs,
+        path: &Path,
+        policy: TailPolicy,
+    ) -> Result<(Vec<Vec<u8>>, SegmentOutcome)> {
         let mut out = Vec::new();
         let outcome = read_segment(fs, path, LogKind::Wal, policy, |_, p| {
             out.push(p.to_vec());

@@ -35,7 +35,10 @@ pub(crate) fn segment_header(kind: LogKind) -> [u8; SEGMENT_HEADER_LEN] {
 
 /// Appends one framed record to `out`.
 pub(crate) fn encode_record(out: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
-    assert!(payload.len() <= MAX_PAYLOAD_LEN, "record payload over the format limit");
+    assert!(
+        payload.len() <= MAX_PAYLOAD_LEN,
+        "record payload over the format limit"
+    );
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -54,7 +57,8 @@ pub(crate) struct RecordHeader {
 }
 
 pub(crate) fn decode_header(bytes: &[u8; RECORD_HEADER_LEN]) -> RecordHeader {
-    let word = |range: std::ops::Range<usize>| -> [u8; 4] { bytes[range].try_into().unwrap_or([0; 4]) };
+    let word =
+        |range: std::ops::Range<usize>| -> [u8; 4] { bytes[range].try_into().unwrap_or([0; 4]) };
     let mut sequence = [0u8; 8];
     sequence.copy_from_slice(&bytes[8..16]);
     RecordHeader {
