@@ -45,6 +45,8 @@ mod db;
 mod error;
 mod flush;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod iter;
 mod key;
 pub mod manifest;

@@ -87,11 +87,14 @@ impl Memtable {
     }
 }
 
+/// An owned `(internal key, value)` pair.
+type OwnedEntry = (Box<[u8]>, Box<[u8]>);
+
 /// A cursor over a memtable, forward or reverse.
 pub(crate) struct MemtableIter {
     memtable: Arc<Memtable>,
     reverse: bool,
-    current: Option<(Box<[u8]>, Box<[u8]>)>,
+    current: Option<OwnedEntry>,
 }
 
 impl MemtableIter {

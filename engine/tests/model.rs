@@ -173,11 +173,8 @@ fn run(ops: Vec<Op>, background: bool) {
     let mut both = db.iter();
     let mut front = Vec::new();
     let mut back = Vec::new();
-    loop {
-        match both.next() {
-            Some(entry) => front.push(entry.unwrap()),
-            None => break,
-        }
+    while let Some(entry) = both.next() {
+        front.push(entry.unwrap());
         match both.next_back() {
             Some(entry) => back.push(entry.unwrap()),
             None => break,
@@ -193,7 +190,7 @@ fn run(ops: Vec<Op>, background: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn matches_btreemap(ops in prop::collection::vec(op(), 1..400)) {

@@ -257,7 +257,7 @@ impl Inner {
             }
             let full = state.mem.approximate_bytes() + bytes > self.options.write_buffer_bytes
                 && !state.mem.is_empty();
-            if !full && !(force && !state.mem.is_empty()) {
+            if !full && (!force || state.mem.is_empty()) {
                 return Ok(state.mem.clone());
             }
             if state.imm.len() >= self.options.max_immutable_memtables

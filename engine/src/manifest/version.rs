@@ -121,7 +121,7 @@ impl Version {
                 .ok_or_else(|| invalid(format!("level {level}")))?
                 .push(file);
         }
-        next.levels[0].sort_by(|a, b| b.meta.number.cmp(&a.meta.number));
+        next.levels[0].sort_by_key(|f| std::cmp::Reverse(f.meta.number));
         for level in 1..NUM_LEVELS {
             next.levels[level].sort_by(|a, b| key::compare(&a.meta.smallest, &b.meta.smallest));
         }

@@ -213,7 +213,7 @@ fn damaged_after_header(
 fn damaged_tail(
     path: &Path,
     policy: TailPolicy,
-    mut outcome: SegmentOutcome,
+    outcome: SegmentOutcome,
     offset: u64,
     file_len: u64,
     reason: String,

@@ -1,0 +1,142 @@
+//! Entry points for the fuzz targets in `fuzz/`: every decoder that reads
+//! bytes from disk, run on arbitrary input. Each must return an error for
+//! garbage, never panic, hang or allocate without bound.
+//!
+//! Not part of the stable API.
+
+use crate::batch::BatchIter;
+use crate::cache::BlockCache;
+use crate::fs::{FaultInjectionFs, FileSystem};
+use crate::iter::EntryIter;
+use crate::manifest::edit::VersionEdit;
+use crate::sst::table::{Table, TableIter};
+use crate::stats::Counters;
+use crate::wal::{read_segment, LogKind, TailPolicy};
+use std::path::Path;
+use std::sync::Arc;
+
+fn file_system_with(bytes: &[u8]) -> (FaultInjectionFs, &'static Path) {
+    let fs = FaultInjectionFs::new();
+    let dir = Path::new("/fuzz");
+    let path = Path::new("/fuzz/000001.bin");
+    let created = fs.create_dir_all(dir).and_then(|()| fs.create(path));
+    if let Ok(mut file) = created {
+        let _ = file.append(bytes).and_then(|()| file.sync());
+    }
+    (fs, path)
+}
+
+/// Reads `bytes` as a WAL segment under every tail policy, decoding each
+/// record as a write batch.
+pub fn wal_segment(bytes: &[u8]) {
+    let (fs, path) = file_system_with(bytes);
+    for policy in [
+        TailPolicy::Strict,
+        TailPolicy::TolerateTornTail,
+        TailPolicy::Salvage,
+    ] {
+        let _ = read_segment(&fs, path, LogKind::Wal, policy, |_, payload| {
+            write_batch(payload);
+            Ok(())
+        });
+    }
+}
+
+/// Decodes `bytes` as a write batch payload.
+pub fn write_batch(bytes: &[u8]) {
+    if let Some(ops) = BatchIter::decode(bytes) {
+        // The count comes from the input: stop at the first bad op, and
+        // never loop longer than the bytes could hold.
+        for op in ops.take(bytes.len() + 1) {
+            if op.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// Decodes `bytes` as a manifest version edit.
+pub fn version_edit(bytes: &[u8]) {
+    let _ = VersionEdit::decode(bytes);
+}
+
+/// Opens `bytes` as a table and reads it both ways and by point lookups.
+pub fn table(bytes: &[u8]) {
+    let (fs, path) = file_system_with(bytes);
+    let cache = Arc::new(BlockCache::new(1 << 20));
+    let Ok(table) = Table::open(&fs, path, 1, cache, Arc::new(Counters::default())) else {
+        return;
+    };
+    let table = Arc::new(table);
+    for reverse in [false, true] {
+        let mut iter = TableIter::new(table.clone(), reverse);
+        if iter.seek(None).is_err() {
+            continue;
+        }
+        let mut steps = 0;
+        while iter.current().is_some() && steps < 100_000 {
+            if iter.advance().is_err() {
+                break;
+            }
+            steps += 1;
+        }
+    }
+    for probe in [&b""[..], b"a", b"key", b"\xff\xff"] {
+        let _ = table.get(probe, crate::key::MAX_SEQUENCE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A real table to mutate, so that mutations reach past the footer.
+    fn valid_table() -> Vec<u8> {
+        let fs = FaultInjectionFs::new();
+        fs.create_dir_all(Path::new("/t")).unwrap();
+        let path = Path::new("/t/1.sst");
+        let options = crate::sst::builder::TableOptions {
+            block_bytes: 128,
+            restart_interval: 4,
+            bloom_bits_per_key: 10,
+            compression: true,
+        };
+        let mut builder =
+            crate::sst::builder::TableBuilder::new(fs.create(path).unwrap(), path, options);
+        for i in 0..200u32 {
+            let key = crate::key::encode(
+                format!("key{i:04}").as_bytes(),
+                1,
+                crate::key::ValueKind::Put,
+            );
+            builder
+                .add(&key, format!("value{i}").repeat(3).as_bytes())
+                .unwrap();
+        }
+        builder.finish().unwrap();
+        fs.read_all(path).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decoders_survive_garbage(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            wal_segment(&bytes);
+            write_batch(&bytes);
+            version_edit(&bytes);
+            table(&bytes);
+        }
+
+        #[test]
+        fn table_reader_survives_mutations(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = valid_table();
+            for (index, value) in flips {
+                let at = index.index(bytes.len());
+                bytes[at] = value;
+            }
+            table(&bytes);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Fuzzes the version_edit decoder of ferry-engine with arbitrary bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    ferry_engine::fuzzing::version_edit(data);
+});
