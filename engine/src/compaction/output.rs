@@ -72,11 +72,13 @@ impl<'a> OutputTables<'a> {
 
     fn finish_current(&mut self) -> Result<()> {
         if let Some((number, builder)) = self.current.take() {
-            let (properties, size) = builder.finish()?;
+            let finished = builder.finish()?;
+            let (properties, size) = (finished.properties, finished.size);
             self.bytes_written += size;
             self.finished.push(TableMeta {
                 number,
                 size,
+                file_crc: finished.file_crc,
                 min_sequence: properties.min_sequence,
                 max_sequence: properties.max_sequence,
                 smallest: properties.smallest,

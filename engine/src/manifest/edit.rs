@@ -8,7 +8,7 @@
 //!   1 log number          : varint   first WAL segment still needed
 //!   2 next file number    : varint
 //!   3 last sequence       : varint   highest sequence held by tables
-//!   4 add table           : level u8 | number | size | min seq | max seq (varints)
+//!   4 add table           : level u8 | number | size | file crc32 | min seq | max seq (varints)
 //!                           | smallest, largest (varint length ‖ internal key)
 //!   5 delete table        : level u8 | number (varint)
 //! ```
@@ -23,6 +23,8 @@ use crate::varint::{self, Cursor};
 pub(crate) struct TableMeta {
     pub(crate) number: u64,
     pub(crate) size: u64,
+    /// CRC32 of the whole table file.
+    pub(crate) file_crc: u32,
     pub(crate) min_sequence: u64,
     pub(crate) max_sequence: u64,
     pub(crate) smallest: Vec<u8>,
@@ -62,6 +64,7 @@ impl VersionEdit {
             for value in [
                 table.number,
                 table.size,
+                u64::from(table.file_crc),
                 table.min_sequence,
                 table.max_sequence,
             ] {
@@ -96,6 +99,7 @@ impl VersionEdit {
                         let table = TableMeta {
                             number: cursor.u64()?,
                             size: cursor.u64()?,
+                            file_crc: u32::try_from(cursor.u64()?).ok()?,
                             min_sequence: cursor.u64()?,
                             max_sequence: cursor.u64()?,
                             smallest: cursor.bytes()?.to_vec(),
@@ -133,6 +137,7 @@ mod tests {
                 TableMeta {
                     number: 8,
                     size: 4096,
+                    file_crc: 0xdead_beef,
                     min_sequence: 1,
                     max_sequence: 1000,
                     smallest: b"a\0\0\0\0\0\0\0\x01".to_vec(),

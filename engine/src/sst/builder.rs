@@ -30,6 +30,13 @@ impl From<&crate::Options> for TableOptions {
     }
 }
 
+/// What a finished table is, as the manifest records it.
+pub(crate) struct FinishedTable {
+    pub(crate) properties: TableProperties,
+    pub(crate) size: u64,
+    pub(crate) file_crc: u32,
+}
+
 /// Streams sorted entries into a table file; memory holds one block plus
 /// the index and one hash per distinct user key.
 pub(crate) struct TableBuilder {
@@ -42,6 +49,10 @@ pub(crate) struct TableBuilder {
     properties: TableProperties,
     offset: u64,
     scratch: Vec<u8>,
+    /// CRC32 of every byte written, recorded in the manifest so that
+    /// checkpoints and transfers can verify a whole file without a second
+    /// read at write time.
+    file_crc: crc32fast::Hasher,
 }
 
 impl TableBuilder {
@@ -59,6 +70,7 @@ impl TableBuilder {
             },
             offset: 0,
             scratch: Vec::new(),
+            file_crc: crc32fast::Hasher::new(),
         }
     }
 
@@ -122,13 +134,13 @@ impl TableBuilder {
             size: (self.scratch.len() - super::format::BLOCK_TRAILER_LEN) as u64,
         };
         self.file.append(&self.scratch).at(&self.path)?;
+        self.file_crc.update(&self.scratch);
         self.offset += self.scratch.len() as u64;
         Ok(handle)
     }
 
     /// Writes the filter, properties, index and footer, then syncs the file.
-    /// Returns the properties and the file size.
-    pub(crate) fn finish(mut self) -> Result<(TableProperties, u64)> {
+    pub(crate) fn finish(mut self) -> Result<FinishedTable> {
         self.finish_data_block()?;
         if self.properties.entries == 0 {
             self.properties.min_sequence = 0;
@@ -144,9 +156,15 @@ impl TableBuilder {
             properties,
             index,
         };
-        self.file.append(&footer.encode()).at(&self.path)?;
+        let footer = footer.encode();
+        self.file.append(&footer).at(&self.path)?;
+        self.file_crc.update(&footer);
         self.offset += super::format::FOOTER_LEN as u64;
         self.file.sync().at(&self.path)?;
-        Ok((self.properties, self.offset))
+        Ok(FinishedTable {
+            properties: self.properties,
+            size: self.offset,
+            file_crc: self.file_crc.finalize(),
+        })
     }
 }
