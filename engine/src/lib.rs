@@ -40,6 +40,7 @@
 
 mod batch;
 mod cache;
+pub mod checkpoint;
 pub mod compaction;
 mod db;
 mod error;

@@ -87,6 +87,10 @@ pub struct Options {
     pub background_work: bool,
     /// Create the database if the directory holds none.
     pub create_if_missing: bool,
+    /// Take delta checkpoints periodically (see
+    /// [`PeriodicCheckpoints`](crate::checkpoint::periodic::PeriodicCheckpoints)
+    /// for the recovery point this gives).
+    pub periodic_checkpoints: Option<crate::checkpoint::periodic::PeriodicCheckpoints>,
     /// The file system all files go through.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -113,6 +117,7 @@ impl Default for Options {
             wal_recovery: WalRecovery::TolerateTornTail,
             background_work: true,
             create_if_missing: true,
+            periodic_checkpoints: None,
             fs: Arc::new(OsFs),
         }
     }
@@ -157,6 +162,11 @@ impl Options {
         if let Durability::Periodic(interval) = self.durability {
             if interval.is_zero() {
                 return fail("Periodic durability needs a non-zero interval");
+            }
+        }
+        if let Some(periodic) = &self.periodic_checkpoints {
+            if periodic.interval.is_zero() || periodic.keep_chains == 0 {
+                return fail("periodic checkpoints need a non-zero interval and keep_chains");
             }
         }
         Ok(())

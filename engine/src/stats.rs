@@ -21,6 +21,8 @@ pub(crate) struct Counters {
     pub(crate) wal_syncs: AtomicU64,
     pub(crate) write_groups: AtomicU64,
     pub(crate) writes: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) checkpoint_failures: AtomicU64,
 }
 
 impl Counters {
@@ -48,6 +50,8 @@ impl Counters {
             wal_syncs: get(&self.wal_syncs),
             write_groups: get(&self.write_groups),
             writes: get(&self.writes),
+            checkpoints: get(&self.checkpoints),
+            checkpoint_failures: get(&self.checkpoint_failures),
             level_files: Vec::new(),
             level_bytes: Vec::new(),
         }
@@ -101,6 +105,10 @@ pub struct Statistics {
     pub write_groups: u64,
     /// Write batches committed.
     pub writes: u64,
+    /// Periodic checkpoints taken.
+    pub checkpoints: u64,
+    /// Periodic checkpoints that failed (the next one starts a new chain).
+    pub checkpoint_failures: u64,
     /// Number of tables per level.
     pub level_files: Vec<usize>,
     /// Bytes of tables per level.

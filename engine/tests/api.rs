@@ -157,7 +157,10 @@ fn concurrent_readers_and_writers_reach_deep_levels() {
     // Where exactly the data sits depends on thread timing; below level 0
     // it must be after a full compaction.
     assert_eq!(stats.level_files[0], 0, "{stats:?}");
-    assert!(stats.level_files.iter().skip(1).sum::<usize>() > 0, "{stats:?}");
+    assert!(
+        stats.level_files.iter().skip(1).sum::<usize>() > 0,
+        "{stats:?}"
+    );
     assert!(stats.write_amplification() > 1.0);
     assert_eq!(db.iter().count(), 20_000);
     for i in (0..20_000u32).step_by(97) {

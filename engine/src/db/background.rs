@@ -8,6 +8,7 @@
 //! crash loses).
 
 use super::Inner;
+use crate::checkpoint::periodic::PeriodicCheckpoints;
 use crate::compaction::{job, leveled, Compaction};
 use crate::manifest::version::{Version, NUM_LEVELS};
 use crate::options::Durability;
@@ -25,6 +26,12 @@ pub(crate) fn start(inner: &Arc<Inner>) {
         threads.push(spawn("ferry-flush", move || flush_loop(&db)));
         let db = inner.clone();
         threads.push(spawn("ferry-compact", move || compaction_loop(&db)));
+    }
+    if let Some(settings) = inner.options.periodic_checkpoints.clone() {
+        let db = inner.clone();
+        threads.push(spawn("ferry-checkpoint", move || {
+            checkpoint_loop(&db, &settings)
+        }));
     }
     if let Durability::Periodic(interval) = inner.options.durability {
         let db = inner.clone();
@@ -105,6 +112,81 @@ fn sync_loop(db: &Inner, interval: Duration) {
             }
             wal.dirty = false;
             Counters::add(&db.counters.wal_syncs, 1);
+        }
+    }
+}
+
+fn checkpoint_loop(db: &Inner, settings: &PeriodicCheckpoints) {
+    let fs = &*db.fs;
+    let chain_numbers = |fs: &dyn crate::fs::FileSystem| -> Vec<u64> {
+        let mut numbers: Vec<u64> = fs
+            .list(&settings.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.strip_prefix("chain-")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        numbers
+    };
+    // Never extend a chain left by an earlier run: start a fresh one.
+    let mut chain = chain_numbers(fs).last().copied().unwrap_or(0);
+    let mut position = None::<usize>;
+    let mut written_at_last = db.counters.user_bytes_written.load(Ordering::Relaxed);
+    loop {
+        let deadline = Instant::now() + settings.interval;
+        {
+            let mut state = db.state.lock();
+            loop {
+                if state.closing {
+                    return;
+                }
+                let written =
+                    db.counters.user_bytes_written.load(Ordering::Relaxed) - written_at_last;
+                if Instant::now() >= deadline
+                    || settings.every_bytes.is_some_and(|limit| written >= limit)
+                {
+                    break;
+                }
+                let wake = deadline.min(Instant::now() + Duration::from_millis(50));
+                db.work.wait_until(&mut state, wake);
+            }
+        }
+        written_at_last = db.counters.user_bytes_written.load(Ordering::Relaxed);
+        let next = match position {
+            Some(p) if p < settings.deltas_per_chain => p + 1,
+            _ => {
+                chain += 1;
+                0
+            }
+        };
+        let chain_dir = settings.dir.join(format!("chain-{chain:06}"));
+        let target = chain_dir.join(format!("{next:06}"));
+        let base = (next > 0).then(|| chain_dir.join(format!("{:06}", next - 1)));
+        let taken = fs
+            .create_dir_all(&chain_dir)
+            .map_err(|e| crate::Error::io(&chain_dir, e))
+            .and_then(|()| db.create_checkpoint(&target, base.as_deref(), &mut |_| {}));
+        match taken {
+            Ok(_) => {
+                position = Some(next);
+                Counters::add(&db.counters.checkpoints, 1);
+                let chains = chain_numbers(fs);
+                let excess = chains.len().saturating_sub(settings.keep_chains);
+                for old in &chains[..excess] {
+                    let _ = crate::checkpoint::remove_dir_all(
+                        fs,
+                        &settings.dir.join(format!("chain-{old:06}")),
+                    );
+                }
+            }
+            Err(_) => {
+                // A closing database fails its flush: not a checkpoint failure.
+                if db.state.lock().closing {
+                    return;
+                }
+                Counters::add(&db.counters.checkpoint_failures, 1);
+                position = None;
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The database: ties WAL, memtables, tables and background work together.
 
 mod background;
+mod checkpoint;
 mod iter;
 mod recovery;
 mod snapshot;

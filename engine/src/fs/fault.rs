@@ -326,6 +326,7 @@ impl FileSystem for FaultInjectionFs {
         Ok(state
             .live
             .keys()
+            .chain(state.dirs.iter())
             .filter(|path| path.parent() == Some(dir))
             .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
             .collect())
@@ -354,6 +355,31 @@ impl FileSystem for FaultInjectionFs {
                 durable.insert(path.clone(), *id);
             }
         }
+        Ok(())
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.fail_writes {
+            return Err(dead_disk());
+        }
+        let id = *state.live.get(from).ok_or_else(not_found)?;
+        if !state.dirs.contains(&parent(to)) {
+            return Err(not_found());
+        }
+        if state.live.contains_key(to) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        state.live.insert(to.to_path_buf(), id);
+        Ok(())
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.live.keys().any(|p| p.parent() == Some(path)) {
+            return Err(io::Error::other("directory not empty"));
+        }
+        state.dirs.remove(path);
         Ok(())
     }
 

@@ -71,6 +71,11 @@ pub trait FileSystem: Send + Sync + Debug {
     fn file_size(&self, path: &Path) -> io::Result<u64>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `to` as another name of the file `from` (a hard link). Fails
+    /// when the two are on different file systems; callers then copy.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path`, failing with `WouldBlock` if it is held.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
 
@@ -79,6 +84,39 @@ pub trait FileSystem: Send + Sync + Debug {
         let mut bytes = Vec::new();
         self.open_sequential(path)?.read_to_end(&mut bytes)?;
         Ok(bytes)
+    }
+
+    /// Copies a file in bounded memory, syncs the copy and returns the
+    /// CRC32 of its bytes (so a copy is verified as it is made).
+    fn copy_file(&self, from: &Path, to: &Path) -> io::Result<u32> {
+        let mut source = self.open_sequential(from)?;
+        let mut target = self.create(to)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = source.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            crc.update(&buffer[..read]);
+            target.append(&buffer[..read])?;
+        }
+        target.sync()?;
+        Ok(crc.finalize())
+    }
+
+    /// CRC32 of a whole file, read in bounded memory.
+    fn file_crc(&self, path: &Path) -> io::Result<u32> {
+        let mut source = self.open_sequential(path)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = source.read(&mut buffer)?;
+            if read == 0 {
+                return Ok(crc.finalize());
+            }
+            crc.update(&buffer[..read]);
+        }
     }
 
     /// Writes a small file and makes it durable under its final name:

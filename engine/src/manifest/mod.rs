@@ -309,7 +309,7 @@ fn open_table(
 
 /// Writes a manifest holding the whole state as one edit, syncs it and
 /// switches `CURRENT` to it.
-fn write_snapshot(
+pub(crate) fn write_snapshot(
     fs: &dyn FileSystem,
     dir: &Path,
     number: u64,
