@@ -1,1 +1,46 @@
-fn main() {}
+//! `ferry-bench`: Ferry's benchmarks, side by side with peer engines.
+//!
+//! ```text
+//! cargo run --release -p ferry-bench -- engine --keys 1000000 --json engine.json
+//! cargo run --release -p ferry-bench --features rocksdb -- engine --engines ferry,rocksdb
+//! ```
+
+mod adapter;
+mod engine;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry-bench",
+    about = "Ferry's benchmarks, side by side with peer engines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+/// One subcommand per suite. Every suite returns the same `Row`s, so
+/// printing and JSON output are shared and a new suite only adds a variant.
+#[derive(Debug, Subcommand)]
+enum Suite {
+    /// Storage engines under db_bench-style workloads (fill, read, scan, mixed, sync).
+    Engine(engine::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let (rows, json) = match &cli.suite {
+        Suite::Engine(args) => (engine::run(args), args.json.as_deref()),
+    };
+
+    report::print_table(&rows);
+    report::print_ratios(&rows);
+
+    if let Some(path) = json {
+        report::write_json(path, &rows)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        eprintln!("wrote {}", path.display());
+    }
+}

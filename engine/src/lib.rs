@@ -41,6 +41,7 @@
 mod batch;
 mod cache;
 pub mod checkpoint;
+pub mod columnar;
 pub mod compaction;
 mod db;
 mod error;

@@ -212,6 +212,23 @@ pub(crate) fn restore_with(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckpointMeta> {
     let (meta, _) = read_meta_with(fs, checkpoint)?;
+    build_and_switch(fs, target, |staging| {
+        copy_verified(fs, checkpoint, staging, &meta, progress)?;
+        fs.sync_dir(staging).at(staging)?;
+        Ok(meta.clone())
+    })
+}
+
+/// Builds a directory with `build` in a fresh staging sibling of `target`
+/// and renames it into place only if `build` succeeded. An existing
+/// `target` is renamed aside first and removed after the switch, so a
+/// failure at any point leaves the old data intact (under `target`, or
+/// under `target.replaced` if the process died between the two renames).
+pub(crate) fn build_and_switch<T>(
+    fs: &dyn FileSystem,
+    target: &Path,
+    build: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     let parent = target.parent().unwrap_or(Path::new("."));
     let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         Error::InvalidOptions(format!("restore target {} has no name", target.display()))
@@ -222,12 +239,13 @@ pub(crate) fn restore_with(
         remove_dir_all(fs, &staging)?;
     }
     fs.create_dir_all(&staging).at(&staging)?;
-    let copied = copy_verified(fs, checkpoint, &staging, &meta, progress);
-    if let Err(error) = copied {
-        let _ = remove_dir_all(fs, &staging);
-        return Err(error);
-    }
-    fs.sync_dir(&staging).at(&staging)?;
+    let built = match build(&staging) {
+        Ok(built) => built,
+        Err(error) => {
+            let _ = remove_dir_all(fs, &staging);
+            return Err(error);
+        }
+    };
     let replaced = parent.join(format!("{name}.replaced"));
     let had_target = fs.exists(target);
     if had_target {
@@ -239,7 +257,7 @@ pub(crate) fn restore_with(
         remove_dir_all(fs, &replaced)?;
         fs.sync_dir(parent).at(parent)?;
     }
-    Ok(meta)
+    Ok(built)
 }
 
 fn copy_verified(

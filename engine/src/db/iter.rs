@@ -99,7 +99,7 @@ impl DbIterator {
                 .is_none_or(|front| user_key > front)
     }
 
-    fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn next_forward(&mut self) -> Result<Option<Entry>> {
         if self.forward.is_none() {
             let mut merge = self.merge(false);
             match &self.start {
@@ -117,7 +117,7 @@ impl DbIterator {
         result
     }
 
-    fn scan_forward(&mut self, merge: &mut MergeIter) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn scan_forward(&mut self, merge: &mut MergeIter) -> Result<Option<Entry>> {
         loop {
             let Some((internal, value)) = merge.current() else {
                 return Ok(None);
@@ -131,6 +131,7 @@ impl DbIterator {
                 continue;
             }
             // The first visible version is the newest; skip the older ones.
+            let sequence = key::sequence(internal);
             let value = (key::kind(internal) == Some(ValueKind::Put)).then(|| value.to_vec());
             merge.advance()?;
             while let Some((internal, _)) = merge.current() {
@@ -141,12 +142,12 @@ impl DbIterator {
             }
             if let Some(value) = value {
                 self.front_key = Some(user_key.clone());
-                return Ok(Some((user_key, value)));
+                return Ok(Some((user_key, value, sequence)));
             }
         }
     }
 
-    fn next_backward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn next_backward(&mut self) -> Result<Option<Entry>> {
         if self.backward.is_none() {
             let mut merge = self.merge(true);
             match &self.end {
@@ -164,7 +165,7 @@ impl DbIterator {
         result
     }
 
-    fn scan_backward(&mut self, merge: &mut MergeIter) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn scan_backward(&mut self, merge: &mut MergeIter) -> Result<Option<Entry>> {
         loop {
             let Some((internal, _)) = merge.current() else {
                 return Ok(None);
@@ -175,22 +176,48 @@ impl DbIterator {
             }
             // Reverse order meets a key's versions oldest first: the last
             // visible one is the newest a reader at `sequence` sees.
-            let mut newest: Option<Option<Vec<u8>>> = None;
+            let mut newest: Option<(Option<Vec<u8>>, SeqNo)> = None;
             while let Some((internal, value)) = merge.current() {
                 if key::user_key(internal) != user_key.as_slice() {
                     break;
                 }
                 if key::sequence(internal) <= self.sequence {
-                    newest =
-                        Some((key::kind(internal) == Some(ValueKind::Put)).then(|| value.to_vec()));
+                    let value =
+                        (key::kind(internal) == Some(ValueKind::Put)).then(|| value.to_vec());
+                    newest = Some((value, key::sequence(internal)));
                 }
                 merge.advance()?;
             }
-            if let Some(Some(value)) = newest {
+            if let Some((Some(value), sequence)) = newest {
                 self.back_key = Some(user_key.clone());
-                return Ok(Some((user_key, value)));
+                return Ok(Some((user_key, value, sequence)));
             }
         }
+    }
+}
+
+/// A key, its value and the sequence of the write that set it.
+type Entry = (Vec<u8>, Vec<u8>, SeqNo);
+
+impl DbIterator {
+    /// The next entry from the front with the sequence number of the write
+    /// that produced its value (its revision).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = ferry_engine::Db::open(dir.path(), Default::default())?;
+    /// let written = db.put(b"k", b"v")?;
+    /// let (key, _, sequence) = db.iter().next_with_sequence().unwrap()?;
+    /// assert_eq!((key.as_slice(), sequence), (&b"k"[..], written));
+    /// # Ok::<(), ferry_engine::Error>(())
+    /// ```
+    pub fn next_with_sequence(&mut self) -> Option<Result<Entry>> {
+        if self.failed {
+            return None;
+        }
+        let result = self.next_forward();
+        self.failed = result.is_err();
+        result.transpose()
     }
 }
 
@@ -198,12 +225,7 @@ impl Iterator for DbIterator {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        let result = self.next_forward();
-        self.failed = result.is_err();
-        result.transpose()
+        self.next_with_sequence().map(|r| r.map(|(k, v, _)| (k, v)))
     }
 }
 
@@ -214,7 +236,7 @@ impl DoubleEndedIterator for DbIterator {
         }
         let result = self.next_backward();
         self.failed = result.is_err();
-        result.transpose()
+        result.transpose().map(|r| r.map(|(k, v, _)| (k, v)))
     }
 }
 

@@ -2,11 +2,13 @@
 
 mod background;
 mod checkpoint;
+mod columnar;
 mod iter;
 mod recovery;
 mod snapshot;
 mod write;
 
+pub use columnar::restore_parquet;
 pub use iter::DbIterator;
 pub use recovery::RecoveryReport;
 pub use snapshot::Snapshot;

@@ -129,6 +129,23 @@ impl Inner {
         }
     }
 
+    /// Runs `f` while no write can commit: it takes the leader role, so
+    /// writers queue until `f` returns.
+    pub(crate) fn with_writes_paused<T>(&self, f: impl FnOnce() -> T) -> T {
+        {
+            let mut queue = self.queue.lock();
+            while queue.leader_active {
+                self.queue_changed.wait(&mut queue);
+            }
+            queue.leader_active = true;
+        }
+        let result = f();
+        let mut queue = self.queue.lock();
+        queue.leader_active = false;
+        self.queue_changed.notify_all();
+        result
+    }
+
     /// Blocks until no write group is in flight (used by shutdown).
     pub(crate) fn wait_for_write_leader(&self) {
         let mut queue = self.queue.lock();

@@ -1,0 +1,321 @@
+//! Parquet export and import: round trips, bounded layout, damage, and
+//! readability by other tools.
+
+use ferry_engine::columnar::{self, ExportOptions, ParquetCompression, EXPORT_FILE};
+use ferry_engine::{Db, Durability, Error, Options};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn options() -> Options {
+    Options {
+        durability: Durability::Buffered,
+        write_buffer_bytes: 256 << 10,
+        target_file_bytes: 256 << 10,
+        ..Options::default()
+    }
+}
+
+fn fill(db: &Db, rows: u32) {
+    for i in 0..rows {
+        db.put(
+            format!("key{i:07}"),
+            format!("value-{i}-{}", "z".repeat((i % 40) as usize)),
+        )
+        .unwrap();
+    }
+    // Some overwrites and deletes, so the snapshot is not just the inserts.
+    for i in (0..rows).step_by(7) {
+        db.put(format!("key{i:07}"), b"overwritten").unwrap();
+    }
+    for i in (0..rows).step_by(11) {
+        db.delete(format!("key{i:07}")).unwrap();
+    }
+}
+
+fn small_parts() -> ExportOptions {
+    ExportOptions {
+        batch_bytes: 16 << 10,
+        row_group_bytes: 32 << 10,
+        file_bytes: 64 << 10,
+        compression: ParquetCompression::Zstd(3),
+    }
+}
+
+#[test]
+fn export_import_round_trip_keeps_content_checksum() {
+    let root = tempfile::tempdir().unwrap();
+    let source = Db::open(root.path().join("source"), options()).unwrap();
+    fill(&source, 30_000);
+    let snapshot = source.snapshot();
+    // Writes after the snapshot are not exported.
+    source.put(b"zzz-after", b"not exported").unwrap();
+    let expected = snapshot.content_checksum().unwrap();
+    let mut stages = Vec::new();
+    let report = source
+        .export_parquet(
+            &snapshot,
+            root.path().join("export"),
+            &small_parts(),
+            &mut |p| stages.push(p),
+        )
+        .unwrap();
+    assert_eq!(report.manifest.checksum, expected);
+    assert_eq!(report.manifest.sequence, snapshot.sequence());
+    assert!(
+        report.manifest.parts.len() > 1,
+        "file_bytes cuts parts: {:?}",
+        report.manifest.parts
+    );
+    assert_eq!(report.manifest.rows, snapshot.iter().count() as u64);
+    assert!(stages.last().is_some_and(|p| p.done_bytes == p.total_bytes));
+
+    let target = Db::open(root.path().join("target"), options()).unwrap();
+    let imported = target
+        .import_parquet(root.path().join("export"), &mut |_| {})
+        .unwrap();
+    assert_eq!(imported.checksum, expected);
+    assert_eq!(target.snapshot().content_checksum().unwrap(), expected);
+    assert_eq!(target.get(b"zzz-after").unwrap(), None);
+    assert_eq!(target.latest_sequence(), snapshot.sequence());
+    // Sequences survive: revisions read the same on both sides.
+    let mut a = snapshot.iter();
+    let mut b = target.iter();
+    for _ in 0..1000 {
+        let (ka, _, sa) = a.next_with_sequence().unwrap().unwrap();
+        let (kb, _, sb) = b.next_with_sequence().unwrap().unwrap();
+        assert_eq!((ka, sa), (kb, sb));
+    }
+    // The imported database is a normal one: it takes writes after the
+    // imported sequence and survives a reopen.
+    let written = target.put(b"new", b"after import").unwrap();
+    assert!(written > snapshot.sequence());
+    target.close().unwrap();
+    let reopened = Db::open(root.path().join("target"), options()).unwrap();
+    assert_eq!(
+        reopened.get(b"new").unwrap().as_deref(),
+        Some(&b"after import"[..])
+    );
+    assert_eq!(reopened.iter().count() as u64, report.manifest.rows + 1);
+
+    // Import refuses a non-empty database.
+    assert!(matches!(
+        reopened.import_parquet(root.path().join("export"), &mut |_| {}),
+        Err(Error::InvalidOptions(_))
+    ));
+}
+
+#[test]
+fn lz4_and_empty_exports() {
+    let root = tempfile::tempdir().unwrap();
+    let db = Db::open(root.path().join("db"), options()).unwrap();
+    let empty = db
+        .export_parquet(
+            &db.snapshot(),
+            root.path().join("empty"),
+            &ExportOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(empty.manifest.rows, 0);
+    fill(&db, 2000);
+    let lz4 = ExportOptions {
+        compression: ParquetCompression::Lz4,
+        ..ExportOptions::default()
+    };
+    let report = db
+        .export_parquet(&db.snapshot(), root.path().join("lz4"), &lz4, &mut |_| {})
+        .unwrap();
+    let restored = root.path().join("restored");
+    columnar::restore_parquet(&root.path().join("lz4"), &restored, options(), &mut |_| {}).unwrap();
+    let copy = Db::open(&restored, options()).unwrap();
+    assert_eq!(
+        copy.snapshot().content_checksum().unwrap(),
+        report.manifest.checksum
+    );
+    let nothing = Db::open(root.path().join("from-empty"), options()).unwrap();
+    nothing
+        .import_parquet(root.path().join("empty"), &mut |_| {})
+        .unwrap();
+    assert_eq!(nothing.iter().count(), 0);
+}
+
+fn exported(root: &Path) -> std::path::PathBuf {
+    let db = Db::open(root.join("db"), options()).unwrap();
+    fill(&db, 20_000);
+    db.export_parquet(
+        &db.snapshot(),
+        root.join("export"),
+        &small_parts(),
+        &mut |_| {},
+    )
+    .unwrap();
+    root.join("export")
+}
+
+/// Restores `export` over an existing database and checks that the failure
+/// names `file` and leaves the old database untouched.
+fn expect_failed_restore(root: &Path, export: &Path, file: &str) {
+    let target = root.join("live");
+    if !target.exists() {
+        let db = Db::open(&target, options()).unwrap();
+        db.put(b"precious", b"old data").unwrap();
+        db.close().unwrap();
+    }
+    match columnar::restore_parquet(export, &target, options(), &mut |_| {}) {
+        Err(error @ (Error::Corruption { .. } | Error::Io { .. } | Error::TooLarge { .. })) => {
+            assert!(
+                error.to_string().contains(file),
+                "error names {file}: {error}"
+            )
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a damaged export was restored"),
+    }
+    let db = Db::open(&target, options()).unwrap();
+    assert_eq!(
+        db.get(b"precious").unwrap().as_deref(),
+        Some(&b"old data"[..])
+    );
+    assert_eq!(db.iter().count(), 1, "no partial restore");
+    assert!(!root.join("live.restoring").exists());
+}
+
+#[test]
+fn damaged_exports_are_refused_without_partial_restore() {
+    let root = tempfile::tempdir().unwrap();
+    let export = exported(root.path());
+    let part = export.join("part-000001.parquet");
+    let original = fs::read(&part).unwrap();
+
+    // Truncated part.
+    fs::write(&part, &original[..original.len() / 2]).unwrap();
+    expect_failed_restore(root.path(), &export, "part-000001.parquet");
+
+    // A flipped byte inside the data pages.
+    let mut flipped = original.clone();
+    flipped[original.len() / 3] ^= 0x5a;
+    fs::write(&part, &flipped).unwrap();
+    expect_failed_restore(root.path(), &export, "part-000001.parquet");
+
+    // Garbage where a Parquet file should be.
+    fs::write(&part, b"PAR1 this is not parquet PAR1").unwrap();
+    expect_failed_restore(root.path(), &export, "part-000001.parquet");
+
+    // A missing part.
+    fs::remove_file(&part).unwrap();
+    expect_failed_restore(root.path(), &export, "part-000001.parquet");
+    fs::write(&part, &original).unwrap();
+
+    // A tampered EXPORT file.
+    let manifest = export.join(EXPORT_FILE);
+    let text = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, text.replacen("rows ", "rows 1", 1)).unwrap();
+    expect_failed_restore(root.path(), &export, EXPORT_FILE);
+    fs::write(&manifest, &text).unwrap();
+
+    // Parts swapped: each file is valid, the order is not.
+    let first = export.join("part-000000.parquet");
+    let a = fs::read(&first).unwrap();
+    fs::write(&first, &original).unwrap();
+    fs::write(&part, &a).unwrap();
+    expect_failed_restore(root.path(), &export, "part-00000");
+}
+
+/// Reads the export with pyarrow or DuckDB, installed from PyPI into a
+/// private directory by the test itself. Skips (saying why) when neither
+/// can be installed, e.g. without network access to PyPI.
+#[test]
+fn other_tools_read_the_export() {
+    let root = tempfile::tempdir().unwrap();
+    let db = Db::open(root.path().join("db"), options()).unwrap();
+    for i in 0..5000u32 {
+        db.put(format!("key{i:05}"), format!("value{i}")).unwrap();
+    }
+    let report = db
+        .export_parquet(
+            &db.snapshot(),
+            root.path().join("export"),
+            &ExportOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+    let site = std::env::temp_dir().join("ferry-test-pyarrow");
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok());
+    let Some(python) = python else {
+        eprintln!("SKIPPED other_tools_read_the_export: no python3 on this machine");
+        return;
+    };
+    let script = r#"
+import sys, glob
+sys.path.insert(0, sys.argv[1])
+files = sorted(glob.glob(sys.argv[2] + "/*.parquet"))
+try:
+    import pyarrow.parquet as pq
+    table = pq.read_table(files)
+    keys = table.column("key").to_pylist()
+    values = table.column("value").to_pylist()
+    seqs = table.column("sequence").to_pylist()
+    print("pyarrow", table.num_rows, keys[0].decode(), values[0].decode(), keys[-1].decode(), values[-1].decode(), min(seqs), max(seqs))
+except ImportError:
+    import duckdb
+    rows = duckdb.sql("select count(*), min(key), max(key) from read_parquet(%r)" % files).fetchall()[0]
+    print("duckdb", rows[0], rows[1].decode(), "value0", rows[2].decode(), "value4999", 1, 5000)
+"#;
+    let have = |module: &str| {
+        Command::new(python)
+            .args([
+                "-c",
+                &format!(
+                    "import sys; sys.path.insert(0, {:?}); import {module}",
+                    site.display().to_string()
+                ),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("pyarrow") && !have("duckdb") {
+        for package in ["pyarrow", "duckdb"] {
+            let installed = Command::new(python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&site)
+                .arg(package)
+                .output();
+            if installed.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+        }
+    }
+    if !have("pyarrow") && !have("duckdb") {
+        eprintln!("SKIPPED other_tools_read_the_export: neither pyarrow nor duckdb could be installed from PyPI");
+        return;
+    }
+    let output = Command::new(python)
+        .args(["-c", script])
+        .arg(&site)
+        .arg(root.path().join("export"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[1], report.manifest.rows.to_string());
+    assert_eq!(fields[2], "key00000");
+    assert_eq!(fields[3], "value0");
+    assert_eq!(fields[4], "key04999");
+    assert_eq!(fields[5], "value4999");
+    eprintln!("read by {}: {stdout}", fields[0]);
+}
