@@ -2,11 +2,17 @@
 //!
 //! ```text
 //! cargo run --release -p ferry-bench -- engine --keys 1000000 --json engine.json
+//! cargo run --release -p ferry-bench -- recovery
+//! cargo run --release -p ferry-bench -- checkpoint --json checkpoint.json
+//! cargo run --release -p ferry-bench -- parquet
 //! cargo run --release -p ferry-bench --features rocksdb -- engine --engines ferry,rocksdb
 //! ```
 
 mod adapter;
+mod checkpoint;
 mod engine;
+mod parquet;
+mod recovery;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -27,12 +33,21 @@ struct Cli {
 enum Suite {
     /// Storage engines under db_bench-style workloads (fill, read, scan, mixed, sync).
     Engine(engine::Args),
+    /// WAL replay time after a crash.
+    Recovery(recovery::Args),
+    /// Cost of periodic delta checkpoints; delta size against data written.
+    Checkpoint(checkpoint::Args),
+    /// Parquet export and import throughput and size.
+    Parquet(parquet::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let (rows, json) = match &cli.suite {
         Suite::Engine(args) => (engine::run(args), args.json.as_deref()),
+        Suite::Recovery(args) => (recovery::run(args), args.json.as_deref()),
+        Suite::Checkpoint(args) => (checkpoint::run(args), args.json.as_deref()),
+        Suite::Parquet(args) => (parquet::run(args), args.json.as_deref()),
     };
 
     report::print_table(&rows);

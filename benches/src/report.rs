@@ -9,53 +9,79 @@ use std::path::Path;
 /// The engine every other engine is compared against in the ratio table.
 const BASELINE: &str = "ferry";
 
-/// The result of one workload on one engine.
+/// The result of one workload on one engine (or system).
 ///
-/// Serialized flat (no nesting) so that a JSON array of rows loads directly
-/// into a dataframe or a spreadsheet.
-#[derive(Debug, Clone, Serialize)]
+/// Serialized flat (no nesting): `engine`, `workload`, then every figure
+/// under its own name, which carries its unit (`ops_per_sec`, `p99_us`,
+/// `seconds`, `bytes`…), so that a JSON array of rows loads directly into a
+/// dataframe or a spreadsheet.
+#[derive(Debug, Clone)]
 pub struct Row {
     pub engine: String,
     pub workload: String,
-    pub ops_per_sec: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    /// `(key + value bytes) * ops / seconds / 1e6`, for reads as well as writes.
-    pub mb_per_sec: f64,
-    /// Bytes written to disk per byte written by the user; only measured
-    /// where an engine exposes it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub write_amp: Option<f64>,
-    /// Size of the database directory; only measured after some workloads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_bytes: Option<u64>,
+    pub figures: Vec<(&'static str, f64)>,
 }
 
-/// Prints every row as one line of an aligned table on stdout.
+impl Row {
+    pub fn new(engine: &str, workload: &str) -> Self {
+        Row {
+            engine: engine.to_owned(),
+            workload: workload.to_owned(),
+            figures: Vec::new(),
+        }
+    }
+
+    /// Adds (or replaces) a figure.
+    pub fn with(mut self, name: &'static str, value: f64) -> Self {
+        self.figures.retain(|(n, _)| *n != name);
+        self.figures.push((name, value));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2 + self.figures.len()))?;
+        map.serialize_entry("engine", &self.engine)?;
+        map.serialize_entry("workload", &self.workload)?;
+        for (name, value) in &self.figures {
+            // Counts are whole numbers; keep them integers in JSON.
+            if value.fract() == 0.0 && value.abs() < 9.0e15 {
+                map.serialize_entry(name, &(*value as i64))?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Prints every row as one line of an aligned table on stdout; the columns
+/// are every figure name, in order of first appearance.
 pub fn print_table(rows: &[Row]) {
-    let mut lines = vec![cells(&[
-        "engine",
-        "workload",
-        "ops/s",
-        "p50 us",
-        "p99 us",
-        "MB/s",
-        "write amp",
-        "disk MB",
-    ])];
+    let names = distinct(
+        rows.iter()
+            .flat_map(|row| row.figures.iter().map(|(n, _)| *n)),
+    );
+    let mut header = cells(&["engine", "workload"]);
+    header.extend(names.iter().map(|n| (*n).to_owned()));
+    let mut lines = vec![header];
     lines.extend(rows.iter().map(|row| {
-        vec![
-            row.engine.clone(),
-            row.workload.clone(),
-            format!("{:.0}", row.ops_per_sec),
-            format!("{:.1}", row.p50_us),
-            format!("{:.1}", row.p99_us),
-            format!("{:.1}", row.mb_per_sec),
-            row.write_amp
-                .map_or_else(|| "-".to_owned(), |w| format!("{w:.2}")),
-            row.disk_bytes
-                .map_or_else(|| "-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6)),
-        ]
+        let mut line = vec![row.engine.clone(), row.workload.clone()];
+        line.extend(names.iter().map(|name| match row.get(name) {
+            None => "-".to_owned(),
+            Some(value) if value.abs() >= 1000.0 || value.fract() == 0.0 => format!("{value:.0}"),
+            Some(value) => format!("{value:.2}"),
+        }));
+        line
     }));
     print_aligned(&lines, 2);
 }
@@ -71,7 +97,7 @@ pub fn print_ratios(rows: &[Row]) {
     let ops = |engine: &str, workload: &str| {
         rows.iter()
             .find(|row| row.engine == engine && row.workload == workload)
-            .map(|row| row.ops_per_sec)
+            .and_then(|row| row.get("ops_per_sec"))
     };
 
     let mut header = vec!["workload".to_owned()];

@@ -52,6 +52,7 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, user_key: &[u8], sequence: SeqNo, k
     out.extend_from_slice(&((sequence << 8) | kind as u64).to_be_bytes());
 }
 
+#[cfg(test)]
 pub(crate) fn encode(user_key: &[u8], sequence: SeqNo, kind: ValueKind) -> Vec<u8> {
     let mut out = Vec::with_capacity(user_key.len() + TRAILER_LEN);
     encode_into(&mut out, user_key, sequence, kind);
@@ -107,22 +108,6 @@ pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
     user_key(a)
         .cmp(user_key(b))
         .then_with(|| trailer(b).cmp(&trailer(a)))
-}
-
-/// An owned internal key ordered by [`compare`] (the memtable's key type).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InternalKey(pub(crate) Box<[u8]>);
-
-impl Ord for InternalKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for InternalKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
 }
 
 #[cfg(test)]

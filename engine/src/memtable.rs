@@ -6,15 +6,100 @@
 //! sequence, which is what gives snapshots their consistent view.
 
 use crate::iter::EntryIter;
-use crate::key::{self, InternalKey, SeqNo, ValueKind};
+use crate::key::{self, SeqNo, ValueKind};
 use crate::Result;
+use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
+use std::cmp::Ordering;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 /// Bytes charged per entry on top of key and value: skip-list node overhead.
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Bytes of the user key kept inline in [`MemKey::prefix`].
+const PREFIX_LEN: usize = 16;
+
+/// A memtable key: the internal key, laid out for the skip list's hot loop.
+///
+/// A search compares keys at every level of every tower, and most of its
+/// time went to chasing pointers to heap-allocated keys and to `memcmp`
+/// calls. Here the first 16 bytes of the user key sit inline as one
+/// big-endian `u128` (zero-padded), so for keys of up to 16 bytes, and for
+/// longer keys that differ early, one integer comparison decides.
+///
+/// Order (the internal-key order of [`key::compare`]): the padded prefix,
+/// then the user key's length capped at 16 (a shorter key that matches the
+/// padded prefix ends early, so it is smaller), then the bytes after the
+/// first 16, then the trailer descending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemKey {
+    prefix: u128,
+    /// User key bytes after the first 16; empty for short keys.
+    rest: Box<[u8]>,
+    len: u32,
+    trailer: u64,
+}
+
+impl MemKey {
+    fn new(user_key: &[u8], trailer: u64) -> Self {
+        let mut prefix = [0u8; PREFIX_LEN];
+        let head = user_key.len().min(PREFIX_LEN);
+        prefix[..head].copy_from_slice(&user_key[..head]);
+        MemKey {
+            prefix: u128::from_be_bytes(prefix),
+            rest: user_key.get(PREFIX_LEN..).unwrap_or_default().into(),
+            len: user_key.len() as u32,
+            trailer,
+        }
+    }
+
+    fn user_key_is(&self, user_key: &[u8]) -> bool {
+        self.len as usize == user_key.len() && *self == MemKey::new(user_key, self.trailer)
+    }
+
+    fn kind(&self) -> Option<ValueKind> {
+        ValueKind::from_u8(self.trailer as u8)
+    }
+
+    /// Writes the encoded internal key into `out`.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let head = (self.len as usize).min(PREFIX_LEN);
+        out.extend_from_slice(&self.prefix.to_be_bytes()[..head]);
+        out.extend_from_slice(&self.rest);
+        out.extend_from_slice(&self.trailer.to_be_bytes());
+    }
+
+    fn from_internal(internal: &[u8]) -> Self {
+        let user_key = key::user_key(internal);
+        let mut trailer = [0u8; 8];
+        trailer.copy_from_slice(&internal[user_key.len()..]);
+        MemKey::new(user_key, u64::from_be_bytes(trailer))
+    }
+}
+
+impl Ord for MemKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| {
+                self.len
+                    .min(PREFIX_LEN as u32)
+                    .cmp(&other.len.min(PREFIX_LEN as u32))
+            })
+            .then_with(|| self.rest.cmp(&other.rest))
+            .then_with(|| other.trailer.cmp(&self.trailer))
+    }
+}
+
+impl PartialOrd for MemKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// The result of a point lookup in one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +110,7 @@ pub(crate) enum Lookup {
 }
 
 pub(crate) struct Memtable {
-    map: SkipMap<InternalKey, Box<[u8]>>,
+    map: SkipMap<MemKey, Box<[u8]>>,
     approximate_bytes: AtomicUsize,
     /// First WAL segment holding this memtable's writes: segments from this
     /// one on must be kept until the memtable is flushed.
@@ -45,33 +130,35 @@ impl Memtable {
 
     /// Inserts one entry. Only the write leader calls this.
     pub(crate) fn insert(&self, user_key: &[u8], sequence: SeqNo, kind: ValueKind, value: &[u8]) {
-        let internal = key::encode(user_key, sequence, kind);
-        self.approximate_bytes.fetch_add(
-            internal.len() + value.len() + ENTRY_OVERHEAD,
-            Ordering::Relaxed,
+        debug_assert!(sequence <= key::MAX_SEQUENCE);
+        let charge = user_key.len() + key::TRAILER_LEN + value.len() + ENTRY_OVERHEAD;
+        self.approximate_bytes
+            .fetch_add(charge, AtomicOrdering::Relaxed);
+        self.max_sequence
+            .fetch_max(sequence, AtomicOrdering::Relaxed);
+        self.map.insert(
+            MemKey::new(user_key, (sequence << 8) | kind as u64),
+            value.into(),
         );
-        self.max_sequence.fetch_max(sequence, Ordering::Relaxed);
-        self.map
-            .insert(InternalKey(internal.into_boxed_slice()), value.into());
     }
 
     /// The newest version of `user_key` at or below `sequence`.
     pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Lookup {
-        let target = InternalKey(key::seek_key(user_key, sequence).into_boxed_slice());
+        let target = MemKey::new(user_key, (sequence << 8) | 0xff);
         let Some(entry) = self.map.lower_bound(Bound::Included(&target)) else {
             return Lookup::Absent;
         };
-        if key::user_key(&entry.key().0) != user_key {
+        if !entry.key().user_key_is(user_key) {
             return Lookup::Absent;
         }
-        match key::kind(&entry.key().0) {
+        match entry.key().kind() {
             Some(ValueKind::Put) => Lookup::Found(entry.value().to_vec()),
             _ => Lookup::Deleted,
         }
     }
 
     pub(crate) fn approximate_bytes(&self) -> usize {
-        self.approximate_bytes.load(Ordering::Relaxed)
+        self.approximate_bytes.load(AtomicOrdering::Relaxed)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -83,31 +170,42 @@ impl Memtable {
     }
 
     pub(crate) fn max_sequence(&self) -> SeqNo {
-        self.max_sequence.load(Ordering::Relaxed)
+        self.max_sequence.load(AtomicOrdering::Relaxed)
     }
 }
 
-/// An owned `(internal key, value)` pair.
-type OwnedEntry = (Box<[u8]>, Box<[u8]>);
-
 /// A cursor over a memtable, forward or reverse.
 pub(crate) struct MemtableIter {
-    memtable: Arc<Memtable>,
+    // Declared before `memtable` so that it is dropped first (see `pin`).
+    current: Option<Entry<'static, MemKey, Box<[u8]>>>,
+    key: Vec<u8>,
     reverse: bool,
-    current: Option<OwnedEntry>,
+    memtable: Arc<Memtable>,
 }
 
 impl MemtableIter {
     pub(crate) fn new(memtable: Arc<Memtable>, reverse: bool) -> Self {
         MemtableIter {
-            memtable,
-            reverse,
             current: None,
+            key: Vec::new(),
+            reverse,
+            memtable,
         }
     }
 
-    fn set(&mut self, entry: Option<crossbeam_skiplist::map::Entry<'_, InternalKey, Box<[u8]>>>) {
-        self.current = entry.map(|e| (e.key().0.clone(), e.value().clone()));
+    fn set(&mut self, entry: Option<Entry<'_, MemKey, Box<[u8]>>>) {
+        // SAFETY: an entry borrows the skip list inside `self.memtable`. The
+        // list lives on the heap behind that `Arc`, which this iterator owns
+        // and never replaces, so it outlives every entry stored here; and
+        // `current` is declared before `memtable`, so it is dropped first.
+        // Entries are reference-counted nodes, valid while held even if the
+        // map changed (and memtables only ever grow).
+        let entry: Option<Entry<'static, MemKey, Box<[u8]>>> =
+            unsafe { std::mem::transmute(entry) };
+        if let Some(entry) = &entry {
+            entry.key().encode_into(&mut self.key);
+        }
+        self.current = entry;
     }
 }
 
@@ -119,32 +217,29 @@ impl EntryIter for MemtableIter {
             (None, true) => memtable.map.back(),
             (Some(t), false) => memtable
                 .map
-                .lower_bound(Bound::Included(&InternalKey(t.into()))),
+                .lower_bound(Bound::Included(&MemKey::from_internal(t))),
             (Some(t), true) => memtable
                 .map
-                .upper_bound(Bound::Included(&InternalKey(t.into()))),
+                .upper_bound(Bound::Included(&MemKey::from_internal(t))),
         };
         self.set(entry);
         Ok(())
     }
 
     fn advance(&mut self) -> Result<()> {
-        let Some((current, _)) = self.current.take() else {
-            return Ok(());
+        let next = match &self.current {
+            Some(entry) if self.reverse => entry.prev(),
+            Some(entry) => entry.next(),
+            None => return Ok(()),
         };
-        let memtable = self.memtable.clone();
-        let bound = InternalKey(current);
-        let entry = if self.reverse {
-            memtable.map.upper_bound(Bound::Excluded(&bound))
-        } else {
-            memtable.map.lower_bound(Bound::Excluded(&bound))
-        };
-        self.set(entry);
+        self.set(next);
         Ok(())
     }
 
     fn current(&self) -> Option<(&[u8], &[u8])> {
-        self.current.as_ref().map(|(k, v)| (&k[..], &v[..]))
+        self.current
+            .as_ref()
+            .map(|entry| (&self.key[..], &entry.value()[..]))
     }
 }
 
@@ -164,6 +259,20 @@ mod tests {
         assert_eq!(memtable.get(b"k", 9), Lookup::Found(b"v5".to_vec()));
         assert_eq!(memtable.get(b"j", 9), Lookup::Absent);
         assert_eq!(memtable.max_sequence(), 5);
+    }
+
+    #[test]
+    fn mem_key_order_matches_internal_key_order() {
+        use proptest::prelude::*;
+        let key = prop::collection::vec(prop::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..40);
+        proptest!(|(a in key.clone(), b in key, sa in 1u64..5, sb in 1u64..5)| {
+            let (ia, ib) = (key::encode(&a, sa, ValueKind::Put), key::encode(&b, sb, ValueKind::Delete));
+            let (ma, mb) = (MemKey::from_internal(&ia), MemKey::from_internal(&ib));
+            prop_assert_eq!(ma.cmp(&mb), key::compare(&ia, &ib));
+            let mut encoded = Vec::new();
+            ma.encode_into(&mut encoded);
+            prop_assert_eq!(encoded, ia);
+        });
     }
 
     #[test]

@@ -168,9 +168,13 @@ impl Exporter<'_> {
             return Ok(());
         };
         if part.writer.in_progress_size() >= self.options.row_group_bytes {
-            part.writer.flush().map_err(|e| parquet_error(&part.path, e))?;
+            part.writer
+                .flush()
+                .map_err(|e| parquet_error(&part.path, e))?;
         }
-        if part.writer.bytes_written() as u64 + part.writer.in_progress_size() as u64 >= self.options.file_bytes {
+        if part.writer.bytes_written() as u64 + part.writer.in_progress_size() as u64
+            >= self.options.file_bytes
+        {
             self.finish_part()?;
         }
         Ok(())

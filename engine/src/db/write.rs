@@ -109,6 +109,22 @@ impl Inner {
         let mut queue = self.queue.lock();
         let id = queue.next_id;
         queue.next_id += 1;
+        if !queue.leader_active && queue.pending.is_empty() {
+            // Uncontended: lead a group of one without a trip through the
+            // queue. Writers arriving meanwhile queue up behind us and the
+            // next leader takes them as one group.
+            queue.leader_active = true;
+            drop(queue);
+            let mut results = self.commit(vec![(id, job)]);
+            let mut queue = self.queue.lock();
+            queue.leader_active = false;
+            // Wakes queued writers and a shutdown waiting for the leader.
+            self.queue_changed.notify_all();
+            drop(queue);
+            return results
+                .pop()
+                .map_or(Err(Error::Closed), |(_, result)| result);
+        }
         queue.pending.push_back((id, job));
         loop {
             if let Some(result) = queue.results.remove(&id) {
