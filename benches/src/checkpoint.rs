@@ -26,6 +26,10 @@ pub struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// Rounds of (plain fill, checkpointed fill), alternated so that drift of
+    /// the machine hits both; the mean of each is reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Time between periodic checkpoints during the fill.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
@@ -78,12 +82,12 @@ pub fn run(args: &Args) -> Vec<Row> {
     };
     let mut rows = Vec::new();
 
-    // 1. Throughput with and without periodic checkpoints; alternated twice
-    // so that drift of the machine (page cache, other load) hits both.
+    // 1. Throughput with and without periodic checkpoints, alternated so
+    // that drift of the machine (page cache, other load) hits both.
     let mut plain = Vec::new();
     let mut with_checkpoints = Vec::new();
     let mut checkpoints_taken = 0;
-    for round in 0..2 {
+    for round in 0..args.rounds {
         let db = Db::open(root.path().join(format!("plain-{round}")), base()).expect("open");
         plain.push(fill(&db, args.keys, args.value_size));
         drop(db);
@@ -108,11 +112,23 @@ pub fn run(args: &Args) -> Vec<Row> {
         );
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // Run-to-run spread of the plain fill: a drop smaller than this is not
+    // distinguishable from noise on this machine.
+    let spread = |v: &[f64]| {
+        let (min, max) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        (max - min) / mean(v) * 100.0
+    };
+    let noise = spread(&plain);
     let (plain, checked) = (mean(&plain), mean(&with_checkpoints));
-    rows.push(Row::new("ferry", "fillrandom").with("ops_per_sec", plain));
+    rows.push(
+        Row::new("ferry", "fillrandom")
+            .with("ops_per_sec", plain)
+            .with("spread_percent", noise),
+    );
     rows.push(
         Row::new("ferry", "fillrandom+checkpoint")
             .with("ops_per_sec", checked)
+            .with("spread_percent", spread(&with_checkpoints))
             .with("drop_percent", (1.0 - checked / plain) * 100.0)
             .with("checkpoints", checkpoints_taken as f64),
     );

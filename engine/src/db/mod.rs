@@ -134,7 +134,13 @@ impl Inner {
     pub(crate) fn get_at(&self, user_key: &[u8], sequence: SeqNo) -> Result<Option<Vec<u8>>> {
         // The super version is taken after the sequence, so it holds every
         // write up to that sequence (see `State` and the flush install).
-        let source = self.super_version();
+        let source = {
+            let state = self.state.lock();
+            if state.closing {
+                return Err(Error::Closed);
+            }
+            state.super_version.clone()
+        };
         let lookups = std::iter::once(&source.mem).chain(source.imm.iter());
         for memtable in lookups {
             match memtable.get(user_key, sequence) {
@@ -243,7 +249,6 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.check_open()?;
         self.inner
             .get_at(key.as_ref(), self.inner.visible_sequence())
     }

@@ -14,7 +14,7 @@ use crate::fs::FileSystem;
 use crate::iter::EntryIter;
 use crate::key::{self, SeqNo};
 use crate::memtable::Lookup;
-use crate::sst::table::{Table, TableIter};
+use crate::sst::table::{PointQuery, Table, TableIter};
 use crate::{Error, Result};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -171,11 +171,12 @@ impl Version {
 
     /// The newest version of `user_key` at or below `sequence` in the tables.
     pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Result<Lookup> {
+        let query = PointQuery::new(user_key, sequence);
         for file in &self.levels[0] {
             if file.meta.min_sequence > sequence || !file.overlaps(Some(user_key), Some(user_key)) {
                 continue;
             }
-            match file.table.get(user_key, sequence)? {
+            match file.table.get(&query)? {
                 Lookup::Absent => {}
                 found => return Ok(found),
             }
@@ -188,7 +189,7 @@ impl Version {
             if file.smallest_user_key() > user_key {
                 continue;
             }
-            match file.table.get(user_key, sequence)? {
+            match file.table.get(&query)? {
                 Lookup::Absent => {}
                 found => return Ok(found),
             }

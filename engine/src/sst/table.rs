@@ -14,6 +14,24 @@ use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A point lookup, prepared once and asked of every table in turn: the
+/// seek key and the bloom hash are computed once per read, not per table.
+pub(crate) struct PointQuery<'a> {
+    pub(crate) user_key: &'a [u8],
+    pub(crate) target: Vec<u8>,
+    pub(crate) hash: u64,
+}
+
+impl<'a> PointQuery<'a> {
+    pub(crate) fn new(user_key: &'a [u8], sequence: SeqNo) -> Self {
+        PointQuery {
+            user_key,
+            target: key::seek_key(user_key, sequence),
+            hash: bloom::hash(user_key),
+        }
+    }
+}
+
 /// An open, immutable table file. Index and filter stay in memory; data
 /// blocks are read through the mmap and the shared block cache.
 pub(crate) struct Table {
@@ -105,20 +123,20 @@ impl Table {
             .saturating_sub(super::format::FOOTER_LEN) as u64
     }
 
-    /// The newest version of `user_key` at or below `sequence` in this table.
-    pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Result<Lookup> {
-        if !bloom::may_contain(&self.filter, bloom::hash(user_key)) {
+    /// The newest version of the query's key at or below its sequence.
+    pub(crate) fn get(&self, query: &PointQuery<'_>) -> Result<Lookup> {
+        let (user_key, target) = (query.user_key, &query.target);
+        if !bloom::may_contain(&self.filter, query.hash) {
             Counters::add(&self.counters.bloom_negatives, 1);
             return Ok(Lookup::Absent);
         }
-        let target = key::seek_key(user_key, sequence);
         let mut index = BlockIter::new(self.index.clone());
-        index.seek_ge(&target)?;
+        index.seek_ge(target)?;
         if !index.valid() {
             return Ok(Lookup::Absent);
         }
         let mut data = BlockIter::new(self.read_block(index.value())?);
-        data.seek_ge(&target)?;
+        data.seek_ge(target)?;
         if !data.valid() || key::user_key(data.key()) != user_key {
             return Ok(Lookup::Absent);
         }
