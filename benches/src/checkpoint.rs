@@ -115,7 +115,9 @@ pub fn run(args: &Args) -> Vec<Row> {
     // Run-to-run spread of the plain fill: a drop smaller than this is not
     // distinguishable from noise on this machine.
     let spread = |v: &[f64]| {
-        let (min, max) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let (min, max) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
         (max - min) / mean(v) * 100.0
     };
     let noise = spread(&plain);

@@ -82,7 +82,10 @@ pub fn table(bytes: &[u8]) {
         }
     }
     for probe in [&b""[..], b"a", b"key", b"\xff\xff"] {
-        let _ = table.get(&crate::sst::table::PointQuery::new(probe, crate::key::MAX_SEQUENCE));
+        let _ = table.get(&crate::sst::table::PointQuery::new(
+            probe,
+            crate::key::MAX_SEQUENCE,
+        ));
     }
 }
 
