@@ -88,24 +88,33 @@ pub fn run(args: &Args) -> Vec<Row> {
     let mut with_checkpoints = Vec::new();
     let mut checkpoints_taken = 0;
     for round in 0..args.rounds {
-        let db = Db::open(root.path().join(format!("plain-{round}")), base()).expect("open");
-        plain.push(fill(&db, args.keys, args.value_size));
-        drop(db);
-        let options = Options {
-            periodic_checkpoints: Some(PeriodicCheckpoints {
-                dir: root.path().join(format!("backups-{round}")),
-                interval: Duration::from_millis(args.interval_ms),
-                every_bytes: None,
-                deltas_per_chain: 1000,
-                keep_chains: 1,
-            }),
-            ..base()
+        let plain_fill = |plain: &mut Vec<f64>| {
+            let db = Db::open(root.path().join(format!("plain-{round}")), base()).expect("open");
+            plain.push(fill(&db, args.keys, args.value_size));
         };
-        let db =
-            Db::open(root.path().join(format!("checkpointed-{round}")), options).expect("open");
-        with_checkpoints.push(fill(&db, args.keys, args.value_size));
-        checkpoints_taken += db.statistics().checkpoints;
-        drop(db);
+        let checkpointed_fill = |with_checkpoints: &mut Vec<f64>, taken: &mut u64| {
+            let options = Options {
+                periodic_checkpoints: Some(PeriodicCheckpoints {
+                    dir: root.path().join(format!("backups-{round}")),
+                    interval: Duration::from_millis(args.interval_ms),
+                    every_bytes: None,
+                    deltas_per_chain: 1000,
+                    keep_chains: 1,
+                }),
+                ..base()
+            };
+            let db = Db::open(root.path().join(format!("checkpointed-{round}")), options).expect("open");
+            with_checkpoints.push(fill(&db, args.keys, args.value_size));
+            *taken += db.statistics().checkpoints;
+        };
+        // Which variant runs first alternates, so neither gains from order.
+        if round % 2 == 0 {
+            plain_fill(&mut plain);
+            checkpointed_fill(&mut with_checkpoints, &mut checkpoints_taken);
+        } else {
+            checkpointed_fill(&mut with_checkpoints, &mut checkpoints_taken);
+            plain_fill(&mut plain);
+        }
         eprintln!(
             "round {round}: fillrandom {:.0} ops/s, with checkpoints {:.0} ops/s",
             plain[round], with_checkpoints[round]
