@@ -103,7 +103,8 @@ pub fn run(args: &Args) -> Vec<Row> {
                 }),
                 ..base()
             };
-            let db = Db::open(root.path().join(format!("checkpointed-{round}")), options).expect("open");
+            let db =
+                Db::open(root.path().join(format!("checkpointed-{round}")), options).expect("open");
             with_checkpoints.push(fill(&db, args.keys, args.value_size));
             *taken += db.statistics().checkpoints;
         };

@@ -38,7 +38,9 @@ pub(crate) struct Table {
     file: Arc<dyn RandomAccessFile>,
     path: Arc<PathBuf>,
     number: u64,
-    index: Arc<Block>,
+    /// The index block, decoded once at open: the last internal key of
+    /// every data block and its handle, searched with a plain binary search.
+    index: Vec<(Box<[u8]>, BlockHandle)>,
     filter: Vec<u8>,
     properties: TableProperties,
     cache: Arc<BlockCache>,
@@ -63,11 +65,33 @@ impl Table {
         let bytes = file.bytes();
         let footer = Footer::decode(bytes, path)?;
         let shared_path = Arc::new(path.to_path_buf());
-        let index = Block::new(
+        let index_block = Block::new(
             decode_block(bytes, footer.index, path)?,
             shared_path.clone(),
             footer.index.offset,
         )?;
+        let mut index = Vec::new();
+        let mut entries = BlockIter::new(Arc::new(index_block));
+        entries.seek_to_first()?;
+        while entries.valid() {
+            let handle = BlockHandle::decode_varint(entries.value()).ok_or_else(|| {
+                Error::corruption(path, footer.index.offset, "index entry does not decode")
+            })?;
+            if index
+                .last()
+                .is_some_and(|(last, _): &(Box<[u8]>, BlockHandle)| {
+                    key::compare(last, entries.key()) != std::cmp::Ordering::Less
+                })
+            {
+                return Err(Error::corruption(
+                    path,
+                    footer.index.offset,
+                    "index keys out of order",
+                ));
+            }
+            index.push((entries.key().into(), handle));
+            entries.next()?;
+        }
         let filter = decode_block(bytes, footer.filter, path)?;
         let properties = TableProperties::decode(&decode_block(bytes, footer.properties, path)?)
             .ok_or_else(|| {
@@ -81,12 +105,19 @@ impl Table {
             file,
             path: shared_path,
             number,
-            index: Arc::new(index),
+            index,
             filter,
             properties,
             cache,
             counters,
         })
+    }
+
+    /// Index of the first data block whose last key is `>= target`
+    /// (`index.len()` if none).
+    fn first_block_ending_at_or_after(&self, target: &[u8]) -> usize {
+        self.index
+            .partition_point(|(last, _)| key::compare(last, target) == std::cmp::Ordering::Less)
     }
 
     pub(crate) fn properties(&self) -> &TableProperties {
@@ -97,14 +128,7 @@ impl Table {
         &self.path
     }
 
-    fn read_block(&self, index_value: &[u8]) -> Result<Arc<Block>> {
-        let handle = BlockHandle::decode_varint(index_value).ok_or_else(|| {
-            Error::corruption(
-                self.path.as_path(),
-                self.index_offset(),
-                "index entry does not decode",
-            )
-        })?;
+    fn read_block(&self, handle: BlockHandle) -> Result<Arc<Block>> {
         if let Some(block) = self.cache.get(self.number, handle.offset) {
             Counters::add(&self.counters.block_cache_hits, 1);
             return Ok(block);
@@ -116,13 +140,6 @@ impl Table {
         Ok(block)
     }
 
-    fn index_offset(&self) -> u64 {
-        self.file
-            .bytes()
-            .len()
-            .saturating_sub(super::format::FOOTER_LEN) as u64
-    }
-
     /// The newest version of the query's key at or below its sequence.
     pub(crate) fn get(&self, query: &PointQuery<'_>) -> Result<Lookup> {
         let (user_key, target) = (query.user_key, &query.target);
@@ -130,12 +147,10 @@ impl Table {
             Counters::add(&self.counters.bloom_negatives, 1);
             return Ok(Lookup::Absent);
         }
-        let mut index = BlockIter::new(self.index.clone());
-        index.seek_ge(target)?;
-        if !index.valid() {
+        let Some(&(_, handle)) = self.index.get(self.first_block_ending_at_or_after(target)) else {
             return Ok(Lookup::Absent);
-        }
-        let mut data = BlockIter::new(self.read_block(index.value())?);
+        };
+        let mut data = BlockIter::new(self.read_block(handle)?);
         data.seek_ge(target)?;
         if !data.valid() || key::user_key(data.key()) != user_key {
             return Ok(Lookup::Absent);
@@ -158,26 +173,35 @@ impl Table {
 pub(crate) struct TableIter {
     table: Arc<Table>,
     reverse: bool,
-    index: BlockIter,
+    /// Position in the table's index; `None` when exhausted.
+    block: Option<usize>,
     data: Option<BlockIter>,
 }
 
 impl TableIter {
     pub(crate) fn new(table: Arc<Table>, reverse: bool) -> Self {
-        let index = BlockIter::new(table.index.clone());
         TableIter {
             table,
             reverse,
-            index,
+            block: None,
             data: None,
         }
     }
 
-    fn load_block(&mut self) -> Result<()> {
-        self.data = if self.index.valid() {
-            Some(BlockIter::new(self.table.read_block(self.index.value())?))
-        } else {
-            None
+    /// Loads block `position` (if it exists) and positions inside it.
+    fn load_block(
+        &mut self,
+        position: Option<usize>,
+        place: impl FnOnce(&mut BlockIter) -> Result<()>,
+    ) -> Result<()> {
+        self.block = position.filter(|&p| p < self.table.index.len());
+        self.data = match self.block {
+            Some(p) => {
+                let mut data = BlockIter::new(self.table.read_block(self.table.index[p].1)?);
+                place(&mut data)?;
+                Some(data)
+            }
+            None => None,
         };
         Ok(())
     }
@@ -188,19 +212,14 @@ impl TableIter {
 
     /// Steps to neighbouring blocks until positioned or out of blocks.
     fn skip_empty_blocks(&mut self) -> Result<()> {
-        while !self.data_valid() && self.index.valid() {
+        while !self.data_valid() {
+            let Some(current) = self.block else {
+                return Ok(());
+            };
             if self.reverse {
-                self.index.prev()?;
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_to_last()?;
-                }
+                self.load_block(current.checked_sub(1), BlockIter::seek_to_last)?;
             } else {
-                self.index.next()?;
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_to_first()?;
-                }
+                self.load_block(Some(current + 1), BlockIter::seek_to_first)?;
             }
         }
         Ok(())
@@ -209,39 +228,24 @@ impl TableIter {
 
 impl EntryIter for TableIter {
     fn seek(&mut self, target: Option<&[u8]>) -> Result<()> {
+        let blocks = self.table.index.len();
         match (target, self.reverse) {
-            (None, false) => {
-                self.index.seek_to_first()?;
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_to_first()?;
-                }
-            }
-            (None, true) => {
-                self.index.seek_to_last()?;
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_to_last()?;
-                }
-            }
+            (None, false) => self.load_block(Some(0), BlockIter::seek_to_first)?,
+            (None, true) => self.load_block(blocks.checked_sub(1), BlockIter::seek_to_last)?,
             (Some(target), false) => {
-                self.index.seek_ge(target)?;
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_ge(target)?;
-                }
+                let first = self.table.first_block_ending_at_or_after(target);
+                self.load_block(Some(first), |data| data.seek_ge(target))?;
             }
             (Some(target), true) => {
                 // The last entry <= target is in the first block whose last
                 // key is >= target, or at the end of the block before it.
-                self.index.seek_ge(target)?;
-                if !self.index.valid() {
-                    self.index.seek_to_last()?;
-                }
-                self.load_block()?;
-                if let Some(data) = &mut self.data {
-                    data.seek_le(target)?;
-                }
+                let first = self.table.first_block_ending_at_or_after(target);
+                let position = if first < blocks {
+                    Some(first)
+                } else {
+                    blocks.checked_sub(1)
+                };
+                self.load_block(position, |data| data.seek_le(target))?;
             }
         }
         self.skip_empty_blocks()
