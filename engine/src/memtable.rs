@@ -44,11 +44,8 @@ pub(crate) struct MemKey {
 
 impl MemKey {
     fn new(user_key: &[u8], trailer: u64) -> Self {
-        let mut prefix = [0u8; PREFIX_LEN];
-        let head = user_key.len().min(PREFIX_LEN);
-        prefix[..head].copy_from_slice(&user_key[..head]);
         MemKey {
-            prefix: u128::from_be_bytes(prefix),
+            prefix: key::prefix_u128(user_key),
             rest: user_key.get(PREFIX_LEN..).unwrap_or_default().into(),
             len: user_key.len() as u32,
             trailer,

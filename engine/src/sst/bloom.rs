@@ -3,57 +3,68 @@
 //! ## Format
 //!
 //! ```text
-//! filter = bit array (n bytes) | probes: u8
+//! filter = line* (64 bytes each) | probes: u8
 //! ```
 //!
-//! A key's 64-bit xxh3 hash `h` sets bits `h + i·δ (mod m)` for `i < probes`,
-//! with `δ = h rotated by 31` (double hashing, as LevelDB). With 10 bits per
-//! key and 6 probes the false-positive rate is about 1%.
+//! A *blocked* bloom filter: a key's 64-bit xxh3 hash `h` picks one 64-byte
+//! line from its upper 32 bits, and its lower 32 bits drive `probes` probes
+//! inside that line (double hashing). A lookup therefore touches one cache
+//! line instead of one per probe, the difference between one memory access
+//! and six on a random read. With 10 bits per key and 6 probes the
+//! false-positive rate is about 1%, a little above an unblocked filter's.
+
+const LINE_BITS: u32 = 512;
+const LINE_BYTES: usize = 64;
 
 pub(crate) fn hash(user_key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user_key)
 }
 
+fn line_of(h: u64, lines: usize) -> usize {
+    // Multiply-shift maps the upper 32 bits onto 0..lines without a division.
+    (((h >> 32) * lines as u64) >> 32) as usize
+}
+
+/// Bit positions within the line for hash `h`.
+fn probes(h: u64, count: u8) -> impl Iterator<Item = u32> {
+    let mut x = h as u32;
+    let delta = x.rotate_right(17) | 1;
+    (0..count).map(move |_| {
+        let bit = x >> 23; // top 9 bits: 0..512
+        x = x.wrapping_add(delta);
+        bit
+    })
+}
+
 /// Builds a filter from key hashes.
 pub(crate) fn build(hashes: &[u64], bits_per_key: usize) -> Vec<u8> {
-    let probes = ((bits_per_key as f64) * 0.69).round().clamp(1.0, 30.0) as u8;
-    let bits = (hashes.len() * bits_per_key).max(64);
-    let bytes = bits.div_ceil(8);
-    let bits = (bytes * 8) as u64;
-    let mut filter = vec![0u8; bytes + 1];
+    let probe_count = ((bits_per_key as f64) * 0.69).round().clamp(1.0, 30.0) as u8;
+    let lines = (hashes.len() * bits_per_key)
+        .div_ceil(LINE_BITS as usize)
+        .max(1);
+    let mut filter = vec![0u8; lines * LINE_BYTES + 1];
     for &h in hashes {
-        let delta = h.rotate_left(31);
-        let mut h = h;
-        for _ in 0..probes {
-            let bit = h % bits;
-            filter[(bit / 8) as usize] |= 1 << (bit % 8);
-            h = h.wrapping_add(delta);
+        let line = &mut filter[line_of(h, lines) * LINE_BYTES..][..LINE_BYTES];
+        for bit in probes(h, probe_count) {
+            line[(bit / 8) as usize] |= 1 << (bit % 8);
         }
     }
-    filter[bytes] = probes;
+    filter[lines * LINE_BYTES] = probe_count;
     filter
 }
 
 /// False means the key is certainly absent. A malformed filter answers
 /// true (it can only cost a block read, never a wrong answer).
 pub(crate) fn may_contain(filter: &[u8], h: u64) -> bool {
-    let Some((&probes, array)) = filter.split_last() else {
+    let Some((&probe_count, array)) = filter.split_last() else {
         return true;
     };
-    if array.is_empty() || probes == 0 || probes > 30 {
+    if array.is_empty() || array.len() % LINE_BYTES != 0 || probe_count == 0 || probe_count > 30 {
         return true;
     }
-    let bits = array.len() as u64 * 8;
-    let delta = h.rotate_left(31);
-    let mut h = h;
-    for _ in 0..probes {
-        let bit = h % bits;
-        if array[(bit / 8) as usize] & (1 << (bit % 8)) == 0 {
-            return false;
-        }
-        h = h.wrapping_add(delta);
-    }
-    true
+    let lines = array.len() / LINE_BYTES;
+    let line = &array[line_of(h, lines) * LINE_BYTES..][..LINE_BYTES];
+    probes(h, probe_count).all(|bit| line[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
 }
 
 #[cfg(test)]

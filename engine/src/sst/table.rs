@@ -32,6 +32,16 @@ impl<'a> PointQuery<'a> {
     }
 }
 
+/// One data block as the in-memory index knows it.
+struct IndexEntry {
+    /// [`key::prefix_u128`] of the last key's user key: most probes are
+    /// decided by comparing it alone.
+    prefix: u128,
+    /// The block's last internal key.
+    last_key: Box<[u8]>,
+    handle: BlockHandle,
+}
+
 /// An open, immutable table file. Index and filter stay in memory; data
 /// blocks are read through the mmap and the shared block cache.
 pub(crate) struct Table {
@@ -40,7 +50,7 @@ pub(crate) struct Table {
     number: u64,
     /// The index block, decoded once at open: the last internal key of
     /// every data block and its handle, searched with a plain binary search.
-    index: Vec<(Box<[u8]>, BlockHandle)>,
+    index: Vec<IndexEntry>,
     filter: Vec<u8>,
     properties: TableProperties,
     cache: Arc<BlockCache>,
@@ -77,19 +87,20 @@ impl Table {
             let handle = BlockHandle::decode_varint(entries.value()).ok_or_else(|| {
                 Error::corruption(path, footer.index.offset, "index entry does not decode")
             })?;
-            if index
-                .last()
-                .is_some_and(|(last, _): &(Box<[u8]>, BlockHandle)| {
-                    key::compare(last, entries.key()) != std::cmp::Ordering::Less
-                })
-            {
+            if index.last().is_some_and(|last: &IndexEntry| {
+                key::compare(&last.last_key, entries.key()) != std::cmp::Ordering::Less
+            }) {
                 return Err(Error::corruption(
                     path,
                     footer.index.offset,
                     "index keys out of order",
                 ));
             }
-            index.push((entries.key().into(), handle));
+            index.push(IndexEntry {
+                prefix: key::prefix_u128(key::user_key(entries.key())),
+                last_key: entries.key().into(),
+                handle,
+            });
             entries.next()?;
         }
         let filter = decode_block(bytes, footer.filter, path)?;
@@ -116,8 +127,14 @@ impl Table {
     /// Index of the first data block whose last key is `>= target`
     /// (`index.len()` if none).
     fn first_block_ending_at_or_after(&self, target: &[u8]) -> usize {
-        self.index
-            .partition_point(|(last, _)| key::compare(last, target) == std::cmp::Ordering::Less)
+        let target_prefix = key::prefix_u128(key::user_key(target));
+        self.index.partition_point(|entry| {
+            let order = entry
+                .prefix
+                .cmp(&target_prefix)
+                .then_with(|| key::compare(&entry.last_key, target));
+            order == std::cmp::Ordering::Less
+        })
     }
 
     pub(crate) fn properties(&self) -> &TableProperties {
@@ -147,7 +164,9 @@ impl Table {
             Counters::add(&self.counters.bloom_negatives, 1);
             return Ok(Lookup::Absent);
         }
-        let Some(&(_, handle)) = self.index.get(self.first_block_ending_at_or_after(target)) else {
+        let Some(&IndexEntry { handle, .. }) =
+            self.index.get(self.first_block_ending_at_or_after(target))
+        else {
             return Ok(Lookup::Absent);
         };
         let mut data = BlockIter::new(self.read_block(handle)?);
@@ -197,7 +216,7 @@ impl TableIter {
         self.block = position.filter(|&p| p < self.table.index.len());
         self.data = match self.block {
             Some(p) => {
-                let mut data = BlockIter::new(self.table.read_block(self.table.index[p].1)?);
+                let mut data = BlockIter::new(self.table.read_block(self.table.index[p].handle)?);
                 place(&mut data)?;
                 Some(data)
             }
