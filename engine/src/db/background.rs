@@ -99,7 +99,9 @@ fn sync_loop(db: &Inner, interval: Duration) {
             while !state.closing && Instant::now() < deadline {
                 db.work.wait_until(&mut state, deadline);
             }
-            if state.closing {
+            if state.closing || state.background_error.is_some() {
+                // After a failed write the WAL's state is unknown: syncing
+                // it again could write buffered bytes twice.
                 return;
             }
         }
@@ -185,6 +187,10 @@ fn checkpoint_loop(db: &Inner, settings: &PeriodicCheckpoints) {
                     return;
                 }
                 Counters::add(&db.counters.checkpoint_failures, 1);
+                if next == 0 {
+                    // An empty chain must not count when old chains are pruned.
+                    let _ = crate::checkpoint::remove_dir_all(fs, &chain_dir);
+                }
                 position = None;
             }
         }

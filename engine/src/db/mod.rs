@@ -120,6 +120,19 @@ impl Inner {
         self.state.lock().super_version.clone()
     }
 
+    /// The visible sequence and the super version, read under one lock so
+    /// that no compaction can fall between them: a compaction that dropped a
+    /// version shadowed by a newer write is installed only with that write
+    /// already visible, so a reader never sees a sequence too old for its
+    /// tables.
+    pub(crate) fn read_view(&self) -> Result<(SeqNo, Arc<SuperVersion>)> {
+        let state = self.state.lock();
+        if state.closing {
+            return Err(Error::Closed);
+        }
+        Ok((self.visible_sequence(), state.super_version.clone()))
+    }
+
     pub(crate) fn live_snapshots(&self) -> Vec<SeqNo> {
         self.snapshots.lock().keys().copied().collect()
     }
@@ -131,16 +144,40 @@ impl Inner {
         Ok(())
     }
 
+    /// The read view for an iterator: a snapshot's sequence with the current
+    /// super version, or the newest state read under one lock. Iterators
+    /// work on a closed database too (they own what they read).
+    fn view_at(&self, sequence: Option<SeqNo>) -> (SeqNo, Arc<SuperVersion>) {
+        match sequence {
+            Some(sequence) => (sequence, self.super_version()),
+            None => {
+                let state = self.state.lock();
+                (self.visible_sequence(), state.super_version.clone())
+            }
+        }
+    }
+
+    /// Reads at a registered snapshot's sequence (the snapshot keeps
+    /// compaction from dropping what it sees).
     pub(crate) fn get_at(&self, user_key: &[u8], sequence: SeqNo) -> Result<Option<Vec<u8>>> {
         // The super version is taken after the sequence, so it holds every
         // write up to that sequence (see `State` and the flush install).
-        let source = {
-            let state = self.state.lock();
-            if state.closing {
-                return Err(Error::Closed);
-            }
-            state.super_version.clone()
-        };
+        let (_, source) = self.read_view()?;
+        self.get_in(&source, user_key, sequence)
+    }
+
+    /// Reads the newest state.
+    pub(crate) fn get_latest(&self, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (sequence, source) = self.read_view()?;
+        self.get_in(&source, user_key, sequence)
+    }
+
+    fn get_in(
+        &self,
+        source: &SuperVersion,
+        user_key: &[u8],
+        sequence: SeqNo,
+    ) -> Result<Option<Vec<u8>>> {
         let lookups = std::iter::once(&source.mem).chain(source.imm.iter());
         for memtable in lookups {
             match memtable.get(user_key, sequence) {
@@ -158,7 +195,7 @@ impl Inner {
     pub(crate) fn range_at<K: AsRef<[u8]>, R: RangeBounds<K>>(
         &self,
         range: R,
-        sequence: SeqNo,
+        sequence: Option<SeqNo>,
     ) -> DbIterator {
         let owned = |bound: Bound<&K>| match bound {
             Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
@@ -166,20 +203,17 @@ impl Inner {
             Bound::Unbounded => Bound::Unbounded,
         };
         let (start, end) = (owned(range.start_bound()), owned(range.end_bound()));
-        DbIterator::new(self.super_version(), sequence, start, end)
+        let (sequence, source) = self.view_at(sequence);
+        DbIterator::new(source, sequence, start, end)
     }
 
-    pub(crate) fn prefix_at(&self, prefix: &[u8], sequence: SeqNo) -> DbIterator {
+    pub(crate) fn prefix_at(&self, prefix: &[u8], sequence: Option<SeqNo>) -> DbIterator {
         let end = match iter::prefix_end(prefix) {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
-        DbIterator::new(
-            self.super_version(),
-            sequence,
-            Bound::Included(prefix.to_vec()),
-            end,
-        )
+        let (sequence, source) = self.view_at(sequence);
+        DbIterator::new(source, sequence, Bound::Included(prefix.to_vec()), end)
     }
 
     pub(crate) fn set_background_error(&self, error: &Error) {
@@ -249,8 +283,7 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner
-            .get_at(key.as_ref(), self.inner.visible_sequence())
+        self.inner.get_latest(key.as_ref())
     }
 
     /// Sets `key` to `value`. Returns the sequence number of the write.
@@ -346,8 +379,7 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn iter(&self) -> DbIterator {
-        self.inner
-            .range_at::<&[u8], _>(.., self.inner.visible_sequence())
+        self.inner.range_at::<&[u8], _>(.., None)
     }
 
     /// Live keys within `range`, forwards or (with `.rev()`) backwards.
@@ -361,7 +393,7 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> DbIterator {
-        self.inner.range_at(range, self.inner.visible_sequence())
+        self.inner.range_at(range, None)
     }
 
     /// Live keys that start with `prefix`.
@@ -376,8 +408,7 @@ impl Db {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> DbIterator {
-        self.inner
-            .prefix_at(prefix.as_ref(), self.inner.visible_sequence())
+        self.inner.prefix_at(prefix.as_ref(), None)
     }
 
     /// Writes the memtable to a level-0 table and waits until every write

@@ -75,7 +75,7 @@ impl Snapshot {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn iter(&self) -> DbIterator {
-        self.inner.range_at::<&[u8], _>(.., self.sequence)
+        self.inner.range_at::<&[u8], _>(.., Some(self.sequence))
     }
 
     /// Live keys within `range` as of the snapshot.
@@ -90,7 +90,7 @@ impl Snapshot {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> DbIterator {
-        self.inner.range_at(range, self.sequence)
+        self.inner.range_at(range, Some(self.sequence))
     }
 
     /// Live keys starting with `prefix` as of the snapshot.
@@ -104,7 +104,7 @@ impl Snapshot {
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> DbIterator {
-        self.inner.prefix_at(prefix.as_ref(), self.sequence)
+        self.inner.prefix_at(prefix.as_ref(), Some(self.sequence))
     }
 }
 

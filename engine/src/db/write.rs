@@ -68,6 +68,35 @@ impl Error {
     }
 }
 
+/// Held by the write leader. If the leader unwinds (a bug), the guard fails
+/// its group and gives up the role, so that the other writers and `close`
+/// are not left waiting forever.
+struct LeaderGuard<'a> {
+    inner: &'a Inner,
+    group: Vec<u64>,
+    finished: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut queue = self.inner.queue.lock();
+        for id in &self.group {
+            queue.results.insert(
+                *id,
+                Err(Error::Background("the write leader panicked".into())),
+            );
+        }
+        queue.leader_active = false;
+        self.inner.queue_changed.notify_all();
+        drop(queue);
+        self.inner
+            .set_background_error(&Error::Background("the write leader panicked".into()));
+    }
+}
+
 impl Inner {
     pub(crate) fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<SeqNo> {
         self.check_limits(&batch)?;
@@ -83,6 +112,14 @@ impl Inner {
     }
 
     fn check_limits(&self, batch: &WriteBatch) -> Result<()> {
+        // One batch is one WAL record, whose format caps its payload.
+        if batch.encoded_len() > crate::wal::record::MAX_PAYLOAD_LEN {
+            return Err(Error::TooLarge {
+                what: "batch",
+                size: batch.encoded_len(),
+                limit: crate::wal::record::MAX_PAYLOAD_LEN,
+            });
+        }
         for op in batch.ops() {
             let Some(BatchOp { key, value, .. }) = op else {
                 return Err(Error::InvalidOptions("malformed write batch".into()));
@@ -115,7 +152,13 @@ impl Inner {
             // next leader takes them as one group.
             queue.leader_active = true;
             drop(queue);
+            let mut guard = LeaderGuard {
+                inner: self,
+                group: vec![id],
+                finished: false,
+            };
             let mut results = self.commit(vec![(id, job)]);
+            guard.finished = true;
             let mut queue = self.queue.lock();
             queue.leader_active = false;
             // Wakes queued writers and a shutdown waiting for the leader.
@@ -134,7 +177,13 @@ impl Inner {
                 queue.leader_active = true;
                 let group = take_group(&mut queue.pending);
                 drop(queue);
+                let mut guard = LeaderGuard {
+                    inner: self,
+                    group: group.iter().map(|(id, _)| *id).collect(),
+                    finished: false,
+                };
                 let results = self.commit(group);
+                guard.finished = true;
                 queue = self.queue.lock();
                 queue.results.extend(results);
                 queue.leader_active = false;
@@ -230,7 +279,9 @@ impl Inner {
             })();
             if let Err(error) = appended {
                 // The WAL may now end in a partial group: refuse further
-                // writes until a reopen has recovered it.
+                // writes until a reopen has recovered it. (The state lock
+                // comes before the WAL lock: release it first.)
+                drop(wal);
                 self.set_background_error(&error);
                 return Err(error);
             }
@@ -322,15 +373,17 @@ impl Inner {
     /// flush queue. Called by the write leader only.
     fn switch_memtable(&self) -> Result<()> {
         let number = self.new_file_number();
-        let path = segment_path(&self.dir, number);
-        let writer = LogWriter::create(&*self.fs, &path, LogKind::Wal)?;
         let switched = (|| -> Result<()> {
-            self.fs.sync_dir(&self.dir).at(&self.dir)?;
             let mut wal = self.wal.lock();
-            // The old segment is complete: make it durable now so that only
-            // the newest segment can ever have a torn tail.
+            // The old segment is complete: make it durable *before* the next
+            // one exists on disk, so that only the newest segment can ever
+            // end in a torn record (recovery treats damage in any other
+            // segment as corruption).
             wal.writer.sync()?;
             Counters::add(&self.counters.wal_syncs, 1);
+            let path = segment_path(&self.dir, number);
+            let writer = LogWriter::create(&*self.fs, &path, LogKind::Wal)?;
+            self.fs.sync_dir(&self.dir).at(&self.dir)?;
             *wal = WalState {
                 writer,
                 dirty: false,
@@ -357,11 +410,18 @@ impl Inner {
             return Ok(());
         }
         let mut state = self.state.lock();
+        // Wait for the newest sealed memtable (the one this call sealed, or
+        // a later one) to be flushed; flushes go in order, so every earlier
+        // one is then flushed too. Waiting for an empty queue instead could
+        // wait forever under a steady write load.
+        let Some(sealed) = state.imm.back().cloned() else {
+            return Ok(());
+        };
         loop {
             if let Some(message) = &state.background_error {
                 return Err(Error::Background(message.clone()));
             }
-            if state.imm.is_empty() {
+            if !state.imm.iter().any(|m| Arc::ptr_eq(m, &sealed)) {
                 return Ok(());
             }
             if state.closing {

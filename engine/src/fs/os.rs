@@ -36,8 +36,12 @@ impl WritableFile for OsWritableFile {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer)?;
+            let written = self.file.write_all(&self.buffer);
+            // Even after a failed write the buffer is dropped: some of it may
+            // have reached the file, and writing it again would put bytes
+            // twice into a log. Callers treat any error as fatal for the file.
             self.buffer.clear();
+            written?;
         }
         Ok(())
     }

@@ -105,7 +105,9 @@ impl VersionEdit {
                             smallest: cursor.bytes()?.to_vec(),
                             largest: cursor.bytes()?.to_vec(),
                         };
-                        Some((level, table))
+                        let internal_keys = table.smallest.len() >= crate::key::TRAILER_LEN
+                            && table.largest.len() >= crate::key::TRAILER_LEN;
+                        internal_keys.then_some((level, table))
                     })()
                     .ok_or_else(short)?;
                     edit.added.push(table);

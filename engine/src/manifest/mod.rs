@@ -50,6 +50,8 @@ pub(crate) struct VersionSet {
     pub(crate) log_number: u64,
     /// Highest sequence held by tables.
     pub(crate) last_sequence: u64,
+    /// Set when a manifest write failed; no edit is accepted afterwards.
+    poisoned: Option<String>,
 }
 
 /// What recovery of the manifest found.
@@ -185,6 +187,7 @@ impl VersionSet {
             edit_count: 1,
             log_number,
             last_sequence,
+            poisoned: None,
         })
     }
 
@@ -231,35 +234,50 @@ impl VersionSet {
         mut opened: HashMap<u64, Arc<TableFile>>,
         next_file_number: &dyn Fn() -> u64,
     ) -> Result<Arc<Version>> {
+        if let Some(reason) = &self.poisoned {
+            return Err(Error::Background(format!(
+                "an earlier manifest write failed: {reason}"
+            )));
+        }
         let next = self.current.apply(&edit, &mut opened)?;
-        if let Some(log_number) = edit.log_number {
-            debug_assert!(log_number >= self.log_number, "log number went backwards");
-            self.log_number = log_number;
-        }
-        if let Some(sequence) = edit.last_sequence {
-            self.last_sequence = self.last_sequence.max(sequence);
-        }
+        // The new counters take effect only once the edit is durable.
+        let log_number = edit.log_number.unwrap_or(self.log_number);
+        debug_assert!(log_number >= self.log_number, "log number went backwards");
+        let last_sequence = self.last_sequence.max(edit.last_sequence.unwrap_or(0));
         edit.next_file_number = Some(next_file_number());
-        if self.manifest.len() > MANIFEST_ROLL_BYTES {
+        let written = if self.manifest.len() > MANIFEST_ROLL_BYTES {
             let number = next_file_number();
-            let manifest = write_snapshot(
+            write_snapshot(
                 &*self.fs,
                 &self.dir,
                 number,
                 &next,
-                self.log_number,
+                log_number,
                 number + 1,
-                self.last_sequence,
-            )?;
-            let old = self.manifest_number;
-            self.manifest = manifest;
-            self.manifest_number = number;
-            let _ = self.fs.remove_file(&self.dir.join(manifest_name(old)));
+                last_sequence,
+            )
+            .map(|manifest| {
+                let old = std::mem::replace(&mut self.manifest_number, number);
+                self.manifest = manifest;
+                let _ = self.fs.remove_file(&self.dir.join(manifest_name(old)));
+            })
         } else {
             self.edit_count += 1;
-            self.manifest.append(self.edit_count, &edit.encode())?;
-            self.manifest.sync()?;
+            let manifest = &mut self.manifest;
+            manifest
+                .append(self.edit_count, &edit.encode())
+                .and_then(|()| manifest.sync())
+        };
+        if let Err(error) = written {
+            // The manifest may now end in a partial record, and its file
+            // buffer in an unknown state: refuse every later edit, so that
+            // nothing is ever appended after the damage or acted on as if it
+            // were durable. A reopen recovers from what is on disk.
+            self.poisoned = Some(error.to_string());
+            return Err(error);
         }
+        self.log_number = log_number;
+        self.last_sequence = last_sequence;
         for (level, number) in &edit.deleted {
             // A trivial move deletes and re-adds the same table.
             if edit.added.iter().any(|(_, meta)| meta.number == *number) {

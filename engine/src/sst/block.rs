@@ -243,7 +243,7 @@ impl BlockIter {
             let shared = cursor.usize()?;
             let unshared = cursor.usize()?;
             let _value_len = cursor.usize()?;
-            if shared != 0 {
+            if shared != 0 || unshared < key::TRAILER_LEN {
                 return None;
             }
             cursor.take(unshared)

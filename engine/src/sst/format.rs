@@ -224,5 +224,10 @@ impl TableProperties {
             smallest: cursor.bytes()?.to_vec(),
             largest: cursor.bytes()?.to_vec(),
         })
+        .filter(|p| {
+            p.entries == 0
+                || (p.smallest.len() >= crate::key::TRAILER_LEN
+                    && p.largest.len() >= crate::key::TRAILER_LEN)
+        })
     }
 }
