@@ -84,6 +84,12 @@ pub(crate) struct Inner {
     pub(crate) wal: Mutex<WalState>,
     pub(crate) queue: Mutex<write::WriteQueue>,
     pub(crate) queue_changed: Condvar,
+    /// Write groups finished; waiting writers spin on it before parking.
+    pub(crate) groups_committed: AtomicU64,
+    /// True while the write leader waits for an fsync.
+    pub(crate) leader_syncing: std::sync::atomic::AtomicBool,
+    /// True while one waiting writer spins (at most one does).
+    pub(crate) writer_spinning: std::sync::atomic::AtomicBool,
     pub(crate) next_file_number: AtomicU64,
     /// Last sequence handed out (only the write leader changes it).
     pub(crate) last_sequence: AtomicU64,

@@ -23,6 +23,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Spin iterations (a few microseconds) a waiting writer polls for its
+/// group before it parks.
+const SPINS_BEFORE_PARKING: u32 = 4000;
+
 /// Upper bound on the bytes one group commits (a single larger batch
 /// still goes through, alone).
 const MAX_GROUP_BYTES: usize = 4 << 20;
@@ -143,6 +147,9 @@ impl Inner {
     }
 
     fn submit(&self, job: Job) -> Result<SeqNo> {
+        // Only a buffered write is worth spinning for: anything else waits
+        // for an fsync or a memtable switch, far longer than a spin.
+        let may_spin = matches!(job, Job::Write { sync: false, .. });
         let mut queue = self.queue.lock();
         let id = queue.next_id;
         queue.next_id += 1;
@@ -161,6 +168,8 @@ impl Inner {
             guard.finished = true;
             let mut queue = self.queue.lock();
             queue.leader_active = false;
+            self.groups_committed
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             // Wakes queued writers and a shutdown waiting for the leader.
             self.queue_changed.notify_all();
             drop(queue);
@@ -187,7 +196,59 @@ impl Inner {
                 queue = self.queue.lock();
                 queue.results.extend(results);
                 queue.leader_active = false;
+                self.groups_committed
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
                 self.queue_changed.notify_all();
+                continue;
+            }
+            // A buffered group commits in microseconds, far less than a
+            // park and wake-up costs: spin briefly on the group counter
+            // before sleeping on the condition variable. Not while the
+            // leader fsyncs: that takes far longer, and spinning would take
+            // the CPU from the writers that should be joining the next group.
+            // One spinner at a time: with many writers on few cores, more
+            // would only slow the leader down.
+            let spin = may_spin
+                && !self
+                    .leader_syncing
+                    .load(std::sync::atomic::Ordering::Acquire)
+                && self
+                    .writer_spinning
+                    .compare_exchange(
+                        false,
+                        true,
+                        std::sync::atomic::Ordering::Acquire,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok();
+            if !spin {
+                self.queue_changed.wait(&mut queue);
+                continue;
+            }
+            let seen = self
+                .groups_committed
+                .load(std::sync::atomic::Ordering::Acquire);
+            drop(queue);
+            for _ in 0..SPINS_BEFORE_PARKING {
+                if self
+                    .leader_syncing
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    break;
+                }
+                if self
+                    .groups_committed
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    != seen
+                {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            self.writer_spinning
+                .store(false, std::sync::atomic::Ordering::Release);
+            queue = self.queue.lock();
+            if queue.results.contains_key(&id) || !queue.leader_active {
                 continue;
             }
             self.queue_changed.wait(&mut queue);
@@ -268,7 +329,12 @@ impl Inner {
                     user_bytes += batch.user_bytes();
                 }
                 if need_sync {
-                    wal.writer.sync()?;
+                    self.leader_syncing
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    let synced = wal.writer.sync();
+                    self.leader_syncing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    synced?;
                     wal.dirty = false;
                     Counters::add(&self.counters.wal_syncs, 1);
                 } else {
