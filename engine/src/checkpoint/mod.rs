@@ -51,6 +51,17 @@ pub struct Progress {
 }
 
 /// Reads and checks a checkpoint's metadata; returns it with its checksum.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let db = ferry_engine::Db::open(dir.path().join("db"), Default::default())?;
+/// db.put(b"k", b"v")?;
+/// db.checkpoint(dir.path().join("c"))?;
+/// let (meta, _checksum) = ferry_engine::checkpoint::read_meta(&dir.path().join("c"))?;
+/// assert_eq!(meta.id, "c");
+/// assert!(meta.files.iter().any(|f| f.name.ends_with(".sst")));
+/// # Ok::<(), ferry_engine::Error>(())
+/// ```
 pub fn read_meta(dir: &Path) -> Result<(CheckpointMeta, u32)> {
     read_meta_with(&OsFs, dir)
 }

@@ -47,6 +47,14 @@ pub use import::ImportReport;
 pub use manifest::{ExportManifest, ExportPart, EXPORT_FILE};
 
 /// Streaming content checksum (see the module docs).
+///
+/// ```
+/// use ferry_engine::columnar::ContentChecksum;
+/// let mut checksum = ContentChecksum::new();
+/// checksum.add(b"key", b"value");
+/// assert_eq!(checksum.rows(), 1);
+/// assert_ne!(checksum.value(), ContentChecksum::new().value());
+/// ```
 #[derive(Default)]
 pub struct ContentChecksum {
     hasher: xxhash_rust::xxh3::Xxh3,

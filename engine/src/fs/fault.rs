@@ -41,6 +41,23 @@ struct State {
 }
 
 /// In-memory [`FileSystem`] that tracks durability, for crash tests.
+///
+/// ```
+/// use ferry_engine::fs::FaultInjectionFs;
+/// use ferry_engine::{Db, Durability, Options};
+/// use std::sync::Arc;
+///
+/// let fs = FaultInjectionFs::new();
+/// let options = || Options { fs: Arc::new(fs.clone()), durability: Durability::Sync, ..Options::default() };
+/// let db = Db::open("/db", options())?;
+/// db.put(b"acknowledged", b"1")?;
+/// // What a disk would hold if the power failed now.
+/// let image = fs.durable_image();
+/// drop(db);
+/// let recovered = Db::open("/db", Options { fs: Arc::new(image), ..options() })?;
+/// assert_eq!(recovered.get(b"acknowledged")?.as_deref(), Some(&b"1"[..]));
+/// # Ok::<(), ferry_engine::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjectionFs {
     state: Arc<Mutex<State>>,

@@ -11,6 +11,27 @@ use std::path::{Path, PathBuf};
 /// Records are buffered until [`LogWriter::flush`] (to the OS) or
 /// [`LogWriter::sync`] (to disk). Group commit appends many records and then
 /// syncs once.
+///
+/// ```
+/// use ferry_engine::fs::{FaultInjectionFs, FileSystem};
+/// use ferry_engine::wal::{read_segment, LogKind, LogWriter, TailPolicy};
+/// use std::path::Path;
+///
+/// let fs = FaultInjectionFs::new();
+/// fs.create_dir_all(Path::new("/log")).unwrap();
+/// let path = Path::new("/log/000001.log");
+/// let mut writer = LogWriter::create(&fs, path, LogKind::Raft)?;
+/// writer.append(1, b"first")?;
+/// writer.append(2, b"second")?;
+/// writer.sync()?;
+/// let mut seen = Vec::new();
+/// read_segment(&fs, path, LogKind::Raft, TailPolicy::Strict, |sequence, payload| {
+///     seen.push((sequence, payload.to_vec()));
+///     Ok(())
+/// })?;
+/// assert_eq!(seen, vec![(1, b"first".to_vec()), (2, b"second".to_vec())]);
+/// # Ok::<(), ferry_engine::Error>(())
+/// ```
 pub struct LogWriter {
     file: Box<dyn WritableFile>,
     path: PathBuf,
