@@ -101,6 +101,10 @@ pub(crate) struct Block {
     /// End of the entries, where the restart array begins.
     entries_end: usize,
     num_restarts: usize,
+    /// [`key::prefix_u128`] of each restart key's user key, computed once
+    /// when the block is loaded: a seek's binary search compares these
+    /// integers and decodes a restart key only when prefixes tie.
+    restart_prefixes: Vec<u128>,
     /// Where the block came from, for error messages.
     path: Arc<PathBuf>,
     offset: u64,
@@ -137,10 +141,25 @@ impl Block {
         if !restarts_ok {
             return Err(bad("restart points out of order"));
         }
+        let mut restart_prefixes = Vec::with_capacity(num_restarts);
+        for index in 0..num_restarts {
+            let at = entries_end + index * 4;
+            let restart =
+                u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
+            if restart == entries_end {
+                // Only an empty block has a restart at its end; it sorts last.
+                restart_prefixes.push(u128::MAX);
+                continue;
+            }
+            let user_key = restart_key_at(&data[..entries_end], restart)
+                .ok_or_else(|| bad("restart entry does not decode"))?;
+            restart_prefixes.push(key::prefix_u128(key::user_key(user_key)));
+        }
         Ok(Block {
             data,
             entries_end,
             num_restarts,
+            restart_prefixes,
             path,
             offset,
         })
@@ -164,6 +183,18 @@ impl Block {
             format!("block entry at {at} does not decode"),
         )
     }
+}
+
+/// The whole key stored at a restart point (`shared = 0`), if it decodes.
+fn restart_key_at(entries: &[u8], at: usize) -> Option<&[u8]> {
+    let mut cursor = Cursor::new(entries.get(at..)?);
+    let shared = cursor.usize()?;
+    let unshared = cursor.usize()?;
+    let _value_len = cursor.usize()?;
+    if shared != 0 || unshared < key::TRAILER_LEN {
+        return None;
+    }
+    cursor.take(unshared)
 }
 
 /// A cursor over one block that can move both ways.
@@ -237,27 +268,21 @@ impl BlockIter {
     /// Key stored whole at restart point `index`.
     fn restart_key(&self, index: usize) -> Result<&[u8]> {
         let at = self.block.restart(index);
-        let data = &self.block.data[..self.block.entries_end];
-        let key = (|| {
-            let mut cursor = Cursor::new(data.get(at..)?);
-            let shared = cursor.usize()?;
-            let unshared = cursor.usize()?;
-            let _value_len = cursor.usize()?;
-            if shared != 0 || unshared < key::TRAILER_LEN {
-                return None;
-            }
-            cursor.take(unshared)
-        })();
-        key.ok_or_else(|| self.block.corruption(at))
+        restart_key_at(&self.block.data[..self.block.entries_end], at)
+            .ok_or_else(|| self.block.corruption(at))
     }
 
     /// Index of the last restart whose key is `< target` (or `<= target`
     /// when `inclusive`), or 0.
     fn restart_before(&self, target: &[u8], inclusive: bool) -> Result<usize> {
+        let target_prefix = key::prefix_u128(key::user_key(target));
         let (mut low, mut high) = (0, self.block.num_restarts);
         while high - low > 1 {
             let mid = (low + high) / 2;
-            let order = key::compare(self.restart_key(mid)?, target);
+            let order = match self.block.restart_prefixes[mid].cmp(&target_prefix) {
+                Ordering::Equal => key::compare(self.restart_key(mid)?, target),
+                decided => decided,
+            };
             if order == Ordering::Less || (inclusive && order == Ordering::Equal) {
                 low = mid;
             } else {
@@ -410,9 +435,17 @@ mod tests {
         let path = Arc::new(PathBuf::from("t"));
         assert!(Block::new(vec![1, 2], path.clone(), 0).is_err());
         assert!(Block::new(vec![0, 0, 0, 0], path.clone(), 0).is_err());
-        let block = Arc::new(Block::new(vec![9, 9, 9, 0, 0, 0, 0, 1, 0, 0, 0], path, 7).unwrap());
-        let mut iter = BlockIter::new(block);
-        let err = iter.seek_to_first().unwrap_err();
+        // A restart entry that does not decode is refused when the block is loaded.
+        let err = Block::new(vec![9, 9, 9, 0, 0, 0, 0, 1, 0, 0, 0], path.clone(), 7).unwrap_err();
         assert!(err.is_corruption());
+        // A later entry that does not decode fails the cursor that reaches it.
+        let mut bytes = vec![0, 10, 0];
+        bytes.extend_from_slice(b"key\0\0\0\0\0\0\x01");
+        bytes.extend_from_slice(&[0, 200, 0]);
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        let mut iter = BlockIter::new(Arc::new(Block::new(bytes, path, 7).unwrap()));
+        iter.seek_to_first().unwrap();
+        assert!(iter.next().unwrap_err().is_corruption());
     }
 }
