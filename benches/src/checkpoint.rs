@@ -71,11 +71,7 @@ fn fill(db: &Db, keys: u64, value_size: usize) -> f64 {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .expect("a temporary directory");
+    let root = crate::report::work_dir(args.dir.as_deref());
     let base = || Options {
         durability: Durability::Buffered,
         ..Options::default()

@@ -38,11 +38,7 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .expect("a temporary directory");
+    let root = crate::report::work_dir(args.dir.as_deref());
     let options = || Options {
         durability: Durability::Buffered,
         ..Options::default()

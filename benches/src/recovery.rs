@@ -28,11 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .expect("a temporary directory");
+    let root = crate::report::work_dir(args.dir.as_deref());
     let path = root.path().join("db");
     // A memtable larger than the whole WAL: replay must rebuild it all.
     let options = || Options {

@@ -118,6 +118,16 @@ pub fn print_ratios(rows: &[Row]) {
     print_aligned(&lines, 1);
 }
 
+/// A fresh temporary directory for a suite's databases, inside `parent`
+/// when given (to pick the disk under test); removed when dropped.
+pub fn work_dir(parent: Option<&Path>) -> tempfile::TempDir {
+    match parent {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
+
 /// Writes the rows as a pretty-printed JSON array of flat objects.
 pub fn write_json(path: &Path, rows: &[Row]) -> io::Result<()> {
     let mut out = BufWriter::new(File::create(path)?);

@@ -223,19 +223,10 @@ impl Inner {
             &new_number,
         )?;
         let bytes: u64 = edit.added.iter().map(|(_, t)| t.size).sum();
-        {
-            let mut versions = self.versions.lock();
-            let opened = versions.open_added(&edit)?;
-            let version = versions.log_and_apply(edit, opened, &|| {
-                self.next_file_number.load(Ordering::SeqCst)
-            })?;
-            let mut state = self.state.lock();
+        self.install(edit, |state| {
             let flushed = state.imm.pop_front();
             debug_assert!(flushed.is_some_and(|m| Arc::ptr_eq(&m, &memtable)));
-            state.version = version;
-            state.refresh();
-        }
-        self.work.notify_all();
+        })?;
         self.delete_wal_before(log_number);
         Counters::add(&self.counters.flushes, 1);
         Counters::add(&self.counters.flush_bytes_written, bytes);
@@ -300,17 +291,7 @@ impl Inner {
             snapshots: self.live_snapshots(),
         };
         let result = job::run(compaction, version, &context)?;
-        {
-            let mut versions = self.versions.lock();
-            let opened = versions.open_added(&result.edit)?;
-            let next = versions.log_and_apply(result.edit, opened, &|| {
-                self.next_file_number.load(Ordering::SeqCst)
-            })?;
-            let mut state = self.state.lock();
-            state.version = next;
-            state.refresh();
-        }
-        self.work.notify_all();
+        self.install(result.edit, |_| {})?;
         Counters::add(&self.counters.compactions, 1);
         if compaction.is_trivial_move() {
             Counters::add(&self.counters.trivial_moves, 1);

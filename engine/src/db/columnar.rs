@@ -134,16 +134,7 @@ impl Inner {
             added: tables.into_iter().map(|t| (NUM_LEVELS - 1, t)).collect(),
             ..VersionEdit::default()
         };
-        {
-            let mut versions = self.versions.lock();
-            let opened = versions.open_added(&edit)?;
-            let version = versions.log_and_apply(edit, opened, &|| {
-                self.next_file_number.load(Ordering::SeqCst)
-            })?;
-            let mut state = self.state.lock();
-            state.version = version;
-            state.refresh();
-        }
+        self.install(edit, |_| {})?;
         self.last_sequence
             .store(manifest.sequence, Ordering::SeqCst);
         self.publish_sequence(manifest.sequence);

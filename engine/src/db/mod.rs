@@ -15,6 +15,7 @@ pub use snapshot::Snapshot;
 
 use crate::fs::{FileLock, FileSystem};
 use crate::key::SeqNo;
+use crate::manifest::edit::VersionEdit;
 use crate::manifest::version::{Version, NUM_LEVELS};
 use crate::manifest::VersionSet;
 use crate::memtable::{Lookup, Memtable};
@@ -220,6 +221,30 @@ impl Inner {
         };
         let (sequence, source) = self.view_at(sequence);
         DbIterator::new(source, sequence, Bound::Included(prefix.to_vec()), end)
+    }
+
+    /// Makes `edit` durable in the manifest and installs the new version
+    /// for readers; `with_state` runs under the same state lock (a flush
+    /// retires its memtable there, so readers never see the data twice or
+    /// not at all).
+    pub(crate) fn install(
+        &self,
+        edit: VersionEdit,
+        with_state: impl FnOnce(&mut State),
+    ) -> Result<()> {
+        {
+            let mut versions = self.versions.lock();
+            let opened = versions.open_added(&edit)?;
+            let version = versions.log_and_apply(edit, opened, &|| {
+                self.next_file_number.load(Ordering::SeqCst)
+            })?;
+            let mut state = self.state.lock();
+            with_state(&mut state);
+            state.version = version;
+            state.refresh();
+        }
+        self.work.notify_all();
+        Ok(())
     }
 
     pub(crate) fn set_background_error(&self, error: &Error) {

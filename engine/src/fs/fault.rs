@@ -89,52 +89,39 @@ impl FaultInjectionFs {
     /// file system: the running database keeps writing to `self`, which
     /// no longer matters, while recovery is tested on the image.
     pub fn durable_image(&self) -> FaultInjectionFs {
-        let state = self.state.lock();
-        let mut files = HashMap::new();
-        for id in state.durable.values() {
-            if let Some(file) = state.files.get(id) {
-                let bytes = file.bytes[..file.synced_len].to_vec();
-                files.insert(
-                    *id,
-                    FileData {
-                        synced_len: bytes.len(),
-                        bytes,
-                    },
-                );
-            }
-        }
-        let image = State {
-            files,
-            live: state.durable.clone(),
-            durable: state.durable.clone(),
-            dirs: state.dirs.clone(),
-            locks: HashSet::new(),
-            next_id: state.next_id,
-            fail_writes: false,
-        };
-        FaultInjectionFs {
-            state: Arc::new(Mutex::new(image)),
-        }
+        self.image(true)
     }
 
     /// What the OS would hold if the *process* died now (not the machine):
     /// every written byte and entry, synced or not, as a new file system.
     pub fn process_crash_image(&self) -> FaultInjectionFs {
+        self.image(false)
+    }
+
+    fn image(&self, power_loss: bool) -> FaultInjectionFs {
         let state = self.state.lock();
-        let files = state
-            .files
-            .iter()
-            .map(|(id, file)| {
-                let copy = FileData {
-                    bytes: file.bytes.clone(),
-                    synced_len: file.synced_len,
+        let entries = if power_loss {
+            &state.durable
+        } else {
+            &state.live
+        };
+        let mut files = HashMap::new();
+        // Files named by either view, so the image can itself lose power.
+        for id in entries.values().chain(state.durable.values()) {
+            if let Some(file) = state.files.get(id) {
+                let len = if power_loss {
+                    file.synced_len
+                } else {
+                    file.bytes.len()
                 };
-                (*id, copy)
-            })
-            .collect();
+                let bytes = file.bytes[..len].to_vec();
+                let synced_len = file.synced_len.min(len);
+                files.insert(*id, FileData { bytes, synced_len });
+            }
+        }
         let image = State {
             files,
-            live: state.live.clone(),
+            live: entries.clone(),
             durable: state.durable.clone(),
             dirs: state.dirs.clone(),
             locks: HashSet::new(),
