@@ -190,7 +190,8 @@ fn run(ops: Vec<Op>, background: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // FERRY_MODEL_CASES=2000 for a longer search than CI's.
+    #![proptest_config(ProptestConfig { cases: std::env::var("FERRY_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128), ..ProptestConfig::default() })]
 
     #[test]
     fn matches_btreemap(ops in prop::collection::vec(op(), 1..400)) {
