@@ -15,7 +15,6 @@ use ferry_engine::{Db, Durability, Options};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -33,12 +32,8 @@ pub struct Args {
     /// Time between periodic checkpoints during the fill.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
-    /// Also write the results to this file as a JSON array.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Parent directory for databases and checkpoints.
-    #[arg(long, value_name = "PATH")]
-    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::report::Output,
 }
 
 fn key(i: u64) -> [u8; 16] {
@@ -71,7 +66,7 @@ fn fill(db: &Db, keys: u64, value_size: usize) -> f64 {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = crate::report::work_dir(args.dir.as_deref());
+    let root = args.output.work_dir();
     let base = || Options {
         durability: Durability::Buffered,
         ..Options::default()

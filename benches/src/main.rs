@@ -45,9 +45,9 @@ fn main() {
     let cli = Cli::parse();
     let (rows, json) = match &cli.suite {
         Suite::Engine(args) => (engine::run(args), args.json.as_deref()),
-        Suite::Recovery(args) => (recovery::run(args), args.json.as_deref()),
-        Suite::Checkpoint(args) => (checkpoint::run(args), args.json.as_deref()),
-        Suite::Parquet(args) => (parquet::run(args), args.json.as_deref()),
+        Suite::Recovery(args) => (recovery::run(args), args.output.json.as_deref()),
+        Suite::Checkpoint(args) => (checkpoint::run(args), args.output.json.as_deref()),
+        Suite::Parquet(args) => (parquet::run(args), args.output.json.as_deref()),
     };
 
     report::print_table(&rows);

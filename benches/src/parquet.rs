@@ -7,7 +7,6 @@ use ferry_engine::columnar::{ExportOptions, ParquetCompression};
 use ferry_engine::{Db, Durability, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
@@ -18,12 +17,8 @@ pub struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Also write the results to this file as a JSON array.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Parent directory for databases and exports.
-    #[arg(long, value_name = "PATH")]
-    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::report::Output,
 }
 
 fn dir_bytes(path: &std::path::Path) -> u64 {
@@ -38,7 +33,7 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = crate::report::work_dir(args.dir.as_deref());
+    let root = args.output.work_dir();
     let options = || Options {
         durability: Durability::Buffered,
         ..Options::default()

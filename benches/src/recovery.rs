@@ -8,7 +8,6 @@
 
 use crate::report::Row;
 use ferry_engine::{Db, Durability, Options};
-use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
@@ -19,16 +18,12 @@ pub struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Also write the results to this file as a JSON array.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Parent directory for the database (default: a temporary directory).
-    #[arg(long, value_name = "PATH")]
-    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::report::Output,
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let root = crate::report::work_dir(args.dir.as_deref());
+    let root = args.output.work_dir();
     let path = root.path().join("db");
     // A memtable larger than the whole WAL: replay must rebuild it all.
     let options = || Options {

@@ -118,14 +118,27 @@ pub fn print_ratios(rows: &[Row]) {
     print_aligned(&lines, 1);
 }
 
-/// A fresh temporary directory for a suite's databases, inside `parent`
-/// when given (to pick the disk under test); removed when dropped.
-pub fn work_dir(parent: Option<&Path>) -> tempfile::TempDir {
-    match parent {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
+/// Where a suite writes: the options every single-engine suite shares.
+#[derive(Debug, clap::Args)]
+pub struct Output {
+    /// Also write the results to this file as a JSON array.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Parent directory for the suite's databases (default: the system's
+    /// temporary directory); use it to pick the disk under test.
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl Output {
+    /// A fresh temporary directory for the suite's databases, removed when dropped.
+    pub fn work_dir(&self) -> tempfile::TempDir {
+        match &self.dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
     }
-    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
 }
 
 /// Writes the rows as a pretty-printed JSON array of flat objects.

@@ -116,8 +116,15 @@ pub fn read_segment(
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
         reader.read_exact(&mut header_bytes).at(path)?;
         let header = decode_header(&header_bytes);
-        if header.length > MAX_PAYLOAD_LEN {
-            let reason = format!("implausible record length {}", header.length);
+        let record_end = offset + (RECORD_HEADER_LEN + header.length) as u64;
+        let bad_extent = if header.length > MAX_PAYLOAD_LEN {
+            Some(format!("implausible record length {}", header.length))
+        } else if record_end > file_len {
+            Some("record is cut short".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = bad_extent {
             return damaged_after_header(
                 path,
                 policy,
@@ -125,19 +132,6 @@ pub fn read_segment(
                 offset,
                 file_len,
                 reason,
-                &header_bytes,
-                &mut reader,
-            );
-        }
-        let record_end = offset + (RECORD_HEADER_LEN + header.length) as u64;
-        if record_end > file_len {
-            return damaged_after_header(
-                path,
-                policy,
-                outcome,
-                offset,
-                file_len,
-                "record is cut short".into(),
                 &header_bytes,
                 &mut reader,
             );
