@@ -1,9 +1,10 @@
-//! Raft replication of a [`ferry_engine::Db`].
+//! Raft replication of a [`ferry_engine::Db`] with openraft.
 //!
-//! Not built yet: this crate will hold the openraft log store (sharing the
-//! engine's WAL framing), the state machine over the engine, snapshot
-//! shipping from checkpoints and differential state transfer. Until then it
-//! only re-exports the engine so that the dependency direction
-//! (`replication` → `engine`, never the reverse) is fixed from the start.
+//! Placeholder doc; see DESIGN.md.
 
 pub use ferry_engine as engine;
+
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;

@@ -230,6 +230,14 @@ pub(crate) fn restore_with(
     })
 }
 
+/// Replaces the directory `target` by one that `build` fills in a fresh
+/// staging sibling, switching only if `build` succeeded (see
+/// [`build_and_switch`] for the crash rules). Used by the replication layer
+/// to install a received snapshot as its engine directory.
+pub fn switch_dir<T>(target: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    build_and_switch(&OsFs, target, build)
+}
+
 /// Builds a directory with `build` in a fresh staging sibling of `target`
 /// and renames it into place only if `build` succeeded. An existing
 /// `target` is renamed aside first and removed after the switch, so a

@@ -75,3 +75,44 @@ pub(crate) fn record_crc(header: &[u8; RECORD_HEADER_LEN], payload: &[u8]) -> u3
     hasher.update(payload);
     hasher.finalize()
 }
+
+/// Decodes the one record that starts at `offset` of segment `path`, given
+/// `bytes` = the record header and payload as read from there (a reader
+/// that keeps an index of record offsets reads exactly
+/// [`RECORD_HEADER_LEN`] + length bytes). Returns the sequence and payload
+/// after checking length and CRC; damage is [`crate::Error::Corruption`]
+/// naming the file and offset.
+pub fn decode_record_at<'a>(
+    path: &std::path::Path,
+    offset: u64,
+    bytes: &'a [u8],
+) -> crate::Result<(u64, &'a [u8])> {
+    let Some(header_bytes) = bytes.first_chunk::<RECORD_HEADER_LEN>() else {
+        return Err(crate::Error::corruption(
+            path,
+            offset,
+            "record header is cut short",
+        ));
+    };
+    let header = decode_header(header_bytes);
+    let payload = &bytes[RECORD_HEADER_LEN..];
+    if header.length != payload.len() {
+        return Err(crate::Error::corruption(
+            path,
+            offset,
+            format!(
+                "record length {} where {} bytes were expected",
+                header.length,
+                payload.len()
+            ),
+        ));
+    }
+    if record_crc(header_bytes, payload) != header.crc {
+        return Err(crate::Error::corruption(
+            path,
+            offset,
+            "record CRC mismatch",
+        ));
+    }
+    Ok((header.sequence, payload))
+}

@@ -1,0 +1,398 @@
+//! The log store's IO thread: the only writer of segment files.
+//!
+//! Jobs arrive in the order openraft issued them and are carried out in that
+//! order, which gives the serialisation openraft requires of log and vote IO.
+//! Appends that queue up while a sync runs are written together and share
+//! the next fsync (group commit); their `IOFlushed` callbacks fire only after
+//! that fsync returns.
+
+use super::files::{self, PURGED_MAGIC, VOTE_MAGIC};
+use super::{Location, Shared};
+use crate::types::{LogId, TypeConfig, Vote};
+use ferry_engine::fs::FileSystem;
+use ferry_engine::wal::{read_segment, LogKind, LogWriter, TailPolicy, RECORD_HEADER_LEN};
+use openraft::storage::IOFlushed;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub(crate) type Reply = oneshot::Sender<io::Result<()>>;
+
+pub(crate) enum Job {
+    Append {
+        /// `(index, encoded entry)`, consecutive, following the log's end.
+        records: Vec<(u64, Vec<u8>)>,
+        callback: IOFlushed<TypeConfig>,
+    },
+    /// Keep entries up to `keep` (none if `None`), remove the rest.
+    Truncate {
+        keep: Option<u64>,
+        reply: Reply,
+    },
+    Purge {
+        upto: LogId,
+        reply: Reply,
+    },
+    SaveVote {
+        vote: Vote,
+        reply: Reply,
+    },
+}
+
+/// One segment file: its first index and the offset of each of its records.
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    pub(crate) offsets: Vec<u64>,
+}
+
+/// What recovery found on disk.
+pub(crate) struct Recovered {
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    /// `(index, encoded entry, location)` of every live entry, in order.
+    pub(crate) entries: Vec<(u64, Vec<u8>, Location)>,
+    pub(crate) vote: Option<Vote>,
+    pub(crate) last_purged: Option<LogId>,
+    /// Bytes cut off a torn tail of the last segment.
+    pub(crate) torn_tail_bytes: u64,
+}
+
+pub(crate) fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
+    dir.join(format!("{first_index:020}.log"))
+}
+
+pub(crate) fn vote_path(dir: &Path) -> PathBuf {
+    dir.join("VOTE")
+}
+
+pub(crate) fn purged_path(dir: &Path) -> PathBuf {
+    dir.join("PURGED")
+}
+
+/// Reads the log directory back: every segment in order, a torn tail of
+/// the last one cut, anything else damaged an error naming file and offset.
+/// Holds every live record in memory once; the caller keeps only what its
+/// cache allows.
+pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> io::Result<Recovered> {
+    fs.create_dir_all(dir)?;
+    let vote: Option<Vote> = files::read(fs, &vote_path(dir), VOTE_MAGIC)?;
+    let last_purged: Option<LogId> = files::read(fs, &purged_path(dir), PURGED_MAGIC)?;
+    let mut firsts: Vec<u64> = fs
+        .list(dir)?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".log")?.parse().ok())
+        .collect();
+    firsts.sort_unstable();
+    let mut segments = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut torn_tail_bytes = 0;
+    let mut expected_next: Option<u64> = None;
+    for (position, &first) in firsts.iter().enumerate() {
+        let path = segment_path(dir, first);
+        let is_last = position + 1 == firsts.len();
+        let policy = if is_last {
+            TailPolicy::TolerateTornTail
+        } else {
+            TailPolicy::Strict
+        };
+        let mut offsets = Vec::new();
+        let mut offset = ferry_engine::wal::SEGMENT_HEADER_LEN as u64;
+        let outcome = read_segment(fs, &path, LogKind::Raft, policy, |index, payload| {
+            let expected = expected_next.unwrap_or(first);
+            if index != expected || (offsets.is_empty() && index != first) {
+                return Err(ferry_engine::Error::Corruption {
+                    path: path.clone(),
+                    offset,
+                    reason: format!("log index {index} where {expected} was expected"),
+                });
+            }
+            let len = (RECORD_HEADER_LEN + payload.len()) as u32;
+            offsets.push(offset);
+            if last_purged.as_ref().is_none_or(|p| index > p.index) {
+                entries.push((
+                    index,
+                    payload.to_vec(),
+                    Location {
+                        segment: first,
+                        offset,
+                        len,
+                    },
+                ));
+            }
+            offset += len as u64;
+            expected_next = Some(index + 1);
+            Ok(())
+        })
+        .map_err(engine_io)?;
+        let on_disk = fs.file_size(&path)?;
+        if outcome.valid_len < on_disk {
+            torn_tail_bytes += on_disk - outcome.valid_len;
+            fs.truncate(&path, outcome.valid_len)?;
+        }
+        if offsets.is_empty() && is_last && outcome.valid_len < RECORD_HEADER_LEN as u64 {
+            // A segment created just before a crash, header cut short: nothing in it.
+            fs.remove_file(&path)?;
+            fs.sync_dir(dir)?;
+            continue;
+        }
+        segments.insert(first, Segment { path, offsets });
+    }
+    if let (Some(purged), Some((first, ..))) = (&last_purged, entries.first()) {
+        if *first != purged.index + 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: first log entry {first} does not follow the purged prefix ending at {}",
+                    dir.display(),
+                    purged.index
+                ),
+            ));
+        }
+    }
+    Ok(Recovered {
+        segments,
+        entries,
+        vote,
+        last_purged,
+        torn_tail_bytes,
+    })
+}
+
+pub(crate) fn engine_io(error: ferry_engine::Error) -> io::Error {
+    match error {
+        ferry_engine::Error::Io { source, .. } => source,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+pub(crate) struct IoThread {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
+    pub(crate) segments: BTreeMap<u64, Segment>,
+    pub(crate) writer: Option<LogWriter>,
+    pub(crate) segment_bytes: u64,
+}
+
+impl IoThread {
+    pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                batch.push(job);
+            }
+            let mut flushed: Vec<IOFlushed<TypeConfig>> = Vec::new();
+            let mut written: Vec<(u64, Location)> = Vec::new();
+            let mut failed: Option<io::Error> = None;
+            for job in batch {
+                match job {
+                    Job::Append { records, callback } => {
+                        if failed.is_none() {
+                            if let Err(e) = self.write_records(&records, &mut written) {
+                                failed = Some(e);
+                            }
+                        }
+                        flushed.push(callback);
+                    }
+                    other => {
+                        // Everything appended before this job becomes durable first.
+                        self.sync_and_publish(&mut flushed, &mut written, &mut failed);
+                        self.run_control(other);
+                    }
+                }
+            }
+            self.sync_and_publish(&mut flushed, &mut written, &mut failed);
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer.sync();
+        }
+    }
+
+    fn write_records(
+        &mut self,
+        records: &[(u64, Vec<u8>)],
+        written: &mut Vec<(u64, Location)>,
+    ) -> io::Result<()> {
+        for (index, payload) in records {
+            let follows = self
+                .segments
+                .last_key_value()
+                .is_some_and(|(first, s)| first + s.offsets.len() as u64 == *index);
+            if !follows {
+                if let Some((&first, segment)) = self.segments.last_key_value() {
+                    if !segment.offsets.is_empty() {
+                        return Err(io::Error::other(format!(
+                            "log index {index} does not follow segment {first} (a hole)"
+                        )));
+                    }
+                    // An empty segment started at another index: replace it.
+                    self.writer = None;
+                    let segment = self.segments.remove(&first).expect("present");
+                    self.fs.remove_file(&segment.path)?;
+                }
+            }
+            if !follows
+                || self
+                    .writer
+                    .as_ref()
+                    .is_none_or(|w| w.len() >= self.segment_bytes)
+            {
+                self.roll(*index)?;
+            }
+            let mut last = self.segments.last_entry().expect("roll created a segment");
+            let first = *last.key();
+            let segment = last.get_mut();
+            debug_assert_eq!(first + segment.offsets.len() as u64, *index);
+            let writer = self.writer.as_mut().expect("roll opened a writer");
+            let offset = writer.len();
+            writer.append(*index, payload).map_err(engine_io)?;
+            segment.offsets.push(offset);
+            written.push((
+                *index,
+                Location {
+                    segment: first,
+                    offset,
+                    len: (RECORD_HEADER_LEN + payload.len()) as u32,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (synced) and starts a new one at `index`.
+    fn roll(&mut self, index: u64) -> io::Result<()> {
+        if let Some(mut old) = self.writer.take() {
+            old.sync().map_err(engine_io)?;
+        }
+        let path = segment_path(&self.dir, index);
+        let writer = LogWriter::create(&*self.fs, &path, LogKind::Raft).map_err(engine_io)?;
+        self.fs.sync_dir(&self.dir)?;
+        self.segments.insert(
+            index,
+            Segment {
+                path,
+                offsets: Vec::new(),
+            },
+        );
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    fn sync_and_publish(
+        &mut self,
+        flushed: &mut Vec<IOFlushed<TypeConfig>>,
+        written: &mut Vec<(u64, Location)>,
+        failed: &mut Option<io::Error>,
+    ) {
+        if flushed.is_empty() {
+            return;
+        }
+        if failed.is_none() {
+            if let Some(writer) = self.writer.as_mut() {
+                if let Err(e) = writer.sync() {
+                    *failed = Some(engine_io(e));
+                }
+            }
+        }
+        match failed.take() {
+            None => {
+                self.shared.publish(written);
+                for callback in flushed.drain(..) {
+                    callback.io_completed(Ok(()));
+                }
+            }
+            Some(error) => {
+                // A failed fsync leaves the file in an unknown state: report it
+                // to every waiter; openraft treats it as fatal for this node.
+                tracing::error!(dir = %self.dir.display(), %error, "raft log write failed");
+                for callback in flushed.drain(..) {
+                    callback.io_completed(Err(io::Error::new(error.kind(), error.to_string())));
+                }
+                *failed = Some(error);
+            }
+        }
+        written.clear();
+    }
+
+    fn run_control(&mut self, job: Job) {
+        let (result, reply) = match job {
+            Job::Append { .. } => unreachable!("appends are handled by run"),
+            Job::Truncate { keep, reply } => (self.truncate(keep), reply),
+            Job::Purge { upto, reply } => (self.purge(&upto), reply),
+            Job::SaveVote { vote, reply } => (
+                files::write(&*self.fs, &vote_path(&self.dir), VOTE_MAGIC, &vote),
+                reply,
+            ),
+        };
+        let _ = reply.send(result);
+    }
+
+    /// Removes entries after `keep` from the end backwards, so that a crash
+    /// part-way leaves a shorter log but never a hole.
+    fn truncate(&mut self, keep: Option<u64>) -> io::Result<()> {
+        let first_removed = keep.map_or(0, |k| k + 1);
+        let mut changed = false;
+        while let Some((&first, _)) = self.segments.last_key_value() {
+            if first < first_removed {
+                break;
+            }
+            let segment = self.segments.remove(&first).expect("present");
+            self.writer = None;
+            self.fs.remove_file(&segment.path)?;
+            changed = true;
+        }
+        if changed {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        if let Some(mut last_segment) = self.segments.last_entry() {
+            let first = *last_segment.key();
+            let segment = last_segment.get_mut();
+            let keep_records = (first_removed - first) as usize;
+            if keep_records < segment.offsets.len() {
+                self.writer = None;
+                let cut = segment.offsets[keep_records];
+                segment.offsets.truncate(keep_records);
+                self.fs.truncate(&segment.path, cut)?;
+                changed = true;
+            }
+            if changed || self.writer.is_none() {
+                let last = first + segment.offsets.len() as u64;
+                let last = last.checked_sub(1).filter(|_| !segment.offsets.is_empty());
+                self.writer =
+                    Some(LogWriter::reopen(&*self.fs, &segment.path, last).map_err(engine_io)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the purge point durably, then deletes segments that hold
+    /// nothing after it.
+    fn purge(&mut self, upto: &LogId) -> io::Result<()> {
+        files::write(&*self.fs, &purged_path(&self.dir), PURGED_MAGIC, upto)?;
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut removed = false;
+        for (position, first) in firsts.iter().enumerate() {
+            let end = match firsts.get(position + 1) {
+                Some(next) => *next,
+                None => first + self.segments[first].offsets.len() as u64,
+            };
+            // The segment holds [first, end); it can go if end - 1 <= upto.
+            if end > upto.index + 1 {
+                break;
+            }
+            let segment = self.segments.remove(first).expect("present");
+            if position + 1 == firsts.len() {
+                self.writer = None;
+            }
+            self.fs.remove_file(&segment.path)?;
+            self.shared.forget_segment(*first);
+            removed = true;
+        }
+        if removed {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! Snapshots: an engine checkpoint plus the Raft metadata it stands for.
+//!
+//! A snapshot never serialises the key space: it is a directory of hard
+//! links to immutable tables (plus the engine's manifest and `CHECKPOINT`),
+//! so building one costs a memtable flush and O(tables) links, and shipping
+//! one streams files in bounded memory ([`transfer`]).
+//!
+//! ## Format (version 1)
+//!
+//! ```text
+//! snapshots/<name>/                 an engine checkpoint (see ferry_engine::checkpoint)
+//! snapshots/<name>/SNAPSHOT         magic "FERRYSNP" | version: u32 LE | crc: u32 LE | body
+//!                                   body = postcard(SnapshotManifest), crc = CRC32(body)
+//! ```
+//!
+//! `SNAPSHOT` is written last, atomically: a directory without it is an
+//! unfinished build and is removed at open. The manifest lists every file a
+//! receiver needs (name, size, CRC32), `CHECKPOINT` included.
+
+pub mod transfer;
+
+use crate::types::SnapshotMeta;
+use ferry_engine::fs::{FileSystem, OsFs};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, Weak};
+
+const MAGIC: &[u8; 8] = b"FERRYSNP";
+const VERSION: u32 = 1;
+pub(crate) const MANIFEST_FILE: &str = "SNAPSHOT";
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    pub name: String,
+    pub size: u64,
+    pub crc: u32,
+}
+
+/// What `SNAPSHOT` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub meta: SnapshotMeta,
+    pub files: Vec<SnapshotFile>,
+    /// `ferry_engine` content checksum of the whole state, once computed.
+    pub state_hash: Option<u64>,
+}
+
+impl SnapshotManifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// A snapshot that exists on disk. While a handle lives (a transfer reads
+/// it, openraft holds it), the directory is not garbage-collected.
+#[derive(Clone)]
+pub struct SnapshotHandle {
+    pub(crate) dir: PathBuf,
+    pub(crate) manifest: Arc<SnapshotManifest>,
+    pin: Arc<Pin>,
+}
+
+struct Pin {
+    state_hash: OnceLock<u64>,
+}
+
+impl std::fmt::Debug for SnapshotHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotHandle({})", self.dir.display())
+    }
+}
+
+impl SnapshotHandle {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &SnapshotManifest {
+        &self.manifest
+    }
+
+    /// The content checksum of the snapshot's state, computed once per
+    /// handle family (it reads the whole checkpoint).
+    pub fn state_hash(&self) -> io::Result<u64> {
+        if let Some(hash) = self
+            .manifest
+            .state_hash
+            .or(self.pin.state_hash.get().copied())
+        {
+            return Ok(hash);
+        }
+        let hash = state_hash_of_checkpoint(&self.dir)?;
+        let _ = self.pin.state_hash.set(hash);
+        Ok(hash)
+    }
+}
+
+/// Content checksum of the engine checkpoint in `dir`, read without
+/// touching `dir`: its files are linked into a scratch directory, which is
+/// opened as a database and removed afterwards.
+pub fn state_hash_of_checkpoint(dir: &Path) -> io::Result<u64> {
+    let scratch = dir.with_extension(format!("hash-{}", unique_suffix()));
+    link_tree(dir, &scratch, |name| name != MANIFEST_FILE)?;
+    let result = (|| {
+        let options = ferry_engine::Options {
+            background_work: false,
+            ..ferry_engine::Options::default()
+        };
+        let db = ferry_engine::Db::open(&scratch, options).map_err(io::Error::other)?;
+        let hash = db.snapshot().content_checksum().map_err(io::Error::other)?;
+        db.close().map_err(io::Error::other)?;
+        Ok(hash)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Hard-links (or copies, across file systems) every file of `from` that
+/// `keep` accepts into the new directory `to`.
+pub(crate) fn link_tree(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !keep(name) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        link_or_copy(&entry.path(), &to.join(name))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn write_manifest(dir: &Path, manifest: &SnapshotManifest) -> io::Result<()> {
+    let body = postcard::to_stdvec(manifest).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(16 + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    OsFs.write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+}
+
+pub(crate) fn read_manifest(dir: &Path) -> io::Result<SnapshotManifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path)?;
+    let bad = |reason: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {reason}", path.display()),
+        )
+    };
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        return Err(bad("not a Ferry snapshot manifest".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(bad(format!("unsupported version {version}")));
+    }
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[16..]) != crc {
+        return Err(bad("CRC mismatch at offset 16".into()));
+    }
+    postcard::from_bytes(&bytes[16..]).map_err(|e| bad(format!("undecodable: {e}")))
+}
+
+/// Lists the files of the checkpoint in `dir` with sizes and CRCs, the
+/// `CHECKPOINT` file included (the engine's own list leaves it out).
+pub(crate) fn checkpoint_files(dir: &Path) -> io::Result<Vec<SnapshotFile>> {
+    let (meta, _) = ferry_engine::checkpoint::read_meta(dir).map_err(io::Error::other)?;
+    let mut files: Vec<SnapshotFile> = meta
+        .files
+        .iter()
+        .map(|f| SnapshotFile {
+            name: f.name.clone(),
+            size: f.size,
+            crc: f.crc,
+        })
+        .collect();
+    let meta_path = dir.join(ferry_engine::checkpoint::META_FILE);
+    files.push(SnapshotFile {
+        name: ferry_engine::checkpoint::META_FILE.to_owned(),
+        size: std::fs::metadata(&meta_path)?.len(),
+        crc: OsFs.file_crc(&meta_path)?,
+    });
+    Ok(files)
+}
+
+/// The snapshots of one node, in `<data>/snapshots/`.
+pub struct SnapshotStore {
+    dir: PathBuf,
+    pins: Mutex<HashMap<PathBuf, Weak<Pin>>>,
+}
+
+fn sort_key(meta: &SnapshotMeta) -> (u64, u64) {
+    meta.last_log_id
+        .as_ref()
+        .map_or((0, 0), |l| (l.index + 1, l.leader_id.term))
+}
+
+impl SnapshotStore {
+    /// Opens the store, removing unfinished builds and imports.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() && !path.join(MANIFEST_FILE).exists() {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(SnapshotStore {
+            dir,
+            pins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh, not yet existing directory for a build or an import.
+    pub(crate) fn scratch_dir(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{what}-{}", unique_suffix()))
+    }
+
+    fn handle(&self, dir: PathBuf, manifest: SnapshotManifest) -> SnapshotHandle {
+        let mut pins = self.pins.lock();
+        let pin = pins.get(&dir).and_then(Weak::upgrade).unwrap_or_else(|| {
+            Arc::new(Pin {
+                state_hash: OnceLock::new(),
+            })
+        });
+        pins.insert(dir.clone(), Arc::downgrade(&pin));
+        SnapshotHandle {
+            dir,
+            manifest: Arc::new(manifest),
+            pin,
+        }
+    }
+
+    /// The newest complete snapshot.
+    pub fn current(&self) -> io::Result<Option<SnapshotHandle>> {
+        let mut best: Option<(PathBuf, SnapshotManifest)> = None;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if !path.join(MANIFEST_FILE).exists() {
+                continue;
+            }
+            let manifest = read_manifest(&path)?;
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| sort_key(&manifest.meta) > sort_key(&b.meta))
+            {
+                best = Some((path, manifest));
+            }
+        }
+        Ok(best.map(|(dir, manifest)| self.handle(dir, manifest)))
+    }
+
+    /// Turns a checkpoint directory (inside the store) into a snapshot by
+    /// writing its manifest, then renaming it to its final name.
+    pub(crate) fn seal(
+        &self,
+        staging: &Path,
+        meta: SnapshotMeta,
+        state_hash: Option<u64>,
+    ) -> io::Result<SnapshotHandle> {
+        let manifest = SnapshotManifest {
+            files: checkpoint_files(staging)?,
+            meta,
+            state_hash,
+        };
+        write_manifest(staging, &manifest)?;
+        let (index, term) = sort_key(&manifest.meta);
+        let name = format!("{index:020}-{term}-{}", unique_suffix());
+        let target = self.dir.join(name);
+        std::fs::rename(staging, &target)?;
+        OsFs.sync_dir(&self.dir)?;
+        Ok(self.handle(target, manifest))
+    }
+
+    /// Copies (links) an outside snapshot into the store, checking each
+    /// file's CRC.
+    pub(crate) fn import(&self, source: &SnapshotHandle) -> io::Result<SnapshotHandle> {
+        if source.dir.parent() == Some(&self.dir) {
+            return Ok(source.clone());
+        }
+        let staging = self.scratch_dir("import");
+        std::fs::create_dir_all(&staging)?;
+        for file in &source.manifest.files {
+            let to = staging.join(&file.name);
+            link_or_copy(&source.dir.join(&file.name), &to)?;
+            let crc = OsFs.file_crc(&to)?;
+            if crc != file.crc {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: CRC {crc:08x}, expected {:08x}", to.display(), file.crc),
+                ));
+            }
+        }
+        self.seal(
+            &staging,
+            source.manifest.meta.clone(),
+            source.manifest.state_hash,
+        )
+    }
+
+    /// Removes every complete snapshot older than `keep` that nothing pins.
+    pub fn collect_garbage(&self, keep: &SnapshotHandle) -> io::Result<()> {
+        let pins = self.pins.lock();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path == keep.dir || !path.join(MANIFEST_FILE).exists() {
+                continue;
+            }
+            if pins.get(&path).is_some_and(|w| w.strong_count() > 0) {
+                continue;
+            }
+            std::fs::remove_dir_all(&path)?;
+        }
+        Ok(())
+    }
+}

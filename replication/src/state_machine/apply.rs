@@ -1,0 +1,160 @@
+//! Applying committed commands to the engine.
+//!
+//! A run of entries becomes one engine write batch; reads inside the run see
+//! the run's own earlier writes through an overlay, so the result is the same
+//! as applying entry by entry.
+
+use super::keys::{self, ClientRecord, Record};
+use crate::types::{Command, Compare, CompareOp, CompareTarget, Op, Response};
+use ferry_engine::{Db, WriteBatch};
+use std::collections::HashMap;
+use std::io;
+
+/// Pending effects of the entries applied so far in this batch.
+pub(crate) struct Overlay<'a> {
+    db: &'a Db,
+    /// Engine key → new engine value (`None` = deleted).
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) batch: WriteBatch,
+}
+
+impl<'a> Overlay<'a> {
+    pub(crate) fn new(db: &'a Db) -> Self {
+        Overlay {
+            db,
+            writes: HashMap::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+
+    pub(crate) fn get(&self, engine_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if let Some(value) = self.writes.get(engine_key) {
+            return Ok(value.clone());
+        }
+        self.db.get(engine_key).map_err(io::Error::other)
+    }
+
+    pub(crate) fn put(&mut self, engine_key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put(&engine_key, &value);
+        self.writes.insert(engine_key, Some(value));
+    }
+
+    fn delete(&mut self, engine_key: Vec<u8>) {
+        self.batch.delete(&engine_key);
+        self.writes.insert(engine_key, None);
+    }
+
+    fn record(&self, key: &[u8]) -> io::Result<Option<Record>> {
+        let engine_key = keys::user_key(key);
+        match self.get(&engine_key)? {
+            None => Ok(None),
+            Some(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("stored value of key {key:?} is not a version-1 record"),
+                )
+            }),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Applies one command at log index `revision`.
+    pub(crate) fn apply(&mut self, command: &Command, revision: u64) -> io::Result<Response> {
+        if let Some(request) = command.request {
+            let key = keys::client_key(request.client);
+            if let Some(bytes) = self.get(&key)? {
+                let last: ClientRecord = postcard::from_bytes(&bytes).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
+                })?;
+                if last.request.sequence == request.sequence {
+                    return Ok(last.response);
+                }
+                if last.request.sequence > request.sequence {
+                    return Ok(Response {
+                        revision,
+                        succeeded: false,
+                        reads: Vec::new(),
+                        rejected: Some(format!(
+                            "request {} of client {} is older than its last applied request {}",
+                            request.sequence, request.client, last.request.sequence
+                        )),
+                    });
+                }
+            }
+        }
+        let mut succeeded = true;
+        for compare in &command.compares {
+            if !self.holds(compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &command.success
+        } else {
+            &command.failure
+        };
+        let mut reads = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    let previous = self.record(key)?;
+                    let record = Record {
+                        create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
+                        mod_revision: revision,
+                        version: previous.as_ref().map_or(1, |p| p.version + 1),
+                        value: value.clone(),
+                    };
+                    self.put(keys::user_key(key), record.encode());
+                }
+                Op::Delete { key } => {
+                    if self.record(key)?.is_some() {
+                        self.delete(keys::user_key(key));
+                    }
+                }
+                Op::Get { key } => {
+                    reads.push(self.record(key)?.map(|r| r.into_key_value(key.clone())));
+                }
+            }
+        }
+        let response = Response {
+            revision,
+            succeeded,
+            reads,
+            rejected: None,
+        };
+        if let Some(request) = command.request {
+            let record = ClientRecord {
+                request,
+                response: response.clone(),
+            };
+            let bytes = postcard::to_stdvec(&record).map_err(io::Error::other)?;
+            self.put(keys::client_key(request.client), bytes);
+        }
+        Ok(response)
+    }
+
+    fn holds(&self, compare: &Compare) -> io::Result<bool> {
+        let record = self.record(&compare.key)?;
+        let ordering = match &compare.target {
+            CompareTarget::Value(expected) => {
+                let actual = record.as_ref().map(|r| &r.value);
+                actual.cmp(&expected.as_ref())
+            }
+            CompareTarget::ModRevision(n) => record.as_ref().map_or(0, |r| r.mod_revision).cmp(n),
+            CompareTarget::CreateRevision(n) => {
+                record.as_ref().map_or(0, |r| r.create_revision).cmp(n)
+            }
+            CompareTarget::Version(n) => record.as_ref().map_or(0, |r| r.version).cmp(n),
+        };
+        Ok(match compare.op {
+            CompareOp::Equal => ordering.is_eq(),
+            CompareOp::NotEqual => ordering.is_ne(),
+            CompareOp::Less => ordering.is_lt(),
+            CompareOp::Greater => ordering.is_gt(),
+        })
+    }
+}

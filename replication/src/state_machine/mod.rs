@@ -1,0 +1,430 @@
+//! The state machine: openraft's `RaftStateMachine` over a `ferry_engine::Db`.
+//!
+//! The Raft log is the only write-ahead log on the replicated path. The
+//! engine is opened with [`Durability::Buffered`]: applying a run of
+//! entries is one engine batch with no fsync, carrying the applied marker
+//! (see [`keys`]). After a crash the engine recovers some prefix of its
+//! batches, the marker names exactly that prefix, and openraft re-applies
+//! the log from there. Log entries are purged only up to a snapshot, and a
+//! snapshot's checkpoint flushes the live memtable first, so the engine's
+//! durable state never falls behind the purged log.
+//!
+//! ## Format (version 1)
+//!
+//! ```text
+//! <data>/ENGINE        name of the live engine directory (one line, replaced atomically)
+//! <data>/engine-<n>/   the live engine; a snapshot install builds engine-<n+1> and switches
+//! <data>/snapshots/    see crate::snapshot
+//! ```
+
+mod apply;
+pub(crate) mod keys;
+
+use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
+use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use apply::Overlay;
+use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::{Db, Durability, Options, SeqNo};
+use futures_util::StreamExt;
+use openraft::alias::SnapshotOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Entries applied per engine batch at most.
+const MAX_APPLY_RUN: usize = 1024;
+const ENGINE_POINTER: &str = "ENGINE";
+
+/// Applied log id and membership, as of some engine sequence.
+type AppliedPoint = (Option<LogId>, StoredMembership);
+
+/// What concurrent snapshot builds need to learn which applied state a
+/// checkpoint (cut at an engine sequence) holds.
+#[derive(Default)]
+struct History {
+    builds: usize,
+    points: BTreeMap<SeqNo, AppliedPoint>,
+}
+
+/// State shared by the state machine, its snapshot builders and readers.
+pub struct SmShared {
+    data_dir: PathBuf,
+    engine_options: Options,
+    db: RwLock<Arc<Db>>,
+    engine_dir: Mutex<PathBuf>,
+    applied: RwLock<AppliedPoint>,
+    snapshots: SnapshotStore,
+    history: Mutex<History>,
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+/// Builds one snapshot (see [`SmShared::build_snapshot`]).
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+fn engine_err(error: ferry_engine::Error) -> io::Error {
+    io::Error::other(error)
+}
+
+fn read_point(db: &Db) -> io::Result<AppliedPoint> {
+    let decode = |bytes: Vec<u8>, what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: undecodable {what} record ({} bytes)",
+                db.path().display(),
+                bytes.len()
+            ),
+        )
+    };
+    let applied = match db.get(keys::APPLIED).map_err(engine_err)? {
+        None => None,
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|_| decode(bytes, "applied"))?,
+    };
+    let membership = match db.get(keys::MEMBERSHIP).map_err(engine_err)? {
+        None => StoredMembership::default(),
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|_| decode(bytes, "membership"))?,
+    };
+    Ok((applied, membership))
+}
+
+impl StateMachine {
+    /// Opens the state machine in `data_dir` (creating it if needed). The
+    /// engine options' durability is overridden to `Buffered`.
+    pub fn open(data_dir: impl AsRef<Path>, mut engine_options: Options) -> io::Result<Self> {
+        let data_dir = data_dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&data_dir)?;
+        engine_options.durability = Durability::Buffered;
+        let pointer = data_dir.join(ENGINE_POINTER);
+        let engine_name = if pointer.exists() {
+            String::from_utf8(std::fs::read(&pointer)?)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "ENGINE is not UTF-8"))?
+                .trim()
+                .to_owned()
+        } else {
+            let name = "engine-0".to_owned();
+            OsFs.write_atomic(&pointer, name.as_bytes())?;
+            name
+        };
+        // Leftovers of an interrupted install: any other engine directory.
+        for entry in std::fs::read_dir(&data_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("engine-") && name != engine_name && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        let engine_dir = data_dir.join(&engine_name);
+        let db = Db::open(&engine_dir, engine_options.clone()).map_err(engine_err)?;
+        let point = read_point(&db)?;
+        let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
+        Ok(StateMachine {
+            shared: Arc::new(SmShared {
+                data_dir,
+                engine_options,
+                db: RwLock::new(Arc::new(db)),
+                engine_dir: Mutex::new(engine_dir),
+                applied: RwLock::new(point),
+                snapshots,
+                history: Mutex::new(History::default()),
+            }),
+        })
+    }
+
+    /// The shared state, for readers.
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+}
+
+impl SmShared {
+    /// The live engine. Hold the `Arc` only for the duration of a read: a
+    /// snapshot install swaps it.
+    pub fn db(&self) -> Arc<Db> {
+        self.db.read().clone()
+    }
+
+    /// The last applied log id and membership.
+    pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        self.applied.read().clone()
+    }
+
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Applies a run of entries as one engine batch.
+    fn apply_run(&self, run: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let db = self.db();
+        let mut overlay = Overlay::new(&db);
+        let (_, mut membership) = self.applied();
+        let mut membership_changed = false;
+        let mut last = None;
+        let mut answers = Vec::with_capacity(run.len());
+        for (entry, responder) in run {
+            let log_id = entry.log_id();
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response {
+                    revision: log_id.index,
+                    succeeded: true,
+                    ..Response::default()
+                },
+                EntryPayload::Normal(command) => overlay.apply(command, log_id.index)?,
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(log_id), m.clone());
+                    membership_changed = true;
+                    Response {
+                        revision: log_id.index,
+                        succeeded: true,
+                        ..Response::default()
+                    }
+                }
+            };
+            last = Some(log_id);
+            answers.push((responder, response));
+        }
+        let applied = last;
+        overlay.put(
+            keys::APPLIED.to_vec(),
+            postcard::to_stdvec(&applied).map_err(io::Error::other)?,
+        );
+        if membership_changed {
+            overlay.put(
+                keys::MEMBERSHIP.to_vec(),
+                postcard::to_stdvec(&membership).map_err(io::Error::other)?,
+            );
+        }
+        debug_assert!(!overlay.is_empty());
+        let sequence = db.write(overlay.batch).map_err(engine_err)?;
+        let point = (applied, membership);
+        {
+            let mut history = self.history.lock();
+            if history.builds > 0 {
+                history.points.insert(sequence, point.clone());
+            }
+        }
+        *self.applied.write() = point;
+        for (responder, response) in answers {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_build(self: &Arc<Self>) -> SnapshotBuilder {
+        let db = self.db();
+        let mut history = self.history.lock();
+        history.builds += 1;
+        let point = self.applied();
+        history.points.insert(db.latest_sequence(), point);
+        SnapshotBuilder {
+            shared: self.clone(),
+        }
+    }
+
+    /// Checkpoints the live engine and seals it as a snapshot. Writers are
+    /// held up only by the memtable switch inside the checkpoint; the
+    /// applied state the checkpoint holds is looked up by its sequence.
+    fn build_snapshot(&self) -> io::Result<SnapshotHandle> {
+        struct Done<'a>(&'a Mutex<History>);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut history = self.0.lock();
+                history.builds -= 1;
+                if history.builds == 0 {
+                    history.points.clear();
+                }
+            }
+        }
+        let _done = Done(&self.history);
+        let staging = self.snapshots.scratch_dir("build");
+        let db = self.db();
+        let checkpoint = db.checkpoint(&staging).map_err(engine_err)?;
+        let (applied, membership) = {
+            let history = self.history.lock();
+            history
+                .points
+                .range(..=checkpoint.sequence)
+                .next_back()
+                .map(|(_, point)| point.clone())
+                .ok_or_else(|| io::Error::other("no applied point at or below the checkpoint"))?
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+        };
+        let handle = self.snapshots.seal(&staging, meta, None)?;
+        self.snapshots.collect_garbage(&handle)?;
+        Ok(handle)
+    }
+
+    /// Replaces the live engine by the snapshot's checkpoint.
+    fn install(&self, meta: &SnapshotMeta, snapshot: &SnapshotHandle) -> io::Result<()> {
+        let ours = self.snapshots.import(snapshot)?;
+        if ours.manifest.meta != *meta {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot {} records {:?}, openraft asked to install {:?}",
+                    ours.dir.display(),
+                    ours.manifest.meta.last_log_id,
+                    meta.last_log_id
+                ),
+            ));
+        }
+        let mut engine_dir = self.engine_dir.lock();
+        let next = next_engine_name(&engine_dir);
+        let new_dir = self.data_dir.join(&next);
+        if new_dir.exists() {
+            std::fs::remove_dir_all(&new_dir)?;
+        }
+        link_tree(&ours.dir, &new_dir, |name| name != MANIFEST_FILE)?;
+        let db = Db::open(&new_dir, self.engine_options.clone()).map_err(engine_err)?;
+        let point = read_point(&db)?;
+        if point.0 != meta.last_log_id {
+            drop(db);
+            let _ = std::fs::remove_dir_all(&new_dir);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot {} holds applied marker {:?}, its manifest says {:?}",
+                    ours.dir.display(),
+                    point.0,
+                    meta.last_log_id
+                ),
+            ));
+        }
+        OsFs.write_atomic(&self.data_dir.join(ENGINE_POINTER), next.as_bytes())?;
+        let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
+        *self.applied.write() = (meta.last_log_id, meta.last_membership.clone());
+        let old_dir = std::mem::replace(&mut *engine_dir, new_dir);
+        drop(engine_dir);
+        retire(old, &old_dir);
+        self.snapshots.collect_garbage(&ours)?;
+        Ok(())
+    }
+}
+
+fn next_engine_name(current: &Path) -> String {
+    let n: u64 = current
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("engine-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    format!("engine-{}", n + 1)
+}
+
+/// Closes a replaced engine once its last reader lets go and removes its
+/// directory; if readers hold it too long, the directory is removed at the
+/// next open instead.
+fn retire(mut db: Arc<Db>, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => {
+                if let Err(error) = db.close() {
+                    tracing::warn!(%error, dir = %dir.display(), "closing the replaced engine");
+                }
+                if let Err(error) = std::fs::remove_dir_all(dir) {
+                    tracing::warn!(%error, dir = %dir.display(), "removing the replaced engine");
+                }
+                return;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotHandle;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotHandle>> {
+        let shared = self.shared.clone();
+        let handle = tokio::task::spawn_blocking(move || shared.build_snapshot())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(SnapshotOf::<TypeConfig, SnapshotHandle> {
+            meta: handle.manifest.meta.clone(),
+            snapshot: handle,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotHandle;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok(self.shared.applied())
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures_util::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        let mut run = Vec::new();
+        while let Some(item) = entries.next().await {
+            run.push(item?);
+            if run.len() >= MAX_APPLY_RUN {
+                self.shared.apply_run(std::mem::take(&mut run))?;
+            }
+        }
+        self.shared.apply_run(run)
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
+        Some(self.shared.start_build())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.shared.start_build()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotHandle,
+    ) -> io::Result<()> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || shared.install(&meta, &snapshot))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotHandle>>> {
+        Ok(self.shared.snapshots.current()?.map(
+            |handle| SnapshotOf::<TypeConfig, SnapshotHandle> {
+                meta: handle.manifest.meta.clone(),
+                snapshot: handle,
+            },
+        ))
+    }
+}

@@ -1,0 +1,143 @@
+//! The openraft type configuration and the replicated commands.
+//!
+//! This module and the storage/network adapters are the only places that
+//! name openraft types, so that a later openraft release touches few files.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Node address book entry: where a member's Raft (peer) service listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FerryNode {
+    /// `host:port` of the node's peer gRPC service.
+    pub raft_addr: String,
+}
+
+impl fmt::Display for FerryNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.raft_addr)
+    }
+}
+
+/// One mutation inside a replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Remove `key` (no effect if it is absent).
+    Delete { key: Vec<u8> },
+    /// Read `key` as part of the transaction (its result is returned).
+    Get { key: Vec<u8> },
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value (`None` = the key is absent).
+    Value(Option<Vec<u8>>),
+    /// The revision that last modified the key (0 = absent).
+    ModRevision(u64),
+    /// The revision that created the key (0 = absent).
+    CreateRevision(u64),
+    /// How many times the key was written since it was created (0 = absent).
+    Version(u64),
+}
+
+/// Comparison operator of a [`Compare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// A guard of a transaction: `key`'s `target` `op` the given operand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// Identifies a client's write for exactly-once application: the state
+/// machine answers a repeated `(client, sequence)` with its first result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: u64,
+    pub sequence: u64,
+}
+
+/// The replicated command (openraft's `D`): an atomic transaction. A plain
+/// batch of writes is a transaction without compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+    pub request: Option<RequestId>,
+}
+
+impl Command {
+    /// An unconditional atomic batch.
+    pub fn batch(ops: Vec<Op>) -> Self {
+        Command {
+            compares: Vec::new(),
+            success: ops,
+            failure: Vec::new(),
+            request: None,
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "txn({} compares, {}/{} ops)",
+            self.compares.len(),
+            self.success.len(),
+            self.failure.len()
+        )
+    }
+}
+
+/// Result of a `Get` inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+/// The state machine's answer to a [`Command`] (openraft's `R`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Response {
+    /// The log index that applied the command (the revision of its writes).
+    pub revision: u64,
+    /// Whether the compares held (always true without compares).
+    pub succeeded: bool,
+    /// For each `Get` of the branch taken, in order: the key if present.
+    pub reads: Vec<Option<KeyValue>>,
+    /// Why the command was refused without effect (a stale request id).
+    pub rejected: Option<String>,
+}
+
+openraft::declare_raft_types!(
+    /// Ferry's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = FerryNode,
+);
+
+pub type NodeId = u64;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
