@@ -1,10 +1,33 @@
 //! Raft replication of a [`ferry_engine::Db`] with openraft.
 //!
-//! Placeholder doc; see DESIGN.md.
+//! A [`Node`] is one cluster member: an openraft instance whose log store
+//! ([`log_store`]) is the engine's segmented CRC-framed log, whose state
+//! machine ([`state_machine`]) is an engine database, and whose transport
+//! ([`network`]) is tonic gRPC. The leader is the active replica; followers
+//! apply the same log and are hot standbys.
+//!
+//! Invariants this crate keeps:
+//! - An entry is acknowledged to openraft as durable (`IOFlushed`) only
+//!   after the fsync that covers it; the Raft log is the only WAL that is
+//!   fsynced on the replicated path (the engine applies with buffered
+//!   durability and records the applied log id in the same batch).
+//! - A snapshot is an engine checkpoint plus its log id and membership; it
+//!   is shipped as files in bounded memory, resumably, and a follower
+//!   reuses the tables it already has (differential transfer) only if the
+//!   assembled state's content checksum equals the leader's.
+//! - Only `types`, `log_store`, `state_machine`, `network` and `node` name
+//!   openraft items, so that an openraft upgrade touches those alone.
 
 pub use ferry_engine as engine;
 
+mod error;
 pub mod log_store;
+pub mod network;
+mod node;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
+
+pub use error::{Error, Result};
+pub use node::{CasOutcome, Consistency, Node, NodeConfig, RaftOptions, Read, Staleness};
+pub use snapshot::transfer::TransferOptions;

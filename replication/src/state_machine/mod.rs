@@ -169,6 +169,11 @@ impl SmShared {
         &self.data_dir
     }
 
+    /// The live engine's directory.
+    pub(crate) fn engine_dir(&self) -> PathBuf {
+        self.engine_dir.lock().clone()
+    }
+
     /// Applies a run of entries as one engine batch.
     fn apply_run(&self, run: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         if run.is_empty() {

@@ -1,0 +1,29 @@
+//! Errors of the replicated node API.
+
+use crate::types::NodeId;
+
+/// What a [`crate::Node`] call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node is not the leader; retry on the leader if it is known.
+    #[error("not the leader (leader: {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The state machine refused the command without effect.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A local storage failure.
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// The node could not start or serve (bind, configuration).
+    #[error("node: {0}")]
+    Node(String),
+    /// Any other Raft failure (a stopped node, a membership conflict…).
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Result of node calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,207 @@
+//! The sending side: openraft's `RaftNetworkV2` over gRPC.
+
+use super::control::NetworkControl;
+use super::pb::raft_transport_client::RaftTransportClient;
+use super::pb::RaftMessage;
+use super::TransferStats;
+use crate::snapshot::transfer::{self, RateLimiter, TransferOptions};
+use crate::snapshot::SnapshotHandle;
+use crate::types::{FerryNode, NodeId, TypeConfig, Vote};
+use openraft::alias::SnapshotOf;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::RaftNetworkV2;
+use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Creates one [`PeerClient`] per target node.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub(crate) node_id: NodeId,
+    pub(crate) control: NetworkControl,
+    pub(crate) stats: Arc<TransferStats>,
+    pub(crate) transfer: TransferOptions,
+    pub(crate) limiter: Arc<RateLimiter>,
+}
+
+impl NetworkFactory {
+    pub fn new(
+        node_id: NodeId,
+        control: NetworkControl,
+        stats: Arc<TransferStats>,
+        transfer: TransferOptions,
+    ) -> Self {
+        let limiter = Arc::new(RateLimiter::new(transfer.max_bytes_per_sec));
+        NetworkFactory {
+            node_id,
+            control,
+            stats,
+            transfer,
+            limiter,
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    from: NodeId,
+    target: NodeId,
+    client: RaftTransportClient<Channel>,
+    factory: NetworkFactory,
+}
+
+pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .connect_lazy())
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &FerryNode) -> PeerClient {
+        // An unparsable address surfaces as Unreachable on each call.
+        let channel = channel(&node.raft_addr)
+            .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
+        PeerClient {
+            from: self.node_id,
+            target,
+            client: RaftTransportClient::new(channel)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+            factory: self.clone(),
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error + 'static>(error: &E) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(error))
+}
+
+impl PeerClient {
+    /// One unary call: fault injection, postcard in and out, deadline.
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        request: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let control = &self.factory.control;
+        if control.is_cut(self.from, self.target) {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "link {} -> {} is cut",
+                self.from, self.target
+            ))));
+        }
+        if let Some(delay) = control.delay_of(self.from, self.target) {
+            tokio::time::sleep(delay).await;
+        }
+        let payload = postcard::to_stdvec(request).map_err(|e| unreachable(&e))?;
+        let message = RaftMessage {
+            from: self.from,
+            payload,
+        };
+        let reply = tokio::time::timeout(option.hard_ttl(), send(self.client.clone(), message))
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+            .map_err(|status| unreachable(&status))?
+            .into_inner();
+        if control.is_cut(self.target, self.from) {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "link {} -> {} is cut (answer lost)",
+                self.target, self.from
+            ))));
+        }
+        let answer: Result<Resp, String> =
+            postcard::from_bytes(&reply.payload).map_err(|e| unreachable(&e))?;
+        answer.map_err(|remote| RPCError::Network(NetworkError::from_string(remote)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotHandle;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotHandle>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if self.factory.control.is_cut(self.from, self.target) {
+            return Err(StreamingError::Unreachable(Unreachable::from_string(
+                format!("link {} -> {} is cut", self.from, self.target),
+            )));
+        }
+        // `install_snapshot_timeout` (the option's TTL) is not a bound on the
+        // whole transfer: a large snapshot takes seconds. The transfer has
+        // its own per-reply idle timeout instead.
+        transfer::send(
+            self.client.clone(),
+            self.from,
+            vote,
+            snapshot,
+            cancel,
+            &self.factory.transfer,
+            &self.factory.limiter,
+            &self.factory.stats,
+        )
+        .await
+    }
+}

@@ -1,0 +1,615 @@
+//! [`Node`]: one member of a replicated Ferry cluster, embeddable in a
+//! process (the server wraps it in a public API).
+//!
+//! Active-passive: the leader takes writes and linearizable reads, the
+//! followers are hot standbys that apply the same log and take over within
+//! an election timeout.
+
+use crate::error::{Error, Result};
+use crate::log_store::{LogStore, LogStoreOptions};
+use crate::network::pb::raft_transport_server::RaftTransportServer;
+use crate::network::server::PeerContact;
+use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
+use crate::snapshot::transfer::TransferOptions;
+use crate::state_machine::{keys, SmShared, StateMachine};
+use crate::types::{
+    Command, Compare, CompareOp, CompareTarget, FerryNode, KeyValue, LogId, NodeId, Op, Raft,
+    Response,
+};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries since the last.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so that a follower that
+    /// installed a large snapshot can catch up from the log afterwards.
+    pub keep_after_snapshot: u64,
+    /// Bound on one RPC (append, vote); snapshot transfers use
+    /// [`TransferOptions::idle_timeout`] instead.
+    pub rpc_timeout: Duration,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_after_entries: 100_000,
+            keep_after_snapshot: 200_000,
+            rpc_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to open a [`Node`].
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// Where the node-to-node service listens (port 0 picks a free port).
+    pub listen_addr: SocketAddr,
+    /// The address peers use to reach this node; by default the bound address.
+    pub advertise_addr: Option<String>,
+    pub raft: RaftOptions,
+    pub transfer: TransferOptions,
+    pub engine: ferry_engine::Options,
+    pub log: LogStoreOptions,
+    /// Fault injection hook for tests; healthy by default.
+    pub network: NetworkControl,
+}
+
+impl NodeConfig {
+    /// Defaults for node `id` keeping its data in `data_dir` and listening
+    /// for peers on `listen_addr`.
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, listen_addr: SocketAddr) -> Self {
+        NodeConfig {
+            id,
+            data_dir: data_dir.into(),
+            listen_addr,
+            advertise_addr: None,
+            raft: RaftOptions::default(),
+            transfer: TransferOptions::default(),
+            engine: ferry_engine::Options::default(),
+            log: LogStoreOptions::default(),
+            network: NetworkControl::default(),
+        }
+    }
+
+    fn openraft_config(&self) -> Result<Config> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let config = Config {
+            cluster_name: "ferry".into(),
+            heartbeat_interval: ms(self.raft.heartbeat_interval),
+            election_timeout_min: ms(self.raft.election_timeout_min),
+            election_timeout_max: ms(self.raft.election_timeout_max),
+            // Bounds a single append or vote; snapshot transfers are
+            // governed by the transfer's idle timeout instead.
+            install_snapshot_timeout: ms(self.raft.rpc_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.raft.keep_after_snapshot,
+            purge_batch_size: 1024,
+            replication_lag_threshold: self.raft.keep_after_snapshot.max(1000),
+            enable_pre_vote: Some(true),
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| Error::Node(format!("raft configuration: {e}")))
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Confirmed with a quorum (read index) before reading: never stale.
+    #[default]
+    Linearizable,
+    /// Served by the leader under its lease, without a quorum round.
+    Lease,
+    /// Served by this replica as it is; see [`Staleness`].
+    Stale,
+}
+
+/// How far a stale read may be behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    /// The log index this replica has applied.
+    pub applied_index: u64,
+    /// The highest commit index this replica knows of.
+    pub known_commit_index: u64,
+    /// Time since this replica last heard from the leader (None on the
+    /// leader, or if it never heard from one).
+    pub since_leader_contact: Option<Duration>,
+}
+
+/// A read result with the revision it was served at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    pub value: T,
+    /// The applied log index the read observed.
+    pub revision: u64,
+    /// Present for [`Consistency::Stale`] reads.
+    pub staleness: Option<Staleness>,
+}
+
+/// Result of [`Node::compare_and_swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    pub swapped: bool,
+    pub revision: u64,
+    /// The value found when the swap did not happen.
+    pub current: Option<Vec<u8>>,
+}
+
+/// A running cluster member.
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    sm: Arc<SmShared>,
+    raft_addr: String,
+    stats: Arc<TransferStats>,
+    contact: Arc<PeerContact>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn raft_error<
+    E: std::fmt::Debug
+        + std::fmt::Display
+        + openraft::TryAsRef<openraft::error::ForwardToLeader<crate::types::TypeConfig>>,
+>(
+    error: RaftError<crate::types::TypeConfig, E>,
+) -> Error {
+    if let Some(forward) = error.forward_to_leader() {
+        return Error::NotLeader {
+            leader_id: forward.leader_id,
+            leader_addr: forward.leader_node.as_ref().map(|n| n.raft_addr.clone()),
+        };
+    }
+    Error::Raft(error.to_string())
+}
+
+impl Node {
+    /// Opens the node's storage, starts its peer service and joins Raft.
+    /// A node with data rejoins its cluster; a new cluster needs
+    /// [`Node::initialize`] on one node.
+    pub async fn open(config: NodeConfig) -> Result<Node> {
+        let listener = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| Error::Node(format!("binding {}: {e}", config.listen_addr)))?;
+        let bound = listener.local_addr()?;
+        let raft_addr = config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let raft_config = Arc::new(config.openraft_config()?);
+        std::fs::create_dir_all(&config.data_dir)?;
+        let log = LogStore::open(config.data_dir.join("raft"), config.log.clone())?;
+        let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;
+        let shared = sm.shared();
+        let stats = Arc::new(TransferStats::default());
+        let network = NetworkFactory::new(
+            config.id,
+            config.network.clone(),
+            stats.clone(),
+            config.transfer.clone(),
+        );
+        let raft = Raft::new(config.id, raft_config, network, log, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let contact = Arc::new(PeerContact::default());
+        let service = RaftService::new(
+            raft.clone(),
+            shared.clone(),
+            stats.clone(),
+            config.transfer.clone(),
+            contact.clone(),
+        );
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(
+                    RaftTransportServer::new(service)
+                        .max_decoding_message_size(256 << 20)
+                        .max_encoding_message_size(256 << 20),
+                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "raft peer service stopped");
+            }
+        });
+        Ok(Node {
+            id: config.id,
+            raft,
+            sm: shared,
+            raft_addr,
+            stats,
+            contact,
+            stop_server: Some(stop_server),
+            server: Some(server),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address peers reach this node at.
+    pub fn raft_addr(&self) -> &str {
+        &self.raft_addr
+    }
+
+    /// The openraft handle, for what this API does not cover.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Counters of snapshot transfers sent and received by this node.
+    pub fn transfer_stats(&self) -> &TransferStats {
+        &self.stats
+    }
+
+    /// Forms a new cluster of `members` (id → peer address). Call it once,
+    /// on one node; the others learn of it by replication.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<()> {
+        let members: BTreeMap<NodeId, FerryNode> = members
+            .into_iter()
+            .map(|(id, raft_addr)| (id, FerryNode { raft_addr }))
+            .collect();
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Current Raft metrics (role, term, log and apply positions, leader).
+    pub fn metrics(&self) -> RaftMetrics<crate::types::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The leader as this node knows it: id and peer address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.raft_addr.clone())
+            .unwrap_or_default();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Runs a transaction through Raft and returns the state machine's answer.
+    pub async fn txn(&self, command: Command) -> Result<Response> {
+        let response = self
+            .raft
+            .client_write(command)
+            .await
+            .map_err(raft_error::<ClientWriteError<crate::types::TypeConfig>>)?
+            .data;
+        match response.rejected {
+            Some(reason) => Err(Error::Rejected(reason)),
+            None => Ok(response),
+        }
+    }
+
+    /// Atomically applies `ops`; returns the revision (log index) that wrote them.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<u64> {
+        Ok(self.txn(Command::batch(ops)).await?.revision)
+    }
+
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
+        self.write(vec![Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }])
+        .await
+    }
+
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64> {
+        self.write(vec![Op::Delete { key: key.into() }]).await
+    }
+
+    /// Sets `key` to `new` (`None` deletes) if its value is `expected`
+    /// (`None` = absent).
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<CasOutcome> {
+        let key = key.into();
+        let success = match new {
+            Some(value) => Op::Put {
+                key: key.clone(),
+                value: value.to_vec(),
+            },
+            None => Op::Delete { key: key.clone() },
+        };
+        let response = self
+            .txn(Command {
+                compares: vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Value(expected.map(<[u8]>::to_vec)),
+                }],
+                success: vec![success],
+                failure: vec![Op::Get { key }],
+                request: None,
+            })
+            .await?;
+        Ok(CasOutcome {
+            swapped: response.succeeded,
+            revision: response.revision,
+            current: if response.succeeded {
+                None
+            } else {
+                response
+                    .reads
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .map(|kv| kv.value)
+            },
+        })
+    }
+
+    /// Waits until a read at `consistency` is allowed here; returns the
+    /// staleness for stale reads.
+    async fn read_barrier(&self, consistency: Consistency) -> Result<Option<Staleness>> {
+        let policy = match consistency {
+            Consistency::Linearizable => ReadPolicy::ReadIndex,
+            Consistency::Lease => ReadPolicy::LeaseRead,
+            Consistency::Stale => {
+                let metrics = self.metrics();
+                let since_leader_contact = match metrics.current_leader {
+                    Some(leader) if leader == self.id => None,
+                    Some(leader) => self.contact.last_from(leader).map(|t| t.elapsed()),
+                    None => None,
+                };
+                return Ok(Some(Staleness {
+                    applied_index: metrics.last_applied.map_or(0, |l| l.index),
+                    known_commit_index: metrics.local_committed.map_or(0, |l| l.index),
+                    since_leader_contact,
+                }));
+            }
+        };
+        self.raft
+            .ensure_linearizable(policy)
+            .await
+            .map_err(raft_error)?;
+        Ok(None)
+    }
+
+    /// Reads `key`.
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Read<Option<KeyValue>>> {
+        let staleness = self.read_barrier(consistency).await?;
+        let db = self.sm.db();
+        let snapshot = db.snapshot();
+        let revision = applied_index(&snapshot)?;
+        let value = match snapshot
+            .get(keys::user_key(key.as_ref()))
+            .map_err(std::io::Error::other)?
+        {
+            None => None,
+            Some(bytes) => Some(decode(key.as_ref(), &bytes)?),
+        };
+        Ok(Read {
+            value,
+            revision,
+            staleness,
+        })
+    }
+
+    /// Reads up to `limit` keys in `[start, end)` (`end = None`: to the end).
+    pub async fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Read<Vec<KeyValue>>> {
+        let staleness = self.read_barrier(consistency).await?;
+        let db = self.sm.db();
+        let snapshot = db.snapshot();
+        let revision = applied_index(&snapshot)?;
+        let from = keys::user_key(start);
+        let to = match end {
+            Some(end) => keys::user_key(end),
+            None => vec![keys::USER_PREFIX + 1],
+        };
+        let mut out = Vec::new();
+        for item in snapshot.range(from..to).take(limit) {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            out.push(decode(&key[1..], &value)?);
+        }
+        Ok(Read {
+            value: out,
+            revision,
+            staleness,
+        })
+    }
+
+    /// The applied log id and the content checksum of the whole replicated
+    /// state at that point, from one consistent view. Replicas that applied
+    /// the same log have equal hashes.
+    pub fn state_hash(&self) -> Result<(Option<LogId>, u64)> {
+        let db = self.sm.db();
+        let snapshot = db.snapshot();
+        let applied: Option<LogId> =
+            match snapshot.get(keys::APPLIED).map_err(std::io::Error::other)? {
+                None => None,
+                Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
+            };
+        let hash = snapshot.content_checksum().map_err(std::io::Error::other)?;
+        Ok((applied, hash))
+    }
+
+    /// Adds `id` (reachable at `raft_addr`) as a learner; with `wait`,
+    /// returns once it has caught up.
+    pub async fn add_learner(&self, id: NodeId, raft_addr: String, wait: bool) -> Result<u64> {
+        let response = self
+            .raft
+            .add_learner(id, FerryNode { raft_addr }, wait)
+            .await
+            .map_err(raft_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<u64> {
+        let response = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// Removes `id` from the cluster (voter or learner).
+    pub async fn remove(&self, id: NodeId) -> Result<u64> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_error)?;
+        }
+        let response = self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_error)?;
+        Ok(response.log_id.index)
+    }
+
+    /// Hands leadership to `to` (planned maintenance) and waits until this
+    /// node sees a leader other than itself, up to `timeout`.
+    pub async fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<()> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader.is_some_and(|l| l != self.id) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Raft(format!(
+                    "leadership did not move to {to} in {timeout:?}"
+                )));
+            }
+            let _ = tokio::time::timeout(left, metrics.changed()).await;
+        }
+    }
+
+    /// Builds a snapshot now and waits for it; returns the log id it covers.
+    pub async fn snapshot(&self) -> Result<Option<LogId>> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let target = self.metrics().last_applied;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let snapshot = metrics.borrow_watched().snapshot;
+            if snapshot.is_some() && snapshot >= target {
+                return Ok(snapshot);
+            }
+            metrics
+                .changed()
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
+    }
+
+    /// Purges the log up to `upto` (never past the last snapshot).
+    pub async fn purge_log(&self, upto: u64) -> Result<()> {
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Stops Raft and the peer service.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        let result = self.raft.shutdown().await;
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        result.map_err(|e| Error::Raft(e.to_string()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+fn applied_index(snapshot: &ferry_engine::Snapshot) -> Result<u64> {
+    let applied: Option<LogId> = match snapshot.get(keys::APPLIED).map_err(std::io::Error::other)? {
+        None => None,
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
+    };
+    Ok(applied.map_or(0, |l| l.index))
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+    keys::Record::decode(bytes)
+        .map(|r| r.into_key_value(key.to_vec()))
+        .ok_or_else(|| {
+            Error::Storage(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("stored value of key {key:?} is not a version-1 record"),
+            ))
+        })
+}

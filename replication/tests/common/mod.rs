@@ -1,0 +1,148 @@
+//! An in-process cluster on loopback for the replication tests.
+
+#![allow(dead_code)]
+
+use ferry_replication::network::NetworkControl;
+use ferry_replication::{Node, NodeConfig, RaftOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    pub addrs: BTreeMap<u64, String>,
+    pub network: NetworkControl,
+    pub options: RaftOptions,
+}
+
+pub fn fast_raft() -> RaftOptions {
+    RaftOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(600),
+        rpc_timeout: Duration::from_secs(2),
+        ..RaftOptions::default()
+    }
+}
+
+impl Cluster {
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn config(&self, id: u64) -> NodeConfig {
+        let addr = self
+            .addrs
+            .get(&id)
+            .map(|a| a.parse().unwrap())
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let mut config = NodeConfig::new(id, self.data_dir(id), addr);
+        config.raft = self.options.clone();
+        config.network = self.network.clone();
+        config
+    }
+
+    /// Starts nodes `1..=n` and forms a cluster of them.
+    pub async fn start(n: u64, options: RaftOptions) -> Cluster {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            network: NetworkControl::default(),
+            options,
+        };
+        for id in 1..=n {
+            cluster.start_node(id).await;
+        }
+        cluster.nodes[&1]
+            .initialize(cluster.addrs.clone())
+            .await
+            .unwrap();
+        cluster.wait_leader(Duration::from_secs(10)).await;
+        cluster
+    }
+
+    /// Starts (or restarts) node `id` with its data directory.
+    pub async fn start_node(&mut self, id: u64) {
+        let node = Node::open(self.config(id)).await.unwrap();
+        self.addrs.insert(id, node.raft_addr().to_owned());
+        self.nodes.insert(id, node);
+    }
+
+    /// Stops node `id` abruptly (no leadership hand-off).
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await.ok();
+        }
+    }
+
+    /// Waits until the running nodes agree on one leader among them.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<u64> = self
+                .nodes
+                .values()
+                .filter(|n| n.is_leader())
+                .map(|n| n.id())
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {timeout:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn leader(&self) -> Option<&Node> {
+        self.nodes.values().find(|n| n.is_leader())
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.values() {
+            loop {
+                let applied = node.metrics().last_applied.map_or(0, |l| l.index);
+                if applied >= index {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} applied {applied}, wanted {index}",
+                    node.id()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Asserts that all running nodes hold the same state at the same log id.
+    pub async fn assert_converged(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hashes: Vec<_> = self
+                .nodes
+                .values()
+                .map(|n| n.state_hash().unwrap())
+                .collect();
+            if hashes.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas diverge: {hashes:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+}
