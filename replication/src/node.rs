@@ -19,6 +19,7 @@ use crate::types::{
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -164,8 +165,8 @@ pub struct Node {
     raft_addr: String,
     stats: Arc<TransferStats>,
     contact: Arc<PeerContact>,
-    stop_server: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    stop_server: Mutex<Option<oneshot::Sender<()>>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn raft_error<
@@ -244,8 +245,8 @@ impl Node {
             raft_addr,
             stats,
             contact,
-            stop_server: Some(stop_server),
-            server: Some(server),
+            stop_server: Mutex::new(Some(stop_server)),
+            server: Mutex::new(Some(server)),
         })
     }
 
@@ -474,14 +475,46 @@ impl Node {
     }
 
     /// Adds `id` (reachable at `raft_addr`) as a learner; with `wait`,
-    /// returns once it has caught up.
+    /// returns only once the learner holds the log up to the entry that
+    /// added it (by replication or a snapshot install).
     pub async fn add_learner(&self, id: NodeId, raft_addr: String, wait: bool) -> Result<u64> {
         let response = self
             .raft
-            .add_learner(id, FerryNode { raft_addr }, wait)
+            .add_learner(id, FerryNode { raft_addr }, false)
             .await
             .map_err(raft_error)?;
-        Ok(response.log_id.index)
+        let index = response.log_id.index;
+        if wait {
+            self.wait_replicated(id, index).await?;
+        }
+        Ok(index)
+    }
+
+    /// Waits until this leader sees `id` holding the log up to `index`.
+    pub async fn wait_replicated(&self, id: NodeId, index: u64) -> Result<()> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let matched = {
+                let m = metrics.borrow_watched();
+                if m.state != ServerState::Leader {
+                    return Err(Error::NotLeader {
+                        leader_id: m.current_leader,
+                        leader_addr: None,
+                    });
+                }
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index)
+            };
+            if matched.is_some_and(|m| m >= index) {
+                return Ok(());
+            }
+            metrics
+                .changed()
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
     }
 
     /// Makes learner `id` a voter.
@@ -567,17 +600,16 @@ impl Node {
             .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    /// Stops Raft and the peer service.
-    pub async fn shutdown(mut self) -> Result<()> {
-        self.stop().await
-    }
-
-    async fn stop(&mut self) -> Result<()> {
+    /// Stops Raft and the peer service. Data stays on disk; opening the
+    /// same directory again rejoins the cluster.
+    pub async fn shutdown(&self) -> Result<()> {
         let result = self.raft.shutdown().await;
-        if let Some(stop) = self.stop_server.take() {
+        let stop = self.stop_server.lock().take();
+        if let Some(stop) = stop {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
+        let server = self.server.lock().take();
+        if let Some(server) = server {
             let _ = server.await;
         }
         result.map_err(|e| Error::Raft(e.to_string()))
@@ -586,10 +618,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop_server.take() {
+        if let Some(stop) = self.stop_server.get_mut().take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
+        if let Some(server) = self.server.get_mut().take() {
             server.abort();
         }
     }

@@ -194,7 +194,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // its own per-reply idle timeout instead.
         transfer::send(
             self.client.clone(),
-            self.from,
+            transfer::Link {
+                from: self.from,
+                to: self.target,
+                control: self.factory.control.clone(),
+            },
             vote,
             snapshot,
             cancel,

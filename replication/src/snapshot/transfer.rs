@@ -30,7 +30,7 @@ use crate::network::pb::{
     self, raft_transport_client::RaftTransportClient, snapshot_frame::Frame, snapshot_reply::Reply,
     SnapshotFrame, SnapshotReply,
 };
-use crate::network::TransferStats;
+use crate::network::{NetworkControl, TransferStats};
 use crate::state_machine::SmShared;
 use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use futures_util::{Stream, StreamExt};
@@ -63,6 +63,10 @@ pub struct TransferOptions {
     pub max_bytes_per_sec: u64,
     /// The receiver makes received data durable every this many bytes.
     pub sync_every_bytes: u64,
+    /// Test hook: the next differential transfer announces a wrong state
+    /// hash, to exercise the fall-back to a full transfer.
+    #[doc(hidden)]
+    pub corrupt_next_state_hash: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for TransferOptions {
@@ -72,6 +76,7 @@ impl Default for TransferOptions {
             idle_timeout: Duration::from_secs(10),
             max_bytes_per_sec: 0,
             sync_every_bytes: 8 << 20,
+            corrupt_next_state_hash: Default::default(),
         }
     }
 }
@@ -107,6 +112,15 @@ impl RateLimiter {
     }
 }
 
+/// The link a transfer runs over, so that a test's cut interrupts a
+/// transfer in flight.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) from: NodeId,
+    pub(crate) to: NodeId,
+    pub(crate) control: NetworkControl,
+}
+
 type Cancel = Pin<Box<dyn Future<Output = ReplicationClosed> + Send>>;
 
 fn network_error(reason: impl ToString) -> StreamingError<TypeConfig> {
@@ -124,7 +138,7 @@ enum Attempt {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn send(
     client: RaftTransportClient<Channel>,
-    from: NodeId,
+    link: Link,
     vote: Vote,
     snapshot: SnapshotOf<TypeConfig, SnapshotHandle>,
     cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
@@ -137,7 +151,7 @@ pub(crate) async fn send(
     loop {
         let attempt = attempt(
             client.clone(),
-            from,
+            link.clone(),
             &vote,
             &snapshot.snapshot,
             full_only,
@@ -184,7 +198,7 @@ async fn next_reply(
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     mut client: RaftTransportClient<Channel>,
-    from: NodeId,
+    link: Link,
     vote: &Vote,
     handle: &SnapshotHandle,
     full_only: bool,
@@ -204,7 +218,7 @@ async fn attempt(
         frame: Some(Frame::Offer(pb::Offer {
             vote: postcard::to_stdvec(vote).map_err(network_error)?,
             meta: postcard::to_stdvec(&manifest.meta).map_err(network_error)?,
-            snapshot_id: format!("{from}-{snapshot_id}"),
+            snapshot_id: format!("{}-{snapshot_id}", link.from),
             files: manifest
                 .files
                 .iter()
@@ -246,13 +260,16 @@ async fn attempt(
         ));
     }
     let producer = tokio::spawn(produce(
-        handle.clone(),
+        Producer {
+            link,
+            handle: handle.clone(),
+            options: options.clone(),
+            limiter: limiter.clone(),
+            stats: stats.clone(),
+        },
         plan.have,
         plan.reused_local,
         frames,
-        options.chunk_bytes,
-        limiter.clone(),
-        stats.clone(),
     ));
     let _abort = AbortOnDrop(producer);
     loop {
@@ -281,15 +298,30 @@ impl Drop for AbortOnDrop {
 }
 
 /// Streams the bytes the follower lacks, then `Done`.
-async fn produce(
+/// What the sending task reads from.
+struct Producer {
+    link: Link,
     handle: SnapshotHandle,
+    options: TransferOptions,
+    limiter: Arc<RateLimiter>,
+    stats: Arc<TransferStats>,
+}
+
+async fn produce(
+    producer: Producer,
     have: Vec<u64>,
     reused_local: bool,
     frames: mpsc::Sender<SnapshotFrame>,
-    chunk_bytes: usize,
-    limiter: Arc<RateLimiter>,
-    stats: Arc<TransferStats>,
 ) {
+    let Producer {
+        link,
+        handle,
+        options,
+        limiter,
+        stats,
+    } = producer;
+    let chunk_bytes = options.chunk_bytes;
+    let corrupt_state_hash = options.corrupt_next_state_hash;
     let result: io::Result<()> = async {
         for (index, (file, have)) in handle.manifest().files.iter().zip(have).enumerate() {
             let mut offset = have.min(file.size);
@@ -305,6 +337,11 @@ async fn produce(
                 // to matter to the runtime.
                 source.read_exact(&mut data)?;
                 limiter.acquire(len as u64).await;
+                if link.control.is_cut(link.from, link.to) {
+                    // A cut link loses the rest of the stream; the next
+                    // attempt resumes from what the follower kept.
+                    return Ok(());
+                }
                 let frame = SnapshotFrame {
                     frame: Some(Frame::Chunk(pb::Chunk {
                         file: index as u32,
@@ -322,11 +359,11 @@ async fn produce(
         }
         let state_hash = if reused_local {
             let handle = handle.clone();
-            Some(
-                tokio::task::spawn_blocking(move || handle.state_hash())
-                    .await
-                    .map_err(io::Error::other)??,
-            )
+            let hash = tokio::task::spawn_blocking(move || handle.state_hash())
+                .await
+                .map_err(io::Error::other)??;
+            let corrupt = corrupt_state_hash.swap(false, std::sync::atomic::Ordering::Relaxed);
+            Some(if corrupt { !hash } else { hash })
         } else {
             None
         };
@@ -525,9 +562,16 @@ async fn receive_inner(
         let expected = state_hash
             .ok_or_else(|| failed("a differential transfer needs the state hash", true))?;
         let dir = staging.clone();
-        let actual = blocking(move || state_hash_of_checkpoint(&dir))
-            .await
-            .map_err(|e| failed(e, false))?;
+        let actual = match blocking(move || state_hash_of_checkpoint(&dir)).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(failed(
+                    format!("assembled snapshot unreadable: {error}"),
+                    true,
+                ));
+            }
+        };
         if actual != expected {
             TransferStats::add(&context.stats.hash_mismatches, 1);
             let _ = std::fs::remove_dir_all(&staging);

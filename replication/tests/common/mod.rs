@@ -3,18 +3,21 @@
 #![allow(dead_code)]
 
 use ferry_replication::network::NetworkControl;
-use ferry_replication::{Node, NodeConfig, RaftOptions};
+use ferry_replication::{Node, NodeConfig, RaftOptions, TransferOptions};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub struct Cluster {
     pub dir: TempDir,
-    pub nodes: BTreeMap<u64, Node>,
+    pub nodes: BTreeMap<u64, Arc<Node>>,
     pub addrs: BTreeMap<u64, String>,
     pub network: NetworkControl,
     pub options: RaftOptions,
+    /// Transfer options every node shares (their test hooks included).
+    pub transfer: TransferOptions,
 }
 
 pub fn fast_raft() -> RaftOptions {
@@ -41,6 +44,7 @@ impl Cluster {
         let mut config = NodeConfig::new(id, self.data_dir(id), addr);
         config.raft = self.options.clone();
         config.network = self.network.clone();
+        config.transfer = self.transfer.clone();
         config
     }
 
@@ -52,6 +56,11 @@ impl Cluster {
             addrs: BTreeMap::new(),
             network: NetworkControl::default(),
             options,
+            transfer: TransferOptions {
+                // Small chunks so that even test-sized snapshots take many.
+                chunk_bytes: 64 << 10,
+                ..TransferOptions::default()
+            },
         };
         for id in 1..=n {
             cluster.start_node(id).await;
@@ -68,7 +77,7 @@ impl Cluster {
     pub async fn start_node(&mut self, id: u64) {
         let node = Node::open(self.config(id)).await.unwrap();
         self.addrs.insert(id, node.raft_addr().to_owned());
-        self.nodes.insert(id, node);
+        self.nodes.insert(id, Arc::new(node));
     }
 
     /// Stops node `id` abruptly (no leadership hand-off).
@@ -99,7 +108,7 @@ impl Cluster {
         }
     }
 
-    pub fn leader(&self) -> Option<&Node> {
+    pub fn leader(&self) -> Option<&Arc<Node>> {
         self.nodes.values().find(|n| n.is_leader())
     }
 

@@ -1,0 +1,201 @@
+//! Failover under load: leaders are killed and restarted, links are cut,
+//! and every acknowledged write must survive exactly once.
+
+mod common;
+
+use common::{fast_raft, Cluster};
+use ferry_replication::types::{Command, Op, RequestId};
+use ferry_replication::{Consistency, Node};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Directory = Arc<RwLock<BTreeMap<u64, Arc<Node>>>>;
+
+fn directory(cluster: &Cluster) -> Directory {
+    Arc::new(RwLock::new(cluster.nodes.clone()))
+}
+
+/// Writes unique keys with request ids until `stop`, retrying each write
+/// (same id) on whichever node leads until it is acknowledged.
+async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Vec<u8>, u64)> {
+    let mut acked = Vec::new();
+    let mut sequence = 0;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let key = format!("c{client}-{sequence:06}").into_bytes();
+        let command = Command {
+            compares: Vec::new(),
+            success: vec![Op::Put {
+                key: key.clone(),
+                value: vec![client as u8; 100],
+            }],
+            failure: Vec::new(),
+            request: Some(RequestId { client, sequence }),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "write {client}/{sequence} not acknowledged in 30 s"
+            );
+            let leader = nodes.read().values().find(|n| n.is_leader()).cloned();
+            let Some(leader) = leader else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(2), leader.txn(command.clone())).await {
+                Ok(Ok(response)) => {
+                    acked.push((key, response.revision));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+    acked
+}
+
+async fn check_acked(cluster: &Cluster, acked: &[(Vec<u8>, u64)]) {
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = &cluster.nodes[&leader];
+    for (key, revision) in acked {
+        let read = leader.get(key, Consistency::Linearizable).await.unwrap();
+        let kv = read
+            .value
+            .unwrap_or_else(|| panic!("acknowledged write {} lost", String::from_utf8_lossy(key)));
+        assert_eq!(
+            kv.version,
+            1,
+            "write {} applied twice",
+            String::from_utf8_lossy(key)
+        );
+        assert_eq!(kv.mod_revision, *revision);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_three_times_loses_nothing() {
+    let mut cluster = Cluster::start(3, fast_raft()).await;
+    let nodes = directory(&cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (1..=4)
+        .map(|client| tokio::spawn(writer(client, nodes.clone(), stop.clone())))
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        nodes.write().remove(&leader);
+        let killed_at = Instant::now();
+        cluster.kill(leader).await;
+        let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+        assert_ne!(new_leader, leader);
+        // Election timeout is at most 600 ms here; allow scheduling slack.
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "failover took {:?}",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.start_node(leader).await;
+        nodes.write().insert(leader, cluster.nodes[&leader].clone());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    check_acked(&cluster, &acked).await;
+    let last = acked.iter().map(|(_, r)| *r).max().unwrap();
+    cluster.wait_applied(last, Duration::from_secs(10)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_survive_partitions_and_lost_answers() {
+    let cluster = Cluster::start(5, fast_raft()).await;
+    let nodes = directory(&cluster);
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (1..=3)
+        .map(|client| tokio::spawn(writer(client, nodes.clone(), stop.clone())))
+        .collect();
+
+    // 1. Answers from a follower to the leader are lost: the leader must
+    //    still commit through the other three.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = *ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.network.cut(follower, leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.network.heal();
+
+    // 2. The leader is isolated: the majority elects another; the old
+    //    leader cannot commit anything.
+    let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    cluster.network.isolate(old, ids.iter().copied());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_leader = loop {
+        let leaders: Vec<u64> = cluster
+            .nodes
+            .values()
+            .filter(|n| n.id() != old && n.is_leader())
+            .map(|n| n.id())
+            .collect();
+        if let [l] = leaders[..] {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(new_leader, old);
+    let stranded = tokio::time::timeout(
+        Duration::from_millis(800),
+        cluster.nodes[&old].put("stranded", "x"),
+    )
+    .await;
+    assert!(
+        !matches!(stranded, Ok(Ok(_))),
+        "an isolated leader committed a write"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 3. A minority (two nodes) is cut off in one direction only.
+    cluster.network.heal();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let minority: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|&id| id != leader)
+        .take(2)
+        .collect();
+    for &m in &minority {
+        cluster.network.cut(leader, m);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.network.heal();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    check_acked(&cluster, &acked).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let read = cluster.nodes[&leader]
+        .get("stranded", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(read.value.is_none(), "the isolated leader's write surfaced");
+    let last = acked.iter().map(|(_, r)| *r).max().unwrap();
+    cluster.wait_applied(last, Duration::from_secs(10)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}

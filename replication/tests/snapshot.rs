@@ -1,0 +1,270 @@
+//! Snapshot shipping: learners catching up after the log was purged, a
+//! differential transfer to a replica that already holds most of the
+//! state, the fall-back to a full transfer, and resuming a cut transfer.
+
+mod common;
+
+use common::{fast_raft, Cluster};
+use ferry_replication::types::Op;
+use ferry_replication::{Consistency, RaftOptions};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+fn snapshotting_raft() -> RaftOptions {
+    RaftOptions {
+        snapshot_after_entries: 100,
+        keep_after_snapshot: 5,
+        ..fast_raft()
+    }
+}
+
+/// An incompressible 1 KiB value.
+fn value(key: usize, tag: u8) -> Vec<u8> {
+    let mut state = (key as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag as u64;
+    (0..1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Writes `keys` keys (1 KiB values) in batches through the leader,
+/// retrying across leader changes; returns the last revision.
+async fn load(cluster: &Cluster, keys: usize, tag: u8) -> u64 {
+    let mut revision = 0;
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(50) {
+        let ops: Vec<Op> = chunk
+            .iter()
+            .map(|&i| Op::Put {
+                key: format!("key-{i:06}").into_bytes(),
+                value: value(i, tag),
+            })
+            .collect();
+        revision = write(cluster, ops).await;
+    }
+    revision
+}
+
+async fn write(cluster: &Cluster, ops: Vec<Op>) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let id = cluster.wait_leader(Duration::from_secs(10)).await;
+        match cluster.nodes[&id].write(ops.clone()).await {
+            Ok(revision) => return revision,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "write failed: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Snapshot now and purge the log behind it, on the leader.
+async fn snapshot_and_purge(cluster: &Cluster) {
+    let leader = cluster.leader().unwrap();
+    let covered = leader.snapshot().await.unwrap().unwrap();
+    leader.purge_log(covered.index).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leader
+        .metrics()
+        .purged
+        .is_none_or(|p| p.index < covered.index.saturating_sub(5))
+    {
+        assert!(std::time::Instant::now() < deadline, "log not purged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_joins_by_snapshot_then_rejoins_differentially() {
+    let mut cluster = Cluster::start(3, snapshotting_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    load(&cluster, 4000, 1).await;
+    snapshot_and_purge(&cluster).await;
+
+    // A new node can only catch up by snapshot: the log's head is gone.
+    cluster.start_node(4).await;
+    let addr = cluster.addrs[&4].clone();
+    let leader = cluster.nodes[&leader_id].clone();
+    leader.add_learner(4, addr, true).await.unwrap();
+    // Counted at the receiver: a follower that lagged behind the purge may
+    // get a snapshot from the same leader meanwhile.
+    let full_bytes = cluster.nodes[&4]
+        .transfer_stats()
+        .bytes_received
+        .load(Ordering::Relaxed);
+    let snapshot_bytes = leader
+        .raft()
+        .get_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot
+        .manifest()
+        .total_bytes();
+    assert!(
+        full_bytes >= snapshot_bytes,
+        "sent {full_bytes} of a {snapshot_bytes}-byte snapshot"
+    );
+    assert_eq!(
+        full_bytes, snapshot_bytes,
+        "node 4 received more than one snapshot"
+    );
+    leader.promote(4).await.unwrap();
+    let last = leader.put("after-join", "1").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(10)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+
+    // Node 4 goes away; 1% of the keys change and the log is purged again.
+    cluster.kill(4).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    for i in (0..4000).step_by(100) {
+        let key = format!("key-{i:06}").into_bytes();
+        write(
+            &cluster,
+            vec![Op::Put {
+                key,
+                value: value(i, 2),
+            }],
+        )
+        .await;
+    }
+    snapshot_and_purge(&cluster).await;
+    cluster.start_node(4).await;
+    let last = leader.put("after-rejoin", "1").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    let differential = cluster.nodes[&4]
+        .transfer_stats()
+        .bytes_received
+        .load(Ordering::Relaxed);
+    let reused = cluster.nodes[&4]
+        .transfer_stats()
+        .bytes_reused
+        .load(Ordering::Relaxed);
+    assert!(reused > 0, "the rejoining node reused nothing");
+    assert!(
+        differential * 5 < full_bytes,
+        "differential transfer received {differential} bytes, the full one {full_bytes}"
+    );
+    let read = cluster.nodes[&4]
+        .get("key-000100", Consistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(read.value.unwrap().value, value(100, 2));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
+    let mut cluster = Cluster::start(3, snapshotting_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    load(&cluster, 1000, 1).await;
+    snapshot_and_purge(&cluster).await;
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader_id).unwrap();
+    // The follower must have the snapshot's files: restart it after an install.
+    cluster.kill(follower).await;
+    load(&cluster, 1000, 3).await;
+    snapshot_and_purge(&cluster).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    cluster.start_node(follower).await;
+    let last = leader.put("x", "y").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+
+    // Now the follower holds the leader's tables; change a little and lie
+    // about the state hash once.
+    cluster.kill(follower).await;
+    for i in 0..20 {
+        let key = format!("key-{i:06}").into_bytes();
+        write(
+            &cluster,
+            vec![Op::Put {
+                key,
+                value: value(i, 4),
+            }],
+        )
+        .await;
+    }
+    snapshot_and_purge(&cluster).await;
+    let leader_node = cluster.nodes[&leader_id].clone();
+    let hook = leader_transfer_hook(&cluster);
+    hook.store(true, Ordering::Relaxed);
+    cluster.start_node(follower).await;
+    let last = leader_node.put("z", "w").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    assert!(!hook.load(Ordering::Relaxed), "the hook was not used");
+    let mismatches = cluster.nodes[&follower]
+        .transfer_stats()
+        .hash_mismatches
+        .load(Ordering::Relaxed);
+    assert_eq!(mismatches, 1);
+    cluster.shutdown().await;
+}
+
+fn leader_transfer_hook(cluster: &Cluster) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    cluster.transfer.corrupt_next_state_hash.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_transfer_resumes_where_it_stopped() {
+    let mut cluster = Cluster::start(3, snapshotting_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    load(&cluster, 3000, 1).await;
+    snapshot_and_purge(&cluster).await;
+    cluster.start_node(4).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    // Cut the link once the transfer is under way, then heal it.
+    let network = cluster.network.clone();
+    let node4 = cluster.nodes[&4].clone();
+    let cutter = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while node4
+            .transfer_stats()
+            .bytes_received
+            .load(Ordering::Relaxed)
+            < 1 << 20
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "transfer never started"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        network.cut(leader_id, 4);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        network.heal();
+    });
+    leader
+        .add_learner(4, cluster.addrs[&4].clone(), false)
+        .await
+        .unwrap();
+    cutter.await.unwrap();
+    let last = leader.put("done", "1").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(30)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    let snapshot_bytes = leader
+        .raft()
+        .get_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot
+        .manifest()
+        .total_bytes();
+    let received = cluster.nodes[&4]
+        .transfer_stats()
+        .bytes_received
+        .load(Ordering::Relaxed);
+    assert!(
+        received < snapshot_bytes + snapshot_bytes / 5,
+        "received {received} bytes of a {snapshot_bytes}-byte snapshot: the transfer restarted"
+    );
+    cluster.shutdown().await;
+}
