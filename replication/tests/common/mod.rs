@@ -97,8 +97,15 @@ impl Cluster {
                 .filter(|n| n.is_leader())
                 .map(|n| n.id())
                 .collect();
+            // A leader is settled once every running node follows it.
             if let [leader] = leaders[..] {
-                return leader;
+                if self
+                    .nodes
+                    .values()
+                    .all(|n| n.metrics().current_leader == Some(leader))
+                {
+                    return leader;
+                }
             }
             assert!(
                 Instant::now() < deadline,
