@@ -103,14 +103,16 @@ pub fn read_segment(
     while offset < file_len {
         let remaining = file_len - offset;
         if remaining < RECORD_HEADER_LEN as u64 {
-            return damaged_tail(
+            // The partial header is the last thing in the file: nothing
+            // follows it, so it is a torn write whatever its bytes are.
+            return torn_or_strict(
                 path,
                 policy,
                 outcome,
                 offset,
                 file_len,
                 "record header is cut short".into(),
-                &mut reader,
+                true,
             );
         }
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
@@ -352,5 +354,19 @@ mod tests {
         let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(outcome.dropped_bytes, 100);
+    }
+
+    #[test]
+    fn partial_record_header_at_the_end_is_torn_whatever_its_bytes() {
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one"]);
+        let mut file = fs.open_append(&path).unwrap();
+        file.append(&[0x5a; 9]).unwrap();
+        file.sync().unwrap();
+        let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(outcome.dropped_bytes, 9);
+        let err = read_all(&fs, &path, TailPolicy::Strict).unwrap_err();
+        assert!(err.to_string().contains("cut short"), "{err}");
     }
 }

@@ -1,0 +1,189 @@
+//! Restart, power-loss and corruption tests of the Raft log store (the
+//! openraft suite never reopens a store).
+
+use ferry_engine::fs::{FaultInjectionFs, FileSystem};
+use ferry_replication::log_store::{LogStore, LogStoreOptions};
+use ferry_replication::types::{Command, Entry, LogId, Op, TypeConfig, Vote};
+use openraft::async_runtime::Oneshot;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
+        index,
+    )
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry::new_normal(
+        log_id(term, index),
+        Command::batch(vec![Op::Put {
+            key: format!("k{index}").into_bytes(),
+            value: vec![index as u8; 100],
+        }]),
+    )
+}
+
+fn options() -> LogStoreOptions {
+    // Small segments and cache: entries are read back from disk, across segments.
+    LogStoreOptions {
+        segment_bytes: 4096,
+        cache_bytes: 1024,
+    }
+}
+
+async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = <openraft::alias::OneshotOf<TypeConfig> as Oneshot>::channel();
+    log.append(entries, IOFlushed::<TypeConfig>::signal(tx))
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+async fn read_all(log: &mut LogStore) -> Vec<Entry> {
+    log.try_get_log_entries(0..u64::MAX).await.unwrap()
+}
+
+fn open(fs: &Arc<dyn FileSystem>, dir: &Path) -> LogStore {
+    LogStore::open_with_fs(fs.clone(), dir, options()).unwrap()
+}
+
+#[tokio::test]
+async fn appends_truncation_purge_and_vote_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    for start in (1..=500).step_by(50) {
+        append(&mut log, (start..start + 50).map(|i| entry(1, i)).collect()).await;
+    }
+    log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+    log.purge(log_id(1, 100)).await.unwrap();
+    log.truncate_after(Some(log_id(1, 400))).await.unwrap();
+    append(&mut log, (401..=420).map(|i| entry(2, i)).collect()).await;
+    drop(log);
+
+    let mut log = LogStore::open(&path, options()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 100)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 420)));
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(3, 2))
+    );
+    let entries = read_all(&mut log).await;
+    let expected: Vec<Entry> = (101..=400)
+        .map(|i| entry(1, i))
+        .chain((401..=420).map(|i| entry(2, i)))
+        .collect();
+    assert_eq!(entries, expected);
+    // Segments wholly before the purge point are gone.
+    let segments = std::fs::read_dir(&path)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments < 30, "{segments} segments left after purge");
+}
+
+#[tokio::test]
+async fn power_loss_keeps_every_flushed_entry_and_no_truncated_one() {
+    let fault = FaultInjectionFs::new();
+    let fs: Arc<dyn FileSystem> = Arc::new(fault.clone());
+    let dir = PathBuf::from("/node/raft");
+    let mut log = open(&fs, &dir);
+    append(&mut log, (0..200).map(|i| entry(1, i)).collect()).await;
+    log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    log.truncate_after(Some(log_id(1, 149))).await.unwrap();
+    append(&mut log, (150..180).map(|i| entry(2, i)).collect()).await;
+    log.purge(log_id(1, 20)).await.unwrap();
+
+    let image: Arc<dyn FileSystem> = Arc::new(fault.durable_image());
+    drop(log);
+    let mut log = open(&image, &dir);
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 20)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 179)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+    let expected: Vec<Entry> = (21..150)
+        .map(|i| entry(1, i))
+        .chain((150..180).map(|i| entry(2, i)))
+        .collect();
+    assert_eq!(read_all(&mut log).await, expected);
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (0..100).map(|i| entry(1, i)).collect()).await;
+    drop(log);
+    let last = segments(&path).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    // Half of a record header: a write cut short by a crash.
+    bytes.extend_from_slice(&[0x5a; 9]);
+    std::fs::write(&last, &bytes).unwrap();
+
+    let mut log = LogStore::open(&path, options()).unwrap();
+    assert_eq!(log.torn_tail_bytes(), 9);
+    assert_eq!(read_all(&mut log).await.len(), 100);
+    append(&mut log, vec![entry(1, 100)]).await;
+    drop(log);
+    let mut log = LogStore::open(&path, options()).unwrap();
+    assert_eq!(log.torn_tail_bytes(), 0);
+    assert_eq!(read_all(&mut log).await.len(), 101);
+}
+
+#[tokio::test]
+async fn damage_inside_the_log_is_an_error_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (0..200).map(|i| entry(1, i)).collect()).await;
+    drop(log);
+    let first = segments(&path).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+    let error = match LogStore::open(&path, options()) {
+        Ok(_) => panic!("a damaged segment was accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(&first.display().to_string()), "{error}");
+    assert!(error.contains("offset"), "{error}");
+}
+
+#[tokio::test]
+async fn damage_found_when_reading_back_an_evicted_entry_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (0..50).map(|i| entry(1, i)).collect()).await;
+    let first = segments(&path).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&first, &bytes).unwrap();
+    let error = log.try_get_log_entries(0..1).await.unwrap_err().to_string();
+    assert!(
+        error.contains("CRC") && error.contains(&first.display().to_string()),
+        "{error}"
+    );
+}
