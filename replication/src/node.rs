@@ -17,7 +17,7 @@ use crate::types::{
     Response,
 };
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
 use openraft::{ChangeMembers, Config, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -165,6 +165,8 @@ pub struct Node {
     raft_addr: String,
     stats: Arc<TransferStats>,
     contact: Arc<PeerContact>,
+    /// How long a fresh leader's writes wait for its lease.
+    lease_wait: Duration,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -245,6 +247,7 @@ impl Node {
             raft_addr,
             stats,
             contact,
+            lease_wait: config.raft.election_timeout_max,
             stop_server: Mutex::new(Some(stop_server)),
             server: Mutex::new(Some(server)),
         })
@@ -305,13 +308,29 @@ impl Node {
     }
 
     /// Runs a transaction through Raft and returns the state machine's answer.
+    ///
+    /// A leader that was just elected accepts writes only once a quorum has
+    /// acknowledged it (its lease); until then openraft refuses the write
+    /// before proposing it, and this call waits and retries on this node.
     pub async fn txn(&self, command: Command) -> Result<Response> {
-        let response = self
-            .raft
-            .client_write(command)
-            .await
-            .map_err(raft_error::<ClientWriteError<crate::types::TypeConfig>>)?
-            .data;
+        let deadline = Instant::now() + self.lease_wait;
+        let response = loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(written) => break written.data,
+                Err(error) => {
+                    let lease_pending = error
+                        .forward_to_leader()
+                        .is_some_and(|f| f.reason == ForwardReason::LeaseExpired);
+                    if lease_pending && self.is_leader() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    return Err(raft_error::<ClientWriteError<crate::types::TypeConfig>>(
+                        error,
+                    ));
+                }
+            }
+        };
         match response.rejected {
             Some(reason) => Err(Error::Rejected(reason)),
             None => Ok(response),

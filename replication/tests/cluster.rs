@@ -35,3 +35,117 @@ async fn three_nodes_replicate_and_read() {
     cluster.assert_converged(Duration::from_secs(5)).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_transfer_promotion_and_removal() {
+    let mut cluster = Cluster::start(3, fast_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    leader.put("a", "1").await.unwrap();
+
+    // Planned hand-off to a chosen follower.
+    let target = *cluster.nodes.keys().find(|&&id| id != leader_id).unwrap();
+    let started = std::time::Instant::now();
+    leader
+        .transfer_leadership(target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, target);
+    let new_leader = cluster.nodes[&target].clone();
+    new_leader.put("b", "2").await.unwrap();
+    eprintln!("planned transfer to first write: {:?}", started.elapsed());
+
+    // A learner joins, catches up, becomes a voter.
+    cluster.start_node(4).await;
+    new_leader
+        .add_learner(4, cluster.addrs[&4].clone(), true)
+        .await
+        .unwrap();
+    let metrics = new_leader.metrics();
+    assert!(metrics
+        .membership_config
+        .membership()
+        .learner_ids()
+        .any(|id| id == 4));
+    new_leader.promote(4).await.unwrap();
+    let metrics = new_leader.metrics();
+    assert!(metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id == 4));
+
+    // The old leader is removed; the cluster keeps serving with 3 voters.
+    new_leader.remove(leader_id).await.unwrap();
+    let metrics = new_leader.metrics();
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    assert_eq!(voters.len(), 3);
+    assert!(!voters.contains(&leader_id));
+    cluster.kill(leader_id).await;
+    let revision = new_leader.put("c", "3").await.unwrap();
+    cluster
+        .wait_applied(revision, Duration::from_secs(10))
+        .await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    let read = cluster.nodes[&4]
+        .get("a", Consistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(read.value.unwrap().value, b"1");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compare_and_swap_and_transactions() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let swapped = leader
+        .compare_and_swap("lock", None, Some(b"me"))
+        .await
+        .unwrap();
+    assert!(swapped.swapped);
+    let lost = leader
+        .compare_and_swap("lock", None, Some(b"you"))
+        .await
+        .unwrap();
+    assert!(!lost.swapped);
+    assert_eq!(lost.current.as_deref(), Some(&b"me"[..]));
+    let released = leader
+        .compare_and_swap("lock", Some(b"me"), None)
+        .await
+        .unwrap();
+    assert!(released.swapped);
+    assert!(leader
+        .get("lock", Consistency::Lease)
+        .await
+        .unwrap()
+        .value
+        .is_none());
+
+    // Revisions: create, modify, version.
+    let r1 = leader.put("k", "1").await.unwrap();
+    let r2 = leader.put("k", "2").await.unwrap();
+    let kv = leader
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r2, 2)
+    );
+    let range = leader
+        .range(b"", None, 10, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        range
+            .value
+            .iter()
+            .map(|kv| kv.key.as_slice())
+            .collect::<Vec<_>>(),
+        vec![&b"k"[..]]
+    );
+    cluster.shutdown().await;
+}
