@@ -5,6 +5,7 @@
 //! cargo run --release -p ferry-bench -- recovery
 //! cargo run --release -p ferry-bench -- checkpoint --json checkpoint.json
 //! cargo run --release -p ferry-bench -- parquet
+//! cargo run --release -p ferry-bench -- transfer --json transfer.json
 //! cargo run --release -p ferry-bench --features rocksdb -- engine --engines ferry,rocksdb
 //! ```
 
@@ -14,6 +15,7 @@ mod engine;
 mod parquet;
 mod recovery;
 mod report;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ enum Suite {
     Checkpoint(checkpoint::Args),
     /// Parquet export and import throughput and size.
     Parquet(parquet::Args),
+    /// Snapshot shipping between Raft nodes: full and differential.
+    Transfer(transfer::Args),
 }
 
 fn main() {
@@ -48,6 +52,7 @@ fn main() {
         Suite::Recovery(args) => (recovery::run(args), args.output.json.as_deref()),
         Suite::Checkpoint(args) => (checkpoint::run(args), args.output.json.as_deref()),
         Suite::Parquet(args) => (parquet::run(args), args.output.json.as_deref()),
+        Suite::Transfer(args) => (transfer::run(args), args.output.json.as_deref()),
     };
 
     report::print_table(&rows);

@@ -227,6 +227,8 @@ impl Node {
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .initial_stream_window_size(Some(16 << 20))
+                .initial_connection_window_size(Some(32 << 20))
                 .add_service(
                     RaftTransportServer::new(service)
                         .max_decoding_message_size(256 << 20)
@@ -587,6 +589,17 @@ impl Node {
             }
             let _ = tokio::time::timeout(left, metrics.changed()).await;
         }
+    }
+
+    /// Compacts this replica's whole engine (a local maintenance step; it
+    /// changes no replicated state).
+    pub async fn compact(&self) -> Result<()> {
+        let db = self.sm.db();
+        tokio::task::spawn_blocking(move || db.compact_range(None, None))
+            .await
+            .map_err(|e| Error::Node(e.to_string()))?
+            .map_err(std::io::Error::other)?;
+        Ok(())
     }
 
     /// Builds a snapshot now and waits for it; returns the log id it covers.

@@ -84,7 +84,11 @@ async fn after_power_loss_the_marker_matches_the_data_and_replay_converges() {
     let db = sm.shared().db();
     for i in 1..=100u64 {
         let present = db.get(format!("\u{1}k{i:04}")).unwrap().is_some();
-        assert_eq!(present, i <= applied, "key {i} present={present}, marker {applied}");
+        assert_eq!(
+            present,
+            i <= applied,
+            "key {i} present={present}, marker {applied}"
+        );
     }
     drop(db);
 

@@ -61,6 +61,10 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
+        // Snapshot chunks are 1 MiB: HTTP/2's default 64 KiB windows would
+        // make every chunk wait for many window updates.
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .connect_lazy())
