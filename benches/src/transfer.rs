@@ -158,7 +158,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
     load(&leader, 0..keys, 0).await;
     eprintln!(
         "loaded {keys} keys ({} MiB) through Raft in {:.1} s",
-        keys * VALUE as u64 >> 20,
+        (keys * VALUE as u64) >> 20,
         started.elapsed().as_secs_f64()
     );
     leader.compact().await.expect("compact");
