@@ -165,7 +165,19 @@ async fn five_nodes_survive_partitions_and_lost_answers() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // 3. A minority (two nodes) is cut off in one direction only.
+    // 3. Slow links: every message from the leader to two followers is
+    //    delayed; the leader keeps committing with the fast majority.
+    cluster.network.heal();
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    for &slow in ids.iter().filter(|&&id| id != leader).take(2) {
+        cluster
+            .network
+            .delay(leader, slow, Duration::from_millis(150));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.network.heal();
+
+    // 4. A minority (two nodes) is cut off in one direction only.
     cluster.network.heal();
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let minority: Vec<u64> = ids

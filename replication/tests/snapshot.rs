@@ -7,7 +7,8 @@ mod common;
 use common::{fast_raft, Cluster};
 use ferry_replication::types::Op;
 use ferry_replication::{Consistency, RaftOptions};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn snapshotting_raft() -> RaftOptions {
@@ -92,7 +93,28 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     cluster.start_node(4).await;
     let addr = cluster.addrs[&4].clone();
     let leader = cluster.nodes[&leader_id].clone();
+    // Writes go on while the snapshot is shipped and installed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (leader, stop) = (leader.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("during-{i:05}");
+                if let Ok(revision) = leader.put(key.clone(), "x").await {
+                    acked.push((key, revision));
+                }
+            }
+            acked
+        })
+    };
     leader.add_learner(4, addr, true).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let during = background.await.unwrap();
+    assert!(!during.is_empty());
     // Counted at the receiver: a follower that lagged behind the purge may
     // get a snapshot from the same leader meanwhile.
     let full_bytes = cluster.nodes[&4]
@@ -120,6 +142,17 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     let last = leader.put("after-join", "1").await.unwrap();
     cluster.wait_applied(last, Duration::from_secs(10)).await;
     cluster.assert_converged(Duration::from_secs(10)).await;
+    for (key, revision) in &during {
+        let read = cluster.nodes[&4]
+            .get(key, Consistency::Stale)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.value.map(|kv| kv.mod_revision),
+            Some(*revision),
+            "{key}"
+        );
+    }
 
     // Node 4 goes away; 1% of the keys change and the log is purged again.
     cluster.kill(4).await;

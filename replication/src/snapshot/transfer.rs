@@ -84,14 +84,14 @@ impl Default for TransferOptions {
 /// A token bucket shared by a node's outgoing transfers.
 pub struct RateLimiter {
     bytes_per_sec: u64,
-    state: tokio::sync::Mutex<(Instant, f64)>,
+    state: tokio::sync::Mutex<(tokio::time::Instant, f64)>,
 }
 
 impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
         RateLimiter {
             bytes_per_sec,
-            state: tokio::sync::Mutex::new((Instant::now(), 0.0)),
+            state: tokio::sync::Mutex::new((tokio::time::Instant::now(), 0.0)),
         }
     }
 
@@ -101,7 +101,7 @@ impl RateLimiter {
         }
         let rate = self.bytes_per_sec as f64;
         let mut state = self.state.lock().await;
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         // Burst of up to a tenth of a second of traffic.
         let tokens = (state.1 + now.duration_since(state.0).as_secs_f64() * rate).min(rate / 10.0);
         let left = tokens - bytes as f64;
@@ -721,4 +721,40 @@ fn verify_files(staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
         }
     }
     std::fs::File::open(staging)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_holds_transfers_to_the_configured_rate() {
+        let limiter = RateLimiter::new(10 << 20);
+        let started = tokio::time::Instant::now();
+        for _ in 0..50 {
+            limiter.acquire(1 << 20).await;
+        }
+        // 50 MiB at 10 MiB/s: 5 s less the initial burst allowance (none: the
+        // bucket starts empty).
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(4900), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(5100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlimited_rate_never_waits() {
+        let limiter = RateLimiter::new(0);
+        let started = tokio::time::Instant::now();
+        limiter.acquire(1 << 30).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn offered_names_cannot_leave_the_staging_directory() {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "nul\0"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_name("000042.sst"));
+        assert!(valid_name("1-00000000000000000100-1-42"));
+    }
 }
