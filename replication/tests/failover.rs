@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Directory = Arc<RwLock<BTreeMap<u64, Arc<Node>>>>;
+/// Acknowledged writes: key and the revision that wrote it.
+type Acked = Vec<(Vec<u8>, u64)>;
 
 fn directory(cluster: &Cluster) -> Directory {
     Arc::new(RwLock::new(cluster.nodes.clone()))
@@ -55,6 +57,24 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Ve
             }
         }
     }
+    acked
+}
+
+/// Stops the writers, then checks that each acknowledged write is present
+/// exactly once.
+async fn stop_and_check(
+    cluster: &Cluster,
+    stop: &AtomicBool,
+    writers: Vec<tokio::task::JoinHandle<Acked>>,
+) -> Acked {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    check_acked(cluster, &acked).await;
     acked
 }
 
@@ -102,14 +122,7 @@ async fn killing_the_leader_three_times_loses_nothing() {
         cluster.start_node(leader).await;
         nodes.write().insert(leader, cluster.nodes[&leader].clone());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.unwrap());
-    }
-    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    check_acked(&cluster, &acked).await;
+    let acked = stop_and_check(&cluster, &stop, writers).await;
     let last = acked.iter().map(|(_, r)| *r).max().unwrap();
     cluster.wait_applied(last, Duration::from_secs(10)).await;
     cluster.assert_converged(Duration::from_secs(10)).await;
@@ -192,14 +205,7 @@ async fn five_nodes_survive_partitions_and_lost_answers() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.network.heal();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.unwrap());
-    }
-    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    check_acked(&cluster, &acked).await;
+    let acked = stop_and_check(&cluster, &stop, writers).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let read = cluster.nodes[&leader]
         .get("stranded", Consistency::Linearizable)

@@ -6,7 +6,7 @@ mod common;
 
 use common::{fast_raft, Cluster};
 use ferry_replication::types::Op;
-use ferry_replication::{Consistency, RaftOptions};
+use ferry_replication::{Consistency, Node, RaftOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +66,12 @@ async fn write(cluster: &Cluster, ops: Vec<Op>) -> u64 {
     }
 }
 
+/// Size of the node's current snapshot.
+async fn snapshot_bytes(node: &Node) -> u64 {
+    let snapshot = node.raft().get_snapshot().await.unwrap().unwrap();
+    snapshot.snapshot.manifest().total_bytes()
+}
+
 /// Snapshot now and purge the log behind it, on the leader.
 async fn snapshot_and_purge(cluster: &Cluster) {
     let leader = cluster.leader().unwrap();
@@ -121,15 +127,7 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
         .transfer_stats()
         .bytes_received
         .load(Ordering::Relaxed);
-    let snapshot_bytes = leader
-        .raft()
-        .get_snapshot()
-        .await
-        .unwrap()
-        .unwrap()
-        .snapshot
-        .manifest()
-        .total_bytes();
+    let snapshot_bytes = snapshot_bytes(&leader).await;
     assert!(
         full_bytes >= snapshot_bytes,
         "sent {full_bytes} of a {snapshot_bytes}-byte snapshot"
@@ -282,15 +280,7 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
     let last = leader.put("done", "1").await.unwrap();
     cluster.wait_applied(last, Duration::from_secs(30)).await;
     cluster.assert_converged(Duration::from_secs(10)).await;
-    let snapshot_bytes = leader
-        .raft()
-        .get_snapshot()
-        .await
-        .unwrap()
-        .unwrap()
-        .snapshot
-        .manifest()
-        .total_bytes();
+    let snapshot_bytes = snapshot_bytes(&leader).await;
     let received = cluster.nodes[&4]
         .transfer_stats()
         .bytes_received

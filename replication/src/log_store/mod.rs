@@ -352,16 +352,17 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 }
 
+/// The store reads like any of its readers.
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, IoError> {
-        self.shared.entries(range)
+        self.get_log_reader().await.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, IoError> {
-        Ok(self.shared.index.read().vote)
+        self.get_log_reader().await.read_vote().await
     }
 }
 
