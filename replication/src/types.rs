@@ -62,10 +62,15 @@ pub struct Compare {
 
 /// Identifies a client's write for exactly-once application: the state
 /// machine answers a repeated `(client, sequence)` with its first result.
+///
+/// A client may have many writes in flight; `first_incomplete` is the
+/// lowest sequence it has not yet seen answered, so the state machine may
+/// forget every answer below it (the client will not retry those).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestId {
     pub client: u64,
     pub sequence: u64,
+    pub first_incomplete: u64,
 }
 
 /// The replicated command (openraft's `D`): an atomic transaction. A plain

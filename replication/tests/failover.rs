@@ -35,7 +35,11 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Ve
                 value: vec![client as u8; 100],
             }],
             failure: Vec::new(),
-            request: Some(RequestId { client, sequence }),
+            request: Some(RequestId {
+                client,
+                sequence,
+                first_incomplete: sequence,
+            }),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

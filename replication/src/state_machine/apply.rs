@@ -10,6 +10,13 @@ use ferry_engine::{Db, WriteBatch};
 use std::collections::HashMap;
 use std::io;
 
+/// Answers kept per client at most.
+const MAX_ANSWERS_PER_CLIENT: usize = 1024;
+/// A client silent for this many revisions is forgotten; its later retries
+/// of old writes would be applied again.
+pub(crate) const CLIENT_EXPIRY_REVISIONS: u64 = 1_000_000;
+const CLIENT_SWEEP_EVERY: u64 = 10_000;
+
 /// Pending effects of the entries applied so far in this batch.
 pub(crate) struct Overlay<'a> {
     db: &'a Db,
@@ -63,27 +70,24 @@ impl<'a> Overlay<'a> {
 
     /// Applies one command at log index `revision`.
     pub(crate) fn apply(&mut self, command: &Command, revision: u64) -> io::Result<Response> {
+        let mut client = None;
         if let Some(request) = command.request {
-            let key = keys::client_key(request.client);
-            if let Some(bytes) = self.get(&key)? {
-                let last: ClientRecord = postcard::from_bytes(&bytes).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
-                })?;
-                if last.request.sequence == request.sequence {
-                    return Ok(last.response);
-                }
-                if last.request.sequence > request.sequence {
-                    return Ok(Response {
-                        revision,
-                        succeeded: false,
-                        reads: Vec::new(),
-                        rejected: Some(format!(
-                            "request {} of client {} is older than its last applied request {}",
-                            request.sequence, request.client, last.request.sequence
-                        )),
-                    });
-                }
+            let record = self.client_record(request.client)?;
+            if let Some(answer) = record.answers.get(&request.sequence) {
+                return Ok(answer.clone());
             }
+            if request.sequence < record.first_incomplete {
+                return Ok(Response {
+                    revision,
+                    succeeded: false,
+                    reads: Vec::new(),
+                    rejected: Some(format!(
+                        "request {} of client {} was already answered and forgotten",
+                        request.sequence, request.client
+                    )),
+                });
+            }
+            client = Some((request, record));
         }
         let mut succeeded = true;
         for compare in &command.compares {
@@ -126,15 +130,57 @@ impl<'a> Overlay<'a> {
             reads,
             rejected: None,
         };
-        if let Some(request) = command.request {
-            let record = ClientRecord {
-                request,
-                response: response.clone(),
-            };
+        if let Some((request, mut record)) = client {
+            record.first_incomplete = record.first_incomplete.max(request.first_incomplete);
+            let floor = record.first_incomplete;
+            record.answers.retain(|sequence, _| *sequence >= floor);
+            record.answers.insert(request.sequence, response.clone());
+            // A client that never reports progress cannot grow its record
+            // without bound: the oldest answers go first.
+            while record.answers.len() > MAX_ANSWERS_PER_CLIENT {
+                record.answers.pop_first();
+            }
+            record.last_revision = revision;
             let bytes = postcard::to_stdvec(&record).map_err(io::Error::other)?;
             self.put(keys::client_key(request.client), bytes);
         }
         Ok(response)
+    }
+
+    fn client_record(&self, client: u64) -> io::Result<ClientRecord> {
+        match self.get(&keys::client_key(client))? {
+            None => Ok(ClientRecord::default()),
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
+            }),
+        }
+    }
+
+    /// Forgets clients that wrote nothing for `CLIENT_EXPIRY_REVISIONS`
+    /// revisions. Runs at revisions that are multiples of
+    /// `CLIENT_SWEEP_EVERY`; it reads through the overlay, so every replica
+    /// decides the same whatever its batch boundaries.
+    pub(crate) fn sweep_clients(&mut self, revision: u64) -> io::Result<()> {
+        if revision % CLIENT_SWEEP_EVERY != 0 || revision < CLIENT_EXPIRY_REVISIONS {
+            return Ok(());
+        }
+        let mut expired = Vec::new();
+        for item in self.db.prefix(keys::CLIENT_PREFIX_KEY) {
+            let (key, _) = item.map_err(io::Error::other)?;
+            let Some(bytes) = self.get(&key)? else {
+                continue;
+            };
+            let record: ClientRecord = postcard::from_bytes(&bytes).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
+            })?;
+            if record.last_revision + CLIENT_EXPIRY_REVISIONS < revision {
+                expired.push(key);
+            }
+        }
+        for key in expired {
+            self.delete(key);
+        }
+        Ok(())
     }
 
     fn holds(&self, compare: &Compare) -> io::Result<bool> {

@@ -16,7 +16,7 @@
 //! the entries it names, so whatever the engine recovers after a crash, the
 //! marker describes exactly that state.
 
-use crate::types::{KeyValue, RequestId, Response};
+use crate::types::{KeyValue, Response};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const APPLIED: &[u8] = b"\x00applied";
@@ -85,9 +85,15 @@ impl Record {
     }
 }
 
-/// The last request a client had applied, and its answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A client's recent answers, for exactly-once retries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ClientRecord {
-    pub(crate) request: RequestId,
-    pub(crate) response: Response,
+    /// Answers below this sequence were seen by the client and forgotten.
+    pub(crate) first_incomplete: u64,
+    /// Answers of the sequences at or above `first_incomplete`.
+    pub(crate) answers: std::collections::BTreeMap<u64, Response>,
+    /// The revision of the client's last write, for expiry.
+    pub(crate) last_revision: u64,
 }
+
+pub(crate) const CLIENT_PREFIX_KEY: &[u8] = CLIENT_PREFIX;

@@ -204,6 +204,7 @@ impl SmShared {
                     }
                 }
             };
+            overlay.sweep_clients(log_id.index)?;
             last = Some(log_id);
             answers.push((responder, response));
         }
