@@ -161,7 +161,7 @@ impl<'a> Overlay<'a> {
     /// `CLIENT_SWEEP_EVERY`; it reads through the overlay, so every replica
     /// decides the same whatever its batch boundaries.
     pub(crate) fn sweep_clients(&mut self, revision: u64) -> io::Result<()> {
-        if revision % CLIENT_SWEEP_EVERY != 0 || revision < CLIENT_EXPIRY_REVISIONS {
+        if !revision.is_multiple_of(CLIENT_SWEEP_EVERY) || revision < CLIENT_EXPIRY_REVISIONS {
             return Ok(());
         }
         let mut expired = Vec::new();
