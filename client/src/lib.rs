@@ -1,6 +1,51 @@
-//! Client SDK for a Ferry cluster.
+//! Rust client SDK for a Ferry cluster.
 //!
-//! Not built yet: leader discovery, retries, failover and exactly-once writes
-//! arrive with the server. The public `.proto` and its generated types will
-//! live here so that the server reuses them and an SDK user compiles neither
-//! the engine nor openraft.
+//! [`Client::connect`] takes any subset of the members' client addresses,
+//! learns the rest and the leader from the cluster, and follows leadership
+//! changes. Each call has a deadline ([`ClientOptions::call_timeout`]);
+//! within it the client retries `UNAVAILABLE` and not-leader answers with
+//! exponential backoff and jitter, going straight to the leader a follower
+//! names.
+//!
+//! Writes are exactly-once across retries and failovers: the client has a
+//! random id and numbers its writes; a retried write carries the same number
+//! and the cluster answers it with its first result instead of applying it
+//! again. Reads are linearizable unless asked through [`Client::stale`].
+//!
+//! This crate depends on neither the engine nor openraft. It also holds the
+//! public `.proto` (`proto/ferry.proto`) and its generated types ([`pb`]),
+//! which the server reuses.
+//!
+//! ```no_run
+//! # async fn demo() -> ferry_client::Result<()> {
+//! let client = ferry_client::Client::connect(["127.0.0.1:7400"]).await?;
+//! let revision = client.put("job/42", "running").await?;
+//! let kv = client.get("job/42").await?.expect("present");
+//! assert_eq!(kv.mod_revision, revision);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod error;
+mod txn;
+mod watch;
+
+pub use client::{not_leader_status, Client, ClientOptions, Page, Stale, StaleRead};
+pub use error::{Error, Result};
+pub use pb::{Event, KeyValue, Staleness};
+pub use txn::{Txn, TxnResult};
+pub use watch::WatchStream;
+
+/// Generated types and gRPC stubs of `proto/ferry.proto`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("ferry.v1");
+
+    /// The encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
+}
+
+/// Trailer a follower sets on a not-leader answer: the leader's node id.
+pub const LEADER_ID_METADATA: &str = "ferry-leader-id";
+/// Trailer a follower sets on a not-leader answer: the leader's client address.
+pub const LEADER_ADDR_METADATA: &str = "ferry-leader-addr";

@@ -274,12 +274,13 @@ impl Node {
         &self.stats
     }
 
-    /// Forms a new cluster of `members` (id → peer address). Call it once,
+    /// Forms a new cluster of `members` (id → peer address, or a
+    /// [`FerryNode`] with the client address too). Call it once,
     /// on one node; the others learn of it by replication.
-    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<()> {
+    pub async fn initialize<N: Into<FerryNode>>(&self, members: BTreeMap<NodeId, N>) -> Result<()> {
         let members: BTreeMap<NodeId, FerryNode> = members
             .into_iter()
-            .map(|(id, raft_addr)| (id, FerryNode { raft_addr }))
+            .map(|(id, node)| (id, node.into()))
             .collect();
         self.raft
             .initialize(members)
@@ -292,17 +293,17 @@ impl Node {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// The leader as this node knows it: id and peer address.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
+    /// The leader as this node knows it, with its addresses.
+    pub fn leader(&self) -> Option<(NodeId, FerryNode)> {
         let metrics = self.metrics();
         let leader = metrics.current_leader?;
-        let addr = metrics
+        let node = metrics
             .membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| n.raft_addr.clone())
+            .cloned()
             .unwrap_or_default();
-        Some((leader, addr))
+        Some((leader, node))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -498,10 +499,15 @@ impl Node {
     /// Adds `id` (reachable at `raft_addr`) as a learner; with `wait`,
     /// returns only once the learner holds the log up to the entry that
     /// added it (by replication or a snapshot install).
-    pub async fn add_learner(&self, id: NodeId, raft_addr: String, wait: bool) -> Result<u64> {
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: impl Into<FerryNode>,
+        wait: bool,
+    ) -> Result<u64> {
         let response = self
             .raft
-            .add_learner(id, FerryNode { raft_addr }, false)
+            .add_learner(id, node.into(), false)
             .await
             .map_err(raft_error)?;
         let index = response.log_id.index;

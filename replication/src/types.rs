@@ -6,11 +6,23 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Node address book entry: where a member's Raft (peer) service listens.
+/// Node address book entry, replicated with the membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FerryNode {
-    /// `host:port` of the node's peer gRPC service.
+    /// `host:port` of the node's peer (Raft) gRPC service.
     pub raft_addr: String,
+    /// `host:port` of the node's public API, if it serves one (the server
+    /// does; an embedded node may not). Clients are redirected here.
+    pub client_addr: String,
+}
+
+impl From<String> for FerryNode {
+    fn from(raft_addr: String) -> Self {
+        FerryNode {
+            raft_addr,
+            client_addr: String::new(),
+        }
+    }
 }
 
 impl fmt::Display for FerryNode {

@@ -1,0 +1,608 @@
+//! The client: endpoints, leader tracking, retries, exactly-once numbering.
+
+use crate::error::{Error, Result};
+use crate::pb::{
+    self, cluster_client::ClusterClient, kv_client::KvClient, Consistency, GetRequest, KeyValue,
+    RangeRequest, RequestId, Staleness,
+};
+use crate::txn::{Txn, TxnResult};
+use crate::watch::WatchStream;
+use crate::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Tuning of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one call, retries included.
+    pub call_timeout: Duration,
+    /// Deadline of one connection attempt.
+    pub connect_timeout: Duration,
+    /// First pause between retries; doubled each time, with jitter.
+    pub backoff_initial: Duration,
+    /// Longest pause between retries.
+    pub backoff_max: Duration,
+    /// Writes of this client in flight at once at most (the cluster keeps
+    /// an answer per write in flight for exactly-once retries).
+    pub max_in_flight_writes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            call_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
+            max_in_flight_writes: 256,
+        }
+    }
+}
+
+/// A handle to a Ferry cluster; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) options: ClientOptions,
+    endpoints: Mutex<Vec<String>>,
+    next: AtomicUsize,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    client_id: u64,
+    sequences: Mutex<Sequences>,
+    in_flight: Semaphore,
+}
+
+struct Sequences {
+    next: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+/// One page of a range read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// Pass to [`Client::range_after`] to read the next page; `None` at the end.
+    pub continuation: Option<Vec<u8>>,
+    /// Keys counted (for count-only reads; otherwise the page's length).
+    pub count: u64,
+    /// The revision the page was read at.
+    pub revision: u64,
+}
+
+/// A stale read's value and how stale it may be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleRead<T> {
+    pub value: T,
+    pub revision: u64,
+    pub staleness: Option<Staleness>,
+}
+
+/// Reads served by any member without a quorum round: see [`Client::stale`].
+pub struct Stale<'a> {
+    client: &'a Client,
+}
+
+fn status_leader(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_ADDR_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|addr| !addr.is_empty())
+        .map(str::to_owned)
+}
+
+impl Client {
+    /// Connects to a cluster through any of its members' client addresses
+    /// (`host:port`), with default options.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ferry_client::Result<()> {
+    /// let client = ferry_client::Client::connect(["127.0.0.1:7400", "127.0.0.1:7410"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options. Fails if no member answers within
+    /// the call timeout.
+    pub async fn connect_with<I, S>(endpoints: I, options: ClientOptions) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        if endpoints.is_empty() {
+            return Err(Error::Endpoint("no endpoint given".into()));
+        }
+        for endpoint in &endpoints {
+            Endpoint::from_shared(format!("http://{endpoint}"))
+                .map_err(|e| Error::Endpoint(format!("{endpoint}: {e}")))?;
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                in_flight: Semaphore::new(options.max_in_flight_writes.max(1)),
+                options,
+                endpoints: Mutex::new(endpoints),
+                next: AtomicUsize::new(0),
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                client_id: rand::rng().random(),
+                sequences: Mutex::new(Sequences {
+                    next: 1,
+                    outstanding: BTreeSet::new(),
+                }),
+            }),
+        };
+        client.refresh_members().await?;
+        Ok(client)
+    }
+
+    /// This client's id (random), under which its writes are numbered.
+    pub fn id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The leader's address as last learned, if any.
+    pub fn leader(&self) -> Option<String> {
+        self.inner.leader.lock().expect("lock").clone()
+    }
+
+    /// Asks the cluster for its members and leader and remembers them.
+    pub async fn refresh_members(&self) -> Result<pb::StatusResponse> {
+        let status = self
+            .call(false, |channel| async move {
+                ClusterClient::new(channel).status(pb::StatusRequest {}).await
+            })
+            .await?;
+        {
+            let mut endpoints = self.inner.endpoints.lock().expect("lock");
+            for member in &status.members {
+                if !member.client_addr.is_empty() && !endpoints.contains(&member.client_addr) {
+                    endpoints.push(member.client_addr.clone());
+                }
+            }
+        }
+        let leader = status
+            .members
+            .iter()
+            .find(|m| m.id == status.leader_id && !m.client_addr.is_empty())
+            .map(|m| m.client_addr.clone());
+        if leader.is_some() {
+            *self.inner.leader.lock().expect("lock") = leader;
+        }
+        Ok(status)
+    }
+
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut channels = self.inner.channels.lock().expect("lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Endpoint(format!("{addr}: {e}")))?
+            .connect_timeout(self.inner.options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn next_endpoint(&self) -> String {
+        let endpoints = self.inner.endpoints.lock().expect("lock");
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        endpoints[i % endpoints.len()].clone()
+    }
+
+    /// Runs one RPC with retries: to the leader if `to_leader` (as far as it
+    /// is known; a follower's not-leader answer names it), else to any member.
+    pub(crate) async fn call<T, F, Fut>(&self, to_leader: bool, mut rpc: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.call_timeout;
+        let mut backoff = options.backoff_initial;
+        let mut redirects = 0;
+        let mut last = String::from("no member tried");
+        loop {
+            let known_leader = if to_leader { self.leader() } else { None };
+            let target = known_leader.clone().unwrap_or_else(|| self.next_endpoint());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::DeadlineExceeded {
+                    deadline: options.call_timeout,
+                    last,
+                });
+            }
+            let channel = self.channel(&target)?;
+            let status = match tokio::time::timeout(remaining, rpc(channel)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    return Err(Error::DeadlineExceeded {
+                        deadline: options.call_timeout,
+                        last: format!("{target}: no answer"),
+                    })
+                }
+            };
+            last = format!("{target}: {:?}: {}", status.code(), status.message());
+            match status.code() {
+                Code::FailedPrecondition => {
+                    // Not the leader: go where it points, at once the first
+                    // few times; with no leader known (an election), back off.
+                    match status_leader(&status) {
+                        Some(leader) if leader != target && redirects < 3 => {
+                            redirects += 1;
+                            let mut endpoints = self.inner.endpoints.lock().expect("lock");
+                            if !endpoints.contains(&leader) {
+                                endpoints.push(leader.clone());
+                            }
+                            *self.inner.leader.lock().expect("lock") = Some(leader);
+                            continue;
+                        }
+                        _ => *self.inner.leader.lock().expect("lock") = None,
+                    }
+                }
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+                | Code::DeadlineExceeded | Code::Internal => {
+                    if known_leader.as_deref() == Some(target.as_str()) {
+                        *self.inner.leader.lock().expect("lock") = None;
+                    }
+                }
+                Code::InvalidArgument => return Err(Error::InvalidArgument(status.message().into())),
+                Code::ResourceExhausted => {
+                    return Err(Error::ResourceExhausted(status.message().into()))
+                }
+                Code::OutOfRange => return Err(Error::Compacted(status.message().into())),
+                code => {
+                    return Err(Error::Server {
+                        code,
+                        message: status.message().into(),
+                    })
+                }
+            }
+            redirects = 0;
+            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
+            let pause = jittered.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(options.backoff_max);
+        }
+    }
+
+    /// Runs a write with the next request number, retried (same number)
+    /// until answered or the deadline passes.
+    pub(crate) async fn write<T, F, Fut>(&self, mut rpc: F) -> Result<T>
+    where
+        F: FnMut(Channel, RequestId) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let _permit = self.inner.in_flight.acquire().await.expect("never closed");
+        let request = {
+            let mut sequences = self.inner.sequences.lock().expect("lock");
+            let sequence = sequences.next;
+            sequences.next += 1;
+            sequences.outstanding.insert(sequence);
+            RequestId {
+                client_id: self.inner.client_id,
+                sequence,
+                first_incomplete: *sequences.outstanding.first().expect("just inserted"),
+            }
+        };
+        let sequence = request.sequence;
+        let result = self.call(true, |channel| rpc(channel, request)).await;
+        // Answered or given up: either way this number is never sent again.
+        self.inner
+            .sequences
+            .lock()
+            .expect("lock")
+            .outstanding
+            .remove(&sequence);
+        result
+    }
+
+    /// Sets `key` to `value`; returns the revision that wrote it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let revision = client.put("job/42", "running").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
+        let (key, value) = (key.into(), value.into());
+        let response = self
+            .write(|channel, request| {
+                let message = pb::PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    request: Some(request),
+                };
+                async move { KvClient::new(channel).put(message).await }
+            })
+            .await?;
+        Ok(response.header.map_or(0, |h| h.revision))
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let existed = client.delete("job/42").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
+        let key = key.into();
+        let response = self
+            .write(|channel, request| {
+                let message = pb::DeleteRequest {
+                    key: key.clone(),
+                    request: Some(request),
+                };
+                async move { KvClient::new(channel).delete(message).await }
+            })
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Runs a transaction atomically (exactly once).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// use ferry_client::Txn;
+    /// let result = client
+    ///     .txn(Txn::new().when_absent("lock").then_put("lock", "me").else_get("lock"))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        let response = self
+            .write(|channel, request| {
+                let message = txn.to_request(request);
+                async move { KvClient::new(channel).txn(message).await }
+            })
+            .await?;
+        Ok(TxnResult::from(response))
+    }
+
+    /// Reads `key` linearizably (from the leader, confirmed with a quorum).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// if let Some(kv) = client.get("job/42").await? {
+    ///     println!("{:?} at revision {}", kv.value, kv.mod_revision);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
+        Ok(self.get_at(key.into(), Consistency::Linearizable).await?.kv)
+    }
+
+    async fn get_at(&self, key: Vec<u8>, consistency: Consistency) -> Result<pb::GetResponse> {
+        let to_leader = consistency != Consistency::Stale;
+        self.call(to_leader, |channel| {
+            let message = GetRequest {
+                key: key.clone(),
+                consistency: consistency as i32,
+            };
+            async move { KvClient::new(channel).get(message).await }
+        })
+        .await
+    }
+
+    /// Reads up to `limit` keys of `[start, end)` (`end` empty: to the end).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let page = client.range("a", "b", 100).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn range(
+        &self,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Page> {
+        self.range_request(RangeRequest {
+            start: start.into(),
+            end: end.into(),
+            limit,
+            ..RangeRequest::default()
+        })
+        .await
+    }
+
+    /// Reads up to `limit` keys under `prefix`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let jobs = client.prefix("job/", 1000).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn prefix(&self, prefix: impl Into<Vec<u8>>, limit: u32) -> Result<Page> {
+        self.range_request(RangeRequest {
+            prefix: prefix.into(),
+            limit,
+            ..RangeRequest::default()
+        })
+        .await
+    }
+
+    /// Reads the page after `continuation` of an earlier range or prefix read.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let mut page = client.prefix("job/", 100).await?;
+    /// while let Some(token) = page.continuation.take() {
+    ///     page = client.range_after("job/", token, 100).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn range_after(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+        continuation: Vec<u8>,
+        limit: u32,
+    ) -> Result<Page> {
+        self.range_request(RangeRequest {
+            prefix: prefix.into(),
+            continuation,
+            limit,
+            ..RangeRequest::default()
+        })
+        .await
+    }
+
+    /// A raw range request (keys only, count only, consistency…).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// use ferry_client::pb::RangeRequest;
+    /// let count = client
+    ///     .range_request(RangeRequest { prefix: b"job/".to_vec(), count_only: true, ..Default::default() })
+    ///     .await?
+    ///     .count;
+    /// # Ok(()) }
+    /// ```
+    pub async fn range_request(&self, request: RangeRequest) -> Result<Page> {
+        let to_leader = request.consistency != Consistency::Stale as i32;
+        let response = self
+            .call(to_leader, |channel| {
+                let message = request.clone();
+                async move { KvClient::new(channel).range(message).await }
+            })
+            .await?;
+        Ok(Page {
+            revision: response.header.map_or(0, |h| h.revision),
+            count: response.count,
+            continuation: (!response.continuation.is_empty()).then_some(response.continuation),
+            kvs: response.kvs,
+        })
+    }
+
+    /// Reads served by any member, each reporting how stale it may be.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let read = client.stale().get("job/42").await?;
+    /// println!("applied index {:?}", read.staleness.map(|s| s.applied_index));
+    /// # Ok(()) }
+    /// ```
+    pub fn stale(&self) -> Stale<'_> {
+        Stale { client: self }
+    }
+
+    /// The cluster's status as one member sees it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let status = client.status().await?;
+    /// println!("leader {} term {}", status.leader_id, status.term);
+    /// # Ok(()) }
+    /// ```
+    pub async fn status(&self) -> Result<pb::StatusResponse> {
+        self.refresh_members().await
+    }
+
+    /// Changes of `key` (or, with [`WatchStream`] options, a range or
+    /// prefix) from `start_revision` on; resumes after a failover from the
+    /// last revision seen.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// use futures_util::StreamExt;
+    /// let mut changes = client.watch_prefix("job/", 0);
+    /// while let Some(event) = changes.next().await {
+    ///     let event = event?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn watch_prefix(&self, prefix: impl Into<Vec<u8>>, start_revision: u64) -> WatchStream {
+        WatchStream::start(
+            self.clone(),
+            pb::WatchRequest {
+                prefix: prefix.into(),
+                start_revision,
+                ..pb::WatchRequest::default()
+            },
+        )
+    }
+
+    /// Changes of one key from `start_revision` on (see [`Client::watch_prefix`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) {
+    /// let changes = client.watch_key("job/42", 0);
+    /// # }
+    /// ```
+    pub fn watch_key(&self, key: impl Into<Vec<u8>>, start_revision: u64) -> WatchStream {
+        WatchStream::start(
+            self.clone(),
+            pb::WatchRequest {
+                key: key.into(),
+                start_revision,
+                ..pb::WatchRequest::default()
+            },
+        )
+    }
+}
+
+impl Stale<'_> {
+    /// Reads `key` from any member.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<StaleRead<Option<KeyValue>>> {
+        let response = self.client.get_at(key.into(), Consistency::Stale).await?;
+        Ok(StaleRead {
+            revision: response.header.map_or(0, |h| h.revision),
+            value: response.kv,
+            staleness: response.staleness,
+        })
+    }
+
+    /// Reads up to `limit` keys under `prefix` from any member.
+    pub async fn prefix(&self, prefix: impl Into<Vec<u8>>, limit: u32) -> Result<Page> {
+        self.client
+            .range_request(RangeRequest {
+                prefix: prefix.into(),
+                limit,
+                consistency: Consistency::Stale as i32,
+                ..RangeRequest::default()
+            })
+            .await
+    }
+}
+
+/// Metadata a server attaches to a not-leader answer, for servers built on
+/// this crate's stubs.
+pub fn not_leader_status(leader_id: Option<u64>, leader_addr: Option<&str>) -> Status {
+    let mut status = Status::failed_precondition(match (leader_id, leader_addr) {
+        (Some(id), Some(addr)) => format!("not the leader; the leader is node {id} at {addr}"),
+        _ => "not the leader; no leader is known (election in progress)".to_owned(),
+    });
+    if let Some(id) = leader_id {
+        if let Ok(value) = id.to_string().parse() {
+            status.metadata_mut().insert(LEADER_ID_METADATA, value);
+        }
+    }
+    if let Some(addr) = leader_addr {
+        if let Ok(value) = addr.parse() {
+            status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+        }
+    }
+    status
+}
