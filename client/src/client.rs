@@ -168,7 +168,9 @@ impl Client {
     pub async fn refresh_members(&self) -> Result<pb::StatusResponse> {
         let status = self
             .call(false, |channel| async move {
-                ClusterClient::new(channel).status(pb::StatusRequest {}).await
+                ClusterClient::new(channel)
+                    .status(pb::StatusRequest {})
+                    .await
             })
             .await?;
         {
@@ -261,13 +263,19 @@ impl Client {
                         _ => *self.inner.leader.lock().expect("lock") = None,
                     }
                 }
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
-                | Code::DeadlineExceeded | Code::Internal => {
+                Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::DeadlineExceeded
+                | Code::Internal => {
                     if known_leader.as_deref() == Some(target.as_str()) {
                         *self.inner.leader.lock().expect("lock") = None;
                     }
                 }
-                Code::InvalidArgument => return Err(Error::InvalidArgument(status.message().into())),
+                Code::InvalidArgument => {
+                    return Err(Error::InvalidArgument(status.message().into()))
+                }
                 Code::ResourceExhausted => {
                     return Err(Error::ResourceExhausted(status.message().into()))
                 }

@@ -81,7 +81,11 @@ impl Txn {
 
     /// Holds if `key`'s value equals `value`.
     pub fn when_value(self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        self.compare(key, compare::Op::Equal, compare::Target::Value(value.into()))
+        self.compare(
+            key,
+            compare::Op::Equal,
+            compare::Target::Value(value.into()),
+        )
     }
 
     /// Holds if `key` does not exist.
@@ -96,7 +100,11 @@ impl Txn {
 
     /// Holds if `key` was last modified at `revision` (0: absent).
     pub fn when_mod_revision(self, key: impl Into<Vec<u8>>, revision: u64) -> Self {
-        self.compare(key, compare::Op::Equal, compare::Target::ModRevision(revision))
+        self.compare(
+            key,
+            compare::Op::Equal,
+            compare::Target::ModRevision(revision),
+        )
     }
 
     /// Holds if `key` has been written `version` times since its creation.

@@ -50,7 +50,9 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
                 Some(leader) => leader,
                 None => {
                     let _ = client.refresh_members().await;
-                    client.leader().ok_or_else(|| tonic::Status::unavailable("no leader known"))?
+                    client
+                        .leader()
+                        .ok_or_else(|| tonic::Status::unavailable("no leader known"))?
                 }
             };
             let channel = client
@@ -75,7 +77,9 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
                         }
                         Ok(None) => break,
                         Err(status) if status.code() == Code::OutOfRange => {
-                            let _ = sender.send(Err(Error::Compacted(status.message().into()))).await;
+                            let _ = sender
+                                .send(Err(Error::Compacted(status.message().into())))
+                                .await;
                             return;
                         }
                         Err(_) => break,
@@ -83,7 +87,9 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
                 }
             }
             Err(status) if status.code() == Code::OutOfRange => {
-                let _ = sender.send(Err(Error::Compacted(status.message().into()))).await;
+                let _ = sender
+                    .send(Err(Error::Compacted(status.message().into())))
+                    .await;
                 return;
             }
             Err(_) => {}
@@ -91,6 +97,12 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
         // The member went away or lost leadership: find the leader again.
         let _ = client.refresh_members().await;
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(client.inner.options.backoff_max.max(Duration::from_millis(10)));
+        backoff = (backoff * 2).min(
+            client
+                .inner
+                .options
+                .backoff_max
+                .max(Duration::from_millis(10)),
+        );
     }
 }

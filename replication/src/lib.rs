@@ -29,5 +29,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use node::{CasOutcome, Consistency, Node, NodeConfig, RaftOptions, Read, Staleness};
+pub use node::{
+    CasOutcome, Consistency, FollowerProgress, Node, NodeConfig, RaftOptions, Read, Staleness,
+};
 pub use snapshot::transfer::TransferOptions;

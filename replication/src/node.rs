@@ -6,7 +6,7 @@
 //! an election timeout.
 
 use crate::error::{Error, Result};
-use crate::log_store::{LogStore, LogStoreOptions};
+use crate::log_store::{LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
@@ -157,11 +157,24 @@ pub struct CasOutcome {
     pub current: Option<Vec<u8>>,
 }
 
+/// How far a follower is behind, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerProgress {
+    pub id: NodeId,
+    /// Highest log index known to be replicated to it.
+    pub matched_index: Option<u64>,
+    /// Entries it lacks of the leader's log.
+    pub lag_entries: u64,
+    /// Time since it last acknowledged the leader.
+    pub since_ack: Option<Duration>,
+}
+
 /// A running cluster member.
 pub struct Node {
     id: NodeId,
     raft: Raft,
     sm: Arc<SmShared>,
+    log_stats: Arc<LogStats>,
     raft_addr: String,
     stats: Arc<TransferStats>,
     contact: Arc<PeerContact>,
@@ -203,6 +216,7 @@ impl Node {
         let raft_config = Arc::new(config.openraft_config()?);
         std::fs::create_dir_all(&config.data_dir)?;
         let log = LogStore::open(config.data_dir.join("raft"), config.log.clone())?;
+        let log_stats = log.stats();
         let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;
         let shared = sm.shared();
         let stats = Arc::new(TransferStats::default());
@@ -246,6 +260,7 @@ impl Node {
             id: config.id,
             raft,
             sm: shared,
+            log_stats,
             raft_addr,
             stats,
             contact,
@@ -264,9 +279,24 @@ impl Node {
         &self.raft_addr
     }
 
+    /// The state machine's shared state (engine, change feed, snapshots).
+    pub fn state(&self) -> &Arc<SmShared> {
+        &self.sm
+    }
+
+    /// When this node last heard from `peer`.
+    pub fn last_contact(&self, peer: NodeId) -> Option<Instant> {
+        self.contact.last_from(peer)
+    }
+
     /// The openraft handle, for what this API does not cover.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// fsync counters of this node's Raft log.
+    pub fn log_stats(&self) -> LogStatsSnapshot {
+        self.log_stats.snapshot()
     }
 
     /// Counters of snapshot transfers sent and received by this node.
@@ -291,6 +321,34 @@ impl Node {
     /// Current Raft metrics (role, term, log and apply positions, leader).
     pub fn metrics(&self) -> RaftMetrics<crate::types::TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Replication progress of every other member; empty unless this node leads.
+    pub fn followers(&self) -> Vec<FollowerProgress> {
+        use openraft::async_runtime::Instant as _;
+        let metrics = self.metrics();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let Some(replication) = &metrics.replication else {
+            return Vec::new();
+        };
+        replication
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, matched)| {
+                let since_ack = metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|t| t.elapsed());
+                let matched_index = matched.map(|l| l.index);
+                FollowerProgress {
+                    id: *id,
+                    matched_index,
+                    lag_entries: last.saturating_sub(matched_index.unwrap_or(0)),
+                    since_ack,
+                }
+            })
+            .collect()
     }
 
     /// The leader as this node knows it, with its addresses.
@@ -481,6 +539,38 @@ impl Node {
         })
     }
 
+    /// Counts the keys in `[start, end)` (`end = None`: to the end), at most `limit`.
+    pub async fn count(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u64,
+        consistency: Consistency,
+    ) -> Result<Read<u64>> {
+        let staleness = self.read_barrier(consistency).await?;
+        let db = self.sm.db();
+        let snapshot = db.snapshot();
+        let revision = applied_index(&snapshot)?;
+        let from = keys::user_key(start);
+        let to = match end {
+            Some(end) => keys::user_key(end),
+            None => vec![keys::USER_PREFIX + 1],
+        };
+        let mut count = 0;
+        for item in snapshot.range(from..to) {
+            item.map_err(std::io::Error::other)?;
+            count += 1;
+            if count >= limit {
+                break;
+            }
+        }
+        Ok(Read {
+            value: count,
+            revision,
+            staleness,
+        })
+    }
+
     /// The applied log id and the content checksum of the whole replicated
     /// state at that point, from one consistent view. Replicas that applied
     /// the same log have equal hashes.
@@ -642,6 +732,13 @@ impl Node {
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
         let result = self.raft.shutdown().await;
+        // The engine applies without fsync; a clean stop makes its state
+        // durable so that the next start replays nothing.
+        let db = self.sm.db();
+        let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "flushing the engine at shutdown");
+        }
         let stop = self.stop_server.lock().take();
         if let Some(stop) = stop {
             let _ = stop.send(());

@@ -291,9 +291,11 @@ impl IoThread {
         }
         if failed.is_none() {
             if let Some(writer) = self.writer.as_mut() {
+                let started = std::time::Instant::now();
                 if let Err(e) = writer.sync() {
                     *failed = Some(engine_io(e));
                 }
+                self.shared.stats.record_fsync(started.elapsed());
             }
         }
         match failed.take() {

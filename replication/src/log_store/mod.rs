@@ -93,7 +93,38 @@ impl Index {
     }
 }
 
+/// Counters of the log's fsyncs.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    fsyncs: std::sync::atomic::AtomicU64,
+    fsync_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`LogStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogStatsSnapshot {
+    pub fsyncs: u64,
+    pub fsync_seconds: f64,
+}
+
+impl LogStats {
+    pub(crate) fn record_fsync(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.fsyncs.fetch_add(1, Relaxed);
+        self.fsync_nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LogStatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        LogStatsSnapshot {
+            fsyncs: self.fsyncs.load(Relaxed),
+            fsync_seconds: self.fsync_nanos.load(Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
 pub(crate) struct Shared {
+    pub(crate) stats: Arc<LogStats>,
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     index: RwLock<Index>,
@@ -292,6 +323,7 @@ impl LogStore {
             None => None,
         };
         let shared = Arc::new(Shared {
+            stats: Arc::new(LogStats::default()),
             fs: fs.clone(),
             dir: dir.to_path_buf(),
             index: RwLock::new(Index {
@@ -322,6 +354,11 @@ impl LogStore {
             jobs,
             torn_tail_bytes: recovered.torn_tail_bytes,
         })
+    }
+
+    /// fsync counters of this log.
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.shared.stats.clone()
     }
 
     /// Bytes cut off a torn tail when the log was opened.

@@ -4,6 +4,7 @@
 //! the run's own earlier writes through an overlay, so the result is the same
 //! as applying entry by entry.
 
+use super::changes::Change;
 use super::keys::{self, ClientRecord, Record};
 use crate::types::{Command, Compare, CompareOp, CompareTarget, Op, Response};
 use ferry_engine::{Db, WriteBatch};
@@ -23,6 +24,8 @@ pub(crate) struct Overlay<'a> {
     /// Engine key → new engine value (`None` = deleted).
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     pub(crate) batch: WriteBatch,
+    /// User-visible changes, in order, for the change feed.
+    pub(crate) changes: Vec<Change>,
 }
 
 impl<'a> Overlay<'a> {
@@ -31,6 +34,7 @@ impl<'a> Overlay<'a> {
             db,
             writes: HashMap::new(),
             batch: WriteBatch::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -113,10 +117,24 @@ impl<'a> Overlay<'a> {
                         value: value.clone(),
                     };
                     self.put(keys::user_key(key), record.encode());
+                    self.changes.push(Change {
+                        revision,
+                        key: key.clone(),
+                        value: Some(record.value),
+                        create_revision: record.create_revision,
+                        version: record.version,
+                    });
                 }
                 Op::Delete { key } => {
                     if self.record(key)?.is_some() {
                         self.delete(keys::user_key(key));
+                        self.changes.push(Change {
+                            revision,
+                            key: key.clone(),
+                            value: None,
+                            create_revision: 0,
+                            version: 0,
+                        });
                     }
                 }
                 Op::Get { key } => {

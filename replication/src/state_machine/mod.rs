@@ -18,11 +18,13 @@
 //! ```
 
 mod apply;
+pub mod changes;
 pub(crate) mod keys;
 
 use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
 use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
 use apply::Overlay;
+use changes::ChangeFeed;
 use ferry_engine::fs::{FileSystem, OsFs};
 use ferry_engine::{Db, Durability, Options, SeqNo};
 use futures_util::StreamExt;
@@ -37,6 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Changes kept in memory for watches that resume from the past.
+const CHANGE_HISTORY: usize = 100_000;
 /// Entries applied per engine batch at most.
 const MAX_APPLY_RUN: usize = 1024;
 const ENGINE_POINTER: &str = "ENGINE";
@@ -61,6 +65,7 @@ pub struct SmShared {
     applied: RwLock<AppliedPoint>,
     snapshots: SnapshotStore,
     history: Mutex<History>,
+    changes: ChangeFeed,
 }
 
 /// The state machine handed to openraft.
@@ -130,6 +135,7 @@ impl StateMachine {
         let db = Db::open(&engine_dir, engine_options.clone()).map_err(engine_err)?;
         let point = read_point(&db)?;
         let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
+        let changes = ChangeFeed::new(point.0.map_or(0, |l| l.index), CHANGE_HISTORY);
         Ok(StateMachine {
             shared: Arc::new(SmShared {
                 data_dir,
@@ -139,6 +145,7 @@ impl StateMachine {
                 applied: RwLock::new(point),
                 snapshots,
                 history: Mutex::new(History::default()),
+                changes,
             }),
         })
     }
@@ -159,6 +166,11 @@ impl SmShared {
     /// The last applied log id and membership.
     pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
         self.applied.read().clone()
+    }
+
+    /// The feed of applied changes, for watches.
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.changes
     }
 
     pub fn snapshots(&self) -> &SnapshotStore {
@@ -220,7 +232,9 @@ impl SmShared {
             );
         }
         debug_assert!(!overlay.is_empty());
+        let changes = std::mem::take(&mut overlay.changes);
         let sequence = db.write(overlay.batch).map_err(engine_err)?;
+        self.changes.publish(changes);
         let point = (applied, membership);
         {
             let mut history = self.history.lock();
@@ -323,6 +337,7 @@ impl SmShared {
         OsFs.write_atomic(&self.data_dir.join(ENGINE_POINTER), next.as_bytes())?;
         let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
         *self.applied.write() = (meta.last_log_id, meta.last_membership.clone());
+        self.changes.reset(meta.last_log_id.map_or(0, |l| l.index));
         let old_dir = std::mem::replace(&mut *engine_dir, new_dir);
         drop(engine_dir);
         retire(old, &old_dir);

@@ -1,0 +1,191 @@
+//! `ferry serve` configuration: defaults, an optional TOML file, flags.
+//!
+//! Precedence: a flag given on the command line, else the file's value,
+//! else the default. The defaults serve a single-node cluster from
+//! `./ferry-data` on 127.0.0.1 with no configuration at all.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Request limits; a request over one is refused with INVALID_ARGUMENT or
+/// RESOURCE_EXHAUSTED naming the limit, and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Largest encoded request the server decodes.
+    pub max_request_bytes: usize,
+    /// Compares plus operations of one transaction.
+    pub max_txn_ops: usize,
+    /// Keys of one range page.
+    pub max_range_page: u32,
+    /// Watch streams open at once.
+    pub max_watch_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_request_bytes: 4 << 20,
+            max_txn_ops: 128,
+            max_range_page: 10_000,
+            max_watch_streams: 1024,
+        }
+    }
+}
+
+/// Everything `ferry serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// This node's id, unique in the cluster.
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Public API (gRPC) listen address.
+    pub client_addr: String,
+    /// Node-to-node (Raft) listen address.
+    pub raft_addr: String,
+    /// HTTP listen address of `/metrics`, `/healthz`, `/readyz` (empty: off).
+    pub metrics_addr: String,
+    /// Addresses other nodes and clients should use, if not the listen ones.
+    pub advertise_client_addr: Option<String>,
+    pub advertise_raft_addr: Option<String>,
+    /// Initial members other than this node, `ID=RAFT_ADDR@CLIENT_ADDR`,
+    /// used with `init`.
+    pub peers: Vec<String>,
+    /// Form a new cluster of this node and `peers` if the data directory
+    /// holds none yet. Without peers and without `join`, a fresh node
+    /// forms a single-node cluster anyway.
+    pub init: bool,
+    /// Start without forming a cluster: wait to be added by `ferry cluster add`.
+    pub join: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_after_entries: u64,
+    pub keep_after_snapshot: u64,
+    /// Snapshot transfer bandwidth limit in bytes per second (0: none).
+    pub snapshot_max_bytes_per_sec: u64,
+    pub limits: Limits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let raft = ferry_replication::RaftOptions::default();
+        ServeConfig {
+            id: 1,
+            data_dir: PathBuf::from("./ferry-data"),
+            client_addr: "127.0.0.1:7400".into(),
+            raft_addr: "127.0.0.1:7401".into(),
+            metrics_addr: "127.0.0.1:7402".into(),
+            advertise_client_addr: None,
+            advertise_raft_addr: None,
+            peers: Vec::new(),
+            init: false,
+            join: false,
+            heartbeat_ms: raft.heartbeat_interval.as_millis() as u64,
+            election_timeout_min_ms: raft.election_timeout_min.as_millis() as u64,
+            election_timeout_max_ms: raft.election_timeout_max.as_millis() as u64,
+            snapshot_after_entries: raft.snapshot_after_entries,
+            keep_after_snapshot: raft.keep_after_snapshot,
+            snapshot_max_bytes_per_sec: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A member named on the command line or in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub raft_addr: String,
+    pub client_addr: String,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+
+    /// `ID=RAFT_ADDR@CLIENT_ADDR`, e.g. `2=127.0.0.1:7411@127.0.0.1:7410`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("peer {text:?} is not ID=RAFT_ADDR@CLIENT_ADDR");
+        let (id, addrs) = text.split_once('=').ok_or_else(bad)?;
+        let (raft_addr, client_addr) = addrs.split_once('@').ok_or_else(bad)?;
+        Ok(Peer {
+            id: id.trim().parse().map_err(|_| bad())?,
+            raft_addr: raft_addr.trim().to_owned(),
+            client_addr: client_addr.trim().to_owned(),
+        })
+    }
+}
+
+impl ServeConfig {
+    /// Reads a TOML file of `ServeConfig` fields (all optional).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parsed_peers(&self) -> Result<Vec<Peer>, String> {
+        self.peers.iter().map(|p| p.parse()).collect()
+    }
+
+    /// Checks what can be checked before binding anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id must be at least 1".into());
+        }
+        if self.init && self.join {
+            return Err("init and join exclude each other".into());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            return Err("need heartbeat < election timeout min < election timeout max".into());
+        }
+        for peer in self.parsed_peers()? {
+            if peer.id == self.id {
+                return Err(format!("peer {} has this node's own id", peer.id));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn raft_options(&self) -> ferry_replication::RaftOptions {
+        ferry_replication::RaftOptions {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            election_timeout_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(self.election_timeout_max_ms),
+            snapshot_after_entries: self.snapshot_after_entries,
+            keep_after_snapshot: self.keep_after_snapshot,
+            ..ferry_replication::RaftOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_defaults_and_rejects_unknown_fields() {
+        let config: ServeConfig =
+            toml::from_str("id = 3\npeers = [\"1=a:1@a:2\"]\n[limits]\nmax_txn_ops = 7\n").unwrap();
+        assert_eq!(config.id, 3);
+        assert_eq!(config.limits.max_txn_ops, 7);
+        assert_eq!(config.limits.max_key_bytes, Limits::default().max_key_bytes);
+        assert_eq!(config.parsed_peers().unwrap()[0].client_addr, "a:2");
+        assert!(toml::from_str::<ServeConfig>("idd = 3").is_err());
+    }
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_named() {
+        let peer: Peer = "2=127.0.0.1:7411@127.0.0.1:7410".parse().unwrap();
+        assert_eq!(peer.id, 2);
+        assert!("2=x".parse::<Peer>().unwrap_err().contains("2=x"));
+    }
+}

@@ -1,0 +1,18 @@
+//! Ferry's networked server and the `ferry` command-line tool.
+//!
+//! [`server::Server`] runs one [`ferry_replication::Node`] behind the public
+//! gRPC API of `ferry-client`'s `proto/ferry.proto` (KV, Watch, Cluster,
+//! Maintenance, plus standard health and reflection) and an HTTP endpoint
+//! for Prometheus metrics and health probes. [`cli`] and [`demo`] are the
+//! `ferry` tool's commands.
+//!
+//! Invariants: a request over a configured limit is refused before it
+//! reaches Raft, so it changes nothing; a follower never forwards writes or
+//! linearizable reads, it names the leader instead (see [`service`]).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod server;
+pub mod service;

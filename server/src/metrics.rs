@@ -1,0 +1,291 @@
+//! Prometheus metrics (`/metrics`) and health endpoints over HTTP.
+//!
+//! Request counters and latency histograms are recorded as requests run;
+//! Raft, replication, engine and transfer figures are read from the node
+//! when scraped.
+
+use ferry_replication::Node;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodOnly {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: parking_lot::Mutex<Registry>,
+    requests: Family<MethodLabels, Counter>,
+    latency: Family<MethodOnly, Histogram>,
+    term: Gauge,
+    is_leader: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    last_log_index: Gauge,
+    lag_entries: Family<PeerLabels, Gauge>,
+    lag_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    snapshot_sent: Gauge,
+    snapshot_received: Gauge,
+    log_fsyncs: Gauge,
+    log_fsync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    compactions: Gauge,
+    write_stalls: Gauge,
+    flushes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("ferry");
+        let requests = Family::<MethodLabels, Counter>::default();
+        let latency = Family::<MethodOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "requests",
+            "gRPC requests by method and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "gRPC request latency by method",
+            latency.clone(),
+        );
+        let metrics = Metrics {
+            requests,
+            latency,
+            term: Gauge::default(),
+            is_leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            lag_entries: Family::default(),
+            lag_seconds: Family::default(),
+            snapshot_sent: Gauge::default(),
+            snapshot_received: Gauge::default(),
+            log_fsyncs: Gauge::default(),
+            log_fsync_seconds: Gauge::default(),
+            compactions: Gauge::default(),
+            write_stalls: Gauge::default(),
+            flushes: Gauge::default(),
+            registry: parking_lot::Mutex::new(Registry::default()),
+        };
+        registry.register("raft_term", "Current Raft term", metrics.term.clone());
+        registry.register(
+            "raft_is_leader",
+            "1 if this node is the leader",
+            metrics.is_leader.clone(),
+        );
+        registry.register(
+            "raft_commit_index",
+            "Highest committed log index known here",
+            metrics.commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest applied log index",
+            metrics.applied_index.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Last log index in this node's log",
+            metrics.last_log_index.clone(),
+        );
+        registry.register(
+            "replication_lag_entries",
+            "Entries a follower is behind (leader only)",
+            metrics.lag_entries.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds since a follower last acknowledged (leader only)",
+            metrics.lag_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_sent_bytes",
+            "Snapshot bytes sent to followers",
+            metrics.snapshot_sent.clone(),
+        );
+        registry.register(
+            "snapshot_received_bytes",
+            "Snapshot bytes received from a leader",
+            metrics.snapshot_received.clone(),
+        );
+        registry.register(
+            "log_fsyncs",
+            "fsyncs of the Raft log",
+            metrics.log_fsyncs.clone(),
+        );
+        registry.register(
+            "log_fsync_seconds",
+            "Total seconds spent in Raft log fsyncs",
+            metrics.log_fsync_seconds.clone(),
+        );
+        registry.register(
+            "engine_compactions",
+            "Engine compactions run",
+            metrics.compactions.clone(),
+        );
+        registry.register(
+            "engine_write_stalls",
+            "Engine write slowdowns and stops",
+            metrics.write_stalls.clone(),
+        );
+        registry.register(
+            "engine_flushes",
+            "Engine memtable flushes",
+            metrics.flushes.clone(),
+        );
+        *metrics.registry.lock() = registry;
+        Arc::new(metrics)
+    }
+
+    /// Starts timing a request of `method`; record the outcome with [`Timer::finish`].
+    pub fn start(&self, method: &'static str) -> Timer<'_> {
+        Timer {
+            metrics: self,
+            method,
+            started: Instant::now(),
+        }
+    }
+
+    /// The text exposition, with node figures read now.
+    pub fn render(&self, node: &Node) -> String {
+        let m = node.metrics();
+        self.term.set(m.current_term as i64);
+        self.is_leader
+            .set(i64::from(m.current_leader == Some(node.id())));
+        self.commit_index
+            .set(m.local_committed.map_or(0, |l| l.index) as i64);
+        self.applied_index
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        self.last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        self.lag_entries.clear();
+        self.lag_seconds.clear();
+        for follower in node.followers() {
+            let labels = PeerLabels {
+                peer: follower.id.to_string(),
+            };
+            self.lag_entries
+                .get_or_create(&labels)
+                .set(follower.lag_entries as i64);
+            let seconds = follower
+                .since_ack
+                .map_or(f64::INFINITY, |d| d.as_secs_f64());
+            self.lag_seconds.get_or_create(&labels).set(seconds);
+        }
+        let transfers = node.transfer_stats();
+        self.snapshot_sent
+            .set(transfers.bytes_sent.load(Ordering::Relaxed) as i64);
+        self.snapshot_received
+            .set(transfers.bytes_received.load(Ordering::Relaxed) as i64);
+        let log = node.log_stats();
+        self.log_fsyncs.set(log.fsyncs as i64);
+        self.log_fsync_seconds.set(log.fsync_seconds);
+        let engine = node.state().db().statistics();
+        self.compactions.set(engine.compactions as i64);
+        self.write_stalls
+            .set((engine.write_slowdowns + engine.write_stops) as i64);
+        self.flushes.set(engine.flushes as i64);
+        let mut text = String::new();
+        encode(&mut text, &self.registry.lock()).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Times one request.
+pub struct Timer<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Timer<'_> {
+    pub fn finish<T>(self, result: &Result<T, tonic::Status>) {
+        let code = match result {
+            Ok(_) => "OK".to_owned(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&MethodLabels {
+                method: self.method.to_owned(),
+                code,
+            })
+            .inc();
+        self.metrics
+            .latency
+            .get_or_create(&MethodOnly {
+                method: self.method.to_owned(),
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (a leader
+/// is known, so requests can be served) until `stop` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let ready_node = node.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (node, metrics) = (node.clone(), metrics.clone());
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(&node),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let node = ready_node.clone();
+                async move {
+                    match node.metrics().current_leader {
+                        Some(leader) => (StatusCode::OK, format!("ready (leader {leader})\n")),
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no leader known\n".to_owned(),
+                        ),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+}

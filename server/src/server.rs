@@ -1,0 +1,230 @@
+//! Running one node as a server: the Raft node, the public gRPC API with
+//! health and reflection, and the HTTP metrics endpoint.
+
+use crate::config::ServeConfig;
+use crate::metrics::{self, Metrics};
+use crate::service::kv::KvService;
+use crate::service::maintenance::MaintenanceService;
+use crate::service::watch::WatchService;
+use crate::service::Context;
+use ferry_client::pb;
+use ferry_replication::types::FerryNode;
+use ferry_replication::{Node, NodeConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A running server.
+pub struct Server {
+    pub node: Arc<Node>,
+    pub client_addr: SocketAddr,
+    pub raft_addr: String,
+    pub metrics_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+/// Starting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Node(#[from] ferry_replication::Error),
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+impl Server {
+    /// Opens the node and serves until [`Server::shutdown`].
+    pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let peers = config.parsed_peers().map_err(StartError::Config)?;
+        let client_listener = bind(&config.client_addr).await?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.client_addr.clone(),
+                source,
+            })?;
+        let advertised_client = config
+            .advertise_client_addr
+            .clone()
+            .unwrap_or_else(|| client_addr.to_string());
+        let raft_listen = config
+            .raft_addr
+            .parse()
+            .map_err(|e| StartError::Config(format!("raft address {}: {e}", config.raft_addr)))?;
+        let mut node_config = NodeConfig::new(config.id, &config.data_dir, raft_listen);
+        node_config.advertise_addr = config.advertise_raft_addr.clone();
+        node_config.raft = config.raft_options();
+        node_config.transfer.max_bytes_per_sec = config.snapshot_max_bytes_per_sec;
+        let node = Arc::new(Node::open(node_config).await?);
+        let raft_addr = node.raft_addr().to_owned();
+
+        let initialized = node
+            .raft()
+            .is_initialized()
+            .await
+            .map_err(|e| ferry_replication::Error::Raft(e.to_string()))?;
+        if !initialized && (config.init || (peers.is_empty() && !config.join)) {
+            let mut members = BTreeMap::new();
+            members.insert(
+                config.id,
+                FerryNode {
+                    raft_addr: raft_addr.clone(),
+                    client_addr: advertised_client.clone(),
+                },
+            );
+            for peer in &peers {
+                members.insert(
+                    peer.id,
+                    FerryNode {
+                        raft_addr: peer.raft_addr.clone(),
+                        client_addr: peer.client_addr.clone(),
+                    },
+                );
+            }
+            tracing::info!(members = members.len(), "forming a new cluster");
+            node.initialize(members).await?;
+        }
+
+        let metrics = Metrics::new();
+        let context = Context {
+            node: node.clone(),
+            limits: config.limits.clone(),
+            metrics: metrics.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let wait_stop = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+        let max = config.limits.max_request_bytes;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                pb::kv_server::KvServer::new(KvService {
+                    context: context.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::watch_server::WatchServer::new(WatchService {
+                    context: context.clone(),
+                    streams: Arc::new(Semaphore::new(config.limits.max_watch_streams)),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::cluster_server::ClusterServer::new(crate::service::cluster::ClusterService {
+                    context: context.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::maintenance_server::MaintenanceServer::new(MaintenanceService {
+                    context: context.clone(),
+                })
+                .max_decoding_message_size(max),
+            );
+        let mut tasks = Vec::new();
+        let grpc_stop = wait_stop(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), grpc_stop)
+                .await
+            {
+                tracing::error!(%error, "client API stopped");
+            }
+        }));
+        let metrics_addr = if config.metrics_addr.is_empty() {
+            None
+        } else {
+            let listener = bind(&config.metrics_addr).await?;
+            let addr = listener.local_addr().ok();
+            let http_stop = wait_stop(stopped.clone());
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = metrics::serve_http(listener, node, metrics, http_stop).await {
+                    tracing::error!(%error, "metrics endpoint stopped");
+                }
+            }));
+            addr
+        };
+        tracing::info!(id = config.id, %client_addr, raft = %raft_addr, metrics = ?metrics_addr, data = %config.data_dir.display(), "serving");
+        Ok(Server {
+            node,
+            client_addr,
+            raft_addr,
+            metrics_addr,
+            stop,
+            tasks,
+            health,
+        })
+    }
+
+    /// Graceful stop: reports NOT_SERVING, hands leadership to another
+    /// voter if this node leads, lets in-flight requests finish, stops Raft
+    /// and flushes the engine.
+    pub async fn shutdown(mut self) -> Result<(), ferry_replication::Error> {
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        if self.node.is_leader() {
+            let metrics = self.node.metrics();
+            let target = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.node.id())
+                .max_by_key(|id| {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map_or(0, |l| l.index)
+                });
+            if let Some(target) = target {
+                match self
+                    .node
+                    .transfer_leadership(target, Duration::from_secs(3))
+                    .await
+                {
+                    Ok(()) => tracing::info!(to = target, "handed leadership over"),
+                    Err(error) => tracing::warn!(%error, "leadership hand-over failed"),
+                }
+            }
+        }
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.node.shutdown().await
+    }
+}

@@ -1,0 +1,170 @@
+//! The Cluster service: status and membership changes.
+
+use super::{timed, Context};
+use ferry_client::pb::{self, cluster_server::Cluster};
+use ferry_replication::types::FerryNode;
+use openraft_free::role;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Helpers that keep openraft's types out of this module's signatures.
+mod openraft_free {
+    pub(super) fn role(leader: Option<u64>, id: u64, voter: bool) -> &'static str {
+        match (leader == Some(id), voter) {
+            (true, _) => "leader",
+            (false, true) => "follower",
+            (false, false) => "learner",
+        }
+    }
+}
+
+pub struct ClusterService {
+    pub context: Context,
+}
+
+impl ClusterService {
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.context.node.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let last = metrics.last_log_index.unwrap_or(0);
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let voter = voters.contains(id);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index);
+                pb::Member {
+                    id: *id,
+                    raft_addr: node.raft_addr.clone(),
+                    client_addr: node.client_addr.clone(),
+                    role: role(metrics.current_leader, *id, voter).to_owned(),
+                    voter,
+                    matched_index: matched.unwrap_or(0),
+                    lag: matched.map_or(0, |m| last.saturating_sub(m)),
+                }
+            })
+            .collect()
+    }
+
+    fn answer(&self, revision: u64) -> Response<pb::MemberResponse> {
+        Response::new(pb::MemberResponse {
+            header: self.context.header(revision),
+            members: self.members(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        timed(&self.context, "Status", async {
+            let metrics = self.context.node.metrics();
+            let applied = metrics.last_applied.map_or(0, |l| l.index);
+            let role = match metrics.state {
+                s if s.is_leader() => "leader",
+                s if s.is_candidate() => "candidate",
+                s if s.is_learner() => "learner",
+                _ => "follower",
+            };
+            Ok(Response::new(pb::StatusResponse {
+                header: self.context.header(applied),
+                term: metrics.current_term,
+                commit_index: metrics.local_committed.map_or(0, |l| l.index),
+                applied_index: applied,
+                role: role.to_owned(),
+                leader_id: metrics.current_leader.unwrap_or(0),
+                members: self.members(),
+                last_log_index: metrics.last_log_index.unwrap_or(0),
+            }))
+        })
+        .await
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        timed(&self.context, "MemberAdd", async {
+            let request = request.into_inner();
+            if request.id == 0 || request.raft_addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a member needs an id and a raft address",
+                ));
+            }
+            let node = FerryNode {
+                raft_addr: request.raft_addr,
+                client_addr: request.client_addr,
+            };
+            let revision = self
+                .context
+                .node
+                .add_learner(request.id, node, request.wait)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(self.answer(revision))
+        })
+        .await
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        timed(&self.context, "Promote", async {
+            let id = request.into_inner().id;
+            let revision = self
+                .context
+                .node
+                .promote(id)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(self.answer(revision))
+        })
+        .await
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        timed(&self.context, "Remove", async {
+            let id = request.into_inner().id;
+            let revision = self
+                .context
+                .node
+                .remove(id)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(self.answer(revision))
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        timed(&self.context, "TransferLeader", async {
+            let id = request.into_inner().id;
+            let node = &self.context.node;
+            if !node.is_leader() {
+                return Err(self.context.status(ferry_replication::Error::NotLeader {
+                    leader_id: node.metrics().current_leader,
+                    leader_addr: None,
+                }));
+            }
+            node.transfer_leadership(id, Duration::from_secs(5))
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(self.answer(node.metrics().last_applied.map_or(0, |l| l.index)))
+        })
+        .await
+    }
+}

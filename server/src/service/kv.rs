@@ -1,0 +1,317 @@
+//! The KV service: Get, Put, Delete, Range, Txn.
+
+use super::{consistency, key_value, staleness, timed, Context};
+use ferry_client::pb::{self, kv_server::Kv};
+use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, RequestId};
+use tonic::{Request, Response, Status};
+
+/// Keys counted by one count-only range at most.
+const MAX_COUNT: u64 = 10_000_000;
+
+pub struct KvService {
+    pub context: Context,
+}
+
+fn request_id(id: Option<pb::RequestId>) -> Option<RequestId> {
+    id.map(|r| RequestId {
+        client: r.client_id,
+        sequence: r.sequence,
+        first_incomplete: r.first_incomplete,
+    })
+}
+
+/// The first key after every key starting with `prefix` (`None`: no end).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl KvService {
+    fn op(&self, op: pb::Op) -> Result<Op, Status> {
+        match op.op {
+            Some(pb::op::Op::Put(put)) => {
+                self.context.check_key(&put.key)?;
+                self.context.check_value(&put.value)?;
+                Ok(Op::Put {
+                    key: put.key,
+                    value: put.value,
+                })
+            }
+            Some(pb::op::Op::Delete(delete)) => {
+                self.context.check_key(&delete.key)?;
+                Ok(Op::Delete { key: delete.key })
+            }
+            Some(pb::op::Op::Get(get)) => {
+                self.context.check_key(&get.key)?;
+                Ok(Op::Get { key: get.key })
+            }
+            None => Err(Status::invalid_argument("an operation has no kind")),
+        }
+    }
+
+    fn compare(&self, compare: pb::Compare) -> Result<Compare, Status> {
+        self.context.check_key(&compare.key)?;
+        let mut op = match pb::compare::Op::try_from(compare.op) {
+            Ok(pb::compare::Op::Equal) => CompareOp::Equal,
+            Ok(pb::compare::Op::NotEqual) => CompareOp::NotEqual,
+            Ok(pb::compare::Op::Less) => CompareOp::Less,
+            Ok(pb::compare::Op::Greater) => CompareOp::Greater,
+            Err(_) => return Err(Status::invalid_argument("unknown compare operator")),
+        };
+        let target = match compare.target {
+            Some(pb::compare::Target::Value(v)) => CompareTarget::Value(Some(v)),
+            Some(pb::compare::Target::ModRevision(r)) => CompareTarget::ModRevision(r),
+            Some(pb::compare::Target::CreateRevision(r)) => CompareTarget::CreateRevision(r),
+            Some(pb::compare::Target::Version(v)) => CompareTarget::Version(v),
+            Some(pb::compare::Target::Exists(exists)) => {
+                // Existence is "version > 0"; absence is "version = 0".
+                op = match (op, exists) {
+                    (CompareOp::Equal, true) | (CompareOp::NotEqual, false) => CompareOp::Greater,
+                    (CompareOp::Equal, false) | (CompareOp::NotEqual, true) => CompareOp::Equal,
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "exists compares only with EQUAL or NOT_EQUAL",
+                        ))
+                    }
+                };
+                CompareTarget::Version(0)
+            }
+            None => return Err(Status::invalid_argument("a compare has no target")),
+        };
+        Ok(Compare {
+            key: compare.key,
+            op,
+            target,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        timed(&self.context, "Get", async {
+            let request = request.into_inner();
+            self.context.check_key(&request.key)?;
+            let read = self
+                .context
+                .node
+                .get(&request.key, consistency(request.consistency)?)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::GetResponse {
+                header: self.context.header(read.revision),
+                kv: read.value.map(key_value),
+                staleness: staleness(read.staleness),
+            }))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        timed(&self.context, "Put", async {
+            let request = request.into_inner();
+            self.context.check_key(&request.key)?;
+            self.context.check_value(&request.value)?;
+            let command = Command {
+                request: request_id(request.request),
+                ..Command::batch(vec![Op::Put {
+                    key: request.key,
+                    value: request.value,
+                }])
+            };
+            let response = self
+                .context
+                .node
+                .txn(command)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::PutResponse {
+                header: self.context.header(response.revision),
+            }))
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        timed(&self.context, "Delete", async {
+            let request = request.into_inner();
+            self.context.check_key(&request.key)?;
+            let command = Command {
+                request: request_id(request.request),
+                ..Command::batch(vec![
+                    Op::Get {
+                        key: request.key.clone(),
+                    },
+                    Op::Delete { key: request.key },
+                ])
+            };
+            let response = self
+                .context
+                .node
+                .txn(command)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::DeleteResponse {
+                header: self.context.header(response.revision),
+                deleted: response.reads.first().is_some_and(Option::is_some),
+            }))
+        })
+        .await
+    }
+
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        timed(&self.context, "Range", async {
+            let request = request.into_inner();
+            let max_page = self.context.limits.max_range_page;
+            if request.limit > max_page {
+                return Err(Status::invalid_argument(format!(
+                    "limit {} exceeds max_range_page = {max_page}",
+                    request.limit
+                )));
+            }
+            let limit = if request.limit == 0 {
+                max_page
+            } else {
+                request.limit
+            } as usize;
+            let (mut start, end) = if request.prefix.is_empty() {
+                let end = (!request.end.is_empty()).then(|| request.end.clone());
+                (request.start.clone(), end)
+            } else {
+                (request.prefix.clone(), prefix_end(&request.prefix))
+            };
+            if !request.continuation.is_empty() {
+                if request.continuation < start
+                    || end.as_ref().is_some_and(|e| request.continuation >= *e)
+                {
+                    return Err(Status::invalid_argument(
+                        "the continuation token is outside the range",
+                    ));
+                }
+                start = request.continuation.clone();
+            }
+            let consistency = consistency(request.consistency)?;
+            let node = &self.context.node;
+            if request.count_only {
+                let read = node
+                    .count(&start, end.as_deref(), MAX_COUNT, consistency)
+                    .await
+                    .map_err(|e| self.context.status(e))?;
+                return Ok(Response::new(pb::RangeResponse {
+                    header: self.context.header(read.revision),
+                    count: read.value,
+                    staleness: staleness(read.staleness),
+                    ..pb::RangeResponse::default()
+                }));
+            }
+            let read = node
+                .range(&start, end.as_deref(), limit + 1, consistency)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            let mut kvs: Vec<pb::KeyValue> = read.value.into_iter().map(key_value).collect();
+            let mut continuation = Vec::new();
+            if kvs.len() > limit {
+                kvs.truncate(limit);
+                continuation = kvs
+                    .last()
+                    .map(|kv| [kv.key.as_slice(), &[0]].concat())
+                    .unwrap_or_default();
+            }
+            if request.keys_only {
+                for kv in &mut kvs {
+                    kv.value.clear();
+                }
+            }
+            Ok(Response::new(pb::RangeResponse {
+                header: self.context.header(read.revision),
+                count: kvs.len() as u64,
+                kvs,
+                continuation,
+                staleness: staleness(read.staleness),
+            }))
+        })
+        .await
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        timed(&self.context, "Txn", async {
+            let request = request.into_inner();
+            let ops = request.compares.len() + request.success.len() + request.failure.len();
+            if ops > self.context.limits.max_txn_ops {
+                return Err(Status::invalid_argument(format!(
+                    "transaction of {ops} compares and operations exceeds max_txn_ops = {}",
+                    self.context.limits.max_txn_ops
+                )));
+            }
+            let command = Command {
+                compares: request
+                    .compares
+                    .into_iter()
+                    .map(|c| self.compare(c))
+                    .collect::<Result<_, _>>()?,
+                success: request
+                    .success
+                    .into_iter()
+                    .map(|o| self.op(o))
+                    .collect::<Result<_, _>>()?,
+                failure: request
+                    .failure
+                    .into_iter()
+                    .map(|o| self.op(o))
+                    .collect::<Result<_, _>>()?,
+                request: request_id(request.request),
+            };
+            let response = self
+                .context
+                .node
+                .txn(command)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::TxnResponse {
+                header: self.context.header(response.revision),
+                succeeded: response.succeeded,
+                gets: response
+                    .reads
+                    .into_iter()
+                    .map(|kv| pb::GetResult {
+                        kv: kv.map(key_value),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! The Maintenance service: checkpoint, snapshot download, Parquet export,
+//! compaction, sizes.
+
+use super::{timed, Context};
+use ferry_client::pb::{self, maintenance_server::Maintenance};
+use std::io::Read;
+use std::path::Path;
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct MaintenanceService {
+    pub context: Context,
+}
+
+const CHUNK: usize = 1 << 20;
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+type ChunkStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+impl MaintenanceService {
+    fn applied(&self) -> u64 {
+        self.context
+            .node
+            .metrics()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn checkpoint(
+        &self,
+        _request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        timed(&self.context, "Checkpoint", async {
+            let node = &self.context.node;
+            node.snapshot().await.map_err(|e| self.context.status(e))?;
+            let snapshot = node
+                .raft()
+                .get_snapshot()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::internal("no snapshot after building one"))?;
+            let manifest = snapshot.snapshot.manifest();
+            Ok(Response::new(pb::CheckpointResponse {
+                header: self.context.header(self.applied()),
+                index: manifest.meta.last_log_id.map_or(0, |l| l.index),
+                bytes: manifest.total_bytes(),
+                files: manifest.files.len() as u32,
+            }))
+        })
+        .await
+    }
+
+    type SnapshotStream = ChunkStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        timed(&self.context, "Snapshot", async {
+            let node = &self.context.node;
+            let snapshot = match node
+                .raft()
+                .get_snapshot()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+            {
+                Some(snapshot) => snapshot,
+                None => {
+                    node.snapshot().await.map_err(|e| self.context.status(e))?;
+                    node.raft()
+                        .get_snapshot()
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .ok_or_else(|| Status::internal("no snapshot after building one"))?
+                }
+            };
+            // The handle pins the snapshot's files while they stream.
+            let handle = snapshot.snapshot;
+            let (sender, receiver) = mpsc::channel(4);
+            std::thread::spawn(move || {
+                let manifest = handle.manifest();
+                let log_id = manifest.meta.last_log_id;
+                let info = pb::SnapshotChunk {
+                    chunk: Some(pb::snapshot_chunk::Chunk::Info(pb::SnapshotInfo {
+                        index: log_id.map_or(0, |l| l.index),
+                        term: log_id.map_or(0, |l| l.leader_id.term),
+                        total_bytes: manifest.total_bytes(),
+                        files: manifest.files.len() as u32,
+                    })),
+                };
+                if sender.blocking_send(Ok(info)).is_err() {
+                    return;
+                }
+                for file in &manifest.files {
+                    let header = pb::SnapshotChunk {
+                        chunk: Some(pb::snapshot_chunk::Chunk::File(pb::SnapshotFileHeader {
+                            name: file.name.clone(),
+                            size: file.size,
+                            crc: file.crc,
+                        })),
+                    };
+                    if sender.blocking_send(Ok(header)).is_err() {
+                        return;
+                    }
+                    let mut source = match std::fs::File::open(handle.dir().join(&file.name)) {
+                        Ok(source) => source,
+                        Err(e) => {
+                            let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
+                            return;
+                        }
+                    };
+                    let mut left = file.size;
+                    while left > 0 {
+                        let mut data = vec![0u8; (left as usize).min(CHUNK)];
+                        if let Err(e) = source.read_exact(&mut data) {
+                            let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
+                            return;
+                        }
+                        left -= data.len() as u64;
+                        let chunk = pb::SnapshotChunk {
+                            chunk: Some(pb::snapshot_chunk::Chunk::Data(data)),
+                        };
+                        if sender.blocking_send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(
+                Box::pin(ReceiverStream::new(receiver)) as ChunkStream
+            ))
+        })
+        .await
+    }
+
+    async fn export_parquet(
+        &self,
+        request: Request<pb::ExportParquetRequest>,
+    ) -> Result<Response<pb::ExportParquetResponse>, Status> {
+        timed(&self.context, "ExportParquet", async {
+            let dir = request.into_inner().dir;
+            if dir.is_empty() {
+                return Err(Status::invalid_argument(
+                    "an export needs a target directory",
+                ));
+            }
+            let db = self.context.node.state().db();
+            let report = tokio::task::spawn_blocking(move || {
+                let snapshot = db.snapshot();
+                db.export_parquet(&snapshot, &dir, &Default::default(), &mut |_| {})
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            Ok(Response::new(pb::ExportParquetResponse {
+                header: self.context.header(self.applied()),
+                rows: report.manifest.rows,
+                bytes: report.bytes,
+                files: report.manifest.parts.len() as u32,
+            }))
+        })
+        .await
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        timed(&self.context, "Compact", async {
+            self.context
+                .node
+                .compact()
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::CompactResponse {
+                header: self.context.header(self.applied()),
+            }))
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::MaintenanceStatusRequest>,
+    ) -> Result<Response<pb::MaintenanceStatusResponse>, Status> {
+        timed(&self.context, "MaintenanceStatus", async {
+            let state = self.context.node.state().clone();
+            let (engine, snapshots, log, keys) = tokio::task::spawn_blocking(move || {
+                let data = state.data_dir();
+                let engine = state.db();
+                let statistics = engine.statistics();
+                (
+                    dir_bytes(engine.path()),
+                    dir_bytes(&data.join("snapshots")),
+                    dir_bytes(&data.join("raft")),
+                    statistics.level_bytes.iter().sum::<u64>(),
+                )
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(pb::MaintenanceStatusResponse {
+                header: self.context.header(self.applied()),
+                engine_bytes: engine,
+                snapshot_bytes: snapshots,
+                log_bytes: log,
+                table_bytes: keys,
+                data_dir: self.context.node.state().data_dir().display().to_string(),
+            }))
+        })
+        .await
+    }
+}

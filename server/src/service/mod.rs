@@ -1,0 +1,124 @@
+//! The public gRPC services over a [`Node`].
+//!
+//! Follower behaviour (documented in the `.proto`): writes and
+//! linearizable reads sent to a follower are not forwarded; they fail with
+//! FAILED_PRECONDITION carrying the leader's id and client address, and the
+//! SDK retries on the leader. Stale reads and watches are served by any
+//! member.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+pub mod watch;
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use ferry_client::pb;
+use ferry_replication::{Consistency, Error, Node};
+use std::sync::Arc;
+use tonic::Status;
+
+/// What every service needs.
+#[derive(Clone)]
+pub struct Context {
+    pub node: Arc<Node>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub(crate) fn header(&self, revision: u64) -> Option<pb::Header> {
+        Some(pb::Header {
+            revision,
+            node_id: self.node.id(),
+            leader_id: self.node.metrics().current_leader.unwrap_or(0),
+        })
+    }
+
+    /// Maps a node error to the status the public API documents.
+    pub(crate) fn status(&self, error: Error) -> Status {
+        match error {
+            Error::NotLeader { leader_id, .. } => {
+                let leader_addr = leader_id.and_then(|id| {
+                    self.node
+                        .metrics()
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.client_addr.clone())
+                        .filter(|a| !a.is_empty())
+                });
+                ferry_client::not_leader_status(leader_id, leader_addr.as_deref())
+            }
+            Error::Rejected(reason) => Status::already_exists(reason),
+            Error::Storage(e) => Status::internal(format!("storage: {e}")),
+            Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
+        }
+    }
+
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("the key is empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "key of {} bytes exceeds max_key_bytes = {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), Status> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Status::invalid_argument(format!(
+                "value of {} bytes exceeds max_value_bytes = {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn consistency(value: i32) -> Result<Consistency, Status> {
+    match pb::Consistency::try_from(value) {
+        Ok(pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(pb::Consistency::Lease) => Ok(Consistency::Lease),
+        Ok(pb::Consistency::Stale) => Ok(Consistency::Stale),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown consistency {value}"
+        ))),
+    }
+}
+
+pub(crate) fn staleness(s: Option<ferry_replication::Staleness>) -> Option<pb::Staleness> {
+    s.map(|s| pb::Staleness {
+        applied_index: s.applied_index,
+        known_commit_index: s.known_commit_index,
+        since_leader_contact_ms: s.since_leader_contact.map(|d| d.as_millis() as u64),
+    })
+}
+
+pub(crate) fn key_value(kv: ferry_replication::types::KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+/// Runs a handler under the request metrics.
+pub(crate) async fn timed<T>(
+    context: &Context,
+    method: &'static str,
+    handler: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let timer = context.metrics.start(method);
+    let result = handler.await;
+    timer.finish(&result);
+    result
+}
