@@ -516,7 +516,8 @@ impl Client {
         Stale { client: self }
     }
 
-    /// The cluster's status as one member sees it.
+    /// The cluster's status as the leader sees it (as any member sees it
+    /// while no leader is known).
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -525,7 +526,15 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn status(&self) -> Result<pb::StatusResponse> {
-        self.refresh_members().await
+        // Learn the leader from anyone, then ask the leader: a member that
+        // was removed keeps answering with the membership it last knew.
+        self.refresh_members().await?;
+        self.call(true, |channel| async move {
+            ClusterClient::new(channel)
+                .status(pb::StatusRequest {})
+                .await
+        })
+        .await
     }
 
     /// Changes of `key` (or, with [`WatchStream`] options, a range or

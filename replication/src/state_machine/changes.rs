@@ -81,10 +81,7 @@ impl ChangeFeed {
 
     /// Changes from `from_revision` on (0: from now on): the retained ones,
     /// and a receiver of later ones, with no gap between them.
-    pub fn subscribe(
-        &self,
-        from_revision: u64,
-    ) -> Result<Subscription, Compacted> {
+    pub fn subscribe(&self, from_revision: u64) -> Result<Subscription, Compacted> {
         let history = self.history.lock();
         let receiver = self.sender.subscribe();
         if from_revision == 0 {

@@ -1,0 +1,197 @@
+//! Clusters of real `ferry serve` processes on loopback.
+
+#![allow(dead_code)]
+
+use ferry_client::{Client, ClientOptions};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+pub struct Proc {
+    pub id: u64,
+    pub client: String,
+    pub raft: String,
+    pub metrics: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct ProcessCluster {
+    pub root: TempDir,
+    pub nodes: Vec<Proc>,
+}
+
+impl ProcessCluster {
+    fn node(&self, id: u64) -> &Proc {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn new_node(&mut self, id: u64) {
+        self.nodes.push(Proc {
+            id,
+            client: free_addr(),
+            raft: free_addr(),
+            metrics: free_addr(),
+            dir: self.root.path().join(format!("node-{id}")),
+            child: None,
+        });
+    }
+
+    /// Starts node `id` (`init` with the given peers, else `--join`).
+    pub fn spawn(&mut self, id: u64, init: bool, peers: &[u64]) {
+        let peer_args: Vec<String> = peers
+            .iter()
+            .map(|p| {
+                let n = self.node(*p);
+                format!("{}={}@{}", n.id, n.raft, n.client)
+            })
+            .collect();
+        let root = self.root.path().to_path_buf();
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join(format!("node-{id}.log")))
+            .unwrap();
+        let mut command = Command::new(FERRY);
+        command
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(["--client-addr", &node.client])
+            .args(["--raft-addr", &node.raft])
+            .args(["--metrics-addr", &node.metrics])
+            .args(["--heartbeat-ms", "50"])
+            .args(["--election-timeout-min-ms", "300"])
+            .args(["--election-timeout-max-ms", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        if init {
+            command.arg("--init");
+            for peer in &peer_args {
+                command.args(["--peer", peer]);
+            }
+        } else {
+            command.arg("--join");
+        }
+        node.child = Some(command.spawn().unwrap());
+    }
+
+    /// Three nodes forming one cluster (node 1 initializes it).
+    pub fn start(n: u64) -> ProcessCluster {
+        let mut cluster = ProcessCluster {
+            root: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+        };
+        for id in 1..=n {
+            cluster.new_node(id);
+        }
+        let others: Vec<u64> = (2..=n).collect();
+        cluster.spawn(1, true, &others);
+        for id in 2..=n {
+            cluster.spawn(id, false, &[]);
+        }
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client.clone()).collect()
+    }
+
+    pub fn sigkill(&mut self, id: u64) {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn sigterm(&mut self, id: u64) -> Option<i32> {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let mut child = node.child.take()?;
+        // SAFETY: signalling our own child by the pid std holds for it.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn client_addr(&self, id: u64) -> String {
+        self.node(id).client.clone()
+    }
+
+    pub fn raft_addr(&self, id: u64) -> String {
+        self.node(id).raft.clone()
+    }
+
+    pub fn metrics_addr(&self, id: u64) -> String {
+        self.node(id).metrics.clone()
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn options() -> ClientOptions {
+    ClientOptions {
+        call_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    }
+}
+
+/// Connects once a leader is known.
+pub async fn connect(endpoints: Vec<String>) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(client) = Client::connect_with(endpoints.clone(), options()).await {
+            if client.leader().is_some() {
+                return client;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the `ferry` tool; returns exit code and stdout.
+pub fn ferry(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(FERRY).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

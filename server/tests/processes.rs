@@ -1,0 +1,379 @@
+//! Real `ferry` processes on loopback: failover under SDK load, membership
+//! through the CLI, limits, metrics, graceful stop and the demo.
+
+mod common;
+
+use common::{connect, ferry, ProcessCluster};
+use ferry_client::{Error, Txn};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_leader_under_sdk_load_loses_and_repeats_nothing() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+
+    // A watcher that must see every acknowledged write once, across the failover.
+    let mut watch = client.watch_prefix("load/", 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("load/{w}/{i:05}");
+                    let revision = client
+                        .put(key.clone(), "v")
+                        .await
+                        .expect("write after retries");
+                    acked.push((key, revision));
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let leader = client.status().await.unwrap().leader_id;
+    cluster.sigkill(leader);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.spawn(leader, false, &[]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 50, "only {} writes", acked.len());
+
+    // Every node, the restarted one included, holds every write once.
+    let last = acked.iter().map(|(_, r)| *r).max().unwrap();
+    for endpoint in cluster.endpoints() {
+        let node = connect(vec![endpoint.clone()]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let read = node.stale().get("load/0/00000").await.unwrap();
+            if read.staleness.is_some_and(|s| s.applied_index >= last) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{endpoint} did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut found = BTreeMap::new();
+        let mut page = node.stale().prefix("load/", 10_000).await.unwrap();
+        loop {
+            for kv in &page.kvs {
+                found.insert(kv.key.clone(), (kv.mod_revision, kv.version));
+            }
+            let Some(token) = page.continuation.take() else {
+                break;
+            };
+            page = node
+                .range_request(ferry_client::pb::RangeRequest {
+                    prefix: b"load/".to_vec(),
+                    continuation: token,
+                    consistency: ferry_client::pb::Consistency::Stale as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        for (key, revision) in &acked {
+            let (mod_revision, version) = found
+                .get(key.as_bytes())
+                .unwrap_or_else(|| panic!("{endpoint} lost acknowledged write {key}"));
+            assert_eq!(
+                (*mod_revision, *version),
+                (*revision, 1),
+                "{key} on {endpoint}"
+            );
+        }
+        assert_eq!(
+            found.len(),
+            acked.len(),
+            "{endpoint} holds writes nobody acknowledged"
+        );
+    }
+
+    // The watch delivered each write once, in revision order.
+    let mut seen = BTreeMap::new();
+    let mut previous = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < acked.len() {
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
+        let event = next
+            .expect("watch stalled")
+            .expect("watch ended")
+            .expect("watch error");
+        let kv = event.kv.unwrap();
+        assert!(kv.mod_revision > previous, "watch out of order or repeated");
+        previous = kv.mod_revision;
+        seen.insert(kv.key, kv.mod_revision);
+        assert!(Instant::now() < deadline);
+    }
+    for (key, revision) in &acked {
+        assert_eq!(
+            seen.get(key.as_bytes()),
+            Some(revision),
+            "watch missed {key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_through_the_cli_under_load() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client.put(format!("m/{n:05}"), "x").await.expect("write");
+                n += 1;
+            }
+            n
+        })
+    };
+    cluster.new_node(4);
+    cluster.spawn(4, false, &[]);
+    let endpoints = cluster.endpoints().join(",");
+    let (raft4, client4) = (cluster.raft_addr(4), cluster.client_addr(4));
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ferry(&args)
+        })
+    };
+    let (code, out, err) = run(vec![
+        "cluster".into(),
+        "add".into(),
+        "--id".into(),
+        "4".into(),
+        "--raft-addr".into(),
+        raft4,
+        "--client-addr".into(),
+        client4,
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "add: {out}{err}");
+    assert!(out.contains("learner"), "{out}");
+    let (code, out, err) = run(vec![
+        "cluster".into(),
+        "promote".into(),
+        "4".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "promote: {out}{err}");
+    let leader = client.status().await.unwrap().leader_id;
+    let old = (1..=3).find(|id| *id != leader).unwrap();
+    let (code, out, err) = run(vec![
+        "cluster".into(),
+        "remove".into(),
+        old.to_string(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "remove: {out}{err}");
+    let (code, out, _) = run(vec![
+        "cluster".into(),
+        "status".into(),
+        "--json".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != old).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 10);
+
+    // The CLI's key commands and exit codes.
+    let (code, out, _) = run(vec![
+        "kv".into(),
+        "put".into(),
+        "cli".into(),
+        "hello".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = run(vec![
+        "kv".into(),
+        "get".into(),
+        "cli".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!((code, out.trim()), (0, "hello"));
+    let (code, _, _) = run(vec![
+        "kv".into(),
+        "get".into(),
+        "missing".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 3);
+    let (code, out, _) = run(vec![
+        "kv".into(),
+        "scan".into(),
+        "--prefix".into(),
+        "m/".into(),
+        "--count".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(out.trim().parse::<u64>().unwrap(), writes);
+    let (code, out, _) = run(vec![
+        "kv".into(),
+        "txn".into(),
+        "--if-absent".into(),
+        "cli".into(),
+        "--then-put".into(),
+        "cli=other".into(),
+        "--else-get".into(),
+        "cli".into(),
+        "--json".into(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let txn: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(txn["succeeded"], false);
+    assert_eq!(txn["gets"][0]["value"], "hello");
+
+    // A snapshot downloads and verifies.
+    let target = cluster.root.path().join("downloaded");
+    let (code, out, err) = run(vec![
+        "snapshot".into(),
+        "download".into(),
+        target.display().to_string(),
+        "--endpoints".into(),
+        endpoints.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(target.join("CHECKPOINT").exists());
+
+    // SIGTERM: a graceful stop exits 0.
+    assert_eq!(cluster.sigterm(leader), Some(0), "{}", cluster.log(leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_and_bad_requests_get_their_documented_errors() {
+    let cluster = ProcessCluster::start(1);
+    let client = connect(cluster.endpoints()).await;
+    let invalid = |result: Result<u64, Error>, limit: &str| match result {
+        Err(Error::InvalidArgument(message)) => assert!(message.contains(limit), "{message}"),
+        other => panic!("expected INVALID_ARGUMENT naming {limit}, got {other:?}"),
+    };
+    invalid(
+        client.put("big", vec![0u8; (1 << 20) + 1]).await,
+        "max_value_bytes",
+    );
+    invalid(client.put(vec![b'k'; 5000], "v").await, "max_key_bytes");
+    invalid(client.put("", "v").await, "empty");
+    let mut txn = Txn::new();
+    for i in 0..200 {
+        txn = txn.then_put(format!("t{i}"), "v");
+    }
+    match client.txn(txn).await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("max_txn_ops"), "{message}")
+        }
+        other => panic!("expected max_txn_ops, got {other:?}"),
+    }
+    match client.range("a", "z", 20_000).await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("max_range_page"), "{message}")
+        }
+        other => panic!("expected max_range_page, got {other:?}"),
+    }
+    // Nothing of the refused requests was applied; the server still serves.
+    assert_eq!(client.get("big").await.unwrap(), None);
+    assert_eq!(client.get("t0").await.unwrap(), None);
+    let revision = client.put("ok", "v").await.unwrap();
+    assert_eq!(
+        client.get("ok").await.unwrap().unwrap().mod_revision,
+        revision
+    );
+
+    // Metrics and probes over HTTP.
+    let metrics = http_get(&cluster.metrics_addr(1), "/metrics").await;
+    for name in [
+        "ferry_raft_term",
+        "ferry_raft_applied_index",
+        "ferry_requests_total",
+        "ferry_log_fsyncs",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(http_get(&cluster.metrics_addr(1), "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[test]
+fn the_demo_runs_to_completion() {
+    let (code, out, err) = ferry(&["demo", "--exit", "--writers", "4", "--writes", "50"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 lost, 0 applied twice"), "{out}");
+    assert!(out.contains("caught up"), "{out}");
+}
