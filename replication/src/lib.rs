@@ -24,6 +24,7 @@ mod error;
 pub mod log_store;
 pub mod network;
 mod node;
+pub mod recovery;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -149,3 +149,55 @@ async fn compare_and_swap_and_transactions() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_restores_as_a_new_single_node_cluster() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    for i in 0..50 {
+        leader
+            .put(format!("k{i:02}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    leader.snapshot().await.unwrap();
+    let snapshot = leader.raft().get_snapshot().await.unwrap().unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let data = restored.path().join("node-9");
+    let recovered = ferry_replication::recovery::restore_as_single_node(
+        snapshot.snapshot.dir(),
+        &data,
+        9,
+        "127.0.0.1:0".to_owned().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recovered.applied, snapshot.meta.last_log_id);
+    cluster.shutdown().await;
+
+    let node = ferry_replication::Node::open(ferry_replication::NodeConfig::new(
+        9,
+        &data,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.is_leader() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored node did not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = node.get("k07", Consistency::Linearizable).await.unwrap();
+    assert_eq!(read.value.unwrap().value, b"v7");
+    let revision = node.put("after", "restore").await.unwrap();
+    assert!(revision > recovered.applied.unwrap().index);
+    let range = node
+        .range(b"k", Some(b"l"), 100, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(range.value.len(), 50);
+    node.shutdown().await.unwrap();
+}

@@ -117,6 +117,23 @@ pub enum SnapshotCommand {
     Download { dir: PathBuf },
     /// Export the state as Parquet into a directory on the server.
     ExportParquet { dir: String },
+    /// Offline: make a fresh data directory that starts as a new
+    /// single-node cluster holding a downloaded snapshot's state. Never let
+    /// members of the old cluster join it.
+    Restore {
+        /// A snapshot directory (from `ferry snapshot download`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node's data directory (must not exist).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        raft_addr: String,
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        client_addr: String,
+    },
 }
 
 /// Prints an error and returns the exit code for it.
@@ -489,6 +506,40 @@ pub async fn snapshot(common: &Common, command: SnapshotCommand) -> i32 {
 }
 
 async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32, i32> {
+    if let SnapshotCommand::Restore {
+        from,
+        data_dir,
+        id,
+        raft_addr,
+        client_addr,
+    } = command
+    {
+        let node = ferry_replication::types::FerryNode {
+            raft_addr: raft_addr.clone(),
+            client_addr: client_addr.clone(),
+        };
+        let recovered =
+            ferry_replication::recovery::restore_as_single_node(&from, &data_dir, id, node)
+                .await
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    exit::FAILED
+                })?;
+        let index = recovered.applied.map_or(0, |l| l.index);
+        if common.json {
+            println!(
+                "{}",
+                json!({ "data_dir": data_dir.display().to_string(), "index": index })
+            );
+        } else {
+            println!(
+                "restored the state at index {index} into {}; start it with:\n  ferry serve --id {id} --data-dir {} --raft-addr {raft_addr} --client-addr {client_addr}",
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        return Ok(exit::OK);
+    }
     let client = connect(common).await?;
     let channel = leader_channel(&client).await?;
     let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel);
@@ -611,6 +662,7 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
                 );
             }
         }
+        SnapshotCommand::Restore { .. } => unreachable!("handled above"),
         SnapshotCommand::ExportParquet { dir } => {
             let response = maintenance
                 .export_parquet(pb::ExportParquetRequest { dir: dir.clone() })

@@ -295,6 +295,37 @@ async fn membership_through_the_cli_under_load() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(target.join("CHECKPOINT").exists());
 
+    // ... and restores offline as a new single-node cluster with the data.
+    let data = cluster.root.path().join("restored");
+    cluster.nodes.push(common::Proc {
+        id: 7,
+        client: common::free_addr(),
+        raft: common::free_addr(),
+        metrics: common::free_addr(),
+        dir: data.clone(),
+        child: None,
+    });
+    let (code, out, err) = run(vec![
+        "snapshot".into(),
+        "restore".into(),
+        "--from".into(),
+        target.display().to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--id".into(),
+        "7".into(),
+        "--raft-addr".into(),
+        cluster.raft_addr(7),
+        "--client-addr".into(),
+        cluster.client_addr(7),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    cluster.spawn(7, false, &[]);
+    let restored = connect(vec![cluster.client_addr(7)]).await;
+    assert_eq!(restored.get("cli").await.unwrap().unwrap().value, b"hello");
+
     // SIGTERM: a graceful stop exits 0.
     assert_eq!(cluster.sigterm(leader), Some(0), "{}", cluster.log(leader));
 }

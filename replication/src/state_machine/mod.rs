@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 const CHANGE_HISTORY: usize = 100_000;
 /// Entries applied per engine batch at most.
 const MAX_APPLY_RUN: usize = 1024;
-const ENGINE_POINTER: &str = "ENGINE";
+pub(crate) const ENGINE_POINTER: &str = "ENGINE";
 
 /// Applied log id and membership, as of some engine sequence.
 type AppliedPoint = (Option<LogId>, StoredMembership);

@@ -1,0 +1,85 @@
+//! Starting a new single-node cluster from existing state: a downloaded
+//! snapshot, a checkpoint, or a surviving replica's data when the majority
+//! is gone for good (as etcd's `--force-new-cluster`).
+//!
+//! **Risks.** The new cluster holds what the source held, nothing more:
+//! writes the lost majority acknowledged after the source's applied index
+//! are gone. Never let the old members rejoin: their logs disagree with the
+//! new cluster's history. Grow the new cluster with fresh nodes.
+//!
+//! What it writes into a fresh data directory, so that `Node::open` starts
+//! as the sole voter of a cluster whose state is the source's:
+//! - the engine (`engine-0`), copied from the checkpoint with every file's
+//!   CRC checked, its membership record rewritten to this node alone;
+//! - `raft/PURGED` = the applied log id (the log is empty: everything up to
+//!   there is in the state), and `raft/VOTE` in the same term, so that the
+//!   node's first election moves to a later term than any log entry it has.
+
+use crate::log_store::{LogStore, LogStoreOptions};
+use crate::state_machine::keys;
+use crate::types::{FerryNode, LogId, NodeId, StoredMembership, Vote};
+use ferry_engine::fs::{FileSystem, OsFs};
+use openraft::storage::RaftLogStorage;
+use openraft::Membership;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::Path;
+
+/// What a recovery produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The log id the new cluster starts after.
+    pub applied: Option<LogId>,
+}
+
+/// Builds `data_dir` (which must not exist) as node `id` of a new
+/// single-node cluster holding the state of the engine checkpoint
+/// `checkpoint` (a downloaded snapshot, or a checkpoint of a replica).
+pub async fn restore_as_single_node(
+    checkpoint: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    node: FerryNode,
+) -> io::Result<Recovered> {
+    if data_dir.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists; recovery writes a fresh data directory",
+                data_dir.display()
+            ),
+        ));
+    }
+    let engine_dir = data_dir.join("engine-0");
+    ferry_engine::checkpoint::restore(checkpoint, &engine_dir, &mut |_| {})
+        .map_err(io::Error::other)?;
+    let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
+        .map_err(io::Error::other)?;
+    let applied: Option<LogId> = match db.get(keys::APPLIED).map_err(io::Error::other)? {
+        None => None,
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("applied record: {e}"))
+        })?,
+    };
+    let membership = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let stored = StoredMembership::new(applied, membership);
+    db.put(
+        keys::MEMBERSHIP,
+        postcard::to_stdvec(&stored).map_err(io::Error::other)?,
+    )
+    .map_err(io::Error::other)?;
+    db.close().map_err(io::Error::other)?;
+    OsFs.write_atomic(
+        &data_dir.join(crate::state_machine::ENGINE_POINTER),
+        b"engine-0",
+    )?;
+
+    let mut log = LogStore::open(data_dir.join("raft"), LogStoreOptions::default())?;
+    if let Some(applied) = applied {
+        log.save_vote(&Vote::new(applied.leader_id.term, id))
+            .await?;
+        log.purge(applied).await?;
+    }
+    Ok(Recovered { applied })
+}
