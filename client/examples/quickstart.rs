@@ -26,7 +26,11 @@ async fn main() -> Result<(), ferry_client::Error> {
     let revision = client.put("job/1", "queued").await?;
     println!("put job/1 at revision {revision}");
     let kv = client.get("job/1").await?.expect("just written");
-    println!("get job/1 = {:?} (version {})", String::from_utf8_lossy(&kv.value), kv.version);
+    println!(
+        "get job/1 = {:?} (version {})",
+        String::from_utf8_lossy(&kv.value),
+        kv.version
+    );
 
     // Claim the job only if nobody else did: compare-and-swap as a transaction.
     let claim = client
