@@ -169,6 +169,15 @@ pub struct FollowerProgress {
     pub since_ack: Option<Duration>,
 }
 
+/// A read's consistent view. The engine handle is kept so that a snapshot
+/// install cannot close the engine under the read.
+struct View {
+    _db: Arc<ferry_engine::Db>,
+    snapshot: ferry_engine::Snapshot,
+    revision: u64,
+    staleness: Option<Staleness>,
+}
+
 /// A running cluster member.
 pub struct Node {
     id: NodeId,
@@ -486,16 +495,30 @@ impl Node {
         Ok(None)
     }
 
+    /// A consistent view of the engine once a read at `consistency` is
+    /// allowed, with the applied index it reflects.
+    async fn read_view(&self, consistency: Consistency) -> Result<View> {
+        let staleness = self.read_barrier(consistency).await?;
+        let db = self.sm.db();
+        let snapshot = db.snapshot();
+        let revision = applied_index(&snapshot)?;
+        Ok(View {
+            _db: db,
+            snapshot,
+            revision,
+            staleness,
+        })
+    }
+
     /// Reads `key`.
     pub async fn get(
         &self,
         key: impl AsRef<[u8]>,
         consistency: Consistency,
     ) -> Result<Read<Option<KeyValue>>> {
-        let staleness = self.read_barrier(consistency).await?;
-        let db = self.sm.db();
-        let snapshot = db.snapshot();
-        let revision = applied_index(&snapshot)?;
+        // Bound as a whole: the view's engine handle must outlive the reads.
+        let view = self.read_view(consistency).await?;
+        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
         let value = match snapshot
             .get(keys::user_key(key.as_ref()))
             .map_err(std::io::Error::other)?
@@ -518,15 +541,10 @@ impl Node {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Read<Vec<KeyValue>>> {
-        let staleness = self.read_barrier(consistency).await?;
-        let db = self.sm.db();
-        let snapshot = db.snapshot();
-        let revision = applied_index(&snapshot)?;
-        let from = keys::user_key(start);
-        let to = match end {
-            Some(end) => keys::user_key(end),
-            None => vec![keys::USER_PREFIX + 1],
-        };
+        // Bound as a whole: the view's engine handle must outlive the reads.
+        let view = self.read_view(consistency).await?;
+        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
+        let (from, to) = user_bounds(start, end);
         let mut out = Vec::new();
         for item in snapshot.range(from..to).take(limit) {
             let (key, value) = item.map_err(std::io::Error::other)?;
@@ -547,15 +565,10 @@ impl Node {
         limit: u64,
         consistency: Consistency,
     ) -> Result<Read<u64>> {
-        let staleness = self.read_barrier(consistency).await?;
-        let db = self.sm.db();
-        let snapshot = db.snapshot();
-        let revision = applied_index(&snapshot)?;
-        let from = keys::user_key(start);
-        let to = match end {
-            Some(end) => keys::user_key(end),
-            None => vec![keys::USER_PREFIX + 1],
-        };
+        // Bound as a whole: the view's engine handle must outlive the reads.
+        let view = self.read_view(consistency).await?;
+        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
+        let (from, to) = user_bounds(start, end);
         let mut count = 0;
         for item in snapshot.range(from..to) {
             item.map_err(std::io::Error::other)?;
@@ -768,6 +781,15 @@ fn applied_index(snapshot: &ferry_engine::Snapshot) -> Result<u64> {
         Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
     };
     Ok(applied.map_or(0, |l| l.index))
+}
+
+/// Engine keys bounding the user keys in `[start, end)` (`end = None`: all after `start`).
+fn user_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let to = match end {
+        Some(end) => keys::user_key(end),
+        None => vec![keys::USER_PREFIX + 1],
+    };
+    (keys::user_key(start), to)
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {

@@ -147,9 +147,12 @@ async fn membership_through_the_cli_under_load() {
     cluster.spawn(4, false, &[]);
     let endpoints = cluster.endpoints().join(",");
     let (raft4, client4) = (cluster.raft_addr(4), cluster.client_addr(4));
+    // Runs the CLI against the cluster (endpoints appended).
     let run = |args: Vec<String>| {
+        let endpoints = endpoints.clone();
         tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            args.extend(["--endpoints", &endpoints]);
             ferry(&args)
         })
     };
@@ -162,44 +165,24 @@ async fn membership_through_the_cli_under_load() {
         raft4,
         "--client-addr".into(),
         client4,
-        "--endpoints".into(),
-        endpoints.clone(),
     ])
     .await
     .unwrap();
     assert_eq!(code, 0, "add: {out}{err}");
     assert!(out.contains("learner"), "{out}");
-    let (code, out, err) = run(vec![
-        "cluster".into(),
-        "promote".into(),
-        "4".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, err) = run(vec!["cluster".into(), "promote".into(), "4".into()])
+        .await
+        .unwrap();
     assert_eq!(code, 0, "promote: {out}{err}");
     let leader = client.status().await.unwrap().leader_id;
     let old = (1..=3).find(|id| *id != leader).unwrap();
-    let (code, out, err) = run(vec![
-        "cluster".into(),
-        "remove".into(),
-        old.to_string(),
-        "--endpoints".into(),
-        endpoints.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, err) = run(vec!["cluster".into(), "remove".into(), old.to_string()])
+        .await
+        .unwrap();
     assert_eq!(code, 0, "remove: {out}{err}");
-    let (code, out, _) = run(vec![
-        "cluster".into(),
-        "status".into(),
-        "--json".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, _) = run(vec!["cluster".into(), "status".into(), "--json".into()])
+        .await
+        .unwrap();
     assert_eq!(code, 0);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut ids: Vec<u64> = status["members"]
@@ -222,31 +205,17 @@ async fn membership_through_the_cli_under_load() {
         "put".into(),
         "cli".into(),
         "hello".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
     ])
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}");
-    let (code, out, _) = run(vec![
-        "kv".into(),
-        "get".into(),
-        "cli".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, _) = run(vec!["kv".into(), "get".into(), "cli".into()])
+        .await
+        .unwrap();
     assert_eq!((code, out.trim()), (0, "hello"));
-    let (code, _, _) = run(vec![
-        "kv".into(),
-        "get".into(),
-        "missing".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, _, _) = run(vec!["kv".into(), "get".into(), "missing".into()])
+        .await
+        .unwrap();
     assert_eq!(code, 3);
     let (code, out, _) = run(vec![
         "kv".into(),
@@ -254,8 +223,6 @@ async fn membership_through_the_cli_under_load() {
         "--prefix".into(),
         "m/".into(),
         "--count".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
     ])
     .await
     .unwrap();
@@ -271,8 +238,6 @@ async fn membership_through_the_cli_under_load() {
         "--else-get".into(),
         "cli".into(),
         "--json".into(),
-        "--endpoints".into(),
-        endpoints.clone(),
     ])
     .await
     .unwrap();
@@ -287,8 +252,6 @@ async fn membership_through_the_cli_under_load() {
         "snapshot".into(),
         "download".into(),
         target.display().to_string(),
-        "--endpoints".into(),
-        endpoints.clone(),
     ])
     .await
     .unwrap();
