@@ -332,6 +332,25 @@ async fn limits_and_bad_requests_get_their_documented_errors() {
         revision
     );
 
+    // Standard gRPC health.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.client_addr(1)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
     // Metrics and probes over HTTP.
     let metrics = http_get(&cluster.metrics_addr(1), "/metrics").await;
     for name in [

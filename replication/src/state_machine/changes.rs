@@ -102,3 +102,52 @@ impl ChangeFeed {
         Ok((backlog, receiver))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(revision: u64) -> Change {
+        Change {
+            revision,
+            key: format!("k{revision}").into_bytes(),
+            value: Some(vec![1]),
+            create_revision: revision,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_subscription_gets_the_backlog_then_live_changes_without_a_gap() {
+        let feed = ChangeFeed::new(10, 100);
+        feed.publish(vec![change(11), change(12)]);
+        let (backlog, mut live) = feed.subscribe(12).unwrap();
+        assert_eq!(
+            backlog.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![12]
+        );
+        feed.publish(vec![change(13)]);
+        assert_eq!(live.try_recv().unwrap().revision, 13);
+    }
+
+    #[test]
+    fn revisions_before_the_retained_history_are_refused() {
+        let feed = ChangeFeed::new(10, 2);
+        // Before the node opened: never retained.
+        assert_eq!(
+            feed.subscribe(5).unwrap_err(),
+            Compacted {
+                requested: 5,
+                oldest: 11
+            }
+        );
+        feed.publish(vec![change(11), change(12), change(13)]);
+        // Evicted by the capacity.
+        assert_eq!(feed.subscribe(11).unwrap_err().oldest, 12);
+        assert_eq!(feed.subscribe(12).unwrap().0.len(), 2);
+        // A snapshot install restarts the history.
+        feed.reset(100);
+        assert!(feed.subscribe(50).is_err());
+        assert!(feed.subscribe(0).unwrap().0.is_empty());
+    }
+}
