@@ -6,12 +6,14 @@
 //! cargo run --release -p ferry-bench -- checkpoint --json checkpoint.json
 //! cargo run --release -p ferry-bench -- parquet
 //! cargo run --release -p ferry-bench -- transfer --json transfer.json
+//! cargo run --release -p ferry-bench -- failover --json failover.json
 //! cargo run --release -p ferry-bench --features rocksdb -- engine --engines ferry,rocksdb
 //! ```
 
 mod adapter;
 mod checkpoint;
 mod engine;
+mod failover;
 mod parquet;
 mod recovery;
 mod report;
@@ -43,6 +45,11 @@ enum Suite {
     Parquet(parquet::Args),
     /// Snapshot shipping between Raft nodes: full and differential.
     Transfer(transfer::Args),
+    /// RTO when the leader is SIGKILLed, pause of a planned leadership transfer.
+    Failover(failover::Args),
+    /// (internal) one node of the failover suite's cluster.
+    #[command(hide = true)]
+    ServeNode(failover::NodeArgs),
 }
 
 fn main() {
@@ -53,6 +60,11 @@ fn main() {
         Suite::Checkpoint(args) => (checkpoint::run(args), args.output.json.as_deref()),
         Suite::Parquet(args) => (parquet::run(args), args.output.json.as_deref()),
         Suite::Transfer(args) => (transfer::run(args), args.output.json.as_deref()),
+        Suite::Failover(args) => (failover::run(args), args.output.json.as_deref()),
+        Suite::ServeNode(args) => {
+            failover::serve_node(args);
+            return;
+        }
     };
 
     report::print_table(&rows);

@@ -26,6 +26,9 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Deadline of one connection attempt.
     pub connect_timeout: Duration,
+    /// Deadline of one attempt on one member, so that a member that hangs
+    /// (frozen, partitioned) costs this much and not the whole call.
+    pub attempt_timeout: Duration,
     /// First pause between retries; doubled each time, with jitter.
     pub backoff_initial: Duration,
     /// Longest pause between retries.
@@ -40,6 +43,7 @@ impl Default for ClientOptions {
         ClientOptions {
             call_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(3),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             max_in_flight_writes: 256,
@@ -235,15 +239,11 @@ impl Client {
                 });
             }
             let channel = self.channel(&target)?;
-            let status = match tokio::time::timeout(remaining, rpc(channel)).await {
+            let attempt = remaining.min(options.attempt_timeout);
+            let status = match tokio::time::timeout(attempt, rpc(channel)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
-                Err(_) => {
-                    return Err(Error::DeadlineExceeded {
-                        deadline: options.call_timeout,
-                        last: format!("{target}: no answer"),
-                    })
-                }
+                Err(_) => Status::unavailable(format!("no answer within {attempt:?}")),
             };
             last = format!("{target}: {:?}: {}", status.code(), status.message());
             match status.code() {

@@ -47,9 +47,15 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            // openraft's leader lease equals the election timeout maximum,
+            // and followers refuse votes while it runs: the time to replace
+            // a dead leader is about one to two maxima. 300 ms keeps the
+            // recovery time well under a second (`ferry-bench failover`);
+            // heartbeats every 50 ms leave room for fsync stalls before a
+            // follower gives up on a leader.
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
             snapshot_after_entries: 100_000,
             keep_after_snapshot: 200_000,
             rpc_timeout: Duration::from_secs(5),

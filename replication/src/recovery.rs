@@ -83,3 +83,42 @@ pub async fn restore_as_single_node(
     }
     Ok(Recovered { applied })
 }
+
+/// Turns the data directory of a stopped member into a new single-node
+/// cluster of its own state, when the cluster's majority is gone for good
+/// (etcd's `--force-new-cluster`). The old directory is kept beside it as
+/// `<data_dir>.before-recovery-<time>`.
+///
+/// The recovery point is what this member had applied: entries in its log
+/// that it had not applied are not carried over. See the module docs for
+/// the risks.
+pub async fn force_new_cluster(
+    data_dir: &Path,
+    id: NodeId,
+    node: FerryNode,
+) -> io::Result<Recovered> {
+    let pointer = data_dir.join(crate::state_machine::ENGINE_POINTER);
+    let engine_name = std::fs::read_to_string(&pointer).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {e} (not a Ferry data directory?)", pointer.display()),
+        )
+    })?;
+    let engine_dir = data_dir.join(engine_name.trim());
+    let checkpoint = data_dir.join("recovery-checkpoint");
+    {
+        // Opening takes the engine's lock: a running member fails here.
+        let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
+            .map_err(io::Error::other)?;
+        db.checkpoint(&checkpoint).map_err(io::Error::other)?;
+        db.close().map_err(io::Error::other)?;
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = data_dir.as_os_str().to_owned();
+    aside.push(format!(".before-recovery-{stamp}"));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(data_dir, &aside)?;
+    restore_as_single_node(&aside.join("recovery-checkpoint"), data_dir, id, node).await
+}

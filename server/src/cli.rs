@@ -106,6 +106,20 @@ pub enum ClusterCommand {
     Remove { id: u64 },
     /// Hand leadership to a member.
     TransferLeader { id: u64 },
+    /// Offline, on a stopped member whose cluster lost its majority for
+    /// good: make its data directory a new single-node cluster of its own
+    /// state (the old directory is kept beside it). Writes it had not
+    /// applied are lost; never let old members rejoin.
+    Recover {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        client_addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,6 +404,7 @@ fn print_members(common: &Common, members: &[pb::Member], extra: serde_json::Val
                 json!({
                     "id": m.id, "role": m.role, "voter": m.voter, "raft_addr": m.raft_addr,
                     "client_addr": m.client_addr, "matched_index": m.matched_index, "lag": m.lag,
+                    "lag_ms": m.lag_ms,
                 })
             })
             .collect();
@@ -408,10 +423,14 @@ fn print_members(common: &Common, members: &[pb::Member], extra: serde_json::Val
                 m.raft_addr.clone(),
                 m.matched_index.to_string(),
                 m.lag.to_string(),
+                m.lag_ms.map_or("-".to_owned(), |ms| ms.to_string()),
             ]
         })
         .collect();
-    print_table(&["ID", "ROLE", "CLIENT", "RAFT", "MATCHED", "LAG"], &rows);
+    print_table(
+        &["ID", "ROLE", "CLIENT", "RAFT", "MATCHED", "LAG", "LAG_MS"],
+        &rows,
+    );
 }
 
 pub async fn cluster(common: &Common, command: ClusterCommand) -> i32 {
@@ -444,6 +463,38 @@ fn status_fail(status: tonic::Status) -> i32 {
 }
 
 async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, i32> {
+    if let ClusterCommand::Recover {
+        data_dir,
+        id,
+        raft_addr,
+        client_addr,
+    } = command
+    {
+        let node = ferry_replication::types::FerryNode {
+            raft_addr: raft_addr.clone(),
+            client_addr: client_addr.clone(),
+        };
+        let recovered = ferry_replication::recovery::force_new_cluster(&data_dir, id, node)
+            .await
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                exit::FAILED
+            })?;
+        let index = recovered.applied.map_or(0, |l| l.index);
+        if common.json {
+            println!(
+                "{}",
+                json!({ "data_dir": data_dir.display().to_string(), "index": index })
+            );
+        } else {
+            println!(
+                "{} is now a single-node cluster at index {index}; start it with:\n  ferry serve --id {id} --data-dir {} --raft-addr {raft_addr} --client-addr {client_addr}",
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        return Ok(exit::OK);
+    }
     let client = connect(common).await?;
     if let ClusterCommand::Status = command {
         let status = client.status().await.map_err(|e| fail(&e))?;
@@ -468,7 +519,7 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
     let channel = leader_channel(&client).await?;
     let mut cluster = pb::cluster_client::ClusterClient::new(channel);
     let response = match command {
-        ClusterCommand::Status => unreachable!("handled above"),
+        ClusterCommand::Status | ClusterCommand::Recover { .. } => unreachable!("handled above"),
         ClusterCommand::Add {
             id,
             raft_addr,

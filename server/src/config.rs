@@ -70,6 +70,10 @@ pub struct ServeConfig {
     pub keep_after_snapshot: u64,
     /// Snapshot transfer bandwidth limit in bytes per second (0: none).
     pub snapshot_max_bytes_per_sec: u64,
+    /// Warn (log and `ferry_learner_lag_exceeded`) when a learner, such as a
+    /// disaster-recovery standby, has not acknowledged the leader for this
+    /// many milliseconds: its recovery point is falling behind (0: never).
+    pub learner_max_lag_ms: u64,
     pub limits: Limits,
 }
 
@@ -93,6 +97,7 @@ impl Default for ServeConfig {
             snapshot_after_entries: raft.snapshot_after_entries,
             keep_after_snapshot: raft.keep_after_snapshot,
             snapshot_max_bytes_per_sec: 0,
+            learner_max_lag_ms: 10_000,
             limits: Limits::default(),
         }
     }

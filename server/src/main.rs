@@ -86,6 +86,9 @@ struct ServeArgs {
     election_timeout_max_ms: Option<u64>,
     #[arg(long)]
     snapshot_max_bytes_per_sec: Option<u64>,
+    /// Warn when a learner (DR standby) lags the leader by more than this (0: never).
+    #[arg(long)]
+    learner_max_lag_ms: Option<u64>,
     #[arg(long)]
     max_value_bytes: Option<usize>,
     #[arg(long)]
@@ -110,7 +113,8 @@ impl ServeArgs {
             heartbeat_ms,
             election_timeout_min_ms,
             election_timeout_max_ms,
-            snapshot_max_bytes_per_sec
+            snapshot_max_bytes_per_sec,
+            learner_max_lag_ms
         );
         if self.advertise_client_addr.is_some() {
             config.advertise_client_addr = self.advertise_client_addr;

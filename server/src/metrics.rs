@@ -51,6 +51,7 @@ pub struct Metrics {
     compactions: Gauge,
     write_stalls: Gauge,
     flushes: Gauge,
+    learner_lag_exceeded: Family<PeerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -87,6 +88,7 @@ impl Metrics {
             compactions: Gauge::default(),
             write_stalls: Gauge::default(),
             flushes: Gauge::default(),
+            learner_lag_exceeded: Family::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register("raft_term", "Current Raft term", metrics.term.clone());
@@ -155,8 +157,27 @@ impl Metrics {
             "Engine memtable flushes",
             metrics.flushes.clone(),
         );
+        registry.register(
+            "learner_lag_exceeded",
+            "1 while a learner (e.g. a DR standby) lags more than learner_max_lag_ms (leader only)",
+            metrics.learner_lag_exceeded.clone(),
+        );
         *metrics.registry.lock() = registry;
         Arc::new(metrics)
+    }
+
+    /// Records whether learner `peer` is past its lag bound.
+    pub fn set_learner_lag_exceeded(&self, peer: u64, exceeded: bool) {
+        self.learner_lag_exceeded
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .set(i64::from(exceeded));
+    }
+
+    /// Forgets learner lag flags (this node no longer leads).
+    pub fn clear_learner_lag(&self) {
+        self.learner_lag_exceeded.clear();
     }
 
     /// Starts timing a request of `method`; record the outcome with [`Timer::finish`].

@@ -163,6 +163,7 @@ impl Server {
                 tracing::error!(%error, "client API stopped");
             }
         }));
+        let metrics_for_http = metrics.clone();
         let metrics_addr = if config.metrics_addr.is_empty() {
             None
         } else {
@@ -171,12 +172,22 @@ impl Server {
             let http_stop = wait_stop(stopped.clone());
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = metrics::serve_http(listener, node, metrics, http_stop).await {
+                if let Err(error) =
+                    metrics::serve_http(listener, node, metrics_for_http, http_stop).await
+                {
                     tracing::error!(%error, "metrics endpoint stopped");
                 }
             }));
             addr
         };
+        if config.learner_max_lag_ms > 0 {
+            tasks.push(tokio::spawn(watch_learner_lag(
+                node.clone(),
+                context.metrics.clone(),
+                Duration::from_millis(config.learner_max_lag_ms),
+                stopped.clone(),
+            )));
+        }
         tracing::info!(id = config.id, %client_addr, raft = %raft_addr, metrics = ?metrics_addr, data = %config.data_dir.display(), "serving");
         Ok(Server {
             node,
@@ -226,5 +237,60 @@ impl Server {
             let _ = task.await;
         }
         self.node.shutdown().await
+    }
+}
+
+/// While this node leads, checks every learner's time since its last
+/// acknowledgement against `bound`: a disaster-recovery standby's recovery
+/// point is that lag. Past the bound it sets `ferry_learner_lag_exceeded`
+/// and logs a warning (again every 10 s while it lasts).
+async fn watch_learner_lag(
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    bound: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut warned: BTreeMap<u64, std::time::Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if !node.is_leader() {
+            metrics.clear_learner_lag();
+            warned.clear();
+            continue;
+        }
+        let learners: Vec<u64> = node
+            .metrics()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect();
+        for follower in node
+            .followers()
+            .into_iter()
+            .filter(|f| learners.contains(&f.id))
+        {
+            let exceeded = follower.since_ack.is_none_or(|lag| lag > bound);
+            metrics.set_learner_lag_exceeded(follower.id, exceeded);
+            if !exceeded {
+                warned.remove(&follower.id);
+                continue;
+            }
+            if warned
+                .get(&follower.id)
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+            {
+                tracing::warn!(
+                    learner = follower.id,
+                    lag_ms = follower.since_ack.map(|d| d.as_millis() as u64),
+                    lag_entries = follower.lag_entries,
+                    bound_ms = bound.as_millis() as u64,
+                    "learner lag exceeds its bound: its recovery point is falling behind"
+                );
+                warned.insert(follower.id, std::time::Instant::now());
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ impl ClusterService {
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let last = metrics.last_log_index.unwrap_or(0);
+        let followers = self.context.node.followers();
         membership
             .nodes()
             .map(|(id, node)| {
@@ -45,6 +46,11 @@ impl ClusterService {
                     voter,
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map_or(0, |m| last.saturating_sub(m)),
+                    lag_ms: followers
+                        .iter()
+                        .find(|f| f.id == *id)
+                        .and_then(|f| f.since_ack)
+                        .map(|d| d.as_millis() as u64),
                 }
             })
             .collect()

@@ -73,6 +73,7 @@ impl ProcessCluster {
             .args(["--heartbeat-ms", "50"])
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
+            .args(["--learner-max-lag-ms", "1000"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));

@@ -1,0 +1,379 @@
+//! The `failover` suite: recovery time when the leader dies, and the pause
+//! of a planned leadership transfer, with three node processes on loopback
+//! under a steady write load from the SDK.
+//!
+//! The nodes are this same binary re-executed as `ferry-bench serve-node`
+//! (the `ferry serve` code, default settings). Each unplanned round
+//! SIGKILLs the leader and measures the time from the kill until a write is
+//! acknowledged again (RTO), then restarts the killed node from its data
+//! directory and waits until it has caught up. Each planned round asks the
+//! leader to hand over and measures the longest gap between acknowledged
+//! writes around it. At the end every acknowledged write must be present
+//! exactly once: `lost` and `duplicated` must be 0.
+
+use crate::report::Row;
+use ferry_client::{Client, ClientOptions};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Unplanned rounds (SIGKILL of the leader).
+    #[arg(long, default_value_t = 20)]
+    pub rounds: usize,
+    /// Planned leadership transfers.
+    #[arg(long, default_value_t = 20)]
+    pub transfers: usize,
+    /// Concurrent writing clients.
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
+    #[command(flatten)]
+    pub output: crate::report::Output,
+}
+
+/// Runs one node in this process (`ferry-bench serve-node`), for the suite's children.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    #[arg(long)]
+    pub id: u64,
+    #[arg(long)]
+    pub data_dir: std::path::PathBuf,
+    #[arg(long)]
+    pub client_addr: String,
+    #[arg(long)]
+    pub raft_addr: String,
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    #[arg(long)]
+    pub init: bool,
+}
+
+pub fn serve_node(args: &NodeArgs) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let config = ferry_server::config::ServeConfig {
+            id: args.id,
+            data_dir: args.data_dir.clone(),
+            client_addr: args.client_addr.clone(),
+            raft_addr: args.raft_addr.clone(),
+            metrics_addr: String::new(),
+            peers: args.peers.clone(),
+            init: args.init,
+            join: !args.init,
+            ..ferry_server::config::ServeConfig::default()
+        };
+        let server = ferry_server::server::Server::start(config)
+            .await
+            .expect("start node");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
+        term.recv().await;
+        let _ = server.shutdown().await;
+    });
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+struct Nodes {
+    root: tempfile::TempDir,
+    addrs: BTreeMap<u64, (String, String)>,
+    children: BTreeMap<u64, Child>,
+}
+
+impl Nodes {
+    fn spawn(&mut self, id: u64, init: bool) {
+        let (client, raft) = self.addrs[&id].clone();
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command
+            .arg("serve-node")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(self.root.path().join(format!("node-{id}")))
+            .args(["--client-addr", &client, "--raft-addr", &raft])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if init {
+            command.arg("--init");
+            for (peer, (c, r)) in &self.addrs {
+                if *peer != id {
+                    command.args(["--peer", &format!("{peer}={r}@{c}")]);
+                }
+            }
+        }
+        self.children
+            .insert(id, command.spawn().expect("spawn node"));
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.children) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// Acknowledged writes: when sent, when acknowledged, key, revision.
+type Log = Arc<Mutex<Vec<(Instant, Instant, String, u64)>>>;
+
+pub fn run(args: &Args) -> Vec<Row> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run_async(args))
+}
+
+async fn wait_caught_up(client: &Client, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(status) = client.status().await {
+            let member = status.members.iter().find(|m| m.id == id);
+            if status.leader_id != 0 && member.is_some_and(|m| m.matched_index > 0 && m.lag < 100) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {id} did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader: of the members that say they lead, the one with the highest
+/// term (a deposed leader may not know it yet).
+async fn current_leader(nodes: &Nodes) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut best: Option<(u64, u64)> = None;
+        for (id, (client_addr, _)) in &nodes.addrs {
+            if !nodes.children.contains_key(id) {
+                continue;
+            }
+            let Ok(endpoint) =
+                tonic::transport::Endpoint::from_shared(format!("http://{client_addr}"))
+            else {
+                continue;
+            };
+            let mut cluster =
+                ferry_client::pb::cluster_client::ClusterClient::new(endpoint.connect_lazy());
+            if let Ok(status) = cluster.status(ferry_client::pb::StatusRequest {}).await {
+                let status = status.into_inner();
+                if std::env::var_os("FERRY_BENCH_DEBUG").is_some() {
+                    eprintln!(
+                        "  node {id}: role {} term {} leader {}",
+                        status.role, status.term, status.leader_id
+                    );
+                }
+                if status.role == "leader" && best.is_none_or(|(term, _)| status.term > term) {
+                    best = Some((status.term, *id));
+                }
+            }
+        }
+        if let Some((_, id)) = best {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no member says it leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long after `since` the first write sent after `since` was
+/// acknowledged (answers already in flight at `since` do not count).
+fn first_ack_after(log: &Log, since: Instant) -> Option<Duration> {
+    log.lock()
+        .expect("lock")
+        .iter()
+        .filter(|(sent, ..)| *sent > since)
+        .map(|(_, acked, ..)| *acked - since)
+        .min()
+}
+
+/// The longest gap between acknowledgements within `[from, to]`.
+fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
+    let mut times: Vec<Instant> = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, acked, ..)| *acked)
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    times.sort();
+    let mut gap = times.first().map_or(to - from, |t| *t - from);
+    for pair in times.windows(2) {
+        gap = gap.max(pair[1] - pair[0]);
+    }
+    gap
+}
+
+async fn run_async(args: &Args) -> Vec<Row> {
+    let mut nodes = Nodes {
+        root: args.output.work_dir(),
+        addrs: (1..=3).map(|id| (id, (free_addr(), free_addr()))).collect(),
+        children: BTreeMap::new(),
+    };
+    nodes.spawn(1, true);
+    nodes.spawn(2, false);
+    nodes.spawn(3, false);
+    let endpoints: Vec<String> = nodes.addrs.values().map(|(c, _)| c.clone()).collect();
+    let options = ClientOptions {
+        call_timeout: Duration::from_secs(30),
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(100),
+        ..ClientOptions::default()
+    };
+    let client = loop {
+        if let Ok(client) = Client::connect_with(endpoints.clone(), options.clone()).await {
+            if client.leader().is_some() {
+                break client;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..args.writers {
+        let (client, log, stop) = (client.clone(), log.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("failover/{w:02}/{i:08}");
+                let sent = Instant::now();
+                let revision = client
+                    .put(key.clone(), vec![0x5a; 100])
+                    .await
+                    .expect("write within the deadline");
+                log.lock()
+                    .expect("lock")
+                    .push((sent, Instant::now(), key, revision));
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut rto = Vec::new();
+    for round in 0..args.rounds {
+        let leader = current_leader(&nodes).await;
+        let killed = Instant::now();
+        nodes.kill(leader);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let delay = loop {
+            if let Some(delay) = first_ack_after(&log, killed) {
+                break delay;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write acknowledged 30 s after the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        rto.push(delay.as_secs_f64() * 1000.0);
+        eprintln!(
+            "round {round}: killed node {leader}, writes resumed after {:.0} ms",
+            rto[rto.len() - 1]
+        );
+        nodes.spawn(leader, false);
+        wait_caught_up(&client, leader).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut pauses = Vec::new();
+    for _ in 0..args.transfers {
+        let leader = current_leader(&nodes).await;
+        let target = nodes
+            .addrs
+            .keys()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("another member");
+        let leader_addr = nodes.addrs[&leader].0.clone();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader_addr}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let started = Instant::now();
+        ferry_client::pb::cluster_client::ClusterClient::new(channel)
+            .transfer_leader(ferry_client::pb::MemberRequest { id: target })
+            .await
+            .expect("transfer");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let pause = longest_gap(&log, started, Instant::now());
+        pauses.push(pause.as_secs_f64() * 1000.0);
+        let _ = client.refresh_members().await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let acked = log.lock().expect("lock").clone();
+    // Read everything back in pages (a linearizable read per key would
+    // take minutes) and compare.
+    let mut stored = std::collections::HashMap::new();
+    let mut request = ferry_client::pb::RangeRequest {
+        prefix: b"failover/".to_vec(),
+        ..Default::default()
+    };
+    loop {
+        let page = client
+            .range_request(request.clone())
+            .await
+            .expect("read back");
+        for kv in page.kvs {
+            stored.insert(kv.key, (kv.mod_revision, kv.version));
+        }
+        match page.continuation {
+            Some(token) => request.continuation = token,
+            None => break,
+        }
+    }
+    let (mut lost, mut duplicated) = (0u64, 0u64);
+    for (_, _, key, revision) in &acked {
+        match stored.get(key.as_bytes()) {
+            None => lost += 1,
+            Some((mod_revision, version)) if *version != 1 || mod_revision != revision => {
+                duplicated += 1
+            }
+            Some(_) => {}
+        }
+    }
+    eprintln!("{} writes acknowledged, read back", acked.len());
+    vec![
+        Row::new("ferry", "unplanned")
+            .with("rto_p50_ms", percentile(&mut rto, 50.0))
+            .with("rto_p99_ms", percentile(&mut rto, 99.0))
+            .with("rto_max_ms", percentile(&mut rto, 100.0))
+            .with("lost", lost as f64)
+            .with("duplicated", duplicated as f64)
+            .with("rounds", args.rounds as f64)
+            .with("acked_writes", acked.len() as f64),
+        Row::new("ferry", "planned")
+            .with("pause_p50_ms", percentile(&mut pauses, 50.0))
+            .with("pause_p99_ms", percentile(&mut pauses, 99.0))
+            .with("rounds", args.transfers as f64),
+    ]
+}
