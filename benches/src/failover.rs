@@ -141,11 +141,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 type Log = Arc<Mutex<Vec<(Instant, Instant, String, u64)>>>;
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run_async(args))
+    crate::report::block_on(run_async(args))
 }
 
 async fn wait_caught_up(client: &Client, id: u64) {

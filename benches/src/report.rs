@@ -200,3 +200,12 @@ fn print_aligned(lines: &[Vec<String>], text_columns: usize) {
         }
     }
 }
+
+/// Runs an async suite on a multi-threaded tokio runtime.
+pub fn block_on<F: std::future::Future>(suite: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(suite)
+}

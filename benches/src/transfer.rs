@@ -132,11 +132,7 @@ async fn wait_caught_up(leader: &Node, target: u64) -> f64 {
 }
 
 pub fn run(args: &Args) -> Vec<Row> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run_async(args))
+    crate::report::block_on(run_async(args))
 }
 
 async fn run_async(args: &Args) -> Vec<Row> {

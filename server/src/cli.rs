@@ -474,26 +474,8 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
             raft_addr: raft_addr.clone(),
             client_addr: client_addr.clone(),
         };
-        let recovered = ferry_replication::recovery::force_new_cluster(&data_dir, id, node)
-            .await
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                exit::FAILED
-            })?;
-        let index = recovered.applied.map_or(0, |l| l.index);
-        if common.json {
-            println!(
-                "{}",
-                json!({ "data_dir": data_dir.display().to_string(), "index": index })
-            );
-        } else {
-            println!(
-                "{} is now a single-node cluster at index {index}; start it with:\n  ferry serve --id {id} --data-dir {} --raft-addr {raft_addr} --client-addr {client_addr}",
-                data_dir.display(),
-                data_dir.display()
-            );
-        }
-        return Ok(exit::OK);
+        let recovered = ferry_replication::recovery::force_new_cluster(&data_dir, id, node).await;
+        return report_new_cluster(common, recovered, &data_dir, id, &raft_addr, &client_addr);
     }
     let client = connect(common).await?;
     if let ClusterCommand::Status = command {
@@ -550,6 +532,36 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
     Ok(exit::OK)
 }
 
+/// Reports a data directory made into a new single-node cluster (by
+/// `cluster recover` or `snapshot restore`) and how to start it.
+fn report_new_cluster(
+    common: &Common,
+    recovered: std::io::Result<ferry_replication::recovery::Recovered>,
+    data_dir: &std::path::Path,
+    id: u64,
+    raft_addr: &str,
+    client_addr: &str,
+) -> Result<i32, i32> {
+    let recovered = recovered.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::FAILED
+    })?;
+    let index = recovered.applied.map_or(0, |l| l.index);
+    if common.json {
+        println!(
+            "{}",
+            json!({ "data_dir": data_dir.display().to_string(), "index": index })
+        );
+    } else {
+        println!(
+            "{} is a new single-node cluster at index {index}; start it with:\n  ferry serve --id {id} --data-dir {} --raft-addr {raft_addr} --client-addr {client_addr}",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Ok(exit::OK)
+}
+
 pub async fn snapshot(common: &Common, command: SnapshotCommand) -> i32 {
     match snapshot_inner(common, command).await {
         Ok(code) | Err(code) => code,
@@ -570,26 +582,8 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
             client_addr: client_addr.clone(),
         };
         let recovered =
-            ferry_replication::recovery::restore_as_single_node(&from, &data_dir, id, node)
-                .await
-                .map_err(|e| {
-                    eprintln!("error: {e}");
-                    exit::FAILED
-                })?;
-        let index = recovered.applied.map_or(0, |l| l.index);
-        if common.json {
-            println!(
-                "{}",
-                json!({ "data_dir": data_dir.display().to_string(), "index": index })
-            );
-        } else {
-            println!(
-                "restored the state at index {index} into {}; start it with:\n  ferry serve --id {id} --data-dir {} --raft-addr {raft_addr} --client-addr {client_addr}",
-                data_dir.display(),
-                data_dir.display()
-            );
-        }
-        return Ok(exit::OK);
+            ferry_replication::recovery::restore_as_single_node(&from, &data_dir, id, node).await;
+        return report_new_cluster(common, recovered, &data_dir, id, &raft_addr, &client_addr);
     }
     let client = connect(common).await?;
     let channel = leader_channel(&client).await?;
