@@ -240,14 +240,11 @@ async fn run_async(args: &Args) -> Vec<Row> {
         backoff_max: Duration::from_millis(100),
         ..ClientOptions::default()
     };
-    let client = loop {
-        if let Ok(client) = Client::connect_with(endpoints.clone(), options.clone()).await {
-            if client.leader().is_some() {
-                break client;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // Wait for a leader, then connect with the suite's retry settings.
+    connect(&endpoints).await;
+    let client = Client::connect_with(endpoints.clone(), options.clone())
+        .await
+        .expect("connect");
 
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -372,4 +369,88 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .with("pause_p99_ms", percentile(&mut pauses, 99.0))
             .with("rounds", args.transfers as f64),
     ]
+}
+
+/// `recovery`'s `node-restart` workload: SIGKILL a node holding `bytes`
+/// of state and time its restart until it serves a linearizable read.
+pub fn node_restart(bytes: u64, output: &crate::report::Output) -> Row {
+    crate::report::block_on(async {
+        let mut nodes = Nodes {
+            root: output.work_dir(),
+            addrs: BTreeMap::from([(1, (free_addr(), free_addr()))]),
+            children: BTreeMap::new(),
+        };
+        nodes.spawn(1, true);
+        let endpoint = vec![nodes.addrs[&1].0.clone()];
+        let client = connect(&endpoint).await;
+        const VALUE: usize = 1024;
+        const PER_TXN: u64 = 128;
+        let keys = (bytes / VALUE as u64).max(PER_TXN);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for first in (0..keys).step_by(PER_TXN as usize) {
+            if tasks.len() >= 8 {
+                tasks.join_next().await.expect("task").expect("load");
+            }
+            let client = client.clone();
+            tasks.spawn(async move {
+                let mut txn = ferry_client::Txn::new();
+                for i in first..(first + PER_TXN).min(keys) {
+                    let mut value = vec![0u8; VALUE];
+                    value[..8].copy_from_slice(&i.to_le_bytes());
+                    txn = txn.then_put(format!("restart/{i:012}"), value);
+                }
+                client.txn(txn).await.expect("load write");
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("load");
+        }
+        eprintln!(
+            "node-restart: loaded {} MiB through the SDK in {:.1} s",
+            (keys * VALUE as u64) >> 20,
+            started.elapsed().as_secs_f64()
+        );
+        nodes.kill(1);
+        let started = Instant::now();
+        nodes.spawn(1, false);
+        let last = format!("restart/{:012}", keys - 1);
+        let options = ClientOptions {
+            call_timeout: Duration::from_secs(120),
+            backoff_initial: Duration::from_millis(2),
+            backoff_max: Duration::from_millis(20),
+            ..ClientOptions::default()
+        };
+        loop {
+            if let Ok(client) = Client::connect_with(endpoint.clone(), options.clone()).await {
+                if let Ok(Some(_)) = client.get(last.clone()).await {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the node did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Row::new("ferry", "node-restart")
+            .with("state_bytes", (keys * VALUE as u64) as f64)
+            .with("seconds", seconds)
+    })
+}
+
+async fn connect(endpoints: &[String]) -> Client {
+    let options = ClientOptions {
+        call_timeout: Duration::from_secs(60),
+        ..ClientOptions::default()
+    };
+    loop {
+        if let Ok(client) = Client::connect_with(endpoints.to_vec(), options.clone()).await {
+            if client.leader().is_some() {
+                return client;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -5,6 +5,10 @@
 //! flushed and everything must be replayed), the process "crashes" (the
 //! handle is leaked: no close, no flush), and the reopen is timed. Ferry
 //! only: peers do not expose an equivalent crash-and-replay path.
+//!
+//! `node-restart`: a single-node cluster process holding `--node-bytes` of
+//! state (written through the SDK) is SIGKILLed and started again from its
+//! data directory; the time until a linearizable read succeeds is timed.
 
 use crate::report::Row;
 use ferry_engine::{Db, Durability, Options};
@@ -18,6 +22,9 @@ pub struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// State of the node in the `node-restart` workload (0 skips it).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub node_bytes: u64,
     #[command(flatten)]
     pub output: crate::report::Output,
 }
@@ -62,9 +69,13 @@ pub fn run(args: &Args) -> Vec<Row> {
         report.wal_records,
         wal_bytes as f64 / 1e6
     );
-    vec![Row::new("ferry", "wal-replay")
+    let mut rows = vec![Row::new("ferry", "wal-replay")
         .with("records", report.wal_records as f64)
         .with("wal_bytes", wal_bytes as f64)
         .with("seconds", seconds)
-        .with("records_per_sec", report.wal_records as f64 / seconds)]
+        .with("records_per_sec", report.wal_records as f64 / seconds)];
+    if args.node_bytes > 0 {
+        rows.push(crate::failover::node_restart(args.node_bytes, &args.output));
+    }
+    rows
 }
