@@ -203,12 +203,21 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .find(|m| m.id == leader_id)
         .expect("found above");
     member.child = Some(spawn(member, &peers, false, &logs).map_err(|e| e.to_string())?);
-    let restarted = connect(std::slice::from_ref(&member.client), &options).await?;
+    // Ask that member itself (the SDK's stale reads may go to any member).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", member.client))
+        .map_err(|e| e.to_string())?
+        .connect_lazy();
+    let mut restarted = ferry_client::pb::kv_client::KvClient::new(channel);
     let (last_key, _) = acked.last().cloned().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let read = restarted.stale().get(last_key.clone()).await;
-        if matches!(&read, Ok(r) if r.value.is_some()) {
+        let read = restarted
+            .get(ferry_client::pb::GetRequest {
+                key: last_key.clone().into_bytes(),
+                consistency: ferry_client::pb::Consistency::Stale as i32,
+            })
+            .await;
+        if matches!(&read, Ok(r) if r.get_ref().kv.is_some()) {
             break;
         }
         if Instant::now() > deadline {

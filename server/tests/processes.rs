@@ -59,35 +59,20 @@ async fn sigkill_of_the_leader_three_times_under_sdk_load_loses_and_repeats_noth
     // Every node, the restarted one included, holds every write once.
     let last = acked.iter().map(|(_, r)| *r).max().unwrap();
     for endpoint in cluster.endpoints() {
-        let node = connect(vec![endpoint.clone()]).await;
+        // Read from that member itself, once it has applied everything.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let read = node.stale().get("load/0/00000").await.unwrap();
-            if read.staleness.is_some_and(|s| s.applied_index >= last) {
-                break;
+        let kvs = loop {
+            let (kvs, applied) = common::stale_prefix_at(&endpoint, b"load/").await;
+            if applied >= last {
+                break kvs;
             }
             assert!(Instant::now() < deadline, "{endpoint} did not catch up");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut found = BTreeMap::new();
-        let mut page = node.stale().prefix("load/", 10_000).await.unwrap();
-        loop {
-            for kv in &page.kvs {
-                found.insert(kv.key.clone(), (kv.mod_revision, kv.version));
-            }
-            let Some(token) = page.continuation.take() else {
-                break;
-            };
-            page = node
-                .range_request(ferry_client::pb::RangeRequest {
-                    prefix: b"load/".to_vec(),
-                    continuation: token,
-                    consistency: ferry_client::pb::Consistency::Stale as i32,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }
+        };
+        let found: BTreeMap<Vec<u8>, (u64, u64)> = kvs
+            .into_iter()
+            .map(|kv| (kv.key, (kv.mod_revision, kv.version)))
+            .collect();
         for (key, revision) in &acked {
             let (mod_revision, version) = found
                 .get(key.as_bytes())

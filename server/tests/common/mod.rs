@@ -196,3 +196,48 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A stale read served by the member at `addr` itself (the SDK's stale
+/// reads may go to any member).
+pub async fn stale_range_at(
+    addr: &str,
+    request: ferry_client::pb::RangeRequest,
+) -> ferry_client::pb::RangeResponse {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ferry_client::pb::kv_client::KvClient::new(channel)
+        .range(ferry_client::pb::RangeRequest {
+            consistency: ferry_client::pb::Consistency::Stale as i32,
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Every key under `prefix` on the member at `addr`, and the applied index
+/// it was read at.
+pub async fn stale_prefix_at(addr: &str, prefix: &[u8]) -> (Vec<ferry_client::pb::KeyValue>, u64) {
+    let mut kvs = Vec::new();
+    let mut continuation = Vec::new();
+    loop {
+        let page = stale_range_at(
+            addr,
+            ferry_client::pb::RangeRequest {
+                prefix: prefix.to_vec(),
+                continuation,
+                ..Default::default()
+            },
+        )
+        .await;
+        kvs.extend(page.kvs);
+        let applied = page.staleness.map_or(0, |s| s.applied_index);
+        if page.continuation.is_empty() {
+            return (kvs, applied);
+        }
+        continuation = page.continuation;
+    }
+}
