@@ -65,8 +65,17 @@ pub(crate) struct Inner {
     leader: Mutex<Option<String>>,
     client_id: u64,
     sequences: Mutex<Sequences>,
+    /// Woken whenever a write finishes, for writers waiting on the window.
+    window: tokio::sync::Notify,
     in_flight: Semaphore,
 }
+
+/// A new write's sequence stays within this distance of the oldest write
+/// still waiting for an answer. The cluster keeps the answers from that
+/// oldest one on (at most 1024 per client), so a write stuck in retries
+/// never has its answer pushed out by later ones, however many complete
+/// meanwhile.
+const ANSWER_WINDOW: u64 = 512;
 
 struct Sequences {
     next: u64,
@@ -152,6 +161,7 @@ impl Client {
                     next: 1,
                     outstanding: BTreeSet::new(),
                 }),
+                window: tokio::sync::Notify::new(),
             }),
         };
         client.refresh_members().await?;
@@ -303,16 +313,29 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let _permit = self.inner.in_flight.acquire().await.expect("never closed");
-        let request = {
-            let mut sequences = self.inner.sequences.lock().expect("lock");
-            let sequence = sequences.next;
-            sequences.next += 1;
-            sequences.outstanding.insert(sequence);
-            RequestId {
-                client_id: self.inner.client_id,
-                sequence,
-                first_incomplete: *sequences.outstanding.first().expect("just inserted"),
+        let request = loop {
+            // Registered before the check, so a write finishing in between
+            // still wakes this one.
+            let finished = self.inner.window.notified();
+            {
+                let mut sequences = self.inner.sequences.lock().expect("lock");
+                let oldest = sequences
+                    .outstanding
+                    .first()
+                    .copied()
+                    .unwrap_or(sequences.next);
+                if sequences.next - oldest < ANSWER_WINDOW {
+                    let sequence = sequences.next;
+                    sequences.next += 1;
+                    sequences.outstanding.insert(sequence);
+                    break RequestId {
+                        client_id: self.inner.client_id,
+                        sequence,
+                        first_incomplete: oldest.min(sequence),
+                    };
+                }
             }
+            finished.await;
         };
         let sequence = request.sequence;
         let result = self.call(true, |channel| rpc(channel, request)).await;
@@ -323,6 +346,7 @@ impl Client {
             .expect("lock")
             .outstanding
             .remove(&sequence);
+        self.inner.window.notify_waiters();
         result
     }
 

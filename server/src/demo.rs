@@ -188,7 +188,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     for (key, revision) in &acked {
         match client.get(key.clone()).await.map_err(|e| e.to_string())? {
             None => lost += 1,
-            Some(kv) if kv.version != 1 || kv.mod_revision != *revision => duplicated += 1,
+            Some(kv) if kv.version != 1 || kv.mod_revision != *revision => {
+                eprintln!(
+                    "{key}: acknowledged at revision {revision}, stored at {} with version {}",
+                    kv.mod_revision, kv.version
+                );
+                duplicated += 1
+            }
             Some(_) => {}
         }
     }

@@ -11,7 +11,10 @@ use ferry_engine::{Db, WriteBatch};
 use std::collections::HashMap;
 use std::io;
 
-/// Answers kept per client at most.
+/// Answers kept per client at most. A client that keeps its sequences
+/// within a smaller window of its oldest unanswered write (the SDK keeps
+/// 512) never has an answer it may still retry dropped; past the cap the
+/// oldest go, which only a client breaking that rule can notice.
 const MAX_ANSWERS_PER_CLIENT: usize = 1024;
 /// A client silent for this many revisions is forgotten; its later retries
 /// of old writes would be applied again.
