@@ -141,3 +141,23 @@ async fn concurrent_requests_of_one_client_apply_once_each_in_any_order() {
         assert_eq!(version, 1, "{key} applied more than once");
     }
 }
+
+#[tokio::test]
+async fn an_answer_within_the_client_window_survives_many_later_writes() {
+    // The SDK keeps new sequences within 512 of its oldest unanswered write;
+    // the cluster keeps up to 1024 answers per client. A write stuck in
+    // retries while the rest of its window completes is still answered
+    // from the table when it is retried, not applied again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(dir.path(), Options::default()).unwrap();
+    let mut entries = vec![request(1, 1, 1, "stuck")];
+    for sequence in 2..512 {
+        entries.push(request(1, sequence, 1, &format!("k{sequence}")));
+    }
+    entries.push(request(1, 1, 1, "stuck"));
+    let stream: Vec<_> = entries.into_iter().map(|e| Ok((e, None))).collect();
+    sm.apply(futures_util::stream::iter(stream)).await.unwrap();
+    let bytes = sm.shared().db().get("\u{1}stuck").unwrap().unwrap();
+    let version = u64::from_le_bytes(bytes[17..25].try_into().unwrap());
+    assert_eq!(version, 1, "the retried write was applied again");
+}
