@@ -380,7 +380,13 @@ impl Node {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader's id as this node knows it (without copying the metrics,
+    /// for per-request use).
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Runs a transaction through Raft and returns the state machine's answer.

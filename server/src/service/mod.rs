@@ -31,7 +31,7 @@ impl Context {
         Some(pb::Header {
             revision,
             node_id: self.node.id(),
-            leader_id: self.node.metrics().current_leader.unwrap_or(0),
+            leader_id: self.node.current_leader().unwrap_or(0),
         })
     }
 
