@@ -20,6 +20,7 @@
 
 pub use ferry_engine as engine;
 
+pub mod backup;
 mod error;
 pub mod log_store;
 pub mod network;

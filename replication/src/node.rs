@@ -6,7 +6,7 @@
 //! an election timeout.
 
 use crate::error::{Error, Result};
-use crate::log_store::{LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
+use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
@@ -18,6 +18,7 @@ use crate::types::{
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, Config, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -190,6 +191,7 @@ pub struct Node {
     raft: Raft,
     sm: Arc<SmShared>,
     log_stats: Arc<LogStats>,
+    log_reader: LogReader,
     raft_addr: String,
     stats: Arc<TransferStats>,
     contact: Arc<PeerContact>,
@@ -230,8 +232,9 @@ impl Node {
             .unwrap_or_else(|| bound.to_string());
         let raft_config = Arc::new(config.openraft_config()?);
         std::fs::create_dir_all(&config.data_dir)?;
-        let log = LogStore::open(config.data_dir.join("raft"), config.log.clone())?;
+        let mut log = LogStore::open(config.data_dir.join("raft"), config.log.clone())?;
         let log_stats = log.stats();
+        let log_reader = log.get_log_reader().await;
         let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;
         let shared = sm.shared();
         let stats = Arc::new(TransferStats::default());
@@ -276,6 +279,7 @@ impl Node {
             raft,
             sm: shared,
             log_stats,
+            log_reader,
             raft_addr,
             stats,
             contact,
@@ -310,6 +314,11 @@ impl Node {
     }
 
     /// fsync counters of this node's Raft log.
+    /// A reader of this node's Raft log.
+    pub fn log_reader(&self) -> &LogReader {
+        &self.log_reader
+    }
+
     pub fn log_stats(&self) -> LogStatsSnapshot {
         self.log_stats.snapshot()
     }
@@ -394,7 +403,10 @@ impl Node {
     /// A leader that was just elected accepts writes only once a quorum has
     /// acknowledged it (its lease); until then openraft refuses the write
     /// before proposing it, and this call waits and retries on this node.
-    pub async fn txn(&self, command: Command) -> Result<Response> {
+    pub async fn txn(&self, mut command: Command) -> Result<Response> {
+        if command.time_ms == 0 {
+            command.time_ms = crate::types::now_ms();
+        }
         let deadline = Instant::now() + self.lease_wait;
         let response = loop {
             match self.raft.client_write(command.clone()).await {
@@ -462,6 +474,7 @@ impl Node {
                 success: vec![success],
                 failure: vec![Op::Get { key }],
                 request: None,
+                time_ms: 0,
             })
             .await?;
         Ok(CasOutcome {

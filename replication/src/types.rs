@@ -93,6 +93,10 @@ pub struct Command {
     pub success: Vec<Op>,
     pub failure: Vec<Op>,
     pub request: Option<RequestId>,
+    /// When the command was proposed, in milliseconds since the Unix epoch,
+    /// by the proposing node's clock ([`crate::Node::txn`] stamps it when it
+    /// is 0). Apply never reads it; point-in-time restore cuts the log by it.
+    pub time_ms: u64,
 }
 
 impl Command {
@@ -103,6 +107,7 @@ impl Command {
             success: ops,
             failure: Vec::new(),
             request: None,
+            time_ms: 0,
         }
     }
 }
@@ -117,6 +122,13 @@ impl fmt::Display for Command {
             self.failure.len()
         )
     }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Result of a `Get` inside a transaction.

@@ -40,6 +40,7 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Ve
                 sequence,
                 first_incomplete: sequence,
             }),
+            time_ms: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -37,6 +37,7 @@ fn entry(i: u64) -> Entry {
                 sequence: i,
                 first_incomplete: i,
             }),
+            time_ms: 0,
         },
     )
 }
@@ -115,6 +116,7 @@ fn request(client: u64, sequence: u64, first_incomplete: u64, key: &str) -> Entr
                 sequence,
                 first_incomplete,
             }),
+            time_ms: 0,
         },
     )
 }

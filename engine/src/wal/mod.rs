@@ -29,7 +29,9 @@ pub mod record;
 pub mod writer;
 
 pub use reader::{read_segment, SegmentOutcome, TailPolicy};
-pub use record::{decode_record_at, LogKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub use record::{
+    decode_record_at, encode_record, segment_header, LogKind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 pub use writer::LogWriter;
 
 use std::path::{Path, PathBuf};

@@ -25,7 +25,8 @@ pub enum LogKind {
     Raft = 3,
 }
 
-pub(crate) fn segment_header(kind: LogKind) -> [u8; SEGMENT_HEADER_LEN] {
+/// The header that opens every segment of a log of `kind`.
+pub fn segment_header(kind: LogKind) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -34,7 +35,7 @@ pub(crate) fn segment_header(kind: LogKind) -> [u8; SEGMENT_HEADER_LEN] {
 }
 
 /// Appends one framed record to `out`.
-pub(crate) fn encode_record(out: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
+pub fn encode_record(out: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
     assert!(
         payload.len() <= MAX_PAYLOAD_LEN,
         "record payload over the format limit"

@@ -376,6 +376,19 @@ impl LogStore {
     }
 }
 
+impl LogReader {
+    /// The first index the log still holds (everything below is purged).
+    pub fn first_index(&self) -> u64 {
+        self.shared.index.read().first
+    }
+
+    /// The entries of `range` that the log holds, read synchronously (for
+    /// blocking tasks such as backup shipping).
+    pub fn read(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, IoError> {
+        self.shared.entries(range)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,

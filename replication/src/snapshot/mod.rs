@@ -99,11 +99,21 @@ impl SnapshotHandle {
     }
 }
 
-/// Content checksum of the engine checkpoint in `dir`, read without
-/// touching `dir`: its files are linked into a scratch directory, which is
-/// opened as a database and removed afterwards.
+/// Content checksum of the engine checkpoint in `dir`.
 pub fn state_hash_of_checkpoint(dir: &Path) -> io::Result<u64> {
-    let scratch = dir.with_extension(format!("hash-{}", unique_suffix()));
+    read_checkpoint(dir, |db| {
+        db.snapshot().content_checksum().map_err(io::Error::other)
+    })
+}
+
+/// Runs `read` on the engine checkpoint in `dir` without touching `dir`:
+/// its files are linked into a scratch directory, which is opened as a
+/// database and removed afterwards.
+pub(crate) fn read_checkpoint<T>(
+    dir: &Path,
+    read: impl FnOnce(&ferry_engine::Db) -> io::Result<T>,
+) -> io::Result<T> {
+    let scratch = dir.with_extension(format!("read-{}", unique_suffix()));
     link_tree(dir, &scratch, |name| name != MANIFEST_FILE)?;
     let result = (|| {
         let options = ferry_engine::Options {
@@ -111,9 +121,9 @@ pub fn state_hash_of_checkpoint(dir: &Path) -> io::Result<u64> {
             ..ferry_engine::Options::default()
         };
         let db = ferry_engine::Db::open(&scratch, options).map_err(io::Error::other)?;
-        let hash = db.snapshot().content_checksum().map_err(io::Error::other)?;
+        let value = read(&db)?;
         db.close().map_err(io::Error::other)?;
-        Ok(hash)
+        Ok(value)
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result

@@ -430,7 +430,7 @@ async fn next_frame(
 
 /// A plain file name: the offer comes from the network and must not name
 /// anything outside the staging directory.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 

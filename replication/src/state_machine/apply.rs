@@ -6,8 +6,12 @@
 
 use super::changes::Change;
 use super::keys::{self, ClientRecord, Record};
-use crate::types::{Command, Compare, CompareOp, CompareTarget, Op, Response};
+use crate::types::{
+    Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, Response, StoredMembership,
+};
 use ferry_engine::{Db, WriteBatch};
+use openraft::entry::RaftEntry;
+use openraft::EntryPayload;
 use std::collections::HashMap;
 use std::io;
 
@@ -20,6 +24,88 @@ const MAX_ANSWERS_PER_CLIENT: usize = 1024;
 /// of old writes would be applied again.
 pub(crate) const CLIENT_EXPIRY_REVISIONS: u64 = 1_000_000;
 const CLIENT_SWEEP_EVERY: u64 = 10_000;
+
+/// The effects of a run of entries, ready to be written as one batch.
+pub(crate) struct AppliedRun {
+    pub(crate) batch: WriteBatch,
+    /// User-visible changes, in order, for the change feed.
+    pub(crate) changes: Vec<Change>,
+    /// One answer per entry, in order.
+    pub(crate) responses: Vec<Response>,
+    pub(crate) applied: Option<LogId>,
+    /// The run's last membership entry, if it had one.
+    pub(crate) membership: Option<StoredMembership>,
+}
+
+/// Applies `entries` (consecutive, after what `db` holds) on top of `db`
+/// without writing: the batch also carries the applied marker, the new
+/// membership and the latest command time, so that writing it moves the
+/// state and its description together. The state machine and backup
+/// restore both apply through here, which is what makes a restored state
+/// equal to the replicas' state at the same index.
+pub(crate) fn apply_entries<'e>(
+    db: &Db,
+    entries: impl IntoIterator<Item = &'e Entry>,
+) -> io::Result<AppliedRun> {
+    let mut overlay = Overlay::new(db);
+    let time_before: u64 = match overlay.get(keys::TIME)? {
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other)?,
+        None => 0,
+    };
+    let mut time = time_before;
+    let mut membership = None;
+    let mut applied = None;
+    let mut responses = Vec::new();
+    for entry in entries {
+        let log_id = entry.log_id();
+        debug_assert!(applied.is_none_or(|a: LogId| a.index + 1 == log_id.index));
+        let response = match &entry.payload {
+            EntryPayload::Normal(command) => {
+                time = time.max(command.time_ms);
+                overlay.apply(command, log_id.index)?
+            }
+            EntryPayload::Blank => Response {
+                revision: log_id.index,
+                succeeded: true,
+                ..Response::default()
+            },
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(log_id), m.clone()));
+                Response {
+                    revision: log_id.index,
+                    succeeded: true,
+                    ..Response::default()
+                }
+            }
+        };
+        overlay.sweep_clients(log_id.index)?;
+        applied = Some(log_id);
+        responses.push(response);
+    }
+    overlay.put(
+        keys::APPLIED.to_vec(),
+        postcard::to_stdvec(&applied).map_err(io::Error::other)?,
+    );
+    if let Some(membership) = &membership {
+        overlay.put(
+            keys::MEMBERSHIP.to_vec(),
+            postcard::to_stdvec(membership).map_err(io::Error::other)?,
+        );
+    }
+    if time > time_before {
+        overlay.put(
+            keys::TIME.to_vec(),
+            postcard::to_stdvec(&time).map_err(io::Error::other)?,
+        );
+    }
+    Ok(AppliedRun {
+        batch: overlay.batch,
+        changes: overlay.changes,
+        responses,
+        applied,
+        membership,
+    })
+}
 
 /// Pending effects of the entries applied so far in this batch.
 pub(crate) struct Overlay<'a> {
@@ -69,10 +155,6 @@ impl<'a> Overlay<'a> {
                 )
             }),
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.writes.is_empty()
     }
 
     /// Applies one command at log index `revision`.

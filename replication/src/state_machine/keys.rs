@@ -6,6 +6,8 @@
 //! engine key   = 0x00 ‖ name          system records, replicated like data:
 //!                  "applied"              postcard(Option<LogId>): last applied log id
 //!                  "membership"           postcard(StoredMembership)
+//!                  "time"                 postcard(u64): the latest `time_ms` of any
+//!                                         command applied so far (absent: none had one)
 //!                  "client/" ‖ BE u64     postcard(ClientRecord): exactly-once table
 //! engine key   = 0x01 ‖ user key      user data
 //! user value   = format: u8 (1) | create_revision: u64 LE | mod_revision: u64 LE
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) const APPLIED: &[u8] = b"\x00applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"\x00membership";
+pub(crate) const TIME: &[u8] = b"\x00time";
 const CLIENT_PREFIX: &[u8] = b"\x00client/";
 pub(crate) const USER_PREFIX: u8 = 0x01;
 const VALUE_FORMAT: u8 = 1;

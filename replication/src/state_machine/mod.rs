@@ -17,21 +17,18 @@
 //! <data>/snapshots/    see crate::snapshot
 //! ```
 
-mod apply;
+pub(crate) mod apply;
 pub mod changes;
 pub(crate) mod keys;
 
 use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
-use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
-use apply::Overlay;
+use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use changes::ChangeFeed;
 use ferry_engine::fs::{FileSystem, OsFs};
 use ferry_engine::{Db, Durability, Options, SeqNo};
 use futures_util::StreamExt;
 use openraft::alias::SnapshotOf;
-use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::EntryPayload;
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::io;
@@ -192,49 +189,12 @@ impl SmShared {
             return Ok(());
         }
         let db = self.db();
-        let mut overlay = Overlay::new(&db);
-        let (_, mut membership) = self.applied();
-        let mut membership_changed = false;
-        let mut last = None;
-        let mut answers = Vec::with_capacity(run.len());
-        for (entry, responder) in run {
-            let log_id = entry.log_id();
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response {
-                    revision: log_id.index,
-                    succeeded: true,
-                    ..Response::default()
-                },
-                EntryPayload::Normal(command) => overlay.apply(command, log_id.index)?,
-                EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(log_id), m.clone());
-                    membership_changed = true;
-                    Response {
-                        revision: log_id.index,
-                        succeeded: true,
-                        ..Response::default()
-                    }
-                }
-            };
-            overlay.sweep_clients(log_id.index)?;
-            last = Some(log_id);
-            answers.push((responder, response));
-        }
-        let applied = last;
-        overlay.put(
-            keys::APPLIED.to_vec(),
-            postcard::to_stdvec(&applied).map_err(io::Error::other)?,
-        );
-        if membership_changed {
-            overlay.put(
-                keys::MEMBERSHIP.to_vec(),
-                postcard::to_stdvec(&membership).map_err(io::Error::other)?,
-            );
-        }
-        debug_assert!(!overlay.is_empty());
-        let changes = std::mem::take(&mut overlay.changes);
-        let sequence = db.write(overlay.batch).map_err(engine_err)?;
-        self.changes.publish(changes);
+        let (entries, responders): (Vec<_>, Vec<_>) = run.into_iter().unzip();
+        let run = apply::apply_entries(&db, &entries)?;
+        let membership = run.membership.unwrap_or_else(|| self.applied().1);
+        let applied = run.applied;
+        let sequence = db.write(run.batch).map_err(engine_err)?;
+        self.changes.publish(run.changes);
         let point = (applied, membership);
         {
             let mut history = self.history.lock();
@@ -243,7 +203,7 @@ impl SmShared {
             }
         }
         *self.applied.write() = point;
-        for (responder, response) in answers {
+        for (responder, response) in responders.into_iter().zip(run.responses) {
             if let Some(responder) = responder {
                 responder.send(response);
             }

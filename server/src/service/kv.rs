@@ -281,6 +281,7 @@ impl Kv for KvService {
                     .map(|o| self.op(o))
                     .collect::<Result<_, _>>()?,
                 request: request_id(request.request),
+                time_ms: 0,
             };
             let response = self
                 .context

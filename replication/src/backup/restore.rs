@@ -1,0 +1,339 @@
+//! Point-in-time restore from a backup chain.
+
+use super::catalog::{object_name, Catalog, CheckpointRecord, LogChunk};
+use super::target::BackupTarget;
+use crate::recovery::restore_as_single_node;
+use crate::snapshot::unique_suffix;
+use crate::state_machine::apply::apply_entries;
+use crate::types::{Entry, FerryNode, LogId, NodeId};
+use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::wal::{read_segment, LogKind, TailPolicy};
+use openraft::entry::RaftEntry;
+use openraft::EntryPayload;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Entries applied per engine batch while replaying.
+const REPLAY_BATCH: usize = 4096;
+
+/// The state a restore rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePoint {
+    /// Everything the chain holds.
+    Latest,
+    /// The state right after log index `N` was applied. The chain must
+    /// reach `N`.
+    Index(u64),
+    /// The longest prefix of the log whose commands were all proposed at
+    /// or before this time (ms since the Unix epoch, proposer's clock).
+    /// Entries after the first command stamped later are left out, even if
+    /// a skewed clock stamped some of them earlier.
+    Time(u64),
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreReport {
+    /// The checkpoint it started from.
+    pub checkpoint_index: u64,
+    /// The last entry in the restored state.
+    pub applied: Option<LogId>,
+    /// Log entries applied on top of the checkpoint.
+    pub entries_replayed: u64,
+    /// The latest proposal time of any command in the restored state.
+    pub time_ms: u64,
+    /// Bytes read from the target.
+    pub bytes_fetched: u64,
+    /// Seconds fetching the checkpoint and replaying the log.
+    pub fetch_seconds: f64,
+    pub replay_seconds: f64,
+}
+
+/// Restores the state at `point` from `target` into `data_dir` (which
+/// must not exist) as node `id` of a new single-node cluster (see
+/// [`crate::recovery`] for what that writes and its risks).
+pub async fn restore(
+    target: Arc<dyn BackupTarget>,
+    point: RestorePoint,
+    data_dir: &Path,
+    id: NodeId,
+    node: FerryNode,
+) -> io::Result<RestoreReport> {
+    if data_dir.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists; a restore writes a fresh data directory",
+                data_dir.display()
+            ),
+        ));
+    }
+    let work = {
+        let mut name = data_dir.as_os_str().to_owned();
+        name.push(format!(".restore-{}", unique_suffix()));
+        PathBuf::from(name)
+    };
+    std::fs::create_dir_all(&work)?;
+    let built = {
+        let work = work.clone();
+        tokio::task::spawn_blocking(move || rebuild(&*target, point, &work))
+            .await
+            .map_err(io::Error::other)?
+    };
+    let result = match built {
+        Ok(report) => restore_as_single_node(&work.join("final"), data_dir, id, node)
+            .await
+            .map(|_| report),
+        Err(error) => Err(error),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Fetches the checkpoint, replays the log up to `point` and leaves the
+/// result as an engine checkpoint in `work/final`.
+fn rebuild(
+    target: &dyn BackupTarget,
+    point: RestorePoint,
+    work: &Path,
+) -> io::Result<RestoreReport> {
+    let catalog = Catalog::read(target)?;
+    let scratch = work.join("scratch");
+    let record = choose_checkpoint(target, &catalog, point, &scratch)?;
+    let started = Instant::now();
+    let engine_dir = work.join("engine");
+    let mut bytes_fetched = fetch_checkpoint(target, &record, &engine_dir)?;
+    let fetch_seconds = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
+        .map_err(io::Error::other)?;
+    let mut replay = Replay {
+        point,
+        applied: record.applied,
+        time_ms: record.time_ms,
+        replayed: 0,
+        run: Vec::with_capacity(REPLAY_BATCH),
+        done: false,
+    };
+    for chunk in chunks_after(&catalog, record.index()) {
+        if replay.done {
+            break;
+        }
+        let next = replay.next_index();
+        if chunk.first > next {
+            // The chain has a hole: stop here; the checks below decide
+            // whether what we reached is enough.
+            break;
+        }
+        let name = chunk.name();
+        let local = work.join("chunk");
+        target.get(&name, &local)?;
+        bytes_fetched += std::fs::metadata(&local)?.len();
+        read_segment(
+            &OsFs,
+            &local,
+            LogKind::Raft,
+            TailPolicy::Strict,
+            |index, payload| {
+                if replay.done || index < replay.next_index() {
+                    return Ok(());
+                }
+                let bad = |reason: String| ferry_engine::Error::Corruption {
+                    path: local.clone(),
+                    offset: 0,
+                    reason,
+                };
+                let entry: Entry = postcard::from_bytes(payload)
+                    .map_err(|e| bad(format!("entry {index}: {e}")))?;
+                if entry.log_id().index != index || index != replay.next_index() {
+                    return Err(bad(format!(
+                        "entry {} where {} was expected",
+                        entry.log_id().index,
+                        replay.next_index()
+                    )));
+                }
+                replay.offer(entry);
+                if replay.run.len() >= REPLAY_BATCH {
+                    replay
+                        .apply(&db)
+                        .map_err(|source| ferry_engine::Error::Io {
+                            path: local.clone(),
+                            source,
+                        })?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("backup {name}: {e}")))?;
+        let _ = std::fs::remove_file(&local);
+    }
+    replay.apply(&db)?;
+    let reached = replay.applied.map_or(0, |l| l.index);
+    if let RestorePoint::Index(wanted) = point {
+        if reached < wanted {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: the chain reaches index {reached} from checkpoint {}; index {wanted} is not shipped \
+                     (or the log has a gap after {reached})",
+                    target.describe(),
+                    record.index()
+                ),
+            ));
+        }
+    }
+    db.checkpoint(work.join("final"))
+        .map_err(io::Error::other)?;
+    db.close().map_err(io::Error::other)?;
+    Ok(RestoreReport {
+        checkpoint_index: record.index(),
+        applied: replay.applied,
+        entries_replayed: replay.replayed,
+        time_ms: replay.time_ms,
+        bytes_fetched,
+        fetch_seconds,
+        replay_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The newest checkpoint at or before `point`.
+fn choose_checkpoint(
+    target: &dyn BackupTarget,
+    catalog: &Catalog,
+    point: RestorePoint,
+    scratch: &Path,
+) -> io::Result<CheckpointRecord> {
+    let none = |why: String| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{}: {why}", target.describe()),
+        )
+    };
+    let oldest = catalog.checkpoints.first().copied();
+    for &index in catalog.checkpoints.iter().rev() {
+        if let RestorePoint::Index(wanted) = point {
+            if index > wanted {
+                continue;
+            }
+        }
+        let record = Catalog::checkpoint(target, index, scratch)?;
+        if let RestorePoint::Time(wanted) = point {
+            if record.time_ms > wanted {
+                continue;
+            }
+        }
+        return Ok(record);
+    }
+    Err(match (oldest, point) {
+        (None, _) => none("the backup chain holds no checkpoint".into()),
+        (Some(oldest), RestorePoint::Index(wanted)) => none(format!(
+            "index {wanted} is before the oldest checkpoint (index {oldest})"
+        )),
+        (Some(_), RestorePoint::Time(wanted)) => none(format!(
+            "time {wanted} ms is before the oldest checkpoint's newest command"
+        )),
+        (Some(_), RestorePoint::Latest) => none("no checkpoint could be read".into()),
+    })
+}
+
+/// Copies the checkpoint's objects into `dir`, checking each one's size
+/// and CRC32; returns the bytes fetched.
+fn fetch_checkpoint(
+    target: &dyn BackupTarget,
+    record: &CheckpointRecord,
+    dir: &Path,
+) -> io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = 0;
+    for file in &record.files {
+        if !crate::snapshot::transfer::valid_name(&file.name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: checkpoint file name {:?} is not a plain name",
+                    target.describe(),
+                    file.name
+                ),
+            ));
+        }
+        let name = object_name(file);
+        let local = dir.join(&file.name);
+        target.get(&name, &local)?;
+        let size = std::fs::metadata(&local)?.len();
+        let crc = OsFs.file_crc(&local)?;
+        if size != file.size || crc != file.crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: backup object {name} holds {size} bytes with CRC {crc:08x}, expected {} bytes with CRC {:08x}",
+                    target.describe(),
+                    file.size,
+                    file.crc
+                ),
+            ));
+        }
+        bytes += size;
+    }
+    OsFs.sync_dir(dir)?;
+    Ok(bytes)
+}
+
+/// The log chunks that may hold entries after `index`, in order.
+fn chunks_after(catalog: &Catalog, index: u64) -> impl Iterator<Item = LogChunk> + '_ {
+    catalog.log.iter().copied().filter(move |c| c.last > index)
+}
+
+struct Replay {
+    point: RestorePoint,
+    applied: Option<LogId>,
+    /// Latest command time in the state (prefix maximum).
+    time_ms: u64,
+    replayed: u64,
+    run: Vec<Entry>,
+    done: bool,
+}
+
+impl Replay {
+    fn next_index(&self) -> u64 {
+        self.run
+            .last()
+            .map(|e| e.log_id())
+            .or(self.applied)
+            .map_or(0, |l| l.index + 1)
+    }
+
+    /// Takes `entry` into the state unless it lies past the restore point.
+    fn offer(&mut self, entry: Entry) {
+        let index = entry.log_id().index;
+        let past = match self.point {
+            RestorePoint::Latest => false,
+            RestorePoint::Index(wanted) => index > wanted,
+            RestorePoint::Time(wanted) => {
+                matches!(&entry.payload, EntryPayload::Normal(c) if c.time_ms > wanted)
+            }
+        };
+        if past {
+            self.done = true;
+            return;
+        }
+        if let EntryPayload::Normal(command) = &entry.payload {
+            self.time_ms = self.time_ms.max(command.time_ms);
+        }
+        self.run.push(entry);
+    }
+
+    fn apply(&mut self, db: &ferry_engine::Db) -> io::Result<()> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        let run = apply_entries(db, &self.run)?;
+        db.write(run.batch).map_err(io::Error::other)?;
+        self.applied = run.applied;
+        self.replayed += self.run.len() as u64;
+        self.run.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! Shipping checkpoints and the committed log to a backup target.
+
+use super::catalog::{checkpoint_name, log_name, object_name, Catalog, CheckpointRecord};
+use super::target::BackupTarget;
+use crate::node::Node;
+use crate::snapshot::{read_checkpoint, unique_suffix};
+use crate::state_machine::keys;
+use crate::types::now_ms;
+use ferry_engine::wal::{encode_record, segment_header, LogKind};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the shipper ships.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Log shipping interval: the backup chain's recovery point.
+    pub log_interval: Duration,
+    /// Checkpoint interval: bounds how much log a restore replays.
+    pub checkpoint_interval: Duration,
+    /// Entries per log chunk at most (bounds a chunk's size and memory).
+    pub max_chunk_entries: u64,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            log_interval: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_secs(600),
+            max_chunk_entries: 20_000,
+        }
+    }
+}
+
+/// What the shipper has done, for metrics and status.
+#[derive(Debug, Default)]
+pub struct BackupStatus {
+    /// The highest log index the chain holds (0 = none yet).
+    pub shipped_index: AtomicU64,
+    /// The index of the newest shipped checkpoint.
+    pub checkpoint_index: AtomicU64,
+    /// When a round last succeeded (ms since the Unix epoch, 0 = never).
+    pub last_success_ms: AtomicU64,
+    /// Bytes written to the target.
+    pub bytes_shipped: AtomicU64,
+    /// Rounds that failed.
+    pub failures: AtomicU64,
+}
+
+/// What one round shipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShipReport {
+    /// The checkpoint shipped, if the round shipped one: its index, the
+    /// bytes it added to the chain and its whole size.
+    pub checkpoint: Option<(u64, u64, u64)>,
+    /// Log entries shipped.
+    pub log_entries: u64,
+    /// The highest index the chain holds after the round.
+    pub shipped_index: u64,
+}
+
+struct Progress {
+    /// The next log index to ship; `None` = read it from the target.
+    next: Option<u64>,
+    last_checkpoint: Option<Instant>,
+}
+
+/// Ships a node's checkpoints and committed log to a [`BackupTarget`].
+/// Rounds run only while the node leads ([`BackupShipper::spawn`]); a new
+/// leader continues the chain from what the target holds.
+pub struct BackupShipper {
+    node: Arc<Node>,
+    target: Arc<dyn BackupTarget>,
+    options: BackupOptions,
+    staging: PathBuf,
+    status: Arc<BackupStatus>,
+    progress: tokio::sync::Mutex<Progress>,
+}
+
+impl BackupShipper {
+    pub fn new(
+        node: Arc<Node>,
+        target: Arc<dyn BackupTarget>,
+        options: BackupOptions,
+    ) -> Arc<Self> {
+        assert!(
+            options.max_chunk_entries > 0,
+            "a log chunk holds at least one entry"
+        );
+        let staging = node
+            .state()
+            .snapshots()
+            .dir()
+            .with_file_name("backup-staging");
+        Arc::new(BackupShipper {
+            node,
+            target,
+            options,
+            staging,
+            status: Arc::default(),
+            progress: tokio::sync::Mutex::new(Progress {
+                next: None,
+                last_checkpoint: None,
+            }),
+        })
+    }
+
+    pub fn status(&self) -> &Arc<BackupStatus> {
+        &self.status
+    }
+
+    /// Runs rounds every log interval while this node leads, with a
+    /// checkpoint every checkpoint interval. Abort the task to stop.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(this.options.log_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if !this.node.is_leader() {
+                    // Another node ships meanwhile; re-read the chain when leading again.
+                    this.progress.lock().await.next = None;
+                    continue;
+                }
+                let due = this
+                    .progress
+                    .lock()
+                    .await
+                    .last_checkpoint
+                    .is_none_or(|t| t.elapsed() >= this.options.checkpoint_interval);
+                if let Err(error) = this.ship(due).await {
+                    tracing::warn!(%error, target = %this.target.describe(), "backup round failed; retrying next interval");
+                }
+            }
+        })
+    }
+
+    /// Ships one round now: a checkpoint if `checkpoint` (or if the chain
+    /// cannot continue without one: it is empty, or the log it needs next
+    /// was purged), then every applied entry not shipped yet.
+    pub async fn ship(&self, checkpoint: bool) -> io::Result<ShipReport> {
+        let mut progress = self.progress.lock().await;
+        let result = self.round(&mut progress, checkpoint).await;
+        match &result {
+            Ok(report) => {
+                self.status
+                    .shipped_index
+                    .store(report.shipped_index, Ordering::Relaxed);
+                self.status
+                    .last_success_ms
+                    .store(now_ms(), Ordering::Relaxed);
+            }
+            Err(_) => {
+                progress.next = None;
+                self.status.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn round(&self, progress: &mut Progress, checkpoint: bool) -> io::Result<ShipReport> {
+        std::fs::create_dir_all(&self.staging)?;
+        if progress.next.is_none() {
+            let target = self.target.clone();
+            let catalog = blocking(move || Catalog::read(&*target)).await?;
+            progress.next = catalog.last_index().map(|i| i + 1);
+        }
+        let reader = self.node.log_reader().clone();
+        let mut report = ShipReport::default();
+        let gap = progress.next.is_none_or(|next| next < reader.first_index());
+        if checkpoint || gap {
+            let (index, new_bytes, total) = self.ship_checkpoint().await?;
+            // Where the log is still there, it is shipped in full even below
+            // the checkpoint, so every index stays restorable from the older
+            // checkpoints; only a purged stretch is skipped (a hole a restore
+            // reports).
+            if gap {
+                progress.next = Some(progress.next.unwrap_or(0).max(index + 1));
+            }
+            progress.last_checkpoint = Some(Instant::now());
+            self.status.checkpoint_index.store(index, Ordering::Relaxed);
+            report.checkpoint = Some((index, new_bytes, total));
+        }
+        let applied = self.node.state().applied().0.map_or(0, |l| l.index);
+        let mut next = progress.next.unwrap_or(1);
+        while next <= applied {
+            let last = applied.min(next + self.options.max_chunk_entries - 1);
+            let (target, staging, reader) =
+                (self.target.clone(), self.staging.clone(), reader.clone());
+            let bytes = blocking(move || ship_log(&*target, &staging, &reader, next, last)).await?;
+            self.status
+                .bytes_shipped
+                .fetch_add(bytes, Ordering::Relaxed);
+            report.log_entries += last + 1 - next;
+            next = last + 1;
+            progress.next = Some(next);
+        }
+        report.shipped_index = next - 1;
+        Ok(report)
+    }
+
+    /// Ships the state as a checkpoint: builds a snapshot, then stores the
+    /// files the chain lacks and, last, the record.
+    async fn ship_checkpoint(&self) -> io::Result<(u64, u64, u64)> {
+        self.node.snapshot().await.map_err(io::Error::other)?;
+        let handle = self
+            .node
+            .state()
+            .snapshots()
+            .current()?
+            .ok_or_else(|| io::Error::other("no snapshot after building one"))?;
+        let (target, staging) = (self.target.clone(), self.staging.clone());
+        let status = self.status.clone();
+        blocking(move || {
+            // The handle pins the snapshot's directory while its files are copied.
+            let dir = handle.dir();
+            let time_ms = read_checkpoint(dir, |db| {
+                match db.get(keys::TIME).map_err(io::Error::other)? {
+                    Some(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other),
+                    None => Ok(0),
+                }
+            })?;
+            let mut new_bytes = 0;
+            for file in &handle.manifest().files {
+                let name = object_name(file);
+                if !target.exists(&name)? {
+                    target.put(&name, &dir.join(&file.name))?;
+                    new_bytes += file.size;
+                }
+            }
+            let record = CheckpointRecord {
+                applied: handle.manifest().meta.last_log_id,
+                time_ms,
+                created_ms: now_ms(),
+                files: handle.manifest().files.clone(),
+                new_bytes,
+            };
+            let encoded = record.encode()?;
+            let file = staging.join(format!("record-{}", unique_suffix()));
+            std::fs::write(&file, &encoded)?;
+            let stored = target.put(&checkpoint_name(record.index()), &file);
+            let _ = std::fs::remove_file(&file);
+            stored?;
+            status
+                .bytes_shipped
+                .fetch_add(new_bytes + encoded.len() as u64, Ordering::Relaxed);
+            Ok((record.index(), new_bytes, record.total_bytes()))
+        })
+        .await
+    }
+}
+
+/// Ships entries `first..=last` as one chunk; returns its size. Entries the
+/// log no longer holds are an error (the next round ships a checkpoint).
+fn ship_log(
+    target: &dyn BackupTarget,
+    staging: &Path,
+    reader: &crate::log_store::LogReader,
+    first: u64,
+    last: u64,
+) -> io::Result<u64> {
+    let entries = reader.read(first..=last)?;
+    let held = entries
+        .first()
+        .map(|e| openraft::entry::RaftEntry::log_id(e).index);
+    if held != Some(first) || entries.len() as u64 != last + 1 - first {
+        return Err(io::Error::other(format!(
+            "log entries {first}..={last} are no longer all in the log (purged before shipping); \
+             the next round ships a checkpoint"
+        )));
+    }
+    let path = staging.join(format!("chunk-{}", unique_suffix()));
+    let result = (|| {
+        let mut out = io::BufWriter::new(std::fs::File::create(&path)?);
+        out.write_all(&segment_header(LogKind::Raft))?;
+        let mut frame = Vec::new();
+        for entry in &entries {
+            frame.clear();
+            let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
+            encode_record(
+                &mut frame,
+                openraft::entry::RaftEntry::log_id(entry).index,
+                &payload,
+            );
+            out.write_all(&frame)?;
+        }
+        out.flush()?;
+        let size = out.get_ref().metadata()?.len();
+        drop(out);
+        target.put(&log_name(first, last), &path)?;
+        Ok(size)
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}

@@ -1,0 +1,139 @@
+//! Where a backup chain is kept.
+
+use ferry_engine::fs::{FileSystem, OsFs};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A place that stores named, immutable files: a local directory (the
+/// default, [`LocalDir`]); object storage can implement the same calls.
+/// Names are relative paths with `/` separators, as in the module's format.
+pub trait BackupTarget: Send + Sync + 'static {
+    /// Stores the local file `from` as `name`, atomically: readers see the
+    /// whole file or nothing, and once this returns it is durable.
+    fn put(&self, name: &str, from: &Path) -> io::Result<()>;
+    /// Copies `name` into the local file `to`.
+    fn get(&self, name: &str, to: &Path) -> io::Result<()>;
+    /// Whether `name` is stored.
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// The names stored under the folder `prefix` (e.g. `"log"`), sorted.
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// For messages: where this target is.
+    fn describe(&self) -> String;
+}
+
+/// A backup target in a local directory (put it on another disk, or a
+/// mounted remote file system, to survive the loss of the node's disk).
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    /// Uses (and creates) `root`.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(LocalDir { root })
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        // Names come from catalogs a restore reads; none may leave the root.
+        let ok = !name.is_empty()
+            && name.split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.contains('\\')
+            });
+        if !ok {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("backup name {name:?} is not a relative path inside the target"),
+            ));
+        }
+        Ok(self.root.join(name))
+    }
+}
+
+impl BackupTarget for LocalDir {
+    fn put(&self, name: &str, from: &Path) -> io::Result<()> {
+        let to = self.path(name)?;
+        let dir = to.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let staging = dir.join(format!(
+            ".{}.tmp-{}",
+            to.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            crate::snapshot::unique_suffix()
+        ));
+        let result = (|| {
+            std::fs::copy(from, &staging)?;
+            std::fs::File::open(&staging)?.sync_all()?;
+            std::fs::rename(&staging, &to)?;
+            OsFs.sync_dir(&dir)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staging);
+        }
+        result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))
+    }
+
+    fn get(&self, name: &str, to: &Path) -> io::Result<()> {
+        let from = self.path(name)?;
+        std::fs::copy(&from, to)
+            .map(drop)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        self.path(name)?.try_exists()
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.path(prefix)?;
+        let mut names = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Staging files of puts in progress (or interrupted) are not stored names.
+            if name.starts_with('.') || !entry.file_type()?.is_file() {
+                continue;
+            }
+            names.push(format!("{prefix}/{name}"));
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_and_names_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = LocalDir::new(dir.path().join("b")).unwrap();
+        let source = dir.path().join("src");
+        std::fs::write(&source, b"hello").unwrap();
+        target.put("log/a.log", &source).unwrap();
+        target.put("log/b.log", &source).unwrap();
+        assert!(target.exists("log/a.log").unwrap());
+        assert!(!target.exists("log/c.log").unwrap());
+        assert_eq!(target.list("log").unwrap(), vec!["log/a.log", "log/b.log"]);
+        assert!(target.list("checkpoints").unwrap().is_empty());
+        let back = dir.path().join("back");
+        target.get("log/b.log", &back).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), b"hello");
+        for bad in ["../x", "log/../../x", "/etc/passwd", "", "log//x"] {
+            assert!(target.put(bad, &source).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The backup chain: checkpoints and log shipped by successive leaders,
+//! point-in-time restore to an index and to a time compared with a model,
+//! the chain continuing past a purged log, and damage in the chain
+//! reported by name.
+
+mod common;
+
+use common::{fast_raft, Cluster};
+use ferry_replication::backup::{restore, BackupOptions, BackupShipper, LocalDir, RestorePoint};
+use ferry_replication::types::{now_ms, FerryNode, Op};
+use ferry_replication::{Consistency, Node, NodeConfig};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Acknowledged writes in revision order.
+#[derive(Default)]
+struct Model {
+    writes: Vec<(u64, Op)>,
+}
+
+impl Model {
+    fn state_at(&self, index: u64) -> State {
+        let mut state = State::new();
+        for (revision, op) in &self.writes {
+            if *revision > index {
+                break;
+            }
+            match op {
+                Op::Put { key, value } => {
+                    state.insert(key.clone(), value.clone());
+                }
+                Op::Delete { key } => {
+                    state.remove(key);
+                }
+                Op::Get { .. } => {}
+            }
+        }
+        state
+    }
+
+    fn last(&self) -> u64 {
+        self.writes.last().map_or(0, |w| w.0)
+    }
+}
+
+/// `count` puts and deletes over 60 keys through `node`, recorded in `model`.
+async fn churn(node: &Node, model: &mut Model, count: u64, seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = format!("key-{:02}", state % 60).into_bytes();
+        let op = if state.is_multiple_of(5) {
+            Op::Delete { key }
+        } else {
+            Op::Put {
+                key,
+                value: state.to_le_bytes().repeat(1 + (state % 40) as usize),
+            }
+        };
+        let revision = node.write(vec![op.clone()]).await.unwrap();
+        assert!(revision > model.last());
+        model.writes.push((revision, op));
+    }
+}
+
+/// The user keys of a restored data directory, read from its engine.
+fn restored_state(data_dir: &Path) -> State {
+    let db =
+        ferry_replication::engine::Db::open(data_dir.join("engine-0"), Default::default()).unwrap();
+    let mut state = State::new();
+    let mut iter = db.prefix([0x01]);
+    while let Some((key, value)) = iter.next().transpose().unwrap() {
+        // Format version 1 of a user value: a 25-byte header, then the bytes.
+        assert_eq!(value[0], 1);
+        state.insert(key[1..].to_vec(), value[25..].to_vec());
+    }
+    drop(iter);
+    db.close().unwrap();
+    state
+}
+
+async fn restore_to(
+    chain: &Arc<LocalDir>,
+    point: RestorePoint,
+    out: &Path,
+) -> std::io::Result<ferry_replication::backup::RestoreReport> {
+    restore(
+        chain.clone(),
+        point,
+        out,
+        1,
+        FerryNode::from("127.0.0.1:1".to_string()),
+    )
+    .await
+}
+
+fn shipper(node: &Arc<Node>, chain: &Arc<LocalDir>) -> Arc<BackupShipper> {
+    BackupShipper::new(
+        node.clone(),
+        chain.clone(),
+        BackupOptions {
+            max_chunk_entries: 70,
+            ..BackupOptions::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_in_time_restore_to_index_and_time_matches_the_model() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let chain = Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    let mut model = Model::default();
+
+    let first = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&first].clone();
+    let shipper_a = shipper(&leader, &chain);
+    churn(&leader, &mut model, 150, 1).await;
+    let shipped = shipper_a.ship(true).await.unwrap();
+    let checkpoint_1 = shipped
+        .checkpoint
+        .expect("first round ships a checkpoint")
+        .0;
+    assert_eq!(shipped.shipped_index, checkpoint_1);
+    churn(&leader, &mut model, 150, 2).await;
+    let shipped = shipper_a.ship(false).await.unwrap();
+    assert!(shipped.checkpoint.is_none());
+    assert_eq!(
+        shipped.shipped_index,
+        leader.metrics().last_applied.unwrap().index
+    );
+    let end_of_phase_2 = model.last();
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The chain goes on from another leader.
+    let second = *cluster.nodes.keys().find(|&&id| id != first).unwrap();
+    leader
+        .transfer_leadership(second, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let leader = cluster.nodes[&second].clone();
+    let shipper_b = shipper(&leader, &chain);
+    churn(&leader, &mut model, 150, 3).await;
+    let checkpoint_2 = shipper_b.ship(true).await.unwrap().checkpoint.unwrap().0;
+    churn(&leader, &mut model, 100, 4).await;
+    shipper_b.ship(false).await.unwrap();
+    churn(&leader, &mut model, 50, 5).await;
+    let (checkpoint_3, new_bytes, total) = shipper_b.ship(true).await.unwrap().checkpoint.unwrap();
+    assert!(
+        new_bytes < total,
+        "a later checkpoint ships only new tables: {new_bytes} of {total}"
+    );
+    churn(&leader, &mut model, 40, 6).await;
+    let last = shipper_b.ship(false).await.unwrap().shipped_index;
+    assert!(
+        checkpoint_1 < end_of_phase_2
+            && end_of_phase_2 < checkpoint_2
+            && checkpoint_2 < checkpoint_3
+    );
+    assert!(last >= model.last());
+
+    let points = [
+        (
+            "at the first checkpoint",
+            RestorePoint::Index(checkpoint_1),
+            checkpoint_1,
+        ),
+        (
+            "mid log after it",
+            RestorePoint::Index(checkpoint_1 + 77),
+            checkpoint_1 + 77,
+        ),
+        (
+            "just before the second",
+            RestorePoint::Index(checkpoint_2 - 1),
+            checkpoint_2 - 1,
+        ),
+        (
+            "at the second",
+            RestorePoint::Index(checkpoint_2),
+            checkpoint_2,
+        ),
+        (
+            "between second and third",
+            RestorePoint::Index(checkpoint_2 + 120),
+            checkpoint_2 + 120,
+        ),
+        ("the time cut", RestorePoint::Time(cut), end_of_phase_2),
+        ("latest", RestorePoint::Latest, model.last()),
+    ];
+    for (n, (what, point, index)) in points.into_iter().enumerate() {
+        let out = scratch.path().join(format!("restored-{n}"));
+        let report = restore_to(&chain, point, &out)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let expected = model.state_at(index);
+        assert_eq!(restored_state(&out), expected, "{what}: {report:?}");
+        if let RestorePoint::Index(wanted) = point {
+            assert_eq!(report.applied.unwrap().index, wanted, "{what}");
+        }
+        if let RestorePoint::Time(_) = point {
+            // The cut leaves out every write after it, and only those.
+            assert!(report.time_ms <= cut, "{report:?}");
+            let applied = report.applied.unwrap().index;
+            assert!(
+                applied >= end_of_phase_2
+                    && model
+                        .writes
+                        .iter()
+                        .all(|w| w.0 <= end_of_phase_2 || w.0 > applied)
+            );
+        }
+    }
+
+    // A restored directory serves as a new cluster.
+    let out = scratch.path().join("restored-6");
+    let node = Node::open(NodeConfig::new(1, &out, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.is_leader() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restored node never led"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.put("after-restore", "yes").await.unwrap();
+    let read = node
+        .get(b"after-restore", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(read.value.map(|kv| kv.value), Some(b"yes".to_vec()));
+    node.shutdown().await.unwrap();
+
+    // Points the chain does not hold are errors, not shorter states.
+    let error = restore_to(
+        &chain,
+        RestorePoint::Index(checkpoint_1 - 1),
+        &scratch.path().join("early"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("before the oldest checkpoint"),
+        "{error}"
+    );
+    let error = restore_to(
+        &chain,
+        RestorePoint::Index(last + 1000),
+        &scratch.path().join("late"),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("is not shipped"), "{error}");
+    assert!(!scratch.path().join("late").exists());
+
+    // Damage in a log chunk or an object is reported by name.
+    let logs = ferry_replication::backup::Catalog::read(&*chain)
+        .unwrap()
+        .log;
+    let tail = logs.last().unwrap().name();
+    flip_byte(&scratch.path().join("chain").join(&tail), 40);
+    let error = restore_to(
+        &chain,
+        RestorePoint::Latest,
+        &scratch.path().join("bad-log"),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains(&tail), "{error}");
+    let objects: Vec<_> = std::fs::read_dir(scratch.path().join("chain/objects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for object in &objects {
+        flip_byte(object, 0);
+    }
+    let error = restore_to(
+        &chain,
+        RestorePoint::Index(checkpoint_3),
+        &scratch.path().join("bad-object"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("backup object objects/"),
+        "{error}"
+    );
+    assert!(!scratch.path().join("bad-object").exists());
+
+    cluster.shutdown().await;
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_running_shipper_keeps_the_chain_going_past_a_purged_log() {
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let chain = Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    let id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let node = cluster.nodes[&id].clone();
+    let mut model = Model::default();
+    let shipper = BackupShipper::new(
+        node.clone(),
+        chain.clone(),
+        BackupOptions {
+            log_interval: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_secs(3600),
+            max_chunk_entries: 1000,
+        },
+    );
+    let task = shipper.spawn();
+    churn(&node, &mut model, 100, 7).await;
+    wait_shipped(&shipper, model.last()).await;
+
+    // The log the chain needs next is purged before the shipper sees it:
+    // the next round ships a checkpoint instead.
+    task.abort();
+    churn(&node, &mut model, 100, 8).await;
+    let covered = node.snapshot().await.unwrap().unwrap();
+    node.purge_log(covered.index).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.log_reader().first_index() <= covered.index {
+        assert!(std::time::Instant::now() < deadline, "purge did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    churn(&node, &mut model, 20, 9).await;
+    let report = shipper.ship(false).await.unwrap();
+    assert!(report.checkpoint.is_some(), "{report:?}");
+    assert_eq!(report.shipped_index, model.last());
+
+    let out = scratch.path().join("restored");
+    restore_to(&chain, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
+    assert_eq!(restored_state(&out), model.state_at(model.last()));
+    cluster.shutdown().await;
+}
+
+async fn wait_shipped(shipper: &BackupShipper, index: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shipper
+        .status()
+        .shipped_index
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < index
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shipper did not ship {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
