@@ -74,6 +74,13 @@ pub struct ServeConfig {
     /// disaster-recovery standby, has not acknowledged the leader for this
     /// many milliseconds: its recovery point is falling behind (0: never).
     pub learner_max_lag_ms: u64,
+    /// Ship a backup chain (checkpoints and the committed log) into this
+    /// directory while this node leads (none: no backups).
+    pub backup_dir: Option<PathBuf>,
+    /// Log shipping interval: the backup chain's recovery point.
+    pub backup_interval_ms: u64,
+    /// Checkpoint interval: bounds the log a restore replays.
+    pub backup_checkpoint_interval_ms: u64,
     pub limits: Limits,
 }
 
@@ -98,6 +105,9 @@ impl Default for ServeConfig {
             keep_after_snapshot: raft.keep_after_snapshot,
             snapshot_max_bytes_per_sec: 0,
             learner_max_lag_ms: 10_000,
+            backup_dir: None,
+            backup_interval_ms: 10_000,
+            backup_checkpoint_interval_ms: 600_000,
             limits: Limits::default(),
         }
     }
@@ -152,12 +162,25 @@ impl ServeConfig {
         {
             return Err("need heartbeat < election timeout min < election timeout max".into());
         }
+        if self.backup_dir.is_some()
+            && (self.backup_interval_ms == 0 || self.backup_checkpoint_interval_ms == 0)
+        {
+            return Err("backup intervals must be at least 1 ms".into());
+        }
         for peer in self.parsed_peers()? {
             if peer.id == self.id {
                 return Err(format!("peer {} has this node's own id", peer.id));
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn backup_options(&self) -> ferry_replication::backup::BackupOptions {
+        ferry_replication::backup::BackupOptions {
+            log_interval: Duration::from_millis(self.backup_interval_ms),
+            checkpoint_interval: Duration::from_millis(self.backup_checkpoint_interval_ms),
+            ..Default::default()
+        }
     }
 
     pub(crate) fn raft_options(&self) -> ferry_replication::RaftOptions {

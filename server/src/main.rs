@@ -1,7 +1,9 @@
 //! The `ferry` command-line tool: run a node, run the demo, talk to a cluster.
 
 use clap::{Args, Parser, Subcommand};
-use ferry_server::cli::{self, exit, ClusterCommand, Common, KvCommand, SnapshotCommand};
+use ferry_server::cli::{
+    self, exit, BackupCommand, ClusterCommand, Common, KvCommand, SnapshotCommand,
+};
 use ferry_server::config::ServeConfig;
 use ferry_server::demo::{self, DemoArgs};
 use ferry_server::server::Server;
@@ -44,6 +46,13 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         command: SnapshotCommand,
+    },
+    /// Backup chains (`serve --backup-dir`): list, point-in-time restore.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: BackupCommand,
     },
 }
 
@@ -89,6 +98,14 @@ struct ServeArgs {
     /// Warn when a learner (DR standby) lags the leader by more than this (0: never).
     #[arg(long)]
     learner_max_lag_ms: Option<u64>,
+    /// Ship a backup chain into this directory while this node leads.
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
+    /// Backup log shipping interval (the chain's recovery point).
+    #[arg(long)]
+    backup_interval_ms: Option<u64>,
+    #[arg(long)]
+    backup_checkpoint_interval_ms: Option<u64>,
     #[arg(long)]
     max_value_bytes: Option<usize>,
     #[arg(long)]
@@ -114,8 +131,13 @@ impl ServeArgs {
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_max_bytes_per_sec,
-            learner_max_lag_ms
+            learner_max_lag_ms,
+            backup_interval_ms,
+            backup_checkpoint_interval_ms
         );
+        if self.backup_dir.is_some() {
+            config.backup_dir = self.backup_dir;
+        }
         if self.advertise_client_addr.is_some() {
             config.advertise_client_addr = self.advertise_client_addr;
         }
@@ -194,6 +216,7 @@ fn main() {
             Command::Kv { common, command } => cli::kv(&common, command).await,
             Command::Cluster { common, command } => cli::cluster(&common, command).await,
             Command::Snapshot { common, command } => cli::snapshot(&common, command).await,
+            Command::Backup { common, command } => cli::backup(&common, command).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -4,6 +4,7 @@
 //! Raft, replication, engine and transfer figures are read from the node
 //! when scraped.
 
+use ferry_replication::backup::BackupStatus;
 use ferry_replication::Node;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +53,11 @@ pub struct Metrics {
     write_stalls: Gauge,
     flushes: Gauge,
     learner_lag_exceeded: Family<PeerLabels, Gauge>,
+    backup: std::sync::OnceLock<Arc<BackupStatus>>,
+    backup_shipped_index: Gauge,
+    backup_lag_entries: Gauge,
+    backup_failures: Gauge,
+    backup_last_success: Gauge,
 }
 
 impl Metrics {
@@ -89,6 +95,11 @@ impl Metrics {
             write_stalls: Gauge::default(),
             flushes: Gauge::default(),
             learner_lag_exceeded: Family::default(),
+            backup: std::sync::OnceLock::new(),
+            backup_shipped_index: Gauge::default(),
+            backup_lag_entries: Gauge::default(),
+            backup_failures: Gauge::default(),
+            backup_last_success: Gauge::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register("raft_term", "Current Raft term", metrics.term.clone());
@@ -162,6 +173,26 @@ impl Metrics {
             "1 while a learner (e.g. a DR standby) lags more than learner_max_lag_ms (leader only)",
             metrics.learner_lag_exceeded.clone(),
         );
+        registry.register(
+            "backup_shipped_index",
+            "Highest log index in the backup chain (as this node last shipped it)",
+            metrics.backup_shipped_index.clone(),
+        );
+        registry.register(
+            "backup_lag_entries",
+            "Applied entries not yet in the backup chain: its recovery point (leader only)",
+            metrics.backup_lag_entries.clone(),
+        );
+        registry.register(
+            "backup_failures",
+            "Backup rounds that failed",
+            metrics.backup_failures.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last successful backup round (0: none)",
+            metrics.backup_last_success.clone(),
+        );
         *metrics.registry.lock() = registry;
         Arc::new(metrics)
     }
@@ -173,6 +204,11 @@ impl Metrics {
                 peer: peer.to_string(),
             })
             .set(i64::from(exceeded));
+    }
+
+    /// Reports the backup shipper's status from now on.
+    pub fn set_backup(&self, status: Arc<BackupStatus>) {
+        let _ = self.backup.set(status);
     }
 
     /// Forgets learner lag flags (this node no longer leads).
@@ -228,6 +264,21 @@ impl Metrics {
         self.write_stalls
             .set((engine.write_slowdowns + engine.write_stops) as i64);
         self.flushes.set(engine.flushes as i64);
+        if let Some(backup) = self.backup.get() {
+            let shipped = backup.shipped_index.load(Ordering::Relaxed);
+            self.backup_shipped_index.set(shipped as i64);
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let leads = m.current_leader == Some(node.id());
+            self.backup_lag_entries.set(if leads {
+                applied.saturating_sub(shipped) as i64
+            } else {
+                0
+            });
+            self.backup_failures
+                .set(backup.failures.load(Ordering::Relaxed) as i64);
+            self.backup_last_success
+                .set((backup.last_success_ms.load(Ordering::Relaxed) / 1000) as i64);
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry.lock()).expect("writing to a String cannot fail");
         text

@@ -8,6 +8,7 @@ use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
 use crate::service::Context;
 use ferry_client::pb;
+use ferry_replication::backup::BackupShipper;
 use ferry_replication::types::FerryNode;
 use ferry_replication::{Node, NodeConfig};
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    backup: Option<(Arc<BackupShipper>, tokio::task::JoinHandle<()>)>,
     health: tonic_health::server::HealthReporter,
 }
 
@@ -188,6 +190,19 @@ impl Server {
                 stopped.clone(),
             )));
         }
+        let backup = match &config.backup_dir {
+            Some(dir) => {
+                let target = ferry_replication::backup::LocalDir::new(dir).map_err(|e| {
+                    StartError::Config(format!("backup directory {}: {e}", dir.display()))
+                })?;
+                let shipper =
+                    BackupShipper::new(node.clone(), Arc::new(target), config.backup_options());
+                context.metrics.set_backup(shipper.status().clone());
+                let task = shipper.spawn();
+                Some((shipper, task))
+            }
+            None => None,
+        };
         tracing::info!(id = config.id, %client_addr, raft = %raft_addr, metrics = ?metrics_addr, data = %config.data_dir.display(), "serving");
         Ok(Server {
             node,
@@ -196,6 +211,7 @@ impl Server {
             metrics_addr,
             stop,
             tasks,
+            backup,
             health,
         })
     }
@@ -207,6 +223,20 @@ impl Server {
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        if let Some((shipper, task)) = self.backup.take() {
+            task.abort();
+            if self.node.is_leader() {
+                // A last round, so a clean stop loses nothing to the chain.
+                match tokio::time::timeout(Duration::from_secs(10), shipper.ship(false)).await {
+                    Ok(Ok(report)) => tracing::info!(
+                        index = report.shipped_index,
+                        "backup chain shipped up to date"
+                    ),
+                    Ok(Err(error)) => tracing::warn!(%error, "last backup round failed"),
+                    Err(_) => tracing::warn!("last backup round timed out"),
+                }
+            }
+        }
         if self.node.is_leader() {
             let metrics = self.node.metrics();
             let target = metrics

@@ -340,7 +340,7 @@ async fn limits_and_bad_requests_get_their_documented_errors() {
     );
 
     // Metrics and probes over HTTP.
-    let metrics = http_get(&cluster.metrics_addr(1), "/metrics").await;
+    let metrics = common::http_get(&cluster.metrics_addr(1), "/metrics").await;
     for name in [
         "ferry_raft_term",
         "ferry_raft_applied_index",
@@ -352,23 +352,9 @@ async fn limits_and_bad_requests_get_their_documented_errors() {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
-    assert!(http_get(&cluster.metrics_addr(1), "/readyz")
+    assert!(common::http_get(&cluster.metrics_addr(1), "/readyz")
         .await
         .starts_with("HTTP/1.1 200"));
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 #[test]

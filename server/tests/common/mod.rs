@@ -27,6 +27,8 @@ pub struct Proc {
 pub struct ProcessCluster {
     pub root: TempDir,
     pub nodes: Vec<Proc>,
+    /// Extra `ferry serve` flags every node gets.
+    pub extra_args: Vec<String>,
 }
 
 impl ProcessCluster {
@@ -74,6 +76,7 @@ impl ProcessCluster {
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
             .args(["--learner-max-lag-ms", "1000"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
@@ -88,11 +91,22 @@ impl ProcessCluster {
         node.child = Some(command.spawn().unwrap());
     }
 
-    /// Three nodes forming one cluster (node 1 initializes it).
+    /// `n` nodes forming one cluster (node 1 initializes it).
     pub fn start(n: u64) -> ProcessCluster {
+        Self::start_with(n, |_| Vec::new())
+    }
+
+    /// As [`Self::start`], every node also getting `extra(root)` as flags.
+    pub fn start_with(
+        n: u64,
+        extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> ProcessCluster {
+        let root = tempfile::tempdir().unwrap();
+        let extra_args = extra(root.path());
         let mut cluster = ProcessCluster {
-            root: tempfile::tempdir().unwrap(),
+            root,
             nodes: Vec::new(),
+            extra_args,
         };
         for id in 1..=n {
             cluster.new_node(id);
@@ -240,4 +254,19 @@ pub async fn stale_prefix_at(addr: &str, prefix: &[u8]) -> (Vec<ferry_client::pb
         }
         continuation = page.continuation;
     }
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
