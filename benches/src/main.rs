@@ -11,6 +11,7 @@
 //! ```
 
 mod adapter;
+mod backup_restore;
 mod checkpoint;
 mod engine;
 mod failover;

@@ -9,6 +9,8 @@
 //! `node-restart`: a single-node cluster process holding `--node-bytes` of
 //! state (written through the SDK) is SIGKILLed and started again from its
 //! data directory; the time until a linearizable read succeeds is timed.
+//!
+//! `backup-restore`: see [`crate::backup_restore`].
 
 use crate::report::Row;
 use ferry_engine::{Db, Durability, Options};
@@ -25,6 +27,12 @@ pub struct Args {
     /// State of the node in the `node-restart` workload (0 skips it).
     #[arg(long, default_value_t = 1 << 30)]
     pub node_bytes: u64,
+    /// State of the node in the `backup-restore` workload (0 skips it).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub backup_bytes: u64,
+    /// Log entries written after the checkpoint in `backup-restore`.
+    #[arg(long, default_value_t = 200_000)]
+    pub backup_log_entries: u64,
     #[command(flatten)]
     pub output: crate::report::Output,
 }
@@ -76,6 +84,13 @@ pub fn run(args: &Args) -> Vec<Row> {
         .with("records_per_sec", report.wal_records as f64 / seconds)];
     if args.node_bytes > 0 {
         rows.push(crate::failover::node_restart(args.node_bytes, &args.output));
+    }
+    if args.backup_bytes > 0 {
+        rows.extend(crate::backup_restore::run(
+            args.backup_bytes,
+            args.backup_log_entries,
+            &args.output,
+        ));
     }
     rows
 }

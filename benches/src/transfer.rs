@@ -39,13 +39,13 @@ pub struct Args {
 const VALUE: usize = 1024;
 const BATCH: u64 = 256;
 
-fn key(i: u64) -> Vec<u8> {
+pub(crate) fn key(i: u64) -> Vec<u8> {
     let mut key = vec![0u8; 16];
     key[8..].copy_from_slice(&i.to_be_bytes());
     key
 }
 
-fn value(i: u64, round: u64) -> Vec<u8> {
+pub(crate) fn value(i: u64, round: u64) -> Vec<u8> {
     let mut state = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round;
     (0..VALUE / 8)
         .flat_map(|_| {
@@ -74,7 +74,7 @@ fn options(id: u64, dir: &std::path::Path) -> NodeConfig {
 }
 
 /// Writes keys `keys` (value round `round`) through the leader, 4 batches in flight.
-async fn load(leader: &Arc<Node>, keys: impl Iterator<Item = u64>, round: u64) {
+pub(crate) async fn load(leader: &Arc<Node>, keys: impl Iterator<Item = u64>, round: u64) {
     let keys: Vec<u64> = keys.collect();
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in keys.chunks(BATCH as usize) {

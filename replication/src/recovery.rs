@@ -53,6 +53,17 @@ pub async fn restore_as_single_node(
     let engine_dir = data_dir.join("engine-0");
     ferry_engine::checkpoint::restore(checkpoint, &engine_dir, &mut |_| {})
         .map_err(io::Error::other)?;
+    make_single_node(data_dir, id, node).await
+}
+
+/// Makes `data_dir`, whose `engine-0` holds the state (and nothing else
+/// yet), a new single-node cluster as described in the module docs.
+pub(crate) async fn make_single_node(
+    data_dir: &Path,
+    id: NodeId,
+    node: FerryNode,
+) -> io::Result<Recovered> {
+    let engine_dir = data_dir.join("engine-0");
     let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
         .map_err(io::Error::other)?;
     let applied: Option<LogId> = match db.get(keys::APPLIED).map_err(io::Error::other)? {

@@ -2,7 +2,7 @@
 
 use super::catalog::{object_name, Catalog, CheckpointRecord, LogChunk};
 use super::target::BackupTarget;
-use crate::recovery::restore_as_single_node;
+use crate::recovery::make_single_node;
 use crate::snapshot::unique_suffix;
 use crate::state_machine::apply::apply_entries;
 use crate::types::{Entry, FerryNode, LogId, NodeId};
@@ -82,10 +82,19 @@ pub async fn restore(
             .await
             .map_err(io::Error::other)?
     };
+    // The rebuilt engine moves into place (same file system: a rename).
     let result = match built {
-        Ok(report) => restore_as_single_node(&work.join("final"), data_dir, id, node)
-            .await
-            .map(|_| report),
+        Ok(report) => async {
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::rename(work.join("engine"), data_dir.join("engine-0"))?;
+            OsFs.sync_dir(data_dir)?;
+            make_single_node(data_dir, id, node).await?;
+            Ok(report)
+        }
+        .await
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(data_dir);
+        }),
         Err(error) => Err(error),
     };
     let _ = std::fs::remove_dir_all(&work);
@@ -93,7 +102,7 @@ pub async fn restore(
 }
 
 /// Fetches the checkpoint, replays the log up to `point` and leaves the
-/// result as an engine checkpoint in `work/final`.
+/// result as a closed, flushed engine in `work/engine`.
 fn rebuild(
     target: &dyn BackupTarget,
     point: RestorePoint,
@@ -185,8 +194,7 @@ fn rebuild(
             ));
         }
     }
-    db.checkpoint(work.join("final"))
-        .map_err(io::Error::other)?;
+    db.flush().map_err(io::Error::other)?;
     db.close().map_err(io::Error::other)?;
     Ok(RestoreReport {
         checkpoint_index: record.index(),
