@@ -75,19 +75,44 @@ pub fn serve_node(args: &NodeArgs) {
     });
 }
 
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").to_string()
 }
 
-struct Nodes {
-    root: tempfile::TempDir,
-    addrs: BTreeMap<u64, (String, String)>,
-    children: BTreeMap<u64, Child>,
+/// `ferry serve` processes (as `serve-node` children of this binary).
+pub(crate) struct Nodes {
+    pub(crate) root: tempfile::TempDir,
+    /// Per node: client address, Raft address.
+    pub(crate) addrs: BTreeMap<u64, (String, String)>,
+    pub(crate) children: BTreeMap<u64, Child>,
 }
 
 impl Nodes {
-    fn spawn(&mut self, id: u64, init: bool) {
+    /// Nodes `1..=n` forming one cluster (node 1 initializes it).
+    pub(crate) fn start(root: tempfile::TempDir, n: u64) -> Nodes {
+        let mut nodes = Nodes {
+            root,
+            addrs: (1..=n).map(|id| (id, (free_addr(), free_addr()))).collect(),
+            children: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            nodes.spawn(id, id == 1);
+        }
+        nodes
+    }
+
+    /// Client addresses of the nodes.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        self.addrs.values().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Starts node `id` (new nodes get fresh addresses); `init` forms the
+    /// cluster of every known node, else it waits to be added.
+    pub(crate) fn spawn(&mut self, id: u64, init: bool) {
+        self.addrs
+            .entry(id)
+            .or_insert_with(|| (free_addr(), free_addr()));
         let (client, raft) = self.addrs[&id].clone();
         let mut command = Command::new(std::env::current_exe().expect("own path"));
         command
@@ -98,7 +123,11 @@ impl Nodes {
             .args(["--client-addr", &client, "--raft-addr", &raft])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(if std::env::var_os("FERRY_BENCH_DEBUG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         if init {
             command.arg("--init");
             for (peer, (c, r)) in &self.addrs {
@@ -111,7 +140,7 @@ impl Nodes {
             .insert(id, command.spawn().expect("spawn node"));
     }
 
-    fn kill(&mut self, id: u64) {
+    pub(crate) fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children.remove(&id) {
             let _ = child.kill();
             let _ = child.wait();
@@ -225,15 +254,8 @@ fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
 }
 
 async fn run_async(args: &Args) -> Vec<Row> {
-    let mut nodes = Nodes {
-        root: args.output.work_dir(),
-        addrs: (1..=3).map(|id| (id, (free_addr(), free_addr()))).collect(),
-        children: BTreeMap::new(),
-    };
-    nodes.spawn(1, true);
-    nodes.spawn(2, false);
-    nodes.spawn(3, false);
-    let endpoints: Vec<String> = nodes.addrs.values().map(|(c, _)| c.clone()).collect();
+    let mut nodes = Nodes::start(args.output.work_dir(), 3);
+    let endpoints = nodes.endpoints();
     let options = ClientOptions {
         call_timeout: Duration::from_secs(30),
         backoff_initial: Duration::from_millis(5),
@@ -440,7 +462,8 @@ pub fn node_restart(bytes: u64, output: &crate::report::Output) -> Row {
     })
 }
 
-async fn connect(endpoints: &[String]) -> Client {
+/// Connects once a leader is known.
+pub(crate) async fn connect(endpoints: &[String]) -> Client {
     let options = ClientOptions {
         call_timeout: Duration::from_secs(60),
         ..ClientOptions::default()

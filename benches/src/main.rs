@@ -13,6 +13,7 @@
 mod adapter;
 mod backup_restore;
 mod checkpoint;
+mod cluster;
 mod engine;
 mod failover;
 mod parquet;
@@ -48,6 +49,8 @@ enum Suite {
     Transfer(transfer::Args),
     /// RTO when the leader is SIGKILLed, pause of a planned leadership transfer.
     Failover(failover::Args),
+    /// A 3-node Ferry cluster against a 3-member etcd cluster: puts and linearizable gets.
+    Cluster(cluster::Args),
     /// (internal) one node of the failover suite's cluster.
     #[command(hide = true)]
     ServeNode(failover::NodeArgs),
@@ -62,6 +65,7 @@ fn main() {
         Suite::Parquet(args) => (parquet::run(args), args.output.json.as_deref()),
         Suite::Transfer(args) => (transfer::run(args), args.output.json.as_deref()),
         Suite::Failover(args) => (failover::run(args), args.output.json.as_deref()),
+        Suite::Cluster(args) => (cluster::run(args), args.output.json.as_deref()),
         Suite::ServeNode(args) => {
             failover::serve_node(args);
             return;

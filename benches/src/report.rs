@@ -17,6 +17,9 @@ const BASELINE: &str = "ferry";
 /// dataframe or a spreadsheet.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// `"engine"` for storage engines, `"system"` for whole systems (the
+    /// JSON key of `engine`).
+    pub label: &'static str,
     pub engine: String,
     pub workload: String,
     pub figures: Vec<(&'static str, f64)>,
@@ -25,9 +28,18 @@ pub struct Row {
 impl Row {
     pub fn new(engine: &str, workload: &str) -> Self {
         Row {
+            label: "engine",
             engine: engine.to_owned(),
             workload: workload.to_owned(),
             figures: Vec::new(),
+        }
+    }
+
+    /// A row of a whole system (a cluster), keyed `system` in JSON.
+    pub fn system(system: &str, workload: &str) -> Self {
+        Row {
+            label: "system",
+            ..Row::new(system, workload)
         }
     }
 
@@ -50,7 +62,7 @@ impl Serialize for Row {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(2 + self.figures.len()))?;
-        map.serialize_entry("engine", &self.engine)?;
+        map.serialize_entry(self.label, &self.engine)?;
         map.serialize_entry("workload", &self.workload)?;
         for (name, value) in &self.figures {
             // Counts are whole numbers; keep them integers in JSON.
@@ -71,7 +83,8 @@ pub fn print_table(rows: &[Row]) {
         rows.iter()
             .flat_map(|row| row.figures.iter().map(|(n, _)| *n)),
     );
-    let mut header = cells(&["engine", "workload"]);
+    let label = rows.first().map_or("engine", |row| row.label);
+    let mut header = cells(&[label, "workload"]);
     header.extend(names.iter().map(|n| (*n).to_owned()));
     let mut lines = vec![header];
     lines.extend(rows.iter().map(|row| {
@@ -86,31 +99,67 @@ pub fn print_table(rows: &[Row]) {
     print_aligned(&lines, 2);
 }
 
-/// Prints, for each workload, Ferry's throughput divided by each peer's
-/// (above 1.0: Ferry is faster). Skipped unless Ferry and a peer both ran.
+/// Prints, for each workload (and client count, where rows have one),
+/// Ferry's throughput divided by each peer's (above 1.0: Ferry is faster)
+/// and, where rows have `p99_us`, Ferry's p99 latency divided by the
+/// peer's (below 1.0: Ferry is faster). Skipped unless Ferry and a peer
+/// both ran.
 pub fn print_ratios(rows: &[Row]) {
     let engines = distinct(rows.iter().map(|row| row.engine.as_str()));
     let peers: Vec<&str> = engines.into_iter().filter(|&e| e != BASELINE).collect();
     if peers.is_empty() || !rows.iter().any(|row| row.engine == BASELINE) {
         return;
     }
-    let ops = |engine: &str, workload: &str| {
-        rows.iter()
-            .find(|row| row.engine == engine && row.workload == workload)
-            .and_then(|row| row.get("ops_per_sec"))
+    let case = |row: &Row| match row.get("clients") {
+        Some(clients) => format!("{} x{clients}", row.workload),
+        None => row.workload.clone(),
     };
+    let cases: Vec<String> = distinct(rows.iter().map(|row| row.workload.as_str()))
+        .into_iter()
+        .flat_map(|workload| {
+            let mut of_workload: Vec<String> = Vec::new();
+            for row in rows.iter().filter(|row| row.workload == workload) {
+                let name = case(row);
+                if !of_workload.contains(&name) {
+                    of_workload.push(name);
+                }
+            }
+            of_workload
+        })
+        .collect();
+    let figure = |engine: &str, name: &str, figure: &str| {
+        rows.iter()
+            .find(|row| row.engine == engine && case(row) == name)
+            .and_then(|row| row.get(figure))
+    };
+    let with_p99 = rows.iter().any(|row| row.get("p99_us").is_some());
 
     let mut header = vec!["workload".to_owned()];
-    header.extend(peers.iter().map(|peer| format!("{BASELINE}/{peer}")));
+    for peer in &peers {
+        header.push(format!("ops {BASELINE}/{peer}"));
+        if with_p99 {
+            header.push(format!("p99 {BASELINE}/{peer}"));
+        }
+    }
     let mut lines = vec![header];
-    for workload in distinct(rows.iter().map(|row| row.workload.as_str())) {
-        let mut line = vec![workload.to_owned()];
-        line.extend(peers.iter().map(|&peer| {
-            match (ops(BASELINE, workload), ops(peer, workload)) {
-                (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.2}", ours / theirs),
-                _ => "-".to_owned(),
+    let ratio = |ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
+        (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.2}", ours / theirs),
+        _ => "-".to_owned(),
+    };
+    for name in &cases {
+        let mut line = vec![name.clone()];
+        for &peer in &peers {
+            line.push(ratio(
+                figure(BASELINE, name, "ops_per_sec"),
+                figure(peer, name, "ops_per_sec"),
+            ));
+            if with_p99 {
+                line.push(ratio(
+                    figure(BASELINE, name, "p99_us"),
+                    figure(peer, name, "p99_us"),
+                ));
             }
-        }));
+        }
         lines.push(line);
     }
 

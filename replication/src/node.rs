@@ -27,7 +27,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+// tonic's own `tcp_nodelay` applies only to listeners it binds; ours
+// are bound first (to learn the port), so each accepted stream sets it:
+// with Nagle on, a reply's trailing frames wait for the client's delayed
+// ACK (40 ms on Linux).
+use tonic::transport::server::TcpIncoming;
 
 /// Raft timing and log retention.
 #[derive(Debug, Clone)]
@@ -266,9 +270,12 @@ impl Node {
                         .max_decoding_message_size(256 << 20)
                         .max_encoding_message_size(256 << 20),
                 )
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await;
             if let Err(error) = result {
                 tracing::error!(%error, "raft peer service stopped");

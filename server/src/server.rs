@@ -16,7 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
+// tonic's own `tcp_nodelay` applies only to listeners it binds; ours
+// are bound first (to learn the port), so each accepted stream sets it:
+// with Nagle on, a reply's trailing frames wait for the client's delayed
+// ACK (40 ms on Linux).
+use tonic::transport::server::TcpIncoming;
 
 /// A running server.
 pub struct Server {
@@ -159,7 +163,10 @@ impl Server {
         let grpc_stop = wait_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(error) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), grpc_stop)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(client_listener).with_nodelay(Some(true)),
+                    grpc_stop,
+                )
                 .await
             {
                 tracing::error!(%error, "client API stopped");

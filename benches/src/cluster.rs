@@ -1,0 +1,306 @@
+//! The `cluster` suite: a 3-node Ferry cluster side by side with a 3-member
+//! etcd cluster, both on loopback and both fsyncing every commit.
+//!
+//! For each system and each client count (default 1, 64, 256): `put` of
+//! 16-byte keys and 256-byte values (each key new), then linearizable `get`
+//! of keys written before, each for `--seconds`. Clients are tasks spread
+//! over at most 16 connections (SDK clients), the same for both systems.
+//! Ferry runs as `ferry serve` processes (this binary re-executed as
+//! `serve-node`) with default settings; the Ferry SDK is its client.
+//!
+//! etcd runs when the bench is built with `--features etcd` (its client
+//! crate, `etcd-client`, needs a system `protoc` to build) and an `etcd`
+//! binary is found (Debian: `apt install etcd-server`).
+
+use crate::failover::{connect, Nodes};
+use crate::report::Row;
+use hdrhistogram::Histogram;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Concurrent clients, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64, 256])]
+    pub clients: Vec<usize>,
+    /// Seconds each workload runs at each client count.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// The etcd binary (with `--features etcd`).
+    #[arg(long, default_value = "etcd")]
+    pub etcd: String,
+    #[command(flatten)]
+    pub output: crate::report::Output,
+}
+
+const VALUE_BYTES: usize = 256;
+const MAX_CONNECTIONS: usize = 16;
+
+/// What the load generator needs of a system's client.
+pub(crate) trait KvClient: Clone + Send + Sync + 'static {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send;
+    fn get(&self, key: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl KvClient for ferry_client::Client {
+    async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+        ferry_client::Client::put(self, key, value)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn get(&self, key: Vec<u8>) -> Result<(), String> {
+        ferry_client::Client::get(self, key)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A 16-byte key.
+fn key(i: u64) -> Vec<u8> {
+    format!("{i:016}").into_bytes()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Put,
+    Get,
+}
+
+/// Runs `workload` from `clients` tasks over `pool` for `seconds`.
+async fn drive<C: KvClient>(
+    system: &str,
+    pool: &[C],
+    workload: Workload,
+    clients: usize,
+    seconds: f64,
+    written: &Arc<AtomicU64>,
+) -> Row {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let readable = written.load(Ordering::Relaxed).max(1);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..clients {
+        let client = pool[task % pool.len()].clone();
+        let written = written.clone();
+        tasks.spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut errors = 0u64;
+            let mut state = (task as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let result = match workload {
+                    Workload::Put => {
+                        let i = written.fetch_add(1, Ordering::Relaxed);
+                        client.put(key(i), vec![(i % 251) as u8; VALUE_BYTES]).await
+                    }
+                    Workload::Get => {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        client.get(key(state % readable)).await
+                    }
+                };
+                match result {
+                    Ok(()) => latency.saturating_record(sent.elapsed().as_micros() as u64),
+                    Err(error) => {
+                        errors += 1;
+                        if errors == 1 {
+                            eprintln!("  error: {error}");
+                        }
+                    }
+                }
+            }
+            (latency, errors)
+        });
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut errors = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (histogram, failed) = done.expect("client task");
+        latency.add(histogram).expect("same bounds");
+        errors += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let name = match workload {
+        Workload::Put => "put",
+        Workload::Get => "get",
+    };
+    let row = Row::system(system, name)
+        .with("clients", clients as f64)
+        .with("ops_per_sec", latency.len() as f64 / elapsed)
+        .with("p50_us", latency.value_at_quantile(0.5) as f64)
+        .with("p99_us", latency.value_at_quantile(0.99) as f64)
+        .with("errors", errors as f64);
+    eprintln!(
+        "{system} {name} x{clients}: {:.0} ops/s, p99 {} us",
+        latency.len() as f64 / elapsed,
+        latency.value_at_quantile(0.99)
+    );
+    row
+}
+
+/// Every workload at every client count against one system.
+async fn run_system<C: KvClient>(system: &str, pool: &[C], args: &Args) -> Vec<Row> {
+    let written = Arc::new(AtomicU64::new(0));
+    let mut rows = Vec::new();
+    for workload in [Workload::Put, Workload::Get] {
+        for &clients in &args.clients {
+            rows.push(drive(system, pool, workload, clients, args.seconds, &written).await);
+        }
+    }
+    rows
+}
+
+fn connections(args: &Args) -> usize {
+    args.clients
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .clamp(1, MAX_CONNECTIONS)
+}
+
+pub fn run(args: &Args) -> Vec<Row> {
+    crate::report::block_on(run_async(args))
+}
+
+async fn run_async(args: &Args) -> Vec<Row> {
+    let mut rows = Vec::new();
+    {
+        let nodes = Nodes::start(args.output.work_dir(), 3);
+        let endpoints = nodes.endpoints();
+        connect(&endpoints).await;
+        let mut pool = Vec::new();
+        for _ in 0..connections(args) {
+            pool.push(connect(&endpoints).await);
+        }
+        rows.extend(run_system("ferry", &pool, args).await);
+    }
+    rows.extend(etcd::run(args).await);
+    rows
+}
+
+#[cfg(not(feature = "etcd"))]
+mod etcd {
+    pub async fn run(_: &super::Args) -> Vec<crate::report::Row> {
+        eprintln!("etcd: skipped (build ferry-bench with --features etcd; see the README)");
+        Vec::new()
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::{connections, run_system, Args, KvClient};
+    use crate::failover::free_addr;
+    use crate::report::Row;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    impl KvClient for etcd_client::KvClient {
+        async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+            let mut client = self.clone();
+            etcd_client::KvClient::put(&mut client, key, value, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
+        async fn get(&self, key: Vec<u8>) -> Result<(), String> {
+            // etcd's default range is linearizable (no `serializable`).
+            let mut client = self.clone();
+            etcd_client::KvClient::get(&mut client, key, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// etcd members; killed when dropped.
+    struct Members(Vec<Child>);
+
+    impl Drop for Members {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    pub async fn run(args: &Args) -> Vec<Row> {
+        let found = Command::new(&args.etcd)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!(
+                "etcd: skipped ({} not found; Debian: apt install etcd-server)",
+                args.etcd
+            );
+            return Vec::new();
+        }
+        let root = args.output.work_dir();
+        let addrs: Vec<(String, String)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+        let cluster = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Members(Vec::new());
+        for (i, (client, peer)) in addrs.iter().enumerate() {
+            let child = Command::new(&args.etcd)
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(root.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &format!("http://{client}")])
+                .args(["--advertise-client-urls", &format!("http://{client}")])
+                .args(["--listen-peer-urls", &format!("http://{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+                .args(["--initial-cluster", &cluster])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "ferry-bench",
+                ])
+                .args(["--quota-backend-bytes", &(8u64 << 30).to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcd");
+            members.0.push(child);
+        }
+        let endpoints: Vec<String> = addrs.iter().map(|(c, _)| format!("http://{c}")).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut pool = Vec::new();
+        while pool.len() < connections(args) {
+            match etcd_client::Client::connect(&endpoints, None).await {
+                Ok(client) => {
+                    let kv = client.kv_client();
+                    if KvClient::put(&kv, b"ready".to_vec(), b"1".to_vec())
+                        .await
+                        .is_ok()
+                    {
+                        pool.push(kv);
+                        continue;
+                    }
+                }
+                Err(error) => eprintln!("etcd: {error}"),
+            }
+            assert!(Instant::now() < deadline, "etcd cluster did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let rows = run_system("etcd", &pool, args).await;
+        drop(members);
+        rows
+    }
+}
