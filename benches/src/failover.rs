@@ -49,6 +49,9 @@ pub struct NodeArgs {
     pub peers: Vec<String>,
     #[arg(long)]
     pub init: bool,
+    /// HTTP address of /metrics ("" = none).
+    #[arg(long, default_value = "")]
+    pub metrics_addr: String,
 }
 
 pub fn serve_node(args: &NodeArgs) {
@@ -59,7 +62,7 @@ pub fn serve_node(args: &NodeArgs) {
             data_dir: args.data_dir.clone(),
             client_addr: args.client_addr.clone(),
             raft_addr: args.raft_addr.clone(),
-            metrics_addr: String::new(),
+            metrics_addr: args.metrics_addr.clone(),
             peers: args.peers.clone(),
             init: args.init,
             join: !args.init,
@@ -85,6 +88,8 @@ pub(crate) struct Nodes {
     pub(crate) root: tempfile::TempDir,
     /// Per node: client address, Raft address.
     pub(crate) addrs: BTreeMap<u64, (String, String)>,
+    /// Per node: the metrics address.
+    pub(crate) metrics: BTreeMap<u64, String>,
     pub(crate) children: BTreeMap<u64, Child>,
 }
 
@@ -94,6 +99,7 @@ impl Nodes {
         let mut nodes = Nodes {
             root,
             addrs: (1..=n).map(|id| (id, (free_addr(), free_addr()))).collect(),
+            metrics: BTreeMap::new(),
             children: BTreeMap::new(),
         };
         for id in 1..=n {
@@ -108,12 +114,13 @@ impl Nodes {
     }
 
     /// Starts node `id` (new nodes get fresh addresses); `init` forms the
-    /// cluster of every known node, else it waits to be added.
+    /// cluster of every node known now, else it waits to be added.
     pub(crate) fn spawn(&mut self, id: u64, init: bool) {
         self.addrs
             .entry(id)
             .or_insert_with(|| (free_addr(), free_addr()));
         let (client, raft) = self.addrs[&id].clone();
+        let metrics = self.metrics.entry(id).or_insert_with(free_addr).clone();
         let mut command = Command::new(std::env::current_exe().expect("own path"));
         command
             .arg("serve-node")
@@ -121,6 +128,7 @@ impl Nodes {
             .arg("--data-dir")
             .arg(self.root.path().join(format!("node-{id}")))
             .args(["--client-addr", &client, "--raft-addr", &raft])
+            .args(["--metrics-addr", &metrics])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("FERRY_BENCH_DEBUG").is_some() {
@@ -397,12 +405,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
 /// of state and time its restart until it serves a linearizable read.
 pub fn node_restart(bytes: u64, output: &crate::report::Output) -> Row {
     crate::report::block_on(async {
-        let mut nodes = Nodes {
-            root: output.work_dir(),
-            addrs: BTreeMap::from([(1, (free_addr(), free_addr()))]),
-            children: BTreeMap::new(),
-        };
-        nodes.spawn(1, true);
+        let mut nodes = Nodes::start(output.work_dir(), 1);
         let endpoint = vec![nodes.addrs[&1].0.clone()];
         let client = connect(&endpoint).await;
         const VALUE: usize = 1024;

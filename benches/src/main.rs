@@ -19,6 +19,7 @@ mod failover;
 mod parquet;
 mod recovery;
 mod report;
+mod rolling;
 mod transfer;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Suite {
     Failover(failover::Args),
     /// A 3-node Ferry cluster against a 3-member etcd cluster: puts and linearizable gets.
     Cluster(cluster::Args),
+    /// All three members replaced one by one under load: time and bytes.
+    Rolling(rolling::Args),
     /// (internal) one node of the failover suite's cluster.
     #[command(hide = true)]
     ServeNode(failover::NodeArgs),
@@ -66,6 +69,7 @@ fn main() {
         Suite::Transfer(args) => (transfer::run(args), args.output.json.as_deref()),
         Suite::Failover(args) => (failover::run(args), args.output.json.as_deref()),
         Suite::Cluster(args) => (cluster::run(args), args.output.json.as_deref()),
+        Suite::Rolling(args) => (rolling::run(args), args.output.json.as_deref()),
         Suite::ServeNode(args) => {
             failover::serve_node(args);
             return;

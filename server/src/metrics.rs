@@ -47,6 +47,7 @@ pub struct Metrics {
     lag_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     snapshot_sent: Gauge,
     snapshot_received: Gauge,
+    log_received: Gauge,
     log_fsyncs: Gauge,
     log_fsync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     compactions: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             lag_seconds: Family::default(),
             snapshot_sent: Gauge::default(),
             snapshot_received: Gauge::default(),
+            log_received: Gauge::default(),
             log_fsyncs: Gauge::default(),
             log_fsync_seconds: Gauge::default(),
             compactions: Gauge::default(),
@@ -142,6 +144,11 @@ impl Metrics {
             "snapshot_received_bytes",
             "Snapshot bytes received from a leader",
             metrics.snapshot_received.clone(),
+        );
+        registry.register(
+            "log_received_bytes",
+            "Bytes of log entries and heartbeats received from a leader",
+            metrics.log_received.clone(),
         );
         registry.register(
             "log_fsyncs",
@@ -256,6 +263,8 @@ impl Metrics {
             .set(transfers.bytes_sent.load(Ordering::Relaxed) as i64);
         self.snapshot_received
             .set(transfers.bytes_received.load(Ordering::Relaxed) as i64);
+        self.log_received
+            .set(transfers.log_bytes_received.load(Ordering::Relaxed) as i64);
         let log = node.log_stats();
         self.log_fsyncs.set(log.fsyncs as i64);
         self.log_fsync_seconds.set(log.fsync_seconds);

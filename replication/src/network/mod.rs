@@ -30,6 +30,9 @@ pub struct TransferStats {
     pub transfers: AtomicU64,
     /// Differential installs that failed their state-hash check.
     pub hash_mismatches: AtomicU64,
+    /// Bytes of append-entries messages (log entries and heartbeats)
+    /// received as a follower.
+    pub log_bytes_received: AtomicU64,
 }
 
 impl TransferStats {

@@ -92,6 +92,10 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        TransferStats::add(
+            &self.receiver.stats.log_bytes_received,
+            request.get_ref().payload.len() as u64,
+        );
         self.handle(request, |raft, rpc| async move {
             raft.append_entries(rpc).await
         })
