@@ -35,18 +35,29 @@ impl fmt::Display for FerryNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set `key` to `value`.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Remove `key` (no effect if it is absent).
-    Delete { key: Vec<u8> },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Read `key` as part of the transaction (its result is returned).
-    Get { key: Vec<u8> },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// What a [`Compare`] looks at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The value (`None` = the key is absent).
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// The revision that last modified the key (0 = absent).
     ModRevision(u64),
     /// The revision that created the key (0 = absent).
@@ -67,6 +78,7 @@ pub enum CompareOp {
 /// A guard of a transaction: `key`'s `target` `op` the given operand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
@@ -134,7 +146,9 @@ pub fn now_ms() -> u64 {
 /// Result of a `Get` inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -170,3 +184,35 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log entries written before byte strings were serialized as slices
+    /// must still decode: postcard writes both as a length and the bytes.
+    #[test]
+    fn byte_strings_keep_their_postcard_encoding() {
+        #[derive(Serialize)]
+        enum OldOp {
+            Put { key: Vec<u8>, value: Vec<u8> },
+        }
+        let old = postcard::to_stdvec(&OldOp::Put {
+            key: b"key".to_vec(),
+            value: vec![0, 1, 255],
+        })
+        .unwrap();
+        let new = Op::Put {
+            key: b"key".to_vec(),
+            value: vec![0, 1, 255],
+        };
+        assert_eq!(postcard::to_stdvec(&new).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Op>(&old).unwrap(), new);
+        let compare = CompareTarget::Value(Some(vec![7; 300]));
+        let bytes = postcard::to_stdvec(&compare).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<CompareTarget>(&bytes).unwrap(),
+            compare
+        );
+    }
+}

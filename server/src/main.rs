@@ -1,5 +1,8 @@
 //! The `ferry` command-line tool: run a node, run the demo, talk to a cluster.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, Parser, Subcommand};
 use ferry_server::cli::{
     self, exit, BackupCommand, ClusterCommand, Common, KvCommand, SnapshotCommand,

@@ -58,7 +58,6 @@ pub(crate) fn apply_entries<'e>(
     let mut responses = Vec::new();
     for entry in entries {
         let log_id = entry.log_id();
-        debug_assert!(applied.is_none_or(|a: LogId| a.index + 1 == log_id.index));
         let response = match &entry.payload {
             EntryPayload::Normal(command) => {
                 time = time.max(command.time_ms);
@@ -98,21 +97,35 @@ pub(crate) fn apply_entries<'e>(
             postcard::to_stdvec(&time).map_err(io::Error::other)?,
         );
     }
+    let (batch, changes) = overlay.finish()?;
     Ok(AppliedRun {
-        batch: overlay.batch,
-        changes: overlay.changes,
+        batch,
+        changes,
         responses,
         applied,
         membership,
     })
 }
 
+fn decode_client(bytes: &[u8]) -> io::Result<ClientRecord> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}")))
+}
+
 /// Pending effects of the entries applied so far in this batch.
+///
+/// Exactly-once records are kept decoded for the whole run and encoded once
+/// at its end ([`Overlay::finish`]): a client with many writes in flight
+/// has a record of many answers, and re-encoding it per entry made a run
+/// quadratic in its writes per client.
 pub(crate) struct Overlay<'a> {
     db: &'a Db,
     /// Engine key → new engine value (`None` = deleted).
     writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    pub(crate) batch: WriteBatch,
+    /// Client records read or changed in this run, as they are now.
+    clients: HashMap<u64, ClientRecord>,
+    /// Clients whose record changed (written at the end of the run).
+    dirty: std::collections::BTreeSet<u64>,
     /// User-visible changes, in order, for the change feed.
     pub(crate) changes: Vec<Change>,
 }
@@ -122,9 +135,28 @@ impl<'a> Overlay<'a> {
         Overlay {
             db,
             writes: HashMap::new(),
-            batch: WriteBatch::new(),
+            clients: HashMap::new(),
+            dirty: std::collections::BTreeSet::new(),
             changes: Vec::new(),
         }
+    }
+
+    /// The run's writes as one batch (one operation per key: its final
+    /// state), and its changes.
+    fn finish(mut self) -> io::Result<(WriteBatch, Vec<Change>)> {
+        for client in std::mem::take(&mut self.dirty) {
+            let record = &self.clients[&client];
+            let bytes = postcard::to_stdvec(record).map_err(io::Error::other)?;
+            self.writes.insert(keys::client_key(client), Some(bytes));
+        }
+        let mut batch = WriteBatch::new();
+        for (key, value) in &self.writes {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            };
+        }
+        Ok((batch, self.changes))
     }
 
     pub(crate) fn get(&self, engine_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -135,12 +167,10 @@ impl<'a> Overlay<'a> {
     }
 
     pub(crate) fn put(&mut self, engine_key: Vec<u8>, value: Vec<u8>) {
-        self.batch.put(&engine_key, &value);
         self.writes.insert(engine_key, Some(value));
     }
 
     fn delete(&mut self, engine_key: Vec<u8>) {
-        self.batch.delete(&engine_key);
         self.writes.insert(engine_key, None);
     }
 
@@ -159,7 +189,6 @@ impl<'a> Overlay<'a> {
 
     /// Applies one command at log index `revision`.
     pub(crate) fn apply(&mut self, command: &Command, revision: u64) -> io::Result<Response> {
-        let mut client = None;
         if let Some(request) = command.request {
             let record = self.client_record(request.client)?;
             if let Some(answer) = record.answers.get(&request.sequence) {
@@ -176,7 +205,6 @@ impl<'a> Overlay<'a> {
                     )),
                 });
             }
-            client = Some((request, record));
         }
         let mut succeeded = true;
         for compare in &command.compares {
@@ -233,7 +261,8 @@ impl<'a> Overlay<'a> {
             reads,
             rejected: None,
         };
-        if let Some((request, mut record)) = client {
+        if let Some(request) = command.request {
+            let record = self.client_record(request.client)?;
             record.first_incomplete = record.first_incomplete.max(request.first_incomplete);
             let floor = record.first_incomplete;
             record.answers.retain(|sequence, _| *sequence >= floor);
@@ -244,19 +273,21 @@ impl<'a> Overlay<'a> {
                 record.answers.pop_first();
             }
             record.last_revision = revision;
-            let bytes = postcard::to_stdvec(&record).map_err(io::Error::other)?;
-            self.put(keys::client_key(request.client), bytes);
+            self.dirty.insert(request.client);
         }
         Ok(response)
     }
 
-    fn client_record(&self, client: u64) -> io::Result<ClientRecord> {
-        match self.get(&keys::client_key(client))? {
-            None => Ok(ClientRecord::default()),
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
-            }),
+    /// The client's record as of the entries applied so far.
+    fn client_record(&mut self, client: u64) -> io::Result<&mut ClientRecord> {
+        if !self.clients.contains_key(&client) {
+            let record = match self.get(&keys::client_key(client))? {
+                None => ClientRecord::default(),
+                Some(bytes) => decode_client(&bytes)?,
+            };
+            self.clients.insert(client, record);
         }
+        Ok(self.clients.get_mut(&client).expect("inserted above"))
     }
 
     /// Forgets clients that wrote nothing for `CLIENT_EXPIRY_REVISIONS`
@@ -267,21 +298,36 @@ impl<'a> Overlay<'a> {
         if !revision.is_multiple_of(CLIENT_SWEEP_EVERY) || revision < CLIENT_EXPIRY_REVISIONS {
             return Ok(());
         }
-        let mut expired = Vec::new();
+        // Every client the state holds: in the engine, or new in this run.
+        let mut candidates: std::collections::BTreeSet<u64> =
+            self.clients.keys().copied().collect();
         for item in self.db.prefix(keys::CLIENT_PREFIX_KEY) {
             let (key, _) = item.map_err(io::Error::other)?;
-            let Some(bytes) = self.get(&key)? else {
-                continue;
-            };
-            let record: ClientRecord = postcard::from_bytes(&bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}"))
-            })?;
-            if record.last_revision + CLIENT_EXPIRY_REVISIONS < revision {
-                expired.push(key);
-            }
+            candidates.insert(keys::client_of_key(&key).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("client record key {key:?}"),
+                )
+            })?);
         }
-        for key in expired {
-            self.delete(key);
+        for client in candidates {
+            let last_revision = match self.clients.get(&client) {
+                Some(record) => record.last_revision,
+                None => match self.get(&keys::client_key(client))? {
+                    Some(bytes) => decode_client(&bytes)?.last_revision,
+                    None => continue,
+                },
+            };
+            // A record loaded in this run but absent (deleted, or a client
+            // that only read) is the default record: nothing to forget.
+            if last_revision == 0 && !self.dirty.contains(&client) {
+                continue;
+            }
+            if last_revision + CLIENT_EXPIRY_REVISIONS < revision {
+                self.clients.remove(&client);
+                self.dirty.remove(&client);
+                self.delete(keys::client_key(client));
+            }
         }
         Ok(())
     }
@@ -305,5 +351,60 @@ impl<'a> Overlay<'a> {
             CompareOp::Less => ordering.is_lt(),
             CompareOp::Greater => ordering.is_gt(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::RequestId;
+
+    fn put(index: u64, client: u64, sequence: u64) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
+        let log_id = LogId::new(leader, index);
+        Entry::new_normal(
+            log_id,
+            Command {
+                request: Some(RequestId {
+                    client,
+                    sequence,
+                    first_incomplete: sequence,
+                }),
+                ..Command::batch(vec![Op::Put {
+                    key: format!("k{client}").into_bytes(),
+                    value: vec![1],
+                }])
+            },
+        )
+    }
+
+    fn record(db: &Db, client: u64) -> Option<ClientRecord> {
+        db.get(keys::client_key(client))
+            .unwrap()
+            .map(|b| decode_client(&b).unwrap())
+    }
+
+    #[test]
+    fn a_silent_client_is_forgotten_and_a_retry_in_the_same_run_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        // Client 1 writes twice in one run, the second a retry: one answer.
+        let run = apply_entries(&db, &[put(10, 1, 5), put(11, 1, 5)]).unwrap();
+        assert_eq!(run.responses[0], run.responses[1]);
+        db.write(run.batch).unwrap();
+        let kept = record(&db, 1).unwrap();
+        assert_eq!((kept.last_revision, kept.answers.len()), (10, 1));
+
+        // Past the expiry, at a sweep point, client 1 is forgotten; client 2,
+        // new in that very run, is kept.
+        let sweep_at = CLIENT_EXPIRY_REVISIONS + 20_000;
+        assert!(sweep_at.is_multiple_of(CLIENT_SWEEP_EVERY));
+        let run = apply_entries(&db, &[put(sweep_at - 1, 2, 1), put(sweep_at, 2, 2)]).unwrap();
+        db.write(run.batch).unwrap();
+        assert!(record(&db, 1).is_none());
+        assert_eq!(record(&db, 2).unwrap().last_revision, sweep_at);
     }
 }

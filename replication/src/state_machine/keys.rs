@@ -42,6 +42,12 @@ pub(crate) fn client_key(client: u64) -> Vec<u8> {
     out
 }
 
+/// The client id of a [`client_key`].
+pub(crate) fn client_of_key(key: &[u8]) -> Option<u64> {
+    let id = key.strip_prefix(CLIENT_PREFIX)?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
 /// A stored user value with its revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
