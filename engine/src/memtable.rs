@@ -7,6 +7,7 @@
 
 use crate::iter::EntryIter;
 use crate::key::{self, SeqNo, ValueKind};
+use crate::sst::bloom::{self, AtomicFilter};
 use crate::Result;
 use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
@@ -108,6 +109,8 @@ pub(crate) enum Lookup {
 
 pub(crate) struct Memtable {
     map: SkipMap<MemKey, Box<[u8]>>,
+    /// Every user key inserted, for lookups of keys this memtable lacks.
+    filter: AtomicFilter,
     approximate_bytes: AtomicUsize,
     /// First WAL segment holding this memtable's writes: segments from this
     /// one on must be kept until the memtable is flushed.
@@ -116,9 +119,13 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    pub(crate) fn new(first_wal_segment: u64) -> Self {
+    /// A memtable expected to hold up to `budget_bytes` (the write buffer
+    /// size); its key filter gets one bit per 8 bytes of it (10–20 bits per
+    /// key for typical entries), at most 8 MiB.
+    pub(crate) fn new(first_wal_segment: u64, budget_bytes: usize) -> Self {
         Memtable {
             map: SkipMap::new(),
+            filter: AtomicFilter::with_bits((budget_bytes / 8).min(64 << 20)),
             approximate_bytes: AtomicUsize::new(0),
             first_wal_segment,
             max_sequence: AtomicU64::new(0),
@@ -133,6 +140,7 @@ impl Memtable {
             .fetch_add(charge, AtomicOrdering::Relaxed);
         self.max_sequence
             .fetch_max(sequence, AtomicOrdering::Relaxed);
+        self.filter.insert(bloom::hash(user_key));
         self.map.insert(
             MemKey::new(user_key, (sequence << 8) | kind as u64),
             value.into(),
@@ -141,6 +149,9 @@ impl Memtable {
 
     /// The newest version of `user_key` at or below `sequence`.
     pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Lookup {
+        if !self.filter.may_contain(bloom::hash(user_key)) {
+            return Lookup::Absent;
+        }
         let target = MemKey::new(user_key, (sequence << 8) | 0xff);
         let Some(entry) = self.map.lower_bound(Bound::Included(&target)) else {
             return Lookup::Absent;
@@ -246,7 +257,7 @@ mod tests {
 
     #[test]
     fn reads_respect_sequence() {
-        let memtable = Memtable::new(1);
+        let memtable = Memtable::new(1, 1 << 20);
         memtable.insert(b"k", 1, ValueKind::Put, b"v1");
         memtable.insert(b"k", 3, ValueKind::Delete, b"");
         memtable.insert(b"k", 5, ValueKind::Put, b"v5");
@@ -274,7 +285,7 @@ mod tests {
 
     #[test]
     fn iterates_both_ways() {
-        let memtable = Arc::new(Memtable::new(1));
+        let memtable = Arc::new(Memtable::new(1, 1 << 20));
         for (i, k) in [b"a", b"b", b"c"].iter().enumerate() {
             memtable.insert(*k, i as u64 + 1, ValueKind::Put, b"");
         }

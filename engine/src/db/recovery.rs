@@ -137,6 +137,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     let mut report = RecoveryReport::default();
     let mut memtable = Arc::new(Memtable::new(
         segments.first().copied().unwrap_or(wal_number),
+        options.write_buffer_bytes,
     ));
     let mut last_sequence = flushed_sequence;
     for (index, &segment) in segments.iter().enumerate() {
@@ -187,7 +188,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
                 )?;
                 apply(&mut versions, edit, &next_file_number)?;
                 report.tables_flushed += 1;
-                memtable = Arc::new(Memtable::new(segment));
+                memtable = Arc::new(Memtable::new(segment, options.write_buffer_bytes));
             }
             Ok(())
         })?;
@@ -216,7 +217,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     fs.sync_dir(dir).at(dir)?;
     if memtable.is_empty() {
         // Everything replayed is already in tables: retire the old segments.
-        memtable = Arc::new(Memtable::new(wal_number));
+        memtable = Arc::new(Memtable::new(wal_number, options.write_buffer_bytes));
         let edit = VersionEdit {
             log_number: Some(wal_number),
             ..VersionEdit::default()

@@ -461,7 +461,10 @@ impl Inner {
             return Err(error);
         }
         let mut state = self.state.lock();
-        let old = std::mem::replace(&mut state.mem, Arc::new(Memtable::new(number)));
+        let old = std::mem::replace(
+            &mut state.mem,
+            Arc::new(Memtable::new(number, self.options.write_buffer_bytes)),
+        );
         state.imm.push_back(old);
         state.refresh();
         self.work.notify_all();

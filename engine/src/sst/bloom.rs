@@ -1,4 +1,5 @@
-//! Bloom filters over the user keys of a table.
+//! Bloom filters over the user keys of a table, and the memtable's
+//! in-memory filter ([`AtomicFilter`]).
 //!
 //! ## Format
 //!
@@ -36,6 +37,50 @@ fn probes(h: u64, count: u8) -> impl Iterator<Item = u32> {
     })
 }
 
+/// A blocked bloom filter that one writer fills while readers query it:
+/// the memtable's, so that a lookup of a key the memtable does not hold
+/// skips the skip-list search (a cache miss per level of a large list).
+/// In memory only. A key's bits are set before the key is inserted into
+/// the memtable, and a reader's snapshot sequence is acquired after the
+/// writer published the insert, so a reader never misses a key it may see.
+pub(crate) struct AtomicFilter {
+    words: Box<[std::sync::atomic::AtomicU64]>,
+    lines: usize,
+}
+
+const ATOMIC_PROBES: u8 = 6;
+
+impl AtomicFilter {
+    /// A filter of about `bits` bits (at least one line).
+    pub(crate) fn with_bits(bits: usize) -> Self {
+        let lines = (bits / LINE_BITS as usize).max(1);
+        AtomicFilter {
+            words: (0..lines * 8)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            lines,
+        }
+    }
+
+    pub(crate) fn insert(&self, h: u64) {
+        let base = line_of(h, self.lines) * 8;
+        for bit in probes(h, ATOMIC_PROBES) {
+            self.words[base + (bit / 64) as usize]
+                .fetch_or(1 << (bit % 64), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// False means no key with hash `h` was inserted.
+    pub(crate) fn may_contain(&self, h: u64) -> bool {
+        let base = line_of(h, self.lines) * 8;
+        probes(h, ATOMIC_PROBES).all(|bit| {
+            self.words[base + (bit / 64) as usize].load(std::sync::atomic::Ordering::Relaxed)
+                & (1 << (bit % 64))
+                != 0
+        })
+    }
+}
+
 /// Builds a filter from key hashes.
 pub(crate) fn build(hashes: &[u64], bits_per_key: usize) -> Vec<u8> {
     let probe_count = ((bits_per_key as f64) * 0.69).round().clamp(1.0, 30.0) as u8;
@@ -70,6 +115,23 @@ pub(crate) fn may_contain(filter: &[u8], h: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_atomic_filter_has_no_false_negatives() {
+        let filter = AtomicFilter::with_bits(100_000);
+        for i in 0..10_000u32 {
+            filter.insert(hash(&i.to_be_bytes()));
+        }
+        assert!((0..10_000u32).all(|i| filter.may_contain(hash(&i.to_be_bytes()))));
+        let false_positives = (10_000..110_000u32)
+            .filter(|i| filter.may_contain(hash(&i.to_be_bytes())))
+            .count();
+        assert!(false_positives < 2_000, "{false_positives} of 100000");
+        // A one-line filter still answers (with many false positives).
+        let tiny = AtomicFilter::with_bits(0);
+        tiny.insert(7);
+        assert!(tiny.may_contain(7));
+    }
 
     #[test]
     fn no_false_negatives_and_about_one_percent_false_positives() {
