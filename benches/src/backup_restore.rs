@@ -48,12 +48,13 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
     let chain = Arc::new(LocalDir::new(root.path().join("chain")).expect("chain dir"));
     let shipper = BackupShipper::new(node.clone(), chain.clone(), BackupOptions::default());
     let started = Instant::now();
-    let (_, checkpoint_bytes, _) = shipper
+    let checkpoint_bytes = shipper
         .ship(true)
         .await
         .expect("ship checkpoint")
         .checkpoint
-        .expect("a checkpoint");
+        .expect("a checkpoint")
+        .new_bytes;
     let checkpoint_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

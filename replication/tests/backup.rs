@@ -126,7 +126,7 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
     let checkpoint_1 = shipped
         .checkpoint
         .expect("first round ships a checkpoint")
-        .0;
+        .index;
     assert_eq!(shipped.shipped_index, checkpoint_1);
     churn(&leader, &mut model, 150, 2).await;
     let shipped = shipper_a.ship(false).await.unwrap();
@@ -150,11 +150,18 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
     let leader = cluster.nodes[&second].clone();
     let shipper_b = shipper(&leader, &chain);
     churn(&leader, &mut model, 150, 3).await;
-    let checkpoint_2 = shipper_b.ship(true).await.unwrap().checkpoint.unwrap().0;
+    let checkpoint_2 = shipper_b
+        .ship(true)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap()
+        .index;
     churn(&leader, &mut model, 100, 4).await;
     shipper_b.ship(false).await.unwrap();
     churn(&leader, &mut model, 50, 5).await;
-    let (checkpoint_3, new_bytes, total) = shipper_b.ship(true).await.unwrap().checkpoint.unwrap();
+    let third = shipper_b.ship(true).await.unwrap().checkpoint.unwrap();
+    let (checkpoint_3, new_bytes, total) = (third.index, third.new_bytes, third.total_bytes);
     assert!(
         new_bytes < total,
         "a later checkpoint ships only new tables: {new_bytes} of {total}"

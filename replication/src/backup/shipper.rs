@@ -49,12 +49,22 @@ pub struct BackupStatus {
     pub failures: AtomicU64,
 }
 
+/// A checkpoint a round shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShippedCheckpoint {
+    /// The log index of the state it holds.
+    pub index: u64,
+    /// Bytes it added to the chain (files the chain did not hold yet).
+    pub new_bytes: u64,
+    /// Bytes of all its files.
+    pub total_bytes: u64,
+}
+
 /// What one round shipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShipReport {
-    /// The checkpoint shipped, if the round shipped one: its index, the
-    /// bytes it added to the chain and its whole size.
-    pub checkpoint: Option<(u64, u64, u64)>,
+    /// The checkpoint shipped, if the round shipped one.
+    pub checkpoint: Option<ShippedCheckpoint>,
     /// Log entries shipped.
     pub log_entries: u64,
     /// The highest index the chain holds after the round.
@@ -172,7 +182,8 @@ impl BackupShipper {
         let mut report = ShipReport::default();
         let gap = progress.next.is_none_or(|next| next < reader.first_index());
         if checkpoint || gap {
-            let (index, new_bytes, total) = self.ship_checkpoint().await?;
+            let shipped = self.ship_checkpoint().await?;
+            let index = shipped.index;
             // Where the log is still there, it is shipped in full even below
             // the checkpoint, so every index stays restorable from the older
             // checkpoints; only a purged stretch is skipped (a hole a restore
@@ -182,7 +193,7 @@ impl BackupShipper {
             }
             progress.last_checkpoint = Some(Instant::now());
             self.status.checkpoint_index.store(index, Ordering::Relaxed);
-            report.checkpoint = Some((index, new_bytes, total));
+            report.checkpoint = Some(shipped);
         }
         let applied = self.node.state().applied().0.map_or(0, |l| l.index);
         let mut next = progress.next.unwrap_or(1);
@@ -204,7 +215,7 @@ impl BackupShipper {
 
     /// Ships the state as a checkpoint: builds a snapshot, then stores the
     /// files the chain lacks and, last, the record.
-    async fn ship_checkpoint(&self) -> io::Result<(u64, u64, u64)> {
+    async fn ship_checkpoint(&self) -> io::Result<ShippedCheckpoint> {
         self.node.snapshot().await.map_err(io::Error::other)?;
         let handle = self
             .node
@@ -247,7 +258,11 @@ impl BackupShipper {
             status
                 .bytes_shipped
                 .fetch_add(new_bytes + encoded.len() as u64, Ordering::Relaxed);
-            Ok((record.index(), new_bytes, record.total_bytes()))
+            Ok(ShippedCheckpoint {
+                index: record.index(),
+                new_bytes,
+                total_bytes: record.total_bytes(),
+            })
         })
         .await
     }
