@@ -50,10 +50,34 @@ pub async fn restore_as_single_node(
             ),
         ));
     }
-    let engine_dir = data_dir.join("engine-0");
-    ferry_engine::checkpoint::restore(checkpoint, &engine_dir, &mut |_| {})
-        .map_err(io::Error::other)?;
-    make_single_node(data_dir, id, node).await
+    // Built beside the target and renamed into place last, so that a
+    // recovery killed part-way leaves no data directory that would start.
+    let Some(name) = data_dir.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no directory", data_dir.display()),
+        ));
+    };
+    let staged = data_dir.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        crate::snapshot::unique_suffix()
+    ));
+    let result = async {
+        ferry_engine::checkpoint::restore(checkpoint, &staged.join("engine-0"), &mut |_| {})
+            .map_err(io::Error::other)?;
+        let recovered = make_single_node(&staged, id, node).await?;
+        std::fs::rename(&staged, data_dir)?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            OsFs.sync_dir(parent)?;
+        }
+        Ok(recovered)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    result
 }
 
 /// Makes `data_dir`, whose `engine-0` holds the state (and nothing else

@@ -330,6 +330,7 @@ async fn the_running_shipper_keeps_the_chain_going_past_a_purged_log() {
             log_interval: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(3600),
             max_chunk_entries: 1000,
+            ..BackupOptions::default()
         },
     );
     let task = shipper.spawn();
@@ -353,6 +354,67 @@ async fn the_running_shipper_keeps_the_chain_going_past_a_purged_log() {
     assert_eq!(report.shipped_index, model.last());
 
     let out = scratch.path().join("restored");
+    restore_to(&chain, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
+    assert_eq!(restored_state(&out), model.state_at(model.last()));
+
+    // Writes shipped as one chunk ("A"), then a time cut.
+    churn(&node, &mut model, 30, 10).await;
+    let end_a = shipper.ship(false).await.unwrap().shipped_index;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // A round ships a checkpoint and dies before its log; the next leader
+    // continues after the shipped log, not after that checkpoint.
+    churn(&node, &mut model, 30, 11).await;
+    let options = || BackupOptions {
+        max_chunk_entries: 1000,
+        ..BackupOptions::default()
+    };
+    let interrupted = BackupShipper::new(node.clone(), chain.clone(), options());
+    let checkpoint = interrupted
+        .ship(true)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap()
+        .index;
+    assert!(checkpoint >= model.last());
+    let log_dir = scratch.path().join("chain");
+    let catalog = || ferry_replication::backup::Catalog::read(&*chain).unwrap();
+    for chunk in catalog().log.into_iter().filter(|c| c.first > end_a) {
+        std::fs::remove_file(log_dir.join(chunk.name())).unwrap();
+    }
+    let next_leader = BackupShipper::new(node.clone(), chain.clone(), options());
+    let report = next_leader.ship(false).await.unwrap();
+    assert!(report.log_entries >= 30, "{report:?}");
+    let mid = end_a + 15;
+    let out = scratch.path().join("restored-mid");
+    restore_to(&chain, RestorePoint::Index(mid), &out)
+        .await
+        .unwrap();
+    assert_eq!(restored_state(&out), model.state_at(mid));
+
+    // Chunk A is lost: restores that must cross it fail and say so; one
+    // that need not still works.
+    let a = catalog().log.into_iter().find(|c| c.last == end_a).unwrap();
+    std::fs::remove_file(log_dir.join(a.name())).unwrap();
+    assert!(!catalog().log_gaps().is_empty());
+    for (what, point) in [
+        ("index", RestorePoint::Index(mid)),
+        ("time", RestorePoint::Time(cut)),
+    ] {
+        let out = scratch.path().join(format!("across-hole-{what}"));
+        let error = restore_to(&chain, point, &out).await.unwrap_err();
+        assert!(
+            error.to_string().contains("lacks log entries"),
+            "{what}: {error}"
+        );
+        assert!(!out.exists());
+    }
+    let out = scratch.path().join("restored-after-hole");
     restore_to(&chain, RestorePoint::Latest, &out)
         .await
         .unwrap();

@@ -217,10 +217,11 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
             }
             let log_first = catalog.log.first().map(|c| c.first);
             let log_last = catalog.log.iter().map(|c| c.last).max();
+            let gaps = catalog.log_gaps();
             if common.json {
                 println!(
                     "{}",
-                    json!({ "checkpoints": rows, "log_chunks": catalog.log.len(), "log_first": log_first, "log_last": log_last })
+                    json!({ "checkpoints": rows, "log_chunks": catalog.log.len(), "log_first": log_first, "log_last": log_last, "log_gaps": gaps })
                 );
             } else {
                 println!(
@@ -244,6 +245,11 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
                         )
                     }
                     _ => println!("log: none"),
+                }
+                for (from, to) in &gaps {
+                    println!(
+                        "log gap: entries {from}..={to} are missing (no restore can cross them)"
+                    );
                 }
             }
             Ok(exit::OK)

@@ -156,6 +156,22 @@ impl Catalog {
         Ok(Catalog { checkpoints, log })
     }
 
+    /// Stretches of log (inclusive) missing between the first shipped chunk
+    /// and the last: a restore cannot cross them.
+    pub fn log_gaps(&self) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut covered: Option<u64> = None;
+        for chunk in &self.log {
+            if let Some(end) = covered {
+                if chunk.first > end + 1 {
+                    gaps.push((end + 1, chunk.first - 1));
+                }
+            }
+            covered = Some(covered.map_or(chunk.last, |end| end.max(chunk.last)));
+        }
+        gaps
+    }
+
     /// The highest log index the chain holds (by checkpoint or log).
     pub fn last_index(&self) -> Option<u64> {
         let checkpoint = self.checkpoints.last().copied();
@@ -243,6 +259,9 @@ mod tests {
             ]
         );
         assert_eq!(catalog.last_index(), Some(21));
+        assert!(catalog.log_gaps().is_empty());
+        target.put(&log_name(30, 31), &file).unwrap();
+        assert_eq!(Catalog::read(&target).unwrap().log_gaps(), vec![(22, 29)]);
         target.put("log/notes.txt", &file).unwrap();
         assert!(Catalog::read(&target).is_err());
     }

@@ -11,12 +11,14 @@ use ferry_engine::wal::{read_segment, LogKind, TailPolicy};
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Entries applied per engine batch while replaying.
+/// Entries applied per engine batch while replaying, and bytes (of
+/// entries) per batch at most: together they bound the replay's memory.
 const REPLAY_BATCH: usize = 4096;
+const REPLAY_BATCH_BYTES: usize = 16 << 20;
 
 /// The state a restore rebuilds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +72,20 @@ pub async fn restore(
             ),
         ));
     }
-    let work = {
-        let mut name = data_dir.as_os_str().to_owned();
-        name.push(format!(".restore-{}", unique_suffix()));
-        PathBuf::from(name)
+    // A sibling of the data directory (same file system: the result moves
+    // into place by renames), named from its last component so that a
+    // trailing slash cannot put it inside.
+    let Some(name) = data_dir.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no directory", data_dir.display()),
+        ));
     };
+    let work = data_dir.with_file_name(format!(
+        ".{}.restore-{}",
+        name.to_string_lossy(),
+        unique_suffix()
+    ));
     std::fs::create_dir_all(&work)?;
     let built = {
         let work = work.clone();
@@ -82,19 +93,25 @@ pub async fn restore(
             .await
             .map_err(io::Error::other)?
     };
-    // The rebuilt engine moves into place (same file system: a rename).
+    // The new data directory is completed inside the work directory and
+    // renamed into place last, so a restore killed at any point leaves no
+    // data directory that would start half-made.
     let result = match built {
-        Ok(report) => async {
-            std::fs::create_dir_all(data_dir)?;
-            std::fs::rename(work.join("engine"), data_dir.join("engine-0"))?;
-            OsFs.sync_dir(data_dir)?;
-            make_single_node(data_dir, id, node).await?;
-            Ok(report)
+        Ok(report) => {
+            async {
+                let staged = work.join("data");
+                std::fs::create_dir_all(&staged)?;
+                std::fs::rename(work.join("engine"), staged.join("engine-0"))?;
+                OsFs.sync_dir(&staged)?;
+                make_single_node(&staged, id, node).await?;
+                std::fs::rename(&staged, data_dir)?;
+                if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    OsFs.sync_dir(parent)?;
+                }
+                Ok(report)
+            }
+            .await
         }
-        .await
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(data_dir);
-        }),
         Err(error) => Err(error),
     };
     let _ = std::fs::remove_dir_all(&work);
@@ -125,16 +142,18 @@ fn rebuild(
         time_ms: record.time_ms,
         replayed: 0,
         run: Vec::with_capacity(REPLAY_BATCH),
+        run_bytes: 0,
         done: false,
     };
+    // The first index the chain lacks after what it holds, if it has a hole.
+    let mut hole = None;
     for chunk in chunks_after(&catalog, record.index()) {
         if replay.done {
             break;
         }
         let next = replay.next_index();
         if chunk.first > next {
-            // The chain has a hole: stop here; the checks below decide
-            // whether what we reached is enough.
+            hole = Some((next, chunk.first));
             break;
         }
         let name = chunk.name();
@@ -164,8 +183,8 @@ fn rebuild(
                         replay.next_index()
                     )));
                 }
-                replay.offer(entry);
-                if replay.run.len() >= REPLAY_BATCH {
+                replay.offer(entry, payload.len());
+                if replay.run.len() >= REPLAY_BATCH || replay.run_bytes >= REPLAY_BATCH_BYTES {
                     replay
                         .apply(&db)
                         .map_err(|source| ferry_engine::Error::Io {
@@ -181,6 +200,22 @@ fn rebuild(
     }
     replay.apply(&db)?;
     let reached = replay.applied.map_or(0, |l| l.index);
+    // A hole before the restore point is an error whatever the point: the
+    // state past it cannot be rebuilt, and a shorter state is not an answer.
+    let satisfied =
+        replay.done || matches!(point, RestorePoint::Index(wanted) if reached >= wanted);
+    if let (Some((missing, resumes)), false) = (hole, satisfied) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{}: the chain lacks log entries {missing}..{resumes} after checkpoint {} \
+                 (shipped while the log was purged, or lost); restore to an index before \
+                 {missing}, or from a later checkpoint",
+                target.describe(),
+                record.index()
+            ),
+        ));
+    }
     if let RestorePoint::Index(wanted) = point {
         if reached < wanted {
             return Err(io::Error::new(
@@ -301,6 +336,8 @@ struct Replay {
     time_ms: u64,
     replayed: u64,
     run: Vec<Entry>,
+    /// Encoded bytes of the entries in `run`.
+    run_bytes: usize,
     done: bool,
 }
 
@@ -314,7 +351,7 @@ impl Replay {
     }
 
     /// Takes `entry` into the state unless it lies past the restore point.
-    fn offer(&mut self, entry: Entry) {
+    fn offer(&mut self, entry: Entry, encoded_bytes: usize) {
         let index = entry.log_id().index;
         let past = match self.point {
             RestorePoint::Latest => false,
@@ -331,6 +368,7 @@ impl Replay {
             self.time_ms = self.time_ms.max(command.time_ms);
         }
         self.run.push(entry);
+        self.run_bytes += encoded_bytes;
     }
 
     fn apply(&mut self, db: &ferry_engine::Db) -> io::Result<()> {
@@ -342,6 +380,7 @@ impl Replay {
         self.applied = run.applied;
         self.replayed += self.run.len() as u64;
         self.run.clear();
+        self.run_bytes = 0;
         Ok(())
     }
 }

@@ -20,8 +20,11 @@ pub struct BackupOptions {
     pub log_interval: Duration,
     /// Checkpoint interval: bounds how much log a restore replays.
     pub checkpoint_interval: Duration,
-    /// Entries per log chunk at most (bounds a chunk's size and memory).
+    /// Entries per log chunk at most.
     pub max_chunk_entries: u64,
+    /// Bytes per log chunk at most (an entry larger than this still ships,
+    /// alone).
+    pub max_chunk_bytes: u64,
 }
 
 impl Default for BackupOptions {
@@ -30,6 +33,7 @@ impl Default for BackupOptions {
             log_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(600),
             max_chunk_entries: 20_000,
+            max_chunk_bytes: 64 << 20,
         }
     }
 }
@@ -104,6 +108,8 @@ impl BackupShipper {
             .snapshots()
             .dir()
             .with_file_name("backup-staging");
+        // Files of rounds a crash interrupted.
+        let _ = std::fs::remove_dir_all(&staging);
         Arc::new(BackupShipper {
             node,
             target,
@@ -174,9 +180,15 @@ impl BackupShipper {
     async fn round(&self, progress: &mut Progress, checkpoint: bool) -> io::Result<ShipReport> {
         std::fs::create_dir_all(&self.staging)?;
         if progress.next.is_none() {
+            // Continue after the shipped log, not after the newest
+            // checkpoint: a round that shipped a checkpoint and then failed
+            // must still ship the log below it while the log holds it.
             let target = self.target.clone();
             let catalog = blocking(move || Catalog::read(&*target)).await?;
-            progress.next = catalog.last_index().map(|i| i + 1);
+            progress.next = match catalog.log.iter().map(|c| c.last).max() {
+                Some(last) => Some(last + 1),
+                None => catalog.checkpoints.last().map(|c| c + 1),
+            };
         }
         let reader = self.node.log_reader().clone();
         let mut report = ShipReport::default();
@@ -201,7 +213,10 @@ impl BackupShipper {
             let last = applied.min(next + self.options.max_chunk_entries - 1);
             let (target, staging, reader) =
                 (self.target.clone(), self.staging.clone(), reader.clone());
-            let bytes = blocking(move || ship_log(&*target, &staging, &reader, next, last)).await?;
+            let max_bytes = self.options.max_chunk_bytes;
+            let (last, bytes) =
+                blocking(move || ship_log(&*target, &staging, &reader, next, last, max_bytes))
+                    .await?;
             self.status
                 .bytes_shipped
                 .fetch_add(bytes, Ordering::Relaxed);
@@ -268,45 +283,56 @@ impl BackupShipper {
     }
 }
 
-/// Ships entries `first..=last` as one chunk; returns its size. Entries the
-/// log no longer holds are an error (the next round ships a checkpoint).
+/// Ships entries from `first` on, up to `last`, as one chunk of at most
+/// `max_bytes` (the first entry always goes in); returns the last index it
+/// holds and the chunk's size. Entries are read a slice at a time, so
+/// memory stays bounded whatever the entries' sizes. Entries the log no
+/// longer holds are an error (the next round ships a checkpoint).
 fn ship_log(
     target: &dyn BackupTarget,
     staging: &Path,
     reader: &crate::log_store::LogReader,
     first: u64,
     last: u64,
-) -> io::Result<u64> {
-    let entries = reader.read(first..=last)?;
-    let held = entries
-        .first()
-        .map(|e| openraft::entry::RaftEntry::log_id(e).index);
-    if held != Some(first) || entries.len() as u64 != last + 1 - first {
-        return Err(io::Error::other(format!(
-            "log entries {first}..={last} are no longer all in the log (purged before shipping); \
-             the next round ships a checkpoint"
-        )));
-    }
+    max_bytes: u64,
+) -> io::Result<(u64, u64)> {
+    const SLICE: u64 = 256;
     let path = staging.join(format!("chunk-{}", unique_suffix()));
     let result = (|| {
         let mut out = io::BufWriter::new(std::fs::File::create(&path)?);
         out.write_all(&segment_header(LogKind::Raft))?;
+        let mut size = segment_header(LogKind::Raft).len() as u64;
         let mut frame = Vec::new();
-        for entry in &entries {
-            frame.clear();
-            let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
-            encode_record(
-                &mut frame,
-                openraft::entry::RaftEntry::log_id(entry).index,
-                &payload,
-            );
-            out.write_all(&frame)?;
+        let mut next = first;
+        'slices: while next <= last {
+            let until = last.min(next + SLICE - 1);
+            let entries = reader.read(next..=until)?;
+            let held = entries
+                .first()
+                .map(|e| openraft::entry::RaftEntry::log_id(e).index);
+            if held != Some(next) || entries.len() as u64 != until + 1 - next {
+                return Err(io::Error::other(format!(
+                    "log entries {next}..={until} are no longer all in the log (purged before \
+                     shipping); the next round ships a checkpoint"
+                )));
+            }
+            for entry in &entries {
+                if next > first && size >= max_bytes {
+                    break 'slices;
+                }
+                frame.clear();
+                let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
+                encode_record(&mut frame, next, &payload);
+                out.write_all(&frame)?;
+                size += frame.len() as u64;
+                next += 1;
+            }
         }
         out.flush()?;
-        let size = out.get_ref().metadata()?.len();
         drop(out);
-        target.put(&log_name(first, last), &path)?;
-        Ok(size)
+        let shipped_last = next - 1;
+        target.put(&log_name(first, shipped_last), &path)?;
+        Ok((shipped_last, size))
     })();
     let _ = std::fs::remove_file(&path);
     result

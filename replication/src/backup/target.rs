@@ -56,7 +56,22 @@ impl BackupTarget for LocalDir {
     fn put(&self, name: &str, from: &Path) -> io::Result<()> {
         let to = self.path(name)?;
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            // A folder made now must itself survive a power loss: sync the
+            // parent of each one created, from the root down.
+            let mut missing = Vec::new();
+            let mut at = dir.as_path();
+            while !at.is_dir() && at.starts_with(&self.root) {
+                missing.push(at.to_path_buf());
+                at = at.parent().unwrap_or(&self.root);
+            }
+            std::fs::create_dir_all(&dir)?;
+            for created in missing.iter().rev() {
+                if let Some(parent) = created.parent() {
+                    OsFs.sync_dir(parent)?;
+                }
+            }
+        }
         let staging = dir.join(format!(
             ".{}.tmp-{}",
             to.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
