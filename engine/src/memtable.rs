@@ -8,6 +8,7 @@
 use crate::iter::EntryIter;
 use crate::key::{self, SeqNo, ValueKind};
 use crate::sst::bloom::{self, AtomicFilter};
+use crate::sst::table::PointQuery;
 use crate::Result;
 use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
@@ -148,8 +149,9 @@ impl Memtable {
     }
 
     /// The newest version of `user_key` at or below `sequence`.
-    pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Lookup {
-        if !self.filter.may_contain(bloom::hash(user_key)) {
+    pub(crate) fn get(&self, query: &PointQuery) -> Lookup {
+        let (user_key, sequence) = (query.user_key, query.sequence);
+        if !self.filter.may_contain(query.hash) {
             return Lookup::Absent;
         }
         let target = MemKey::new(user_key, (sequence << 8) | 0xff);
@@ -261,11 +263,17 @@ mod tests {
         memtable.insert(b"k", 1, ValueKind::Put, b"v1");
         memtable.insert(b"k", 3, ValueKind::Delete, b"");
         memtable.insert(b"k", 5, ValueKind::Put, b"v5");
-        assert_eq!(memtable.get(b"k", 0), Lookup::Absent);
-        assert_eq!(memtable.get(b"k", 2), Lookup::Found(b"v1".to_vec()));
-        assert_eq!(memtable.get(b"k", 4), Lookup::Deleted);
-        assert_eq!(memtable.get(b"k", 9), Lookup::Found(b"v5".to_vec()));
-        assert_eq!(memtable.get(b"j", 9), Lookup::Absent);
+        assert_eq!(memtable.get(&PointQuery::new(b"k", 0)), Lookup::Absent);
+        assert_eq!(
+            memtable.get(&PointQuery::new(b"k", 2)),
+            Lookup::Found(b"v1".to_vec())
+        );
+        assert_eq!(memtable.get(&PointQuery::new(b"k", 4)), Lookup::Deleted);
+        assert_eq!(
+            memtable.get(&PointQuery::new(b"k", 9)),
+            Lookup::Found(b"v5".to_vec())
+        );
+        assert_eq!(memtable.get(&PointQuery::new(b"j", 9)), Lookup::Absent);
         assert_eq!(memtable.max_sequence(), 5);
     }
 

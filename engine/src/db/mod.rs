@@ -21,6 +21,7 @@ use crate::manifest::VersionSet;
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, WriteOptions};
 use crate::sst::builder::TableOptions;
+use crate::sst::table::PointQuery;
 use crate::stats::{Counters, Statistics};
 use crate::wal::LogWriter;
 use crate::{Error, Result, WriteBatch};
@@ -185,15 +186,16 @@ impl Inner {
         user_key: &[u8],
         sequence: SeqNo,
     ) -> Result<Option<Vec<u8>>> {
+        let query = PointQuery::new(user_key, sequence);
         let lookups = std::iter::once(&source.mem).chain(source.imm.iter());
         for memtable in lookups {
-            match memtable.get(user_key, sequence) {
+            match memtable.get(&query) {
                 Lookup::Found(value) => return Ok(Some(value)),
                 Lookup::Deleted => return Ok(None),
                 Lookup::Absent => {}
             }
         }
-        match source.version.get(user_key, sequence)? {
+        match source.version.get(&query)? {
             Lookup::Found(value) => Ok(Some(value)),
             Lookup::Deleted | Lookup::Absent => Ok(None),
         }

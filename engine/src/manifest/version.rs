@@ -12,7 +12,7 @@
 use super::edit::{TableMeta, VersionEdit};
 use crate::fs::FileSystem;
 use crate::iter::EntryIter;
-use crate::key::{self, SeqNo};
+use crate::key;
 use crate::memtable::Lookup;
 use crate::sst::table::{PointQuery, Table, TableIter};
 use crate::{Error, Result};
@@ -170,13 +170,13 @@ impl Version {
     }
 
     /// The newest version of `user_key` at or below `sequence` in the tables.
-    pub(crate) fn get(&self, user_key: &[u8], sequence: SeqNo) -> Result<Lookup> {
-        let query = PointQuery::new(user_key, sequence);
+    pub(crate) fn get(&self, query: &PointQuery) -> Result<Lookup> {
+        let (user_key, sequence) = (query.user_key, query.sequence);
         for file in &self.levels[0] {
             if file.meta.min_sequence > sequence || !file.overlaps(Some(user_key), Some(user_key)) {
                 continue;
             }
-            match file.table.get(&query)? {
+            match file.table.get(query)? {
                 Lookup::Absent => {}
                 found => return Ok(found),
             }
@@ -189,7 +189,7 @@ impl Version {
             if file.smallest_user_key() > user_key {
                 continue;
             }
-            match file.table.get(&query)? {
+            match file.table.get(query)? {
                 Lookup::Absent => {}
                 found => return Ok(found),
             }

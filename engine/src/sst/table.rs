@@ -14,10 +14,12 @@ use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A point lookup, prepared once and asked of every table in turn: the
-/// seek key and the bloom hash are computed once per read, not per table.
+/// A point lookup, prepared once and asked of every memtable and table in
+/// turn: the seek key and the bloom hash are computed once per read, not
+/// per source.
 pub(crate) struct PointQuery<'a> {
     pub(crate) user_key: &'a [u8],
+    pub(crate) sequence: SeqNo,
     pub(crate) target: Vec<u8>,
     pub(crate) hash: u64,
 }
@@ -26,6 +28,7 @@ impl<'a> PointQuery<'a> {
     pub(crate) fn new(user_key: &'a [u8], sequence: SeqNo) -> Self {
         PointQuery {
             user_key,
+            sequence,
             target: key::seek_key(user_key, sequence),
             hash: bloom::hash(user_key),
         }
