@@ -23,7 +23,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::Membership;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a recovery produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,25 +52,12 @@ pub async fn restore_as_single_node(
     }
     // Built beside the target and renamed into place last, so that a
     // recovery killed part-way leaves no data directory that would start.
-    let Some(name) = data_dir.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no directory", data_dir.display()),
-        ));
-    };
-    let staged = data_dir.with_file_name(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        crate::snapshot::unique_suffix()
-    ));
+    let staged = aside(data_dir, "partial")?;
     let result = async {
         ferry_engine::checkpoint::restore(checkpoint, &staged.join("engine-0"), &mut |_| {})
             .map_err(io::Error::other)?;
         let recovered = make_single_node(&staged, id, node).await?;
-        std::fs::rename(&staged, data_dir)?;
-        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            OsFs.sync_dir(parent)?;
-        }
+        move_into_place(&staged, data_dir)?;
         Ok(recovered)
     }
     .await;
@@ -78,6 +65,32 @@ pub async fn restore_as_single_node(
         let _ = std::fs::remove_dir_all(&staged);
     }
     result
+}
+
+/// A fresh hidden sibling of `data_dir` (`.<name>.<tag>-<unique>`) to build
+/// it in: on the same file system, so it moves into place by a rename, and
+/// named from the last component, so a trailing slash cannot put it inside.
+pub(crate) fn aside(data_dir: &Path, tag: &str) -> io::Result<PathBuf> {
+    let Some(name) = data_dir.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no directory", data_dir.display()),
+        ));
+    };
+    Ok(data_dir.with_file_name(format!(
+        ".{}.{tag}-{}",
+        name.to_string_lossy(),
+        crate::snapshot::unique_suffix()
+    )))
+}
+
+/// Renames the completed directory `staged` to `data_dir`, durably.
+pub(crate) fn move_into_place(staged: &Path, data_dir: &Path) -> io::Result<()> {
+    std::fs::rename(staged, data_dir)?;
+    match data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => OsFs.sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 /// Makes `data_dir`, whose `engine-0` holds the state (and nothing else

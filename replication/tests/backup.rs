@@ -8,7 +8,7 @@ mod common;
 use common::{fast_raft, Cluster};
 use ferry_replication::backup::{restore, BackupOptions, BackupShipper, LocalDir, RestorePoint};
 use ferry_replication::types::{now_ms, FerryNode, Op};
-use ferry_replication::{Consistency, Node, NodeConfig};
+use ferry_replication::{Consistency, Node};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -230,17 +230,7 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
 
     // A restored directory serves as a new cluster.
     let out = scratch.path().join("restored-6");
-    let node = Node::open(NodeConfig::new(1, &out, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !node.is_leader() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "restored node never led"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let node = common::open_restored(1, &out).await;
     node.put("after-restore", "yes").await.unwrap();
     let read = node
         .get(b"after-restore", Consistency::Linearizable)

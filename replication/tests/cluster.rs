@@ -175,21 +175,7 @@ async fn a_snapshot_restores_as_a_new_single_node_cluster() {
     assert_eq!(recovered.applied, snapshot.meta.last_log_id);
     cluster.shutdown().await;
 
-    let node = ferry_replication::Node::open(ferry_replication::NodeConfig::new(
-        9,
-        &data,
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !node.is_leader() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restored node did not lead"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let node = common::open_restored(9, &data).await;
     let read = node.get("k07", Consistency::Linearizable).await.unwrap();
     assert_eq!(read.value.unwrap().value, b"v7");
     let revision = node.put("after", "restore").await.unwrap();

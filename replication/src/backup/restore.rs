@@ -2,8 +2,8 @@
 
 use super::catalog::{object_name, Catalog, CheckpointRecord, LogChunk};
 use super::target::BackupTarget;
-use crate::recovery::make_single_node;
-use crate::snapshot::unique_suffix;
+use crate::recovery::{aside, make_single_node, move_into_place};
+use crate::snapshot::blocking;
 use crate::state_machine::apply::apply_entries;
 use crate::types::{Entry, FerryNode, LogId, NodeId};
 use ferry_engine::fs::{FileSystem, OsFs};
@@ -72,26 +72,11 @@ pub async fn restore(
             ),
         ));
     }
-    // A sibling of the data directory (same file system: the result moves
-    // into place by renames), named from its last component so that a
-    // trailing slash cannot put it inside.
-    let Some(name) = data_dir.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no directory", data_dir.display()),
-        ));
-    };
-    let work = data_dir.with_file_name(format!(
-        ".{}.restore-{}",
-        name.to_string_lossy(),
-        unique_suffix()
-    ));
+    let work = aside(data_dir, "restore")?;
     std::fs::create_dir_all(&work)?;
     let built = {
         let work = work.clone();
-        tokio::task::spawn_blocking(move || rebuild(&*target, point, &work))
-            .await
-            .map_err(io::Error::other)?
+        blocking(move || rebuild(&*target, point, &work)).await
     };
     // The new data directory is completed inside the work directory and
     // renamed into place last, so a restore killed at any point leaves no
@@ -104,10 +89,7 @@ pub async fn restore(
                 std::fs::rename(work.join("engine"), staged.join("engine-0"))?;
                 OsFs.sync_dir(&staged)?;
                 make_single_node(&staged, id, node).await?;
-                std::fs::rename(&staged, data_dir)?;
-                if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    OsFs.sync_dir(parent)?;
-                }
+                move_into_place(&staged, data_dir)?;
                 Ok(report)
             }
             .await

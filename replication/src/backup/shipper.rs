@@ -3,7 +3,7 @@
 use super::catalog::{checkpoint_name, log_name, object_name, Catalog, CheckpointRecord};
 use super::target::BackupTarget;
 use crate::node::Node;
-use crate::snapshot::{read_checkpoint, unique_suffix};
+use crate::snapshot::{blocking, read_checkpoint, unique_suffix};
 use crate::state_machine::keys;
 use crate::types::now_ms;
 use ferry_engine::wal::{encode_record, segment_header, LogKind};
@@ -336,12 +336,4 @@ fn ship_log(
     })();
     let _ = std::fs::remove_file(&path);
     result
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
 }

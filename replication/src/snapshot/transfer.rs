@@ -25,7 +25,7 @@
 //! - There is no deadline for the whole transfer, only an idle timeout per
 //!   reply, and an optional bandwidth limit shared by all transfers of a node.
 
-use super::{state_hash_of_checkpoint, SnapshotHandle};
+use super::{blocking, state_hash_of_checkpoint, SnapshotHandle};
 use crate::network::pb::{
     self, raft_transport_client::RaftTransportClient, snapshot_frame::Frame, snapshot_reply::Reply,
     SnapshotFrame, SnapshotReply,
@@ -432,14 +432,6 @@ async fn next_frame(
 /// anything outside the staging directory.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
 }
 
 async fn receive_inner(

@@ -162,3 +162,21 @@ impl Cluster {
         }
     }
 }
+
+/// Opens the data directory of a new single-node cluster (a restore or a
+/// recovery) as node `id` on loopback and waits until it leads.
+pub async fn open_restored(id: u64, data_dir: &std::path::Path) -> Node {
+    let node = Node::open(NodeConfig::new(
+        id,
+        data_dir,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.is_leader() {
+        assert!(Instant::now() < deadline, "the restored node did not lead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node
+}
