@@ -212,24 +212,37 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A stale read served by the member at `addr` itself (the SDK's stale
-/// reads may go to any member).
+/// reads may go to any member). A member just restarted may not listen
+/// yet: connection errors are retried for up to 30 s.
 pub async fn stale_range_at(
     addr: &str,
     request: ferry_client::pb::RangeRequest,
 ) -> ferry_client::pb::RangeResponse {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    ferry_client::pb::kv_client::KvClient::new(channel)
-        .range(ferry_client::pb::RangeRequest {
-            consistency: ferry_client::pb::Consistency::Stale as i32,
-            ..request
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            ferry_client::pb::kv_client::KvClient::new(channel)
+                .range(ferry_client::pb::RangeRequest {
+                    consistency: ferry_client::pb::Consistency::Stale as i32,
+                    ..request.clone()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(response) => return response,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{addr}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Every key under `prefix` on the member at `addr`, and the applied index
