@@ -59,7 +59,7 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
-    endpoints: Mutex<Vec<String>>,
+    pub(crate) endpoints: Mutex<Vec<String>>,
     next: AtomicUsize,
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,

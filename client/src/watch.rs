@@ -4,6 +4,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::pb::{watch_client::WatchClient, Event, WatchRequest};
 use futures_util::Stream;
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,8 +13,10 @@ use tonic::Code;
 
 /// A stream of changes; on a broken connection it reconnects (to any member
 /// that knows the leader) and resumes after the last revision delivered, so
-/// no change is skipped or repeated. Ends with [`Error::Compacted`] if the
-/// server no longer retains the revision to resume from.
+/// no change is skipped or repeated. A member keeps its change history in
+/// memory, so one that restarted may no longer hold the revision to resume
+/// from; the stream then resumes on another member, and ends with
+/// [`Error::Compacted`] only when no known member holds it.
 pub struct WatchStream {
     events: mpsc::Receiver<Result<Event>>,
     task: tokio::task::JoinHandle<()>,
@@ -41,20 +44,30 @@ impl Stream for WatchStream {
     }
 }
 
+/// Where to watch from: the leader, unless it answered that it no longer
+/// holds the revision, then any other known member that has not.
+fn watch_target(client: &Client, compacted: &HashSet<String>) -> Option<String> {
+    if let Some(leader) = client.leader().filter(|l| !compacted.contains(l)) {
+        return Some(leader);
+    }
+    let endpoints = client.inner.endpoints.lock().expect("lock");
+    endpoints.iter().find(|e| !compacted.contains(*e)).cloned()
+}
+
 async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Result<Event>>) {
     let mut backoff = client.inner.options.backoff_initial;
+    // Members that answered OUT_OF_RANGE for the current start revision.
+    let mut compacted: HashSet<String> = HashSet::new();
+    let mut last_refusal = String::new();
     loop {
+        if client.leader().is_none() {
+            let _ = client.refresh_members().await;
+        }
+        let Some(target) = watch_target(&client, &compacted) else {
+            let _ = sender.send(Err(Error::Compacted(last_refusal))).await;
+            return;
+        };
         let attempt = async {
-            let leader = client.leader();
-            let target = match leader {
-                Some(leader) => leader,
-                None => {
-                    let _ = client.refresh_members().await;
-                    client
-                        .leader()
-                        .ok_or_else(|| tonic::Status::unavailable("no leader known"))?
-                }
-            };
             let channel = client
                 .channel(&target)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -73,24 +86,23 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
                                     return;
                                 }
                                 request.start_revision = revision + 1;
+                                compacted.clear();
                             }
                         }
                         Ok(None) => break,
                         Err(status) if status.code() == Code::OutOfRange => {
-                            let _ = sender
-                                .send(Err(Error::Compacted(status.message().into())))
-                                .await;
-                            return;
+                            last_refusal = status.message().into();
+                            compacted.insert(target.clone());
+                            break;
                         }
                         Err(_) => break,
                     }
                 }
             }
             Err(status) if status.code() == Code::OutOfRange => {
-                let _ = sender
-                    .send(Err(Error::Compacted(status.message().into())))
-                    .await;
-                return;
+                last_refusal = status.message().into();
+                compacted.insert(target.clone());
+                continue;
             }
             Err(_) => {}
         }

@@ -364,3 +364,25 @@ fn the_demo_runs_to_completion() {
     assert!(out.contains("0 lost, 0 applied twice"), "{out}");
     assert!(out.contains("caught up"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_history_no_member_holds_ends_with_compacted() {
+    // A member keeps its change history in memory: after a restart it
+    // cannot replay what came before, and with no other member to resume
+    // on, the watch says so instead of waiting or skipping.
+    let mut cluster = ProcessCluster::start(1);
+    let client = connect(cluster.endpoints()).await;
+    for i in 0..5 {
+        client.put(format!("w/{i}"), "v").await.unwrap();
+    }
+    cluster.sigkill(1);
+    cluster.spawn(1, false, &[]);
+    let client = connect(cluster.endpoints()).await;
+    client.put("w/after", "v").await.unwrap();
+    let mut watch = client.watch_prefix("w/", 1);
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the watch neither delivered nor ended")
+        .expect("the stream ended without an item");
+    assert!(matches!(first, Err(Error::Compacted(_))), "{first:?}");
+}
