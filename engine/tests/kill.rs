@@ -1,7 +1,9 @@
-//! Kill test: a child process writes with `Sync` and reports each
-//! acknowledged key on stdout; the parent SIGKILLs it at random moments and
-//! checks, after every reopen, that each acknowledged write is present and
-//! the database is consistent.
+//! Kill test: a child process writes and reports each acknowledged key on
+//! stdout; the parent SIGKILLs it at random moments and checks, after every
+//! reopen, that each acknowledged write is present and the database is
+//! consistent. It runs with `Sync` and with `Buffered`: both promise that a
+//! process crash loses nothing acknowledged (a buffered write is in the
+//! kernel's page cache, through the WAL's shared map, when it returns).
 //!
 //! The child is this same test binary, re-run with `FERRY_KILL_CHILD` set,
 //! so the test needs nothing but itself.
@@ -13,10 +15,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "FERRY_KILL_CHILD";
+/// `sync` or `buffered`: the child's durability.
+const DURABILITY_ENV: &str = "FERRY_KILL_DURABILITY";
 
-fn options() -> Options {
+fn durability(name: &str) -> Durability {
+    match name {
+        "sync" => Durability::Sync,
+        "buffered" => Durability::Buffered,
+        other => panic!("unknown durability {other:?}"),
+    }
+}
+
+fn options(durability: Durability) -> Options {
     Options {
-        durability: Durability::Sync,
+        durability,
         // Small memtables and levels so kills also land in flushes and
         // compactions.
         write_buffer_bytes: 64 << 10,
@@ -44,7 +56,8 @@ fn kill_child() {
         return; // Only meaningful when started by `sigkill_loses_no_acknowledged_write`.
     };
     let start: u64 = std::env::var("FERRY_KILL_START").unwrap().parse().unwrap();
-    let db = Db::open(Path::new(&dir), options()).expect("child open");
+    let durability = durability(&std::env::var(DURABILITY_ENV).unwrap());
+    let db = Db::open(Path::new(&dir), options(durability)).expect("child open");
     let stdout = std::sync::Mutex::new(std::io::stdout());
     std::thread::scope(|scope| {
         for writer in 0..4u64 {
@@ -63,13 +76,25 @@ fn kill_child() {
 
 #[test]
 fn sigkill_loses_no_acknowledged_write() {
+    kill_cycles("sync", 20);
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_buffered_write() {
+    kill_cycles("buffered", 10);
+}
+
+/// `default_cycles` kill cycles of a child writing with `durability_name`
+/// (`FERRY_KILL_CYCLES` overrides the count).
+fn kill_cycles(durability_name: &str, default_cycles: u64) {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
     let cycles: u64 = std::env::var("FERRY_KILL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_cycles);
+    let options = || options(durability(durability_name));
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     // Highest acknowledged index per writer over all cycles; each cycle
@@ -84,6 +109,7 @@ fn sigkill_loses_no_acknowledged_write() {
         let mut child = Command::new(&exe)
             .args(["--exact", "kill_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
+            .env(DURABILITY_ENV, durability_name)
             .env("FERRY_KILL_START", next_start.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

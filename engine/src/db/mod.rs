@@ -557,7 +557,7 @@ impl Drop for Db {
 
 impl Inner {
     /// Idempotent: stops the threads, waits for a write group in flight,
-    /// syncs the WAL, releases the lock.
+    /// syncs and finishes the WAL segment, releases the lock.
     fn shutdown(&self) -> Result<()> {
         {
             let mut state = self.state.lock();
@@ -574,7 +574,9 @@ impl Inner {
         self.wait_for_write_leader();
         let result = {
             let mut wal = self.wal.lock();
-            wal.writer.sync().map(|()| wal.dirty = false)
+            // `finish`: synced, and cut back to its last record, so a clean
+            // close leaves no reserved space behind.
+            wal.writer.finish().map(|()| wal.dirty = false)
         };
         self.lock_file.lock().take();
         result

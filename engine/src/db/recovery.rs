@@ -193,6 +193,11 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
             Ok(())
         })?;
         report.wal_segments += 1;
+        if outcome.damage.is_none() && outcome.unused_bytes > 0 {
+            // The segment's reserved space, left by a crash: cut it (durably)
+            // so that the segment, no longer the last, ends at its records.
+            fs.truncate(&path, outcome.valid_len).at(&path)?;
+        }
         if let Some((offset, reason)) = outcome.damage {
             if outcome.valid_len < crate::wal::record::SEGMENT_HEADER_LEN as u64 {
                 // Not even the header reached the disk: the segment holds
@@ -213,7 +218,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     // A fresh segment for new writes, durable in the directory before any
     // write can be acknowledged.
     let wal_path = segment_path(dir, wal_number);
-    let writer = LogWriter::create(&*fs, &wal_path, LogKind::Wal)?;
+    let writer = LogWriter::create_reserving(&*fs, &wal_path, LogKind::Wal)?;
     fs.sync_dir(dir).at(dir)?;
     if memtable.is_empty() {
         // Everything replayed is already in tables: retire the old segments.

@@ -445,10 +445,12 @@ impl Inner {
             // one exists on disk, so that only the newest segment can ever
             // end in a torn record (recovery treats damage in any other
             // segment as corruption).
-            wal.writer.sync()?;
+            // `finish` also gives back the space it reserved past its last
+            // record: only the last segment may end in reserved zeros.
+            wal.writer.finish()?;
             Counters::add(&self.counters.wal_syncs, 1);
             let path = segment_path(&self.dir, number);
-            let writer = LogWriter::create(&*self.fs, &path, LogKind::Wal)?;
+            let writer = LogWriter::create_reserving(&*self.fs, &path, LogKind::Wal)?;
             self.fs.sync_dir(&self.dir).at(&self.dir)?;
             *wal = WalState {
                 writer,

@@ -20,9 +20,29 @@ use std::sync::Arc;
 
 #[derive(Debug, Default)]
 struct FileData {
+    /// The content as the running system sees it, reserved zeros included.
     bytes: Vec<u8>,
+    /// Bytes of `bytes` that survive a power loss.
     synced_len: usize,
+    /// The file's size after a power loss (at least `synced_len`): a log
+    /// file's reserved space is durable zeros once synced, as `fallocate`d
+    /// blocks are.
+    synced_size: usize,
 }
+
+impl FileData {
+    /// What a power loss leaves of this file.
+    fn durable_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.bytes[..self.synced_len.min(self.bytes.len())].to_vec();
+        bytes.resize(self.synced_size.max(bytes.len()), 0);
+        bytes
+    }
+}
+
+/// Granularity of a log file's reserved space here: small, so that tests
+/// stay light, but larger than most records, so that records land in and
+/// straddle reserved space as they do on a real disk.
+const LOG_RESERVE_BYTES: usize = 4096;
 
 type FileId = u64;
 
@@ -79,7 +99,9 @@ impl FaultInjectionFs {
         let referenced: HashSet<FileId> = state.live.values().copied().collect();
         state.files.retain(|id, _| referenced.contains(id));
         for file in state.files.values_mut() {
-            file.bytes.truncate(file.synced_len);
+            file.bytes = file.durable_bytes();
+            file.synced_len = file.bytes.len();
+            file.synced_size = file.bytes.len();
         }
         state.locks.clear();
         state.fail_writes = false;
@@ -109,14 +131,21 @@ impl FaultInjectionFs {
         // Files named by either view, so the image can itself lose power.
         for id in entries.values().chain(state.durable.values()) {
             if let Some(file) = state.files.get(id) {
-                let len = if power_loss {
-                    file.synced_len
+                let data = if power_loss {
+                    let bytes = file.durable_bytes();
+                    FileData {
+                        synced_len: bytes.len(),
+                        synced_size: bytes.len(),
+                        bytes,
+                    }
                 } else {
-                    file.bytes.len()
+                    FileData {
+                        bytes: file.bytes.clone(),
+                        synced_len: file.synced_len,
+                        synced_size: file.synced_size,
+                    }
                 };
-                let bytes = file.bytes[..len].to_vec();
-                let synced_len = file.synced_len.min(len);
-                files.insert(*id, FileData { bytes, synced_len });
+                files.insert(*id, data);
             }
         }
         let image = State {
@@ -131,6 +160,22 @@ impl FaultInjectionFs {
         FaultInjectionFs {
             state: Arc::new(Mutex::new(image)),
         }
+    }
+
+    /// Creates (or replaces) an empty file at `path`.
+    fn new_file(&self, path: &Path) -> io::Result<FileId> {
+        let mut state = self.state.lock();
+        if state.fail_writes {
+            return Err(dead_disk());
+        }
+        if !state.dirs.contains(&parent(path)) {
+            return Err(not_found());
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.files.insert(id, FileData::default());
+        state.live.insert(path.to_path_buf(), id);
+        Ok(id)
     }
 
     /// Makes every later write and sync fail with an I/O error (a dying disk).
@@ -197,6 +242,7 @@ impl WritableFile for MemWritableFile {
         }
         if let Some(file) = state.files.get_mut(&self.id) {
             file.synced_len = file.bytes.len();
+            file.synced_size = file.bytes.len();
         }
         Ok(())
     }
@@ -207,6 +253,78 @@ impl WritableFile for MemWritableFile {
             .files
             .get(&self.id)
             .map_or(0, |f| f.bytes.len() as u64)
+    }
+}
+
+/// A log file that reserves space ahead of its appends, like `OsFs`'s
+/// mapped log: the file runs on in zeros past `len` until it is finished
+/// or dropped.
+struct MemLogFile {
+    state: Arc<Mutex<State>>,
+    id: FileId,
+    len: usize,
+}
+
+impl WritableFile for MemLogFile {
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.fail_writes {
+            return Err(dead_disk());
+        }
+        if let Some(file) = state.files.get_mut(&self.id) {
+            let end = self.len + data.len();
+            if end > file.bytes.len() {
+                file.bytes
+                    .resize(end.next_multiple_of(LOG_RESERVE_BYTES), 0);
+            }
+            file.bytes[self.len..end].copy_from_slice(data);
+        }
+        self.len += data.len();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.fail_writes {
+            return Err(dead_disk());
+        }
+        if let Some(file) = state.files.get_mut(&self.id) {
+            file.synced_len = self.len;
+            file.synced_size = file.bytes.len();
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.fail_writes {
+            return Err(dead_disk());
+        }
+        if let Some(file) = state.files.get_mut(&self.id) {
+            file.bytes.truncate(self.len);
+            file.synced_len = self.len;
+            file.synced_size = self.len;
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len as u64
+    }
+}
+
+impl Drop for MemLogFile {
+    fn drop(&mut self) {
+        // Cut back but not synced, like `OsFs`: a power loss before the
+        // next sync brings the reserved zeros back.
+        let mut state = self.state.lock();
+        if let Some(file) = state.files.get_mut(&self.id) {
+            file.bytes.truncate(self.len);
+        }
     }
 }
 
@@ -255,20 +373,19 @@ impl FileSystem for FaultInjectionFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if !state.dirs.contains(&parent(path)) {
-            return Err(not_found());
-        }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.files.insert(id, FileData::default());
-        state.live.insert(path.to_path_buf(), id);
+        let id = self.new_file(path)?;
         Ok(Box::new(MemWritableFile {
             state: self.state.clone(),
             id,
+        }))
+    }
+
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let id = self.new_file(path)?;
+        Ok(Box::new(MemLogFile {
+            state: self.state.clone(),
+            id,
+            len: 0,
         }))
     }
 
@@ -300,9 +417,9 @@ impl FileSystem for FaultInjectionFs {
         let file = state.files.get_mut(&id).ok_or_else(not_found)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("length overflow"))?;
         file.bytes.truncate(len);
-        file.synced_len = file.synced_len.min(len);
         // Like `OsFs`, the new length itself is made durable.
         file.synced_len = file.bytes.len();
+        file.synced_size = file.bytes.len();
         Ok(())
     }
 

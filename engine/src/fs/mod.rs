@@ -8,6 +8,7 @@
 //! immutable files through `mmap`.
 
 mod fault;
+mod mapped;
 mod os;
 
 pub use fault::FaultInjectionFs;
@@ -28,6 +29,12 @@ pub trait WritableFile: Send + Sync {
     fn flush(&mut self) -> io::Result<()>;
     /// Flushes, then makes the file's data durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+    /// Makes the file durable at exactly its appended length: space a log
+    /// file reserved ahead of its appends is given back first, so the file
+    /// ends at its last record even after a power loss.
+    fn finish(&mut self) -> io::Result<()> {
+        self.sync()
+    }
     /// Bytes appended so far, buffered or not.
     fn len(&self) -> u64;
     /// True when nothing has been appended.
@@ -51,6 +58,16 @@ pub trait FileSystem: Send + Sync + Debug {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Creates (or truncates) a file for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates (or truncates) a log segment for appending. Unlike
+    /// [`FileSystem::create`], the file may reserve zero-filled space ahead
+    /// of its appends (so its size on disk runs past [`WritableFile::len`]
+    /// until [`WritableFile::finish`] or drop), which lets [`OsFs`] write
+    /// records into a shared memory map: a record is in the kernel's page
+    /// cache, safe from a process crash, without a system call. Readers of
+    /// such a file treat an all-zero tail after the last record as unused.
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.create(path)
+    }
     /// Opens an existing file for appending at its end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Opens a file for one sequential read.

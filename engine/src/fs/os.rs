@@ -1,5 +1,6 @@
 //! The real file system, with `mmap` for immutable files.
 
+use super::mapped::MappedLogFile;
 use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -87,6 +88,23 @@ impl FileSystem for OsFs {
             buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
             len: 0,
         }))
+    }
+
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        if cfg!(target_os = "linux") {
+            Ok(Box::new(MappedLogFile::new(file)?))
+        } else {
+            // Elsewhere `fsync` is not documented to cover stores through
+            // a map: plain buffered appends.
+            drop(file);
+            self.create(path)
+        }
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {

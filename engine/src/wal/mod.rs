@@ -15,6 +15,12 @@
 //! crc     = CRC32 (crc32fast, IEEE) over length ‖ sequence ‖ payload
 //! ```
 //!
+//! A segment of the engine's WAL reserves disk space ahead of its records
+//! (see `fs::mapped`): until it is finished, its file runs on past the last
+//! record in zero bytes. An all-zero record header cannot be a record (its
+//! CRC would not match), so where one starts and only zeros follow, the
+//! records end. Finished segments are cut back to their last record.
+//!
 //! The sequence is the log's own ordering number: the first write sequence
 //! of a batch in the WAL, an edit number in the manifest, a log index in the
 //! Raft log. Readers check that it never goes backwards.
@@ -22,7 +28,10 @@
 //! Recovery rules (see [`reader`]): a record that is cut short, fails its
 //! CRC with nothing after it, or is followed only by zero bytes, at the end
 //! of the *last* segment, is a torn write: it is truncated and reported.
-//! Any other damage is corruption, reported with file and offset.
+//! Zero bytes alone after the last good record of the last segment are its
+//! unused reserved space: cut off, not reported as damage. Any other damage
+//! (a zero tail in an earlier segment included) is corruption, reported
+//! with file and offset.
 
 pub mod reader;
 pub mod record;

@@ -32,6 +32,11 @@ pub struct SegmentOutcome {
     pub damage: Option<(u64, String)>,
     /// Bytes after `valid_len` that were dropped.
     pub dropped_bytes: u64,
+    /// Zero bytes after the last record of a segment that reserved space
+    /// ahead of its appends ([`crate::fs::FileSystem::create_log`]) and was
+    /// not finished: unused space, not damage. Only in the last segment
+    /// (or when salvaging); anywhere else a zero tail is corruption.
+    pub unused_bytes: u64,
 }
 
 /// Reads every record of a segment, streaming (memory: one record), and hands
@@ -102,6 +107,21 @@ pub fn read_segment(
     let mut last_sequence: Option<u64> = None;
     while offset < file_len {
         let remaining = file_len - offset;
+        if policy != TailPolicy::Strict && remaining < RECORD_HEADER_LEN as u64 {
+            if rest_is_zero(&mut reader).at(path)? {
+                outcome.unused_bytes = remaining;
+                return Ok(outcome);
+            }
+            return torn_or_strict(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                "record header is cut short".into(),
+                true,
+            );
+        }
         if remaining < RECORD_HEADER_LEN as u64 {
             // The partial header is the last thing in the file: nothing
             // follows it, so it is a torn write whatever its bytes are.
@@ -117,6 +137,23 @@ pub fn read_segment(
         }
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
         reader.read_exact(&mut header_bytes).at(path)?;
+        if policy != TailPolicy::Strict && all_zero(&header_bytes) {
+            // No record has an all-zero header (its CRC would have to be
+            // the CRC of twelve zero bytes, which is not zero): this is
+            // where the records end, if only zeros follow.
+            if rest_is_zero(&mut reader).at(path)? {
+                outcome.unused_bytes = remaining;
+                return Ok(outcome);
+            }
+            return damaged_strict(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                "zeroed record header followed by data".into(),
+            );
+        }
         let header = decode_header(&header_bytes);
         let record_end = offset + (RECORD_HEADER_LEN + header.length) as u64;
         let bad_extent = if header.length > MAX_PAYLOAD_LEN {
@@ -173,6 +210,18 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
+/// Whether everything left in `reader` is zero, read in bounded memory.
+fn rest_is_zero(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut buffer = [0u8; 64 << 10];
+    loop {
+        match reader.read(&mut buffer)? {
+            0 => return Ok(true),
+            read if !all_zero(&buffer[..read]) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 /// Damage where the bytes up to the end of the file might be a torn write:
 /// torn if everything from `offset` on is either missing or zero.
 #[allow(clippy::too_many_arguments)]
@@ -218,17 +267,8 @@ fn damaged_tail(
     // A torn write may be followed only by zeros (a file system that
     // extended the file before the data landed); anything else after it
     // means this is not a tail.
-    let mut rest = Vec::new();
-    reader.read_to_end(&mut rest).at(path)?;
-    torn_or_strict(
-        path,
-        policy,
-        outcome,
-        offset,
-        file_len,
-        reason,
-        all_zero(&rest),
-    )
+    let torn = rest_is_zero(reader).at(path)?;
+    torn_or_strict(path, policy, outcome, offset, file_len, reason, torn)
 }
 
 fn torn_or_strict(
@@ -344,16 +384,47 @@ mod tests {
         assert_eq!(records, vec![b"one".to_vec()]);
     }
 
+    fn append_raw(fs: &FaultInjectionFs, path: &Path, bytes: &[u8]) {
+        let mut file = fs.open_append(path).unwrap();
+        file.append(bytes).unwrap();
+        file.sync().unwrap();
+    }
+
     #[test]
-    fn zero_filled_tail_is_torn() {
+    fn zero_filled_tail_is_unused_space_only_in_last_segment() {
+        // A reserving segment that was never finished: records, then zeros,
+        // in lengths that end inside and past a record header.
+        for zeros in [7usize, 100, 70_000] {
+            let (fs, path) = setup();
+            write_log(&fs, &path, &[b"one"]);
+            append_raw(&fs, &path, &vec![0u8; zeros]);
+            for policy in [TailPolicy::TolerateTornTail, TailPolicy::Salvage] {
+                let (records, outcome) = read_all(&fs, &path, policy).unwrap();
+                assert_eq!(records, vec![b"one".to_vec()]);
+                assert_eq!(outcome.damage, None);
+                assert_eq!(outcome.unused_bytes, zeros as u64);
+                assert_eq!(outcome.valid_len, 16 + 16 + 3);
+            }
+            let err = read_all(&fs, &path, TailPolicy::Strict).unwrap_err();
+            assert!(err.is_corruption(), "{err}");
+        }
+    }
+
+    #[test]
+    fn zeros_followed_by_data_are_corruption() {
         let (fs, path) = setup();
         write_log(&fs, &path, &[b"one"]);
-        let mut file = fs.open_append(&path).unwrap();
-        file.append(&[0u8; 100]).unwrap();
-        file.sync().unwrap();
-        let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap();
-        assert_eq!(records.len(), 1);
-        assert_eq!(outcome.dropped_bytes, 100);
+        let mut tail = vec![0u8; 100];
+        tail.push(1);
+        append_raw(&fs, &path, &tail);
+        let err = read_all(&fs, &path, TailPolicy::TolerateTornTail).unwrap_err();
+        assert!(err.to_string().contains("offset 35"), "{err}");
+    }
+
+    #[test]
+    fn an_all_zero_header_is_never_a_valid_record() {
+        let header = [0u8; RECORD_HEADER_LEN];
+        assert_ne!(record_crc(&header, &[]), 0);
     }
 
     #[test]

@@ -53,6 +53,22 @@ impl LogWriter {
         })
     }
 
+    /// Creates a new segment through [`FileSystem::create_log`]: its file
+    /// may reserve zero-filled space ahead of the records (the engine's WAL
+    /// uses this to append without a system call per write group). Call
+    /// [`LogWriter::finish`] before a later segment is created, so that
+    /// only the last segment can end in reserved space.
+    pub fn create_reserving(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
+        let mut file = fs.create_log(path).at(path)?;
+        file.append(&segment_header(kind)).at(path)?;
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            scratch: Vec::new(),
+            last_sequence: None,
+        })
+    }
+
     /// Reopens an existing, already recovered segment to append after its
     /// last record.
     pub fn reopen(fs: &dyn FileSystem, path: &Path, last_sequence: Option<u64>) -> Result<Self> {
@@ -83,6 +99,12 @@ impl LogWriter {
     /// Makes every appended record durable.
     pub fn sync(&mut self) -> Result<()> {
         self.file.sync().at(&self.path)
+    }
+
+    /// Makes every appended record durable and the segment end exactly at
+    /// its last record: this segment is complete.
+    pub fn finish(&mut self) -> Result<()> {
+        self.file.finish().at(&self.path)
     }
 
     /// Bytes in the segment so far.
