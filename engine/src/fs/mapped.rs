@@ -41,6 +41,8 @@ use memmap2::{MmapMut, MmapOptions};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// The first window: a small log (a fresh database, a test) reserves little.
@@ -66,11 +68,15 @@ fn window_at(offset: u64) -> (u64, u64) {
 }
 
 /// Writes zeros over `[offset, offset + len)` and syncs them, so the range
-/// is allocated, written and durable.
-fn zero_fill(file: &File, offset: u64, len: u64) -> io::Result<()> {
+/// is allocated, written and durable; or stops early, between 1 MiB
+/// chunks, once `cancel` is set (the file is being cut back anyway).
+fn zero_fill(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Result<()> {
     let zeros = vec![0u8; len.min(1 << 20) as usize];
     let mut at = offset;
     while at < offset + len {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let take = (offset + len - at).min(zeros.len() as u64) as usize;
         file.write_all_at(&zeros[..take], at)?;
         at += take as u64;
@@ -92,6 +98,9 @@ pub(crate) struct MappedLogFile {
     /// The window after `reserved` being zero-filled in the background:
     /// its end and the thread.
     ahead: Option<(u64, JoinHandle<io::Result<()>>)>,
+    /// Tells the background fill to stop: set when the file is cut back,
+    /// so a segment switch waits for one chunk, not a whole window.
+    cancel: Arc<AtomicBool>,
 }
 
 impl MappedLogFile {
@@ -105,6 +114,7 @@ impl MappedLogFile {
             written: 0,
             reserved: 0,
             ahead: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
         mapped.map_window(0)?;
         Ok(mapped)
@@ -161,15 +171,20 @@ impl MappedLogFile {
         }
         self.join_ahead()?;
         if end > self.reserved {
-            zero_fill(&self.file, self.reserved, end - self.reserved)?;
+            zero_fill(
+                &self.file,
+                self.reserved,
+                end - self.reserved,
+                &AtomicBool::new(false),
+            )?;
             self.reserved = end;
         }
         let (start, len) = window_at(self.reserved);
         debug_assert_eq!(start, self.reserved, "reservations end at window ends");
-        let file = self.file.try_clone()?;
+        let (file, cancel) = (self.file.try_clone()?, self.cancel.clone());
         let thread = std::thread::Builder::new()
             .name("ferry-wal-reserve".into())
-            .spawn(move || zero_fill(&file, start, len))?;
+            .spawn(move || zero_fill(&file, start, len, &cancel))?;
         self.ahead = Some((start + len, thread));
         Ok(())
     }
@@ -211,7 +226,9 @@ impl MappedLogFile {
     fn trim(&mut self) -> io::Result<()> {
         self.window = None;
         // The background fill must not extend the file after the cut.
+        self.cancel.store(true, Ordering::Relaxed);
         let joined = self.join_ahead();
+        self.cancel.store(false, Ordering::Relaxed);
         self.file.set_len(self.written)?;
         self.reserved = self.written;
         joined
