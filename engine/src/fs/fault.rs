@@ -202,6 +202,23 @@ impl FaultInjectionFs {
     }
 }
 
+/// Applies a write to file `id`, unless writes are set to fail. (A file
+/// removed meanwhile is an orphan: writing to it changes nothing.)
+fn update_file(
+    state: &Mutex<State>,
+    id: FileId,
+    write: impl FnOnce(&mut FileData),
+) -> io::Result<()> {
+    let mut state = state.lock();
+    if state.fail_writes {
+        return Err(dead_disk());
+    }
+    if let Some(file) = state.files.get_mut(&id) {
+        write(file);
+    }
+    Ok(())
+}
+
 fn not_found() -> io::Error {
     io::ErrorKind::NotFound.into()
 }
@@ -221,14 +238,9 @@ struct MemWritableFile {
 
 impl WritableFile for MemWritableFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if let Some(file) = state.files.get_mut(&self.id) {
-            file.bytes.extend_from_slice(data);
-        }
-        Ok(())
+        update_file(&self.state, self.id, |file| {
+            file.bytes.extend_from_slice(data)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -236,15 +248,10 @@ impl WritableFile for MemWritableFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if let Some(file) = state.files.get_mut(&self.id) {
+        update_file(&self.state, self.id, |file| {
             file.synced_len = file.bytes.len();
             file.synced_size = file.bytes.len();
-        }
-        Ok(())
+        })
     }
 
     fn len(&self) -> u64 {
@@ -267,19 +274,15 @@ struct MemLogFile {
 
 impl WritableFile for MemLogFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if let Some(file) = state.files.get_mut(&self.id) {
-            let end = self.len + data.len();
+        let (start, end) = (self.len, self.len + data.len());
+        update_file(&self.state, self.id, |file| {
             if end > file.bytes.len() {
                 file.bytes
                     .resize(end.next_multiple_of(LOG_RESERVE_BYTES), 0);
             }
-            file.bytes[self.len..end].copy_from_slice(data);
-        }
-        self.len += data.len();
+            file.bytes[start..end].copy_from_slice(data);
+        })?;
+        self.len = end;
         Ok(())
     }
 
@@ -288,28 +291,20 @@ impl WritableFile for MemLogFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if let Some(file) = state.files.get_mut(&self.id) {
-            file.synced_len = self.len;
+        let len = self.len;
+        update_file(&self.state, self.id, |file| {
+            file.synced_len = len;
             file.synced_size = file.bytes.len();
-        }
-        Ok(())
+        })
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if state.fail_writes {
-            return Err(dead_disk());
-        }
-        if let Some(file) = state.files.get_mut(&self.id) {
-            file.bytes.truncate(self.len);
-            file.synced_len = self.len;
-            file.synced_size = self.len;
-        }
-        Ok(())
+        let len = self.len;
+        update_file(&self.state, self.id, |file| {
+            file.bytes.truncate(len);
+            file.synced_len = len;
+            file.synced_size = len;
+        })
     }
 
     fn len(&self) -> u64 {

@@ -107,22 +107,11 @@ pub fn read_segment(
     let mut last_sequence: Option<u64> = None;
     while offset < file_len {
         let remaining = file_len - offset;
-        if policy != TailPolicy::Strict && remaining < RECORD_HEADER_LEN as u64 {
-            if rest_is_zero(&mut reader).at(path)? {
+        if remaining < RECORD_HEADER_LEN as u64 {
+            if policy != TailPolicy::Strict && rest_is_zero(&mut reader).at(path)? {
                 outcome.unused_bytes = remaining;
                 return Ok(outcome);
             }
-            return torn_or_strict(
-                path,
-                policy,
-                outcome,
-                offset,
-                file_len,
-                "record header is cut short".into(),
-                true,
-            );
-        }
-        if remaining < RECORD_HEADER_LEN as u64 {
             // The partial header is the last thing in the file: nothing
             // follows it, so it is a torn write whatever its bytes are.
             return torn_or_strict(

@@ -43,14 +43,7 @@ impl LogWriter {
     /// Creates a new segment and writes its header. The caller syncs the
     /// directory so that the segment survives a power loss.
     pub fn create(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
-        let mut file = fs.create(path).at(path)?;
-        file.append(&segment_header(kind)).at(path)?;
-        Ok(LogWriter {
-            file,
-            path: path.to_path_buf(),
-            scratch: Vec::new(),
-            last_sequence: None,
-        })
+        Self::start(fs.create(path).at(path)?, path, kind)
     }
 
     /// Creates a new segment through [`FileSystem::create_log`]: its file
@@ -59,7 +52,11 @@ impl LogWriter {
     /// [`LogWriter::finish`] before a later segment is created, so that
     /// only the last segment can end in reserved space.
     pub fn create_reserving(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
-        let mut file = fs.create_log(path).at(path)?;
+        Self::start(fs.create_log(path).at(path)?, path, kind)
+    }
+
+    /// Writes the segment header into a new, empty file.
+    fn start(mut file: Box<dyn WritableFile>, path: &Path, kind: LogKind) -> Result<Self> {
         file.append(&segment_header(kind)).at(path)?;
         Ok(LogWriter {
             file,
