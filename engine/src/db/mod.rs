@@ -86,8 +86,6 @@ pub(crate) struct Inner {
     pub(crate) wal: Mutex<WalState>,
     pub(crate) queue: Mutex<write::WriteQueue>,
     pub(crate) queue_changed: Condvar,
-    /// Write groups finished; waiting writers spin on it before parking.
-    pub(crate) groups_committed: AtomicU64,
     /// True while the write leader waits for an fsync.
     pub(crate) leader_syncing: std::sync::atomic::AtomicBool,
     /// True while one waiting writer spins (at most one does).

@@ -258,7 +258,6 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
         }),
         queue: Mutex::default(),
         queue_changed: Condvar::new(),
-        groups_committed: AtomicU64::new(0),
         leader_syncing: std::sync::atomic::AtomicBool::new(false),
         writer_spinning: std::sync::atomic::AtomicBool::new(false),
         next_file_number,
