@@ -128,12 +128,14 @@ impl Drop for LeaderGuard<'_> {
         if self.finished {
             return;
         }
+        // Refuse further writes before the next leader can start: the
+        // WAL may hold part of this group.
+        self.inner
+            .set_background_error(&Error::Background("the write leader panicked".into()));
         self.inner.hand_over();
         for slot in &self.slots {
             slot.deliver(Err(Error::Background("the write leader panicked".into())));
         }
-        self.inner
-            .set_background_error(&Error::Background("the write leader panicked".into()));
     }
 }
 

@@ -67,6 +67,44 @@ fn window_at(offset: u64) -> (u64, u64) {
     }
 }
 
+/// Copies `source` into `target` (a mapped window) with its stores in
+/// address order, so that a process killed in the middle leaves a prefix of
+/// the bytes, never a later byte without an earlier one. A reader then
+/// sees whole records, at most one record cut short, and zeros: a torn
+/// tail. `copy_from_slice` makes no such promise: for a record-sized copy,
+/// `memcpy` may store the end before the start, and a kill between the two
+/// would leave a zero header followed by data, which reads as corruption.
+/// Volatile stores are emitted in program order, and a killed process's
+/// memory holds exactly the stores before the instruction it stopped at.
+fn store_in_order(target: &mut [u8], source: &[u8]) {
+    assert_eq!(target.len(), source.len(), "copy of unequal lengths");
+    let base = target.as_mut_ptr();
+    let mut at = 0;
+    while at < source.len() && (base as usize + at) % 8 != 0 {
+        // SAFETY: `at < target.len()`, so the byte is inside `target`.
+        unsafe { base.add(at).write_volatile(source[at]) };
+        at += 1;
+    }
+    while at + 8 <= source.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&source[at..at + 8]);
+        // SAFETY: `at + 8 <= target.len()`, so the word is inside
+        // `target`, and the loop above made `base + at` 8-byte aligned
+        // (it stays so: `at` grows by 8).
+        unsafe {
+            base.add(at)
+                .cast::<u64>()
+                .write_volatile(u64::from_ne_bytes(word))
+        };
+        at += 8;
+    }
+    while at < source.len() {
+        // SAFETY: as in the first loop.
+        unsafe { base.add(at).write_volatile(source[at]) };
+        at += 1;
+    }
+}
+
 /// Writes zeros over `[offset, offset + len)` and syncs them, so the range
 /// is allocated, written and durable; or stops early, between 1 MiB
 /// chunks, once `cancel` is set (the file is being cut back anyway).
@@ -137,7 +175,10 @@ impl MappedLogFile {
             };
             let offset = (self.written - self.window_start) as usize;
             let take = (self.pending.len() - at).min(window.len() - offset);
-            window[offset..offset + take].copy_from_slice(&self.pending[at..at + take]);
+            store_in_order(
+                &mut window[offset..offset + take],
+                &self.pending[at..at + take],
+            );
             self.written += take as u64;
             at += take;
         }
@@ -152,13 +193,18 @@ impl MappedLogFile {
         }
         let last = self.written + self.pending.len() as u64 - 1;
         let (start, len) = window_at(last);
-        self.reserve_to(start + len)?;
+        // As with plain appends, a failed group is never written again
+        // (part of it may be in the file; its writers were told it
+        // failed): the caller treats any error as fatal for the log.
+        let reserved = self.reserve_to(start + len);
+        if let Err(error) = reserved {
+            self.pending.clear();
+            return Err(error);
+        }
         let result = self.file.write_all_at(&self.pending, self.written);
         if result.is_ok() {
             self.written += self.pending.len() as u64;
         }
-        // As with plain appends, a failed write is not retried (part of it
-        // may be in the file): the caller treats it as fatal for the log.
         self.pending.clear();
         result
     }
@@ -229,8 +275,10 @@ impl MappedLogFile {
         self.cancel.store(true, Ordering::Relaxed);
         let joined = self.join_ahead();
         self.cancel.store(false, Ordering::Relaxed);
-        self.file.set_len(self.written)?;
+        // A cancelled fill stopped short of its window: whatever `set_len`
+        // does, nothing past `written` counts as reserved any more.
         self.reserved = self.written;
+        self.file.set_len(self.written)?;
         joined
     }
 }
@@ -288,6 +336,22 @@ mod tests {
             .truncate(true)
             .open(path)
             .unwrap()
+    }
+
+    #[test]
+    fn ordered_stores_copy_every_byte_at_every_alignment() {
+        let source: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37) | 1).collect();
+        for start in 0..9 {
+            for len in [0, 1, 7, 8, 9, 31, 90] {
+                let mut target = vec![0u8; 100];
+                store_in_order(&mut target[start..start + len], &source[..len]);
+                assert_eq!(&target[start..start + len], &source[..len]);
+                assert!(target[..start]
+                    .iter()
+                    .chain(&target[start + len..])
+                    .all(|&b| b == 0));
+            }
+        }
     }
 
     #[test]

@@ -167,13 +167,11 @@ pub fn read_segment(
         payload.resize(header.length, 0);
         reader.read_exact(&mut payload).at(path)?;
         if record_crc(&header_bytes, &payload) != header.crc {
-            // A bad record that is the very last thing in the file is what a
-            // torn write leaves; with more records after it, it is corruption.
+            // A bad record with nothing but zeros after it (the end of the
+            // file, or a segment's reserved space) is what a torn write
+            // leaves; with data after it, it is corruption.
             let reason = "record checksum mismatch".to_owned();
-            if record_end == file_len || all_zero(&header_bytes) && all_zero(&payload) {
-                return damaged_tail(path, policy, outcome, offset, file_len, reason, &mut reader);
-            }
-            return damaged_strict(path, policy, outcome, offset, file_len, reason);
+            return damaged_tail(path, policy, outcome, offset, file_len, reason, &mut reader);
         }
         if last_sequence.is_some_and(|last| header.sequence < last) {
             return Err(Error::corruption(
@@ -396,6 +394,26 @@ mod tests {
             }
             let err = read_all(&fs, &path, TailPolicy::Strict).unwrap_err();
             assert!(err.is_corruption(), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_torn_record_before_reserved_zeros_is_a_torn_tail() {
+        // A writer killed while storing a record into reserved space leaves
+        // a prefix of its bytes, then zeros: cut at every length.
+        let (fs, path) = setup();
+        write_log(&fs, &path, &[b"one"]);
+        let mut record = Vec::new();
+        crate::wal::encode_record(&mut record, 2, b"a record that was being stored");
+        for landed in 1..record.len() {
+            let (fs, path) = (fs.process_crash_image(), path.clone());
+            let mut tail = record[..landed].to_vec();
+            tail.resize(4096, 0);
+            append_raw(&fs, &path, &tail);
+            let (records, outcome) = read_all(&fs, &path, TailPolicy::TolerateTornTail)
+                .unwrap_or_else(|e| panic!("{landed} bytes landed: {e}"));
+            assert_eq!(records, vec![b"one".to_vec()], "{landed} bytes landed");
+            assert_eq!(outcome.valid_len, 16 + 16 + 3);
         }
     }
 
