@@ -299,9 +299,16 @@ impl Inner {
             }
             queue.leader_active = true;
         }
-        let result = f();
-        self.hand_over();
-        result
+        /// Gives the role back even if `f` unwinds, so writers and
+        /// `close` are not left waiting forever.
+        struct Paused<'a>(&'a Inner);
+        impl Drop for Paused<'_> {
+            fn drop(&mut self) {
+                self.0.hand_over();
+            }
+        }
+        let _paused = Paused(self);
+        f()
     }
 
     /// Blocks until no write group is in flight (used by shutdown).
