@@ -80,7 +80,7 @@ fn store_in_order(target: &mut [u8], source: &[u8]) {
     assert_eq!(target.len(), source.len(), "copy of unequal lengths");
     let base = target.as_mut_ptr();
     let mut at = 0;
-    while at < source.len() && (base as usize + at) % 8 != 0 {
+    while at < source.len() && !(base as usize + at).is_multiple_of(8) {
         // SAFETY: `at < target.len()`, so the byte is inside `target`.
         unsafe { base.add(at).write_volatile(source[at]) };
         at += 1;
@@ -343,7 +343,7 @@ mod tests {
         let source: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37) | 1).collect();
         for start in 0..9 {
             for len in [0, 1, 7, 8, 9, 31, 90] {
-                let mut target = vec![0u8; 100];
+                let mut target = [0u8; 100];
                 store_in_order(&mut target[start..start + len], &source[..len]);
                 assert_eq!(&target[start..start + len], &source[..len]);
                 assert!(target[..start]
