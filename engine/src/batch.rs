@@ -129,10 +129,10 @@ impl WriteBatch {
         4 + self.ops.len()
     }
 
-    /// Appends the WAL payload of this batch.
-    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.count.to_le_bytes());
-        out.extend_from_slice(&self.ops);
+    /// The WAL payload of this batch, as its two parts: the count, then the
+    /// encoded ops.
+    pub(crate) fn wal_payload(&self) -> ([u8; 4], &[u8]) {
+        (self.count.to_le_bytes(), &self.ops)
     }
 
     pub(crate) fn ops(&self) -> BatchIter<'_> {
@@ -195,8 +195,8 @@ mod tests {
         let mut batch = WriteBatch::new();
         batch.put(b"a", b"1");
         batch.delete(b"b");
-        let mut payload = Vec::new();
-        batch.encode_into(&mut payload);
+        let (count, ops) = batch.wal_payload();
+        let payload = [&count[..], ops].concat();
         assert_eq!(payload.len(), batch.encoded_len());
         let ops: Vec<_> = BatchIter::decode(&payload).unwrap().collect();
         assert_eq!(ops.len(), 2);

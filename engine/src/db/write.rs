@@ -79,14 +79,11 @@ impl Slot {
     }
 }
 
-/// A queued write: its id, its job and where its result goes.
-type Queued = (u64, Job, Arc<Slot>);
-
 #[derive(Default)]
 pub(crate) struct WriteQueue {
-    pending: VecDeque<Queued>,
+    /// Queued jobs, each with the slot its result goes to.
+    pending: VecDeque<(Job, Arc<Slot>)>,
     leader_active: bool,
-    next_id: u64,
 }
 
 impl Error {
@@ -189,8 +186,6 @@ impl Inner {
         // for an fsync or a memtable switch, far longer than a spin.
         let may_spin = matches!(job, Job::Write { sync: false, .. });
         let mut queue = self.queue.lock();
-        let id = queue.next_id;
-        queue.next_id += 1;
         if !queue.leader_active && queue.pending.is_empty() {
             // Uncontended: lead a group of one without a trip through the
             // queue. Writers arriving meanwhile queue up behind us and the
@@ -202,15 +197,13 @@ impl Inner {
                 slots: Vec::new(),
                 finished: false,
             };
-            let mut results = self.commit(vec![(id, job)]);
+            let mut results = self.commit(vec![job]);
             guard.finished = true;
             self.hand_over();
-            return results
-                .pop()
-                .map_or(Err(Error::Closed), |(_, result)| result);
+            return results.pop().unwrap_or(Err(Error::Closed));
         }
         let slot = Slot::new();
-        queue.pending.push_back((id, job, slot.clone()));
+        queue.pending.push_back((job, slot.clone()));
         loop {
             if !queue.leader_active && !queue.pending.is_empty() {
                 queue.leader_active = true;
@@ -226,7 +219,7 @@ impl Inner {
                 // Hand the role on before waking the group, so that the
                 // next group's WAL write and fsync overlap the wake-ups.
                 self.hand_over();
-                for (slot, (_, result)) in guard.slots.iter().zip(results) {
+                for (slot, result) in guard.slots.iter().zip(results) {
                     slot.deliver(result);
                 }
             } else {
@@ -282,7 +275,7 @@ impl Inner {
         let mut queue = self.queue.lock();
         queue.leader_active = false;
         self.queue_changed.notify_all();
-        let next = queue.pending.front().map(|(_, _, slot)| slot.clone());
+        let next = queue.pending.front().map(|(_, slot)| slot.clone());
         drop(queue);
         if let Some(next) = next {
             next.thread.unpark();
@@ -319,32 +312,29 @@ impl Inner {
         }
     }
 
-    fn commit(&self, group: Vec<(u64, Job)>) -> Vec<(u64, Result<SeqNo>)> {
-        if let [(id, Job::SwitchMemtable)] = group.as_slice() {
+    /// Commits a group; the results are in the group's order.
+    fn commit(&self, group: Vec<Job>) -> Vec<Result<SeqNo>> {
+        if let [Job::SwitchMemtable] = group.as_slice() {
             let result = self.make_room(0, true).map(|_| self.visible_sequence());
-            return vec![(*id, result)];
+            return vec![result];
         }
         let bytes: usize = group
             .iter()
-            .map(|(_, job)| match job {
+            .map(|job| match job {
                 Job::Write { batch, .. } => batch.encoded_len(),
                 Job::SwitchMemtable => 0,
             })
             .sum();
         match self.commit_writes(&group, bytes) {
-            Ok(sequences) => group
-                .iter()
-                .map(|(id, _)| *id)
-                .zip(sequences.into_iter().map(Ok))
-                .collect(),
-            Err(error) => group
-                .iter()
-                .map(|(id, _)| (*id, Err(error.for_group())))
-                .collect(),
+            Ok(sequences) => {
+                debug_assert_eq!(sequences.len(), group.len(), "a group never mixes kinds");
+                sequences.into_iter().map(Ok).collect()
+            }
+            Err(error) => group.iter().map(|_| Err(error.for_group())).collect(),
         }
     }
 
-    fn commit_writes(&self, group: &[(u64, Job)], bytes: usize) -> Result<Vec<SeqNo>> {
+    fn commit_writes(&self, group: &[Job], bytes: usize) -> Result<Vec<SeqNo>> {
         let memtable = self.make_room(bytes, false)?;
         let first = self.last_sequence.load(Ordering::Relaxed) + 1;
         let mut next = first;
@@ -353,15 +343,13 @@ impl Inner {
         let mut user_bytes = 0;
         {
             let mut wal = self.wal.lock();
-            let mut payload = Vec::with_capacity(bytes);
             let appended = (|| -> Result<()> {
-                for (_, job) in group {
+                for job in group {
                     let Job::Write { batch, sync } = job else {
                         continue;
                     };
-                    payload.clear();
-                    batch.encode_into(&mut payload);
-                    wal.writer.append(next, &payload)?;
+                    let (count, ops) = batch.wal_payload();
+                    wal.writer.append_parts(next, &[&count, ops])?;
                     next += batch.len() as u64;
                     sequences.push(next - 1);
                     need_sync |= *sync;
@@ -396,7 +384,7 @@ impl Inner {
             );
         }
         let mut sequence = first;
-        for (_, job) in group {
+        for job in group {
             let Job::Write { batch, .. } = job else {
                 continue;
             };
@@ -544,11 +532,11 @@ impl Inner {
 
 /// Takes the next group: one memtable switch alone, or consecutive writes
 /// up to the byte limit, with the slots their results go to.
-fn take_group(pending: &mut VecDeque<Queued>) -> (Vec<(u64, Job)>, Vec<Arc<Slot>>) {
+fn take_group(pending: &mut VecDeque<(Job, Arc<Slot>)>) -> (Vec<Job>, Vec<Arc<Slot>>) {
     let mut group = Vec::new();
     let mut slots = Vec::new();
     let mut bytes = 0;
-    while let Some((_, job, _)) = pending.front() {
+    while let Some((job, _)) = pending.front() {
         let is_switch = matches!(job, Job::SwitchMemtable);
         if !group.is_empty() && is_switch {
             break;
@@ -559,8 +547,8 @@ fn take_group(pending: &mut VecDeque<Queued>) -> (Vec<(u64, Job)>, Vec<Arc<Slot>
             }
             bytes += batch.encoded_len();
         }
-        if let Some((id, job, slot)) = pending.pop_front() {
-            group.push((id, job));
+        if let Some((job, slot)) = pending.pop_front() {
+            group.push(job);
             slots.push(slot);
         }
         if is_switch {

@@ -36,17 +36,29 @@ pub fn segment_header(kind: LogKind) -> [u8; SEGMENT_HEADER_LEN] {
 
 /// Appends one framed record to `out`.
 pub fn encode_record(out: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
+    out.extend_from_slice(&record_header(sequence, &[payload]));
+    out.extend_from_slice(payload);
+}
+
+/// The header of a record whose payload is `parts` laid end to end, so a
+/// writer can frame a payload it holds in pieces without first copying it
+/// into one buffer.
+pub(crate) fn record_header(sequence: u64, parts: &[&[u8]]) -> [u8; RECORD_HEADER_LEN] {
+    let length: usize = parts.iter().map(|part| part.len()).sum();
     assert!(
-        payload.len() <= MAX_PAYLOAD_LEN,
+        length <= MAX_PAYLOAD_LEN,
         "record payload over the format limit"
     );
-    let start = out.len();
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&sequence.to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[4..8].copy_from_slice(&(length as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&sequence.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[4..]);
+    for part in parts {
+        hasher.update(part);
+    }
+    header[..4].copy_from_slice(&hasher.finalize().to_le_bytes());
+    header
 }
 
 /// A decoded record header.

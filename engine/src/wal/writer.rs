@@ -1,6 +1,6 @@
 //! Appending records to one log segment.
 
-use super::record::{encode_record, segment_header, LogKind};
+use super::record::{record_header, segment_header, LogKind};
 use crate::error::IoContext;
 use crate::fs::{FileSystem, WritableFile};
 use crate::Result;
@@ -35,7 +35,6 @@ use std::path::{Path, PathBuf};
 pub struct LogWriter {
     file: Box<dyn WritableFile>,
     path: PathBuf,
-    scratch: Vec<u8>,
     last_sequence: Option<u64>,
 }
 
@@ -61,7 +60,6 @@ impl LogWriter {
         Ok(LogWriter {
             file,
             path: path.to_path_buf(),
-            scratch: Vec::new(),
             last_sequence: None,
         })
     }
@@ -73,17 +71,25 @@ impl LogWriter {
         Ok(LogWriter {
             file,
             path: path.to_path_buf(),
-            scratch: Vec::new(),
             last_sequence,
         })
     }
 
     /// Appends one record. Sequences must not go backwards.
     pub fn append(&mut self, sequence: u64, payload: &[u8]) -> Result<()> {
+        self.append_parts(sequence, &[payload])
+    }
+
+    /// Appends one record whose payload is `parts` laid end to end. The
+    /// file buffers appends anyway, so the parts go straight into it.
+    pub(crate) fn append_parts(&mut self, sequence: u64, parts: &[&[u8]]) -> Result<()> {
         debug_assert!(self.last_sequence.is_none_or(|last| sequence >= last));
-        self.scratch.clear();
-        encode_record(&mut self.scratch, sequence, payload);
-        self.file.append(&self.scratch).at(&self.path)?;
+        self.file
+            .append(&record_header(sequence, parts))
+            .at(&self.path)?;
+        for part in parts {
+            self.file.append(part).at(&self.path)?;
+        }
         self.last_sequence = Some(sequence);
         Ok(())
     }
