@@ -50,7 +50,7 @@ const MIN_WINDOW_BYTES: u64 = 64 << 10;
 /// The largest window. Each window costs one `mmap` and one reservation,
 /// so per record it is noise; larger ones would only leave a longer zero
 /// tail after a crash.
-pub(crate) const MAX_WINDOW_BYTES: u64 = 8 << 20;
+const MAX_WINDOW_BYTES: u64 = 8 << 20;
 
 /// The window holding byte `offset`, as `(start, length)`: windows double
 /// from [`MIN_WINDOW_BYTES`] to [`MAX_WINDOW_BYTES`], then stay at that
@@ -158,8 +158,17 @@ impl MappedLogFile {
         Ok(mapped)
     }
 
-    /// Stores the pending bytes through the map.
+    /// Stores the pending bytes through the map. Whatever happens they are
+    /// gone afterwards, as with plain appends: a failed group is never
+    /// written again (part of it may be in the file, and its writers were
+    /// told it failed); the caller treats any error as fatal for the log.
     fn store_pending(&mut self) -> io::Result<()> {
+        let stored = self.store_pending_bytes();
+        self.pending.clear();
+        stored
+    }
+
+    fn store_pending_bytes(&mut self) -> io::Result<()> {
         let mut at = 0;
         while at < self.pending.len() {
             let inside = self.window.as_ref().is_some_and(|window| {
@@ -182,31 +191,27 @@ impl MappedLogFile {
             self.written += take as u64;
             at += take;
         }
-        self.pending.clear();
         Ok(())
     }
 
-    /// Writes the pending bytes with `pwrite`.
+    /// Writes the pending bytes with `pwrite`; they are gone afterwards
+    /// whatever happens, as in [`MappedLogFile::store_pending`].
     fn write_pending(&mut self) -> io::Result<()> {
+        let written = self.write_pending_bytes();
+        self.pending.clear();
+        written
+    }
+
+    fn write_pending_bytes(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let last = self.written + self.pending.len() as u64 - 1;
         let (start, len) = window_at(last);
-        // As with plain appends, a failed group is never written again
-        // (part of it may be in the file; its writers were told it
-        // failed): the caller treats any error as fatal for the log.
-        let reserved = self.reserve_to(start + len);
-        if let Err(error) = reserved {
-            self.pending.clear();
-            return Err(error);
-        }
-        let result = self.file.write_all_at(&self.pending, self.written);
-        if result.is_ok() {
-            self.written += self.pending.len() as u64;
-        }
-        self.pending.clear();
-        result
+        self.reserve_to(start + len)?;
+        self.file.write_all_at(&self.pending, self.written)?;
+        self.written += self.pending.len() as u64;
+        Ok(())
     }
 
     /// Makes the first `end` bytes of the file reserved, then starts
@@ -290,12 +295,7 @@ impl WritableFile for MappedLogFile {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let stored = self.store_pending();
-        if stored.is_err() {
-            // Part may be in the file: never store it twice.
-            self.pending.clear();
-        }
-        stored
+        self.store_pending()
     }
 
     fn sync(&mut self) -> io::Result<()> {

@@ -107,26 +107,13 @@ pub fn read_segment(
     let mut last_sequence: Option<u64> = None;
     while offset < file_len {
         let remaining = file_len - offset;
-        if remaining < RECORD_HEADER_LEN as u64 {
-            if policy != TailPolicy::Strict && rest_is_zero(&mut reader).at(path)? {
-                outcome.unused_bytes = remaining;
-                return Ok(outcome);
-            }
-            // The partial header is the last thing in the file: nothing
-            // follows it, so it is a torn write whatever its bytes are.
-            return torn_or_strict(
-                path,
-                policy,
-                outcome,
-                offset,
-                file_len,
-                "record header is cut short".into(),
-                true,
-            );
-        }
+        // A header, or as much of one as the file still holds.
+        let header_len = remaining.min(RECORD_HEADER_LEN as u64) as usize;
         let mut header_bytes = [0u8; RECORD_HEADER_LEN];
-        reader.read_exact(&mut header_bytes).at(path)?;
-        if policy != TailPolicy::Strict && all_zero(&header_bytes) {
+        reader
+            .read_exact(&mut header_bytes[..header_len])
+            .at(path)?;
+        if policy != TailPolicy::Strict && all_zero(&header_bytes[..header_len]) {
             // No record has an all-zero header (its CRC would have to be
             // the CRC of twelve zero bytes, which is not zero): this is
             // where the records end, if only zeros follow.
@@ -141,6 +128,19 @@ pub fn read_segment(
                 offset,
                 file_len,
                 "zeroed record header followed by data".into(),
+            );
+        }
+        if header_len < RECORD_HEADER_LEN {
+            // The partial header is the last thing in the file: nothing
+            // follows it, so it is a torn write whatever its bytes are.
+            return torn_or_strict(
+                path,
+                policy,
+                outcome,
+                offset,
+                file_len,
+                "record header is cut short".into(),
+                true,
             );
         }
         let header = decode_header(&header_bytes);
