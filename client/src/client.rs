@@ -1,9 +1,10 @@
 //! The client: endpoints, leader tracking, retries, exactly-once numbering.
 
+use crate::batch::{Batcher, MAX_BATCHED_CALL_BYTES};
 use crate::error::{Error, Result};
 use crate::pb::{
-    self, cluster_client::ClusterClient, kv_client::KvClient, Consistency, GetRequest, KeyValue,
-    RangeRequest, RequestId, Staleness,
+    self, batch_call, batch_reply, cluster_client::ClusterClient, kv_client::KvClient, Consistency,
+    GetRequest, KeyValue, RangeRequest, RequestId, Staleness,
 };
 use crate::txn::{Txn, TxnResult};
 use crate::watch::WatchStream;
@@ -61,7 +62,7 @@ pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     pub(crate) endpoints: Mutex<Vec<String>>,
     next: AtomicUsize,
-    channels: Mutex<HashMap<String, Channel>>,
+    connections: Mutex<HashMap<String, Connection>>,
     leader: Mutex<Option<String>>,
     client_id: u64,
     sequences: Mutex<Sequences>,
@@ -154,7 +155,7 @@ impl Client {
                 options,
                 endpoints: Mutex::new(endpoints),
                 next: AtomicUsize::new(0),
-                channels: Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 client_id: rand::rng().random(),
                 sequences: Mutex::new(Sequences {
@@ -181,10 +182,11 @@ impl Client {
     /// Asks the cluster for its members and leader and remembers them.
     pub async fn refresh_members(&self) -> Result<pb::StatusResponse> {
         let status = self
-            .call(false, |channel| async move {
-                ClusterClient::new(channel)
+            .call(false, |connection| async move {
+                ClusterClient::new(connection.channel)
                     .status(pb::StatusRequest {})
                     .await
+                    .map(tonic::Response::into_inner)
             })
             .await?;
         {
@@ -207,17 +209,29 @@ impl Client {
     }
 
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
-        let mut channels = self.inner.channels.lock().expect("lock");
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+        Ok(self.connection(addr)?.channel)
+    }
+
+    fn connection(&self, addr: &str) -> Result<Connection> {
+        let mut connections = self.inner.connections.lock().expect("lock");
+        if let Some(connection) = connections.get_mut(addr) {
+            if connection.batcher.ended() {
+                // Its task ended with the runtime that started it.
+                connection.batcher = Arc::new(Batcher::start(connection.channel.clone()));
+            }
+            return Ok(connection.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Error::Endpoint(format!("{addr}: {e}")))?
             .connect_timeout(self.inner.options.connect_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let connection = Connection {
+            batcher: Arc::new(Batcher::start(channel.clone())),
+            channel,
+        };
+        connections.insert(addr.to_owned(), connection.clone());
+        Ok(connection)
     }
 
     fn next_endpoint(&self) -> String {
@@ -230,8 +244,8 @@ impl Client {
     /// is known; a follower's not-leader answer names it), else to any member.
     pub(crate) async fn call<T, F, Fut>(&self, to_leader: bool, mut rpc: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let options = &self.inner.options;
         let deadline = Instant::now() + options.call_timeout;
@@ -248,10 +262,10 @@ impl Client {
                     last,
                 });
             }
-            let channel = self.channel(&target)?;
+            let connection = self.connection(&target)?;
             let attempt = remaining.min(options.attempt_timeout);
-            let status = match tokio::time::timeout(attempt, rpc(channel)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+            let status = match tokio::time::timeout(attempt, rpc(connection)).await {
+                Ok(Ok(response)) => return Ok(response),
                 Ok(Err(status)) => status,
                 Err(_) => Status::unavailable(format!("no answer within {attempt:?}")),
             };
@@ -309,8 +323,8 @@ impl Client {
     /// until answered or the deadline passes.
     pub(crate) async fn write<T, F, Fut>(&self, mut rpc: F) -> Result<T>
     where
-        F: FnMut(Channel, RequestId) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: FnMut(Connection, RequestId) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let _permit = self.inner.in_flight.acquire().await.expect("never closed");
         let request = loop {
@@ -338,7 +352,7 @@ impl Client {
             finished.await;
         };
         let sequence = request.sequence;
-        let result = self.call(true, |channel| rpc(channel, request)).await;
+        let result = self.call(true, |connection| rpc(connection, request)).await;
         // Answered or given up: either way this number is never sent again.
         self.inner
             .sequences
@@ -360,13 +374,13 @@ impl Client {
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let (key, value) = (key.into(), value.into());
         let response = self
-            .write(|channel, request| {
+            .write(|connection, request| {
                 let message = pb::PutRequest {
                     key: key.clone(),
                     value: value.clone(),
                     request: Some(request),
                 };
-                async move { KvClient::new(channel).put(message).await }
+                async move { connection.put(message).await }
             })
             .await?;
         Ok(response.header.map_or(0, |h| h.revision))
@@ -382,12 +396,12 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let key = key.into();
         let response = self
-            .write(|channel, request| {
+            .write(|connection, request| {
                 let message = pb::DeleteRequest {
                     key: key.clone(),
                     request: Some(request),
                 };
-                async move { KvClient::new(channel).delete(message).await }
+                async move { connection.delete(message).await }
             })
             .await?;
         Ok(response.deleted)
@@ -405,9 +419,9 @@ impl Client {
     /// ```
     pub async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         let response = self
-            .write(|channel, request| {
+            .write(|connection, request| {
                 let message = txn.to_request(request);
-                async move { KvClient::new(channel).txn(message).await }
+                async move { connection.txn(message).await }
             })
             .await?;
         Ok(TxnResult::from(response))
@@ -428,12 +442,12 @@ impl Client {
 
     async fn get_at(&self, key: Vec<u8>, consistency: Consistency) -> Result<pb::GetResponse> {
         let to_leader = consistency != Consistency::Stale;
-        self.call(to_leader, |channel| {
+        self.call(to_leader, |connection| {
             let message = GetRequest {
                 key: key.clone(),
                 consistency: consistency as i32,
             };
-            async move { KvClient::new(channel).get(message).await }
+            async move { connection.get(message).await }
         })
         .await
     }
@@ -515,9 +529,14 @@ impl Client {
     pub async fn range_request(&self, request: RangeRequest) -> Result<Page> {
         let to_leader = request.consistency != Consistency::Stale as i32;
         let response = self
-            .call(to_leader, |channel| {
+            .call(to_leader, |connection| {
                 let message = request.clone();
-                async move { KvClient::new(channel).range(message).await }
+                async move {
+                    KvClient::new(connection.channel)
+                        .range(message)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
             })
             .await?;
         Ok(Page {
@@ -553,10 +572,11 @@ impl Client {
         // Learn the leader from anyone, then ask the leader: a member that
         // was removed keeps answering with the membership it last knew.
         self.refresh_members().await?;
-        self.call(true, |channel| async move {
-            ClusterClient::new(channel)
+        self.call(true, |connection| async move {
+            ClusterClient::new(connection.channel)
                 .status(pb::StatusRequest {})
                 .await
+                .map(tonic::Response::into_inner)
         })
         .await
     }
@@ -624,6 +644,79 @@ impl Stale<'_> {
                 consistency: Consistency::Stale as i32,
                 ..RangeRequest::default()
             })
+            .await
+    }
+}
+
+/// One member's channel and its batch stream.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    pub(crate) channel: Channel,
+    batcher: Arc<Batcher>,
+}
+
+impl Connection {
+    /// Runs a call over the batch stream if it can, else as its unary RPC.
+    async fn run<M, T, Fut>(
+        self,
+        message: M,
+        wrap: fn(M) -> batch_call::Request,
+        unwrap: fn(batch_reply::Response) -> Option<T>,
+        unary: impl FnOnce(KvClient<Channel>, M) -> Fut,
+    ) -> std::result::Result<T, Status>
+    where
+        M: prost::Message,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        if !self.batcher.usable() || message.encoded_len() > MAX_BATCHED_CALL_BYTES {
+            return unary(KvClient::new(self.channel), message)
+                .await
+                .map(tonic::Response::into_inner);
+        }
+        let reply = self.batcher.call(wrap(message)).await?;
+        unwrap(reply).ok_or_else(|| Status::internal("a batch reply of another kind than its call"))
+    }
+
+    async fn get(self, message: pb::GetRequest) -> std::result::Result<pb::GetResponse, Status> {
+        let unwrap = |reply| match reply {
+            batch_reply::Response::Get(response) => Some(response),
+            _ => None,
+        };
+        let unary = |mut kv: KvClient<Channel>, m| async move { kv.get(m).await };
+        self.run(message, batch_call::Request::Get, unwrap, unary)
+            .await
+    }
+
+    async fn put(self, message: pb::PutRequest) -> std::result::Result<pb::PutResponse, Status> {
+        let unwrap = |reply| match reply {
+            batch_reply::Response::Put(response) => Some(response),
+            _ => None,
+        };
+        let unary = |mut kv: KvClient<Channel>, m| async move { kv.put(m).await };
+        self.run(message, batch_call::Request::Put, unwrap, unary)
+            .await
+    }
+
+    async fn delete(
+        self,
+        message: pb::DeleteRequest,
+    ) -> std::result::Result<pb::DeleteResponse, Status> {
+        let unwrap = |reply| match reply {
+            batch_reply::Response::Delete(response) => Some(response),
+            _ => None,
+        };
+        let unary = |mut kv: KvClient<Channel>, m| async move { kv.delete(m).await };
+        self.run(message, batch_call::Request::Delete, unwrap, unary)
+            .await
+    }
+
+    async fn txn(self, message: pb::TxnRequest) -> std::result::Result<pb::TxnResponse, Status> {
+        let unwrap = |reply| match reply {
+            batch_reply::Response::Txn(response) => Some(response),
+            _ => None,
+        };
+        let unary = |mut kv: KvClient<Channel>, m| async move { kv.txn(m).await };
+        self.run(message, batch_call::Request::Txn, unwrap, unary)
             .await
     }
 }

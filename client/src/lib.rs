@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod client;
 mod error;
 mod txn;

@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_range_page: u32,
     /// Watch streams open at once.
     pub max_watch_streams: usize,
+    /// Calls in flight at once on one `KV.Batch` stream.
+    pub max_batch_calls: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +36,7 @@ impl Default for Limits {
             max_txn_ops: 128,
             max_range_page: 10_000,
             max_watch_streams: 1024,
+            max_batch_calls: 4096,
         }
     }
 }

@@ -112,12 +112,13 @@ impl Server {
         }
 
         let metrics = Metrics::new();
+        let (stop, stopped) = watch::channel(false);
         let context = Context {
             node: node.clone(),
             limits: config.limits.clone(),
             metrics: metrics.clone(),
+            stopping: stopped.clone(),
         };
-        let (stop, stopped) = watch::channel(false);
         let wait_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };

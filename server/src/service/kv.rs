@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 /// Keys counted by one count-only range at most.
 const MAX_COUNT: u64 = 10_000_000;
 
+#[derive(Clone)]
 pub struct KvService {
     pub context: Context,
 }
@@ -92,14 +93,13 @@ impl KvService {
     }
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn get(
+/// The calls, shared by the unary RPCs and the batch stream.
+impl KvService {
+    pub(crate) async fn get_call(
         &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+        request: pb::GetRequest,
+    ) -> Result<pb::GetResponse, Status> {
         timed(&self.context, "Get", async {
-            let request = request.into_inner();
             self.context.check_key(&request.key)?;
             let read = self
                 .context
@@ -107,21 +107,20 @@ impl Kv for KvService {
                 .get(&request.key, consistency(request.consistency)?)
                 .await
                 .map_err(|e| self.context.status(e))?;
-            Ok(Response::new(pb::GetResponse {
+            Ok(pb::GetResponse {
                 header: self.context.header(read.revision),
                 kv: read.value.map(key_value),
                 staleness: staleness(read.staleness),
-            }))
+            })
         })
         .await
     }
 
-    async fn put(
+    pub(crate) async fn put_call(
         &self,
-        request: Request<pb::PutRequest>,
-    ) -> Result<Response<pb::PutResponse>, Status> {
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, Status> {
         timed(&self.context, "Put", async {
-            let request = request.into_inner();
             self.context.check_key(&request.key)?;
             self.context.check_value(&request.value)?;
             let command = Command {
@@ -137,19 +136,18 @@ impl Kv for KvService {
                 .txn(command)
                 .await
                 .map_err(|e| self.context.status(e))?;
-            Ok(Response::new(pb::PutResponse {
+            Ok(pb::PutResponse {
                 header: self.context.header(response.revision),
-            }))
+            })
         })
         .await
     }
 
-    async fn delete(
+    pub(crate) async fn delete_call(
         &self,
-        request: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        request: pb::DeleteRequest,
+    ) -> Result<pb::DeleteResponse, Status> {
         timed(&self.context, "Delete", async {
-            let request = request.into_inner();
             self.context.check_key(&request.key)?;
             let command = Command {
                 request: request_id(request.request),
@@ -166,20 +164,19 @@ impl Kv for KvService {
                 .txn(command)
                 .await
                 .map_err(|e| self.context.status(e))?;
-            Ok(Response::new(pb::DeleteResponse {
+            Ok(pb::DeleteResponse {
                 header: self.context.header(response.revision),
                 deleted: response.reads.first().is_some_and(Option::is_some),
-            }))
+            })
         })
         .await
     }
 
-    async fn range(
+    pub(crate) async fn range_call(
         &self,
-        request: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, Status> {
         timed(&self.context, "Range", async {
-            let request = request.into_inner();
             let max_page = self.context.limits.max_range_page;
             if request.limit > max_page {
                 return Err(Status::invalid_argument(format!(
@@ -215,12 +212,12 @@ impl Kv for KvService {
                     .count(&start, end.as_deref(), MAX_COUNT, consistency)
                     .await
                     .map_err(|e| self.context.status(e))?;
-                return Ok(Response::new(pb::RangeResponse {
+                return Ok(pb::RangeResponse {
                     header: self.context.header(read.revision),
                     count: read.value,
                     staleness: staleness(read.staleness),
                     ..pb::RangeResponse::default()
-                }));
+                });
             }
             let read = node
                 .range(&start, end.as_deref(), limit + 1, consistency)
@@ -240,23 +237,22 @@ impl Kv for KvService {
                     kv.value.clear();
                 }
             }
-            Ok(Response::new(pb::RangeResponse {
+            Ok(pb::RangeResponse {
                 header: self.context.header(read.revision),
                 count: kvs.len() as u64,
                 kvs,
                 continuation,
                 staleness: staleness(read.staleness),
-            }))
+            })
         })
         .await
     }
 
-    async fn txn(
+    pub(crate) async fn txn_call(
         &self,
-        request: Request<pb::TxnRequest>,
-    ) -> Result<Response<pb::TxnResponse>, Status> {
+        request: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, Status> {
         timed(&self.context, "Txn", async {
-            let request = request.into_inner();
             let ops = request.compares.len() + request.success.len() + request.failure.len();
             if ops > self.context.limits.max_txn_ops {
                 return Err(Status::invalid_argument(format!(
@@ -289,7 +285,7 @@ impl Kv for KvService {
                 .txn(command)
                 .await
                 .map_err(|e| self.context.status(e))?;
-            Ok(Response::new(pb::TxnResponse {
+            Ok(pb::TxnResponse {
                 header: self.context.header(response.revision),
                 succeeded: response.succeeded,
                 gets: response
@@ -299,9 +295,63 @@ impl Kv for KvService {
                         kv: kv.map(key_value),
                     })
                     .collect(),
-            }))
+            })
         })
         .await
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.get_call(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        self.put_call(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.delete_call(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        self.range_call(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        self.txn_call(request.into_inner()).await.map(Response::new)
+    }
+
+    type BatchStream = super::batch::ReplyStream;
+
+    async fn batch(
+        &self,
+        request: Request<tonic::Streaming<pb::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        Ok(Response::new(super::batch::serve(
+            self.clone(),
+            request.into_inner(),
+        )))
     }
 }
 

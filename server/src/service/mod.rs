@@ -6,6 +6,7 @@
 //! SDK retries on the leader. Stale reads and watches are served by any
 //! member.
 
+pub mod batch;
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
@@ -24,6 +25,17 @@ pub struct Context {
     pub node: Arc<Node>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Turns true when the server stops: long-lived streams (watches, batch
+    /// streams) end then, or a graceful stop would wait for them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Resolves once the server is stopping.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|s| *s).await;
+    }
 }
 
 impl Context {

@@ -108,8 +108,24 @@ impl Watch for WatchService {
                         return;
                     }
                 }
+                let stopped = context.stopped();
+                tokio::pin!(stopped);
                 loop {
-                    let change = match live.recv().await {
+                    let received = tokio::select! {
+                        received = live.recv() => received,
+                        // Else a graceful stop would wait for the watcher to
+                        // hang up; the SDK resumes on another member.
+                        () = &mut stopped => {
+                            let _ = sender
+                                .send(Err(Status::unavailable(format!(
+                                    "the server is stopping; resume from revision {}",
+                                    last + 1
+                                ))))
+                                .await;
+                            return;
+                        }
+                    };
+                    let change = match received {
                         Ok(change) => change,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
                             // The watcher fell behind the feed: end the stream

@@ -1,0 +1,388 @@
+//! `KV.Batch`: calls answered by id, each as its unary RPC would be; the
+//! per-stream limit; not-leader answers that the SDK follows; and the SDK's
+//! fallback to unary calls on a server without `Batch`.
+
+mod common;
+
+use common::{connect, ProcessCluster};
+use ferry_client::pb::{self, batch_call, batch_reply, kv_client::KvClient};
+use ferry_client::{Client, Txn};
+use ferry_server::config::{Limits, ServeConfig};
+use ferry_server::server::Server;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+fn put(id: u64, key: &str, value: &str) -> pb::BatchCall {
+    pb::BatchCall {
+        id,
+        request: Some(batch_call::Request::Put(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            request: None,
+        })),
+    }
+}
+
+/// Opens a batch stream to `addr`: a sender of messages and the replies by id.
+async fn open(
+    addr: &str,
+) -> (
+    mpsc::UnboundedSender<pb::BatchRequest>,
+    Streaming<pb::BatchResponse>,
+) {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (sender, requests) = mpsc::unbounded_channel();
+    let replies = KvClient::new(channel)
+        .batch(UnboundedReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    (sender, replies)
+}
+
+/// Reads replies until `count` calls are answered.
+async fn replies(
+    stream: &mut Streaming<pb::BatchResponse>,
+    count: usize,
+) -> HashMap<u64, batch_reply::Response> {
+    let mut answered = HashMap::new();
+    while answered.len() < count {
+        let message = stream.message().await.unwrap().expect("stream open");
+        for reply in message.replies {
+            let previous = answered.insert(reply.id, reply.response.expect("a response"));
+            assert!(previous.is_none(), "call {} answered twice", reply.id);
+        }
+    }
+    answered
+}
+
+fn error(response: &batch_reply::Response) -> (Code, String) {
+    match response {
+        batch_reply::Response::Error(e) => (Code::from_i32(e.code), e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServeConfig {
+        data_dir: dir.path().join("node"),
+        client_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        metrics_addr: String::new(),
+        init: true,
+        limits: Limits {
+            max_batch_calls: 3,
+            ..Limits::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = server.client_addr.to_string();
+    // Wait for the single node to lead.
+    let client = connect(vec![addr.clone()]).await;
+    client.put("ready", "1").await.unwrap();
+
+    let (sender, mut stream) = open(&addr).await;
+    // Five calls in one message; the limit takes the first three.
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![
+                put(1, "a", "1"),
+                put(2, "", "empty key"),
+                pb::BatchCall {
+                    id: 3,
+                    request: None,
+                },
+                put(4, "b", "2"),
+                put(5, "c", "3"),
+            ],
+        })
+        .unwrap();
+    let answered = replies(&mut stream, 5).await;
+    let revision = match &answered[&1] {
+        batch_reply::Response::Put(r) => r.header.as_ref().unwrap().revision,
+        other => panic!("expected a put, got {other:?}"),
+    };
+    assert!(revision > 0);
+    let (code, message) = error(&answered[&2]);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("empty"), "{message}");
+    assert_eq!(error(&answered[&3]).0, Code::InvalidArgument);
+    for id in [4, 5] {
+        let (code, message) = error(&answered[&id]);
+        assert_eq!(code, Code::ResourceExhausted);
+        assert!(message.contains("max_batch_calls"), "{message}");
+    }
+
+    // The refused calls changed nothing; the stream goes on serving.
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![
+                pb::BatchCall {
+                    id: 6,
+                    request: Some(batch_call::Request::Get(pb::GetRequest {
+                        key: b"a".to_vec(),
+                        consistency: pb::Consistency::Linearizable as i32,
+                    })),
+                },
+                pb::BatchCall {
+                    id: 7,
+                    request: Some(batch_call::Request::Delete(pb::DeleteRequest {
+                        key: b"ready".to_vec(),
+                        request: None,
+                    })),
+                },
+                pb::BatchCall {
+                    id: 8,
+                    request: Some(batch_call::Request::Get(pb::GetRequest {
+                        key: b"b".to_vec(),
+                        consistency: pb::Consistency::Linearizable as i32,
+                    })),
+                },
+            ],
+        })
+        .unwrap();
+    let answered = replies(&mut stream, 3).await;
+    match &answered[&6] {
+        batch_reply::Response::Get(r) => {
+            let kv = r.kv.as_ref().expect("a is present");
+            assert_eq!(
+                (kv.value.as_slice(), kv.mod_revision),
+                (&b"1"[..], revision)
+            );
+        }
+        other => panic!("expected a get, got {other:?}"),
+    }
+    match &answered[&7] {
+        batch_reply::Response::Delete(r) => assert!(r.deleted),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+    match &answered[&8] {
+        batch_reply::Response::Get(r) => assert!(r.kv.is_none(), "refused put applied"),
+        other => panic!("expected a get, got {other:?}"),
+    }
+    assert_eq!(client.get("c").await.unwrap(), None);
+
+    // A transaction over the SDK, which batches it, answers as its unary RPC.
+    let result = client
+        .txn(Txn::new().when_absent("b").then_put("b", "2").else_get("b"))
+        .await
+        .unwrap();
+    assert!(result.succeeded);
+    assert_eq!(client.get("b").await.unwrap().unwrap().value, b"2");
+
+    // Closing our side ends the stream once everything is answered.
+    drop(sender);
+    assert!(stream.message().await.unwrap().is_none());
+
+    // A graceful stop is not held up by an idle batch stream nor by a
+    // watch: it ends both.
+    let (sender, mut stream) = open(&addr).await;
+    let mut watch = client.watch_key("w", 0);
+    let revision = client.put("w", "1").await.unwrap();
+    let event = watch.next().await.unwrap().unwrap();
+    assert_eq!(event.kv.unwrap().mod_revision, revision);
+    tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("a graceful stop waited for open streams")
+        .unwrap();
+    assert!(matches!(stream.message().await, Ok(None) | Err(_)));
+    drop(sender);
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_answers_a_batched_write_with_the_leader_and_the_sdk_follows() {
+    let cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+    client.put("ready", "1").await.unwrap();
+    let status = client.status().await.unwrap();
+    let follower = (1..=3).find(|id| *id != status.leader_id).unwrap();
+
+    let (sender, mut stream) = open(&cluster.client_addr(follower)).await;
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![put(1, "k", "v")],
+        })
+        .unwrap();
+    let answered = replies(&mut stream, 1).await;
+    match &answered[&1] {
+        batch_reply::Response::Error(e) => {
+            assert_eq!(Code::from_i32(e.code), Code::FailedPrecondition);
+            assert_eq!(e.leader_id, status.leader_id);
+            assert_eq!(e.leader_addr, cluster.client_addr(status.leader_id));
+        }
+        other => panic!("expected not-leader, got {other:?}"),
+    }
+
+    // An SDK that knows only the follower is sent on to the leader.
+    let only_follower = connect(vec![cluster.client_addr(follower)]).await;
+    let revision = only_follower.put("k", "v").await.unwrap();
+    assert_eq!(
+        client.get("k").await.unwrap().unwrap().mod_revision,
+        revision
+    );
+}
+
+/// A server of the KV and Cluster services without `Batch`, as a release
+/// before it would be: enough for the SDK to connect, put and get.
+#[derive(Clone, Default)]
+struct UnaryOnly {
+    addr: Arc<Mutex<String>>,
+    data: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    batch_attempts: Arc<AtomicUsize>,
+    unary_calls: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for UnaryOnly {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.unary_calls.fetch_add(1, Ordering::SeqCst);
+        let key = request.into_inner().key;
+        let value = self.data.lock().unwrap().get(&key).cloned();
+        Ok(Response::new(pb::GetResponse {
+            kv: value.map(|value| pb::KeyValue {
+                key,
+                value,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        self.unary_calls.fetch_add(1, Ordering::SeqCst);
+        let request = request.into_inner();
+        self.data.lock().unwrap().insert(request.key, request.value);
+        Ok(Response::new(pb::PutResponse::default()))
+    }
+
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+
+    async fn range(
+        &self,
+        _: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        Err(Status::unimplemented("range"))
+    }
+
+    async fn txn(&self, _: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        Err(Status::unimplemented("txn"))
+    }
+
+    type BatchStream = tokio_stream::Empty<Result<pb::BatchResponse, Status>>;
+
+    async fn batch(
+        &self,
+        _: Request<Streaming<pb::BatchRequest>>,
+    ) -> Result<Response<Self::BatchStream>, Status> {
+        self.batch_attempts.fetch_add(1, Ordering::SeqCst);
+        Err(Status::unimplemented("this server predates KV.Batch"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for UnaryOnly {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse {
+            leader_id: 1,
+            members: vec![pb::Member {
+                id: 1,
+                client_addr: self.addr.lock().unwrap().clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        Err(Status::unimplemented("member_add"))
+    }
+
+    async fn promote(
+        &self,
+        _: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        Err(Status::unimplemented("promote"))
+    }
+
+    async fn remove(
+        &self,
+        _: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        Err(Status::unimplemented("remove"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<pb::MemberRequest>,
+    ) -> Result<Response<pb::MemberResponse>, Status> {
+        Err(Status::unimplemented("transfer_leader"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_falls_back_to_unary_calls_on_a_server_without_batch() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = UnaryOnly::default();
+    *service.addr.lock().unwrap() = addr.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::kv_server::KvServer::new(service.clone()))
+            .add_service(pb::cluster_server::ClusterServer::new(service.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+
+    let client: Client = connect(vec![addr]).await;
+    for i in 0..20 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    for i in 0..20 {
+        let kv = client.get(format!("k{i}")).await.unwrap().expect("present");
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+    }
+    // One refused stream was enough for the SDK to remember.
+    assert_eq!(service.batch_attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(service.unary_calls.load(Ordering::SeqCst), 40);
+
+    drop(client);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
