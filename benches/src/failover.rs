@@ -346,6 +346,11 @@ async fn run_async(args: &Args) -> Vec<Row> {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let pause = longest_gap(&log, started, Instant::now());
         pauses.push(pause.as_secs_f64() * 1000.0);
+        eprintln!(
+            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms",
+            pauses.len(),
+            pause.as_secs_f64() * 1000.0
+        );
         let _ = client.refresh_members().await;
     }
 
