@@ -63,6 +63,7 @@ enum Suite {
 }
 
 fn main() {
+    ferry_server::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let (rows, json) = match &cli.suite {
         Suite::Engine(args) => (engine::run(args), args.json.as_deref()),

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod service;

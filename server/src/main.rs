@@ -193,6 +193,7 @@ async fn serve(args: ServeArgs) -> i32 {
 }
 
 fn main() {
+    ferry_server::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -109,7 +109,7 @@ fn store_in_order(target: &mut [u8], source: &[u8]) {
 /// is allocated, written and durable; or stops early, between 1 MiB
 /// chunks, once `cancel` is set (the file is being cut back anyway).
 fn zero_fill(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Result<()> {
-    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let zeros = vec![0u8; len.min(ZERO_CHUNK_BYTES) as usize];
     let mut at = offset;
     while at < offset + len {
         if cancel.load(Ordering::Relaxed) {
@@ -117,9 +117,34 @@ fn zero_fill(file: &File, offset: u64, len: u64, cancel: &AtomicBool) -> io::Res
         }
         let take = (offset + len - at).min(zeros.len() as u64) as usize;
         file.write_all_at(&zeros[..take], at)?;
+        write_back(file, at, take as u64)?;
         at += take as u64;
     }
     file.sync_data()
+}
+
+/// Zeros are written in chunks of this size, each written back before the
+/// next: an `fdatasync` of the log writes every dirty page of the file,
+/// so megabytes of dirty zeros would be written by the next synced group,
+/// not by the background thread (measured: a 3 to 8 ms stall of every
+/// writer once per window).
+const ZERO_CHUNK_BYTES: u64 = 256 << 10;
+
+/// Writes `[offset, offset + len)` back to the disk and waits for it,
+/// without the metadata a full sync would commit.
+fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain system call on a file descriptor this `File` owns
+    // for the duration of the call; no memory is passed.
+    let done = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub(crate) struct MappedLogFile {
