@@ -31,8 +31,14 @@ use tonic::{Code, Status};
 /// from sharing a stream.
 pub(crate) const MAX_BATCHED_CALL_BYTES: usize = 64 << 10;
 
-/// A batch message holds calls up to about this many bytes.
-const MAX_BATCH_BYTES: usize = 1 << 20;
+/// A batch message takes no more calls once it holds this many bytes.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// The largest batch message the SDK sends: [`MAX_BATCH_BYTES`] less a
+/// byte, then one more call at its largest, framing included (a call's id,
+/// tag and lengths take at most 23 bytes). A server must accept requests
+/// of this size.
+pub const MAX_BATCH_REQUEST_BYTES: usize = MAX_BATCH_BYTES + MAX_BATCHED_CALL_BYTES + 64;
 
 impl pb::CallError {
     /// The wire form of a failed call's status, keeping its not-leader
@@ -238,17 +244,17 @@ fn gather(
     let mut bytes = 0;
     while let Some(queued) = next.take().or_else(|| calls.try_recv().ok()) {
         let call = pb::BatchCall {
-            id: 0,
+            id: in_flight.add(queued.reply),
             request: Some(queued.request),
         };
-        bytes += prost::Message::encoded_len(&call);
-        let id = in_flight.add(queued.reply);
-        batch.calls.push(pb::BatchCall { id, ..call });
+        bytes += prost::Message::encoded_len(&call) + 6;
+        batch.calls.push(call);
         if bytes >= MAX_BATCH_BYTES {
             break;
         }
     }
     debug_assert!(!batch.calls.is_empty());
+    debug_assert!(prost::Message::encoded_len(&batch) <= MAX_BATCH_REQUEST_BYTES);
     batch
 }
 

@@ -31,6 +31,7 @@ mod error;
 mod txn;
 mod watch;
 
+pub use batch::MAX_BATCH_REQUEST_BYTES;
 pub use client::{not_leader_status, Client, ClientOptions, Page, Stale, StaleRead};
 pub use error::{Error, Result};
 pub use pb::{Event, KeyValue, Staleness};

@@ -170,6 +170,12 @@ impl ServeConfig {
         {
             return Err("backup intervals must be at least 1 ms".into());
         }
+        if self.limits.max_request_bytes < ferry_client::MAX_BATCH_REQUEST_BYTES {
+            return Err(format!(
+                "max_request_bytes must be at least {}: the SDK's batch messages reach that size",
+                ferry_client::MAX_BATCH_REQUEST_BYTES
+            ));
+        }
         for peer in self.parsed_peers()? {
             if peer.id == self.id {
                 return Err(format!("peer {} has this node's own id", peer.id));
@@ -211,6 +217,17 @@ mod tests {
         assert_eq!(config.limits.max_key_bytes, Limits::default().max_key_bytes);
         assert_eq!(config.parsed_peers().unwrap()[0].client_addr, "a:2");
         assert!(toml::from_str::<ServeConfig>("idd = 3").is_err());
+    }
+
+    #[test]
+    fn a_request_limit_below_the_sdks_batch_size_is_refused() {
+        assert!(ServeConfig::default().validate().is_ok());
+        let mut config = ServeConfig::default();
+        config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES - 1;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("max_request_bytes"), "{error}");
+        config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -184,6 +184,41 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     assert!(result.succeeded);
     assert_eq!(client.get("b").await.unwrap().unwrap().value, b"2");
 
+    // Answers ready together are packed up to 1 MiB a message, so large
+    // values never make a message the client cannot decode (this stream
+    // takes three calls at once).
+    let big = vec![b'x'; 600 << 10];
+    for i in 0..3 {
+        client.put(format!("big{i}"), big.clone()).await.unwrap();
+    }
+    let gets = (0..3)
+        .map(|i| pb::BatchCall {
+            id: 100 + i,
+            request: Some(batch_call::Request::Get(pb::GetRequest {
+                key: format!("big{i}").into_bytes(),
+                consistency: pb::Consistency::Linearizable as i32,
+            })),
+        })
+        .collect();
+    sender.send(pb::BatchRequest { calls: gets }).unwrap();
+    let mut answered = 0;
+    while answered < 3 {
+        let message = stream.message().await.unwrap().expect("stream open");
+        let bytes = prost::Message::encoded_len(&message);
+        assert!(
+            message.replies.len() == 1 || bytes <= 1 << 20,
+            "{} answers in {bytes} bytes",
+            message.replies.len()
+        );
+        for reply in message.replies {
+            match reply.response {
+                Some(batch_reply::Response::Get(r)) => assert_eq!(r.kv.unwrap().value, big),
+                other => panic!("expected a get, got {other:?}"),
+            }
+            answered += 1;
+        }
+    }
+
     // Closing our side ends the stream once everything is answered.
     drop(sender);
     assert!(stream.message().await.unwrap().is_none());

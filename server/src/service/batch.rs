@@ -19,6 +19,7 @@ use super::kv::KvService;
 use ferry_client::pb::{self, batch_call, batch_reply};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
+use prost::Message;
 use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -28,6 +29,11 @@ pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::BatchResponse, Statu
 /// Answer messages buffered towards a client that reads slowly; beyond
 /// that the stream stops taking new calls until it reads.
 const REPLY_BUFFER: usize = 16;
+
+/// An answer message takes no more answers that would bring it over this
+/// size (a single larger answer goes alone, as its unary RPC's would), so
+/// that answers packed together never exceed what a client decodes.
+const MAX_REPLY_BATCH_BYTES: usize = 1 << 20;
 
 /// Starts serving one batch stream.
 pub fn serve(service: KvService, calls: Streaming<pb::BatchRequest>) -> ReplyStream {
@@ -75,12 +81,22 @@ async fn drive(
                 Err(_) => return,
             },
             Some(first) = running.next(), if !running.is_empty() => {
-                let mut batch = vec![first];
-                while let Some(Some(reply)) = running.next().now_or_never() {
-                    batch.push(reply);
-                }
-                if replies.send(Ok(pb::BatchResponse { replies: batch })).await.is_err() {
-                    return;
+                let mut next = Some(first);
+                while let Some(first) = next.take() {
+                    let mut bytes = first.encoded_len();
+                    let mut batch = vec![first];
+                    while let Some(Some(reply)) = running.next().now_or_never() {
+                        bytes += reply.encoded_len();
+                        if bytes > MAX_REPLY_BATCH_BYTES {
+                            next = Some(reply);
+                            break;
+                        }
+                        batch.push(reply);
+                    }
+                    let message = pb::BatchResponse { replies: batch };
+                    if replies.send(Ok(message)).await.is_err() {
+                        return;
+                    }
                 }
             },
             else => return,
