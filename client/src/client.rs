@@ -676,49 +676,29 @@ impl Connection {
         let reply = self.batcher.call(wrap(message)).await?;
         unwrap(reply).ok_or_else(|| Status::internal("a batch reply of another kind than its call"))
     }
+}
 
-    async fn get(self, message: pb::GetRequest) -> std::result::Result<pb::GetResponse, Status> {
-        let unwrap = |reply| match reply {
-            batch_reply::Response::Get(response) => Some(response),
-            _ => None,
-        };
-        let unary = |mut kv: KvClient<Channel>, m| async move { kv.get(m).await };
-        self.run(message, batch_call::Request::Get, unwrap, unary)
-            .await
-    }
+/// A [`Connection`] method per call kind the batch stream carries: the
+/// call's batch variant and its unary RPC.
+macro_rules! batched_call {
+    ($method:ident, $request:ty, $response:ty, $variant:ident) => {
+        async fn $method(self, message: $request) -> std::result::Result<$response, Status> {
+            let unwrap = |reply| match reply {
+                batch_reply::Response::$variant(response) => Some(response),
+                _ => None,
+            };
+            let unary = |mut kv: KvClient<Channel>, m| async move { kv.$method(m).await };
+            self.run(message, batch_call::Request::$variant, unwrap, unary)
+                .await
+        }
+    };
+}
 
-    async fn put(self, message: pb::PutRequest) -> std::result::Result<pb::PutResponse, Status> {
-        let unwrap = |reply| match reply {
-            batch_reply::Response::Put(response) => Some(response),
-            _ => None,
-        };
-        let unary = |mut kv: KvClient<Channel>, m| async move { kv.put(m).await };
-        self.run(message, batch_call::Request::Put, unwrap, unary)
-            .await
-    }
-
-    async fn delete(
-        self,
-        message: pb::DeleteRequest,
-    ) -> std::result::Result<pb::DeleteResponse, Status> {
-        let unwrap = |reply| match reply {
-            batch_reply::Response::Delete(response) => Some(response),
-            _ => None,
-        };
-        let unary = |mut kv: KvClient<Channel>, m| async move { kv.delete(m).await };
-        self.run(message, batch_call::Request::Delete, unwrap, unary)
-            .await
-    }
-
-    async fn txn(self, message: pb::TxnRequest) -> std::result::Result<pb::TxnResponse, Status> {
-        let unwrap = |reply| match reply {
-            batch_reply::Response::Txn(response) => Some(response),
-            _ => None,
-        };
-        let unary = |mut kv: KvClient<Channel>, m| async move { kv.txn(m).await };
-        self.run(message, batch_call::Request::Txn, unwrap, unary)
-            .await
-    }
+impl Connection {
+    batched_call!(get, pb::GetRequest, pb::GetResponse, Get);
+    batched_call!(put, pb::PutRequest, pb::PutResponse, Put);
+    batched_call!(delete, pb::DeleteRequest, pb::DeleteResponse, Delete);
+    batched_call!(txn, pb::TxnRequest, pb::TxnResponse, Txn);
 }
 
 /// Metadata a server attaches to a not-leader answer, for servers built on

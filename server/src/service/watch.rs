@@ -112,34 +112,30 @@ impl Watch for WatchService {
                 tokio::pin!(stopped);
                 loop {
                     let received = tokio::select! {
-                        received = live.recv() => received,
+                        received = live.recv() => received.map_err(Some),
                         // Else a graceful stop would wait for the watcher to
-                        // hang up; the SDK resumes on another member.
-                        () = &mut stopped => {
-                            let _ = sender
-                                .send(Err(Status::unavailable(format!(
-                                    "the server is stopping; resume from revision {}",
-                                    last + 1
-                                ))))
-                                .await;
-                            return;
-                        }
+                        // hang up.
+                        () = &mut stopped => Err(None),
                     };
-                    let change = match received {
+                    let reason = match received {
+                        Ok(change) => Ok(change),
+                        // The watcher fell behind the feed.
+                        Err(Some(broadcast::error::RecvError::Lagged(missed))) => {
+                            Err(format!("watch fell {missed} changes behind"))
+                        }
+                        Err(Some(broadcast::error::RecvError::Closed)) => return,
+                        Err(None) => Err("the server is stopping".to_owned()),
+                    };
+                    let change = match reason {
                         Ok(change) => change,
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            // The watcher fell behind the feed: end the stream
-                            // with a clear error; the SDK resumes from the last
-                            // revision it saw, if still retained.
-                            let _ = sender
-                                .send(Err(Status::unavailable(format!(
-                                    "watch fell {missed} changes behind; resume from revision {}",
-                                    last + 1
-                                ))))
-                                .await;
+                        Err(reason) => {
+                            // End the stream with a clear error; the SDK
+                            // resumes from the last revision it saw, on
+                            // another member if need be, if still retained.
+                            let resume = format!("{reason}; resume from revision {}", last + 1);
+                            let _ = sender.send(Err(Status::unavailable(resume))).await;
                             return;
                         }
-                        Err(broadcast::error::RecvError::Closed) => return,
                     };
                     if change.revision <= last || !matcher.matches(&change.key) {
                         continue;
