@@ -22,7 +22,8 @@ use crate::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -36,7 +37,7 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// The largest batch message the SDK sends: [`MAX_BATCH_BYTES`] less a
 /// byte, then one more call at its largest, framing included (a call's id,
-/// tag and lengths take at most 23 bytes). A server must accept requests
+/// timeout, tags and lengths take at most 34 bytes). A server must accept requests
 /// of this size.
 pub const MAX_BATCH_REQUEST_BYTES: usize = MAX_BATCH_BYTES + MAX_BATCHED_CALL_BYTES + 64;
 
@@ -82,14 +83,21 @@ type Reply = Result<batch_reply::Response, Status>;
 
 struct Queued {
     request: batch_call::Request,
+    timeout_ms: u64,
     reply: oneshot::Sender<Reply>,
 }
+
+/// Calls of one batcher in flight at once at most; more wait for a place.
+/// Well below the server's default `max_batch_calls` (4096), so that an SDK
+/// with default settings is not refused.
+const MAX_CALLS_IN_FLIGHT: usize = 1024;
 
 /// One member's batch stream, opened on first use and reopened after it
 /// breaks.
 pub(crate) struct Batcher {
     queue: mpsc::UnboundedSender<Queued>,
     unsupported: Arc<AtomicBool>,
+    places: Semaphore,
 }
 
 impl Batcher {
@@ -98,7 +106,11 @@ impl Batcher {
         let (queue, calls) = mpsc::unbounded_channel();
         let unsupported = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(channel, calls, unsupported.clone()));
-        Batcher { queue, unsupported }
+        Batcher {
+            queue,
+            unsupported,
+            places: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+        }
     }
 
     /// Whether calls can go through this batcher: its member knows `Batch`
@@ -112,15 +124,23 @@ impl Batcher {
         self.queue.is_closed()
     }
 
-    /// Runs one call over the stream.
-    pub(crate) async fn call(&self, request: batch_call::Request) -> Reply {
+    /// Runs one call over the stream; the server gives up on it after
+    /// `timeout`, when its caller does.
+    pub(crate) async fn call(&self, request: batch_call::Request, timeout: Duration) -> Reply {
+        let ended = || Status::unavailable("the batch stream's task has ended");
+        let _place = self.places.acquire().await.map_err(|_| ended())?;
         let (reply, answer) = oneshot::channel();
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.queue
-            .send(Queued { request, reply })
-            .map_err(|_| Status::unavailable("the batch stream's task has ended"))?;
-        answer
-            .await
-            .map_err(|_| Status::unavailable("the batch stream's task has ended"))?
+            .send(Queued {
+                request,
+                timeout_ms,
+                reply,
+            })
+            .map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?
     }
 }
 
@@ -147,6 +167,22 @@ impl InFlight {
         id
     }
 
+    /// Hands each reply to its caller (unknown ids: callers that gave up).
+    fn answer(&mut self, response: pb::BatchResponse) {
+        for reply in response.replies {
+            let Some(caller) = self.calls.remove(&reply.id) else {
+                continue;
+            };
+            let answer = reply
+                .response
+                .ok_or_else(|| Status::internal("a batch reply without a response"));
+            let _ = caller.send(match answer {
+                Ok(batch_reply::Response::Error(error)) => Err(error.into_status()),
+                other => other,
+            });
+        }
+    }
+
     fn fail_all(&mut self, status: &Status) {
         for (_, reply) in self.calls.drain() {
             let _ = reply.send(Err(status.clone()));
@@ -170,11 +206,14 @@ async fn run(
     while let Some(first) = calls.recv().await {
         // Unbounded so that sending never stops this task from reading
         // replies (the server may be waiting for us to read before it reads
-        // more); what it holds is bounded by the callers waiting.
+        // more); what it holds is bounded by the calls in flight
+        // ([`MAX_CALLS_IN_FLIGHT`]).
         let (outbound, requests) = mpsc::unbounded_channel::<pb::BatchRequest>();
         let mut next = Some(first);
         // The first message goes out with the stream's opening.
-        let _ = outbound.send(gather(&mut next, &mut calls, &mut in_flight));
+        if let Some(batch) = gather(&mut next, &mut calls, &mut in_flight) {
+            let _ = outbound.send(batch);
+        }
         let opened = KvClient::new(channel.clone())
             .batch(tokio_stream::wrappers::UnboundedReceiverStream::new(
                 requests,
@@ -183,45 +222,35 @@ async fn run(
         let mut replies = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                if status.code() == Code::Unimplemented {
+                let status = if status.code() == Code::Unimplemented {
                     // The caller's retry goes unary.
                     unsupported.store(true, Ordering::Relaxed);
-                }
-                in_flight.fail_all(&Status::unavailable(format!(
-                    "batch stream not opened: {}",
-                    status.message()
-                )));
+                    Status::unavailable("the member does not know KV.Batch")
+                } else {
+                    status
+                };
+                in_flight.fail_all(&status);
                 continue;
             }
         };
-        let broken = loop {
+        // Cleared when the server no longer reads this stream's calls: the
+        // stream then only delivers the answers still on their way, and new
+        // calls wait for the next stream.
+        let mut sending = true;
+        let ended = loop {
             tokio::select! {
-                queued = calls.recv() => match queued {
+                queued = calls.recv(), if sending => match queued {
                     Some(queued) => {
                         next = Some(queued);
-                        let batch = gather(&mut next, &mut calls, &mut in_flight);
-                        if outbound.send(batch).is_err() {
-                            break Status::unavailable("the batch stream closed");
+                        if let Some(batch) = gather(&mut next, &mut calls, &mut in_flight) {
+                            sending = outbound.send(batch).is_ok();
                         }
                     }
                     // The batcher is dropped, so no caller waits for an answer.
                     None => return,
                 },
                 message = replies.message() => match message {
-                    Ok(Some(response)) => {
-                        for reply in response.replies {
-                            let Some(caller) = in_flight.calls.remove(&reply.id) else {
-                                continue;
-                            };
-                            let answer = reply.response.ok_or_else(|| {
-                                Status::internal("a batch reply without a response")
-                            });
-                            let _ = caller.send(match answer {
-                                Ok(batch_reply::Response::Error(error)) => Err(error.into_status()),
-                                other => other,
-                            });
-                        }
-                    }
+                    Ok(Some(response)) => in_flight.answer(response),
                     Ok(None) => break Status::unavailable("the server ended the batch stream"),
                     Err(status) => {
                         break Status::unavailable(format!("batch stream: {}", status.message()))
@@ -229,23 +258,30 @@ async fn run(
                 },
             }
         };
-        in_flight.fail_all(&broken);
+        // Calls the server never answered (or never read): their callers
+        // retry them.
+        in_flight.fail_all(&ended);
     }
 }
 
 /// Takes `next` and every call queued behind it, up to the batch size, into
-/// one message.
+/// one message; `None` if every caller among them has given up already.
 fn gather(
     next: &mut Option<Queued>,
     calls: &mut mpsc::UnboundedReceiver<Queued>,
     in_flight: &mut InFlight,
-) -> pb::BatchRequest {
+) -> Option<pb::BatchRequest> {
     let mut batch = pb::BatchRequest::default();
     let mut bytes = 0;
     while let Some(queued) = next.take().or_else(|| calls.try_recv().ok()) {
+        if queued.reply.is_closed() {
+            // Its attempt timed out while the stream was busy or opening.
+            continue;
+        }
         let call = pb::BatchCall {
             id: in_flight.add(queued.reply),
             request: Some(queued.request),
+            timeout_ms: queued.timeout_ms,
         };
         bytes += prost::Message::encoded_len(&call) + 6;
         batch.calls.push(call);
@@ -253,9 +289,8 @@ fn gather(
             break;
         }
     }
-    debug_assert!(!batch.calls.is_empty());
     debug_assert!(prost::Message::encoded_len(&batch) <= MAX_BATCH_REQUEST_BYTES);
-    batch
+    (!batch.calls.is_empty()).then_some(batch)
 }
 
 #[cfg(test)]

@@ -214,12 +214,12 @@ impl Client {
 
     fn connection(&self, addr: &str) -> Result<Connection> {
         let mut connections = self.inner.connections.lock().expect("lock");
-        if let Some(connection) = connections.get_mut(addr) {
-            if connection.batcher.ended() {
-                // Its task ended with the runtime that started it.
-                connection.batcher = Arc::new(Batcher::start(connection.channel.clone()));
+        if let Some(connection) = connections.get(addr) {
+            // A batcher's task ends with the runtime that started it, and
+            // so does the channel's: start both anew on this one.
+            if !connection.batcher.ended() {
+                return Ok(connection.clone());
             }
-            return Ok(connection.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Error::Endpoint(format!("{addr}: {e}")))?
@@ -229,6 +229,7 @@ impl Client {
         let connection = Connection {
             batcher: Arc::new(Batcher::start(channel.clone())),
             channel,
+            attempt: self.inner.options.attempt_timeout,
         };
         connections.insert(addr.to_owned(), connection.clone());
         Ok(connection)
@@ -262,8 +263,11 @@ impl Client {
                     last,
                 });
             }
-            let connection = self.connection(&target)?;
             let attempt = remaining.min(options.attempt_timeout);
+            let connection = Connection {
+                attempt,
+                ..self.connection(&target)?
+            };
             let status = match tokio::time::timeout(attempt, rpc(connection)).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(status)) => status,
@@ -653,6 +657,9 @@ impl Stale<'_> {
 pub(crate) struct Connection {
     pub(crate) channel: Channel,
     batcher: Arc<Batcher>,
+    /// How long this attempt waits: a batched call tells the server, which
+    /// stops the call then, as a unary call is dropped when its caller is.
+    attempt: Duration,
 }
 
 impl Connection {
@@ -673,7 +680,7 @@ impl Connection {
                 .await
                 .map(tonic::Response::into_inner);
         }
-        let reply = self.batcher.call(wrap(message)).await?;
+        let reply = self.batcher.call(wrap(message), self.attempt).await?;
         unwrap(reply).ok_or_else(|| Status::internal("a batch reply of another kind than its call"))
     }
 }

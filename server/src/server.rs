@@ -272,11 +272,24 @@ impl Server {
         }
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                // A connection whose client stopped reading holds the
+                // graceful stop of HTTP/2 for ever: stop serving instead.
+                tracing::warn!(
+                    "a server task did not stop within {STOP_GRACE:?} (a client not reading?); \
+                     stopping it"
+                );
+                abort.abort();
+            }
         }
         self.node.shutdown().await
     }
 }
+
+/// How long a graceful stop waits for the client API (and the other
+/// server tasks) to finish before it stops them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// While this node leads, checks every learner's time since its last
 /// acknowledgement against `bound`: a disaster-recovery standby's recovery

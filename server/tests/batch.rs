@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 fn put(id: u64, key: &str, value: &str) -> pb::BatchCall {
     pb::BatchCall {
+        timeout_ms: 0,
         id,
         request: Some(batch_call::Request::Put(pb::PutRequest {
             key: key.into(),
@@ -103,6 +104,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                 put(1, "a", "1"),
                 put(2, "", "empty key"),
                 pb::BatchCall {
+                    timeout_ms: 0,
                     id: 3,
                     request: None,
                 },
@@ -123,7 +125,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     assert_eq!(error(&answered[&3]).0, Code::InvalidArgument);
     for id in [4, 5] {
         let (code, message) = error(&answered[&id]);
-        assert_eq!(code, Code::ResourceExhausted);
+        assert_eq!(code, Code::Unavailable);
         assert!(message.contains("max_batch_calls"), "{message}");
     }
 
@@ -132,6 +134,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
         .send(pb::BatchRequest {
             calls: vec![
                 pb::BatchCall {
+                    timeout_ms: 0,
                     id: 6,
                     request: Some(batch_call::Request::Get(pb::GetRequest {
                         key: b"a".to_vec(),
@@ -139,6 +142,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                     })),
                 },
                 pb::BatchCall {
+                    timeout_ms: 0,
                     id: 7,
                     request: Some(batch_call::Request::Delete(pb::DeleteRequest {
                         key: b"ready".to_vec(),
@@ -146,6 +150,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                     })),
                 },
                 pb::BatchCall {
+                    timeout_ms: 0,
                     id: 8,
                     request: Some(batch_call::Request::Get(pb::GetRequest {
                         key: b"b".to_vec(),
@@ -193,6 +198,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     }
     let gets = (0..3)
         .map(|i| pb::BatchCall {
+            timeout_ms: 0,
             id: 100 + i,
             request: Some(batch_call::Request::Get(pb::GetRequest {
                 key: format!("big{i}").into_bytes(),
@@ -223,9 +229,25 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     drop(sender);
     assert!(stream.message().await.unwrap().is_none());
 
-    // A graceful stop is not held up by an idle batch stream nor by a
-    // watch: it ends both.
+    // A graceful stop is not held up by an idle batch stream, by one whose
+    // client stopped reading, nor by a watch: it ends them all.
     let (sender, mut stream) = open(&addr).await;
+    let (flood, _never_read) = open(&addr).await;
+    for i in 0..300 {
+        let gets = (0..3)
+            .map(|k| pb::BatchCall {
+                id: i * 3 + k,
+                request: Some(batch_call::Request::Get(pb::GetRequest {
+                    key: format!("big{k}").into_bytes(),
+                    consistency: pb::Consistency::Stale as i32,
+                })),
+                timeout_ms: 0,
+            })
+            .collect();
+        flood.send(pb::BatchRequest { calls: gets }).unwrap();
+    }
+    // Long enough for the answers to fill the stream's buffers.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut watch = client.watch_key("w", 0);
     let revision = client.put("w", "1").await.unwrap();
     let event = watch.next().await.unwrap().unwrap();
@@ -235,7 +257,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
         .expect("a graceful stop waited for open streams")
         .unwrap();
     assert!(matches!(stream.message().await, Ok(None) | Err(_)));
-    drop(sender);
+    drop((sender, flood));
     drop(client);
 }
 

@@ -10,10 +10,12 @@
 //!
 //! Invariants: every call taken is answered once, unless the client goes
 //! away first, in which case its future is dropped, as a cancelled unary
-//! call's is. A call over `max_batch_calls` in flight fails alone with
-//! RESOURCE_EXHAUSTED. A stopping server takes no more calls, answers
-//! those it took and ends the stream, so a graceful stop does not wait
-//! for clients to hang up.
+//! call's is. A call runs at most for the timeout its client sent (after
+//! which the client has given up on it). A call over `max_batch_calls` in
+//! flight fails alone with UNAVAILABLE. A stopping server takes no more
+//! calls, answers those it took and ends the stream, so a graceful stop
+//! does not wait for clients to hang up; nor for one that stopped reading,
+//! which is cut off after a grace period.
 
 use super::kv::KvService;
 use ferry_client::pb::{self, batch_call, batch_reply};
@@ -21,6 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -35,6 +38,11 @@ const REPLY_BUFFER: usize = 16;
 /// that answers packed together never exceed what a client decodes.
 const MAX_REPLY_BATCH_BYTES: usize = 1 << 20;
 
+/// A single answer larger than this is replaced by an error for its call
+/// alone: the SDK decodes messages of up to 4 MiB (tonic's default), and
+/// one it cannot decode would break the stream and every call on it.
+const MAX_ANSWER_BYTES: usize = (4 << 20) - (64 << 10);
+
 /// Starts serving one batch stream.
 pub fn serve(service: KvService, calls: Streaming<pb::BatchRequest>) -> ReplyStream {
     let (replies, stream) = mpsc::channel(REPLY_BUFFER);
@@ -42,11 +50,9 @@ pub fn serve(service: KvService, calls: Streaming<pb::BatchRequest>) -> ReplyStr
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))
 }
 
-async fn drive(
-    service: KvService,
-    mut calls: Streaming<pb::BatchRequest>,
-    replies: mpsc::Sender<Result<pb::BatchResponse, Status>>,
-) {
+type Replies = mpsc::Sender<Result<pb::BatchResponse, Status>>;
+
+async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, replies: Replies) {
     let max_calls = service.context.limits.max_batch_calls;
     let context = service.context.clone();
     let stopped = context.stopped();
@@ -70,15 +76,20 @@ async fn drive(
                         }
                     }
                     if !refused.is_empty()
-                        && replies.send(Ok(pb::BatchResponse { replies: refused })).await.is_err()
+                        && !context.send(&replies, Ok(pb::BatchResponse { replies: refused })).await
                     {
                         return;
                     }
                 }
                 // The client has sent all its calls: answer those running.
                 Ok(None) => open = false,
-                // The client is gone (or sent garbage): nobody to answer.
-                Err(_) => return,
+                // Garbage on the stream: say why, and drop the calls taken
+                // (the client fails and retries them). A client that is
+                // gone has dropped the receiver, so this returns at once.
+                Err(status) => {
+                    let _ = replies.try_send(Err(status));
+                    return;
+                }
             },
             Some(first) = running.next(), if !running.is_empty() => {
                 let mut next = Some(first);
@@ -86,15 +97,15 @@ async fn drive(
                     let mut bytes = first.encoded_len();
                     let mut batch = vec![first];
                     while let Some(Some(reply)) = running.next().now_or_never() {
-                        bytes += reply.encoded_len();
+                        // The reply's field tag and length prefix included.
+                        bytes += reply.encoded_len() + 6;
                         if bytes > MAX_REPLY_BATCH_BYTES {
                             next = Some(reply);
                             break;
                         }
                         batch.push(reply);
                     }
-                    let message = pb::BatchResponse { replies: batch };
-                    if replies.send(Ok(message)).await.is_err() {
+                    if !context.send(&replies, Ok(pb::BatchResponse { replies: batch })).await {
                         return;
                     }
                 }
@@ -104,8 +115,10 @@ async fn drive(
     }
 }
 
+/// Over the stream's limit: UNAVAILABLE, a transient condition the SDK
+/// retries after a backoff, as it would a busy member.
 fn refusal(id: u64, max_calls: usize) -> pb::BatchReply {
-    let status = Status::resource_exhausted(format!(
+    let status = Status::unavailable(format!(
         "max_batch_calls = {max_calls} calls are in flight on this stream"
     ));
     pb::BatchReply {
@@ -118,12 +131,35 @@ fn refusal(id: u64, max_calls: usize) -> pb::BatchReply {
 
 async fn answer(service: KvService, call: pb::BatchCall) -> pb::BatchReply {
     use batch_reply::Response;
-    let response = match call.request {
-        Some(batch_call::Request::Get(r)) => service.get_call(r).await.map(Response::Get),
-        Some(batch_call::Request::Put(r)) => service.put_call(r).await.map(Response::Put),
-        Some(batch_call::Request::Delete(r)) => service.delete_call(r).await.map(Response::Delete),
-        Some(batch_call::Request::Txn(r)) => service.txn_call(r).await.map(Response::Txn),
-        None => Err(Status::invalid_argument("a batch call without a request")),
+    let handled = async {
+        match call.request {
+            Some(batch_call::Request::Get(r)) => service.get_call(r).await.map(Response::Get),
+            Some(batch_call::Request::Put(r)) => service.put_call(r).await.map(Response::Put),
+            Some(batch_call::Request::Delete(r)) => {
+                service.delete_call(r).await.map(Response::Delete)
+            }
+            Some(batch_call::Request::Txn(r)) => service.txn_call(r).await.map(Response::Txn),
+            None => Err(Status::invalid_argument("a batch call without a request")),
+        }
+    };
+    // A unary call is dropped when its client gives up (the HTTP/2 stream
+    // is reset); a batched one stops at the deadline its client sent, so
+    // calls nobody waits for do not pile up against `max_batch_calls`.
+    let response = match call.timeout_ms {
+        0 => handled.await,
+        ms => tokio::time::timeout(Duration::from_millis(ms), handled)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call's timeout passed"))),
+    };
+    let response = match response {
+        Ok(answer) if answer.encoded_len() > MAX_ANSWER_BYTES => {
+            Err(Status::resource_exhausted(format!(
+                "an answer of {} bytes exceeds the {MAX_ANSWER_BYTES} bytes of a batch \
+                 message; read fewer or smaller values per call",
+                answer.encoded_len()
+            )))
+        }
+        other => other,
     };
     pb::BatchReply {
         id: call.id,

@@ -104,7 +104,7 @@ impl Watch for WatchService {
                         header: context.header(last),
                         events,
                     };
-                    if sender.send(Ok(message)).await.is_err() {
+                    if !context.send(&sender, Ok(message)).await {
                         return;
                     }
                 }
@@ -133,7 +133,9 @@ impl Watch for WatchService {
                             // resumes from the last revision it saw, on
                             // another member if need be, if still retained.
                             let resume = format!("{reason}; resume from revision {}", last + 1);
-                            let _ = sender.send(Err(Status::unavailable(resume))).await;
+                            let _ = context
+                                .send(&sender, Err(Status::unavailable(resume)))
+                                .await;
                             return;
                         }
                     };
@@ -145,7 +147,7 @@ impl Watch for WatchService {
                         header: context.header(change.revision),
                         events: vec![event(&change)],
                     };
-                    if sender.send(Ok(message)).await.is_err() {
+                    if !context.send(&sender, Ok(message)).await {
                         return;
                     }
                 }
