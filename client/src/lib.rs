@@ -12,6 +12,12 @@
 //! and the cluster answers it with its first result instead of applying it
 //! again. Reads are linearizable unless asked through [`Client::stale`].
 //!
+//! Get, Put, Delete and Txn calls to a member share one `KV.Batch` stream:
+//! what is queued goes out as one message, answers come back by id, and a
+//! broken stream fails its calls into the same retry loop. Each batched
+//! call carries its attempt's timeout, so the server drops it when the
+//! caller does, as with a unary call.
+//!
 //! This crate depends on neither the engine nor openraft. It also holds the
 //! public `.proto` (`proto/ferry.proto`) and its generated types ([`pb`]),
 //! which the server reuses.
