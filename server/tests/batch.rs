@@ -229,10 +229,65 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     drop(sender);
     assert!(stream.message().await.unwrap().is_none());
 
-    // A graceful stop is not held up by an idle batch stream, by one whose
-    // client stopped reading, nor by a watch: it ends them all.
+    drop(client);
+    server.shutdown().await.unwrap();
+}
+
+/// A single-node server in `dir`, leading, and an SDK connected to it.
+async fn single_node(dir: &std::path::Path, limits: Limits) -> (Server, Client) {
+    let server = Server::start(ServeConfig {
+        data_dir: dir.join("node"),
+        client_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        metrics_addr: String::new(),
+        init: true,
+        limits,
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = connect(vec![server.client_addr.to_string()]).await;
+    client.put("ready", "1").await.unwrap();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_open_streams_and_cuts_off_clients_that_stopped_reading() {
+    // An idle batch stream and a watch end by themselves: the stop takes
+    // well under the 5 s after which it would stop serving regardless.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = single_node(dir.path(), Limits::default()).await;
+    let addr = server.client_addr.to_string();
     let (sender, mut stream) = open(&addr).await;
-    let (flood, _never_read) = open(&addr).await;
+    // From the put's own revision, so the event is in the watch's backlog
+    // however late the watch subscribes.
+    let revision = client.put("w", "1").await.unwrap();
+    let mut watch = client.watch_key("w", revision);
+    let event = within(watch.next(), "the watch's first event")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kv.unwrap().mod_revision, revision);
+    let started = std::time::Instant::now();
+    within(server.shutdown(), "a graceful stop").await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the stop waited {:?} for open streams",
+        started.elapsed()
+    );
+    let ended = within(stream.message(), "the idle stream's end").await;
+    assert!(matches!(ended, Ok(None) | Err(_)));
+    drop((sender, watch, client));
+
+    // A client that sends calls and never reads the answers holds its
+    // connection open: the stop still finishes.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = single_node(dir.path(), Limits::default()).await;
+    let big = vec![b'x'; 600 << 10];
+    for k in 0..3 {
+        client.put(format!("big{k}"), big.clone()).await.unwrap();
+    }
+    let (flood, _never_read) = open(&server.client_addr.to_string()).await;
     for i in 0..300 {
         let gets = (0..3)
             .map(|k| pb::BatchCall {
@@ -248,17 +303,17 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     }
     // Long enough for the answers to fill the stream's buffers.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let mut watch = client.watch_key("w", 0);
-    let revision = client.put("w", "1").await.unwrap();
-    let event = watch.next().await.unwrap().unwrap();
-    assert_eq!(event.kv.unwrap().mod_revision, revision);
-    tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown())
+    within(server.shutdown(), "a graceful stop with an unread stream")
         .await
-        .expect("a graceful stop waited for open streams")
         .unwrap();
-    assert!(matches!(stream.message().await, Ok(None) | Err(_)));
-    drop((sender, flood));
-    drop(client);
+    drop((flood, client));
+}
+
+/// `future`, or a panic naming `what` if it takes over 15 s.
+async fn within<T>(future: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(15), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over 15 s"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
