@@ -30,6 +30,17 @@ fn put(id: u64, key: &str, value: &str) -> pb::BatchCall {
     }
 }
 
+fn get(id: u64, key: &str, consistency: pb::Consistency) -> pb::BatchCall {
+    pb::BatchCall {
+        id,
+        request: Some(batch_call::Request::Get(pb::GetRequest {
+            key: key.into(),
+            consistency: consistency as i32,
+        })),
+        timeout_ms: 0,
+    }
+}
+
 /// Opens a batch stream to `addr`: a sender of messages and the replies by id.
 async fn open(
     addr: &str,
@@ -133,14 +144,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     sender
         .send(pb::BatchRequest {
             calls: vec![
-                pb::BatchCall {
-                    timeout_ms: 0,
-                    id: 6,
-                    request: Some(batch_call::Request::Get(pb::GetRequest {
-                        key: b"a".to_vec(),
-                        consistency: pb::Consistency::Linearizable as i32,
-                    })),
-                },
+                get(6, "a", pb::Consistency::Linearizable),
                 pb::BatchCall {
                     timeout_ms: 0,
                     id: 7,
@@ -149,14 +153,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                         request: None,
                     })),
                 },
-                pb::BatchCall {
-                    timeout_ms: 0,
-                    id: 8,
-                    request: Some(batch_call::Request::Get(pb::GetRequest {
-                        key: b"b".to_vec(),
-                        consistency: pb::Consistency::Linearizable as i32,
-                    })),
-                },
+                get(8, "b", pb::Consistency::Linearizable),
             ],
         })
         .unwrap();
@@ -197,14 +194,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
         client.put(format!("big{i}"), big.clone()).await.unwrap();
     }
     let gets = (0..3)
-        .map(|i| pb::BatchCall {
-            timeout_ms: 0,
-            id: 100 + i,
-            request: Some(batch_call::Request::Get(pb::GetRequest {
-                key: format!("big{i}").into_bytes(),
-                consistency: pb::Consistency::Linearizable as i32,
-            })),
-        })
+        .map(|i| get(100 + i, &format!("big{i}"), pb::Consistency::Linearizable))
         .collect();
     sender.send(pb::BatchRequest { calls: gets }).unwrap();
     let mut answered = 0;
@@ -290,14 +280,7 @@ async fn a_graceful_stop_ends_open_streams_and_cuts_off_clients_that_stopped_rea
     let (flood, _never_read) = open(&server.client_addr.to_string()).await;
     for i in 0..300 {
         let gets = (0..3)
-            .map(|k| pb::BatchCall {
-                id: i * 3 + k,
-                request: Some(batch_call::Request::Get(pb::GetRequest {
-                    key: format!("big{k}").into_bytes(),
-                    consistency: pb::Consistency::Stale as i32,
-                })),
-                timeout_ms: 0,
-            })
+            .map(|k| get(i * 3 + k, &format!("big{k}"), pb::Consistency::Stale))
             .collect();
         flood.send(pb::BatchRequest { calls: gets }).unwrap();
     }
