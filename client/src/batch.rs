@@ -37,7 +37,7 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// The largest batch message the SDK sends: [`MAX_BATCH_BYTES`] less a
 /// byte, then one more call at its largest, framing included (a call's id,
-/// timeout, tags and lengths take at most 34 bytes). A server must accept requests
+/// timeout, tags and lengths take at most 30 bytes). A server must accept requests
 /// of this size.
 pub const MAX_BATCH_REQUEST_BYTES: usize = MAX_BATCH_BYTES + MAX_BATCHED_CALL_BYTES + 64;
 
@@ -83,6 +83,8 @@ type Reply = Result<batch_reply::Response, Status>;
 
 struct Queued {
     request: batch_call::Request,
+    /// The request's encoded size, as its caller measured it.
+    bytes: usize,
     timeout_ms: u64,
     reply: oneshot::Sender<Reply>,
 }
@@ -126,7 +128,13 @@ impl Batcher {
 
     /// Runs one call over the stream; the server gives up on it after
     /// `timeout`, when its caller does.
-    pub(crate) async fn call(&self, request: batch_call::Request, timeout: Duration) -> Reply {
+    /// `bytes` is the request message's encoded size.
+    pub(crate) async fn call(
+        &self,
+        request: batch_call::Request,
+        bytes: usize,
+        timeout: Duration,
+    ) -> Reply {
         let ended = || Status::unavailable("the batch stream's task has ended");
         let _place = self.places.acquire().await.map_err(|_| ended())?;
         let (reply, answer) = oneshot::channel();
@@ -136,6 +144,7 @@ impl Batcher {
         self.queue
             .send(Queued {
                 request,
+                bytes,
                 timeout_ms,
                 reply,
             })
@@ -283,7 +292,8 @@ fn gather(
             request: Some(queued.request),
             timeout_ms: queued.timeout_ms,
         };
-        bytes += prost::Message::encoded_len(&call) + 6;
+        // The call's id, timeout, tags and lengths around the request.
+        bytes += queued.bytes + 40;
         batch.calls.push(call);
         if bytes >= MAX_BATCH_BYTES {
             break;

@@ -675,12 +675,16 @@ impl Connection {
         M: prost::Message,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        if !self.batcher.usable() || message.encoded_len() > MAX_BATCHED_CALL_BYTES {
+        let bytes = message.encoded_len();
+        if !self.batcher.usable() || bytes > MAX_BATCHED_CALL_BYTES {
             return unary(KvClient::new(self.channel), message)
                 .await
                 .map(tonic::Response::into_inner);
         }
-        let reply = self.batcher.call(wrap(message), self.attempt).await?;
+        let reply = self
+            .batcher
+            .call(wrap(message), bytes, self.attempt)
+            .await?;
         unwrap(reply).ok_or_else(|| Status::internal("a batch reply of another kind than its call"))
     }
 }

@@ -93,14 +93,13 @@ async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, repli
             },
             Some(first) = running.next(), if !running.is_empty() => {
                 let mut next = Some(first);
-                while let Some(first) = next.take() {
-                    let mut bytes = first.encoded_len();
+                while let Some((first, mut bytes)) = next.take() {
                     let mut batch = vec![first];
-                    while let Some(Some(reply)) = running.next().now_or_never() {
+                    while let Some(Some((reply, len))) = running.next().now_or_never() {
                         // The reply's field tag and length prefix included.
-                        bytes += reply.encoded_len() + 6;
+                        bytes += len + 6;
                         if bytes > MAX_REPLY_BATCH_BYTES {
-                            next = Some(reply);
+                            next = Some((reply, len));
                             break;
                         }
                         batch.push(reply);
@@ -129,7 +128,8 @@ fn refusal(id: u64, max_calls: usize) -> pb::BatchReply {
     }
 }
 
-async fn answer(service: KvService, call: pb::BatchCall) -> pb::BatchReply {
+/// Runs one call; returns its reply and the reply's encoded size.
+async fn answer(service: KvService, call: pb::BatchCall) -> (pb::BatchReply, usize) {
     use batch_reply::Response;
     let handled = async {
         match call.request {
@@ -151,20 +151,21 @@ async fn answer(service: KvService, call: pb::BatchCall) -> pb::BatchReply {
             .await
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call's timeout passed"))),
     };
-    let response = match response {
-        Ok(answer) if answer.encoded_len() > MAX_ANSWER_BYTES => {
-            Err(Status::resource_exhausted(format!(
-                "an answer of {} bytes exceeds the {MAX_ANSWER_BYTES} bytes of a batch \
-                 message; read fewer or smaller values per call",
-                answer.encoded_len()
-            )))
-        }
-        other => other,
-    };
-    pb::BatchReply {
+    let reply = |response: Result<Response, Status>| pb::BatchReply {
         id: call.id,
         response: Some(
             response.unwrap_or_else(|status| Response::Error(pb::CallError::from_status(&status))),
         ),
+    };
+    let answered = reply(response);
+    let len = answered.encoded_len();
+    if len <= MAX_ANSWER_BYTES {
+        return (answered, len);
     }
+    let refused = reply(Err(Status::resource_exhausted(format!(
+        "an answer of {len} bytes exceeds the {MAX_ANSWER_BYTES} bytes of a batch message; \
+         read fewer or smaller values per call"
+    ))));
+    let len = refused.encoded_len();
+    (refused, len)
 }

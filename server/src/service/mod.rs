@@ -33,7 +33,7 @@ pub struct Context {
 /// After the server starts stopping, a streaming client gets this long to
 /// read what it is owed before its stream is dropped, so that a client that
 /// stopped reading cannot hold up a graceful stop.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const STREAM_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Context {
     /// Resolves once the server is stopping.
@@ -44,13 +44,13 @@ impl Context {
 
     /// Sends one message of a server stream; false if the stream is to end:
     /// the client is gone, or the server is stopping and the client has not
-    /// read within [`STOP_GRACE`].
+    /// read within [`STREAM_STOP_GRACE`].
     pub(crate) async fn send<T>(&self, sender: &tokio::sync::mpsc::Sender<T>, item: T) -> bool {
         tokio::select! {
             sent = sender.send(item) => sent.is_ok(),
             () = async {
                 self.stopped().await;
-                tokio::time::sleep(STOP_GRACE).await;
+                tokio::time::sleep(STREAM_STOP_GRACE).await;
             } => false,
         }
     }
