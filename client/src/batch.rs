@@ -12,15 +12,18 @@
 //! - Every call handed to the batcher is answered exactly once: by its
 //!   reply, or with `UNAVAILABLE` when the stream breaks (the caller's
 //!   retry loop then retries it; writes carry their exactly-once id).
-//! - Ids are unique among the stream's calls in flight; a new stream
-//!   starts with no calls in flight.
+//! - Ids are unique among the stream's calls in flight (the batcher
+//!   numbers its calls once, across all its streams); a new stream starts
+//!   with no calls in flight.
+//! - A caller that gives up (its future is dropped) is forgotten at once,
+//!   and the server is told to stop its call (`BatchRequest.cancel`).
 //! - A member that does not know `Batch` (`UNIMPLEMENTED`) is remembered,
 //!   and calls to it go unary from then on.
 
 use crate::pb::{self, batch_call, batch_reply, kv_client::KvClient};
 use crate::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -81,7 +84,16 @@ impl pb::CallError {
 
 type Reply = Result<batch_reply::Response, Status>;
 
+/// What callers hand the batcher's task.
+enum Message {
+    Call(Queued),
+    /// The caller of this call gave up (its future was dropped).
+    Cancel(u64),
+}
+
 struct Queued {
+    /// Unique among this batcher's calls, on every stream it opens.
+    id: u64,
     request: batch_call::Request,
     /// The request's encoded size, as its caller measured it.
     bytes: usize,
@@ -97,9 +109,28 @@ const MAX_CALLS_IN_FLIGHT: usize = 1024;
 /// One member's batch stream, opened on first use and reopened after it
 /// breaks.
 pub(crate) struct Batcher {
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: mpsc::UnboundedSender<Message>,
     unsupported: Arc<AtomicBool>,
     places: Semaphore,
+    next_id: AtomicU64,
+}
+
+/// Tells the batcher's task that a call's caller gave up, unless the call
+/// was answered first: the task stops waiting for it and asks the server
+/// to stop it, as dropping a unary call resets its HTTP/2 stream.
+struct CancelOnDrop<'a> {
+    queue: &'a mpsc::UnboundedSender<Message>,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            // The task may have ended already; then nothing runs the call.
+            let _ = self.queue.send(Message::Cancel(self.id));
+        }
+    }
 }
 
 impl Batcher {
@@ -112,6 +143,7 @@ impl Batcher {
             queue,
             unsupported,
             places: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            next_id: AtomicU64::new(0),
         }
     }
 
@@ -129,6 +161,11 @@ impl Batcher {
     /// Runs one call over the stream; the server gives up on it after
     /// `timeout`, when its caller does.
     /// `bytes` is the request message's encoded size.
+    ///
+    /// Cancel-safe: dropped while waiting for a place, it held nothing;
+    /// dropped later, its place is released at once and the call is
+    /// cancelled (taken out of the calls in flight, and stopped on the
+    /// server if it was sent), so it costs later calls nothing.
     pub(crate) async fn call(
         &self,
         request: batch_call::Request,
@@ -141,39 +178,43 @@ impl Batcher {
         let timeout_ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.queue
-            .send(Queued {
+            .send(Message::Call(Queued {
+                id,
                 request,
                 bytes,
                 timeout_ms,
                 reply,
-            })
+            }))
             .map_err(|_| ended())?;
-        answer.await.map_err(|_| ended())?
+        let mut cancel = CancelOnDrop {
+            queue: &self.queue,
+            id,
+            answered: false,
+        };
+        let answer = answer.await;
+        cancel.answered = true;
+        answer.map_err(|_| ended())?
     }
 }
 
-/// Calls sent and not yet answered, by id.
+/// Calls sent on the current stream and not yet answered, by id.
+#[derive(Default)]
 struct InFlight {
-    next_id: u64,
     calls: HashMap<u64, oneshot::Sender<Reply>>,
-    /// Size after the last sweep of callers that gave up (timed out).
-    swept: usize,
 }
 
 impl InFlight {
-    fn add(&mut self, reply: oneshot::Sender<Reply>) -> u64 {
-        // Callers that gave up (their attempt timed out) leave their slot
-        // behind; sweep them whenever the map has doubled since the last
-        // sweep, so a member that never answers cannot grow it without bound.
-        if self.calls.len() >= 2 * self.swept.max(64) {
-            self.calls.retain(|_, reply| !reply.is_closed());
-            self.swept = self.calls.len();
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.calls.insert(id, reply);
-        id
+    fn add(&mut self, id: u64, reply: oneshot::Sender<Reply>) {
+        let previous = self.calls.insert(id, reply);
+        assert!(previous.is_none(), "batch call id {id} in flight twice");
+    }
+
+    /// Forgets a call whose caller gave up; true if it was sent on the
+    /// current stream (the server is then told to stop it).
+    fn cancel(&mut self, id: u64) -> bool {
+        self.calls.remove(&id).is_some()
     }
 
     /// Hands each reply to its caller (unknown ids: callers that gave up).
@@ -196,33 +237,29 @@ impl InFlight {
         for (_, reply) in self.calls.drain() {
             let _ = reply.send(Err(status.clone()));
         }
-        self.swept = 0;
     }
 }
 
 async fn run(
     channel: Channel,
-    mut calls: mpsc::UnboundedReceiver<Queued>,
+    mut calls: mpsc::UnboundedReceiver<Message>,
     unsupported: Arc<AtomicBool>,
 ) {
-    let mut in_flight = InFlight {
-        next_id: 0,
-        calls: HashMap::new(),
-        swept: 0,
-    };
+    let mut in_flight = InFlight::default();
     // One stream per turn of this loop; a turn starts with the first call
     // after the previous stream ended.
     while let Some(first) = calls.recv().await {
+        // The first message goes out with the stream's opening; only
+        // cancellations, or callers that all gave up, open nothing.
+        let Some(batch) = gather(first, &mut calls, &mut in_flight) else {
+            continue;
+        };
         // Unbounded so that sending never stops this task from reading
         // replies (the server may be waiting for us to read before it reads
         // more); what it holds is bounded by the calls in flight
         // ([`MAX_CALLS_IN_FLIGHT`]).
         let (outbound, requests) = mpsc::unbounded_channel::<pb::BatchRequest>();
-        let mut next = Some(first);
-        // The first message goes out with the stream's opening.
-        if let Some(batch) = gather(&mut next, &mut calls, &mut in_flight) {
-            let _ = outbound.send(batch);
-        }
+        let _ = outbound.send(batch);
         let opened = KvClient::new(channel.clone())
             .batch(tokio_stream::wrappers::UnboundedReceiverStream::new(
                 requests,
@@ -249,13 +286,13 @@ async fn run(
         let ended = loop {
             tokio::select! {
                 queued = calls.recv(), if sending => match queued {
-                    Some(queued) => {
-                        next = Some(queued);
-                        if let Some(batch) = gather(&mut next, &mut calls, &mut in_flight) {
+                    Some(message) => {
+                        if let Some(batch) = gather(message, &mut calls, &mut in_flight) {
                             sending = outbound.send(batch).is_ok();
                         }
                     }
-                    // The batcher is dropped, so no caller waits for an answer.
+                    // The batcher is dropped, so no caller waits for an
+                    // answer; dropping the stream cancels what runs.
                     None => return,
                 },
                 message = replies.message() => match message {
@@ -273,34 +310,48 @@ async fn run(
     }
 }
 
-/// Takes `next` and every call queued behind it, up to the batch size, into
-/// one message; `None` if every caller among them has given up already.
+/// Takes `first` and every message queued behind it, up to the batch
+/// size, into one message of calls and cancellations; `None` if there is
+/// nothing to send (callers that gave up before their call went out are
+/// skipped, and so are cancellations of calls not on this stream).
 fn gather(
-    next: &mut Option<Queued>,
-    calls: &mut mpsc::UnboundedReceiver<Queued>,
+    first: Message,
+    calls: &mut mpsc::UnboundedReceiver<Message>,
     in_flight: &mut InFlight,
 ) -> Option<pb::BatchRequest> {
     let mut batch = pb::BatchRequest::default();
     let mut bytes = 0;
-    while let Some(queued) = next.take().or_else(|| calls.try_recv().ok()) {
-        if queued.reply.is_closed() {
-            // Its attempt timed out while the stream was busy or opening.
-            continue;
+    let mut next = Some(first);
+    while let Some(message) = next.take().or_else(|| calls.try_recv().ok()) {
+        match message {
+            Message::Cancel(id) => {
+                if in_flight.cancel(id) {
+                    batch.cancel.push(id);
+                    bytes += 11;
+                }
+            }
+            Message::Call(queued) => {
+                if queued.reply.is_closed() {
+                    // Its caller gave up while the stream was busy or
+                    // opening; its cancellation follows and finds nothing.
+                    continue;
+                }
+                in_flight.add(queued.id, queued.reply);
+                batch.calls.push(pb::BatchCall {
+                    id: queued.id,
+                    request: Some(queued.request),
+                    timeout_ms: queued.timeout_ms,
+                });
+                // The call's id, timeout, tags and lengths around the request.
+                bytes += queued.bytes + 40;
+            }
         }
-        let call = pb::BatchCall {
-            id: in_flight.add(queued.reply),
-            request: Some(queued.request),
-            timeout_ms: queued.timeout_ms,
-        };
-        // The call's id, timeout, tags and lengths around the request.
-        bytes += queued.bytes + 40;
-        batch.calls.push(call);
         if bytes >= MAX_BATCH_BYTES {
             break;
         }
     }
     debug_assert!(prost::Message::encoded_len(&batch) <= MAX_BATCH_REQUEST_BYTES);
-    (!batch.calls.is_empty()).then_some(batch)
+    (!batch.calls.is_empty() || !batch.cancel.is_empty()).then_some(batch)
 }
 
 #[cfg(test)]

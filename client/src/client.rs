@@ -83,6 +83,29 @@ struct Sequences {
     outstanding: BTreeSet<u64>,
 }
 
+/// A write number in `outstanding`, taken out again when dropped: when its
+/// write is answered, fails, or its future is dropped.
+struct SequenceMark<'a> {
+    inner: &'a Inner,
+    request: RequestId,
+}
+
+impl Drop for SequenceMark<'_> {
+    fn drop(&mut self) {
+        // Not `expect`: a panic while the lock was held must not turn
+        // into a second panic in this drop.
+        let removed = self
+            .inner
+            .sequences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .outstanding
+            .remove(&self.request.sequence);
+        debug_assert!(removed, "sequence {} released twice", self.request.sequence);
+        self.inner.window.notify_waiters();
+    }
+}
+
 /// One page of a range read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -243,13 +266,32 @@ impl Client {
 
     /// Runs one RPC with retries: to the leader if `to_leader` (as far as it
     /// is known; a follower's not-leader answer names it), else to any member.
-    pub(crate) async fn call<T, F, Fut>(&self, to_leader: bool, mut rpc: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, to_leader: bool, rpc: F) -> Result<T>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.call_timeout;
+        self.call_until(deadline, to_leader, rpc).await
+    }
+
+    /// [`Client::call`] within a deadline already running (a write's
+    /// starts before it waits for a place in the window).
+    ///
+    /// Cancel-safe: it holds nothing across an await but the attempt's
+    /// future, whose drop resets a unary call's HTTP/2 stream or cancels
+    /// a batched call (see [`Batcher::call`]).
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        to_leader: bool,
+        mut rpc: F,
+    ) -> Result<T>
     where
         F: FnMut(Connection) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let options = &self.inner.options;
-        let deadline = Instant::now() + options.call_timeout;
         let mut backoff = options.backoff_initial;
         let mut redirects = 0;
         let mut last = String::from("no member tried");
@@ -325,13 +367,43 @@ impl Client {
 
     /// Runs a write with the next request number, retried (same number)
     /// until answered or the deadline passes.
+    ///
+    /// The deadline covers all of its waiting: for one of
+    /// `max_in_flight_writes`, for room in the answer window, and for the
+    /// attempts. Cancel-safe: the permit and the sequence mark are guards,
+    /// released when the future is dropped at any await point. A dropped
+    /// write's number is never sent again, and the writes after it tell
+    /// the cluster so (`first_incomplete`), so a copy of it still on its
+    /// way is then refused rather than applied: it applies at most once.
     pub(crate) async fn write<T, F, Fut>(&self, mut rpc: F) -> Result<T>
     where
         F: FnMut(Connection, RequestId) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let _permit = self.inner.in_flight.acquire().await.expect("never closed");
-        let request = loop {
+        let call_timeout = self.inner.options.call_timeout;
+        let deadline = Instant::now() + call_timeout;
+        let waited = |what: &str| Error::DeadlineExceeded {
+            deadline: call_timeout,
+            last: format!("still waiting for {what}"),
+        };
+        let _permit = tokio::time::timeout_at(deadline, self.inner.in_flight.acquire())
+            .await
+            .map_err(|_| waited("one of max_in_flight_writes"))?
+            .expect("never closed");
+        let mark = tokio::time::timeout_at(deadline, self.next_sequence())
+            .await
+            .map_err(|_| waited("room in the answer window"))?;
+        let request = mark.request;
+        self.call_until(deadline, true, |connection| rpc(connection, request))
+            .await
+        // `mark` drops here: answered or given up, this number is never
+        // sent again.
+    }
+
+    /// Takes the next write number once it is within [`ANSWER_WINDOW`] of
+    /// the oldest write still outstanding.
+    async fn next_sequence(&self) -> SequenceMark<'_> {
+        loop {
             // Registered before the check, so a write finishing in between
             // still wakes this one.
             let finished = self.inner.window.notified();
@@ -345,30 +417,28 @@ impl Client {
                 if sequences.next - oldest < ANSWER_WINDOW {
                     let sequence = sequences.next;
                     sequences.next += 1;
-                    sequences.outstanding.insert(sequence);
-                    break RequestId {
-                        client_id: self.inner.client_id,
-                        sequence,
-                        first_incomplete: oldest.min(sequence),
+                    let fresh = sequences.outstanding.insert(sequence);
+                    debug_assert!(fresh, "sequence {sequence} handed out twice");
+                    return SequenceMark {
+                        inner: &self.inner,
+                        request: RequestId {
+                            client_id: self.inner.client_id,
+                            sequence,
+                            first_incomplete: oldest.min(sequence),
+                        },
                     };
                 }
             }
             finished.await;
-        };
-        let sequence = request.sequence;
-        let result = self.call(true, |connection| rpc(connection, request)).await;
-        // Answered or given up: either way this number is never sent again.
-        self.inner
-            .sequences
-            .lock()
-            .expect("lock")
-            .outstanding
-            .remove(&sequence);
-        self.inner.window.notify_waiters();
-        result
+        }
     }
 
     /// Sets `key` to `value`; returns the revision that wrote it.
+    ///
+    /// Cancellation: dropping the future (a `timeout`, a `select!`) at any
+    /// point releases everything the call held. Whether the write happened
+    /// is then unknown: it applies at most once, never twice, because its
+    /// number is never sent again. Read the key to find out.
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -392,6 +462,11 @@ impl Client {
 
     /// Deletes `key`; returns whether it existed.
     ///
+    /// Cancellation: dropping the future (a `timeout`, a `select!`) at any
+    /// point releases everything the call held. Whether the write happened
+    /// is then unknown: it applies at most once, never twice, because its
+    /// number is never sent again. Read the key to find out.
+    ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
     /// let existed = client.delete("job/42").await?;
@@ -413,6 +488,11 @@ impl Client {
 
     /// Runs a transaction atomically (exactly once).
     ///
+    /// Cancellation: dropping the future (a `timeout`, a `select!`) at any
+    /// point releases everything the call held. Whether the write happened
+    /// is then unknown: it applies at most once, never twice, because its
+    /// number is never sent again. Read the key to find out.
+    ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
     /// use ferry_client::Txn;
@@ -432,6 +512,9 @@ impl Client {
     }
 
     /// Reads `key` linearizably (from the leader, confirmed with a quorum).
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -458,6 +541,9 @@ impl Client {
 
     /// Reads up to `limit` keys of `[start, end)` (`end` empty: to the end).
     ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
+    ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
     /// let page = client.range("a", "b", 100).await?;
@@ -480,6 +566,9 @@ impl Client {
 
     /// Reads up to `limit` keys under `prefix`.
     ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
+    ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
     /// let jobs = client.prefix("job/", 1000).await?;
@@ -495,6 +584,9 @@ impl Client {
     }
 
     /// Reads the page after `continuation` of an earlier range or prefix read.
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -520,6 +612,9 @@ impl Client {
     }
 
     /// A raw range request (keys only, count only, consistency…).
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -566,6 +661,9 @@ impl Client {
     /// The cluster's status as the leader sees it (as any member sees it
     /// while no leader is known).
     ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
+    ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
     /// let status = client.status().await?;
@@ -588,6 +686,10 @@ impl Client {
     /// Changes of `key` (or, with [`WatchStream`] options, a range or
     /// prefix) from `start_revision` on; resumes after a failover from the
     /// last revision seen.
+    ///
+    /// Cancellation: dropping the [`WatchStream`] ends its task and its
+    /// stream on the server at once; polling it is cancel-safe (an event
+    /// not yet returned stays for the next poll).
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
@@ -630,6 +732,9 @@ impl Client {
 
 impl Stale<'_> {
     /// Reads `key` from any member.
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<StaleRead<Option<KeyValue>>> {
         let response = self.client.get_at(key.into(), Consistency::Stale).await?;
         Ok(StaleRead {
@@ -640,6 +745,9 @@ impl Stale<'_> {
     }
 
     /// Reads up to `limit` keys under `prefix` from any member.
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
     pub async fn prefix(&self, prefix: impl Into<Vec<u8>>, limit: u32) -> Result<Page> {
         self.client
             .range_request(RangeRequest {

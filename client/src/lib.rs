@@ -18,6 +18,15 @@
 //! call carries its attempt's timeout, so the server drops it when the
 //! caller does, as with a unary call.
 //!
+//! Every call is cancel-safe: dropping its future at any await point (as
+//! `tokio::time::timeout` and `select!` do) releases what it held (its
+//! write number, its in-flight place, its slot on the batch stream, which
+//! tells the server to stop the call), so it never makes a later call
+//! wait or fail. A dropped write's outcome is unknown to its caller, but
+//! it applies at most once: its number is never sent again, and later
+//! writes tell the cluster to refuse any copy still on its way. A call's
+//! deadline covers all its waiting, for a place as much as for answers.
+//!
 //! This crate depends on neither the engine nor openraft. It also holds the
 //! public `.proto` (`proto/ferry.proto`) and its generated types ([`pb`]),
 //! which the server reuses.

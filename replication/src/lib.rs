@@ -33,5 +33,6 @@ pub mod types;
 pub use error::{Error, Result};
 pub use node::{
     CasOutcome, Consistency, FollowerProgress, Node, NodeConfig, RaftOptions, Read, Staleness,
+    NODE_STOP_BOUND,
 };
 pub use snapshot::transfer::TransferOptions;

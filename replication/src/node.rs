@@ -776,7 +776,17 @@ impl Node {
     /// Stops Raft and the peer service. Data stays on disk; opening the
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
-        let result = self.raft.shutdown().await;
+        // Raft first, so nothing applies while the engine flushes. Bounded:
+        // a core stuck on a peer that never answers must not hold the stop
+        // (what it did not finish is in the fsynced log or was never
+        // acknowledged).
+        let result = match tokio::time::timeout(RAFT_STOP_BOUND, self.raft.shutdown()).await {
+            Ok(result) => result.map_err(|e| Error::Raft(e.to_string())),
+            Err(_) => {
+                tracing::warn!("Raft did not stop within {RAFT_STOP_BOUND:?}; stopping anyway");
+                Ok(())
+            }
+        };
         // The engine applies without fsync; a clean stop makes its state
         // durable so that the next start replays nothing.
         let db = self.sm.db();
@@ -789,12 +799,28 @@ impl Node {
             let _ = stop.send(());
         }
         let server = self.server.lock().take();
-        if let Some(server) = server {
-            let _ = server.await;
+        if let Some(mut server) = server {
+            // A peer connection that stays open holds tonic's graceful
+            // stop; past the bound the peer service is stopped outright.
+            if tokio::time::timeout(PEER_SERVICE_STOP_BOUND, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
-        result.map_err(|e| Error::Raft(e.to_string()))
+        result
     }
 }
+
+/// How long [`Node::shutdown`] waits for Raft to stop.
+const RAFT_STOP_BOUND: Duration = Duration::from_secs(3);
+/// How long [`Node::shutdown`] waits for the peer service's connections
+/// to close.
+const PEER_SERVICE_STOP_BOUND: Duration = Duration::from_secs(1);
+/// The longest [`Node::shutdown`] waits, besides flushing the engine.
+pub const NODE_STOP_BOUND: Duration =
+    Duration::from_secs(RAFT_STOP_BOUND.as_secs() + PEER_SERVICE_STOP_BOUND.as_secs());
 
 impl Drop for Node {
     fn drop(&mut self) {

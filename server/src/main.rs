@@ -183,10 +183,17 @@ async fn serve(args: ServeArgs) -> i32 {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = terminate.recv() => tracing::info!("SIGTERM; stopping"),
     }
-    match server.shutdown().await {
-        Ok(()) => exit::OK,
-        Err(e) => {
+    // Every step of the stop is bounded; this guards the bound itself, so
+    // that a SIGTERM always ends the process.
+    let bound = ferry_server::server::STOP_BOUND + std::time::Duration::from_secs(5);
+    match tokio::time::timeout(bound, server.shutdown()).await {
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(e)) => {
             eprintln!("error while stopping: {e}");
+            exit::FAILED
+        }
+        Err(_) => {
+            eprintln!("error: the graceful stop did not finish within {bound:?}; exiting");
             exit::FAILED
         }
     }

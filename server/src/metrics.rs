@@ -33,11 +33,17 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub kind: &'static str,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: parking_lot::Mutex<Registry>,
     requests: Family<MethodLabels, Counter>,
     latency: Family<MethodOnly, Histogram>,
+    open_streams: Family<StreamLabels, Gauge>,
     term: Gauge,
     is_leader: Gauge,
     commit_index: Gauge,
@@ -81,6 +87,7 @@ impl Metrics {
         let metrics = Metrics {
             requests,
             latency,
+            open_streams: Family::default(),
             term: Gauge::default(),
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
@@ -104,6 +111,11 @@ impl Metrics {
             backup_last_success: Gauge::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
+        registry.register(
+            "open_streams",
+            "Server-side streams (watch, batch) whose task still runs, by kind",
+            metrics.open_streams.clone(),
+        );
         registry.register("raft_term", "Current Raft term", metrics.term.clone());
         registry.register(
             "raft_is_leader",
@@ -223,6 +235,24 @@ impl Metrics {
         self.learner_lag_exceeded.clear();
     }
 
+    /// Counts a server-side stream of `kind` as open until the guard drops
+    /// (when the stream's task ends, however it ends).
+    pub fn open_stream(&self, kind: &'static str) -> OpenStream {
+        let gauge = self
+            .open_streams
+            .get_or_create(&StreamLabels { kind })
+            .clone();
+        gauge.inc();
+        OpenStream { gauge }
+    }
+
+    /// Server-side streams of `kind` open now.
+    pub fn open_streams(&self, kind: &'static str) -> i64 {
+        self.open_streams
+            .get_or_create(&StreamLabels { kind })
+            .get()
+    }
+
     /// Starts timing a request of `method`; record the outcome with [`Timer::finish`].
     pub fn start(&self, method: &'static str) -> Timer<'_> {
         Timer {
@@ -291,6 +321,17 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry.lock()).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// One open server-side stream; see [`Metrics::open_stream`].
+pub struct OpenStream {
+    gauge: Gauge,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -224,9 +224,15 @@ impl Server {
         })
     }
 
-    /// Graceful stop: reports NOT_SERVING, hands leadership to another
-    /// voter if this node leads, lets in-flight requests finish, stops Raft
-    /// and flushes the engine.
+    /// Graceful stop: reports NOT_SERVING, ships a last backup round and
+    /// hands leadership to a caught-up voter if this node leads, lets
+    /// in-flight requests finish, stops Raft and flushes the engine.
+    ///
+    /// Bounded whatever the cluster does: each step has its own bound
+    /// (below), so the whole stop takes at most about [`STOP_BOUND`]. A
+    /// step cut short costs nothing durable: acknowledged writes are in
+    /// the fsynced Raft log, and the next start replays what the engine
+    /// did not flush.
     pub async fn shutdown(mut self) -> Result<(), ferry_replication::Error> {
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -235,7 +241,7 @@ impl Server {
             task.abort();
             if self.node.is_leader() {
                 // A last round, so a clean stop loses nothing to the chain.
-                match tokio::time::timeout(Duration::from_secs(10), shipper.ship(false)).await {
+                match tokio::time::timeout(LAST_BACKUP_BOUND, shipper.ship(false)).await {
                     Ok(Ok(report)) => tracing::info!(
                         index = report.shipped_index,
                         "backup chain shipped up to date"
@@ -245,35 +251,13 @@ impl Server {
                 }
             }
         }
-        if self.node.is_leader() {
-            let metrics = self.node.metrics();
-            let target = metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|id| *id != self.node.id())
-                .max_by_key(|id| {
-                    metrics
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).copied().flatten())
-                        .map_or(0, |l| l.index)
-                });
-            if let Some(target) = target {
-                match self
-                    .node
-                    .transfer_leadership(target, Duration::from_secs(3))
-                    .await
-                {
-                    Ok(()) => tracing::info!(to = target, "handed leadership over"),
-                    Err(error) => tracing::warn!(%error, "leadership hand-over failed"),
-                }
-            }
-        }
+        self.hand_over().await;
         let _ = self.stop.send(true);
+        // The tasks stop together, within one grace period.
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();
-            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
                 // A connection whose client stopped reading holds the
                 // graceful stop of HTTP/2 for ever: stop serving instead.
                 tracing::warn!(
@@ -285,11 +269,62 @@ impl Server {
         }
         self.node.shutdown().await
     }
+
+    /// If this node leads, moves leadership to the most caught-up voter
+    /// that acknowledged it lately, so clients fail over without waiting
+    /// for an election timeout. Skipped when no voter is in contact (the
+    /// hand-over could only time out), and bounded by [`HAND_OVER_BOUND`].
+    async fn hand_over(&self) {
+        if !self.node.is_leader() {
+            return;
+        }
+        let voters: Vec<u64> = self
+            .node
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let target = self
+            .node
+            .followers()
+            .into_iter()
+            .filter(|f| voters.contains(&f.id))
+            .filter(|f| f.since_ack.is_some_and(|ack| ack < IN_CONTACT))
+            .max_by_key(|f| f.matched_index.unwrap_or(0));
+        let Some(target) = target else {
+            tracing::info!("no voter in contact; stopping without a hand-over");
+            return;
+        };
+        match self
+            .node
+            .transfer_leadership(target.id, HAND_OVER_BOUND)
+            .await
+        {
+            Ok(()) => tracing::info!(to = target.id, "handed leadership over"),
+            Err(error) => tracing::warn!(%error, "leadership hand-over failed"),
+        }
+    }
 }
 
 /// How long a graceful stop waits for the client API (and the other
 /// server tasks) to finish before it stops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping leader waits for its last backup round.
+const LAST_BACKUP_BOUND: Duration = Duration::from_secs(10);
+/// How long a stopping leader waits for a hand-over to take effect.
+const HAND_OVER_BOUND: Duration = Duration::from_secs(2);
+/// A voter that acknowledged the leader within this long is worth
+/// handing over to.
+const IN_CONTACT: Duration = Duration::from_secs(1);
+/// The longest a graceful stop takes: the steps' bounds, and the node's own
+/// ([`ferry_replication::Node::shutdown`]).
+pub const STOP_BOUND: Duration = Duration::from_secs(
+    LAST_BACKUP_BOUND.as_secs()
+        + HAND_OVER_BOUND.as_secs()
+        + STOP_GRACE.as_secs()
+        + ferry_replication::NODE_STOP_BOUND.as_secs(),
+);
 
 /// While this node leads, checks every learner's time since its last
 /// acknowledgement against `bound`: a disaster-recovery standby's recovery

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{connect, ProcessCluster};
+use common::{connect, single_node, ProcessCluster};
 use ferry_client::pb::{self, batch_call, batch_reply, kv_client::KvClient};
 use ferry_client::{Client, Txn};
 use ferry_server::config::{Limits, ServeConfig};
@@ -122,6 +122,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                 put(4, "b", "2"),
                 put(5, "c", "3"),
             ],
+            ..Default::default()
         })
         .unwrap();
     let answered = replies(&mut stream, 5).await;
@@ -155,6 +156,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                 },
                 get(8, "b", pb::Consistency::Linearizable),
             ],
+            ..Default::default()
         })
         .unwrap();
     let answered = replies(&mut stream, 3).await;
@@ -196,7 +198,12 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     let gets = (0..3)
         .map(|i| get(100 + i, &format!("big{i}"), pb::Consistency::Linearizable))
         .collect();
-    sender.send(pb::BatchRequest { calls: gets }).unwrap();
+    sender
+        .send(pb::BatchRequest {
+            calls: gets,
+            ..Default::default()
+        })
+        .unwrap();
     let mut answered = 0;
     while answered < 3 {
         let message = stream.message().await.unwrap().expect("stream open");
@@ -223,22 +230,66 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
     server.shutdown().await.unwrap();
 }
 
-/// A single-node server in `dir`, leading, and an SDK connected to it.
-async fn single_node(dir: &std::path::Path, limits: Limits) -> (Server, Client) {
-    let server = Server::start(ServeConfig {
-        data_dir: dir.join("node"),
-        client_addr: "127.0.0.1:0".into(),
-        raft_addr: "127.0.0.1:0".into(),
-        metrics_addr: String::new(),
-        init: true,
-        limits,
-        ..ServeConfig::default()
-    })
-    .await
-    .unwrap();
-    let client = connect(vec![server.client_addr.to_string()]).await;
-    client.put("ready", "1").await.unwrap();
-    (server, client)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_stopped_and_never_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _client) = single_node(dir.path(), Limits::default()).await;
+    let (sender, mut stream) = open(&server.client_addr.to_string()).await;
+    // Cancelled in the message that carries it: it never runs.
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![put(1, "cancelled", "1"), put(2, "kept", "1")],
+            cancel: vec![1],
+        })
+        .unwrap();
+    let answered = replies(&mut stream, 1).await;
+    assert!(matches!(answered[&2], batch_reply::Response::Put(_)));
+    // Cancellations of unknown or answered ids are ignored; the stream
+    // goes on, and the cancelled put changed nothing.
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![
+                get(3, "cancelled", pb::Consistency::Linearizable),
+                get(4, "kept", pb::Consistency::Linearizable),
+            ],
+            cancel: vec![2, 99],
+        })
+        .unwrap();
+    let answered = replies(&mut stream, 2).await;
+    assert!(
+        !answered.contains_key(&1),
+        "the cancelled call was answered"
+    );
+    match (&answered[&3], &answered[&4]) {
+        (batch_reply::Response::Get(cancelled), batch_reply::Response::Get(kept)) => {
+            assert!(cancelled.kv.is_none(), "the cancelled put was applied");
+            assert!(kept.kv.is_some());
+        }
+        other => panic!("expected two gets, got {other:?}"),
+    }
+    // An id already in flight is refused alone (a cancellation could not
+    // tell the two calls apart).
+    let slow = pb::BatchCall {
+        timeout_ms: 0,
+        id: 5,
+        request: Some(batch_call::Request::Txn(pb::TxnRequest::default())),
+    };
+    sender
+        .send(pb::BatchRequest {
+            calls: vec![slow.clone(), slow],
+            ..Default::default()
+        })
+        .unwrap();
+    // The refusal goes out as the message is read, before the first copy
+    // can have finished.
+    let message = stream.message().await.unwrap().expect("stream open");
+    assert_eq!(message.replies.len(), 1);
+    assert_eq!(message.replies[0].id, 5);
+    let (code, text) = error(message.replies[0].response.as_ref().unwrap());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(text.contains("already in flight"), "{text}");
+    drop(sender);
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +333,12 @@ async fn a_graceful_stop_ends_open_streams_and_cuts_off_clients_that_stopped_rea
         let gets = (0..3)
             .map(|k| get(i * 3 + k, &format!("big{k}"), pb::Consistency::Stale))
             .collect();
-        flood.send(pb::BatchRequest { calls: gets }).unwrap();
+        flood
+            .send(pb::BatchRequest {
+                calls: gets,
+                ..Default::default()
+            })
+            .unwrap();
     }
     // Long enough for the answers to fill the stream's buffers.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -311,6 +367,7 @@ async fn a_follower_answers_a_batched_write_with_the_leader_and_the_sdk_follows(
     sender
         .send(pb::BatchRequest {
             calls: vec![put(1, "k", "v")],
+            ..Default::default()
         })
         .unwrap();
     let answered = replies(&mut stream, 1).await;
@@ -336,7 +393,6 @@ async fn a_follower_answers_a_batched_write_with_the_leader_and_the_sdk_follows(
 /// before it would be: enough for the SDK to connect, put and get.
 #[derive(Clone, Default)]
 struct UnaryOnly {
-    addr: Arc<Mutex<String>>,
     data: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
     batch_attempts: Arc<AtomicUsize>,
     unary_calls: Arc<AtomicUsize>,
@@ -400,70 +456,10 @@ impl pb::kv_server::Kv for UnaryOnly {
     }
 }
 
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for UnaryOnly {
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(pb::StatusResponse {
-            leader_id: 1,
-            members: vec![pb::Member {
-                id: 1,
-                client_addr: self.addr.lock().unwrap().clone(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }))
-    }
-
-    async fn member_add(
-        &self,
-        _: Request<pb::MemberAddRequest>,
-    ) -> Result<Response<pb::MemberResponse>, Status> {
-        Err(Status::unimplemented("member_add"))
-    }
-
-    async fn promote(
-        &self,
-        _: Request<pb::MemberRequest>,
-    ) -> Result<Response<pb::MemberResponse>, Status> {
-        Err(Status::unimplemented("promote"))
-    }
-
-    async fn remove(
-        &self,
-        _: Request<pb::MemberRequest>,
-    ) -> Result<Response<pb::MemberResponse>, Status> {
-        Err(Status::unimplemented("remove"))
-    }
-
-    async fn transfer_leader(
-        &self,
-        _: Request<pb::MemberRequest>,
-    ) -> Result<Response<pb::MemberResponse>, Status> {
-        Err(Status::unimplemented("transfer_leader"))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_falls_back_to_unary_calls_on_a_server_without_batch() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let service = UnaryOnly::default();
-    *service.addr.lock().unwrap() = addr.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::kv_server::KvServer::new(service.clone()))
-            .add_service(pb::cluster_server::ClusterServer::new(service.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let (addr, stop, server) = common::fake::serve(service.clone()).await;
 
     let client: Client = connect(vec![addr]).await;
     for i in 0..20 {

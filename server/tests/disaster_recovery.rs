@@ -6,15 +6,6 @@ mod common;
 use common::{connect, ferry, ProcessCluster};
 use std::time::{Duration, Instant};
 
-fn signal(cluster: &ProcessCluster, id: u64, signal: i32) {
-    let node = cluster.nodes.iter().find(|n| n.id == id).unwrap();
-    let pid = node.child.as_ref().unwrap().id();
-    // SAFETY: signalling our own child by the pid std holds for it.
-    unsafe {
-        libc::kill(pid as i32, signal);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_standby_is_reported_and_recovers_the_cluster_up_to_its_lag() {
     let mut cluster = ProcessCluster::start(3);
@@ -64,7 +55,7 @@ async fn a_lagging_standby_is_reported_and_recovers_the_cluster_up_to_its_lag() 
     }
 
     // Its link is cut (the process is frozen): its lag rises and the leader warns.
-    signal(&cluster, 4, libc::SIGSTOP);
+    cluster.signal(4, libc::SIGSTOP);
     for i in 0..20 {
         client.put(format!("after/{i:03}"), "x").await.unwrap();
     }
@@ -95,7 +86,7 @@ async fn a_lagging_standby_is_reported_and_recovers_the_cluster_up_to_its_lag() 
     for id in 1..=3 {
         cluster.sigkill(id);
     }
-    signal(&cluster, 4, libc::SIGCONT);
+    cluster.signal(4, libc::SIGCONT);
     cluster.sigkill(4);
     let data = cluster
         .nodes

@@ -386,3 +386,37 @@ async fn a_watch_from_history_no_member_holds_ends_with_compacted() {
         .expect("the stream ended without an item");
     assert!(matches!(first, Err(Error::Compacted(_))), "{first:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_of_a_leader_whose_peers_froze_exits_within_its_bound() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+    client.put("k", "v").await.unwrap();
+    // The SDK keeps a batch stream and a watch open to the leader, so the
+    // stop has client connections to close too.
+    let _watch = client.watch_key("k", 0);
+    let leader = client.status().await.unwrap().leader_id;
+    // Frozen just before the stop, the followers still count as in
+    // contact: the leader tries to hand over to one that never answers,
+    // and its Raft replication waits on peers that hold their connections
+    // open.
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for follower in &followers {
+        cluster.signal(*follower, libc::SIGSTOP);
+    }
+    let started = Instant::now();
+    let code = cluster.sigterm(leader);
+    let took = started.elapsed();
+    for follower in &followers {
+        cluster.signal(*follower, libc::SIGCONT);
+    }
+    eprintln!("the stop took {took:?}");
+    assert_eq!(code, Some(0), "{}", cluster.log(leader));
+    // Two seconds of hand-over plus at most three for Raft and one for the
+    // peer service; the rest is slack for a loaded machine.
+    assert!(
+        took < Duration::from_secs(12),
+        "the stop took {took:?}:\n{}",
+        cluster.log(leader)
+    );
+}

@@ -15,13 +15,17 @@
 //! flight fails alone with UNAVAILABLE. A stopping server takes no more
 //! calls, answers those it took and ends the stream, so a graceful stop
 //! does not wait for clients to hang up; nor for one that stopped reading,
-//! which is cut off after a grace period.
+//! which is cut off after a grace period. A call the client cancels
+//! (`BatchRequest.cancel`) is stopped and not answered; a client that goes
+//! away stops every call of its stream at once.
 
 use super::kv::KvService;
 use ferry_client::pb::{self, batch_call, batch_reply};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use prost::Message;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -55,24 +59,45 @@ type Replies = mpsc::Sender<Result<pb::BatchResponse, Status>>;
 async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, replies: Replies) {
     let max_calls = service.context.limits.max_batch_calls;
     let context = service.context.clone();
+    let _open = context.metrics.open_stream("batch");
     let stopped = context.stopped();
     tokio::pin!(stopped);
     let mut running = FuturesUnordered::new();
+    // How to stop each call running, by id (what `cancel` names).
+    let mut handles: HashMap<u64, AbortHandle> = HashMap::new();
     let mut open = true;
-    loop {
+    // Ends once no more calls come (the client finished sending, or the
+    // server is stopping) and every call taken is answered.
+    while open || !running.is_empty() {
         tokio::select! {
             // A stopping server takes no more calls and ends the stream
             // once those running are answered; the SDK sends the next
             // calls elsewhere.
             () = &mut stopped, if open => open = false,
+            // The client went away: nobody reads the answers, so stop the
+            // calls now rather than when each would send its answer.
+            () = replies.closed() => return,
             message = calls.message(), if open => match message {
                 Ok(Some(batch)) => {
                     let mut refused = Vec::new();
                     for call in batch.calls {
-                        if running.len() >= max_calls {
-                            refused.push(refusal(call.id, max_calls));
-                        } else {
-                            running.push(answer(service.clone(), call));
+                        if let Some(refusal) = refusal(&call, &handles, running.len(), max_calls) {
+                            refused.push(refusal);
+                            continue;
+                        }
+                        let (handle, registration) = AbortHandle::new_pair();
+                        handles.insert(call.id, handle);
+                        let id = call.id;
+                        running.push(
+                            Abortable::new(answer(service.clone(), call), registration)
+                                .map(move |answered| (id, answered.ok())),
+                        );
+                    }
+                    // After the calls: a call may be cancelled in the very
+                    // message that carries it.
+                    for id in batch.cancel {
+                        if let Some(handle) = handles.remove(&id) {
+                            handle.abort();
                         }
                     }
                     if !refused.is_empty()
@@ -92,10 +117,14 @@ async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, repli
                 }
             },
             Some(first) = running.next(), if !running.is_empty() => {
-                let mut next = Some(first);
+                // Cancelled calls end without an answer.
+                let mut next = first.1;
+                handles.remove(&first.0);
                 while let Some((first, mut bytes)) = next.take() {
                     let mut batch = vec![first];
-                    while let Some(Some((reply, len))) = running.next().now_or_never() {
+                    while let Some(Some((id, answered))) = running.next().now_or_never() {
+                        handles.remove(&id);
+                        let Some((reply, len)) = answered else { continue };
                         // The reply's field tag and length prefix included.
                         bytes += len + 6;
                         if bytes > MAX_REPLY_BATCH_BYTES {
@@ -109,23 +138,38 @@ async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, repli
                     }
                 }
             },
-            else => return,
         }
     }
 }
 
-/// Over the stream's limit: UNAVAILABLE, a transient condition the SDK
-/// retries after a backoff, as it would a busy member.
-fn refusal(id: u64, max_calls: usize) -> pb::BatchReply {
-    let status = Status::unavailable(format!(
-        "max_batch_calls = {max_calls} calls are in flight on this stream"
-    ));
-    pb::BatchReply {
-        id,
+/// Why `call` cannot be taken, as its answer: over the stream's limit
+/// (UNAVAILABLE, a transient condition the SDK retries after a backoff, as
+/// it would a busy member), or an id already running on the stream (a
+/// client error: a cancellation could not tell the two apart).
+fn refusal(
+    call: &pb::BatchCall,
+    handles: &HashMap<u64, AbortHandle>,
+    running: usize,
+    max_calls: usize,
+) -> Option<pb::BatchReply> {
+    let status = if handles.contains_key(&call.id) {
+        Status::invalid_argument(format!(
+            "batch call id {} is already in flight on this stream",
+            call.id
+        ))
+    } else if running >= max_calls {
+        Status::unavailable(format!(
+            "max_batch_calls = {max_calls} calls are in flight on this stream"
+        ))
+    } else {
+        return None;
+    };
+    Some(pb::BatchReply {
+        id: call.id,
         response: Some(batch_reply::Response::Error(pb::CallError::from_status(
             &status,
         ))),
-    }
+    })
 }
 
 /// Runs one call; returns its reply and the reply's encoded size.

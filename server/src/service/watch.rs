@@ -92,6 +92,7 @@ impl Watch for WatchService {
             let context = self.context.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _open = context.metrics.open_stream("watch");
                 let mut last = 0;
                 let events: Vec<pb::Event> = backlog
                     .iter()
@@ -116,6 +117,9 @@ impl Watch for WatchService {
                         // Else a graceful stop would wait for the watcher to
                         // hang up.
                         () = &mut stopped => Err(None),
+                        // The watcher hung up: free its place now, not at
+                        // the next matching change, which may never come.
+                        () = sender.closed() => return,
                     };
                     let reason = match received {
                         Ok(change) => Ok(change),

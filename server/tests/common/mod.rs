@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+
 use ferry_client::{Client, ClientOptions};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -152,6 +154,15 @@ impl ProcessCluster {
         }
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT…) to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let pid = self.node(id).child.as_ref().expect("running").id();
+        // SAFETY: signalling our own child by the pid std holds for it.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.root.path().join(format!("node-{id}.log"))).unwrap_or_default()
     }
@@ -282,4 +293,36 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// A single-node server in `dir` (metrics on a free port), leading, and an
+/// SDK connected to it.
+pub async fn single_node(
+    dir: &std::path::Path,
+    limits: ferry_server::config::Limits,
+) -> (ferry_server::server::Server, Client) {
+    let server = ferry_server::server::Server::start(ferry_server::config::ServeConfig {
+        data_dir: dir.join("node"),
+        client_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
+        init: true,
+        limits,
+        ..ferry_server::config::ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = connect(vec![server.client_addr.to_string()]).await;
+    client.put("ready", "1").await.unwrap();
+    (server, client)
+}
+
+/// The value of the Prometheus sample `name{labels}` (e.g.
+/// `ferry_open_streams{kind="watch"}`) at the metrics endpoint `addr`, 0
+/// if it is absent.
+pub async fn metric(addr: &str, sample: &str) -> f64 {
+    let text = http_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
