@@ -1,0 +1,112 @@
+//! Files written by an earlier release stay readable: a node's data
+//! directory (Raft log, engine, snapshot) and a backup chain, written by
+//! release 0.1.0 and kept in `tests/fixtures/release-0.1.0/`, are opened
+//! by this release and must hold exactly what that release wrote.
+//!
+//! The fixture was written by `examples/write_release_fixture.rs` of that
+//! release; it is never rewritten, only added to by later releases.
+
+mod common;
+#[path = "common/release_script.rs"]
+mod release_script;
+
+use common::open_restored;
+use ferry_replication::backup::{restore, LocalDir, RestorePoint};
+use ferry_replication::types::{Command, FerryNode};
+use ferry_replication::{Consistency, Node};
+use release_script::{copy_tree, fixture_dir, script, State};
+use std::sync::Arc;
+
+fn parse_state(text: &str) -> State {
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.split_once('=').expect("key=value");
+            (key.as_bytes().to_vec(), value.as_bytes().to_vec())
+        })
+        .collect()
+}
+
+async fn user_state(node: &Node) -> State {
+    node.range(&[], None, usize::MAX, Consistency::Stale)
+        .await
+        .unwrap()
+        .value
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+fn expected(name: &str) -> State {
+    parse_state(&std::fs::read_to_string(fixture_dir().join(name)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("node");
+    copy_tree(&fixture_dir().join("node"), &data);
+    // The node replays the old log over its old snapshot and engine.
+    let node = open_restored(1, &data).await;
+    assert_eq!(user_state(&node).await, expected("STATE"));
+    // It goes on taking writes.
+    node.put("after-upgrade", "1").await.unwrap();
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_chain_of_release_0_1_0_restores_to_each_point() {
+    let scratch = tempfile::tempdir().unwrap();
+    let chain = Arc::new(LocalDir::new(fixture_dir().join("backup")).unwrap());
+    let checkpoint: u64 = std::fs::read_to_string(fixture_dir().join("CHECKPOINT-INDEX"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for (point, state) in [
+        (RestorePoint::Index(checkpoint), "STATE-AT-CHECKPOINT"),
+        (RestorePoint::Latest, "STATE"),
+    ] {
+        let out = scratch.path().join(format!("{point:?}"));
+        restore(
+            chain.clone(),
+            point,
+            &out,
+            1,
+            FerryNode::from("127.0.0.1:1".to_string()),
+        )
+        .await
+        .unwrap();
+        let node = open_restored(1, &out).await;
+        assert_eq!(user_state(&node).await, expected(state), "{point:?}");
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_log_of_release_0_1_0_decodes_to_the_commands_it_was_written_with() {
+    use ferry_replication::log_store::{LogStore, LogStoreOptions};
+    use openraft::storage::RaftLogReader;
+    use openraft::EntryPayload;
+    let scratch = tempfile::tempdir().unwrap();
+    copy_tree(
+        &fixture_dir().join("node/raft"),
+        &scratch.path().join("raft"),
+    );
+    let mut log = LogStore::open(scratch.path().join("raft"), LogStoreOptions::default()).unwrap();
+    let entries = log.try_get_log_entries(0..u64::MAX).await.unwrap();
+    let commands: Vec<Command> = entries
+        .into_iter()
+        .filter_map(|entry| match entry.payload {
+            EntryPayload::Normal(command) => Some(command),
+            _ => None,
+        })
+        .map(|mut command| {
+            // Stamped by the leader when proposed.
+            assert!(command.time_ms > 0);
+            command.time_ms = 0;
+            command
+        })
+        .collect();
+    assert_eq!(commands, script());
+}
