@@ -64,10 +64,7 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
         writers.spawn(async move {
             let mut i = writer;
             while i < log_entries {
-                let op = Op::Put {
-                    key: key(i % keys.max(1)),
-                    value: vec![(i % 251) as u8; 100],
-                };
+                let op = Op::put(key(i % keys.max(1)), vec![(i % 251) as u8; 100]);
                 node.write(vec![op]).await.expect("write");
                 i += WRITERS;
             }

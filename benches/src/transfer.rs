@@ -83,10 +83,7 @@ pub(crate) async fn load(leader: &Arc<Node>, keys: impl Iterator<Item = u64>, ro
         }
         let ops: Vec<Op> = chunk
             .iter()
-            .map(|&i| Op::Put {
-                key: key(i),
-                value: value(i, round),
-            })
+            .map(|&i| Op::put(key(i), value(i, round)))
             .collect();
         let leader = leader.clone();
         tasks.spawn(async move { leader.write(ops).await.expect("write") });
@@ -157,7 +154,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
         (keys * VALUE as u64) >> 20,
         started.elapsed().as_secs_f64()
     );
-    leader.compact().await.expect("compact");
+    leader.compact_engine().await.expect("compact");
     let snapshot_bytes = snapshot_and_purge(&leader).await;
 
     // (a) full transfer to an empty node.

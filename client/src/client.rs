@@ -6,9 +6,9 @@ use crate::pb::{
     self, batch_call, batch_reply, cluster_client::ClusterClient, kv_client::KvClient, Consistency,
     GetRequest, KeyValue, RangeRequest, RequestId, Staleness,
 };
+use crate::status::status_leader;
 use crate::txn::{Txn, TxnResult};
 use crate::watch::WatchStream;
-use crate::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use rand::Rng;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -129,15 +129,6 @@ pub struct StaleRead<T> {
 /// Reads served by any member without a quorum round: see [`Client::stale`].
 pub struct Stale<'a> {
     client: &'a Client,
-}
-
-fn status_leader(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_ADDR_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|addr| !addr.is_empty())
-        .map(str::to_owned)
 }
 
 impl Client {
@@ -349,7 +340,7 @@ impl Client {
                 Code::ResourceExhausted => {
                     return Err(Error::ResourceExhausted(status.message().into()))
                 }
-                Code::OutOfRange => return Err(Error::Compacted(status.message().into())),
+                Code::OutOfRange => return Err(crate::status::out_of_range(&status)),
                 code => {
                     return Err(Error::Server {
                         code,
@@ -446,18 +437,48 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
-        let (key, value) = (key.into(), value.into());
+        Ok(self.put_request(key.into(), value.into(), false).await?.0)
+    }
+
+    /// Sets `key` to `value`; returns the revision that wrote it and the
+    /// key's previous value, if it had one.
+    ///
+    /// Cancellation: dropping the future (a `timeout`, a `select!`) at any
+    /// point releases everything the call held. Whether the write happened
+    /// is then unknown: it applies at most once, never twice, because its
+    /// number is never sent again. Read the key to find out.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let (revision, previous) = client.replace("job/42", "running").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn replace(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(u64, Option<KeyValue>)> {
+        self.put_request(key.into(), value.into(), true).await
+    }
+
+    async fn put_request(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        prev_kv: bool,
+    ) -> Result<(u64, Option<KeyValue>)> {
         let response = self
             .write(|connection, request| {
                 let message = pb::PutRequest {
                     key: key.clone(),
                     value: value.clone(),
                     request: Some(request),
+                    prev_kv,
                 };
                 async move { connection.put(message).await }
             })
             .await?;
-        Ok(response.header.map_or(0, |h| h.revision))
+        Ok((response.header.map_or(0, |h| h.revision), response.prev_kv))
     }
 
     /// Deletes `key`; returns whether it existed.
@@ -473,17 +494,37 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
-        let key = key.into();
-        let response = self
-            .write(|connection, request| {
-                let message = pb::DeleteRequest {
-                    key: key.clone(),
-                    request: Some(request),
-                };
-                async move { connection.delete(message).await }
-            })
-            .await?;
-        Ok(response.deleted)
+        Ok(self.delete_request(key.into(), false).await?.deleted)
+    }
+
+    /// Deletes `key`; returns the revision of the delete and the deleted
+    /// value (`None`: the key did not exist, and nothing changed).
+    ///
+    /// Cancellation: dropping the future (a `timeout`, a `select!`) at any
+    /// point releases everything the call held. Whether the write happened
+    /// is then unknown: it applies at most once, never twice, because its
+    /// number is never sent again. Read the key to find out.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let (revision, removed) = client.remove("job/42").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove(&self, key: impl Into<Vec<u8>>) -> Result<(u64, Option<KeyValue>)> {
+        let response = self.delete_request(key.into(), true).await?;
+        Ok((response.header.map_or(0, |h| h.revision), response.prev_kv))
+    }
+
+    async fn delete_request(&self, key: Vec<u8>, prev_kv: bool) -> Result<pb::DeleteResponse> {
+        self.write(|connection, request| {
+            let message = pb::DeleteRequest {
+                key: key.clone(),
+                request: Some(request),
+                prev_kv,
+            };
+            async move { connection.delete(message).await }
+        })
+        .await
     }
 
     /// Runs a transaction atomically (exactly once).
@@ -524,10 +565,13 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
-        Ok(self.get_at(key.into(), Consistency::Linearizable).await?.kv)
+        Ok(self
+            .get_with(key.into(), Consistency::Linearizable)
+            .await?
+            .kv)
     }
 
-    async fn get_at(&self, key: Vec<u8>, consistency: Consistency) -> Result<pb::GetResponse> {
+    async fn get_with(&self, key: Vec<u8>, consistency: Consistency) -> Result<pb::GetResponse> {
         let to_leader = consistency != Consistency::Stale;
         self.call(to_leader, |connection| {
             let message = GetRequest {
@@ -646,6 +690,71 @@ impl Client {
         })
     }
 
+    /// Reads `key` as it was at `revision` (linearizably confirmed). Below
+    /// the compacted revision it fails with [`Error::Compacted`].
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let then = client.get_at("job/42", 120).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_at(&self, key: impl Into<Vec<u8>>, revision: u64) -> Result<Option<KeyValue>> {
+        let key = key.into();
+        let page = self
+            .range_request(RangeRequest {
+                end: [key.as_slice(), &[0]].concat(),
+                start: key,
+                limit: 1,
+                revision,
+                ..RangeRequest::default()
+            })
+            .await?;
+        Ok(page.kvs.into_iter().next())
+    }
+
+    /// Compacts the history below `revision`, cluster-wide: reads and
+    /// watches below it fail with [`Error::Compacted`] from then on, and
+    /// its space is reclaimed. Returns the compacted revision. A revision
+    /// at or below the current compacted one fails with
+    /// [`Error::Compacted`].
+    ///
+    /// Cancellation: dropping the future at any point releases everything
+    /// the call held and changes nothing.
+    /// (A compaction the server received still happens.)
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let compacted = client.compact(1_000).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn compact(&self, revision: u64) -> Result<u64> {
+        let response = self
+            .call(true, |connection| async move {
+                pb::maintenance_client::MaintenanceClient::new(connection.channel)
+                    .compact(pb::CompactRequest { revision })
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await?;
+        Ok(response.compacted)
+    }
+
+    /// A watch as described by a raw request (a key, a range or a prefix,
+    /// a start revision, previous values); see [`Client::watch_prefix`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) {
+    /// use ferry_client::pb::WatchRequest;
+    /// let changes = client.watch(WatchRequest { prefix: b"job/".to_vec(), prev_kv: true, ..Default::default() });
+    /// # }
+    /// ```
+    pub fn watch(&self, request: pb::WatchRequest) -> WatchStream {
+        WatchStream::start(self.clone(), request)
+    }
+
     /// Reads served by any member, each reporting how stale it may be.
     ///
     /// ```no_run
@@ -736,7 +845,7 @@ impl Stale<'_> {
     /// Cancellation: dropping the future at any point releases everything
     /// the call held and changes nothing.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<StaleRead<Option<KeyValue>>> {
-        let response = self.client.get_at(key.into(), Consistency::Stale).await?;
+        let response = self.client.get_with(key.into(), Consistency::Stale).await?;
         Ok(StaleRead {
             revision: response.header.map_or(0, |h| h.revision),
             value: response.kv,
@@ -818,24 +927,4 @@ impl Connection {
     batched_call!(put, pb::PutRequest, pb::PutResponse, Put);
     batched_call!(delete, pb::DeleteRequest, pb::DeleteResponse, Delete);
     batched_call!(txn, pb::TxnRequest, pb::TxnResponse, Txn);
-}
-
-/// Metadata a server attaches to a not-leader answer, for servers built on
-/// this crate's stubs.
-pub fn not_leader_status(leader_id: Option<u64>, leader_addr: Option<&str>) -> Status {
-    let mut status = Status::failed_precondition(match (leader_id, leader_addr) {
-        (Some(id), Some(addr)) => format!("not the leader; the leader is node {id} at {addr}"),
-        _ => "not the leader; no leader is known (election in progress)".to_owned(),
-    });
-    if let Some(id) = leader_id {
-        if let Ok(value) = id.to_string().parse() {
-            status.metadata_mut().insert(LEADER_ID_METADATA, value);
-        }
-    }
-    if let Some(addr) = leader_addr {
-        if let Ok(value) = addr.parse() {
-            status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
-        }
-    }
-    status
 }

@@ -17,9 +17,14 @@ pub enum Error {
     /// was changed.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
-    /// A watch asked for a revision the server no longer retains.
-    #[error("revision no longer retained: {0}")]
-    Compacted(String),
+    /// A read or watch asked for a revision whose history was compacted.
+    #[error(
+        "revision {requested} has been compacted (the oldest retained revision is {compacted})"
+    )]
+    Compacted { requested: u64, compacted: u64 },
+    /// A read asked for a revision the member has not applied yet.
+    #[error("revision {requested} is in the future (the member is at {current})")]
+    FutureRevision { requested: u64, current: u64 },
     /// The endpoint list was empty or unparsable.
     #[error("bad endpoint: {0}")]
     Endpoint(String),
@@ -36,7 +41,7 @@ impl Error {
             Error::Server { code, .. } => Some(*code),
             Error::InvalidArgument(_) => Some(tonic::Code::InvalidArgument),
             Error::ResourceExhausted(_) => Some(tonic::Code::ResourceExhausted),
-            Error::Compacted(_) => Some(tonic::Code::OutOfRange),
+            Error::Compacted { .. } | Error::FutureRevision { .. } => Some(tonic::Code::OutOfRange),
             Error::DeadlineExceeded { .. } => Some(tonic::Code::DeadlineExceeded),
             Error::Endpoint(_) => None,
         }

@@ -43,13 +43,19 @@
 mod batch;
 mod client;
 mod error;
+mod status;
 mod txn;
 mod watch;
 
 pub use batch::MAX_BATCH_REQUEST_BYTES;
-pub use client::{not_leader_status, Client, ClientOptions, Page, Stale, StaleRead};
+pub use client::{Client, ClientOptions, Page, Stale, StaleRead};
 pub use error::{Error, Result};
 pub use pb::{Event, KeyValue, Staleness};
+pub use status::{
+    compacted_status, future_revision_status, not_leader_status, COMPACTED_REVISION_METADATA,
+    CURRENT_REVISION_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA,
+    REQUESTED_REVISION_METADATA,
+};
 pub use txn::{Txn, TxnResult};
 pub use watch::WatchStream;
 
@@ -61,8 +67,3 @@ pub mod pb {
     /// The encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
 }
-
-/// Trailer a follower sets on a not-leader answer: the leader's node id.
-pub const LEADER_ID_METADATA: &str = "ferry-leader-id";
-/// Trailer a follower sets on a not-leader answer: the leader's client address.
-pub const LEADER_ADDR_METADATA: &str = "ferry-leader-addr";

@@ -1,4 +1,4 @@
-//! Watches that survive failovers.
+//! Watches that survive failovers and restarts.
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -6,27 +6,52 @@ use crate::pb::{watch_client::WatchClient, Event, WatchRequest};
 use futures_util::Stream;
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Code;
 
-/// A stream of changes; on a broken connection it reconnects (to any member
-/// that knows the leader) and resumes after the last revision delivered, so
-/// no change is skipped or repeated. A member keeps its change history in
-/// memory, so one that restarted may no longer hold the revision to resume
-/// from; the stream then resumes on another member, and ends with
-/// [`Error::Compacted`] only when no known member holds it.
+/// A watch answer may carry one whole revision, which a transaction of up
+/// to the server's request size can fill: more than tonic's 4 MiB default.
+const MAX_WATCH_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A stream of changes in revision order, each once. On a broken
+/// connection it reconnects (to the leader if known, else any member) and
+/// resumes after the last revision it knows complete, so no change is
+/// skipped or repeated: members keep their history on disk, so any of them
+/// can serve the resume, across failovers and restarts. It ends with
+/// [`Error::Compacted`] only when the history it needs was compacted.
+///
+/// Polling it is cancel-safe, and dropping it ends its stream on the
+/// server at once.
 pub struct WatchStream {
     events: mpsc::Receiver<Result<Event>>,
+    progress: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl WatchStream {
     pub(crate) fn start(client: Client, request: WatchRequest) -> WatchStream {
         let (sender, events) = mpsc::channel(256);
-        let task = tokio::spawn(run(client, request, sender));
-        WatchStream { events, task }
+        let progress = Arc::new(AtomicU64::new(request.start_revision.saturating_sub(1)));
+        let task = tokio::spawn(run(client, request, sender, progress.clone()));
+        WatchStream {
+            events,
+            progress,
+            task,
+        }
+    }
+
+    /// Every matching change up to this revision has been received by the
+    /// stream (it may still wait in the stream's buffer): it moves with
+    /// events and with the server's progress notifications, which a quiet
+    /// watch gets every few seconds. A watch whose revision keeps up with
+    /// the cluster's is up to date; one whose revision stands still is
+    /// stalled or disconnected.
+    pub fn revision(&self) -> u64 {
+        self.progress.load(Ordering::Acquire)
     }
 }
 
@@ -44,36 +69,49 @@ impl Stream for WatchStream {
     }
 }
 
-/// Where to watch from: the leader, unless it answered that it no longer
-/// holds the revision, then any other known member that has not.
-fn watch_target(client: &Client, compacted: &HashSet<String>) -> Option<String> {
-    if let Some(leader) = client.leader().filter(|l| !compacted.contains(l)) {
+/// Where to watch from: the leader, unless it answered that it does not
+/// hold the revision, then any other known member that has not.
+fn watch_target(client: &Client, refused: &HashSet<String>) -> Option<String> {
+    if let Some(leader) = client.leader().filter(|l| !refused.contains(l)) {
         return Some(leader);
     }
     let endpoints = client.inner.endpoints.lock().expect("lock");
-    endpoints.iter().find(|e| !compacted.contains(*e)).cloned()
+    endpoints.iter().find(|e| !refused.contains(*e)).cloned()
 }
 
-async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Result<Event>>) {
+async fn run(
+    client: Client,
+    mut request: WatchRequest,
+    sender: mpsc::Sender<Result<Event>>,
+    progress: Arc<AtomicU64>,
+) {
     let mut backoff = client.inner.options.backoff_initial;
-    // Members that answered OUT_OF_RANGE for the current start revision.
-    let mut compacted: HashSet<String> = HashSet::new();
-    let mut last_refusal = String::new();
+    // Members that answered OUT_OF_RANGE for the current start revision
+    // (one restored from an older backup may hold less history).
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut last_refusal = None;
     loop {
         if client.leader().is_none() {
             let _ = client.refresh_members().await;
         }
-        let Some(target) = watch_target(&client, &compacted) else {
-            let _ = sender.send(Err(Error::Compacted(last_refusal))).await;
+        let Some(target) = watch_target(&client, &refused) else {
+            let error = last_refusal.unwrap_or(Error::Compacted {
+                requested: request.start_revision,
+                compacted: 0,
+            });
+            let _ = sender.send(Err(error)).await;
             return;
         };
         let attempt = async {
             let channel = client
                 .channel(&target)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            WatchClient::new(channel).watch(request.clone()).await
+            WatchClient::new(channel)
+                .max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES)
+                .watch(request.clone())
+                .await
         };
-        match attempt.await {
+        let ended = match attempt.await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 backoff = client.inner.options.backoff_initial;
@@ -81,30 +119,32 @@ async fn run(client: Client, mut request: WatchRequest, sender: mpsc::Sender<Res
                     match stream.message().await {
                         Ok(Some(message)) => {
                             for event in message.events {
-                                let revision = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
                                 if sender.send(Ok(event)).await.is_err() {
                                     return;
                                 }
-                                request.start_revision = revision + 1;
-                                compacted.clear();
+                            }
+                            // Whole revisions only: everything up to the
+                            // header's revision has arrived.
+                            let through = message.header.map_or(0, |h| h.revision);
+                            if through >= request.start_revision {
+                                request.start_revision = through + 1;
+                                progress.store(through, Ordering::Release);
+                                refused.clear();
                             }
                         }
-                        Ok(None) => break,
-                        Err(status) if status.code() == Code::OutOfRange => {
-                            last_refusal = status.message().into();
-                            compacted.insert(target.clone());
-                            break;
-                        }
-                        Err(_) => break,
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
                     }
                 }
             }
-            Err(status) if status.code() == Code::OutOfRange => {
-                last_refusal = status.message().into();
-                compacted.insert(target.clone());
+            Err(status) => Some(status),
+        };
+        if let Some(status) = ended {
+            if status.code() == Code::OutOfRange {
+                last_refusal = Some(crate::status::out_of_range(&status));
+                refused.insert(target.clone());
                 continue;
             }
-            Err(_) => {}
         }
         // The member went away or lost leadership: find the leader again.
         let _ = client.refresh_members().await;

@@ -14,6 +14,12 @@ pub enum Error {
     /// The state machine refused the command without effect.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// A read at a revision whose history was compacted.
+    #[error(transparent)]
+    Compacted(#[from] crate::state_machine::history::Compacted),
+    /// A read at a revision this node has not applied yet.
+    #[error("revision {requested} is in the future; this node is at {current}")]
+    FutureRevision { requested: u64, current: u64 },
     /// A local storage failure.
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),

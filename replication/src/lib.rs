@@ -26,13 +26,17 @@ pub mod log_store;
 pub mod network;
 mod node;
 pub mod recovery;
+pub mod retention;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use node::{
     CasOutcome, Consistency, FollowerProgress, Node, NodeConfig, RaftOptions, Read, Staleness,
     NODE_STOP_BOUND,
 };
+pub use retention::RetentionOptions;
 pub use snapshot::transfer::TransferOptions;
+pub use watch::{WatchBatch, WatchError, WatchEvent, WatchOptions, Watcher};

@@ -10,12 +10,15 @@ use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStore
 use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
+use crate::retention::RetentionOptions;
 use crate::snapshot::transfer::TransferOptions;
-use crate::state_machine::{keys, SmShared, StateMachine};
+use crate::state_machine::history::{self, Compacted};
+use crate::state_machine::{self, keys, SmShared, StateMachine};
 use crate::types::{
     Command, Compare, CompareOp, CompareTarget, FerryNode, KeyValue, LogId, NodeId, Op, Raft,
-    Response,
+    Response, Txn,
 };
+use crate::watch::{WatchError, WatchOptions, Watcher};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardReason, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -81,6 +84,8 @@ pub struct NodeConfig {
     pub transfer: TransferOptions,
     pub engine: ferry_engine::Options,
     pub log: LogStoreOptions,
+    /// How much revision history the cluster keeps (applied by the leader).
+    pub retention: RetentionOptions,
     /// Fault injection hook for tests; healthy by default.
     pub network: NetworkControl,
 }
@@ -98,6 +103,7 @@ impl NodeConfig {
             transfer: TransferOptions::default(),
             engine: ferry_engine::Options::default(),
             log: LogStoreOptions::default(),
+            retention: RetentionOptions::default(),
             network: NetworkControl::default(),
         }
     }
@@ -203,6 +209,10 @@ pub struct Node {
     lease_wait: Duration,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The leader's history retention (see [`crate::retention`]), and its
+    /// wake-up after a compaction.
+    retention: tokio::task::JoinHandle<()>,
+    purger_wake: Arc<tokio::sync::Notify>,
 }
 
 fn raft_error<
@@ -281,6 +291,13 @@ impl Node {
                 tracing::error!(%error, "raft peer service stopped");
             }
         });
+        let purger_wake = Arc::new(tokio::sync::Notify::new());
+        let retention = tokio::spawn(crate::retention::run(
+            raft.clone(),
+            shared.clone(),
+            config.retention.clone(),
+            purger_wake.clone(),
+        ));
         Ok(Node {
             id: config.id,
             raft,
@@ -293,6 +310,8 @@ impl Node {
             lease_wait: config.raft.election_timeout_max,
             stop_server: Mutex::new(Some(stop_server)),
             server: Mutex::new(Some(server)),
+            retention,
+            purger_wake,
         })
     }
 
@@ -411,9 +430,7 @@ impl Node {
     /// acknowledged it (its lease); until then openraft refuses the write
     /// before proposing it, and this call waits and retries on this node.
     pub async fn txn(&self, mut command: Command) -> Result<Response> {
-        if command.time_ms == 0 {
-            command.time_ms = crate::types::now_ms();
-        }
+        command.stamp(crate::types::now_ms());
         let deadline = Instant::now() + self.lease_wait;
         let response = loop {
             match self.raft.client_write(command.clone()).await {
@@ -444,15 +461,11 @@ impl Node {
     }
 
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
-        self.write(vec![Op::Put {
-            key: key.into(),
-            value: value.into(),
-        }])
-        .await
+        self.write(vec![Op::put(key, value)]).await
     }
 
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64> {
-        self.write(vec![Op::Delete { key: key.into() }]).await
+        self.write(vec![Op::delete(key)]).await
     }
 
     /// Sets `key` to `new` (`None` deletes) if its value is `expected`
@@ -465,14 +478,11 @@ impl Node {
     ) -> Result<CasOutcome> {
         let key = key.into();
         let success = match new {
-            Some(value) => Op::Put {
-                key: key.clone(),
-                value: value.to_vec(),
-            },
-            None => Op::Delete { key: key.clone() },
+            Some(value) => Op::put(key.clone(), value),
+            None => Op::delete(key.clone()),
         };
         let response = self
-            .txn(Command {
+            .txn(Command::Txn(Txn {
                 compares: vec![Compare {
                     key: key.clone(),
                     op: CompareOp::Equal,
@@ -480,9 +490,8 @@ impl Node {
                 }],
                 success: vec![success],
                 failure: vec![Op::Get { key }],
-                request: None,
-                time_ms: 0,
-            })
+                ..Txn::default()
+            }))
             .await?;
         Ok(CasOutcome {
             swapped: response.succeeded,
@@ -490,12 +499,7 @@ impl Node {
             current: if response.succeeded {
                 None
             } else {
-                response
-                    .reads
-                    .into_iter()
-                    .next()
-                    .flatten()
-                    .map(|kv| kv.value)
+                response.reads().next().flatten().map(|kv| kv.value.clone())
             },
         })
     }
@@ -533,7 +537,7 @@ impl Node {
         let staleness = self.read_barrier(consistency).await?;
         let db = self.sm.db();
         let snapshot = db.snapshot();
-        let revision = applied_index(&snapshot)?;
+        let revision = state_machine::applied_index(&snapshot)?;
         Ok(View {
             _db: db,
             snapshot,
@@ -542,26 +546,86 @@ impl Node {
         })
     }
 
+    /// A view for a read at `revision` (0: the latest): the revision the
+    /// read answers at, and whether it needs the history (an older one).
+    async fn read_view_at(&self, revision: u64, consistency: Consistency) -> Result<(View, bool)> {
+        let mut view = self.read_view(consistency).await?;
+        if revision == 0 || revision == view.revision {
+            return Ok((view, false));
+        }
+        if revision > view.revision {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current: view.revision,
+            });
+        }
+        let compacted = history::compacted(&view.snapshot)?;
+        if revision < compacted {
+            return Err(Compacted {
+                requested: revision,
+                compacted,
+            }
+            .into());
+        }
+        view.revision = revision;
+        Ok((view, true))
+    }
+
+    /// Runs `read` on the view on a blocking thread: scans must not hold
+    /// up the async runtime that also carries Raft heartbeats.
+    async fn blocking_read<T: Send + 'static>(
+        view: View,
+        read: impl FnOnce(&View) -> Result<T> + Send + 'static,
+    ) -> Result<Read<T>> {
+        tokio::task::spawn_blocking(move || {
+            let value = read(&view)?;
+            Ok(Read {
+                value,
+                revision: view.revision,
+                staleness: view.staleness,
+            })
+        })
+        .await
+        .map_err(|e| Error::Node(format!("read task: {e}")))?
+    }
+
     /// Reads `key`.
     pub async fn get(
         &self,
         key: impl AsRef<[u8]>,
         consistency: Consistency,
     ) -> Result<Read<Option<KeyValue>>> {
+        self.get_at(key, 0, consistency).await
+    }
+
+    /// Reads `key` as of `revision` (0: the latest). A revision below the
+    /// compacted one fails with [`Error::Compacted`], one not applied here
+    /// yet with [`Error::FutureRevision`].
+    pub async fn get_at(
+        &self,
+        key: impl AsRef<[u8]>,
+        revision: u64,
+        consistency: Consistency,
+    ) -> Result<Read<Option<KeyValue>>> {
         // Bound as a whole: the view's engine handle must outlive the reads.
-        let view = self.read_view(consistency).await?;
-        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
-        let value = match snapshot
-            .get(keys::user_key(key.as_ref()))
-            .map_err(std::io::Error::other)?
-        {
-            None => None,
-            Some(bytes) => Some(decode(key.as_ref(), &bytes)?),
+        let (view, past) = self.read_view_at(revision, consistency).await?;
+        let key = key.as_ref();
+        let value = if past {
+            history::get_at(&view.snapshot, key, view.revision)?
+        } else {
+            match view
+                .snapshot
+                .get(keys::user_key(key))
+                .map_err(std::io::Error::other)?
+            {
+                None => None,
+                Some(bytes) => Some(decode(key, &bytes)?),
+            }
         };
         Ok(Read {
             value,
-            revision,
-            staleness,
+            revision: view.revision,
+            staleness: view.staleness,
         })
     }
 
@@ -573,20 +637,47 @@ impl Node {
         limit: usize,
         consistency: Consistency,
     ) -> Result<Read<Vec<KeyValue>>> {
-        // Bound as a whole: the view's engine handle must outlive the reads.
-        let view = self.read_view(consistency).await?;
-        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
-        let (from, to) = user_bounds(start, end);
-        let mut out = Vec::new();
-        for item in snapshot.range(from..to).take(limit) {
-            let (key, value) = item.map_err(std::io::Error::other)?;
-            out.push(decode(&key[1..], &value)?);
-        }
-        Ok(Read {
-            value: out,
-            revision,
-            staleness,
+        self.range_at(start, end, limit, 0, consistency).await
+    }
+
+    /// Reads up to `limit` keys in `[start, end)` as of `revision` (0: the
+    /// latest); errors as [`Node::get_at`]. Runs on a blocking thread.
+    pub async fn range_at(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        revision: u64,
+        consistency: Consistency,
+    ) -> Result<Read<Vec<KeyValue>>> {
+        let (view, past) = self.read_view_at(revision, consistency).await?;
+        let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
+        Self::blocking_read(view, move |view| {
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            if past {
+                history::range_at(
+                    &view.snapshot,
+                    &start,
+                    end.as_deref(),
+                    view.revision,
+                    |kv| {
+                        out.push(kv);
+                        out.len() < limit
+                    },
+                )?;
+                return Ok(out);
+            }
+            let (from, to) = keys::user_bounds(&start, end.as_deref());
+            for item in view.snapshot.range(from..to).take(limit) {
+                let (key, value) = item.map_err(std::io::Error::other)?;
+                out.push(decode(&key[1..], &value)?);
+            }
+            Ok(out)
         })
+        .await
     }
 
     /// Counts the keys in `[start, end)` (`end = None`: to the end), at most `limit`.
@@ -597,23 +688,94 @@ impl Node {
         limit: u64,
         consistency: Consistency,
     ) -> Result<Read<u64>> {
-        // Bound as a whole: the view's engine handle must outlive the reads.
-        let view = self.read_view(consistency).await?;
-        let (snapshot, revision, staleness) = (&view.snapshot, view.revision, view.staleness);
-        let (from, to) = user_bounds(start, end);
-        let mut count = 0;
-        for item in snapshot.range(from..to) {
-            item.map_err(std::io::Error::other)?;
-            count += 1;
-            if count >= limit {
-                break;
+        self.count_at(start, end, limit, 0, consistency).await
+    }
+
+    /// Counts the keys in `[start, end)` as of `revision` (0: the latest),
+    /// at most `limit`; errors as [`Node::get_at`]. Runs on a blocking
+    /// thread.
+    pub async fn count_at(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u64,
+        revision: u64,
+        consistency: Consistency,
+    ) -> Result<Read<u64>> {
+        let (view, past) = self.read_view_at(revision, consistency).await?;
+        let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
+        Self::blocking_read(view, move |view| {
+            let mut count = 0;
+            if limit == 0 {
+                return Ok(count);
             }
-        }
-        Ok(Read {
-            value: count,
-            revision,
-            staleness,
+            if past {
+                history::range_at(
+                    &view.snapshot,
+                    &start,
+                    end.as_deref(),
+                    view.revision,
+                    |_| {
+                        count += 1;
+                        count < limit
+                    },
+                )?;
+                return Ok(count);
+            }
+            let (from, to) = keys::user_bounds(&start, end.as_deref());
+            for item in view.snapshot.range(from..to) {
+                item.map_err(std::io::Error::other)?;
+                count += 1;
+                if count >= limit {
+                    break;
+                }
+            }
+            Ok(count)
         })
+        .await
+    }
+
+    /// Watches a key range from a revision on (see [`crate::watch`]);
+    /// served by this node from its own history.
+    pub fn watch(&self, options: WatchOptions) -> std::result::Result<Watcher, WatchError> {
+        Watcher::start(self.sm.clone(), options)
+    }
+
+    /// The first revision whose history this node serves (0: all of it).
+    pub fn compacted(&self) -> Result<u64> {
+        Ok(self.sm.compacted()?)
+    }
+
+    /// Compacts the history below `revision` cluster-wide (on the leader):
+    /// reads and watches below it fail as compacted from now on, and the
+    /// leader's purger removes it in bounded steps. Returns the compacted
+    /// revision afterwards. A revision at or below the current compacted
+    /// one fails with [`Error::Compacted`]; one beyond what was applied
+    /// with [`Error::FutureRevision`].
+    pub async fn compact_history(&self, revision: u64) -> Result<u64> {
+        let applied = self.metrics().last_applied.map_or(0, |l| l.index);
+        if revision > applied {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current: applied,
+            });
+        }
+        let response = self
+            .txn(Command::Compact {
+                revision,
+                time_ms: 0,
+            })
+            .await?;
+        let compacted = self.sm.compacted()?;
+        if !response.succeeded {
+            return Err(Compacted {
+                requested: revision,
+                compacted,
+            }
+            .into());
+        }
+        self.purger_wake.notify_one();
+        Ok(compacted)
     }
 
     /// The applied log id and the content checksum of the whole replicated
@@ -733,8 +895,9 @@ impl Node {
     }
 
     /// Compacts this replica's whole engine (a local maintenance step; it
-    /// changes no replicated state).
-    pub async fn compact(&self) -> Result<()> {
+    /// changes no replicated state, and no history: see
+    /// [`Node::compact_history`] for that).
+    pub async fn compact_engine(&self) -> Result<()> {
         let db = self.sm.db();
         tokio::task::spawn_blocking(move || db.compact_range(None, None))
             .await
@@ -776,6 +939,7 @@ impl Node {
     /// Stops Raft and the peer service. Data stays on disk; opening the
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
+        self.retention.abort();
         // Raft first, so nothing applies while the engine flushes. Bounded:
         // a core stuck on a peer that never answers must not hold the stop
         // (what it did not finish is in the fsynced log or was never
@@ -824,6 +988,7 @@ pub const NODE_STOP_BOUND: Duration =
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.retention.abort();
         if let Some(stop) = self.stop_server.get_mut().take() {
             let _ = stop.send(());
         }
@@ -833,30 +998,8 @@ impl Drop for Node {
     }
 }
 
-fn applied_index(snapshot: &ferry_engine::Snapshot) -> Result<u64> {
-    let applied: Option<LogId> = match snapshot.get(keys::APPLIED).map_err(std::io::Error::other)? {
-        None => None,
-        Some(bytes) => postcard::from_bytes(&bytes).map_err(std::io::Error::other)?,
-    };
-    Ok(applied.map_or(0, |l| l.index))
-}
-
-/// Engine keys bounding the user keys in `[start, end)` (`end = None`: all after `start`).
-fn user_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
-    let to = match end {
-        Some(end) => keys::user_key(end),
-        None => vec![keys::USER_PREFIX + 1],
-    };
-    (keys::user_key(start), to)
-}
-
 fn decode(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
     keys::Record::decode(bytes)
         .map(|r| r.into_key_value(key.to_vec()))
-        .ok_or_else(|| {
-            Error::Storage(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("stored value of key {key:?} is not a version-1 record"),
-            ))
-        })
+        .ok_or_else(|| Error::Storage(keys::undecodable("record", key)))
 }

@@ -30,10 +30,10 @@ impl Model {
                 break;
             }
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value, .. } => {
                     state.insert(key.clone(), value.clone());
                 }
-                Op::Delete { key } => {
+                Op::Delete { key, .. } => {
                     state.remove(key);
                 }
                 Op::Get { .. } => {}
@@ -56,12 +56,9 @@ async fn churn(node: &Node, model: &mut Model, count: u64, seed: u64) {
         state ^= state << 17;
         let key = format!("key-{:02}", state % 60).into_bytes();
         let op = if state.is_multiple_of(5) {
-            Op::Delete { key }
+            Op::delete(key)
         } else {
-            Op::Put {
-                key,
-                value: state.to_le_bytes().repeat(1 + (state % 40) as usize),
-            }
+            Op::put(key, state.to_le_bytes().repeat(1 + (state % 40) as usize))
         };
         let revision = node.write(vec![op.clone()]).await.unwrap();
         assert!(revision > model.last());
@@ -76,9 +73,9 @@ fn restored_state(data_dir: &Path) -> State {
     let mut state = State::new();
     let mut iter = db.prefix([0x01]);
     while let Some((key, value)) = iter.next().transpose().unwrap() {
-        // Format version 1 of a user value: a 25-byte header, then the bytes.
-        assert_eq!(value[0], 1);
-        state.insert(key[1..].to_vec(), value[25..].to_vec());
+        // Record version 2 of a user value: a 33-byte header, then the bytes.
+        assert_eq!(value[0], 2);
+        state.insert(key[1..].to_vec(), value[33..].to_vec());
     }
     drop(iter);
     db.close().unwrap();

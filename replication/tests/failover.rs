@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fast_raft, Cluster};
-use ferry_replication::types::{Command, Op, RequestId};
+use ferry_replication::types::{Command, Op, RequestId, Txn};
 use ferry_replication::{Consistency, Node};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -28,12 +28,9 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Ve
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
         let key = format!("c{client}-{sequence:06}").into_bytes();
-        let command = Command {
+        let command = Command::Txn(Txn {
             compares: Vec::new(),
-            success: vec![Op::Put {
-                key: key.clone(),
-                value: vec![client as u8; 100],
-            }],
+            success: vec![Op::put(key.clone(), vec![client as u8; 100])],
             failure: Vec::new(),
             request: Some(RequestId {
                 client,
@@ -41,7 +38,7 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Vec<(Ve
                 first_incomplete: sequence,
             }),
             time_ms: 0,
-        };
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(

@@ -20,10 +20,10 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64) -> Entry {
     Entry::new_normal(
         log_id(term, index),
-        Command::batch(vec![Op::Put {
-            key: format!("k{index}").into_bytes(),
-            value: vec![index as u8; 100],
-        }]),
+        Command::batch(vec![Op::put(
+            format!("k{index}").into_bytes(),
+            vec![index as u8; 100],
+        )]),
     )
 }
 

@@ -101,11 +101,14 @@ async fn a_raft_log_of_release_0_1_0_decodes_to_the_commands_it_was_written_with
             EntryPayload::Normal(command) => Some(command),
             _ => None,
         })
-        .map(|mut command| {
+        .map(|command| match command {
             // Stamped by the leader when proposed.
-            assert!(command.time_ms > 0);
-            command.time_ms = 0;
-            command
+            Command::Txn(mut txn) => {
+                assert!(txn.time_ms > 0);
+                txn.time_ms = 0;
+                Command::Txn(txn)
+            }
+            other => panic!("release 0.1.0 wrote only transactions, not {other}"),
         })
         .collect();
     assert_eq!(commands, script());

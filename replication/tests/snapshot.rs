@@ -39,10 +39,7 @@ async fn load(cluster: &Cluster, keys: usize, tag: u8) -> u64 {
     for chunk in (0..keys).collect::<Vec<_>>().chunks(50) {
         let ops: Vec<Op> = chunk
             .iter()
-            .map(|&i| Op::Put {
-                key: format!("key-{i:06}").into_bytes(),
-                value: value(i, tag),
-            })
+            .map(|&i| Op::put(format!("key-{i:06}").into_bytes(), value(i, tag)))
             .collect();
         revision = write(cluster, ops).await;
     }
@@ -157,14 +154,7 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     let leader = cluster.nodes[&leader_id].clone();
     for i in (0..4000).step_by(100) {
         let key = format!("key-{i:06}").into_bytes();
-        write(
-            &cluster,
-            vec![Op::Put {
-                key,
-                value: value(i, 2),
-            }],
-        )
-        .await;
+        write(&cluster, vec![Op::put(key, value(i, 2))]).await;
     }
     snapshot_and_purge(&cluster).await;
     cluster.start_node(4).await;
@@ -213,14 +203,7 @@ async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
     cluster.kill(follower).await;
     for i in 0..20 {
         let key = format!("key-{i:06}").into_bytes();
-        write(
-            &cluster,
-            vec![Op::Put {
-                key,
-                value: value(i, 4),
-            }],
-        )
-        .await;
+        write(&cluster, vec![Op::put(key, value(i, 4))]).await;
     }
     snapshot_and_purge(&cluster).await;
     let leader_node = cluster.nodes[&leader_id].clone();

@@ -5,7 +5,7 @@
 use ferry_engine::fs::{FaultInjectionFs, FileSystem};
 use ferry_engine::Options;
 use ferry_replication::state_machine::StateMachine;
-use ferry_replication::types::{Command, Entry, LogId, Op, RequestId};
+use ferry_replication::types::{Command, Entry, LogId, Op, RequestId, Txn};
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use std::sync::Arc;
@@ -25,12 +25,12 @@ fn log_id(index: u64) -> LogId {
 fn entry(i: u64) -> Entry {
     Entry::new_normal(
         log_id(i),
-        Command {
+        Command::Txn(Txn {
             compares: Vec::new(),
-            success: vec![Op::Put {
-                key: format!("k{i:04}").into_bytes(),
-                value: i.to_le_bytes().to_vec(),
-            }],
+            success: vec![Op::put(
+                format!("k{i:04}").into_bytes(),
+                i.to_le_bytes().to_vec(),
+            )],
             failure: Vec::new(),
             request: Some(RequestId {
                 client: 7,
@@ -38,7 +38,7 @@ fn entry(i: u64) -> Entry {
                 first_incomplete: i,
             }),
             time_ms: 0,
-        },
+        }),
     )
 }
 
@@ -101,15 +101,13 @@ async fn after_power_loss_the_marker_matches_the_data_and_replay_converges() {
     assert_eq!(state_hash(&sm), state_hash(&reference));
 }
 
+/// A request of `client`; its log index is set by [`in_log_order`].
 fn request(client: u64, sequence: u64, first_incomplete: u64, key: &str) -> Entry {
     Entry::new_normal(
-        log_id(sequence + 1000 * client),
-        Command {
+        log_id(0),
+        Command::Txn(Txn {
             compares: Vec::new(),
-            success: vec![Op::Put {
-                key: key.as_bytes().to_vec(),
-                value: vec![1],
-            }],
+            success: vec![Op::put(key.as_bytes().to_vec(), vec![1])],
             failure: Vec::new(),
             request: Some(RequestId {
                 client,
@@ -117,8 +115,22 @@ fn request(client: u64, sequence: u64, first_incomplete: u64, key: &str) -> Entr
                 first_incomplete,
             }),
             time_ms: 0,
-        },
+        }),
     )
+}
+
+/// The entries as a log holds them: at consecutive indexes from 1.
+fn in_log_order(
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<std::io::Result<openraft::storage::EntryResponder<ferry_replication::types::TypeConfig>>> {
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(at, mut entry)| {
+            entry.log_id = log_id(at as u64 + 1);
+            Ok((entry, None))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -133,12 +145,12 @@ async fn concurrent_requests_of_one_client_apply_once_each_in_any_order() {
         request(1, 2, 1, "b"),
         request(1, 1, 1, "a"),
     ];
-    let entries: Vec<_> = order.iter().cloned().map(|e| Ok((e, None))).collect();
+    let entries = in_log_order(order.iter().cloned());
     sm.apply(futures_util::stream::iter(entries)).await.unwrap();
     let db = sm.shared().db();
     for key in ["a", "b", "c"] {
         let bytes = db.get(format!("\u{1}{key}")).unwrap().unwrap();
-        // Record format: byte 0 version, then create, mod, version (u64 LE each).
+        // Record format: byte 0 its version, then create, mod, version (u64 LE each).
         let version = u64::from_le_bytes(bytes[17..25].try_into().unwrap());
         assert_eq!(version, 1, "{key} applied more than once");
     }
@@ -157,7 +169,7 @@ async fn an_answer_within_the_client_window_survives_many_later_writes() {
         entries.push(request(1, sequence, 1, &format!("k{sequence}")));
     }
     entries.push(request(1, 1, 1, "stuck"));
-    let stream: Vec<_> = entries.into_iter().map(|e| Ok((e, None))).collect();
+    let stream = in_log_order(entries);
     sm.apply(futures_util::stream::iter(stream)).await.unwrap();
     let bytes = sm.shared().db().get("\u{1}stuck").unwrap().unwrap();
     let version = u64::from_le_bytes(bytes[17..25].try_into().unwrap());

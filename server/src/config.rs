@@ -84,12 +84,21 @@ pub struct ServeConfig {
     pub backup_interval_ms: u64,
     /// Checkpoint interval: bounds the log a restore replays.
     pub backup_checkpoint_interval_ms: u64,
+    /// Revision history beyond the newest this many revisions is compacted
+    /// by the leader (0: no bound by count).
+    pub history_keep_revisions: u64,
+    /// Revision history older than this many seconds is compacted by the
+    /// leader (0: no bound by age).
+    pub history_keep_secs: u64,
+    /// A quiet watch gets a progress notification this often.
+    pub watch_progress_ms: u64,
     pub limits: Limits,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         let raft = ferry_replication::RaftOptions::default();
+        let retention = ferry_replication::RetentionOptions::default();
         ServeConfig {
             id: 1,
             data_dir: PathBuf::from("./ferry-data"),
@@ -111,6 +120,9 @@ impl Default for ServeConfig {
             backup_dir: None,
             backup_interval_ms: 10_000,
             backup_checkpoint_interval_ms: 600_000,
+            history_keep_revisions: retention.keep_revisions,
+            history_keep_secs: retention.keep_for.as_secs(),
+            watch_progress_ms: 5_000,
             limits: Limits::default(),
         }
     }
@@ -170,6 +182,9 @@ impl ServeConfig {
         {
             return Err("backup intervals must be at least 1 ms".into());
         }
+        if self.watch_progress_ms == 0 {
+            return Err("watch_progress_ms must be at least 1".into());
+        }
         if self.limits.max_request_bytes < ferry_client::MAX_BATCH_REQUEST_BYTES {
             return Err(format!(
                 "max_request_bytes must be at least {}: the SDK's batch messages reach that size",
@@ -188,6 +203,14 @@ impl ServeConfig {
         ferry_replication::backup::BackupOptions {
             log_interval: Duration::from_millis(self.backup_interval_ms),
             checkpoint_interval: Duration::from_millis(self.backup_checkpoint_interval_ms),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn retention_options(&self) -> ferry_replication::RetentionOptions {
+        ferry_replication::RetentionOptions {
+            keep_revisions: self.history_keep_revisions,
+            keep_for: Duration::from_secs(self.history_keep_secs),
             ..Default::default()
         }
     }

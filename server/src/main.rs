@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node (with no flags: a single-node cluster from ./ferry-data on 127.0.0.1).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start a local 3-node cluster, kill its leader under load, show the failover.
     Demo(DemoArgs),
     /// Read and write keys.
@@ -109,6 +109,15 @@ struct ServeArgs {
     backup_interval_ms: Option<u64>,
     #[arg(long)]
     backup_checkpoint_interval_ms: Option<u64>,
+    /// Compact revision history beyond the newest N revisions (0: no bound).
+    #[arg(long)]
+    history_keep_revisions: Option<u64>,
+    /// Compact revision history older than this many seconds (0: no bound).
+    #[arg(long)]
+    history_keep_secs: Option<u64>,
+    /// Send a quiet watch a progress notification this often.
+    #[arg(long)]
+    watch_progress_ms: Option<u64>,
     #[arg(long)]
     max_value_bytes: Option<usize>,
     #[arg(long)]
@@ -136,7 +145,10 @@ impl ServeArgs {
             snapshot_max_bytes_per_sec,
             learner_max_lag_ms,
             backup_interval_ms,
-            backup_checkpoint_interval_ms
+            backup_checkpoint_interval_ms,
+            history_keep_revisions,
+            history_keep_secs,
+            watch_progress_ms
         );
         if self.backup_dir.is_some() {
             config.backup_dir = self.backup_dir;
@@ -216,7 +228,7 @@ fn main() {
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Demo(args) => match demo::run(args).await {
                 Ok(()) => exit::OK,
                 Err(e) => {

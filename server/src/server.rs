@@ -80,6 +80,7 @@ impl Server {
         let mut node_config = NodeConfig::new(config.id, &config.data_dir, raft_listen);
         node_config.advertise_addr = config.advertise_raft_addr.clone();
         node_config.raft = config.raft_options();
+        node_config.retention = config.retention_options();
         node_config.transfer.max_bytes_per_sec = config.snapshot_max_bytes_per_sec;
         let node = Arc::new(Node::open(node_config).await?);
         let raft_addr = node.raft_addr().to_owned();
@@ -145,6 +146,7 @@ impl Server {
                 pb::watch_server::WatchServer::new(WatchService {
                     context: context.clone(),
                     streams: Arc::new(Semaphore::new(config.limits.max_watch_streams)),
+                    progress_interval: Duration::from_millis(config.watch_progress_ms),
                 })
                 .max_decoding_message_size(max),
             )

@@ -39,8 +39,9 @@ fn restored_state(data_dir: &Path) -> State {
     let mut state = State::new();
     let mut iter = db.prefix([0x01]);
     while let Some((key, value)) = iter.next().transpose().unwrap() {
-        // Format version 1 of a user value: a 25-byte header, then the bytes.
-        state.insert(key[1..].to_vec(), value[25..].to_vec());
+        // Record version 2 of a user value: a 33-byte header, then the bytes.
+        assert_eq!(value[0], 2);
+        state.insert(key[1..].to_vec(), value[33..].to_vec());
     }
     drop(iter);
     db.close().unwrap();

@@ -25,7 +25,7 @@ fn put(id: u64, key: &str, value: &str) -> pb::BatchCall {
         request: Some(batch_call::Request::Put(pb::PutRequest {
             key: key.into(),
             value: value.into(),
-            request: None,
+            ..Default::default()
         })),
     }
 }
@@ -151,7 +151,7 @@ async fn calls_are_answered_by_id_each_as_its_unary_rpc() {
                     id: 7,
                     request: Some(batch_call::Request::Delete(pb::DeleteRequest {
                         key: b"ready".to_vec(),
-                        request: None,
+                        ..Default::default()
                     })),
                 },
                 get(8, "b", pb::Consistency::Linearizable),

@@ -4,7 +4,7 @@ use super::catalog::{object_name, Catalog, CheckpointRecord, LogChunk};
 use super::target::BackupTarget;
 use crate::recovery::{aside, make_single_node, move_into_place};
 use crate::snapshot::blocking;
-use crate::state_machine::apply::apply_entries;
+use crate::state_machine::apply::apply_and_write;
 use crate::types::{Entry, FerryNode, LogId, NodeId};
 use ferry_engine::fs::{FileSystem, OsFs};
 use ferry_engine::wal::{read_segment, LogKind, TailPolicy};
@@ -118,6 +118,8 @@ fn rebuild(
     let started = Instant::now();
     let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
         .map_err(io::Error::other)?;
+    // A checkpoint of an earlier release: the replay records history from it on.
+    crate::state_machine::upgrade_layout(&db)?;
     let mut replay = Replay {
         point,
         applied: record.applied,
@@ -339,7 +341,7 @@ impl Replay {
             RestorePoint::Latest => false,
             RestorePoint::Index(wanted) => index > wanted,
             RestorePoint::Time(wanted) => {
-                matches!(&entry.payload, EntryPayload::Normal(c) if c.time_ms > wanted)
+                matches!(&entry.payload, EntryPayload::Normal(c) if c.time_ms() > wanted)
             }
         };
         if past {
@@ -347,7 +349,7 @@ impl Replay {
             return;
         }
         if let EntryPayload::Normal(command) = &entry.payload {
-            self.time_ms = self.time_ms.max(command.time_ms);
+            self.time_ms = self.time_ms.max(command.time_ms());
         }
         self.run.push(entry);
         self.run_bytes += encoded_bytes;
@@ -357,9 +359,10 @@ impl Replay {
         if self.run.is_empty() {
             return Ok(());
         }
-        let run = apply_entries(db, &self.run)?;
-        db.write(run.batch).map_err(io::Error::other)?;
-        self.applied = run.applied;
+        apply_and_write(db, &self.run, |run, _| {
+            self.applied = run.applied;
+            Ok(())
+        })?;
         self.replayed += self.run.len() as u64;
         self.run.clear();
         self.run_bytes = 0;

@@ -2,17 +2,21 @@
 //!
 //! A run of entries becomes one engine write batch; reads inside the run see
 //! the run's own earlier writes through an overlay, so the result is the same
-//! as applying entry by entry.
+//! as applying entry by entry. The one exception is a history purge step,
+//! which iterates the engine: it starts a run of its own, so the engine
+//! holds every entry before it.
 
-use super::changes::Change;
-use super::keys::{self, ClientRecord, Record};
+use super::clients::{self, ClientRecord};
+use super::history::{self, Change, ChangeKind, PurgeCursor, PURGE_STEP_ENTRIES};
+use super::keys::{self, Record};
 use crate::types::{
-    Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, Response, StoredMembership,
+    Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, Response,
+    StoredMembership, Txn,
 };
-use ferry_engine::{Db, WriteBatch};
+use ferry_engine::{Db, SeqNo, WriteBatch};
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 
 /// Answers kept per client at most. A client that keeps its sequences
@@ -37,79 +41,98 @@ pub(crate) struct AppliedRun {
     pub(crate) membership: Option<StoredMembership>,
 }
 
-/// Applies `entries` (consecutive, after what `db` holds) on top of `db`
-/// without writing: the batch also carries the applied marker, the new
-/// membership and the latest command time, so that writing it moves the
-/// state and its description together. The state machine and backup
+fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(io::Error::other)
+}
+
+fn is_purge(entry: &Entry) -> bool {
+    matches!(&entry.payload, EntryPayload::Normal(Command::PurgeHistory))
+}
+
+/// Applies `entries` (consecutive, after what `db` holds) and writes them,
+/// as one batch or, around purge steps, several; `written` gets each run
+/// with the engine sequence that wrote it. The state machine and backup
 /// restore both apply through here, which is what makes a restored state
 /// equal to the replicas' state at the same index.
-pub(crate) fn apply_entries<'e>(
+pub(crate) fn apply_and_write(
     db: &Db,
-    entries: impl IntoIterator<Item = &'e Entry>,
-) -> io::Result<AppliedRun> {
-    let mut overlay = Overlay::new(db);
-    let time_before: u64 = match overlay.get(keys::TIME)? {
-        Some(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other)?,
-        None => 0,
-    };
-    let mut time = time_before;
+    entries: &[Entry],
+    mut written: impl FnMut(AppliedRun, SeqNo) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let (mut run, used) = apply_run(db, rest)?;
+        debug_assert!(used > 0 && used <= rest.len());
+        let batch = std::mem::replace(&mut run.batch, WriteBatch::new());
+        let sequence = db.write(batch).map_err(io::Error::other)?;
+        written(run, sequence)?;
+        rest = &rest[used..];
+    }
+    Ok(())
+}
+
+/// Applies a prefix of `entries` on top of `db` without writing; returns
+/// it and how many entries it took. The batch also carries the applied
+/// marker, the new membership, the latest command time and the history's
+/// bookkeeping, so that writing it moves the state and its description
+/// together.
+fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
+    let mut overlay = Overlay::new(db)?;
+    let time_before = overlay.time;
     let mut membership = None;
     let mut applied = None;
     let mut responses = Vec::new();
-    for entry in entries {
+    for (at, entry) in entries.iter().enumerate() {
+        if at > 0 && is_purge(entry) {
+            break;
+        }
         let log_id = entry.log_id();
+        let done = |revision| Response {
+            revision,
+            succeeded: true,
+            ..Response::default()
+        };
         let response = match &entry.payload {
             EntryPayload::Normal(command) => {
-                time = time.max(command.time_ms);
-                overlay.apply(command, log_id.index)?
+                overlay.time = overlay.time.max(command.time_ms());
+                match command {
+                    Command::Txn(txn) => overlay.apply(txn, log_id.index)?,
+                    Command::Compact { revision, .. } => overlay.compact(*revision, log_id.index),
+                    Command::PurgeHistory => {
+                        overlay.purge_step()?;
+                        done(log_id.index)
+                    }
+                }
             }
-            EntryPayload::Blank => Response {
-                revision: log_id.index,
-                succeeded: true,
-                ..Response::default()
-            },
+            EntryPayload::Blank => done(log_id.index),
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(log_id), m.clone()));
-                Response {
-                    revision: log_id.index,
-                    succeeded: true,
-                    ..Response::default()
-                }
+                done(log_id.index)
             }
         };
         overlay.sweep_clients(log_id.index)?;
         applied = Some(log_id);
         responses.push(response);
     }
-    overlay.put(
-        keys::APPLIED.to_vec(),
-        postcard::to_stdvec(&applied).map_err(io::Error::other)?,
-    );
+    let used = responses.len();
+    overlay.put(keys::APPLIED.to_vec(), encode(&applied)?);
     if let Some(membership) = &membership {
-        overlay.put(
-            keys::MEMBERSHIP.to_vec(),
-            postcard::to_stdvec(membership).map_err(io::Error::other)?,
-        );
+        overlay.put(keys::MEMBERSHIP.to_vec(), encode(membership)?);
     }
-    if time > time_before {
-        overlay.put(
-            keys::TIME.to_vec(),
-            postcard::to_stdvec(&time).map_err(io::Error::other)?,
-        );
+    if overlay.time > time_before {
+        overlay.put(keys::TIME.to_vec(), encode(&overlay.time)?);
     }
     let (batch, changes) = overlay.finish()?;
-    Ok(AppliedRun {
-        batch,
-        changes,
-        responses,
-        applied,
-        membership,
-    })
-}
-
-fn decode_client(bytes: &[u8]) -> io::Result<ClientRecord> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("client record: {e}")))
+    Ok((
+        AppliedRun {
+            batch,
+            changes,
+            responses,
+            applied,
+            membership,
+        },
+        used,
+    ))
 }
 
 /// Pending effects of the entries applied so far in this batch.
@@ -125,20 +148,41 @@ pub(crate) struct Overlay<'a> {
     /// Client records read or changed in this run, as they are now.
     clients: HashMap<u64, ClientRecord>,
     /// Clients whose record changed (written at the end of the run).
-    dirty: std::collections::BTreeSet<u64>,
+    dirty: BTreeSet<u64>,
     /// User-visible changes, in order, for the change feed.
     pub(crate) changes: Vec<Change>,
+    /// The latest command time so far.
+    time: u64,
+    /// The compacted revision, and the purge under way, as of the entries
+    /// applied so far; `history_dirty` once either changed in this run.
+    compacted: u64,
+    purge: Option<PurgeCursor>,
+    history_dirty: bool,
 }
 
 impl<'a> Overlay<'a> {
-    pub(crate) fn new(db: &'a Db) -> Self {
-        Overlay {
+    pub(crate) fn new(db: &'a Db) -> io::Result<Self> {
+        let time = match db.get(keys::TIME).map_err(io::Error::other)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other)?,
+            None => 0,
+        };
+        let view = db.snapshot();
+        let compacted = history::compacted(&view)?;
+        let purge = match view.get(keys::PURGE).map_err(io::Error::other)? {
+            Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(io::Error::other)?),
+            None => None,
+        };
+        Ok(Overlay {
             db,
             writes: HashMap::new(),
             clients: HashMap::new(),
-            dirty: std::collections::BTreeSet::new(),
+            dirty: BTreeSet::new(),
             changes: Vec::new(),
-        }
+            time,
+            compacted,
+            purge,
+            history_dirty: false,
+        })
     }
 
     /// The run's writes as one batch (one operation per key: its final
@@ -146,8 +190,21 @@ impl<'a> Overlay<'a> {
     fn finish(mut self) -> io::Result<(WriteBatch, Vec<Change>)> {
         for client in std::mem::take(&mut self.dirty) {
             let record = &self.clients[&client];
-            let bytes = postcard::to_stdvec(record).map_err(io::Error::other)?;
-            self.writes.insert(keys::client_key(client), Some(bytes));
+            let bytes = clients::encode(record)?;
+            self.writes.insert(clients::key(client), Some(bytes));
+            // A record of release 0.1.0, now rewritten under its new key.
+            self.writes.insert(clients::legacy_key(client), None);
+        }
+        if self.history_dirty {
+            self.writes.insert(
+                keys::COMPACTED.to_vec(),
+                Some(self.compacted.to_le_bytes().to_vec()),
+            );
+            let purge = match &self.purge {
+                Some(cursor) => Some(encode(cursor)?),
+                None => None,
+            };
+            self.writes.insert(keys::PURGE.to_vec(), purge);
         }
         let mut batch = WriteBatch::new();
         for (key, value) in &self.writes {
@@ -175,21 +232,43 @@ impl<'a> Overlay<'a> {
     }
 
     fn record(&self, key: &[u8]) -> io::Result<Option<Record>> {
-        let engine_key = keys::user_key(key);
-        match self.get(&engine_key)? {
+        match self.get(&keys::user_key(key))? {
             None => Ok(None),
-            Some(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("stored value of key {key:?} is not a version-1 record"),
-                )
-            }),
+            Some(bytes) => Record::decode(&bytes)
+                .map(Some)
+                .ok_or_else(|| keys::undecodable("record", key)),
         }
     }
 
-    /// Applies one command at log index `revision`.
-    pub(crate) fn apply(&mut self, command: &Command, revision: u64) -> io::Result<Response> {
-        if let Some(request) = command.request {
+    /// Before `key` changes: if its current version was written below the
+    /// compacted revision, its version entry may be gone (or, in a state
+    /// from release 0.1.0, never written); keep the version, so that reads
+    /// at revisions between it and this change still find it.
+    fn backfill(&mut self, key: &[u8], previous: &Record) {
+        if previous.mod_revision < self.compacted {
+            self.put(
+                history::version_key(key, previous.mod_revision, 0),
+                history::inline(previous),
+            );
+        }
+    }
+
+    /// Records a change in the history and the feed.
+    fn record_change(&mut self, change: Change) {
+        self.put(
+            history::change_key(change.revision, change.index),
+            change.encode(),
+        );
+        self.put(
+            history::version_key(&change.key, change.revision, change.index),
+            history::pointer(),
+        );
+        self.changes.push(change);
+    }
+
+    /// Applies one transaction at log index `revision`.
+    pub(crate) fn apply(&mut self, txn: &Txn, revision: u64) -> io::Result<Response> {
+        if let Some(request) = txn.request {
             let record = self.client_record(request.client)?;
             if let Some(answer) = record.answers.get(&request.sequence) {
                 return Ok(answer.clone());
@@ -198,7 +277,7 @@ impl<'a> Overlay<'a> {
                 return Ok(Response {
                     revision,
                     succeeded: false,
-                    reads: Vec::new(),
+                    results: Vec::new(),
                     rejected: Some(format!(
                         "request {} of client {} was already answered and forgotten",
                         request.sequence, request.client
@@ -207,61 +286,95 @@ impl<'a> Overlay<'a> {
             }
         }
         let mut succeeded = true;
-        for compare in &command.compares {
+        for compare in &txn.compares {
             if !self.holds(compare)? {
                 succeeded = false;
                 break;
             }
         }
         let ops = if succeeded {
-            &command.success
+            &txn.success
         } else {
-            &command.failure
+            &txn.failure
         };
-        let mut reads = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut index = 0u32;
+        let as_kv = |key: &[u8], record: Record| record.into_key_value(key.to_vec());
         for op in ops {
-            match op {
-                Op::Put { key, value } => {
+            let result = match op {
+                Op::Put {
+                    key,
+                    value,
+                    lease,
+                    prev_kv,
+                } => {
                     let previous = self.record(key)?;
+                    if let Some(previous) = &previous {
+                        self.backfill(key, previous);
+                    }
                     let record = Record {
                         create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
                         mod_revision: revision,
                         version: previous.as_ref().map_or(1, |p| p.version + 1),
+                        lease: *lease,
                         value: value.clone(),
                     };
                     self.put(keys::user_key(key), record.encode());
-                    self.changes.push(Change {
+                    self.record_change(Change {
                         revision,
+                        index,
+                        kind: ChangeKind::Put,
                         key: key.clone(),
-                        value: Some(record.value),
+                        value: record.value,
                         create_revision: record.create_revision,
                         version: record.version,
+                        lease: record.lease,
+                        prev_revision: previous.as_ref().map_or(0, |p| p.mod_revision),
+                        time_ms: txn.time_ms,
                     });
-                }
-                Op::Delete { key } => {
-                    if self.record(key)?.is_some() {
-                        self.delete(keys::user_key(key));
-                        self.changes.push(Change {
-                            revision,
-                            key: key.clone(),
-                            value: None,
-                            create_revision: 0,
-                            version: 0,
-                        });
+                    index += 1;
+                    OpResult::Put {
+                        prev: previous.filter(|_| *prev_kv).map(|p| as_kv(key, p)),
                     }
                 }
-                Op::Get { key } => {
-                    reads.push(self.record(key)?.map(|r| r.into_key_value(key.clone())));
-                }
-            }
+                Op::Delete { key, prev_kv } => match self.record(key)? {
+                    Some(previous) => {
+                        self.backfill(key, &previous);
+                        self.delete(keys::user_key(key));
+                        self.record_change(Change {
+                            revision,
+                            index,
+                            kind: ChangeKind::Delete,
+                            key: key.clone(),
+                            value: Vec::new(),
+                            create_revision: 0,
+                            version: 0,
+                            lease: 0,
+                            prev_revision: previous.mod_revision,
+                            time_ms: txn.time_ms,
+                        });
+                        index += 1;
+                        OpResult::Delete {
+                            deleted: 1,
+                            prev: prev_kv.then(|| as_kv(key, previous)),
+                        }
+                    }
+                    None => OpResult::Delete {
+                        deleted: 0,
+                        prev: None,
+                    },
+                },
+                Op::Get { key } => OpResult::Get(self.record(key)?.map(|r| as_kv(key, r))),
+            };
+            results.push(result);
         }
         let response = Response {
             revision,
             succeeded,
-            reads,
+            results,
             rejected: None,
         };
-        if let Some(request) = command.request {
+        if let Some(request) = txn.request {
             let record = self.client_record(request.client)?;
             record.first_incomplete = record.first_incomplete.max(request.first_incomplete);
             let floor = record.first_incomplete;
@@ -278,16 +391,71 @@ impl<'a> Overlay<'a> {
         Ok(response)
     }
 
+    /// Raises the compacted revision to `revision` (at most `index`, the
+    /// command's own: the future has no history to remove) and starts
+    /// purging below it. Not raising it (a revision at or below the
+    /// current one) is not an error; the answer says whether it moved.
+    fn compact(&mut self, revision: u64, index: u64) -> Response {
+        let revision = revision.min(index);
+        let raised = revision > self.compacted;
+        if raised {
+            self.compacted = revision;
+            // A purge under way restarts with the new bound: it would have
+            // kept versions the new one may not need.
+            self.purge = Some(PurgeCursor::start(revision));
+            self.history_dirty = true;
+        }
+        Response {
+            revision: index,
+            succeeded: raised,
+            ..Response::default()
+        }
+    }
+
+    /// One bounded step of the purge under way, if any. The run holds no
+    /// earlier entry (see [`apply_and_write`]), so the engine is the state.
+    fn purge_step(&mut self) -> io::Result<()> {
+        debug_assert!(self.writes.is_empty(), "a purge step starts its run");
+        let Some(cursor) = self.purge.take() else {
+            return Ok(());
+        };
+        let view = self.db.snapshot();
+        let writes = &mut self.writes;
+        self.purge = history::purge_step(&view, cursor, PURGE_STEP_ENTRIES, &mut |key, value| {
+            writes.insert(key, value);
+        })?;
+        self.history_dirty = true;
+        Ok(())
+    }
+
     /// The client's record as of the entries applied so far.
     fn client_record(&mut self, client: u64) -> io::Result<&mut ClientRecord> {
         if !self.clients.contains_key(&client) {
-            let record = match self.get(&keys::client_key(client))? {
-                None => ClientRecord::default(),
-                Some(bytes) => decode_client(&bytes)?,
+            let record = match self.get(&clients::key(client))? {
+                Some(bytes) => clients::decode(&bytes)?,
+                None => match self.get(&clients::legacy_key(client))? {
+                    Some(bytes) => clients::decode_legacy(&bytes)?,
+                    None => ClientRecord::default(),
+                },
             };
             self.clients.insert(client, record);
         }
         Ok(self.clients.get_mut(&client).expect("inserted above"))
+    }
+
+    /// The last revision a client's record (either version) names, if it
+    /// has one as of the entries applied so far.
+    fn last_revision_of(&self, client: u64) -> io::Result<Option<u64>> {
+        if let Some(record) = self.clients.get(&client) {
+            return Ok(Some(record.last_revision));
+        }
+        if let Some(bytes) = self.get(&clients::key(client))? {
+            return Ok(Some(clients::decode(&bytes)?.last_revision));
+        }
+        match self.get(&clients::legacy_key(client))? {
+            Some(bytes) => Ok(Some(clients::decode_legacy(&bytes)?.last_revision)),
+            None => Ok(None),
+        }
     }
 
     /// Forgets clients that wrote nothing for `CLIENT_EXPIRY_REVISIONS`
@@ -299,24 +467,21 @@ impl<'a> Overlay<'a> {
             return Ok(());
         }
         // Every client the state holds: in the engine, or new in this run.
-        let mut candidates: std::collections::BTreeSet<u64> =
-            self.clients.keys().copied().collect();
-        for item in self.db.prefix(keys::CLIENT_PREFIX_KEY) {
-            let (key, _) = item.map_err(io::Error::other)?;
-            candidates.insert(keys::client_of_key(&key).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("client record key {key:?}"),
-                )
-            })?);
+        let mut candidates: BTreeSet<u64> = self.clients.keys().copied().collect();
+        for prefix in clients::PREFIXES {
+            for item in self.db.prefix(prefix) {
+                let (key, _) = item.map_err(io::Error::other)?;
+                candidates.insert(clients::client_of_key(&key).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("client record key {key:?}"),
+                    )
+                })?);
+            }
         }
         for client in candidates {
-            let last_revision = match self.clients.get(&client) {
-                Some(record) => record.last_revision,
-                None => match self.get(&keys::client_key(client))? {
-                    Some(bytes) => decode_client(&bytes)?.last_revision,
-                    None => continue,
-                },
+            let Some(last_revision) = self.last_revision_of(client)? else {
+                continue;
             };
             // A record loaded in this run but absent (deleted, or a client
             // that only read) is the default record: nothing to forget.
@@ -326,7 +491,8 @@ impl<'a> Overlay<'a> {
             if last_revision + CLIENT_EXPIRY_REVISIONS < revision {
                 self.clients.remove(&client);
                 self.dirty.remove(&client);
-                self.delete(keys::client_key(client));
+                self.delete(clients::key(client));
+                self.delete(clients::legacy_key(client));
             }
         }
         Ok(())
@@ -359,32 +525,42 @@ mod tests {
     use super::*;
     use crate::types::RequestId;
 
-    fn put(index: u64, client: u64, sequence: u64) -> Entry {
+    fn log_id(index: u64) -> LogId {
         let leader = openraft::impls::leader_id_adv::LeaderId {
             term: 1,
             node_id: 1,
         };
-        let log_id = LogId::new(leader, index);
+        LogId::new(leader, index)
+    }
+
+    fn put(index: u64, client: u64, sequence: u64) -> Entry {
         Entry::new_normal(
-            log_id,
-            Command {
+            log_id(index),
+            Command::Txn(Txn {
                 request: Some(RequestId {
                     client,
                     sequence,
                     first_incomplete: sequence,
                 }),
-                ..Command::batch(vec![Op::Put {
-                    key: format!("k{client}").into_bytes(),
-                    value: vec![1],
-                }])
-            },
+                ..Txn::batch(vec![Op::put(format!("k{client}"), vec![1])])
+            }),
         )
     }
 
     fn record(db: &Db, client: u64) -> Option<ClientRecord> {
-        db.get(keys::client_key(client))
+        db.get(clients::key(client))
             .unwrap()
-            .map(|b| decode_client(&b).unwrap())
+            .map(|b| clients::decode(&b).unwrap())
+    }
+
+    fn apply(db: &Db, entries: &[Entry]) -> Vec<Response> {
+        let mut responses = Vec::new();
+        apply_and_write(db, entries, |run, _| {
+            responses.extend(run.responses);
+            Ok(())
+        })
+        .unwrap();
+        responses
     }
 
     #[test]
@@ -392,9 +568,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Default::default()).unwrap();
         // Client 1 writes twice in one run, the second a retry: one answer.
-        let run = apply_entries(&db, &[put(10, 1, 5), put(11, 1, 5)]).unwrap();
-        assert_eq!(run.responses[0], run.responses[1]);
-        db.write(run.batch).unwrap();
+        let responses = apply(&db, &[put(10, 1, 5), put(11, 1, 5)]);
+        assert_eq!(responses[0], responses[1]);
         let kept = record(&db, 1).unwrap();
         assert_eq!((kept.last_revision, kept.answers.len()), (10, 1));
 
@@ -402,9 +577,35 @@ mod tests {
         // new in that very run, is kept.
         let sweep_at = CLIENT_EXPIRY_REVISIONS + 20_000;
         assert!(sweep_at.is_multiple_of(CLIENT_SWEEP_EVERY));
-        let run = apply_entries(&db, &[put(sweep_at - 1, 2, 1), put(sweep_at, 2, 2)]).unwrap();
-        db.write(run.batch).unwrap();
+        apply(&db, &[put(sweep_at - 1, 2, 1), put(sweep_at, 2, 2)]);
         assert!(record(&db, 1).is_none());
         assert_eq!(record(&db, 2).unwrap().last_revision, sweep_at);
+    }
+
+    #[test]
+    fn a_purge_step_starts_a_run_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let entries = [
+            put(1, 1, 1),
+            Entry::new_normal(
+                log_id(2),
+                Command::Compact {
+                    revision: 2,
+                    time_ms: 0,
+                },
+            ),
+            Entry::new_normal(log_id(3), Command::PurgeHistory),
+            put(4, 2, 1),
+        ];
+        let mut runs = Vec::new();
+        apply_and_write(&db, &entries, |run, _| {
+            runs.push(run.responses.len());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(runs, vec![2, 2]);
+        let view = db.snapshot();
+        assert_eq!(history::compacted(&view).unwrap(), 2);
     }
 }

@@ -1,33 +1,54 @@
 //! How the replicated state is laid out in the engine.
 //!
-//! ## Format (version 1)
+//! ## Format (layout version 2)
 //!
 //! ```text
-//! engine key   = 0x00 ‖ name          system records, replicated like data:
-//!                  "applied"              postcard(Option<LogId>): last applied log id
-//!                  "membership"           postcard(StoredMembership)
-//!                  "time"                 postcard(u64): the latest `time_ms` of any
-//!                                         command applied so far (absent: none had one)
-//!                  "client/" ‖ BE u64     postcard(ClientRecord): exactly-once table
-//! engine key   = 0x01 ‖ user key      user data
-//! user value   = format: u8 (1) | create_revision: u64 LE | mod_revision: u64 LE
-//!                | version: u64 LE | value bytes
+//! engine key = 0x00 ‖ name        system records, replicated like data:
+//!   "applied"                       postcard(Option<LogId>): last applied log id
+//!   "membership"                    postcard(StoredMembership)
+//!   "time"                          postcard(u64): the latest `time_ms` of any command
+//!                                   applied so far (absent: none had one)
+//!   "layout"                        u8: this layout's version (2); absent in a state
+//!                                   written by release 0.1.0 (layout 1, no history)
+//!   "compacted"                     u64 LE: the first revision whose history is kept
+//!                                   (absent: 0, all of it)
+//!   "purge"                         where removing history below "compacted" stands
+//!                                   (see `history`; absent: nothing to remove)
+//!   "clients/" ‖ BE u64             exactly-once record (see `clients`)
+//!   "client/" ‖ BE u64              layout 1's exactly-once record, replaced when next written
+//! engine key = 0x01 ‖ user key    the latest value: a record
+//! engine key = 0x02 ‖ …           the change log, by revision (see `history`)
+//! engine key = 0x03 ‖ …           each key's versions (see `history`)
+//!
+//! record = 2 | create_revision u64 LE | mod_revision u64 LE | version u64 LE
+//!            | lease u64 LE | value bytes
+//!        | 1 | create_revision | mod_revision | version | value bytes   (layout 1: no lease)
 //! ```
 //!
 //! The applied marker is written in the same engine batch as the effects of
 //! the entries it names, so whatever the engine recovers after a crash, the
-//! marker describes exactly that state.
+//! marker describes exactly that state. A state of layout 1 is upgraded
+//! when opened: it gets "layout" and a "compacted" revision just above what
+//! it had applied, since it holds no history before that.
 
-use crate::types::{KeyValue, Response};
-use serde::{Deserialize, Serialize};
+use crate::types::KeyValue;
 
 pub(crate) const APPLIED: &[u8] = b"\x00applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"\x00membership";
 pub(crate) const TIME: &[u8] = b"\x00time";
-const CLIENT_PREFIX: &[u8] = b"\x00client/";
+pub(crate) const LAYOUT: &[u8] = b"\x00layout";
+pub(crate) const COMPACTED: &[u8] = b"\x00compacted";
+pub(crate) const PURGE: &[u8] = b"\x00purge";
 pub(crate) const USER_PREFIX: u8 = 0x01;
-const VALUE_FORMAT: u8 = 1;
-const VALUE_HEADER: usize = 25;
+pub(crate) const CHANGE_PREFIX: u8 = 0x02;
+pub(crate) const VERSION_PREFIX: u8 = 0x03;
+/// The layout this release writes.
+pub(crate) const LAYOUT_VERSION: u8 = 2;
+
+const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+const RECORD_V1_HEADER: usize = 25;
+const RECORD_V2_HEADER: usize = 33;
 
 pub(crate) fn user_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);
@@ -36,16 +57,21 @@ pub(crate) fn user_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn client_key(client: u64) -> Vec<u8> {
-    let mut out = CLIENT_PREFIX.to_vec();
-    out.extend_from_slice(&client.to_be_bytes());
-    out
+/// Engine keys bounding the user keys in `[start, end)` (`end = None`: all
+/// after `start`).
+pub(crate) fn user_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let to = match end {
+        Some(end) => user_key(end),
+        None => vec![USER_PREFIX + 1],
+    };
+    (user_key(start), to)
 }
 
-/// The client id of a [`client_key`].
-pub(crate) fn client_of_key(key: &[u8]) -> Option<u64> {
-    let id = key.strip_prefix(CLIENT_PREFIX)?;
-    Some(u64::from_be_bytes(id.try_into().ok()?))
+/// The `u64 LE` at `at` (the caller checked the length).
+pub(crate) fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut le = [0; 8];
+    le.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(le)
 }
 
 /// A stored user value with its revisions.
@@ -54,33 +80,46 @@ pub(crate) struct Record {
     pub(crate) create_revision: u64,
     pub(crate) mod_revision: u64,
     pub(crate) version: u64,
+    pub(crate) lease: u64,
     pub(crate) value: Vec<u8>,
 }
 
 impl Record {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(VALUE_HEADER + self.value.len());
-        out.push(VALUE_FORMAT);
-        out.extend_from_slice(&self.create_revision.to_le_bytes());
-        out.extend_from_slice(&self.mod_revision.to_le_bytes());
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.value);
+        let mut out = Vec::with_capacity(RECORD_V2_HEADER + self.value.len());
+        self.encode_into(&mut out);
         out
     }
 
-    /// Decodes a stored value; `None` if it is not a version-1 record (the
-    /// caller reports it as corruption with the key).
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(RECORD_V2);
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.mod_revision.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.lease.to_le_bytes());
+        out.extend_from_slice(&self.value);
+    }
+
+    /// Decodes a stored value; `None` if it is not a record of a known
+    /// version (the caller reports it as corruption with the key).
     pub(crate) fn decode(bytes: &[u8]) -> Option<Record> {
-        if bytes.len() < VALUE_HEADER || bytes[0] != VALUE_FORMAT {
-            return None;
+        match *bytes.first()? {
+            RECORD_V2 if bytes.len() >= RECORD_V2_HEADER => Some(Record {
+                create_revision: word(bytes, 1),
+                mod_revision: word(bytes, 9),
+                version: word(bytes, 17),
+                lease: word(bytes, 25),
+                value: bytes[RECORD_V2_HEADER..].to_vec(),
+            }),
+            RECORD_V1 if bytes.len() >= RECORD_V1_HEADER => Some(Record {
+                create_revision: word(bytes, 1),
+                mod_revision: word(bytes, 9),
+                version: word(bytes, 17),
+                lease: 0,
+                value: bytes[RECORD_V1_HEADER..].to_vec(),
+            }),
+            _ => None,
         }
-        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        Some(Record {
-            create_revision: word(1),
-            mod_revision: word(9),
-            version: word(17),
-            value: bytes[VALUE_HEADER..].to_vec(),
-        })
     }
 
     pub(crate) fn into_key_value(self, key: Vec<u8>) -> KeyValue {
@@ -90,19 +129,49 @@ impl Record {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
+            lease: self.lease,
         }
     }
 }
 
-/// A client's recent answers, for exactly-once retries.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct ClientRecord {
-    /// Answers below this sequence were seen by the client and forgotten.
-    pub(crate) first_incomplete: u64,
-    /// Answers of the sequences at or above `first_incomplete`.
-    pub(crate) answers: std::collections::BTreeMap<u64, Response>,
-    /// The revision of the client's last write, for expiry.
-    pub(crate) last_revision: u64,
+/// A stored value that is not a record: corruption, named by its key.
+pub(crate) fn undecodable(what: &str, key: &[u8]) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("stored {what} of key {key:?} is not decodable"),
+    )
 }
 
-pub(crate) const CLIENT_PREFIX_KEY: &[u8] = CLIENT_PREFIX;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_both_versions_decode_and_damage_does_not() {
+        let record = Record {
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            lease: 77,
+            value: b"value".to_vec(),
+        };
+        assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
+        let mut v1 = vec![RECORD_V1];
+        for n in [3u64, 9, 4] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        v1.extend_from_slice(b"value");
+        assert_eq!(
+            Record::decode(&v1),
+            Some(Record {
+                lease: 0,
+                ..record.clone()
+            })
+        );
+        let encoded = record.encode();
+        for cut in 0..RECORD_V2_HEADER {
+            assert_eq!(Record::decode(&encoded[..cut]), None);
+        }
+        assert_eq!(Record::decode(&[9; 40]), None);
+    }
+}

@@ -19,13 +19,15 @@
 
 pub(crate) mod apply;
 pub mod changes;
+pub(crate) mod clients;
+pub mod history;
 pub(crate) mod keys;
 
 use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use changes::ChangeFeed;
 use ferry_engine::fs::{FileSystem, OsFs};
-use ferry_engine::{Db, Durability, Options, SeqNo};
+use ferry_engine::{Db, Durability, Options, SeqNo, WriteBatch};
 use futures_util::StreamExt;
 use openraft::alias::SnapshotOf;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -36,8 +38,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Changes kept in memory for watches that resume from the past.
-const CHANGE_HISTORY: usize = 100_000;
+/// Applied runs the live feed keeps for watches that lag (beyond, they
+/// read the engine's history).
+const FEED_CAPACITY: usize = 1024;
 /// Entries applied per engine batch at most.
 const MAX_APPLY_RUN: usize = 1024;
 pub(crate) const ENGINE_POINTER: &str = "ENGINE";
@@ -101,6 +104,49 @@ fn read_point(db: &Db) -> io::Result<AppliedPoint> {
     Ok((applied, membership))
 }
 
+/// The applied index a view of the engine holds (0: none).
+pub(crate) fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
+    let applied: Option<LogId> = match view.get(keys::APPLIED).map_err(engine_err)? {
+        None => None,
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "undecodable applied record")
+        })?,
+    };
+    Ok(applied.map_or(0, |l| l.index))
+}
+
+/// Brings a state written by an earlier release to this release's layout
+/// (see `keys`): a state of layout 1 holds no history, so its history
+/// starts just after what it had applied.
+pub(crate) fn upgrade_layout(db: &Db) -> io::Result<()> {
+    if let Some(layout) = db.get(keys::LAYOUT).map_err(engine_err)? {
+        return match layout.as_slice() {
+            [keys::LAYOUT_VERSION] => Ok(()),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: state layout {other:?} is not known to this release (it knows {})",
+                    db.path().display(),
+                    keys::LAYOUT_VERSION
+                ),
+            )),
+        };
+    }
+    let (applied, _) = read_point(db)?;
+    let mut batch = WriteBatch::new();
+    batch.put(keys::LAYOUT, [keys::LAYOUT_VERSION]);
+    if let Some(applied) = applied {
+        tracing::info!(
+            dir = %db.path().display(),
+            applied = applied.index,
+            "upgrading a state of release 0.1.0: its history starts after what it applied"
+        );
+        batch.put(keys::COMPACTED, (applied.index + 1).to_le_bytes());
+    }
+    db.write(batch).map_err(engine_err)?;
+    Ok(())
+}
+
 impl StateMachine {
     /// Opens the state machine in `data_dir` (creating it if needed). The
     /// engine options' durability is overridden to `Buffered`.
@@ -130,9 +176,10 @@ impl StateMachine {
         }
         let engine_dir = data_dir.join(&engine_name);
         let db = Db::open(&engine_dir, engine_options.clone()).map_err(engine_err)?;
+        upgrade_layout(&db)?;
         let point = read_point(&db)?;
         let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
-        let changes = ChangeFeed::new(point.0.map_or(0, |l| l.index), CHANGE_HISTORY);
+        let changes = ChangeFeed::new(FEED_CAPACITY);
         Ok(StateMachine {
             shared: Arc::new(SmShared {
                 data_dir,
@@ -183,32 +230,48 @@ impl SmShared {
         self.engine_dir.lock().clone()
     }
 
-    /// Applies a run of entries as one engine batch.
+    /// Applies a run of entries (one engine batch, or several around
+    /// history purge steps), publishes their changes and answers them.
     fn apply_run(&self, run: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         if run.is_empty() {
             return Ok(());
         }
         let db = self.db();
         let (entries, responders): (Vec<_>, Vec<_>) = run.into_iter().unzip();
-        let run = apply::apply_entries(&db, &entries)?;
-        let membership = run.membership.unwrap_or_else(|| self.applied().1);
-        let applied = run.applied;
-        let sequence = db.write(run.batch).map_err(engine_err)?;
-        self.changes.publish(run.changes);
-        let point = (applied, membership);
-        {
-            let mut history = self.history.lock();
-            if history.builds > 0 {
-                history.points.insert(sequence, point.clone());
+        let mut responders = responders.into_iter();
+        let mut first = entries.first().map_or(0, |e| e.log_id.index);
+        apply::apply_and_write(&db, &entries, |run, sequence| {
+            let membership = run.membership.unwrap_or_else(|| self.applied().1);
+            let applied = run.applied;
+            let last = applied.map_or(first, |l| l.index);
+            self.changes.publish(first, last, run.changes);
+            first = last + 1;
+            let point = (applied, membership);
+            {
+                let mut history = self.history.lock();
+                if history.builds > 0 {
+                    history.points.insert(sequence, point.clone());
+                }
             }
-        }
-        *self.applied.write() = point;
-        for (responder, response) in responders.into_iter().zip(run.responses) {
-            if let Some(responder) = responder {
-                responder.send(response);
+            *self.applied.write() = point;
+            for (responder, response) in responders.by_ref().zip(run.responses) {
+                if let Some(responder) = responder {
+                    responder.send(response);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+    }
+
+    /// The first revision whose history is served (0: all of it).
+    pub fn compacted(&self) -> io::Result<u64> {
+        history::compacted(&self.db().snapshot())
+    }
+
+    /// Whether history below the compacted revision remains to be removed
+    /// (by [`crate::types::Command::PurgeHistory`] steps).
+    pub fn purge_pending(&self) -> io::Result<bool> {
+        Ok(self.db().get(keys::PURGE).map_err(engine_err)?.is_some())
     }
 
     fn start_build(self: &Arc<Self>) -> SnapshotBuilder {
@@ -280,6 +343,7 @@ impl SmShared {
         }
         link_tree(&ours.dir, &new_dir, |name| name != MANIFEST_FILE)?;
         let db = Db::open(&new_dir, self.engine_options.clone()).map_err(engine_err)?;
+        upgrade_layout(&db)?;
         let point = read_point(&db)?;
         if point.0 != meta.last_log_id {
             drop(db);

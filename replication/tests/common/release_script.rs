@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, RequestId};
+use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, RequestId, Txn};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -20,10 +20,7 @@ pub const BEFORE_CHECKPOINT: usize = 45;
 pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
 pub fn put(key: &str, value: &str) -> Op {
-    Op::Put {
-        key: key.into(),
-        value: value.into(),
-    }
+    Op::put(key, value)
 }
 
 fn compare(key: &str, op: CompareOp, target: CompareTarget) -> Compare {
@@ -46,9 +43,7 @@ pub fn script() -> Vec<Command> {
         )]));
     }
     commands.push(Command::batch(vec![
-        Op::Delete {
-            key: "job/00".into(),
-        },
+        Op::delete("job/00"),
         put("job/01", "running"),
         Op::Get {
             key: "job/02".into(),
@@ -61,12 +56,14 @@ pub fn script() -> Vec<Command> {
             first_incomplete: 1,
         })
     };
-    let txn = |compares, success, failure, sequence| Command {
-        compares,
-        success,
-        failure,
-        request: request(sequence),
-        time_ms: 0,
+    let txn = |compares, success, failure, sequence| {
+        Command::Txn(Txn {
+            compares,
+            success,
+            failure,
+            request: request(sequence),
+            time_ms: 0,
+        })
     };
     commands.push(txn(
         vec![
@@ -94,7 +91,7 @@ pub fn script() -> Vec<Command> {
         vec![compare("lock", CompareOp::Equal, CompareTarget::Version(5))],
         vec![put("never", "x")],
         vec![
-            Op::Delete { key: "lock".into() },
+            Op::delete("lock"),
             Op::Get {
                 key: "job/03".into(),
             },

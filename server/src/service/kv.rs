@@ -2,7 +2,9 @@
 
 use super::{consistency, key_value, staleness, timed, Context};
 use ferry_client::pb::{self, kv_server::Kv};
-use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, RequestId};
+use ferry_replication::types::{
+    Command, Compare, CompareOp, CompareTarget, Op, OpResult, RequestId, Txn,
+};
 use tonic::{Request, Response, Status};
 
 /// Keys counted by one count-only range at most.
@@ -39,14 +41,11 @@ impl KvService {
             Some(pb::op::Op::Put(put)) => {
                 self.context.check_key(&put.key)?;
                 self.context.check_value(&put.value)?;
-                Ok(Op::Put {
-                    key: put.key,
-                    value: put.value,
-                })
+                Ok(Op::put(put.key, put.value))
             }
             Some(pb::op::Op::Delete(delete)) => {
                 self.context.check_key(&delete.key)?;
-                Ok(Op::Delete { key: delete.key })
+                Ok(Op::delete(delete.key))
             }
             Some(pb::op::Op::Get(get)) => {
                 self.context.check_key(&get.key)?;
@@ -123,21 +122,31 @@ impl KvService {
         timed(&self.context, "Put", async {
             self.context.check_key(&request.key)?;
             self.context.check_value(&request.value)?;
-            let command = Command {
+            let command = Command::Txn(Txn {
                 request: request_id(request.request),
-                ..Command::batch(vec![Op::Put {
+                ..Txn::batch(vec![Op::Put {
                     key: request.key,
                     value: request.value,
+                    lease: 0,
+                    prev_kv: request.prev_kv,
                 }])
-            };
+            });
             let response = self
                 .context
                 .node
                 .txn(command)
                 .await
                 .map_err(|e| self.context.status(e))?;
+            let prev_kv = response
+                .results
+                .into_iter()
+                .find_map(|result| match result {
+                    OpResult::Put { prev } => prev.map(key_value),
+                    _ => None,
+                });
             Ok(pb::PutResponse {
                 header: self.context.header(response.revision),
+                prev_kv,
             })
         })
         .await
@@ -149,24 +158,36 @@ impl KvService {
     ) -> Result<pb::DeleteResponse, Status> {
         timed(&self.context, "Delete", async {
             self.context.check_key(&request.key)?;
-            let command = Command {
+            let command = Command::Txn(Txn {
                 request: request_id(request.request),
-                ..Command::batch(vec![
-                    Op::Get {
-                        key: request.key.clone(),
-                    },
-                    Op::Delete { key: request.key },
-                ])
-            };
+                ..Txn::batch(vec![Op::Delete {
+                    key: request.key,
+                    prev_kv: request.prev_kv,
+                }])
+            });
             let response = self
                 .context
                 .node
                 .txn(command)
                 .await
                 .map_err(|e| self.context.status(e))?;
+            let (mut deleted, mut prev_kv) = (false, None);
+            for result in response.results {
+                match result {
+                    OpResult::Delete { deleted: n, prev } => {
+                        deleted = n > 0;
+                        prev_kv = prev.map(key_value);
+                    }
+                    // The answer of a release 0.1.0 delete (a get, then the
+                    // delete), kept for a retry across the upgrade.
+                    OpResult::Get(found) => deleted = found.is_some(),
+                    OpResult::Put { .. } => {}
+                }
+            }
             Ok(pb::DeleteResponse {
                 header: self.context.header(response.revision),
-                deleted: response.reads.first().is_some_and(Option::is_some),
+                deleted,
+                prev_kv,
             })
         })
         .await
@@ -195,21 +216,28 @@ impl KvService {
             } else {
                 (request.prefix.clone(), prefix_end(&request.prefix))
             };
+            let mut revision = request.revision;
             if !request.continuation.is_empty() {
-                if request.continuation < start
-                    || end.as_ref().is_some_and(|e| request.continuation >= *e)
-                {
+                let token = Continuation::decode(&request.continuation)?;
+                if token.next < start || end.as_ref().is_some_and(|e| token.next >= *e) {
                     return Err(Status::invalid_argument(
                         "the continuation token is outside the range",
                     ));
                 }
-                start = request.continuation.clone();
+                if revision != 0 && revision != token.revision {
+                    return Err(Status::invalid_argument(format!(
+                        "the continuation token is of revision {}, the request asks for {revision}",
+                        token.revision
+                    )));
+                }
+                start = token.next;
+                revision = token.revision;
             }
             let consistency = consistency(request.consistency)?;
             let node = &self.context.node;
             if request.count_only {
                 let read = node
-                    .count(&start, end.as_deref(), MAX_COUNT, consistency)
+                    .count_at(&start, end.as_deref(), MAX_COUNT, revision, consistency)
                     .await
                     .map_err(|e| self.context.status(e))?;
                 return Ok(pb::RangeResponse {
@@ -220,17 +248,20 @@ impl KvService {
                 });
             }
             let read = node
-                .range(&start, end.as_deref(), limit + 1, consistency)
+                .range_at(&start, end.as_deref(), limit + 1, revision, consistency)
                 .await
                 .map_err(|e| self.context.status(e))?;
             let mut kvs: Vec<pb::KeyValue> = read.value.into_iter().map(key_value).collect();
             let mut continuation = Vec::new();
             if kvs.len() > limit {
                 kvs.truncate(limit);
-                continuation = kvs
-                    .last()
-                    .map(|kv| [kv.key.as_slice(), &[0]].concat())
-                    .unwrap_or_default();
+                if let Some(last) = kvs.last() {
+                    continuation = Continuation {
+                        revision: read.revision,
+                        next: [last.key.as_slice(), &[0]].concat(),
+                    }
+                    .encode();
+                }
             }
             if request.keys_only {
                 for kv in &mut kvs {
@@ -260,7 +291,7 @@ impl KvService {
                     self.context.limits.max_txn_ops
                 )));
             }
-            let command = Command {
+            let command = Command::Txn(Txn {
                 compares: request
                     .compares
                     .into_iter()
@@ -278,7 +309,7 @@ impl KvService {
                     .collect::<Result<_, _>>()?,
                 request: request_id(request.request),
                 time_ms: 0,
-            };
+            });
             let response = self
                 .context
                 .node
@@ -289,15 +320,56 @@ impl KvService {
                 header: self.context.header(response.revision),
                 succeeded: response.succeeded,
                 gets: response
-                    .reads
-                    .into_iter()
+                    .reads()
                     .map(|kv| pb::GetResult {
-                        kv: kv.map(key_value),
+                        kv: kv.cloned().map(key_value),
                     })
                     .collect(),
             })
         })
         .await
+    }
+}
+
+/// A range page's continuation token: where the next page starts, and the
+/// revision the scan reads at, so that every page sees the same state.
+///
+/// ## Format (version 1)
+///
+/// ```text
+/// 1 | revision u64 BE | first key of the next page
+/// ```
+///
+/// Opaque to clients; a token from another format version is refused.
+struct Continuation {
+    revision: u64,
+    next: Vec<u8>,
+}
+
+impl Continuation {
+    const VERSION: u8 = 1;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.next.len());
+        out.push(Self::VERSION);
+        out.extend_from_slice(&self.revision.to_be_bytes());
+        out.extend_from_slice(&self.next);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Continuation, Status> {
+        match bytes.split_first() {
+            Some((&Self::VERSION, rest)) if rest.len() >= 8 => {
+                let (revision, next) = rest.split_at(8);
+                Ok(Continuation {
+                    revision: u64::from_be_bytes(revision.try_into().expect("8 bytes")),
+                    next: next.to_vec(),
+                })
+            }
+            _ => Err(Status::invalid_argument(
+                "not a continuation token of this server",
+            )),
+        }
     }
 }
 
@@ -357,7 +429,20 @@ impl Kv for KvService {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{prefix_end, Continuation};
+
+    #[test]
+    fn continuation_tokens_round_trip_and_foreign_ones_are_refused() {
+        let token = Continuation {
+            revision: 77,
+            next: b"key\0".to_vec(),
+        };
+        let back = Continuation::decode(&token.encode()).unwrap();
+        assert_eq!((back.revision, back.next), (77, b"key\0".to_vec()));
+        assert!(Continuation::decode(b"").is_err());
+        assert!(Continuation::decode(b"plain-key").is_err());
+        assert!(Continuation::decode(&[1, 0, 0]).is_err());
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {

@@ -1,5 +1,5 @@
 //! The Maintenance service: checkpoint, snapshot download, Parquet export,
-//! compaction, sizes.
+//! history compaction, engine defragmentation, sizes.
 
 use super::{timed, Context};
 use ferry_client::pb::{self, maintenance_server::Maintenance};
@@ -183,15 +183,35 @@ impl Maintenance for MaintenanceService {
 
     async fn compact(
         &self,
-        _request: Request<pb::CompactRequest>,
+        request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
         timed(&self.context, "Compact", async {
-            self.context
+            let revision = request.into_inner().revision;
+            let compacted = self
+                .context
                 .node
-                .compact()
+                .compact_history(revision)
                 .await
                 .map_err(|e| self.context.status(e))?;
             Ok(Response::new(pb::CompactResponse {
+                header: self.context.header(self.applied()),
+                compacted,
+            }))
+        })
+        .await
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        timed(&self.context, "Defragment", async {
+            self.context
+                .node
+                .compact_engine()
+                .await
+                .map_err(|e| self.context.status(e))?;
+            Ok(Response::new(pb::DefragmentResponse {
                 header: self.context.header(self.applied()),
             }))
         })
@@ -224,6 +244,11 @@ impl Maintenance for MaintenanceService {
                 log_bytes: log,
                 table_bytes: keys,
                 data_dir: self.context.node.state().data_dir().display().to_string(),
+                compacted_revision: self
+                    .context
+                    .node
+                    .compacted()
+                    .map_err(|e| self.context.status(e))?,
             }))
         })
         .await

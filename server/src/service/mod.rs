@@ -81,6 +81,10 @@ impl Context {
                 ferry_client::not_leader_status(leader_id, leader_addr.as_deref())
             }
             Error::Rejected(reason) => Status::already_exists(reason),
+            Error::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),
+            Error::FutureRevision { requested, current } => {
+                ferry_client::future_revision_status(requested, current)
+            }
             Error::Storage(e) => Status::internal(format!("storage: {e}")),
             Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
         }
@@ -138,6 +142,7 @@ pub(crate) fn key_value(kv: ferry_replication::types::KeyValue) -> pb::KeyValue 
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
+        lease: kv.lease,
     }
 }
 

@@ -1,52 +1,79 @@
-//! The Watch service: changes of a key, range or prefix, in order.
+//! The Watch service: changes of a key, range or prefix from a revision
+//! on, in order, each once, from this member's history (see
+//! `ferry_replication::watch`).
+//!
+//! Memory per watch is bounded: one batch of changes (about 256 KiB, or
+//! one larger revision) plus a few messages buffered towards the client.
+//! A client that reads slowly makes its watch fall behind, never grow; the
+//! watch then reads the history from the engine when the client catches
+//! up, and ends with OUT_OF_RANGE only if that history was compacted
+//! meanwhile.
 
 use super::kv::prefix_end;
 use super::{timed, Context};
 use ferry_client::pb::{self, watch_server::Watch};
-use ferry_replication::state_machine::changes::Change;
+use ferry_replication::state_machine::history::ChangeKind;
+use ferry_replication::{WatchError, WatchEvent, WatchOptions};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct WatchService {
     pub context: Context,
     pub streams: Arc<Semaphore>,
+    /// A watch that sent nothing for this long gets a progress
+    /// notification (a message without events naming its revision).
+    pub progress_interval: Duration,
 }
 
-/// Which keys a watch follows.
-struct Matcher {
-    start: Vec<u8>,
-    /// Exclusive end; `None` = to the end of the key space.
-    end: Option<Vec<u8>>,
-}
+/// Messages buffered towards a client that reads slowly.
+const BUFFERED_MESSAGES: usize = 4;
 
-impl Matcher {
-    fn matches(&self, key: &[u8]) -> bool {
-        key >= self.start.as_slice() && self.end.as_ref().is_none_or(|e| key < e.as_slice())
-    }
-}
-
-fn event(change: &Change) -> pb::Event {
-    let (kind, value) = match &change.value {
-        Some(value) => (pb::event::Kind::Put, value.clone()),
-        None => (pb::event::Kind::Delete, Vec::new()),
+fn event(event: WatchEvent) -> pb::Event {
+    let change = event.change;
+    let kind = match change.kind {
+        ChangeKind::Put => pb::event::Kind::Put,
+        ChangeKind::Delete => pb::event::Kind::Delete,
     };
     pb::Event {
         kind: kind as i32,
-        kv: Some(pb::KeyValue {
-            key: change.key.clone(),
-            value,
-            create_revision: change.create_revision,
-            mod_revision: change.revision,
-            version: change.version,
-        }),
+        kv: Some(super::key_value(change.key_value())),
+        prev_kv: event.prev.map(super::key_value),
+    }
+}
+
+fn watch_status(error: WatchError) -> Status {
+    match error {
+        WatchError::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),
+        WatchError::Closed => Status::unavailable("the member is stopping"),
+        WatchError::Storage(e) => Status::internal(format!("watch: {e}")),
     }
 }
 
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+impl WatchService {
+    fn options(&self, request: pb::WatchRequest) -> Result<WatchOptions, Status> {
+        let (start, end) = if !request.prefix.is_empty() {
+            (request.prefix.clone(), prefix_end(&request.prefix))
+        } else {
+            self.context.check_key(&request.key)?;
+            let end = if request.end.is_empty() {
+                [request.key.as_slice(), &[0]].concat()
+            } else {
+                request.end
+            };
+            (request.key, Some(end))
+        };
+        let mut options = WatchOptions::range(start, end, request.start_revision);
+        options.prev_kv = request.prev_kv;
+        Ok(options)
+    }
+}
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -57,101 +84,63 @@ impl Watch for WatchService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         timed(&self.context, "Watch", async {
-            let request = request.into_inner();
-            let matcher = if !request.prefix.is_empty() {
-                Matcher {
-                    end: prefix_end(&request.prefix),
-                    start: request.prefix,
-                }
-            } else {
-                self.context.check_key(&request.key)?;
-                let end = if request.end.is_empty() {
-                    Some([request.key.as_slice(), &[0]].concat())
-                } else {
-                    Some(request.end)
-                };
-                Matcher {
-                    start: request.key,
-                    end,
-                }
-            };
+            let options = self.options(request.into_inner())?;
             let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
                 Status::resource_exhausted(format!(
                     "max_watch_streams = {} watches are open",
                     self.context.limits.max_watch_streams
                 ))
             })?;
-            let (backlog, mut live) = self
-                .context
-                .node
-                .state()
-                .changes()
-                .subscribe(request.start_revision)
-                .map_err(|e| Status::out_of_range(e.to_string()))?;
-            let (sender, receiver) = mpsc::channel(64);
+            let mut watcher = self.context.node.watch(options).map_err(watch_status)?;
+            let (sender, receiver) = mpsc::channel(BUFFERED_MESSAGES);
             let context = self.context.clone();
+            let progress_interval = self.progress_interval;
             tokio::spawn(async move {
                 let _permit = permit;
                 let _open = context.metrics.open_stream("watch");
-                let mut last = 0;
-                let events: Vec<pb::Event> = backlog
-                    .iter()
-                    .filter(|c| matcher.matches(&c.key))
-                    .inspect(|c| last = c.revision)
-                    .map(|c| event(c))
-                    .collect();
-                if !events.is_empty() {
-                    let message = pb::WatchResponse {
-                        header: context.header(last),
-                        events,
-                    };
-                    if !context.send(&sender, Ok(message)).await {
-                        return;
-                    }
+                let message = |events, revision| pb::WatchResponse {
+                    header: context.header(revision),
+                    events,
+                };
+                // The watch's revision at once: a client resuming later
+                // starts after it, even if no change ever matches.
+                if !context
+                    .send(&sender, Ok(message(Vec::new(), watcher.revision())))
+                    .await
+                {
+                    return;
                 }
                 let stopped = context.stopped();
                 tokio::pin!(stopped);
                 loop {
-                    let received = tokio::select! {
-                        received = live.recv() => received.map_err(Some),
+                    let next = tokio::select! {
+                        next = watcher.next() => Some(next),
+                        () = tokio::time::sleep(progress_interval) => None,
                         // Else a graceful stop would wait for the watcher to
                         // hang up.
-                        () = &mut stopped => Err(None),
+                        () = &mut stopped => {
+                            let status = Status::unavailable(format!(
+                                "the server is stopping; resume from revision {}",
+                                watcher.revision() + 1
+                            ));
+                            let _ = context.send(&sender, Err(status)).await;
+                            return;
+                        }
                         // The watcher hung up: free its place now, not at
                         // the next matching change, which may never come.
                         () = sender.closed() => return,
                     };
-                    let reason = match received {
-                        Ok(change) => Ok(change),
-                        // The watcher fell behind the feed.
-                        Err(Some(broadcast::error::RecvError::Lagged(missed))) => {
-                            Err(format!("watch fell {missed} changes behind"))
+                    let reply = match next {
+                        // Quiet for an interval: say how far it is complete.
+                        None => Ok(message(Vec::new(), watcher.revision())),
+                        Some(Ok(batch)) => {
+                            let events = batch.events.into_iter().map(event).collect();
+                            Ok(message(events, batch.revision))
                         }
-                        Err(Some(broadcast::error::RecvError::Closed)) => return,
-                        Err(None) => Err("the server is stopping".to_owned()),
+                        Some(Err(error)) => Err(watch_status(error)),
                     };
-                    let change = match reason {
-                        Ok(change) => change,
-                        Err(reason) => {
-                            // End the stream with a clear error; the SDK
-                            // resumes from the last revision it saw, on
-                            // another member if need be, if still retained.
-                            let resume = format!("{reason}; resume from revision {}", last + 1);
-                            let _ = context
-                                .send(&sender, Err(Status::unavailable(resume)))
-                                .await;
-                            return;
-                        }
-                    };
-                    if change.revision <= last || !matcher.matches(&change.key) {
-                        continue;
-                    }
-                    last = change.revision;
-                    let message = pb::WatchResponse {
-                        header: context.header(change.revision),
-                        events: vec![event(&change)],
-                    };
-                    if !context.send(&sender, Ok(message)).await {
+                    let failed = reply.is_err();
+                    if !context.send(&sender, reply).await || failed {
                         return;
                     }
                 }

@@ -1,0 +1,775 @@
+//! The revision history: every change of a user key, kept in the engine
+//! beside the latest values, written in the same batch as the change.
+//!
+//! Two indexes over the same changes:
+//! - the **change log**, by revision: what a watch from a revision and a
+//!   history export read, in order, sequentially;
+//! - the **versions** of each key, by key then revision: what a read at a
+//!   past revision looks up. An entry points at the change log, except for
+//!   versions kept below the compacted revision, which hold their record.
+//!
+//! ## Format (layout version 2)
+//!
+//! ```text
+//! change log: 0x02 ‖ BE u64 revision ‖ BE u32 index      (index: the change's place in its
+//!                                                         revision's command, from 0)
+//!   value = op u8 (1 put, 2 delete) | time_ms u64 LE | prev_revision u64 LE
+//!           | key length u32 LE | key
+//!           | put only: create_revision u64 LE | version u64 LE | lease u64 LE | value bytes
+//! versions:   0x03 ‖ escape(user key) ‖ BE u64 revision ‖ BE u32 index
+//!   value = 1                 the change log entry at (revision, index) holds the version
+//!         | 2 | record        the version itself (a put; see `keys` for records)
+//! escape(key) = the key with every 0x00 byte as 0x00 0xFF, then 0x00 0x01, so that
+//!               versions sort by key, then revision, and a key's versions are contiguous
+//! "purge" (system key) = postcard(PurgeCursor)
+//! ```
+//!
+//! `prev_revision` is the key's previous mod revision (0: it did not
+//! exist). A delete of an absent key is no change and leaves no entry.
+//!
+//! **Compaction.** The system key "compacted" (C) is the first revision
+//! whose history is served; a [`Command::Compact`](crate::types::Command)
+//! raises it, and reads and watches below it fail at once. The entries below
+//! C are then removed by [`purge_step`]s, replicated commands each doing a
+//! bounded amount of work, so every replica removes the same entries at the
+//! same log index. For each key, the newest version below C is kept (as an
+//! inline record) if it is a put and the key changed again at or after C:
+//! a read at a revision ≥ C may need it. Every other entry below C goes.
+//!
+//! **Reads at revision R (≥ C).** A key's value at R is its newest version
+//! at or before R; if it has none, its latest value if that was written at
+//! or before R (a key unchanged since before the history's start or since
+//! its versions below C were purged); else it did not exist at R. When a
+//! key changes, a latest value written below C gets a version entry first
+//! (apply's backfill), so that this rule stays true after the change.
+//!
+//! **Cost.** A put writes its value twice (the latest value and the change
+//! log) and its key three times (plus a version entry of the escaped key
+//! and 12 bytes); a delete writes a small change and a version entry. Per
+//! retained change that is the value plus about 70 bytes and twice the key,
+//! before the engine's compression; `ferry-bench history` measures it.
+
+use super::keys::{self, word, Record};
+use crate::types::KeyValue;
+use ferry_engine::Snapshot;
+use serde::{Deserialize, Serialize};
+use std::io;
+
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+const POINTER: u8 = 1;
+const INLINE: u8 = 2;
+const CHANGE_HEADER: usize = 21;
+const CHANGE_PUT_FIELDS: usize = 24;
+/// Revision and index after a version key's escaped user key.
+const VERSION_SUFFIX: usize = 12;
+
+/// Put or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+}
+
+/// One change of a user key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    /// The change's place among its revision's changes.
+    pub index: u32,
+    pub kind: ChangeKind,
+    pub key: Vec<u8>,
+    /// Empty for a delete.
+    pub value: Vec<u8>,
+    /// 0 for a delete.
+    pub create_revision: u64,
+    /// 0 for a delete.
+    pub version: u64,
+    pub lease: u64,
+    /// The key's mod revision before this change (0: it did not exist).
+    pub prev_revision: u64,
+    /// When the command was proposed (ms since the Unix epoch; 0: unknown).
+    pub time_ms: u64,
+}
+
+impl Change {
+    /// The key as the change left it (for a delete: key and mod revision).
+    pub fn key_value(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+
+    /// Bytes the change takes in memory and on the wire, roughly.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.value.len() + 64
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            CHANGE_HEADER + self.key.len() + CHANGE_PUT_FIELDS + self.value.len(),
+        );
+        out.push(match self.kind {
+            ChangeKind::Put => PUT,
+            ChangeKind::Delete => DELETE,
+        });
+        out.extend_from_slice(&self.time_ms.to_le_bytes());
+        out.extend_from_slice(&self.prev_revision.to_le_bytes());
+        let key_len = u32::try_from(self.key.len()).expect("keys are bounded far below 4 GiB");
+        out.extend_from_slice(&key_len.to_le_bytes());
+        out.extend_from_slice(&self.key);
+        if self.kind == ChangeKind::Put {
+            out.extend_from_slice(&self.create_revision.to_le_bytes());
+            out.extend_from_slice(&self.version.to_le_bytes());
+            out.extend_from_slice(&self.lease.to_le_bytes());
+            out.extend_from_slice(&self.value);
+        }
+        out
+    }
+
+    /// The key of an encoded change, without decoding the rest.
+    fn peek_key(bytes: &[u8]) -> Option<&[u8]> {
+        let key_len = u32::from_le_bytes(bytes.get(17..21)?.try_into().ok()?) as usize;
+        bytes.get(CHANGE_HEADER..CHANGE_HEADER.checked_add(key_len)?)
+    }
+
+    pub(crate) fn decode(revision: u64, index: u32, bytes: &[u8]) -> Option<Change> {
+        let key = Self::peek_key(bytes)?.to_vec();
+        let (time_ms, prev_revision) = (word(bytes, 1), word(bytes, 9));
+        let rest = &bytes[CHANGE_HEADER + key.len()..];
+        match bytes[0] {
+            PUT if rest.len() >= CHANGE_PUT_FIELDS => Some(Change {
+                revision,
+                index,
+                kind: ChangeKind::Put,
+                key,
+                value: rest[CHANGE_PUT_FIELDS..].to_vec(),
+                create_revision: word(rest, 0),
+                version: word(rest, 8),
+                lease: word(rest, 16),
+                prev_revision,
+                time_ms,
+            }),
+            DELETE if rest.is_empty() => Some(Change {
+                revision,
+                index,
+                kind: ChangeKind::Delete,
+                key,
+                value: Vec::new(),
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                prev_revision,
+                time_ms,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The record a put leaves (`None` for a delete).
+    fn record(&self) -> Option<Record> {
+        (self.kind == ChangeKind::Put).then(|| Record {
+            create_revision: self.create_revision,
+            mod_revision: self.revision,
+            version: self.version,
+            lease: self.lease,
+            value: self.value.clone(),
+        })
+    }
+}
+
+pub(crate) fn change_key(revision: u64, index: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13);
+    out.push(keys::CHANGE_PREFIX);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+fn parse_change_key(key: &[u8]) -> Option<(u64, u32)> {
+    if key.len() != 13 || key[0] != keys::CHANGE_PREFIX {
+        return None;
+    }
+    let revision = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let index = u32::from_be_bytes(key[9..13].try_into().ok()?);
+    Some((revision, index))
+}
+
+fn escape_into(key: &[u8], out: &mut Vec<u8>) {
+    for &byte in key {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+fn unescape(escaped: &[u8]) -> Option<Vec<u8>> {
+    let body = escaped.strip_suffix(&[0x00, 0x01])?;
+    let mut out = Vec::with_capacity(body.len());
+    let mut bytes = body.iter();
+    while let Some(&byte) = bytes.next() {
+        out.push(byte);
+        if byte == 0 && bytes.next() != Some(&0xFF) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// The start of `key`'s versions (`0x03 ‖ escape(key)`).
+fn versions_of(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 3 + VERSION_SUFFIX);
+    out.push(keys::VERSION_PREFIX);
+    escape_into(key, &mut out);
+    out
+}
+
+pub(crate) fn version_key(key: &[u8], revision: u64, index: u32) -> Vec<u8> {
+    let mut out = versions_of(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+/// A version key's escaped-key part (with its `0x03`), revision and index.
+fn parse_version_key(key: &[u8]) -> Option<(&[u8], u64, u32)> {
+    let split = key.len().checked_sub(VERSION_SUFFIX)?;
+    let (group, suffix) = key.split_at(split);
+    if group.first() != Some(&keys::VERSION_PREFIX) {
+        return None;
+    }
+    let revision = u64::from_be_bytes(suffix[..8].try_into().ok()?);
+    let index = u32::from_be_bytes(suffix[8..].try_into().ok()?);
+    Some((group, revision, index))
+}
+
+/// A version entry's value: where the version is.
+pub(crate) enum Version {
+    /// In the change log at the same revision and index.
+    Pointer,
+    /// Kept inline (below the compacted revision).
+    Inline(Record),
+}
+
+pub(crate) fn pointer() -> Vec<u8> {
+    vec![POINTER]
+}
+
+pub(crate) fn inline(record: &Record) -> Vec<u8> {
+    let mut out = vec![INLINE];
+    record.encode_into(&mut out);
+    out
+}
+
+fn decode_version(bytes: &[u8]) -> Option<Version> {
+    match bytes.split_first()? {
+        (&POINTER, []) => Some(Version::Pointer),
+        (&INLINE, record) => Record::decode(record).map(Version::Inline),
+        _ => None,
+    }
+}
+
+fn corrupt(what: &str, key: &[u8]) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("history: undecodable {what} at engine key {key:?}"),
+    )
+}
+
+fn engine(error: ferry_engine::Error) -> io::Error {
+    io::Error::other(error)
+}
+
+/// A read or watch below the compacted revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("revision {requested} has been compacted; the oldest retained revision is {compacted}")]
+pub struct Compacted {
+    pub requested: u64,
+    pub compacted: u64,
+}
+
+/// The compacted revision of a view (0: nothing compacted).
+pub(crate) fn compacted(view: &Snapshot) -> io::Result<u64> {
+    match view.get(keys::COMPACTED).map_err(engine)? {
+        None => Ok(0),
+        Some(bytes) if bytes.len() == 8 => Ok(word(&bytes, 0)),
+        Some(_) => Err(corrupt("compacted revision", keys::COMPACTED)),
+    }
+}
+
+/// The record a version entry names, reading the change log for pointers.
+fn resolve(
+    view: &Snapshot,
+    key: &[u8],
+    revision: u64,
+    index: u32,
+    value: &[u8],
+) -> io::Result<Option<Record>> {
+    match decode_version(value).ok_or_else(|| corrupt("version", key))? {
+        Version::Inline(record) => Ok(Some(record)),
+        Version::Pointer => {
+            let at = change_key(revision, index);
+            let bytes = view
+                .get(&at)
+                .map_err(engine)?
+                .ok_or_else(|| corrupt("missing change for version", key))?;
+            let change =
+                Change::decode(revision, index, &bytes).ok_or_else(|| corrupt("change", &at))?;
+            Ok(change.record())
+        }
+    }
+}
+
+/// The newest version entry of the key whose versions start with `group`,
+/// at or before `revision`: `(revision, index, value)`.
+fn newest_version_at(
+    view: &Snapshot,
+    group: &[u8],
+    revision: u64,
+) -> io::Result<Option<(u64, u32, Vec<u8>)>> {
+    let mut high = group.to_vec();
+    high.extend_from_slice(&revision.to_be_bytes());
+    high.extend_from_slice(&u32::MAX.to_be_bytes());
+    let mut iter = view.range(group.to_vec()..=high);
+    match iter.next_back().transpose().map_err(engine)? {
+        None => Ok(None),
+        Some((key, value)) => {
+            let (_, revision, index) =
+                parse_version_key(&key).ok_or_else(|| corrupt("version key", &key))?;
+            Ok(Some((revision, index, value)))
+        }
+    }
+}
+
+/// `key` as of `revision` (which the caller checked is not compacted).
+pub(crate) fn get_at(view: &Snapshot, key: &[u8], revision: u64) -> io::Result<Option<KeyValue>> {
+    let latest = match view.get(keys::user_key(key)).map_err(engine)? {
+        None => None,
+        Some(bytes) => {
+            Some(Record::decode(&bytes).ok_or_else(|| keys::undecodable("record", key))?)
+        }
+    };
+    if let Some(latest) = &latest {
+        if latest.mod_revision <= revision {
+            return Ok(Some(latest.clone().into_key_value(key.to_vec())));
+        }
+    }
+    let group = versions_of(key);
+    Ok(match newest_version_at(view, &group, revision)? {
+        Some((at, index, value)) => {
+            resolve(view, key, at, index, &value)?.map(|record| record.into_key_value(key.to_vec()))
+        }
+        None => None,
+    })
+}
+
+/// The keys of `[start, end)` as of `revision`, in order, to `visit`
+/// until it returns false (the caller checked the revision is not
+/// compacted).
+pub(crate) fn range_at(
+    view: &Snapshot,
+    start: &[u8],
+    end: Option<&[u8]>,
+    revision: u64,
+    mut visit: impl FnMut(KeyValue) -> bool,
+) -> io::Result<()> {
+    let (from, to) = keys::user_bounds(start, end);
+    let mut latest = view.range(from..to).peekable();
+    let version_to = match end {
+        Some(end) => versions_of(end),
+        None => vec![keys::VERSION_PREFIX + 1],
+    };
+    let mut versions = view.range(versions_of(start)..version_to).peekable();
+    loop {
+        // The next user key of either index.
+        let latest_key = match latest.peek() {
+            Some(Ok((key, _))) => Some(key[1..].to_vec()),
+            Some(Err(_)) => {
+                return Err(engine(
+                    latest.next().expect("peeked").expect_err("an error"),
+                ))
+            }
+            None => None,
+        };
+        let version_key = match versions.peek() {
+            Some(Ok((key, _))) => {
+                let (group, _, _) =
+                    parse_version_key(key).ok_or_else(|| corrupt("version key", key))?;
+                Some(unescape(&group[1..]).ok_or_else(|| corrupt("version key", key))?)
+            }
+            Some(Err(_)) => {
+                return Err(engine(
+                    versions.next().expect("peeked").expect_err("an error"),
+                ))
+            }
+            None => None,
+        };
+        let key = match (&latest_key, &version_key) {
+            (None, None) => return Ok(()),
+            (Some(l), None) => l.clone(),
+            (None, Some(v)) => v.clone(),
+            (Some(l), Some(v)) => l.min(v).clone(),
+        };
+        let record = if latest_key.as_ref() == Some(&key) {
+            let (_, bytes) = latest.next().expect("peeked").map_err(engine)?;
+            Some(Record::decode(&bytes).ok_or_else(|| keys::undecodable("record", &key))?)
+        } else {
+            None
+        };
+        // The key's versions: the newest at or before `revision`.
+        let mut newest = None;
+        if version_key.as_ref() == Some(&key) {
+            let group = versions_of(&key);
+            while let Some(Ok((entry, _))) = versions.peek() {
+                if !entry.starts_with(&group) || entry.len() != group.len() + VERSION_SUFFIX {
+                    break;
+                }
+                let (entry, value) = versions.next().expect("peeked").map_err(engine)?;
+                let (_, at, index) =
+                    parse_version_key(&entry).ok_or_else(|| corrupt("version key", &entry))?;
+                if at <= revision {
+                    newest = Some((at, index, value));
+                }
+            }
+        }
+        let found = match record {
+            Some(record) if record.mod_revision <= revision => Some(record),
+            _ => match newest {
+                Some((at, index, value)) => resolve(view, &key, at, index, &value)?,
+                None => None,
+            },
+        };
+        if let Some(record) = found {
+            if !visit(record.into_key_value(key)) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A page of the change log.
+pub struct ChangePage {
+    /// The matching changes, in revision order, whole revisions only.
+    pub changes: Vec<Change>,
+    /// Every change up to this revision has been looked at.
+    pub through: u64,
+    /// Whether the scan stopped at its byte budget before `until`.
+    pub more: bool,
+}
+
+/// Changes from revision `from` through `until` whose key `matches`, up
+/// to about `budget` bytes; a revision is never split across pages.
+pub(crate) fn scan_changes(
+    view: &Snapshot,
+    from: u64,
+    until: u64,
+    matches: &dyn Fn(&[u8]) -> bool,
+    budget: usize,
+) -> io::Result<ChangePage> {
+    let mut page = ChangePage {
+        changes: Vec::new(),
+        through: from.saturating_sub(1),
+        more: false,
+    };
+    if until < from {
+        page.through = until;
+        return Ok(page);
+    }
+    let mut bytes = 0;
+    let end = change_key(until.saturating_add(1), 0);
+    let mut current = None;
+    for item in view.range(change_key(from, 0)..end) {
+        let (key, value) = item.map_err(engine)?;
+        let (revision, index) =
+            parse_change_key(&key).ok_or_else(|| corrupt("change key", &key))?;
+        if current != Some(revision) {
+            // A new revision: everything before it is looked at.
+            if bytes >= budget {
+                page.more = true;
+                page.through = revision - 1;
+                return Ok(page);
+            }
+            current = Some(revision);
+        }
+        let user_key = Change::peek_key(&value).ok_or_else(|| corrupt("change", &key))?;
+        if !matches(user_key) {
+            continue;
+        }
+        let change =
+            Change::decode(revision, index, &value).ok_or_else(|| corrupt("change", &key))?;
+        bytes += change.size();
+        page.changes.push(change);
+    }
+    page.through = until;
+    Ok(page)
+}
+
+/// The version of `key` just before `revision` (for a watch's `prev_kv`).
+pub(crate) fn version_before(
+    view: &Snapshot,
+    key: &[u8],
+    revision: u64,
+) -> io::Result<Option<KeyValue>> {
+    match revision.checked_sub(1) {
+        Some(before) => get_at(view, key, before),
+        None => Ok(None),
+    }
+}
+
+/// The first revision in `[from, until]` whose changes were proposed after
+/// `cutoff_ms` (`until` if none was): a binary search over the change log,
+/// whose times rise with revisions (up to the skew between successive
+/// leaders' clocks).
+pub(crate) fn first_revision_after(
+    view: &Snapshot,
+    from: u64,
+    until: u64,
+    cutoff_ms: u64,
+) -> io::Result<u64> {
+    let end = change_key(until.saturating_add(1), 0);
+    // The time of the first change at or after `revision` (`None`: none).
+    let time_at = |revision: u64| -> io::Result<Option<u64>> {
+        match view.range(change_key(revision, 0)..end.clone()).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(engine)?;
+                if value.len() < CHANGE_HEADER {
+                    return Err(corrupt("change", &key));
+                }
+                Ok(Some(word(&value, 1)))
+            }
+        }
+    };
+    let (mut low, mut high) = (from.max(1), until);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match time_at(middle)? {
+            Some(time) if time <= cutoff_ms => low = middle + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(low)
+}
+
+/// Where removing the history below a compacted revision stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PurgeCursor {
+    /// The compacted revision being purged to.
+    pub(crate) below: u64,
+    pub(crate) phase: PurgePhase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PurgePhase {
+    /// Versions of keys after this escaped key (with its `0x03`) remain to
+    /// be looked at (`None`: from the first).
+    Versions { after: Option<Vec<u8>> },
+    /// Change log entries below `below` remain.
+    Changes,
+}
+
+impl PurgeCursor {
+    pub(crate) fn start(below: u64) -> PurgeCursor {
+        PurgeCursor {
+            below,
+            phase: PurgePhase::Versions { after: None },
+        }
+    }
+}
+
+/// Entries one purge step looks at, at most (plus the rest of the key it
+/// stops in): bounds the step's engine batch and the time it holds up
+/// apply.
+pub(crate) const PURGE_STEP_ENTRIES: usize = 20_000;
+
+/// One step of purging `view` (the state before the step) below
+/// `cursor.below`: writes (engine key, `None` to delete) go to `write`;
+/// returns where the next step starts, `None` when done.
+pub(crate) fn purge_step(
+    view: &Snapshot,
+    cursor: PurgeCursor,
+    limit: usize,
+    write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
+) -> io::Result<Option<PurgeCursor>> {
+    let below = cursor.below;
+    match cursor.phase {
+        PurgePhase::Versions { after } => {
+            let from = match &after {
+                // Past every version of that key: its group then 0xFF…
+                Some(group) => {
+                    let mut from = group.clone();
+                    from.extend_from_slice(&[0xFF; VERSION_SUFFIX + 1]);
+                    from
+                }
+                None => vec![keys::VERSION_PREFIX],
+            };
+            let mut iter = view.range(from..vec![keys::VERSION_PREFIX + 1]).peekable();
+            let mut looked = 0;
+            while let Some(item) = iter.next() {
+                let (first, value) = item.map_err(engine)?;
+                let (group, _, _) =
+                    parse_version_key(&first).ok_or_else(|| corrupt("version key", &first))?;
+                let group = group.to_vec();
+                // The key's versions, in revision order.
+                let mut entries = vec![(first, value)];
+                while let Some(Ok((next, _))) = iter.peek() {
+                    if !next.starts_with(&group) || next.len() != group.len() + VERSION_SUFFIX {
+                        break;
+                    }
+                    entries.push(iter.next().expect("peeked").map_err(engine)?);
+                }
+                looked += entries.len();
+                purge_key(view, &entries, below, write)?;
+                if looked >= limit {
+                    return Ok(Some(PurgeCursor {
+                        below,
+                        phase: PurgePhase::Versions { after: Some(group) },
+                    }));
+                }
+            }
+            Ok(Some(PurgeCursor {
+                below,
+                phase: PurgePhase::Changes,
+            }))
+        }
+        PurgePhase::Changes => {
+            let mut removed = 0;
+            for item in view.range(change_key(0, 0)..change_key(below, 0)) {
+                let (key, _) = item.map_err(engine)?;
+                write(key, None);
+                removed += 1;
+                if removed >= limit {
+                    return Ok(Some(PurgeCursor {
+                        below,
+                        phase: PurgePhase::Changes,
+                    }));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Purges one key's versions below `below` (see the module docs).
+fn purge_key(
+    view: &Snapshot,
+    entries: &[(Vec<u8>, Vec<u8>)],
+    below: u64,
+    write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
+) -> io::Result<()> {
+    let parsed: Vec<(u64, u32)> = entries
+        .iter()
+        .map(|(key, _)| {
+            parse_version_key(key)
+                .map(|(_, r, i)| (r, i))
+                .ok_or_else(|| corrupt("version key", key))
+        })
+        .collect::<io::Result<_>>()?;
+    let old = parsed
+        .iter()
+        .take_while(|(revision, _)| *revision < below)
+        .count();
+    if old == 0 {
+        return Ok(());
+    }
+    let changed_since = old < entries.len();
+    let mut keep = None;
+    if changed_since {
+        let (key, value) = &entries[old - 1];
+        let (revision, index) = parsed[old - 1];
+        if let Some(record) = resolve(view, key, revision, index, value)? {
+            keep = Some(old - 1);
+            if matches!(decode_version(value), Some(Version::Pointer)) {
+                // Its change log entry goes in the next phase.
+                write(key.clone(), Some(inline(&record)));
+            }
+        }
+    }
+    for (at, (key, _)) in entries.iter().enumerate().take(old) {
+        if Some(at) != keep {
+            write(key.clone(), None);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_keys_keep_their_order_and_their_versions_together() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\x00",
+            b"\x00\x00",
+            b"\x00\x01",
+            b"a",
+            b"a\x00",
+            b"a\x00b",
+            b"a\x01",
+            b"ab",
+            b"\xff",
+        ];
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        for key in &keys {
+            for revision in [1u64, 256, 1 << 40] {
+                encoded.push(version_key(key, revision, 0));
+            }
+        }
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(sorted, encoded, "by key, then revision");
+        for key in &keys {
+            let encoded = version_key(key, 9, 3);
+            let (group, revision, index) = parse_version_key(&encoded).unwrap();
+            assert_eq!((revision, index), (9, 3));
+            assert_eq!(unescape(&group[1..]).unwrap(), key.to_vec());
+        }
+        assert_eq!(unescape(b"\x00\x02\x00\x01"), None);
+    }
+
+    #[test]
+    fn changes_round_trip_and_damage_is_refused() {
+        let put = Change {
+            revision: 10,
+            index: 2,
+            kind: ChangeKind::Put,
+            key: b"k\x00".to_vec(),
+            value: b"value".to_vec(),
+            create_revision: 4,
+            version: 3,
+            lease: 5,
+            prev_revision: 8,
+            time_ms: 1234,
+        };
+        let delete = Change {
+            kind: ChangeKind::Delete,
+            value: Vec::new(),
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            ..put.clone()
+        };
+        let fixed = CHANGE_HEADER + put.key.len();
+        for (change, whole) in [(put.clone(), fixed + CHANGE_PUT_FIELDS), (delete, fixed)] {
+            let bytes = change.encode();
+            assert_eq!(Change::decode(10, 2, &bytes), Some(change.clone()));
+            // Shorter than its fixed fields: refused (a put's value has no
+            // length of its own; the engine's framing guards it).
+            for cut in 0..whole {
+                assert_eq!(Change::decode(10, 2, &bytes[..cut]), None, "cut {cut}");
+            }
+        }
+        let mut unknown = put.encode();
+        unknown[0] = 9;
+        assert_eq!(Change::decode(10, 2, &unknown), None);
+    }
+}

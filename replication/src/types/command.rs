@@ -1,0 +1,420 @@
+//! The replicated command: what a Raft log entry asks the state machine to
+//! do, and how it is encoded in the log, in Raft messages and in backup
+//! chains.
+//!
+//! ## Format (envelope version 1)
+//!
+//! A command is encoded with postcard as
+//!
+//! ```text
+//! varint(0x0FE7_7A01) | envelope version: u8 (1) | postcard(kind)
+//! kind = varint(tag) | fields
+//!   tag 0  Txn { compares, success, failure, request, time_ms }
+//!   tag 1  Compact { revision, time_ms }
+//!   tag 2  PurgeHistory
+//! ```
+//!
+//! Release 0.1.0 wrote a transaction with no envelope (its fields straight
+//! away, starting with the compares' count). The first varint tells the two
+//! apart: a legacy command would need 267 million compares to start with
+//! the magic number, and its encoding would then be gigabytes long. Legacy
+//! commands decode into [`Command::Txn`] with the ops' new fields at their
+//! defaults.
+//!
+//! Forward compatibility: a kind's fields never change. A new command is a
+//! new tag, appended; a new field of an existing command is a new kind (or
+//! a new op variant, appended to [`Op`]). So every release decodes every
+//! log an earlier release wrote; a release meeting an envelope version or
+//! a tag it does not know (a newer leader's) fails to decode that entry, as
+//! it could not apply it anyway.
+
+use super::{Compare, RequestId};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// See the module's format.
+const MAGIC: u64 = 0x0FE7_7A01;
+/// The version of the envelope this release writes and reads.
+const ENVELOPE_VERSION: u8 = 1;
+
+/// One mutation or read inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`, attached to `lease` (0: none).
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: u64,
+        /// Return the key's previous value in the op's result.
+        prev_kv: bool,
+    },
+    /// Remove `key` (no effect if it is absent).
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Return the deleted value in the op's result.
+        prev_kv: bool,
+    },
+    /// Read `key` as part of the transaction (its result is returned).
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// A put without a lease that does not ask for the previous value.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+            prev_kv: false,
+        }
+    }
+
+    /// A delete that does not ask for the deleted value.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Op {
+        Op::Delete {
+            key: key.into(),
+            prev_kv: false,
+        }
+    }
+
+    /// The key the op touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Get { key } => key,
+        }
+    }
+}
+
+/// An atomic transaction: if every compare holds, the `success` ops run,
+/// otherwise the `failure` ones. A plain batch of writes is a transaction
+/// without compares.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+    pub request: Option<RequestId>,
+    /// When the command was proposed, in milliseconds since the Unix epoch,
+    /// by the proposing node's clock ([`crate::Node::txn`] stamps it when it
+    /// is 0). Apply stores it with the history; point-in-time restore cuts
+    /// the log by it.
+    pub time_ms: u64,
+}
+
+impl Txn {
+    /// An unconditional atomic batch.
+    pub fn batch(ops: Vec<Op>) -> Txn {
+        Txn {
+            success: ops,
+            ..Txn::default()
+        }
+    }
+}
+
+/// The replicated command (openraft's `D`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Reads and writes of user keys.
+    Txn(Txn),
+    /// History below `revision` is no longer served (reads and watches
+    /// there fail as compacted); it is removed by [`Command::PurgeHistory`]
+    /// steps. A revision at or below the current compacted one changes
+    /// nothing.
+    Compact { revision: u64, time_ms: u64 },
+    /// Removes one bounded step of the history below the compacted
+    /// revision; the state machine keeps where it stopped, so successive
+    /// steps (from any leader) finish the job.
+    PurgeHistory,
+}
+
+impl Command {
+    /// An unconditional atomic batch.
+    pub fn batch(ops: Vec<Op>) -> Command {
+        Command::Txn(Txn::batch(ops))
+    }
+
+    /// When the command was proposed (0: not stamped).
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            Command::Txn(txn) => txn.time_ms,
+            Command::Compact { time_ms, .. } => *time_ms,
+            Command::PurgeHistory => 0,
+        }
+    }
+
+    /// Stamps the proposal time if the command has none.
+    pub(crate) fn stamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Txn(txn) if txn.time_ms == 0 => txn.time_ms = now_ms,
+            Command::Compact { time_ms, .. } if *time_ms == 0 => *time_ms = now_ms,
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Txn(txn) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                txn.compares.len(),
+                txn.success.len(),
+                txn.failure.len()
+            ),
+            Command::Compact { revision, .. } => write!(f, "compact(below {revision})"),
+            Command::PurgeHistory => write!(f, "purge-history"),
+        }
+    }
+}
+
+/// The encoded kinds, by tag (the order is the format: append only).
+#[derive(Serialize)]
+enum KindRef<'a> {
+    Txn(&'a Txn),
+    Compact { revision: u64, time_ms: u64 },
+    PurgeHistory,
+}
+
+#[derive(Deserialize)]
+enum Kind {
+    Txn(Txn),
+    Compact { revision: u64, time_ms: u64 },
+    PurgeHistory,
+}
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let kind = match self {
+            Command::Txn(txn) => KindRef::Txn(txn),
+            Command::Compact { revision, time_ms } => KindRef::Compact {
+                revision: *revision,
+                time_ms: *time_ms,
+            },
+            Command::PurgeHistory => KindRef::PurgeHistory,
+        };
+        let mut tuple = serializer.serialize_tuple(3)?;
+        tuple.serialize_element(&MAGIC)?;
+        tuple.serialize_element(&ENVELOPE_VERSION)?;
+        tuple.serialize_element(&kind)?;
+        tuple.end()
+    }
+}
+
+/// An op as release 0.1.0 encoded it.
+#[derive(Deserialize)]
+enum LegacyOp {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl From<LegacyOp> for Op {
+    fn from(op: LegacyOp) -> Op {
+        match op {
+            LegacyOp::Put { key, value } => Op::put(key, value),
+            LegacyOp::Delete { key } => Op::delete(key),
+            LegacyOp::Get { key } => Op::Get { key },
+        }
+    }
+}
+
+struct CommandVisitor;
+
+/// Elements the visitor may read: far more than any command has, so that
+/// postcard's tuple access never runs out before the input does.
+const ANY_LENGTH: usize = usize::MAX;
+
+fn legacy_ops(ops: Vec<LegacyOp>) -> Vec<Op> {
+    ops.into_iter().map(Op::from).collect()
+}
+
+impl<'de> Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Ferry command")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+        let missing = |what: &str| de::Error::custom(format!("command ends before its {what}"));
+        let first: u64 = seq.next_element()?.ok_or_else(|| missing("start"))?;
+        if first == MAGIC {
+            let version: u8 = seq.next_element()?.ok_or_else(|| missing("version"))?;
+            if version != ENVELOPE_VERSION {
+                return Err(de::Error::custom(format!(
+                    "command envelope version {version} is not known to this release \
+                     (it knows {ENVELOPE_VERSION})"
+                )));
+            }
+            let kind: Kind = seq.next_element()?.ok_or_else(|| missing("kind"))?;
+            return Ok(match kind {
+                Kind::Txn(txn) => Command::Txn(txn),
+                Kind::Compact { revision, time_ms } => Command::Compact { revision, time_ms },
+                Kind::PurgeHistory => Command::PurgeHistory,
+            });
+        }
+        // Release 0.1.0: `first` is the compares' count. Never allocate by
+        // it: a damaged count runs out of input instead.
+        let mut compares = Vec::new();
+        for _ in 0..first {
+            compares.push(seq.next_element()?.ok_or_else(|| missing("compares"))?);
+        }
+        let success: Vec<LegacyOp> = seq.next_element()?.ok_or_else(|| missing("success ops"))?;
+        let failure: Vec<LegacyOp> = seq.next_element()?.ok_or_else(|| missing("failure ops"))?;
+        let request = seq.next_element()?.ok_or_else(|| missing("request id"))?;
+        let time_ms = seq.next_element()?.ok_or_else(|| missing("time"))?;
+        Ok(Command::Txn(Txn {
+            compares,
+            success: legacy_ops(success),
+            failure: legacy_ops(failure),
+            request,
+            time_ms,
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
+        deserializer.deserialize_tuple(ANY_LENGTH, CommandVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CompareOp, CompareTarget};
+
+    fn sample() -> Vec<Command> {
+        vec![
+            Command::Txn(Txn {
+                compares: vec![Compare {
+                    key: b"k".to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Value(Some(b"v".to_vec())),
+                }],
+                success: vec![
+                    Op::Put {
+                        key: b"k".to_vec(),
+                        value: vec![0, 255],
+                        lease: 7,
+                        prev_kv: true,
+                    },
+                    Op::delete("d"),
+                    Op::Get { key: b"g".to_vec() },
+                ],
+                failure: vec![Op::put("f", "x")],
+                request: Some(RequestId {
+                    client: 1,
+                    sequence: 2,
+                    first_incomplete: 1,
+                }),
+                time_ms: 1_700_000_000_000,
+            }),
+            Command::Compact {
+                revision: 1 << 40,
+                time_ms: 5,
+            },
+            Command::PurgeHistory,
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_the_envelope() {
+        for command in sample() {
+            let bytes = postcard::to_stdvec(&command).unwrap();
+            assert_eq!(&bytes[..4], &[0x81, 0xF4, 0x9D, 0x7F], "the magic varint");
+            assert_eq!(bytes[4], ENVELOPE_VERSION);
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+        }
+    }
+
+    #[test]
+    fn a_legacy_transaction_decodes_with_default_new_fields() {
+        #[derive(Serialize)]
+        enum OldOp {
+            Put { key: Vec<u8>, value: Vec<u8> },
+            Delete { key: Vec<u8> },
+            Get { key: Vec<u8> },
+        }
+        #[derive(Serialize)]
+        struct OldCommand {
+            compares: Vec<Compare>,
+            success: Vec<OldOp>,
+            failure: Vec<OldOp>,
+            request: Option<RequestId>,
+            time_ms: u64,
+        }
+        let compare = Compare {
+            key: b"k".to_vec(),
+            op: CompareOp::Greater,
+            target: CompareTarget::Version(0),
+        };
+        let old = postcard::to_stdvec(&OldCommand {
+            compares: vec![compare.clone(); 3],
+            success: vec![
+                OldOp::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                },
+                OldOp::Delete { key: b"d".to_vec() },
+            ],
+            failure: vec![OldOp::Get { key: b"g".to_vec() }],
+            request: None,
+            time_ms: 9,
+        })
+        .unwrap();
+        let decoded: Command = postcard::from_bytes(&old).unwrap();
+        assert_eq!(
+            decoded,
+            Command::Txn(Txn {
+                compares: vec![compare; 3],
+                success: vec![Op::put("k", "v"), Op::delete("d")],
+                failure: vec![Op::Get { key: b"g".to_vec() }],
+                request: None,
+                time_ms: 9,
+            })
+        );
+    }
+
+    #[test]
+    fn damage_is_a_decode_error_never_a_panic_or_a_huge_allocation() {
+        let good = postcard::to_stdvec(&sample()[0]).unwrap();
+        for cut in 0..good.len() {
+            assert!(
+                postcard::from_bytes::<Command>(&good[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A legacy compare count of billions with no compares behind it.
+        let huge = [0xFF, 0xFF, 0xFF, 0xFF, 0x0F];
+        assert!(postcard::from_bytes::<Command>(&huge).is_err());
+        // A newer envelope version.
+        let mut newer = good.clone();
+        newer[4] = 2;
+        assert!(postcard::from_bytes::<Command>(&newer).is_err());
+        // A kind this release does not know.
+        let mut unknown = good;
+        unknown[5] = 9;
+        assert!(postcard::from_bytes::<Command>(&unknown).is_err());
+    }
+}

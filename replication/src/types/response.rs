@@ -1,0 +1,104 @@
+//! The state machine's answers.
+//!
+//! Answers are kept in the exactly-once table (so a retried write gets its
+//! first answer), hence on disk and in snapshots: their encoding is part of
+//! the client record's format (see `state_machine::clients`). Like
+//! commands, they only grow by appended enum variants.
+
+use serde::{Deserialize, Serialize};
+
+/// A key's value with its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    /// Writes since creation (1 for a new key).
+    pub version: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: u64,
+}
+
+/// What one op of the branch a transaction took did, in op order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The previous value, if the put asked for it and there was one.
+    Put { prev: Option<KeyValue> },
+    /// Keys deleted (0 or 1), and the deleted value if asked for.
+    Delete {
+        deleted: u64,
+        prev: Option<KeyValue>,
+    },
+    /// The key, if present.
+    Get(Option<KeyValue>),
+}
+
+/// The state machine's answer to a command (openraft's `R`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Response {
+    /// The log index that applied the command (the revision of its writes).
+    pub revision: u64,
+    /// Whether the compares held (always true without compares).
+    pub succeeded: bool,
+    /// One per op of the branch taken, in order.
+    pub results: Vec<OpResult>,
+    /// Why the command was refused without effect (a stale request id).
+    pub rejected: Option<String>,
+}
+
+impl Response {
+    /// The results of the branch's `Get` ops, in order.
+    pub fn reads(&self) -> impl Iterator<Item = Option<&KeyValue>> {
+        self.results.iter().filter_map(|result| match result {
+            OpResult::Get(kv) => Some(kv.as_ref()),
+            _ => None,
+        })
+    }
+}
+
+/// A key-value as release 0.1.0 stored it in answers.
+#[derive(Deserialize)]
+struct LegacyKeyValue {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+/// An answer as release 0.1.0 stored it: only its `Get` results.
+#[derive(Deserialize)]
+pub(crate) struct LegacyResponse {
+    revision: u64,
+    succeeded: bool,
+    reads: Vec<Option<LegacyKeyValue>>,
+    rejected: Option<String>,
+}
+
+impl From<LegacyResponse> for Response {
+    fn from(old: LegacyResponse) -> Response {
+        let kv = |kv: LegacyKeyValue| KeyValue {
+            key: kv.key,
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: 0,
+        };
+        Response {
+            revision: old.revision,
+            succeeded: old.succeeded,
+            results: old
+                .reads
+                .into_iter()
+                .map(|read| OpResult::Get(read.map(kv)))
+                .collect(),
+            rejected: old.rejected,
+        }
+    }
+}

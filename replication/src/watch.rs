@@ -1,0 +1,293 @@
+//! Watches: every change of a key range from a revision on, in revision
+//! order, each exactly once, served by any member from its own history.
+//!
+//! A [`Watcher`] reads the engine's change log from its start revision
+//! until it reaches the state as applied, then follows the live feed. It
+//! subscribes to the feed before its first read, so nothing applied in
+//! between is missed; what both show is skipped by revision. A watcher
+//! that falls behind the feed, or meets a snapshot install, goes back to
+//! reading the engine from where it stands: memory stays bounded by one
+//! page whatever the watcher's speed, and it fails only when the history
+//! it still needs is compacted away.
+//!
+//! A page never splits a revision: a client that resumes after the last
+//! revision it received gets the rest of the changes, never half a
+//! revision.
+
+use crate::state_machine::changes::FeedItem;
+use crate::state_machine::history::{self, Change, Compacted};
+use crate::state_machine::SmShared;
+use crate::types::KeyValue;
+use std::io;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// First key watched.
+    pub start: Vec<u8>,
+    /// End of the range, exclusive (`None`: to the end of the key space).
+    pub end: Option<Vec<u8>>,
+    /// First revision to deliver (0: changes applied from now on).
+    pub from_revision: u64,
+    /// Deliver each change's previous version with it.
+    pub prev_kv: bool,
+    /// A batch holds about this many bytes of changes at most (a single
+    /// revision that is larger goes whole).
+    pub batch_bytes: usize,
+}
+
+impl WatchOptions {
+    /// Changes of keys in `[start, end)` from `from_revision` on.
+    pub fn range(start: Vec<u8>, end: Option<Vec<u8>>, from_revision: u64) -> Self {
+        WatchOptions {
+            start,
+            end,
+            from_revision,
+            prev_kv: false,
+            batch_bytes: 256 << 10,
+        }
+    }
+}
+
+/// One change delivered to a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub change: Change,
+    /// The key's version before the change, if asked for and it existed.
+    pub prev: Option<KeyValue>,
+}
+
+/// Changes delivered together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// In revision order; whole revisions.
+    pub events: Vec<WatchEvent>,
+    /// Every matching change up to this revision has been delivered.
+    pub revision: u64,
+}
+
+/// Why a watch ended.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The history the watch needs next was compacted.
+    #[error(transparent)]
+    Compacted(#[from] Compacted),
+    #[error("watch: {0}")]
+    Storage(#[from] io::Error),
+    /// The node is shutting down.
+    #[error("the node stopped")]
+    Closed,
+}
+
+/// See the module docs.
+pub struct Watcher {
+    shared: Arc<SmShared>,
+    options: WatchOptions,
+    feed: broadcast::Receiver<Arc<FeedItem>>,
+    /// Every matching change up to this revision has been delivered.
+    delivered: u64,
+    /// Reading the engine, not the feed.
+    catching_up: bool,
+}
+
+impl Watcher {
+    pub(crate) fn start(
+        shared: Arc<SmShared>,
+        options: WatchOptions,
+    ) -> Result<Watcher, WatchError> {
+        // Before reading anything: whatever is applied from now on reaches
+        // the feed.
+        let feed = shared.changes().subscribe();
+        let view = shared.db().snapshot();
+        let applied = crate::state_machine::applied_index(&view)?;
+        let (delivered, catching_up) = match options.from_revision {
+            0 => (applied, false),
+            from => {
+                let compacted = history::compacted(&view)?;
+                if from < compacted {
+                    return Err(Compacted {
+                        requested: from,
+                        compacted,
+                    }
+                    .into());
+                }
+                (from - 1, true)
+            }
+        };
+        Ok(Watcher {
+            shared,
+            options,
+            feed,
+            delivered,
+            catching_up,
+        })
+    }
+
+    /// Every matching change up to this revision has been delivered: the
+    /// revision a progress notification reports.
+    pub fn revision(&self) -> u64 {
+        self.delivered
+    }
+
+    fn matches(options: &WatchOptions, key: &[u8]) -> bool {
+        key >= options.start.as_slice()
+            && options.end.as_ref().is_none_or(|end| key < end.as_slice())
+    }
+
+    /// The next batch of changes. Cancel-safe: dropped at its await, it
+    /// loses nothing (the watcher's position moves only once a read is
+    /// done), so it can sit in a `select!` beside a progress timer.
+    pub async fn next(&mut self) -> Result<WatchBatch, WatchError> {
+        loop {
+            if self.catching_up {
+                if let Some(batch) = self.read_engine().await? {
+                    return Ok(batch);
+                }
+                continue;
+            }
+            let item = match self.feed.recv().await {
+                Ok(item) => item,
+                // Fell behind the feed: the engine has what it skipped.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
+            };
+            // Taken into locals and kept only once the batch is whole: if
+            // this future is dropped at the await below, the items it took
+            // from the feed are lost, and the next call sees the gap and
+            // reads them from the engine.
+            let mut delivered = self.delivered;
+            let mut catch_up = false;
+            let mut events = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match &*item {
+                    FeedItem::Applied {
+                        first,
+                        applied,
+                        changes,
+                    } => {
+                        if *applied <= delivered {
+                            // Read from the engine already.
+                        } else if *first > delivered + 1 {
+                            // Runs this receiver never saw.
+                            catch_up = true;
+                            break;
+                        } else {
+                            for change in changes {
+                                if change.revision > delivered
+                                    && Self::matches(&self.options, &change.key)
+                                {
+                                    bytes += change.size();
+                                    events.push(change.clone());
+                                }
+                            }
+                            delivered = *applied;
+                        }
+                    }
+                    FeedItem::Reset { applied } => {
+                        if *applied > delivered {
+                            catch_up = true;
+                            break;
+                        }
+                    }
+                }
+                // More that is ready, up to a batch.
+                if bytes < self.options.batch_bytes {
+                    match self.feed.try_recv() {
+                        Ok(item) => next = Some(item),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => catch_up = true,
+                        Err(_) => {}
+                    }
+                }
+            }
+            let events = self.with_prev(events).await?;
+            self.delivered = delivered;
+            self.catching_up = catch_up;
+            if !events.is_empty() {
+                return Ok(WatchBatch {
+                    events,
+                    revision: self.delivered,
+                });
+            }
+        }
+    }
+
+    /// One page from the engine; `None` if it held no matching change.
+    async fn read_engine(&mut self) -> Result<Option<WatchBatch>, WatchError> {
+        let shared = self.shared.clone();
+        let options = self.options.clone();
+        let from = self.delivered + 1;
+        let (page, applied, prevs) = tokio::task::spawn_blocking(move || {
+            let view = shared.db().snapshot();
+            let compacted = history::compacted(&view)?;
+            if from < compacted {
+                return Err(WatchError::Compacted(Compacted {
+                    requested: from,
+                    compacted,
+                }));
+            }
+            let applied = crate::state_machine::applied_index(&view)?;
+            let matches = |key: &[u8]| Self::matches(&options, key);
+            let page = history::scan_changes(&view, from, applied, &matches, options.batch_bytes)?;
+            let prevs = if options.prev_kv {
+                page.changes
+                    .iter()
+                    .map(|c| history::version_before(&view, &c.key, c.revision))
+                    .collect::<io::Result<Vec<_>>>()?
+            } else {
+                vec![None; page.changes.len()]
+            };
+            Ok((page, applied, prevs))
+        })
+        .await
+        .map_err(|e| WatchError::Storage(io::Error::other(e)))??;
+        self.delivered = page.through;
+        if !page.more && page.through >= applied {
+            // Caught up with the state as it was read; the feed holds what
+            // was applied since (the watcher subscribed before reading).
+            self.catching_up = false;
+        }
+        if page.changes.is_empty() {
+            return Ok(None);
+        }
+        let events = page
+            .changes
+            .into_iter()
+            .zip(prevs)
+            .map(|(change, prev)| WatchEvent { change, prev })
+            .collect();
+        Ok(Some(WatchBatch {
+            events,
+            revision: self.delivered,
+        }))
+    }
+
+    /// Events of live changes, with their previous versions if asked for.
+    async fn with_prev(&self, changes: Vec<Change>) -> Result<Vec<WatchEvent>, WatchError> {
+        if !self.options.prev_kv || changes.is_empty() {
+            return Ok(changes
+                .into_iter()
+                .map(|change| WatchEvent { change, prev: None })
+                .collect());
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let view = shared.db().snapshot();
+            changes
+                .into_iter()
+                .map(|change| {
+                    let prev = history::version_before(&view, &change.key, change.revision)?;
+                    Ok(WatchEvent { change, prev })
+                })
+                .collect::<Result<Vec<_>, WatchError>>()
+        })
+        .await
+        .map_err(|e| WatchError::Storage(io::Error::other(e)))?
+    }
+}
