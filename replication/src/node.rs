@@ -753,7 +753,9 @@ impl Node {
     /// one fails with [`Error::Compacted`]; one beyond what was applied
     /// with [`Error::FutureRevision`].
     pub async fn compact_history(&self, revision: u64) -> Result<u64> {
-        let applied = self.metrics().last_applied.map_or(0, |l| l.index);
+        // The state machine's own position: Raft's metrics may lag behind
+        // a write that was just answered.
+        let applied = self.sm.applied().0.map_or(0, |l| l.index);
         if revision > applied {
             return Err(Error::FutureRevision {
                 requested: revision,

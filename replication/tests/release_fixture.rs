@@ -13,7 +13,7 @@ mod release_script;
 use common::open_restored;
 use ferry_replication::backup::{restore, LocalDir, RestorePoint};
 use ferry_replication::types::{Command, FerryNode};
-use ferry_replication::{Consistency, Node};
+use ferry_replication::{Consistency, Node, WatchError, WatchOptions};
 use release_script::{copy_tree, fixture_dir, script, State};
 use std::sync::Arc;
 
@@ -49,8 +49,42 @@ async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
     // The node replays the old log over its old snapshot and engine.
     let node = open_restored(1, &data).await;
     assert_eq!(user_state(&node).await, expected("STATE"));
-    // It goes on taking writes.
-    node.put("after-upgrade", "1").await.unwrap();
+    // Release 0.1.0 kept no history: this release's starts after what the
+    // old state had applied, and reads and watches before it are refused.
+    let upgraded_at = node.compacted().unwrap();
+    assert!(upgraded_at > 1);
+    assert!(matches!(
+        node.watch(WatchOptions::range(Vec::new(), None, 1)),
+        Err(WatchError::Compacted(_))
+    ));
+    // It goes on taking writes, with history: an old key changed now keeps
+    // its old version for reads at revisions before the change.
+    let old = node
+        .get("job/05", Consistency::Stale)
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    let before = node.put("after-upgrade", "1").await.unwrap();
+    assert!(before >= upgraded_at);
+    let changed = node.put("job/05", "after-upgrade").await.unwrap();
+    let then = node
+        .get_at("job/05", before, Consistency::Stale)
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(then.value, old.value);
+    let mut watcher = node
+        .watch(WatchOptions::range(Vec::new(), None, upgraded_at))
+        .unwrap();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.extend(watcher.next().await.unwrap().events);
+    }
+    assert_eq!(events[0].change.revision, before);
+    assert_eq!(events[1].change.revision, changed);
+    assert_eq!(events[1].change.prev_revision, old.mod_revision);
     node.shutdown().await.unwrap();
 }
 

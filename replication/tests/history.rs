@@ -1,0 +1,459 @@
+//! The revision history against a model of the acknowledged writes: reads
+//! at random revisions, ranges at a revision, watches from a revision,
+//! compaction (reads and watches below it fail and name it, the purge
+//! removes what nobody can read any more), across restarts.
+
+mod common;
+
+use common::{fast_raft, Cluster};
+use ferry_replication::state_machine::history::{ChangeKind, Compacted};
+use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, Txn};
+use ferry_replication::{Consistency, Error, Node, WatchError, WatchOptions};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+type State = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// What one revision did: each key it changed, and its new value
+/// (`None`: deleted).
+type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Every acknowledged write: revision → its ops' effect on the state.
+#[derive(Default)]
+struct Model {
+    revisions: BTreeMap<u64, Changes>,
+}
+
+impl Model {
+    fn state_at(&self, revision: u64) -> State {
+        let mut state = State::new();
+        for (_, changes) in self.revisions.range(..=revision) {
+            for (key, value) in changes {
+                match value {
+                    Some(value) => state.insert(key.clone(), value.clone()),
+                    None => state.remove(key),
+                };
+            }
+        }
+        state
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `count` random commands over 40 keys (some with a zero byte, so the
+/// version index's escaping is exercised): puts, deletes, multi-op
+/// transactions that may take either branch.
+async fn churn(node: &Node, model: &mut Model, rng: &mut Rng, count: usize) {
+    for _ in 0..count {
+        let key = |rng: &mut Rng| {
+            let n = rng.below(40);
+            if n.is_multiple_of(7) {
+                format!("k\0{n:02}").into_bytes()
+            } else {
+                format!("k{n:02}").into_bytes()
+            }
+        };
+        let (a, b) = (key(rng), key(rng));
+        let value = rng.next().to_le_bytes().repeat(1 + rng.below(8) as usize);
+        let (command, branches) = match rng.below(4) {
+            0 => (Command::batch(vec![Op::delete(a.clone())]), None),
+            1 => (
+                Command::batch(vec![Op::put(a.clone(), value.clone())]),
+                None,
+            ),
+            2 => (
+                Command::batch(vec![
+                    Op::put(a.clone(), value.clone()),
+                    Op::delete(b.clone()),
+                ]),
+                None,
+            ),
+            _ => (
+                Command::Txn(Txn {
+                    compares: vec![Compare {
+                        key: a.clone(),
+                        op: CompareOp::Greater,
+                        target: CompareTarget::Version(0),
+                    }],
+                    success: vec![Op::put(b.clone(), value.clone())],
+                    failure: vec![Op::put(a.clone(), value.clone())],
+                    ..Txn::default()
+                }),
+                Some(()),
+            ),
+        };
+        let response = node.txn(command.clone()).await.unwrap();
+        let Command::Txn(txn) = command else {
+            unreachable!()
+        };
+        let ops = match branches {
+            Some(()) if !response.succeeded => txn.failure,
+            _ => txn.success,
+        };
+        let state = model.state_at(response.revision);
+        let mut changes = Vec::new();
+        let mut now = state;
+        for op in ops {
+            match op {
+                Op::Put { key, value, .. } => {
+                    now.insert(key.clone(), value.clone());
+                    changes.push((key, Some(value)));
+                }
+                Op::Delete { key, .. } => {
+                    if now.remove(&key).is_some() {
+                        changes.push((key, None));
+                    }
+                }
+                Op::Get { .. } => {}
+            }
+        }
+        model.revisions.insert(response.revision, changes);
+    }
+}
+
+async fn state_at(node: &Node, revision: u64) -> Result<State, Error> {
+    let read = node
+        .range_at(&[], None, usize::MAX, revision, Consistency::Stale)
+        .await?;
+    assert_eq!(read.revision, revision);
+    Ok(read
+        .value
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect())
+}
+
+async fn check_reads(node: &Node, model: &Model, rng: &mut Rng, compacted: u64) {
+    let last = *model.revisions.keys().last().unwrap();
+    let floor = compacted.max(1);
+    for round in 0..30 {
+        // Half of them just after the compacted revision, where versions
+        // kept or restored by the purge rules are read.
+        let span = if round % 2 == 0 { 60 } else { last + 1 - floor };
+        let revision = floor + rng.below(span.min(last + 1 - floor));
+        let expected = model.state_at(revision);
+        assert_eq!(
+            state_at(node, revision).await.unwrap(),
+            expected,
+            "range at {revision}"
+        );
+        // Point reads, present and absent keys alike.
+        for key in expected
+            .keys()
+            .take(3)
+            .cloned()
+            .chain([b"k\x0014".to_vec(), b"k03".to_vec()])
+        {
+            let read = node
+                .get_at(&key, revision, Consistency::Stale)
+                .await
+                .unwrap();
+            assert_eq!(
+                read.value.map(|kv| kv.value),
+                expected.get(&key).cloned(),
+                "{key:?} at {revision}"
+            );
+        }
+    }
+}
+
+/// Every change from `from` through `until`, as a watch delivers them.
+async fn watched(node: &Node, from: u64, until: u64) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
+    let mut watcher = node
+        .watch(WatchOptions::range(Vec::new(), None, from))
+        .unwrap();
+    let mut seen = Vec::new();
+    while watcher.revision() < until {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .expect("the watch stalled")
+            .unwrap();
+        for event in batch.events {
+            let change = event.change;
+            let value = (change.kind == ChangeKind::Put).then_some(change.value);
+            seen.push((change.revision, change.key, value));
+        }
+    }
+    seen
+}
+
+fn expected_changes(model: &Model, from: u64, until: u64) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
+    model
+        .revisions
+        .range(from..=until)
+        .flat_map(|(revision, changes)| {
+            changes
+                .iter()
+                .map(move |(k, v)| (*revision, k.clone(), v.clone()))
+        })
+        .collect()
+}
+
+async fn wait_purged(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.state().purge_pending().unwrap() {
+        assert!(Instant::now() < deadline, "the purge did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// History entries (change log, versions) the engine holds below `below`.
+fn entries_below(node: &Node, below: u64) -> (usize, usize) {
+    let db = node.state().db();
+    let changes = db
+        .range(
+            [0x02u8].to_vec()
+                ..[0x02u8]
+                    .iter()
+                    .chain(&below.to_be_bytes())
+                    .copied()
+                    .collect::<Vec<_>>(),
+        )
+        .count();
+    let versions = db
+        .prefix([0x03u8])
+        .filter(|item| {
+            let (key, _) = item.as_ref().unwrap();
+            let revision =
+                u64::from_be_bytes(key[key.len() - 12..key.len() - 4].try_into().unwrap());
+            revision < below
+        })
+        .count();
+    (changes, versions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_watches_at_any_retained_revision_match_the_model_across_compactions_and_restarts(
+) {
+    let mut cluster = Cluster::start(3, fast_raft()).await;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut model = Model::default();
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    churn(&leader, &mut model, &mut rng, 300).await;
+    check_reads(&leader, &model, &mut rng, 0).await;
+    let last = *model.revisions.keys().last().unwrap();
+    let first = *model.revisions.keys().next().unwrap();
+    assert_eq!(
+        watched(&leader, first, last).await,
+        expected_changes(&model, first, last)
+    );
+
+    // Compact near the end, so that most keys' latest versions are below
+    // the cut when the purge runs; below it reads and watches fail and name
+    // the compacted revision; from it on they match the model.
+    let cut = *model.revisions.keys().nth(280).unwrap();
+    assert_eq!(leader.compact_history(cut).await.unwrap(), cut);
+    wait_purged(&leader).await;
+    let below = state_at(&leader, cut - 1).await.unwrap_err();
+    assert!(
+        matches!(below, Error::Compacted(Compacted { requested, compacted }) if requested == cut - 1 && compacted == cut),
+        "{below:?}"
+    );
+    match leader.watch(WatchOptions::range(Vec::new(), None, cut - 1)) {
+        Err(WatchError::Compacted(c)) => assert_eq!(c.compacted, cut),
+        other => panic!("expected Compacted, got {:?}", other.err()),
+    }
+    // The purge left no change below the cut, and versions only where a
+    // read at the cut needs them (a key's version before it, changed since).
+    let (changes, versions) = entries_below(&leader, cut);
+    assert_eq!(changes, 0);
+    assert!(versions <= 40, "{versions} versions below the cut");
+    // Compacting at or below the compacted revision is refused, naming it.
+    assert!(matches!(
+        leader.compact_history(cut - 10).await,
+        Err(Error::Compacted(_))
+    ));
+
+    // More writes, then every replica holds the same history and state.
+    churn(&leader, &mut model, &mut rng, 200).await;
+    check_reads(&leader, &model, &mut rng, cut).await;
+    let last = *model.revisions.keys().last().unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    for node in cluster.nodes.values() {
+        assert_eq!(
+            watched(node, cut, last).await,
+            expected_changes(&model, cut, last)
+        );
+    }
+
+    // Every member restarted: the history is on disk.
+    drop(leader);
+    for id in [1, 2, 3] {
+        cluster.kill(id).await;
+        cluster.start_node(id).await;
+    }
+    let leader_id = cluster.wait_leader(Duration::from_secs(20)).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    for node in cluster.nodes.values() {
+        assert_eq!(
+            watched(node, cut, last).await,
+            expected_changes(&model, cut, last)
+        );
+        check_reads(node, &model, &mut rng, cut).await;
+    }
+    churn(&leader, &mut model, &mut rng, 50).await;
+    check_reads(&leader, &model, &mut rng, cut).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_policy_compacts_beyond_its_bound_and_the_purge_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ferry_replication::NodeConfig::new(
+        1,
+        dir.path().join("node"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.retention = ferry_replication::RetentionOptions {
+        keep_revisions: 50,
+        keep_for: Duration::ZERO,
+        check_interval: Duration::from_millis(100),
+    };
+    let node = Node::open(config).await.unwrap();
+    node.initialize(BTreeMap::from([(1, node.raft_addr().to_owned())]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.is_leader() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut last = 0;
+    for i in 0..200 {
+        last = node
+            .put(format!("k{}", i % 10), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    // Within a few checks the history is cut to the newest 50 revisions.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let compacted = node.compacted().unwrap();
+        if compacted > last - 60 && !node.state().purge_pending().unwrap() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compacted at {compacted}, last {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let compacted = node.compacted().unwrap();
+    assert_eq!(entries_below(&node, compacted).0, 0);
+    // The latest state is whole.
+    for k in 0..10 {
+        let read = node
+            .get(format!("k{k}"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.value.unwrap().value,
+            format!("v{}", 190 + k).into_bytes()
+        );
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_caught_up_by_snapshot_serves_the_same_history() {
+    let mut cluster = Cluster::start(3, fast_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let lagging = *cluster.nodes.keys().find(|id| **id != leader_id).unwrap();
+    let leader = cluster.nodes[&leader_id].clone();
+    let mut model = Model::default();
+    let mut rng = Rng(7);
+    churn(&leader, &mut model, &mut rng, 50).await;
+    cluster.kill(lagging).await;
+    churn(&leader, &mut model, &mut rng, 150).await;
+    let cut = *model.revisions.keys().nth(80).unwrap();
+    leader.compact_history(cut).await.unwrap();
+    wait_purged(&leader).await;
+    churn(&leader, &mut model, &mut rng, 20).await;
+    // The log it lacks is gone: it can only catch up by a snapshot.
+    let covered = leader.snapshot().await.unwrap().unwrap();
+    leader.purge_log(covered.index).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader
+        .metrics()
+        .purged
+        .is_none_or(|p| p.index < covered.index.saturating_sub(5))
+    {
+        assert!(Instant::now() < deadline, "log not purged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let received = cluster.nodes[&leader_id]
+        .transfer_stats()
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    cluster.start_node(lagging).await;
+    let last = *model.revisions.keys().last().unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    let node = cluster.nodes[&lagging].clone();
+    assert!(
+        leader
+            .transfer_stats()
+            .bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > received,
+        "the member caught up without a snapshot"
+    );
+    assert_eq!(node.compacted().unwrap(), cut);
+    assert_eq!(
+        watched(&node, cut, last).await,
+        expected_changes(&model, cut, last)
+    );
+    check_reads(&node, &model, &mut rng, cut).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_unchanged_since_before_a_compaction_keeps_its_version_when_it_changes() {
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.nodes[&1].clone();
+    let first = node.put("a", "1").await.unwrap();
+    let cut = node.put("b", "1").await.unwrap();
+    node.compact_history(cut).await.unwrap();
+    wait_purged(&node).await;
+    // "a"'s only version is below the cut, and nothing read it there: the
+    // purge removed its version entry. Changing "a" now must keep the
+    // version a read at the cut sees.
+    assert_eq!(entries_below(&node, cut), (0, 0));
+    let changed = node.put("a", "2").await.unwrap();
+    node.delete("b").await.unwrap();
+    let at_cut = state_at(&node, cut).await.unwrap();
+    assert_eq!(
+        at_cut,
+        State::from([
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"1".to_vec())
+        ]),
+        "the state at the cut (a was written at {first})"
+    );
+    let at_change = state_at(&node, changed).await.unwrap();
+    assert_eq!(
+        at_change,
+        State::from([
+            (b"a".to_vec(), b"2".to_vec()),
+            (b"b".to_vec(), b"1".to_vec())
+        ])
+    );
+    drop(node);
+    cluster.shutdown().await;
+}
