@@ -60,7 +60,7 @@ mod varint;
 pub mod wal;
 
 pub use batch::WriteBatch;
-pub use db::{Db, DbIterator, RecoveryReport, Snapshot};
+pub use db::{BulkLoader, BulkReport, Db, DbIterator, RecoveryReport, Snapshot};
 pub use error::{Error, Result};
 pub use key::SeqNo;
 pub use options::{Durability, Options, WalRecovery, WriteOptions};

@@ -365,46 +365,6 @@ fn the_demo_runs_to_completion() {
     assert!(out.contains("caught up"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_watch_from_history_is_served_after_a_restart_and_ends_only_at_compaction() {
-    // A member keeps its history on disk: after a SIGKILL and a restart it
-    // replays every change from revision 1, each once.
-    let mut cluster = ProcessCluster::start(1);
-    let client = connect(cluster.endpoints()).await;
-    let mut written = Vec::new();
-    for i in 0..5 {
-        written.push(client.put(format!("w/{i}"), "v").await.unwrap());
-    }
-    cluster.sigkill(1);
-    cluster.spawn(1, false, &[]);
-    let client = connect(cluster.endpoints()).await;
-    written.push(client.put("w/after", "v").await.unwrap());
-    let mut watch = client.watch_prefix("w/", 1);
-    for revision in &written {
-        let event = tokio::time::timeout(Duration::from_secs(20), watch.next())
-            .await
-            .expect("the watch stalled")
-            .expect("the watch ended")
-            .expect("watch error");
-        assert_eq!(event.kv.unwrap().mod_revision, *revision);
-    }
-    // Below a compaction, a watch ends with the compacted revision named.
-    let compacted = client.compact(written[3]).await.unwrap();
-    assert_eq!(compacted, written[3]);
-    let mut watch = client.watch_prefix("w/", written[2]);
-    let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
-        .await
-        .expect("the watch neither delivered nor ended")
-        .expect("the stream ended without an item");
-    match first {
-        Err(Error::Compacted {
-            requested,
-            compacted,
-        }) => assert_eq!((requested, compacted), (written[2], written[3])),
-        other => panic!("expected Compacted, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_of_a_leader_whose_peers_froze_exits_within_its_bound() {
     let mut cluster = ProcessCluster::start(3);

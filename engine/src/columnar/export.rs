@@ -1,21 +1,15 @@
 //! Writing a snapshot as Parquet files, in bounded memory.
 
-use super::manifest::{ExportManifest, ExportPart, EXPORT_FILE};
-use super::{
-    part_name, schema, ContentChecksum, META_CHECKSUM, META_ROWS, META_SEQUENCE, META_VERSION,
-};
+use super::manifest::{ExportManifest, EXPORT_FILE};
+use super::writer::{DirSink, PartWriter};
+use super::{schema, ContentChecksum, META_SEQUENCE, META_VERSION};
 use crate::checkpoint::Progress;
 use crate::error::IoContext;
-use crate::fs::{FileSystem, WritableFile};
+use crate::fs::FileSystem;
 use crate::{DbIterator, Error, Result};
 use arrow_array::builder::{BinaryBuilder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{KeyValue, SortingColumn};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Compression of the Parquet column chunks.
@@ -67,169 +61,28 @@ pub struct ExportReport {
     pub bytes: u64,
 }
 
-/// `std::io::Write` over the engine's file abstraction.
-struct FileWriter {
-    file: Box<dyn WritableFile>,
-}
-
-impl io::Write for FileWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.append(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-fn parquet_error(path: &Path, error: impl std::fmt::Display) -> Error {
-    Error::io(path, io::Error::other(error.to_string()))
-}
-
-fn properties(options: &ExportOptions, sequence: u64) -> Result<WriterProperties> {
-    let compression = match options.compression {
-        ParquetCompression::None => Compression::UNCOMPRESSED,
-        ParquetCompression::Lz4 => Compression::LZ4_RAW,
-        ParquetCompression::Zstd(level) => Compression::ZSTD(
-            ZstdLevel::try_new(level)
-                .map_err(|e| Error::InvalidOptions(format!("zstd level: {e}")))?,
-        ),
-    };
-    Ok(WriterProperties::builder()
-        .set_compression(compression)
-        .set_dictionary_enabled(true)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: 0,
-            descending: false,
-            nulls_first: false,
-        }]))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(META_VERSION.to_owned(), "1".to_owned()),
-            KeyValue::new(META_SEQUENCE.to_owned(), sequence.to_string()),
-        ]))
-        .build())
-}
-
-/// One part file being written.
-struct Part {
-    writer: ArrowWriter<FileWriter>,
-    path: PathBuf,
-    checksum: ContentChecksum,
-}
-
-struct Exporter<'a> {
-    fs: &'a dyn FileSystem,
-    dir: &'a Path,
-    options: ExportOptions,
-    properties: WriterProperties,
-    part: Option<Part>,
-    parts: Vec<ExportPart>,
+/// The raw rows of one snapshot: key, value, sequence.
+struct RawRows {
     keys: BinaryBuilder,
     values: BinaryBuilder,
     sequences: UInt64Builder,
-    batch_bytes: usize,
-    bytes: u64,
+    bytes: usize,
 }
 
-impl Exporter<'_> {
-    fn add(&mut self, key: &[u8], value: &[u8], sequence: u64) -> Result<()> {
-        if self.part.is_none() {
-            let path = self.dir.join(part_name(self.parts.len()));
-            let file = self.fs.create(&path).at(&path)?;
-            let writer =
-                ArrowWriter::try_new(FileWriter { file }, schema(), Some(self.properties.clone()))
-                    .map_err(|e| parquet_error(&path, e))?;
-            self.part = Some(Part {
-                writer,
-                path,
-                checksum: ContentChecksum::new(),
-            });
-        }
-        if let Some(part) = &mut self.part {
-            part.checksum.add(key, value);
-        }
-        self.keys.append_value(key);
-        self.values.append_value(value);
-        self.sequences.append_value(sequence);
-        self.batch_bytes += key.len() + value.len() + 8;
-        if self.batch_bytes >= self.options.batch_bytes {
-            self.write_batch()?;
-        }
-        Ok(())
-    }
-
-    /// Hands the gathered rows to the writer; closes the row group or the
-    /// part when they reach their size.
-    fn write_batch(&mut self) -> Result<()> {
-        self.write_batch_if_pending()?;
-        let Some(part) = &mut self.part else {
+impl RawRows {
+    fn flush(&mut self, writer: &mut PartWriter<DirSink<'_>>) -> Result<()> {
+        if self.bytes == 0 {
             return Ok(());
-        };
-        if part.writer.in_progress_size() >= self.options.row_group_bytes {
-            part.writer
-                .flush()
-                .map_err(|e| parquet_error(&part.path, e))?;
         }
-        if part.writer.bytes_written() as u64 + part.writer.in_progress_size() as u64
-            >= self.options.file_bytes
-        {
-            self.finish_part()?;
-        }
-        Ok(())
-    }
-
-    fn finish_part(&mut self) -> Result<()> {
-        self.write_batch_if_pending()?;
-        let Some(mut part) = self.part.take() else {
-            return Ok(());
-        };
-        let rows = part.checksum.rows();
-        let checksum = part.checksum.value();
-        part.writer
-            .append_key_value_metadata(KeyValue::new(META_ROWS.to_owned(), rows.to_string()));
-        part.writer.append_key_value_metadata(KeyValue::new(
-            META_CHECKSUM.to_owned(),
-            format!("{checksum:016x}"),
-        ));
-        let mut file = part
-            .writer
-            .into_inner()
-            .map_err(|e| parquet_error(&part.path, e))?;
-        file.file.sync().at(&part.path)?;
-        self.bytes += file.file.len();
-        let name = part
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        self.parts.push(ExportPart {
-            name,
-            rows,
-            checksum,
-        });
-        Ok(())
-    }
-
-    fn write_batch_if_pending(&mut self) -> Result<()> {
-        if self.batch_bytes > 0 {
-            let Some(part) = &mut self.part else {
-                return Ok(());
-            };
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(self.keys.finish()),
-                Arc::new(self.values.finish()),
-                Arc::new(self.sequences.finish()),
-            ];
-            let batch = RecordBatch::try_new(schema(), columns)
-                .map_err(|e| parquet_error(&part.path, e))?;
-            part.writer
-                .write(&batch)
-                .map_err(|e| parquet_error(&part.path, e))?;
-            self.batch_bytes = 0;
-        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.keys.finish()),
+            Arc::new(self.values.finish()),
+            Arc::new(self.sequences.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema(), columns)
+            .map_err(|e| Error::InvalidOptions(format!("export batch: {e}")))?;
+        writer.write(&batch)?;
+        self.bytes = 0;
         Ok(())
     }
 }
@@ -262,17 +115,15 @@ pub(crate) fn export(
     }
     fs.create_dir_all(&staging).at(&staging)?;
     let result = (|| {
-        let mut exporter = Exporter {
-            fs,
-            dir: &staging,
-            options: *options,
-            properties: properties(options, sequence)?,
-            part: None,
-            parts: Vec::new(),
+        let metadata = vec![
+            (META_VERSION.to_owned(), "1".to_owned()),
+            (META_SEQUENCE.to_owned(), sequence.to_string()),
+        ];
+        let mut writer = PartWriter::new(schema(), options, metadata, DirSink::new(fs, &staging))?;
+        let mut rows = RawRows {
             keys: BinaryBuilder::new(),
             values: BinaryBuilder::new(),
             sequences: UInt64Builder::new(),
-            batch_bytes: 0,
             bytes: 0,
         };
         let mut total = ContentChecksum::new();
@@ -280,8 +131,15 @@ pub(crate) fn export(
         while let Some(entry) = entries.next_with_sequence() {
             let (key, value, entry_sequence) = entry?;
             total.add(&key, &value);
+            writer.checksum(&key, &value);
             done += (key.len() + value.len()) as u64;
-            exporter.add(&key, &value, entry_sequence)?;
+            rows.keys.append_value(&key);
+            rows.values.append_value(&value);
+            rows.sequences.append_value(entry_sequence);
+            rows.bytes += key.len() + value.len() + 8;
+            if rows.bytes >= options.batch_bytes {
+                rows.flush(&mut writer)?;
+            }
             if total.rows().is_multiple_of(65_536) {
                 progress(Progress {
                     stage: "export",
@@ -290,12 +148,13 @@ pub(crate) fn export(
                 });
             }
         }
-        exporter.finish_part()?;
+        rows.flush(&mut writer)?;
+        let (parts, bytes, _) = writer.finish()?;
         let manifest = ExportManifest {
             sequence,
             rows: total.rows(),
             checksum: total.value(),
-            parts: exporter.parts,
+            parts,
         };
         let path = staging.join(EXPORT_FILE);
         fs.write_atomic(&path, manifest.encode().as_bytes())
@@ -305,10 +164,7 @@ pub(crate) fn export(
             done_bytes: done,
             total_bytes: done,
         });
-        Ok(ExportReport {
-            manifest,
-            bytes: exporter.bytes,
-        })
+        Ok(ExportReport { manifest, bytes })
     })();
     match result {
         Ok(report) => {

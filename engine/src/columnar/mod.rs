@@ -40,11 +40,15 @@
 pub(crate) mod export;
 pub(crate) mod import;
 mod manifest;
+mod reader;
+mod writer;
 
 pub use crate::db::restore_parquet;
 pub use export::{ExportOptions, ExportReport, ParquetCompression};
 pub use import::ImportReport;
 pub use manifest::{ExportManifest, ExportPart, EXPORT_FILE};
+pub use reader::PartReader;
+pub use writer::{DirSink, FileWriter, PartSink, PartWriter};
 
 /// Streaming content checksum (see the module docs).
 ///
@@ -92,8 +96,11 @@ pub(crate) const COLUMN_VALUE: &str = "value";
 pub(crate) const COLUMN_SEQUENCE: &str = "sequence";
 pub(crate) const META_VERSION: &str = "ferry.format_version";
 pub(crate) const META_SEQUENCE: &str = "ferry.snapshot_sequence";
-pub(crate) const META_ROWS: &str = "ferry.rows";
-pub(crate) const META_CHECKSUM: &str = "ferry.content_checksum";
+/// Key-value metadata of every part: its rows, and its content checksum
+/// (16 hex digits).
+pub const META_ROWS: &str = "ferry.rows";
+/// See [`META_ROWS`].
+pub const META_CHECKSUM: &str = "ferry.content_checksum";
 
 pub(crate) fn schema() -> arrow_schema::SchemaRef {
     use arrow_schema::{DataType, Field, Schema};
@@ -104,6 +111,7 @@ pub(crate) fn schema() -> arrow_schema::SchemaRef {
     ]))
 }
 
-pub(crate) fn part_name(index: usize) -> String {
+/// The name of the part at `index`.
+pub fn part_name(index: usize) -> String {
     format!("part-{index:06}.parquet")
 }

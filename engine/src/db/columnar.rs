@@ -1,16 +1,12 @@
 //! Parquet export of a snapshot and bulk import (see [`crate::columnar`]).
 
-use super::{Db, Inner, Snapshot};
+use super::{Db, Snapshot};
 use crate::checkpoint::Progress;
 use crate::columnar::export::export;
-use crate::columnar::import::{load, RowLimits};
+use crate::columnar::import::{load, read_manifest};
 use crate::columnar::{ContentChecksum, ExportOptions, ExportReport, ImportReport};
-use crate::compaction::output::OutputTables;
-use crate::manifest::edit::VersionEdit;
-use crate::manifest::version::NUM_LEVELS;
-use crate::{Error, Options, Result};
+use crate::{Options, Result};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 impl Db {
     /// Writes the state of `snapshot` as Parquet files into `dir` (which
@@ -68,8 +64,7 @@ impl Db {
         dir: impl AsRef<Path>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImportReport> {
-        let inner = &self.inner;
-        inner.with_writes_paused(|| inner.import(dir.as_ref(), progress))
+        self.import(dir.as_ref(), progress)
     }
 }
 
@@ -95,51 +90,24 @@ impl Snapshot {
     }
 }
 
-impl Inner {
+impl Db {
     fn import(&self, dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<ImportReport> {
-        {
-            let state = self.state.lock();
-            let empty = self.visible_sequence() == 0
-                && state.mem.is_empty()
-                && state.imm.is_empty()
-                && state.version.all_files().next().is_none();
-            if !empty {
-                return Err(Error::InvalidOptions(
-                    "import_parquet needs an empty database".into(),
-                ));
-            }
-        }
-        let new_number = || self.new_file_number();
-        let output = OutputTables::new(
-            &*self.fs,
-            &self.dir,
-            self.table_options(),
-            self.options.target_file_bytes,
-            &new_number,
-        );
-        let limits = RowLimits {
-            max_key_bytes: self.options.max_key_bytes,
-            max_value_bytes: self.options.max_value_bytes,
-        };
-        let (manifest, tables) = load(&*self.fs, dir, &limits, output, progress)?;
-        let report = ImportReport {
+        let fs = self.inner.fs.clone();
+        let manifest = read_manifest(&*fs, dir)?;
+        let mut loaded = None;
+        let bulk = self.bulk_load(manifest.sequence, |loader| {
+            loaded = Some(load(&*fs, dir, loader, progress)?);
+            Ok(())
+        })?;
+        let manifest = loaded.expect("the load ran");
+        debug_assert_eq!(bulk.checksum, manifest.checksum);
+        Ok(ImportReport {
             rows: manifest.rows,
             checksum: manifest.checksum,
             sequence: manifest.sequence,
-            tables: tables.len(),
-            table_bytes: tables.iter().map(|t| t.size).sum(),
-        };
-        let edit = VersionEdit {
-            last_sequence: Some(manifest.sequence),
-            added: tables.into_iter().map(|t| (NUM_LEVELS - 1, t)).collect(),
-            ..VersionEdit::default()
-        };
-        self.install(edit, |_| {})?;
-        self.last_sequence
-            .store(manifest.sequence, Ordering::SeqCst);
-        self.publish_sequence(manifest.sequence);
-        self.work.notify_all();
-        Ok(report)
+            tables: bulk.tables,
+            table_bytes: bulk.table_bytes,
+        })
     }
 }
 

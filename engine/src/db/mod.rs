@@ -1,6 +1,7 @@
 //! The database: ties WAL, memtables, tables and background work together.
 
 mod background;
+mod bulk;
 mod checkpoint;
 mod columnar;
 mod iter;
@@ -8,6 +9,7 @@ mod recovery;
 mod snapshot;
 mod write;
 
+pub use bulk::{BulkLoader, BulkReport};
 pub use columnar::restore_parquet;
 pub use iter::DbIterator;
 pub use recovery::RecoveryReport;
