@@ -22,6 +22,7 @@ pub use ferry_engine as engine;
 
 pub mod backup;
 mod error;
+pub mod export;
 pub mod log_store;
 pub mod network;
 mod node;

@@ -795,6 +795,16 @@ impl Node {
         Ok((applied, hash))
     }
 
+    /// The revision and the content checksum of the user state alone (keys,
+    /// values and their revisions; no system record, no history), from one
+    /// consistent view: what a state export records, so a cluster restored
+    /// from one can be compared with its source.
+    pub fn user_checksum(&self) -> Result<(u64, u64)> {
+        let view = self.sm.db().snapshot();
+        let revision = state_machine::applied_index(&view)?;
+        Ok((revision, crate::export::state::user_checksum(&view)?))
+    }
+
     /// Adds `id` (reachable at `raft_addr`) as a learner; with `wait`,
     /// returns only once the learner holds the log up to the entry that
     /// added it (by replication or a snapshot install).

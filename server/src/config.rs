@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_watch_streams: usize,
     /// Calls in flight at once on one `KV.Batch` stream.
     pub max_batch_calls: usize,
+    /// Snapshot downloads and Parquet exports running at once.
+    pub max_transfers: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +39,7 @@ impl Default for Limits {
             max_range_page: 10_000,
             max_watch_streams: 1024,
             max_batch_calls: 4096,
+            max_transfers: 2,
         }
     }
 }

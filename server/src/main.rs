@@ -5,7 +5,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_server::cli::{
-    self, exit, BackupCommand, ClusterCommand, Common, KvCommand, SnapshotCommand,
+    self, exit, BackupCommand, ClusterCommand, Common, HistoryCommand, KvCommand, SnapshotCommand,
 };
 use ferry_server::config::ServeConfig;
 use ferry_server::demo::{self, DemoArgs};
@@ -43,12 +43,19 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// Snapshots: create, download, export as Parquet.
+    /// Snapshots: create, download, export as Parquet, restore.
     Snapshot {
         #[command(flatten)]
         common: Common,
         #[command(subcommand)]
         command: SnapshotCommand,
+    },
+    /// The revision history: export it as Parquet.
+    History {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: HistoryCommand,
     },
     /// Backup chains (`serve --backup-dir`): list, point-in-time restore.
     Backup {
@@ -240,6 +247,7 @@ fn main() {
             Command::Cluster { common, command } => cli::cluster(&common, command).await,
             Command::Snapshot { common, command } => cli::snapshot(&common, command).await,
             Command::Backup { common, command } => cli::backup(&common, command).await,
+            Command::History { common, command } => cli::history(&common, command).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -159,6 +159,7 @@ impl Server {
             .add_service(
                 pb::maintenance_server::MaintenanceServer::new(MaintenanceService {
                     context: context.clone(),
+                    transfers: Arc::new(Semaphore::new(config.limits.max_transfers)),
                 })
                 .max_decoding_message_size(max),
             );

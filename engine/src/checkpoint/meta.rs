@@ -179,8 +179,7 @@ impl CheckpointMeta {
         // File names come from disk: refuse anything that could escape the
         // checkpoint directory.
         for file in &meta.files {
-            if file.name.is_empty() || file.name.contains(['/', '\\']) || file.name.starts_with('.')
-            {
+            if crate::fs::check_file_name(&file.name).is_err() {
                 return Err(bad(
                     HEADER_LEN,
                     "checkpoint names a file outside its directory",

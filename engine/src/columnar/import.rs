@@ -138,8 +138,8 @@ pub(crate) fn load(
     Ok(manifest)
 }
 
-/// The export's `EXPORT` file, checked.
-pub(crate) fn read_manifest(fs: &dyn FileSystem, dir: &Path) -> Result<ExportManifest> {
+/// The `EXPORT` file of the export in `dir`, checked.
+pub fn read_manifest(fs: &dyn FileSystem, dir: &Path) -> Result<ExportManifest> {
     let manifest_path = dir.join(EXPORT_FILE);
     let manifest = ExportManifest::decode(
         &fs.read_all(&manifest_path).at(&manifest_path)?,

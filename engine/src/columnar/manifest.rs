@@ -32,7 +32,8 @@ pub struct ExportManifest {
 }
 
 impl ExportManifest {
-    pub(crate) fn encode(&self) -> String {
+    /// The file's text.
+    pub fn encode(&self) -> String {
         let mut text = String::new();
         let _ = writeln!(text, "ferry-export 1");
         let _ = writeln!(text, "sequence {}", self.sequence);
@@ -86,7 +87,7 @@ impl ExportManifest {
             let ["part", name, part_rows, part_checksum] = fields.as_slice() else {
                 return Err(bad("malformed part line"));
             };
-            if name.contains(['/', '\\']) || name.starts_with('.') || !name.ends_with(".parquet") {
+            if crate::fs::check_file_name(name).is_err() || !name.ends_with(".parquet") {
                 return Err(bad("part name outside the export"));
             }
             parts.push(ExportPart {

@@ -45,7 +45,7 @@ mod writer;
 
 pub use crate::db::restore_parquet;
 pub use export::{ExportOptions, ExportReport, ParquetCompression};
-pub use import::ImportReport;
+pub use import::{read_manifest, ImportReport};
 pub use manifest::{ExportManifest, ExportPart, EXPORT_FILE};
 pub use reader::PartReader;
 pub use writer::{DirSink, FileWriter, PartSink, PartWriter};

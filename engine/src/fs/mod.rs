@@ -9,9 +9,11 @@
 
 mod fault;
 mod mapped;
+mod name;
 mod os;
 
 pub use fault::FaultInjectionFs;
+pub use name::{check_file_name, check_relative_path, BadName};
 pub use os::OsFs;
 
 use std::fmt::Debug;

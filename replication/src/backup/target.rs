@@ -38,16 +38,9 @@ impl LocalDir {
 
     fn path(&self, name: &str) -> io::Result<PathBuf> {
         // Names come from catalogs a restore reads; none may leave the root.
-        let ok = !name.is_empty()
-            && name.split('/').all(|part| {
-                !part.is_empty() && part != "." && part != ".." && !part.contains('\\')
-            });
-        if !ok {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("backup name {name:?} is not a relative path inside the target"),
-            ));
-        }
+        ferry_engine::fs::check_relative_path(name).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("backup name: {e}"))
+        })?;
         Ok(self.root.join(name))
     }
 }

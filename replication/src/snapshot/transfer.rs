@@ -431,7 +431,7 @@ async fn next_frame(
 /// A plain file name: the offer comes from the network and must not name
 /// anything outside the staging directory.
 pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+    ferry_engine::fs::check_file_name(name).is_ok()
 }
 
 async fn receive_inner(

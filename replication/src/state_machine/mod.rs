@@ -105,7 +105,7 @@ fn read_point(db: &Db) -> io::Result<AppliedPoint> {
 }
 
 /// The applied index a view of the engine holds (0: none).
-pub(crate) fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
+pub fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
     let applied: Option<LogId> = match view.get(keys::APPLIED).map_err(engine_err)? {
         None => None,
         Some(bytes) => postcard::from_bytes(&bytes).map_err(|_| {

@@ -1,17 +1,22 @@
-//! The Maintenance service: checkpoint, snapshot download, Parquet export,
-//! history compaction, engine defragmentation, sizes.
+//! The Maintenance service: checkpoint, snapshot download, Parquet exports
+//! (streamed, see `export`), history compaction, engine defragmentation,
+//! sizes.
 
+use super::export::{self, Export, ExportStream};
 use super::{timed, Context};
 use ferry_client::pb::{self, maintenance_server::Maintenance};
 use std::io::Read;
 use std::path::Path;
 use std::pin::Pin;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct MaintenanceService {
     pub context: Context,
+    /// Places for snapshot downloads and exports running at once.
+    pub transfers: Arc<Semaphore>,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -34,6 +39,17 @@ type ChunkStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 impl MaintenanceService {
+    /// A place among the concurrent downloads and exports, or
+    /// RESOURCE_EXHAUSTED naming the limit.
+    fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.transfers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "max_transfers = {} snapshot downloads and exports are running",
+                self.context.limits.max_transfers
+            ))
+        })
+    }
+
     fn applied(&self) -> u64 {
         self.context
             .node
@@ -76,6 +92,7 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         timed(&self.context, "Snapshot", async {
+            let permit = self.transfer_permit()?;
             let node = &self.context.node;
             let snapshot = match node
                 .raft()
@@ -97,6 +114,7 @@ impl Maintenance for MaintenanceService {
             let handle = snapshot.snapshot;
             let (sender, receiver) = mpsc::channel(4);
             std::thread::spawn(move || {
+                let _permit = permit;
                 let manifest = handle.manifest();
                 let log_id = manifest.meta.last_log_id;
                 let info = pb::SnapshotChunk {
@@ -152,31 +170,55 @@ impl Maintenance for MaintenanceService {
         .await
     }
 
-    async fn export_parquet(
+    type ExportStateStream = ExportStream;
+
+    async fn export_state(
         &self,
-        request: Request<pb::ExportParquetRequest>,
-    ) -> Result<Response<pb::ExportParquetResponse>, Status> {
-        timed(&self.context, "ExportParquet", async {
-            let dir = request.into_inner().dir;
-            if dir.is_empty() {
-                return Err(Status::invalid_argument(
-                    "an export needs a target directory",
+        _request: Request<pb::ExportStateRequest>,
+    ) -> Result<Response<Self::ExportStateStream>, Status> {
+        timed(&self.context, "ExportState", async {
+            let permit = self.transfer_permit()?;
+            Ok(Response::new(export::start(
+                &self.context,
+                Export::State,
+                permit,
+            )))
+        })
+        .await
+    }
+
+    type ExportHistoryStream = ExportStream;
+
+    async fn export_history(
+        &self,
+        request: Request<pb::ExportHistoryRequest>,
+    ) -> Result<Response<Self::ExportHistoryStream>, Status> {
+        timed(&self.context, "ExportHistory", async {
+            let request = request.into_inner();
+            if request.to_revision != 0 && request.to_revision < request.from_revision {
+                return Err(Status::invalid_argument(format!(
+                    "to_revision {} is before from_revision {}",
+                    request.to_revision, request.from_revision
+                )));
+            }
+            // Refused at once rather than mid-stream.
+            let compacted = self
+                .context
+                .node
+                .compacted()
+                .map_err(|e| self.context.status(e))?;
+            if request.from_revision != 0 && request.from_revision < compacted {
+                return Err(ferry_client::compacted_status(
+                    request.from_revision,
+                    compacted,
                 ));
             }
-            let db = self.context.node.state().db();
-            let report = tokio::task::spawn_blocking(move || {
-                let snapshot = db.snapshot();
-                db.export_parquet(&snapshot, &dir, &Default::default(), &mut |_| {})
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-            Ok(Response::new(pb::ExportParquetResponse {
-                header: self.context.header(self.applied()),
-                rows: report.manifest.rows,
-                bytes: report.bytes,
-                files: report.manifest.parts.len() as u32,
-            }))
+            let permit = self.transfer_permit()?;
+            let what = Export::History {
+                from: request.from_revision,
+                to: request.to_revision,
+            };
+            Ok(Response::new(export::start(&self.context, what, permit)))
         })
         .await
     }

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod cluster;
+pub mod export;
 pub mod kv;
 pub mod maintenance;
 pub mod watch;

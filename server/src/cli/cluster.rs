@@ -1,0 +1,119 @@
+//! `ferry cluster`: membership, leadership, status, and offline recovery.
+
+use super::output::{print_members, report_new_cluster};
+use super::{connect, exit, fail, leader_channel, status_fail, Common};
+use clap::Subcommand;
+use ferry_client::pb;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, roles, term, commit and applied index, lag.
+    Status,
+    /// Add a member as a learner (it catches up before this returns).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        client_addr: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a member.
+    Remove { id: u64 },
+    /// Hand leadership to a member.
+    TransferLeader { id: u64 },
+    /// Offline, on a stopped member whose cluster lost its majority for
+    /// good: make its data directory a new single-node cluster of its own
+    /// state (the old directory is kept beside it). Writes it had not
+    /// applied are lost; never let old members rejoin.
+    Recover {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        client_addr: String,
+    },
+}
+
+pub async fn cluster(common: &Common, command: ClusterCommand) -> i32 {
+    match cluster_inner(common, command).await {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, i32> {
+    if let ClusterCommand::Recover {
+        data_dir,
+        id,
+        raft_addr,
+        client_addr,
+    } = command
+    {
+        let node = ferry_replication::types::FerryNode {
+            raft_addr: raft_addr.clone(),
+            client_addr: client_addr.clone(),
+        };
+        let recovered = ferry_replication::recovery::force_new_cluster(&data_dir, id, node).await;
+        return report_new_cluster(common, recovered, &data_dir, id, &raft_addr, &client_addr);
+    }
+    let client = connect(common).await?;
+    if let ClusterCommand::Status = command {
+        let status = client.status().await.map_err(|e| fail(&e))?;
+        let summary = json!({
+            "leader_id": status.leader_id, "term": status.term, "commit_index": status.commit_index,
+            "applied_index": status.applied_index, "last_log_index": status.last_log_index,
+            "answered_by": status.header.as_ref().map_or(0, |h| h.node_id),
+        });
+        if !common.json {
+            println!(
+                "leader {}  term {}  commit {}  applied {}  (answered by node {})",
+                status.leader_id,
+                status.term,
+                status.commit_index,
+                status.applied_index,
+                status.header.as_ref().map_or(0, |h| h.node_id)
+            );
+        }
+        print_members(common, &status.members, summary);
+        return Ok(exit::OK);
+    }
+    let channel = leader_channel(&client).await?;
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
+    let response = match command {
+        ClusterCommand::Status | ClusterCommand::Recover { .. } => unreachable!("handled above"),
+        ClusterCommand::Add {
+            id,
+            raft_addr,
+            client_addr,
+        } => {
+            cluster
+                .member_add(pb::MemberAddRequest {
+                    id,
+                    raft_addr,
+                    client_addr,
+                    wait: true,
+                })
+                .await
+        }
+        ClusterCommand::Promote { id } => cluster.promote(pb::MemberRequest { id }).await,
+        ClusterCommand::Remove { id } => cluster.remove(pb::MemberRequest { id }).await,
+        ClusterCommand::TransferLeader { id } => {
+            cluster.transfer_leader(pb::MemberRequest { id }).await
+        }
+    }
+    .map_err(status_fail)?
+    .into_inner();
+    print_members(
+        common,
+        &response.members,
+        json!({ "revision": response.header.map_or(0, |h| h.revision) }),
+    );
+    Ok(exit::OK)
+}
