@@ -2,8 +2,9 @@
 //! etcd cluster, both on loopback and both fsyncing every commit.
 //!
 //! For each system and each client count (default 1, 64, 256): `put` of
-//! 16-byte keys and 256-byte values (each key new), then linearizable `get`
-//! of keys written before, each for `--seconds`. Clients are tasks spread
+//! 16-byte keys and 256-byte values (each key new), `overwrite` of random
+//! keys written before, then linearizable `get` of keys written before,
+//! each for `--seconds`. Both systems keep every revision's history. Clients are tasks spread
 //! over at most 16 connections (SDK clients), the same for both systems.
 //! Ferry runs as `ferry serve` processes (this binary re-executed as
 //! `serve-node`) with default settings; the Ferry SDK is its client.
@@ -66,8 +67,12 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Workload {
+pub(crate) enum Workload {
+    /// Puts of new keys.
     Put,
+    /// Puts of random keys among those written before (the key space
+    /// filled by `Put`).
+    Overwrite,
     Get,
 }
 
@@ -97,6 +102,17 @@ async fn drive<C: KvClient>(
                     Workload::Put => {
                         let i = written.fetch_add(1, Ordering::Relaxed);
                         client.put(key(i), vec![(i % 251) as u8; VALUE_BYTES]).await
+                    }
+                    Workload::Overwrite => {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        client
+                            .put(
+                                key(state % readable),
+                                vec![(state % 251) as u8; VALUE_BYTES],
+                            )
+                            .await
                     }
                     Workload::Get => {
                         state ^= state << 13;
@@ -128,6 +144,7 @@ async fn drive<C: KvClient>(
     let elapsed = started.elapsed().as_secs_f64();
     let name = match workload {
         Workload::Put => "put",
+        Workload::Overwrite => "overwrite",
         Workload::Get => "get",
     };
     let row = Row::system(system, name)
@@ -148,7 +165,7 @@ async fn drive<C: KvClient>(
 async fn run_system<C: KvClient>(system: &str, pool: &[C], args: &Args) -> Vec<Row> {
     let written = Arc::new(AtomicU64::new(0));
     let mut rows = Vec::new();
-    for workload in [Workload::Put, Workload::Get] {
+    for workload in [Workload::Put, Workload::Overwrite, Workload::Get] {
         for &clients in &args.clients {
             rows.push(drive(system, pool, workload, clients, args.seconds, &written).await);
         }
@@ -196,10 +213,8 @@ mod etcd {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::{connections, run_system, Args, KvClient};
-    use crate::failover::free_addr;
+    use crate::etcd::Members;
     use crate::report::Row;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
 
     impl KvClient for etcd_client::KvClient {
         async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
@@ -220,84 +235,14 @@ mod etcd {
         }
     }
 
-    /// etcd members; killed when dropped.
-    struct Members(Vec<Child>);
-
-    impl Drop for Members {
-        fn drop(&mut self) {
-            for child in &mut self.0 {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
     pub async fn run(args: &Args) -> Vec<Row> {
-        let found = Command::new(&args.etcd)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            eprintln!(
-                "etcd: skipped ({} not found; Debian: apt install etcd-server)",
-                args.etcd
-            );
-            return Vec::new();
-        }
         let root = args.output.work_dir();
-        let addrs: Vec<(String, String)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
-        let cluster = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Members(Vec::new());
-        for (i, (client, peer)) in addrs.iter().enumerate() {
-            let child = Command::new(&args.etcd)
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(root.path().join(format!("m{i}")))
-                .args(["--listen-client-urls", &format!("http://{client}")])
-                .args(["--advertise-client-urls", &format!("http://{client}")])
-                .args(["--listen-peer-urls", &format!("http://{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
-                .args(["--initial-cluster", &cluster])
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "ferry-bench",
-                ])
-                .args(["--quota-backend-bytes", &(8u64 << 30).to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn etcd");
-            members.0.push(child);
-        }
-        let endpoints: Vec<String> = addrs.iter().map(|(c, _)| format!("http://{c}")).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let Some(members) = Members::start(&args.etcd, root.path()) else {
+            return Vec::new();
+        };
         let mut pool = Vec::new();
-        while pool.len() < connections(args) {
-            match etcd_client::Client::connect(&endpoints, None).await {
-                Ok(client) => {
-                    let kv = client.kv_client();
-                    if KvClient::put(&kv, b"ready".to_vec(), b"1".to_vec())
-                        .await
-                        .is_ok()
-                    {
-                        pool.push(kv);
-                        continue;
-                    }
-                }
-                Err(error) => eprintln!("etcd: {error}"),
-            }
-            assert!(Instant::now() < deadline, "etcd cluster did not start");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for client in members.clients(connections(args)).await {
+            pool.push(client.kv_client());
         }
         let rows = run_system("etcd", &pool, args).await;
         drop(members);

@@ -52,6 +52,9 @@ pub struct NodeArgs {
     /// HTTP address of /metrics ("" = none).
     #[arg(long, default_value = "")]
     pub metrics_addr: String,
+    /// Keep every revision's history (no automatic compaction).
+    #[arg(long)]
+    pub keep_history: bool,
 }
 
 pub fn serve_node(args: &NodeArgs) {
@@ -67,6 +70,15 @@ pub fn serve_node(args: &NodeArgs) {
             init: args.init,
             join: !args.init,
             ..ferry_server::config::ServeConfig::default()
+        };
+        let config = if args.keep_history {
+            ferry_server::config::ServeConfig {
+                history_keep_revisions: 0,
+                history_keep_secs: 0,
+                ..config
+            }
+        } else {
+            config
         };
         let server = ferry_server::server::Server::start(config)
             .await
@@ -91,16 +103,24 @@ pub(crate) struct Nodes {
     /// Per node: the metrics address.
     pub(crate) metrics: BTreeMap<u64, String>,
     pub(crate) children: BTreeMap<u64, Child>,
+    /// `serve-node` flags every node gets.
+    pub(crate) extra: Vec<String>,
 }
 
 impl Nodes {
     /// Nodes `1..=n` forming one cluster (node 1 initializes it).
     pub(crate) fn start(root: tempfile::TempDir, n: u64) -> Nodes {
+        Self::start_with(root, n, Vec::new())
+    }
+
+    /// As [`Nodes::start`], every node also getting the `serve-node` flags `extra`.
+    pub(crate) fn start_with(root: tempfile::TempDir, n: u64, extra: Vec<String>) -> Nodes {
         let mut nodes = Nodes {
             root,
             addrs: (1..=n).map(|id| (id, (free_addr(), free_addr()))).collect(),
             metrics: BTreeMap::new(),
             children: BTreeMap::new(),
+            extra,
         };
         for id in 1..=n {
             nodes.spawn(id, id == 1);
@@ -129,6 +149,7 @@ impl Nodes {
             .arg(self.root.path().join(format!("node-{id}")))
             .args(["--client-addr", &client, "--raft-addr", &raft])
             .args(["--metrics-addr", &metrics])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("FERRY_BENCH_DEBUG").is_some() {

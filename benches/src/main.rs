@@ -15,7 +15,10 @@ mod backup_restore;
 mod checkpoint;
 mod cluster;
 mod engine;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod failover;
+mod history;
 mod parquet;
 mod recovery;
 mod report;
@@ -55,6 +58,8 @@ enum Suite {
     Failover(failover::Args),
     /// A 3-node Ferry cluster against a 3-member etcd cluster: puts and linearizable gets.
     Cluster(cluster::Args),
+    /// The revision history against etcd's: replay by watch, bytes per change, compaction, export.
+    History(history::Args),
     /// All three members replaced one by one under load: time and bytes.
     Rolling(rolling::Args),
     /// (internal) one node of the failover suite's cluster.
@@ -74,6 +79,7 @@ fn main() {
         Suite::Failover(args) => (failover::run(args), args.output.json.as_deref()),
         Suite::Cluster(args) => (cluster::run(args), args.output.json.as_deref()),
         Suite::Rolling(args) => (rolling::run(args), args.output.json.as_deref()),
+        Suite::History(args) => (history::run(args), args.output.json.as_deref()),
         Suite::ServeNode(args) => {
             failover::serve_node(args);
             return;

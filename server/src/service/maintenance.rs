@@ -291,6 +291,12 @@ impl Maintenance for MaintenanceService {
                     .node
                     .compacted()
                     .map_err(|e| self.context.status(e))?,
+                purge_pending: self
+                    .context
+                    .node
+                    .state()
+                    .purge_pending()
+                    .map_err(|e| Status::internal(e.to_string()))?,
             }))
         })
         .await
