@@ -42,6 +42,20 @@ fn key(i: u64) -> String {
     format!("{i:016}")
 }
 
+/// A value no compression shrinks (the bytes on disk per change compare
+/// storage layouts, not compressors).
+fn value(i: u64) -> Vec<u8> {
+    let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..VALUE_BYTES / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}
+
 /// Writes `changes` new keys through `put` from `clients` tasks; returns
 /// the seconds it took.
 async fn fill<C, F>(pool: &[C], clients: usize, changes: u64, put: F) -> f64
@@ -63,9 +77,7 @@ where
                 if i >= changes {
                     return;
                 }
-                put(client.clone(), key(i), vec![(i % 251) as u8; VALUE_BYTES])
-                    .await
-                    .expect("a put");
+                put(client.clone(), key(i), value(i)).await.expect("a put");
             }
         });
     }
@@ -281,7 +293,7 @@ mod etcd {
         let options = etcd_client::WatchOptions::new()
             .with_prefix()
             .with_start_revision(start as i64);
-        let (_watcher, mut stream) = client.watch(PREFIX, Some(options)).await.expect("watch");
+        let mut stream = client.watch(PREFIX, Some(options)).await.expect("watch");
         let started = Instant::now();
         let mut events = 0u64;
         while events < args.changes {

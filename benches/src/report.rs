@@ -99,8 +99,16 @@ pub fn print_table(rows: &[Row]) {
     print_aligned(&lines, 2);
 }
 
+/// Figures that measure a rate (higher is better), in the order a ratio
+/// takes the first both systems measured.
+const THROUGHPUTS: &[&str] = &["ops_per_sec", "events_per_sec", "rows_per_sec"];
+/// Figures that measure a cost (lower is better).
+const COSTS: &[&str] = &["bytes_per_change", "seconds"];
+
 /// Prints, for each workload (and client count, where rows have one),
-/// Ferry's throughput divided by each peer's (above 1.0: Ferry is faster)
+/// Ferry's throughput divided by each peer's (above 1.0: Ferry is faster),
+/// for cases measured by a cost the peer's divided by Ferry's (above 1.0:
+/// Ferry spends less)
 /// and, where rows have `p99_us`, Ferry's p99 latency divided by the
 /// peer's (below 1.0: Ferry is faster). Skipped unless Ferry and a peer
 /// both ran.
@@ -133,6 +141,11 @@ pub fn print_ratios(rows: &[Row]) {
             .and_then(|row| row.get(figure))
     };
     let with_p99 = rows.iter().any(|row| row.get("p99_us").is_some());
+    // Cases measured by a cost (bytes, seconds) rather than a rate.
+    let with_cost = rows.iter().any(|row| {
+        THROUGHPUTS.iter().all(|f| row.get(f).is_none())
+            && COSTS.iter().any(|f| row.get(f).is_some())
+    });
 
     let mut header = vec!["workload".to_owned()];
     for peer in &peers {
@@ -140,24 +153,39 @@ pub fn print_ratios(rows: &[Row]) {
         if with_p99 {
             header.push(format!("p99 {BASELINE}/{peer}"));
         }
+        if with_cost {
+            header.push(format!("cost {peer}/{BASELINE}"));
+        }
     }
     let mut lines = vec![header];
     let ratio = |ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
         (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.2}", ours / theirs),
         _ => "-".to_owned(),
     };
+    // The first of `names` both engines measured for `case`.
+    let both = |names: &[&str], peer: &str, case: &str| {
+        names
+            .iter()
+            .find_map(|f| Some((figure(BASELINE, case, f)?, figure(peer, case, f)?)))
+    };
     for name in &cases {
         let mut line = vec![name.clone()];
         for &peer in &peers {
-            line.push(ratio(
-                figure(BASELINE, name, "ops_per_sec"),
-                figure(peer, name, "ops_per_sec"),
-            ));
+            let rate = both(THROUGHPUTS, peer, name);
+            line.push(ratio(rate.map(|r| r.0), rate.map(|r| r.1)));
             if with_p99 {
                 line.push(ratio(
                     figure(BASELINE, name, "p99_us"),
                     figure(peer, name, "p99_us"),
                 ));
+            }
+            if with_cost {
+                let cost = if rate.is_some() {
+                    None
+                } else {
+                    both(COSTS, peer, name)
+                };
+                line.push(ratio(cost.map(|c| c.1), cost.map(|c| c.0)));
             }
         }
         lines.push(line);

@@ -56,6 +56,22 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// Adds every operation of `other` after this batch's own.
+    ///
+    /// ```
+    /// let mut batch = ferry_engine::WriteBatch::new();
+    /// batch.put(b"a", b"1");
+    /// let mut more = ferry_engine::WriteBatch::new();
+    /// more.delete(b"b");
+    /// batch.append(&more);
+    /// assert_eq!(batch.len(), 2);
+    /// ```
+    pub fn append(&mut self, other: &WriteBatch) {
+        self.ops.extend_from_slice(&other.ops);
+        self.count += other.count;
+        self.user_bytes += other.user_bytes;
+    }
+
     /// Adds a put of `key` to `value`.
     ///
     /// ```

@@ -170,3 +170,26 @@ pub async fn force_new_cluster(
     std::fs::rename(data_dir, &aside)?;
     restore_as_single_node(&aside.join("recovery-checkpoint"), data_dir, id, node).await
 }
+
+/// The user keys of a stopped member's data directory (or of one a
+/// restore or recovery wrote), read offline: for inspection and checks,
+/// without starting a node.
+pub fn user_state(data_dir: &Path) -> io::Result<BTreeMap<Vec<u8>, crate::types::KeyValue>> {
+    let pointer = data_dir.join(crate::state_machine::ENGINE_POINTER);
+    let engine_name = std::fs::read_to_string(&pointer)?;
+    let db = ferry_engine::Db::open(
+        data_dir.join(engine_name.trim()),
+        ferry_engine::Options::default(),
+    )
+    .map_err(io::Error::other)?;
+    let mut state = BTreeMap::new();
+    let (from, to) = keys::user_bounds(&[], None);
+    for item in db.range(from..to) {
+        let (key, value) = item.map_err(io::Error::other)?;
+        let record =
+            keys::Record::decode(&value).ok_or_else(|| keys::undecodable("record", &key[1..]))?;
+        state.insert(key[1..].to_vec(), record.into_key_value(key[1..].to_vec()));
+    }
+    db.close().map_err(io::Error::other)?;
+    Ok(state)
+}

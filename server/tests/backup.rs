@@ -35,17 +35,11 @@ async fn write(client: &Client, model: &mut Model, count: usize, tag: &str) {
 
 /// The user keys of a restored data directory, read from its engine.
 fn restored_state(data_dir: &Path) -> State {
-    let db = ferry_engine::Db::open(data_dir.join("engine-0"), Default::default()).unwrap();
-    let mut state = State::new();
-    let mut iter = db.prefix([0x01]);
-    while let Some((key, value)) = iter.next().transpose().unwrap() {
-        // Record version 2 of a user value: a 33-byte header, then the bytes.
-        assert_eq!(value[0], 2);
-        state.insert(key[1..].to_vec(), value[33..].to_vec());
-    }
-    drop(iter);
-    db.close().unwrap();
-    state
+    ferry_replication::recovery::user_state(data_dir)
+        .unwrap()
+        .into_iter()
+        .map(|(key, kv)| (key, kv.value))
+        .collect()
 }
 
 async fn ferry_blocking(args: Vec<String>) -> (i32, String, String) {

@@ -32,9 +32,10 @@
 //! ```
 //!
 //! The content checksum of a state export is the engine's content
-//! checksum over, per row, the key and its stored record (see
-//! `state_machine::keys`): what [`crate::Node::user_checksum`] computes
-//! for a live replica, so an export and a restore are checked end to end.
+//! checksum over, per row, the key and `create_revision | mod_revision |
+//! version | lease` (u64 LE each) then the value: what
+//! [`crate::Node::user_checksum`] computes for a live replica, so an
+//! export and a restore are checked end to end.
 //! Of a history export, over the change log's own rows.
 
 pub mod history;

@@ -192,6 +192,7 @@ fn load(
                             mod_revision: columns.modified.value(row),
                             version: columns.version.value(row),
                             lease: columns.lease.value(row),
+                            mod_index: 0,
                             value: columns.value.value(row).to_vec(),
                         };
                         if record.mod_revision > manifest.sequence
@@ -203,10 +204,10 @@ fn load(
                                 checksum.rows()
                             )));
                         }
-                        let stored = record.encode();
-                        checksum.add(key, &stored);
-                        total.add(key, &stored);
-                        add_user_row(loader, key, &stored).map_err(|e| match e {
+                        let canonical = record.state_bytes();
+                        checksum.add(key, &canonical);
+                        total.add(key, &canonical);
+                        add_user_row(loader, key, &record.encode()).map_err(|e| match e {
                             ferry_engine::Error::InvalidOptions(reason) => reader.corrupt(reason),
                             other => other,
                         })?;

@@ -137,9 +137,9 @@ pub fn export<S: PartSink>(
         let (engine_key, value) = item.map_err(io::Error::other)?;
         let key = &engine_key[1..];
         let record = Record::decode(&value).ok_or_else(|| keys::undecodable("record", key))?;
-        let stored = record.encode();
-        total.add(key, &stored);
-        writer.checksum(key, &stored);
+        let canonical = record.state_bytes();
+        total.add(key, &canonical);
+        writer.checksum(key, &canonical);
         rows.add(key, &record);
         if rows.bytes >= options.batch_bytes {
             rows.flush(&mut writer)?;

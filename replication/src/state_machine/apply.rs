@@ -151,6 +151,12 @@ pub(crate) struct Overlay<'a> {
     dirty: BTreeSet<u64>,
     /// User-visible changes, in order, for the change feed.
     pub(crate) changes: Vec<Change>,
+    /// The history's entries (change log, versions): written after
+    /// `writes`, straight into the batch. Nothing in a run reads them (a
+    /// purge step, which does, starts a run), so they skip the overlay.
+    history: WriteBatch,
+    /// Scratch space for encoding a change.
+    scratch: Vec<u8>,
     /// The latest command time so far.
     time: u64,
     /// The compacted revision, and the purge under way, as of the entries
@@ -178,6 +184,8 @@ impl<'a> Overlay<'a> {
             clients: HashMap::new(),
             dirty: BTreeSet::new(),
             changes: Vec::new(),
+            history: WriteBatch::new(),
+            scratch: Vec::new(),
             time,
             compacted,
             purge,
@@ -213,6 +221,9 @@ impl<'a> Overlay<'a> {
                 None => batch.delete(key),
             };
         }
+        // After the overlay's writes: a version a purge step of this run
+        // removed may be needed again by a change after it.
+        batch.append(&self.history);
         Ok((batch, self.changes))
     }
 
@@ -240,29 +251,32 @@ impl<'a> Overlay<'a> {
         }
     }
 
-    /// Before `key` changes: if its current version was written below the
-    /// compacted revision, its version entry may be gone (or, in a state
-    /// from release 0.1.0, never written); keep the version, so that reads
-    /// at revisions between it and this change still find it.
-    fn backfill(&mut self, key: &[u8], previous: &Record) {
+    /// `key`'s latest value `previous` is being replaced: it becomes a
+    /// version entry, pointing at its change log entry, or holding it
+    /// inline if that is below the compacted revision (purged, or never
+    /// written by release 0.1.0).
+    fn supersede(&mut self, key: &[u8], previous: &Record) {
+        let at = history::version_key(key, previous.mod_revision, previous.mod_index);
         if previous.mod_revision < self.compacted {
-            self.put(
-                history::version_key(key, previous.mod_revision, 0),
-                history::inline(previous),
-            );
+            self.history.put(&at, history::inline(previous));
+        } else {
+            self.history.put(&at, history::pointer());
         }
     }
 
-    /// Records a change in the history and the feed.
+    /// Records a change in the change log and the feed (a delete also gets
+    /// its version entry: there is no latest value to stand for it).
     fn record_change(&mut self, change: Change) {
-        self.put(
+        self.scratch.clear();
+        change.encode_into(&mut self.scratch);
+        self.history.put(
             history::change_key(change.revision, change.index),
-            change.encode(),
+            &self.scratch,
         );
-        self.put(
-            history::version_key(&change.key, change.revision, change.index),
-            history::pointer(),
-        );
+        if change.kind == ChangeKind::Delete {
+            let at = history::version_key(&change.key, change.revision, change.index);
+            self.history.put(&at, history::pointer());
+        }
         self.changes.push(change);
     }
 
@@ -310,13 +324,14 @@ impl<'a> Overlay<'a> {
                 } => {
                     let previous = self.record(key)?;
                     if let Some(previous) = &previous {
-                        self.backfill(key, previous);
+                        self.supersede(key, previous);
                     }
                     let record = Record {
                         create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
                         mod_revision: revision,
                         version: previous.as_ref().map_or(1, |p| p.version + 1),
                         lease: *lease,
+                        mod_index: index,
                         value: value.clone(),
                     };
                     self.put(keys::user_key(key), record.encode());
@@ -339,7 +354,7 @@ impl<'a> Overlay<'a> {
                 }
                 Op::Delete { key, prev_kv } => match self.record(key)? {
                     Some(previous) => {
-                        self.backfill(key, &previous);
+                        self.supersede(key, &previous);
                         self.delete(keys::user_key(key));
                         self.record_change(Change {
                             revision,

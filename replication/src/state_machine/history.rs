@@ -5,8 +5,10 @@
 //! - the **change log**, by revision: what a watch from a revision and a
 //!   history export read, in order, sequentially;
 //! - the **versions** of each key, by key then revision: what a read at a
-//!   past revision looks up. An entry points at the change log, except for
-//!   versions kept below the compacted revision, which hold their record.
+//!   past revision looks up. A version gets its entry when it is
+//!   superseded (the latest one is the latest value itself), and a delete
+//!   gets one at once. An entry points at the change log, except for
+//!   versions from below the compacted revision, which hold their record.
 //!
 //! ## Format (layout version 2)
 //!
@@ -27,27 +29,30 @@
 //! `prev_revision` is the key's previous mod revision (0: it did not
 //! exist). A delete of an absent key is no change and leaves no entry.
 //!
+//! **Reads at revision R (≥ C, the compacted revision below).** A key's
+//! value at R is its latest value if that was written at or before R;
+//! else its newest version entry at or before R (a delete: absent); none:
+//! it did not exist at R. Every superseded version has an entry: when a
+//! key changes, apply writes one for the version it replaces, pointing at
+//! the change log if that version is at or above C, else inline (its
+//! change log entry is purged, or, in a state from release 0.1.0, was
+//! never written).
+//!
 //! **Compaction.** The system key "compacted" (C) is the first revision
 //! whose history is served; a [`Command::Compact`](crate::types::Command)
 //! raises it, and reads and watches below it fail at once. The entries below
 //! C are then removed by [`purge_step`]s, replicated commands each doing a
 //! bounded amount of work, so every replica removes the same entries at the
-//! same log index. For each key, the newest version below C is kept (as an
-//! inline record) if it is a put and the key changed again at or after C:
-//! a read at a revision ≥ C may need it. Every other entry below C goes.
+//! same log index. For each key, the newest version entry below C is kept
+//! (as an inline record) if it is a put superseded at or after C: a read
+//! at a revision ≥ C needs it. Every other entry below C goes.
 //!
-//! **Reads at revision R (≥ C).** A key's value at R is its newest version
-//! at or before R; if it has none, its latest value if that was written at
-//! or before R (a key unchanged since before the history's start or since
-//! its versions below C were purged); else it did not exist at R. When a
-//! key changes, a latest value written below C gets a version entry first
-//! (apply's backfill), so that this rule stays true after the change.
-//!
-//! **Cost.** A put writes its value twice (the latest value and the change
-//! log) and its key three times (plus a version entry of the escaped key
-//! and 12 bytes); a delete writes a small change and a version entry. Per
-//! retained change that is the value plus about 70 bytes and twice the key,
-//! before the engine's compression; `ferry-bench history` measures it.
+//! **Cost.** A put of a new key writes its value twice (the latest value
+//! and the change log) and its key twice; replacing a value also writes a
+//! version entry for the old one (the escaped key and 13 bytes); a delete
+//! writes a small change and two version entries. Per retained change that
+//! is the value plus about 60 bytes and the key two or three times, before
+//! the engine's compression; `ferry-bench history` measures it.
 
 use super::keys::{self, word, Record};
 use crate::types::KeyValue;
@@ -114,6 +119,12 @@ impl Change {
         let mut out = Vec::with_capacity(
             CHANGE_HEADER + self.key.len() + CHANGE_PUT_FIELDS + self.value.len(),
         );
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the change's encoding (the format's change log value).
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(match self.kind {
             ChangeKind::Put => PUT,
             ChangeKind::Delete => DELETE,
@@ -129,7 +140,6 @@ impl Change {
             out.extend_from_slice(&self.lease.to_le_bytes());
             out.extend_from_slice(&self.value);
         }
-        out
     }
 
     /// The key of an encoded change, without decoding the rest.
@@ -178,6 +188,7 @@ impl Change {
             mod_revision: self.revision,
             version: self.version,
             lease: self.lease,
+            mod_index: self.index,
             value: self.value.clone(),
         })
     }
@@ -626,7 +637,17 @@ pub(crate) fn purge_step(
                     entries.push(iter.next().expect("peeked").map_err(engine)?);
                 }
                 looked += entries.len();
-                purge_key(view, &entries, below, write)?;
+                let user_key =
+                    unescape(&group[1..]).ok_or_else(|| corrupt("version key", &group))?;
+                let latest = match view.get(keys::user_key(&user_key)).map_err(engine)? {
+                    None => None,
+                    Some(bytes) => Some(
+                        Record::decode(&bytes)
+                            .ok_or_else(|| keys::undecodable("record", &user_key))?
+                            .mod_revision,
+                    ),
+                };
+                purge_key(view, &entries, latest, below, write)?;
                 if looked >= limit {
                     return Ok(Some(PurgeCursor {
                         below,
@@ -657,10 +678,13 @@ pub(crate) fn purge_step(
     }
 }
 
-/// Purges one key's versions below `below` (see the module docs).
+/// Purges one key's version entries below `below` (see the module docs);
+/// `latest` is the mod revision of its latest value, if it has one (the
+/// version that superseded its last entry, when no later entry did).
 fn purge_key(
     view: &Snapshot,
     entries: &[(Vec<u8>, Vec<u8>)],
+    latest: Option<u64>,
     below: u64,
     write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
 ) -> io::Result<()> {
@@ -679,7 +703,9 @@ fn purge_key(
     if old == 0 {
         return Ok(());
     }
-    let changed_since = old < entries.len();
+    // Superseded at or after `below`: by a later entry, or by the latest
+    // value.
+    let changed_since = old < entries.len() || latest.is_some_and(|m| m >= below);
     let mut keep = None;
     if changed_since {
         let (key, value) = &entries[old - 1];

@@ -21,8 +21,10 @@
 //! engine key = 0x03 ‖ …           each key's versions (see `history`)
 //!
 //! record = 2 | create_revision u64 LE | mod_revision u64 LE | version u64 LE
-//!            | lease u64 LE | value bytes
-//!        | 1 | create_revision | mod_revision | version | value bytes   (layout 1: no lease)
+//!            | lease u64 LE | mod_index u32 LE | value bytes
+//!        | 1 | create_revision | mod_revision | version | value bytes   (layout 1)
+//! mod_index = the change's place in its revision (its change log entry is
+//!             (mod_revision, mod_index)); layout 1's records have 0 and no lease
 //! ```
 //!
 //! The applied marker is written in the same engine batch as the effects of
@@ -48,7 +50,7 @@ pub(crate) const LAYOUT_VERSION: u8 = 2;
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
 const RECORD_V1_HEADER: usize = 25;
-const RECORD_V2_HEADER: usize = 33;
+const RECORD_V2_HEADER: usize = 37;
 
 pub(crate) fn user_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 1);
@@ -81,6 +83,8 @@ pub(crate) struct Record {
     pub(crate) mod_revision: u64,
     pub(crate) version: u64,
     pub(crate) lease: u64,
+    /// The change's index within `mod_revision` (see the format).
+    pub(crate) mod_index: u32,
     pub(crate) value: Vec<u8>,
 }
 
@@ -97,7 +101,26 @@ impl Record {
         out.extend_from_slice(&self.mod_revision.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.lease.to_le_bytes());
+        out.extend_from_slice(&self.mod_index.to_le_bytes());
         out.extend_from_slice(&self.value);
+    }
+
+    /// The record as the state checksum sees it (see `crate::export`):
+    /// create, mod, version and lease revisions (u64 LE), then the value.
+    /// Internal fields (its format version, `mod_index`) are left out, so
+    /// a state rebuilt from an export checksums as its source.
+    pub(crate) fn state_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.value.len());
+        for n in [
+            self.create_revision,
+            self.mod_revision,
+            self.version,
+            self.lease,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&self.value);
+        out
     }
 
     /// Decodes a stored value; `None` if it is not a record of a known
@@ -109,6 +132,7 @@ impl Record {
                 mod_revision: word(bytes, 9),
                 version: word(bytes, 17),
                 lease: word(bytes, 25),
+                mod_index: u32::from_le_bytes([bytes[33], bytes[34], bytes[35], bytes[36]]),
                 value: bytes[RECORD_V2_HEADER..].to_vec(),
             }),
             RECORD_V1 if bytes.len() >= RECORD_V1_HEADER => Some(Record {
@@ -116,6 +140,7 @@ impl Record {
                 mod_revision: word(bytes, 9),
                 version: word(bytes, 17),
                 lease: 0,
+                mod_index: 0,
                 value: bytes[RECORD_V1_HEADER..].to_vec(),
             }),
             _ => None,
@@ -153,6 +178,7 @@ mod tests {
             mod_revision: 9,
             version: 4,
             lease: 77,
+            mod_index: 3,
             value: b"value".to_vec(),
         };
         assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
@@ -165,6 +191,7 @@ mod tests {
             Record::decode(&v1),
             Some(Record {
                 lease: 0,
+                mod_index: 0,
                 ..record.clone()
             })
         );
