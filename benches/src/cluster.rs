@@ -161,16 +161,42 @@ async fn drive<C: KvClient>(
     row
 }
 
-/// Every workload at every client count against one system.
-async fn run_system<C: KvClient>(system: &str, pool: &[C], args: &Args) -> Vec<Row> {
+/// Every workload at every client count against one system whose server
+/// processes are `pids`: each row also says how much CPU (user and system,
+/// all server processes) an operation cost, a figure that moves less than
+/// throughput when the shared machine is noisy.
+async fn run_system<C: KvClient>(system: &str, pool: &[C], pids: &[u32], args: &Args) -> Vec<Row> {
     let written = Arc::new(AtomicU64::new(0));
     let mut rows = Vec::new();
     for workload in [Workload::Put, Workload::Overwrite, Workload::Get] {
         for &clients in &args.clients {
-            rows.push(drive(system, pool, workload, clients, args.seconds, &written).await);
+            let before = cpu_seconds(pids);
+            let row = drive(system, pool, workload, clients, args.seconds, &written).await;
+            let cpu = cpu_seconds(pids) - before;
+            let ops = row.get("ops_per_sec").unwrap_or(0.0) * args.seconds;
+            rows.push(row.with(
+                "cpu_us_per_op",
+                if ops > 0.0 { cpu * 1e6 / ops } else { 0.0 },
+            ));
         }
     }
     rows
+}
+
+/// CPU seconds (user and system) the processes `pids` have used so far.
+pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces).
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks)
+        })
+        .sum()
 }
 
 fn connections(args: &Args) -> usize {
@@ -196,7 +222,8 @@ async fn run_async(args: &Args) -> Vec<Row> {
         for _ in 0..connections(args) {
             pool.push(connect(&endpoints).await);
         }
-        rows.extend(run_system("ferry", &pool, args).await);
+        let pids: Vec<u32> = nodes.children.values().map(|c| c.id()).collect();
+        rows.extend(run_system("ferry", &pool, &pids, args).await);
     }
     rows.extend(etcd::run(args).await);
     rows
@@ -244,7 +271,7 @@ mod etcd {
         for client in members.clients(connections(args)).await {
             pool.push(client.kv_client());
         }
-        let rows = run_system("etcd", &pool, args).await;
+        let rows = run_system("etcd", &pool, &members.pids(), args).await;
         drop(members);
         rows
     }

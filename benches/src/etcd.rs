@@ -74,6 +74,11 @@ impl Members {
         Some(members)
     }
 
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
     /// `count` clients, once the cluster takes writes.
     pub async fn clients(&self, count: usize) -> Vec<etcd_client::Client> {
         let deadline = Instant::now() + Duration::from_secs(30);

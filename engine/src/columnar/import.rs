@@ -43,7 +43,9 @@ enum Decoded {
 ///
 /// Parquet decoding runs on a second thread, a bounded channel of a few
 /// batches ahead of the table writer, so the two stages overlap and memory
-/// stays bounded.
+/// stays bounded. The decoding thread also checks each part's rows against
+/// its checksum; the loader's own checksum of every row is checked against
+/// the export's total.
 pub(crate) fn load(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -58,8 +60,6 @@ pub(crate) fn load(
         total_bytes += fs.file_size(&path).at(&path)?;
     }
     let mut done_bytes = 0;
-    let mut total = ContentChecksum::new();
-    let mut checksum = ContentChecksum::new();
     // Batches arrive part by part, in order: this is the part they belong to.
     let mut part_index = 0;
     std::thread::scope(|scope| -> Result<()> {
@@ -87,14 +87,10 @@ pub(crate) fn load(
                     let (keys, values, sequences) =
                         columns(&batch).map_err(|reason| Error::corruption(&path, 0, reason))?;
                     for row in 0..batch.num_rows() {
-                        let (key, value, sequence) =
-                            (keys.value(row), values.value(row), sequences.value(row));
-                        checksum.add(key, value);
-                        total.add(key, value);
                         // Order and sequence are the export's promises: a
                         // breach is damage in this file.
                         loader
-                            .add(key, value, sequence)
+                            .add(keys.value(row), values.value(row), sequences.value(row))
                             .map_err(|error| match error {
                                 Error::InvalidOptions(reason) => {
                                     Error::corruption(&path, 0, reason)
@@ -104,18 +100,6 @@ pub(crate) fn load(
                     }
                 }
                 Decoded::EndOfPart(index, size) => {
-                    let part = &manifest.parts[index];
-                    if checksum.rows() != part.rows || checksum.value() != part.checksum {
-                        return Err(Error::corruption(
-                            dir.join(&part.name),
-                            0,
-                            format!(
-                                "rows or content checksum differ from the EXPORT file ({} rows read)",
-                                checksum.rows()
-                            ),
-                        ));
-                    }
-                    checksum = ContentChecksum::new();
                     part_index = index + 1;
                     done_bytes += size;
                     progress(Progress {
@@ -128,7 +112,7 @@ pub(crate) fn load(
         }
         Ok(())
     })?;
-    if total.rows() != manifest.rows || total.value() != manifest.checksum {
+    if loader.rows() != manifest.rows || loader.checksum() != manifest.checksum {
         return Err(Error::corruption(
             &manifest_path,
             0,
@@ -172,13 +156,23 @@ fn decode_part(
     {
         return Err(reader.corrupt("file metadata does not match the EXPORT file"));
     }
+    let mut checksum = ContentChecksum::new();
     while let Some(batch) = reader.next_batch()? {
-        if columns(&batch).is_err() {
+        let Ok((keys, values, _)) = columns(&batch) else {
             return Err(reader.corrupt("columns have the wrong names or types"));
+        };
+        for row in 0..batch.num_rows() {
+            checksum.add(keys.value(row), values.value(row));
         }
         if !deliver(batch) {
-            break;
+            return Ok(reader.size());
         }
+    }
+    if checksum.rows() != part.rows || checksum.value() != part.checksum {
+        return Err(reader.corrupt(format!(
+            "rows or content checksum differ from the EXPORT file ({} rows read)",
+            checksum.rows()
+        )));
     }
     Ok(reader.size())
 }

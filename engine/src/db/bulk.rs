@@ -81,6 +81,11 @@ impl BulkLoader<'_> {
     pub fn rows(&self) -> u64 {
         self.checksum.rows()
     }
+
+    /// The content checksum of the rows added so far.
+    pub fn checksum(&self) -> u64 {
+        self.checksum.value()
+    }
 }
 
 impl Db {

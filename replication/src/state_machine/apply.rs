@@ -245,7 +245,7 @@ impl<'a> Overlay<'a> {
     fn record(&self, key: &[u8]) -> io::Result<Option<Record>> {
         match self.get(&keys::user_key(key))? {
             None => Ok(None),
-            Some(bytes) => Record::decode(&bytes)
+            Some(bytes) => Record::decode_owned(bytes)
                 .map(Some)
                 .ok_or_else(|| keys::undecodable("record", key)),
         }

@@ -147,6 +147,20 @@ impl Record {
         }
     }
 
+    /// [`Record::decode`] of a value read into its own buffer, which keeps
+    /// the value (no second allocation and copy).
+    pub(crate) fn decode_owned(mut bytes: Vec<u8>) -> Option<Record> {
+        let header = match *bytes.first()? {
+            RECORD_V2 => RECORD_V2_HEADER,
+            RECORD_V1 => RECORD_V1_HEADER,
+            _ => return None,
+        };
+        let mut record = Record::decode(bytes.get(..header)?)?;
+        bytes.drain(..header);
+        record.value = bytes;
+        Some(record)
+    }
+
     pub(crate) fn into_key_value(self, key: Vec<u8>) -> KeyValue {
         KeyValue {
             key,
@@ -198,7 +212,10 @@ mod tests {
         let encoded = record.encode();
         for cut in 0..RECORD_V2_HEADER {
             assert_eq!(Record::decode(&encoded[..cut]), None);
+            assert_eq!(Record::decode_owned(encoded[..cut].to_vec()), None);
         }
+        assert_eq!(Record::decode_owned(encoded.clone()), Some(record.clone()));
+        assert_eq!(Record::decode_owned(v1.clone()), Record::decode(&v1));
         assert_eq!(Record::decode(&[9; 40]), None);
     }
 }
