@@ -60,7 +60,8 @@ mod varint;
 pub mod wal;
 
 pub use batch::WriteBatch;
-pub use db::{BulkLoader, BulkReport, Db, DbIterator, RecoveryReport, Snapshot};
+
+pub use db::{prefix_end, BulkLoader, BulkReport, Db, DbIterator, RecoveryReport, Snapshot};
 pub use error::{Error, Result};
 pub use key::SeqNo;
 pub use options::{Durability, Options, WalRecovery, WriteOptions};

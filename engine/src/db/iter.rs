@@ -240,8 +240,10 @@ impl DoubleEndedIterator for DbIterator {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix`, if any.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+/// The smallest key greater than every key starting with `prefix`, if any
+/// (`None`: the prefix is empty or all `0xff`, so no key is past it). The
+/// one implementation: the server's ranges, watches and permissions use it.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

@@ -5,6 +5,7 @@ mod bulk;
 mod checkpoint;
 mod columnar;
 mod iter;
+pub use iter::prefix_end;
 mod recovery;
 mod snapshot;
 mod write;
