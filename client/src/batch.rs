@@ -20,6 +20,7 @@
 //! - A member that does not know `Batch` (`UNIMPLEMENTED`) is remembered,
 //!   and calls to it go unary from then on.
 
+use crate::credentials::AuthChannel;
 use crate::pb::{self, batch_call, batch_reply, kv_client::KvClient};
 use crate::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use std::collections::HashMap;
@@ -27,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Calls whose encoding is larger go unary: a batch message must stay
@@ -135,7 +135,7 @@ impl Drop for CancelOnDrop<'_> {
 
 impl Batcher {
     /// Starts the batcher's task on the current runtime.
-    pub(crate) fn start(channel: Channel) -> Batcher {
+    pub(crate) fn start(channel: AuthChannel) -> Batcher {
         let (queue, calls) = mpsc::unbounded_channel();
         let unsupported = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(channel, calls, unsupported.clone()));
@@ -241,7 +241,7 @@ impl InFlight {
 }
 
 async fn run(
-    channel: Channel,
+    channel: AuthChannel,
     mut calls: mpsc::UnboundedReceiver<Message>,
     unsupported: Arc<AtomicBool>,
 ) {

@@ -1,6 +1,7 @@
 //! The client: endpoints, leader tracking, retries, exactly-once numbering.
 
 use crate::batch::{Batcher, MAX_BATCHED_CALL_BYTES};
+use crate::credentials::{intercepted, AuthChannel, Credentials, TlsOptions, TokenSlot};
 use crate::error::{Error, Result};
 use crate::pb::{
     self, batch_call, batch_reply, cluster_client::ClusterClient, kv_client::KvClient, Consistency,
@@ -12,12 +13,12 @@ use crate::watch::WatchStream;
 use rand::Rng;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 /// Tuning of a [`Client`].
@@ -37,6 +38,14 @@ pub struct ClientOptions {
     /// Writes of this client in flight at once at most (the cluster keeps
     /// an answer per write in flight for exactly-once retries).
     pub max_in_flight_writes: usize,
+    /// TLS towards the members (`None`: plain TCP, for servers started
+    /// without certificates).
+    pub tls: Option<TlsOptions>,
+    /// A user and password, for clusters with auth enabled: traded for a
+    /// token at connect, renewed before it expires and after the server
+    /// refuses it. With neither these nor a client certificate, a cluster
+    /// with auth enabled refuses every call ([`Error::Unauthenticated`]).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +57,8 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
             max_in_flight_writes: 256,
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -69,6 +80,15 @@ pub(crate) struct Inner {
     /// Woken whenever a write finishes, for writers waiting on the window.
     window: tokio::sync::Notify,
     in_flight: Semaphore,
+    /// The token every call carries (with credentials).
+    token: Arc<TokenSlot>,
+    /// Held while a token is fetched, so that calls finding it stale at
+    /// once fetch one, not one each (a password check costs the server
+    /// tens of milliseconds).
+    renewing: tokio::sync::Mutex<()>,
+    /// Bumped with every new token: a batch stream carries the token it
+    /// was opened with, so connections start a new one.
+    token_generation: AtomicU64,
 }
 
 /// A new write's sequence stays within this distance of the oldest write
@@ -160,8 +180,7 @@ impl Client {
             return Err(Error::Endpoint("no endpoint given".into()));
         }
         for endpoint in &endpoints {
-            Endpoint::from_shared(format!("http://{endpoint}"))
-                .map_err(|e| Error::Endpoint(format!("{endpoint}: {e}")))?;
+            endpoint_of(endpoint, options.tls.as_ref())?;
         }
         let client = Client {
             inner: Arc::new(Inner {
@@ -177,6 +196,9 @@ impl Client {
                     outstanding: BTreeSet::new(),
                 }),
                 window: tokio::sync::Notify::new(),
+                token: Arc::new(TokenSlot::default()),
+                renewing: tokio::sync::Mutex::new(()),
+                token_generation: AtomicU64::new(0),
             }),
         };
         client.refresh_members().await?;
@@ -222,31 +244,130 @@ impl Client {
         Ok(status)
     }
 
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
+    /// A channel to the current leader that carries this client's token
+    /// (fetched first if needed), for the API's calls this crate has no
+    /// method for, through the generated stubs ([`crate::pb`]). A stream
+    /// opened on it is checked once, when it opens.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// use ferry_client::pb::maintenance_client::MaintenanceClient;
+    /// let mut maintenance = MaintenanceClient::new(client.leader_channel().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn leader_channel(&self) -> Result<AuthChannel> {
+        self.refresh_members().await?;
+        let leader = self.leader().ok_or_else(|| Error::DeadlineExceeded {
+            deadline: self.inner.options.call_timeout,
+            last: "no leader known".into(),
+        })?;
+        self.member_channel(&leader).await
+    }
+
+    /// [`Client::leader_channel`] to the member at `addr` (its client
+    /// address), whatever its role.
+    pub async fn member_channel(&self, addr: &str) -> Result<AuthChannel> {
+        let channel = self.channel(addr)?;
+        self.ensure_token(&channel)
+            .await
+            .map_err(|status| match status.code() {
+                Code::Unauthenticated => Error::Unauthenticated(status.message().into()),
+                code => Error::Server {
+                    code,
+                    message: status.message().into(),
+                },
+            })?;
+        Ok(channel)
+    }
+
+    /// A channel to the member at `addr` that carries this client's token.
+    /// Streams opened on it keep the token they opened with: call
+    /// [`Client::ensure_token`] first.
+    pub(crate) fn channel(&self, addr: &str) -> Result<AuthChannel> {
         Ok(self.connection(addr)?.channel)
     }
 
     fn connection(&self, addr: &str) -> Result<Connection> {
+        let generation = self.inner.token_generation.load(Ordering::Acquire);
         let mut connections = self.inner.connections.lock().expect("lock");
-        if let Some(connection) = connections.get(addr) {
+        if let Some(connection) = connections.get_mut(addr) {
             // A batcher's task ends with the runtime that started it, and
             // so does the channel's: start both anew on this one.
             if !connection.batcher.ended() {
+                if connection.generation != generation {
+                    // Its stream carries an older token: later calls go on
+                    // a new stream (the old one ends with its last call).
+                    connection.batcher = Arc::new(Batcher::start(connection.channel.clone()));
+                    connection.generation = generation;
+                }
                 return Ok(connection.clone());
             }
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Endpoint(format!("{addr}: {e}")))?
+        let channel = endpoint_of(addr, self.inner.options.tls.as_ref())?
             .connect_timeout(self.inner.options.connect_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
+        let channel = intercepted(channel, &self.inner.token);
         let connection = Connection {
             batcher: Arc::new(Batcher::start(channel.clone())),
             channel,
             attempt: self.inner.options.attempt_timeout,
+            generation,
         };
         connections.insert(addr.to_owned(), connection.clone());
         Ok(connection)
+    }
+
+    /// Fetches a token through `channel` if this client has credentials
+    /// and holds no fresh token. Fails with `UNAUTHENTICATED` if the
+    /// cluster refuses the user and password; with any other status the
+    /// caller retries as for a failed call.
+    ///
+    /// Cancel-safe: dropped while waiting, it held only the renewal lock.
+    pub(crate) async fn ensure_token(
+        &self,
+        channel: &AuthChannel,
+    ) -> std::result::Result<(), Status> {
+        let Some(credentials) = &self.inner.options.credentials else {
+            return Ok(());
+        };
+        if !self.inner.token.stale() {
+            return Ok(());
+        }
+        let _renewing = self.inner.renewing.lock().await;
+        if !self.inner.token.stale() {
+            // Another call fetched one meanwhile.
+            return Ok(());
+        }
+        let answer = pb::auth_client::AuthClient::new(channel.clone())
+            .authenticate(pb::AuthenticateRequest {
+                name: credentials.user.clone(),
+                password: credentials.password.clone(),
+            })
+            .await;
+        match answer {
+            Ok(response) => {
+                let response = response.into_inner();
+                self.inner
+                    .token
+                    .set(&response.token, Duration::from_secs(response.ttl_seconds))
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.inner.token_generation.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                // Auth is off: calls need no token. Asked again after a
+                // refusal (auth was enabled since) or after a while.
+                self.inner.token.set_unneeded(Duration::from_secs(60));
+                Ok(())
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Forgets the token, so the next call fetches a new one.
+    pub(crate) fn drop_token(&self) {
+        self.inner.token.clear();
     }
 
     fn next_endpoint(&self) -> String {
@@ -286,6 +407,9 @@ impl Client {
         let mut backoff = options.backoff_initial;
         let mut redirects = 0;
         let mut last = String::from("no member tried");
+        // A refused token is replaced once per call; a second refusal is
+        // the answer.
+        let mut token_refused = false;
         loop {
             let known_leader = if to_leader { self.leader() } else { None };
             let target = known_leader.clone().unwrap_or_else(|| self.next_endpoint());
@@ -297,13 +421,29 @@ impl Client {
                 });
             }
             let attempt = remaining.min(options.attempt_timeout);
-            let connection = Connection {
-                attempt,
-                ..self.connection(&target)?
+            let connection = self.connection(&target)?;
+            let run = async {
+                self.ensure_token(&connection.channel)
+                    .await
+                    .map_err(|status| {
+                        if status.code() == Code::Unauthenticated {
+                            // The user and password were refused: final.
+                            Err(Error::Unauthenticated(status.message().into()))
+                        } else {
+                            Ok(status)
+                        }
+                    })?;
+                // The connection again: a new token means a new batch stream.
+                let connection = Connection {
+                    attempt,
+                    ..self.connection(&target).map_err(Err)?
+                };
+                rpc(connection).await.map_err(Ok)
             };
-            let status = match tokio::time::timeout(attempt, rpc(connection)).await {
+            let status = match tokio::time::timeout(attempt, run).await {
                 Ok(Ok(response)) => return Ok(response),
-                Ok(Err(status)) => status,
+                Ok(Err(Ok(status))) => status,
+                Ok(Err(Err(error))) => return Err(error),
                 Err(_) => Status::unavailable(format!("no answer within {attempt:?}")),
             };
             last = format!("{target}: {:?}: {}", status.code(), status.message());
@@ -333,6 +473,19 @@ impl Client {
                     if known_leader.as_deref() == Some(target.as_str()) {
                         *self.inner.leader.lock().expect("lock") = None;
                     }
+                }
+                Code::Unauthenticated => {
+                    if self.inner.options.credentials.is_some() && !token_refused {
+                        // Expired, or the user's password changed: fetch
+                        // a new token and try again at once.
+                        token_refused = true;
+                        self.drop_token();
+                        continue;
+                    }
+                    return Err(Error::Unauthenticated(status.message().into()));
+                }
+                Code::PermissionDenied => {
+                    return Err(Error::PermissionDenied(status.message().into()))
                 }
                 Code::InvalidArgument => {
                     return Err(Error::InvalidArgument(status.message().into()))
@@ -767,6 +920,25 @@ impl Client {
         Stale { client: self }
     }
 
+    /// Whether the cluster has auth on, and who this client is to it.
+    /// Any member answers.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client) -> ferry_client::Result<()> {
+    /// let status = client.auth_status().await?;
+    /// println!("auth enabled: {}, as {:?}", status.enabled, status.user);
+    /// # Ok(()) }
+    /// ```
+    pub async fn auth_status(&self) -> Result<pb::AuthStatusResponse> {
+        self.call(false, |connection| async move {
+            pb::auth_client::AuthClient::new(connection.channel)
+                .status(pb::AuthStatusRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
     /// The cluster's status as the leader sees it (as any member sees it
     /// while no leader is known).
     ///
@@ -872,8 +1044,10 @@ impl Stale<'_> {
 /// One member's channel and its batch stream.
 #[derive(Clone)]
 pub(crate) struct Connection {
-    pub(crate) channel: Channel,
+    pub(crate) channel: AuthChannel,
     batcher: Arc<Batcher>,
+    /// The token generation the batch stream was started under.
+    generation: u64,
     /// How long this attempt waits: a batched call tells the server, which
     /// stops the call then, as a unary call is dropped when its caller is.
     attempt: Duration,
@@ -886,7 +1060,7 @@ impl Connection {
         message: M,
         wrap: fn(M) -> batch_call::Request,
         unwrap: fn(batch_reply::Response) -> Option<T>,
-        unary: impl FnOnce(KvClient<Channel>, M) -> Fut,
+        unary: impl FnOnce(KvClient<AuthChannel>, M) -> Fut,
     ) -> std::result::Result<T, Status>
     where
         M: prost::Message,
@@ -915,7 +1089,7 @@ macro_rules! batched_call {
                 batch_reply::Response::$variant(response) => Some(response),
                 _ => None,
             };
-            let unary = |mut kv: KvClient<Channel>, m| async move { kv.$method(m).await };
+            let unary = |mut kv: KvClient<AuthChannel>, m| async move { kv.$method(m).await };
             self.run(message, batch_call::Request::$variant, unwrap, unary)
                 .await
         }
@@ -927,4 +1101,22 @@ impl Connection {
     batched_call!(put, pb::PutRequest, pb::PutResponse, Put);
     batched_call!(delete, pb::DeleteRequest, pb::DeleteResponse, Delete);
     batched_call!(txn, pb::TxnRequest, pb::TxnResponse, Txn);
+}
+
+/// The endpoint of the member at `addr` (`host:port`), over TLS if `tls`.
+fn endpoint_of(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint> {
+    let bad = |e: &dyn std::fmt::Display| Error::Endpoint(format!("{addr}: {e}"));
+    match tls {
+        None => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e)),
+        Some(tls) => {
+            let endpoint = Endpoint::from_shared(format!("https://{addr}")).map_err(|e| bad(&e))?;
+            let host = endpoint.uri().host().unwrap_or(addr);
+            // An IPv6 host comes bracketed; certificates name it bare.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            endpoint.tls_config(tls.config(&host)).map_err(|e| bad(&e))
+        }
+    }
 }

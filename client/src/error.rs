@@ -25,6 +25,14 @@ pub enum Error {
     /// A read asked for a revision the member has not applied yet.
     #[error("revision {requested} is in the future (the member is at {current})")]
     FutureRevision { requested: u64, current: u64 },
+    /// The cluster has auth enabled and refused this client's credentials
+    /// (none, a wrong password, an unknown certificate name).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The user may not do this (a key outside their roles' permissions,
+    /// or an administrative call of a user other than root).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The endpoint list was empty or unparsable.
     #[error("bad endpoint: {0}")]
     Endpoint(String),
@@ -43,6 +51,8 @@ impl Error {
             Error::ResourceExhausted(_) => Some(tonic::Code::ResourceExhausted),
             Error::Compacted { .. } | Error::FutureRevision { .. } => Some(tonic::Code::OutOfRange),
             Error::DeadlineExceeded { .. } => Some(tonic::Code::DeadlineExceeded),
+            Error::Unauthenticated(_) => Some(tonic::Code::Unauthenticated),
+            Error::PermissionDenied(_) => Some(tonic::Code::PermissionDenied),
             Error::Endpoint(_) => None,
         }
     }

@@ -42,6 +42,7 @@
 
 mod batch;
 mod client;
+mod credentials;
 mod error;
 mod status;
 mod txn;
@@ -49,6 +50,7 @@ mod watch;
 
 pub use batch::MAX_BATCH_REQUEST_BYTES;
 pub use client::{Client, ClientOptions, Page, Stale, StaleRead};
+pub use credentials::{AuthChannel, Credentials, TlsOptions, TOKEN_METADATA};
 pub use error::{Error, Result};
 pub use pb::{Event, KeyValue, Staleness};
 pub use status::{

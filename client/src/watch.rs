@@ -90,6 +90,9 @@ async fn run(
     // (one restored from an older backup may hold less history).
     let mut refused: HashSet<String> = HashSet::new();
     let mut last_refusal = None;
+    // Whether the last attempt's token was refused: a second refusal in a
+    // row ends the watch.
+    let mut token_refused = false;
     loop {
         if client.leader().is_none() {
             let _ = client.refresh_members().await;
@@ -106,6 +109,7 @@ async fn run(
             let channel = client
                 .channel(&target)
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            client.ensure_token(&channel).await?;
             WatchClient::new(channel)
                 .max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES)
                 .watch(request.clone())
@@ -115,6 +119,7 @@ async fn run(
             Ok(response) => {
                 let mut stream = response.into_inner();
                 backoff = client.inner.options.backoff_initial;
+                token_refused = false;
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
@@ -140,10 +145,31 @@ async fn run(
             Err(status) => Some(status),
         };
         if let Some(status) = ended {
-            if status.code() == Code::OutOfRange {
-                last_refusal = Some(crate::status::out_of_range(&status));
-                refused.insert(target.clone());
-                continue;
+            match status.code() {
+                Code::OutOfRange => {
+                    last_refusal = Some(crate::status::out_of_range(&status));
+                    refused.insert(target.clone());
+                    continue;
+                }
+                Code::Unauthenticated
+                    if client.inner.options.credentials.is_some() && !token_refused =>
+                {
+                    // The token expired: a new one, and resume.
+                    token_refused = true;
+                    client.drop_token();
+                    continue;
+                }
+                Code::Unauthenticated => {
+                    let error = Error::Unauthenticated(status.message().into());
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+                Code::PermissionDenied => {
+                    let error = Error::PermissionDenied(status.message().into());
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+                _ => {}
             }
         }
         // The member went away or lost leadership: find the leader again.

@@ -23,6 +23,9 @@ pub enum Error {
     /// A local storage failure.
     #[error("storage: {0}")]
     Storage(#[from] std::io::Error),
+    /// TLS files that do not load.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The node could not start or serve (bind, configuration).
     #[error("node: {0}")]
     Node(String),

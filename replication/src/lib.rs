@@ -20,9 +20,11 @@
 
 pub use ferry_engine as engine;
 
+pub mod auth;
 pub mod backup;
 mod error;
 pub mod export;
+pub mod log_limit;
 pub mod log_store;
 pub mod network;
 mod node;
@@ -30,13 +32,14 @@ pub mod recovery;
 pub mod retention;
 pub mod snapshot;
 pub mod state_machine;
+pub mod tls;
 pub mod types;
 pub mod watch;
 
 pub use error::{Error, Result};
 pub use node::{
-    CasOutcome, Consistency, FollowerProgress, Node, NodeConfig, RaftOptions, Read, Staleness,
-    NODE_STOP_BOUND,
+    CasOutcome, Consistency, FollowerProgress, Node, NodeConfig, PageLimit, RaftOptions, Read,
+    Staleness, NODE_STOP_BOUND,
 };
 pub use retention::RetentionOptions;
 pub use snapshot::transfer::TransferOptions;

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub retention: RetentionOptions,
     /// Fault injection hook for tests; healthy by default.
     pub network: NetworkControl,
+    /// Mutual TLS on the peer port and towards peers (`None`: plain TCP,
+    /// for a network where every host that can reach the port is trusted).
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 impl NodeConfig {
@@ -105,6 +108,7 @@ impl NodeConfig {
             log: LogStoreOptions::default(),
             retention: RetentionOptions::default(),
             network: NetworkControl::default(),
+            peer_tls: None,
         }
     }
 
@@ -231,6 +235,24 @@ fn raft_error<
     Error::Raft(error.to_string())
 }
 
+/// How much one range read returns at most: `keys` keys, or as many as
+/// reach `bytes` of keys and values (at least one, however large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub keys: usize,
+    pub bytes: usize,
+}
+
+impl From<usize> for PageLimit {
+    /// A bound in keys alone.
+    fn from(keys: usize) -> PageLimit {
+        PageLimit {
+            keys,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 impl Node {
     /// Opens the node's storage, starts its peer service and joins Raft.
     /// A node with data rejoins its cluster; a new cluster needs
@@ -252,11 +274,20 @@ impl Node {
         let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;
         let shared = sm.shared();
         let stats = Arc::new(TransferStats::default());
+        let tls = match &config.peer_tls {
+            Some(tls) => Some((
+                tls.connector()?,
+                tls.server().reloading()?,
+                tls.allowed_cn.clone(),
+            )),
+            None => None,
+        };
         let network = NetworkFactory::new(
             config.id,
             config.network.clone(),
             stats.clone(),
             config.transfer.clone(),
+            tls.as_ref().map(|(connector, _, _)| connector.clone()),
         );
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
@@ -271,7 +302,7 @@ impl Node {
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .initial_stream_window_size(Some(16 << 20))
                 .initial_connection_window_size(Some(32 << 20))
@@ -279,14 +310,20 @@ impl Node {
                     RaftTransportServer::new(service)
                         .max_decoding_message_size(256 << 20)
                         .max_encoding_message_size(256 << 20),
-                )
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await;
+                );
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let result = match tls {
+                Some((_, config, allowed_cn)) => {
+                    let incoming = crate::tls::incoming(listener, config, allowed_cn, "peer");
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stopped).await
+                }
+            };
             if let Err(error) = result {
                 tracing::error!(%error, "raft peer service stopped");
             }
@@ -630,6 +667,7 @@ impl Node {
     }
 
     /// Reads up to `limit` keys in `[start, end)` (`end = None`: to the end).
+    /// See [`Node::range_at`] for a bound in bytes.
     pub async fn range(
         &self,
         start: &[u8],
@@ -640,40 +678,48 @@ impl Node {
         self.range_at(start, end, limit, 0, consistency).await
     }
 
-    /// Reads up to `limit` keys in `[start, end)` as of `revision` (0: the
-    /// latest); errors as [`Node::get_at`]. Runs on a blocking thread.
+    /// Reads keys in `[start, end)` as of `revision` (0: the latest), up
+    /// to `limit`; errors as [`Node::get_at`]. Runs on a blocking thread,
+    /// so a long scan never holds up the async runtime (and Raft's
+    /// heartbeats on it).
     pub async fn range_at(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
-        limit: usize,
+        limit: impl Into<PageLimit>,
         revision: u64,
         consistency: Consistency,
     ) -> Result<Read<Vec<KeyValue>>> {
+        let limit = limit.into();
         let (view, past) = self.read_view_at(revision, consistency).await?;
         let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
         Self::blocking_read(view, move |view| {
             let mut out = Vec::new();
-            if limit == 0 {
+            if limit.keys == 0 {
                 return Ok(out);
             }
+            let mut bytes = 0;
+            let mut more = |out: &mut Vec<KeyValue>, kv: KeyValue| {
+                bytes += kv.key.len() + kv.value.len();
+                out.push(kv);
+                out.len() < limit.keys && bytes < limit.bytes
+            };
             if past {
                 history::range_at(
                     &view.snapshot,
                     &start,
                     end.as_deref(),
                     view.revision,
-                    |kv| {
-                        out.push(kv);
-                        out.len() < limit
-                    },
+                    |kv| more(&mut out, kv),
                 )?;
                 return Ok(out);
             }
             let (from, to) = keys::user_bounds(&start, end.as_deref());
-            for item in view.snapshot.range(from..to).take(limit) {
+            for item in view.snapshot.range(from..to) {
                 let (key, value) = item.map_err(std::io::Error::other)?;
-                out.push(decode(&key[1..], &value)?);
+                if !more(&mut out, decode(&key[1..], &value)?) {
+                    break;
+                }
             }
             Ok(out)
         })
@@ -739,6 +785,18 @@ impl Node {
     /// served by this node from its own history.
     pub fn watch(&self, options: WatchOptions) -> std::result::Result<Watcher, WatchError> {
         Watcher::start(self.sm.clone(), options)
+    }
+
+    /// Users, roles and whether auth is on, as this node has applied them.
+    pub fn auth(&self) -> Arc<crate::auth::AuthState> {
+        self.sm.auth()
+    }
+
+    /// Changes users, roles or whether auth is on, cluster-wide (on the
+    /// leader). A change the state refuses (an unknown role, enabling auth
+    /// without a root user…) fails with [`Error::Rejected`] naming why.
+    pub async fn change_auth(&self, change: crate::auth::AuthChange) -> Result<u64> {
+        Ok(self.txn(Command::Auth(change)).await?.revision)
     }
 
     /// The first revision whose history this node serves (0: all of it).

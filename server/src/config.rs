@@ -21,6 +21,13 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Keys of one range page.
     pub max_range_page: u32,
+    /// Bytes of keys and values in one range answer at most (a page ends
+    /// early, with a continuation, when it would hold more; a single key
+    /// larger than this still comes alone).
+    pub max_range_bytes: usize,
+    /// HTTP/2 streams (calls in flight) on one client connection at most;
+    /// a client opening more waits for one to end.
+    pub max_streams_per_connection: u32,
     /// Watch streams open at once.
     pub max_watch_streams: usize,
     /// Calls in flight at once on one `KV.Batch` stream.
@@ -37,6 +44,8 @@ impl Default for Limits {
             max_request_bytes: 4 << 20,
             max_txn_ops: 128,
             max_range_page: 10_000,
+            max_range_bytes: 2 << 20,
+            max_streams_per_connection: 1024,
             max_watch_streams: 1024,
             max_batch_calls: 4096,
             max_transfers: 2,
@@ -95,7 +104,92 @@ pub struct ServeConfig {
     pub history_keep_secs: u64,
     /// A quiet watch gets a progress notification this often.
     pub watch_progress_ms: u64,
+    /// Seconds an auth token stays valid.
+    pub auth_token_ttl_secs: u64,
+    /// TLS of the client API and the peer port (see `Tls`).
+    pub tls: Tls,
     pub limits: Limits,
+}
+
+/// Certificates and keys, as PEM files, with etcd's flag names. The files
+/// are read again when they change, so certificates rotate without a
+/// restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// The client API's certificate and key: TLS on the client port.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA whose client certificates the client API accepts.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `trusted_ca_file`; with auth
+    /// on, its common name is the user.
+    pub client_cert_auth: bool,
+    /// The peer port's certificate and key: mutual TLS between members.
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    /// CA that signs every member's peer certificate (required with them).
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peers must also present one of these common names (empty: any the
+    /// CA signed).
+    pub peer_cert_allowed_cn: Vec<String>,
+}
+
+impl Tls {
+    fn validate(&self) -> Result<(), String> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("cert_file and key_file go together".into());
+        }
+        if self.client_cert_auth && (self.trusted_ca_file.is_none() || self.cert_file.is_none()) {
+            return Err("client_cert_auth needs cert_file, key_file and trusted_ca_file".into());
+        }
+        if self.trusted_ca_file.is_some() && self.cert_file.is_none() {
+            return Err(
+                "trusted_ca_file needs cert_file and key_file (TLS on the client port)".into(),
+            );
+        }
+        let peer = [
+            self.peer_cert_file.is_some(),
+            self.peer_key_file.is_some(),
+            self.peer_trusted_ca_file.is_some(),
+        ];
+        if peer.iter().any(|&set| set) && !peer.iter().all(|&set| set) {
+            return Err(
+                "peer_cert_file, peer_key_file and peer_trusted_ca_file go together (mutual TLS between members)"
+                    .into(),
+            );
+        }
+        if !self.peer_cert_allowed_cn.is_empty() && self.peer_cert_file.is_none() {
+            return Err("peer_cert_allowed_cn needs the peer certificates".into());
+        }
+        Ok(())
+    }
+
+    /// The client port's TLS, if it has any.
+    pub fn client(&self) -> Option<ferry_replication::tls::ServerTls> {
+        use ferry_replication::tls::{ClientAuth, ServerTls};
+        let (cert, key) = (self.cert_file.clone()?, self.key_file.clone()?);
+        Some(ServerTls {
+            cert_file: cert,
+            key_file: key,
+            client_auth: match (&self.trusted_ca_file, self.client_cert_auth) {
+                (Some(ca), true) => ClientAuth::Required(ca.clone()),
+                (Some(ca), false) => ClientAuth::Optional(ca.clone()),
+                (None, _) => ClientAuth::None,
+            },
+            allowed_cn: Vec::new(),
+        })
+    }
+
+    /// The peer port's mutual TLS, if configured.
+    pub fn peer(&self) -> Option<ferry_replication::tls::PeerTls> {
+        Some(ferry_replication::tls::PeerTls {
+            cert_file: self.peer_cert_file.clone()?,
+            key_file: self.peer_key_file.clone()?,
+            trusted_ca_file: self.peer_trusted_ca_file.clone()?,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+        })
+    }
 }
 
 impl Default for ServeConfig {
@@ -126,6 +220,8 @@ impl Default for ServeConfig {
             history_keep_revisions: retention.keep_revisions,
             history_keep_secs: retention.keep_for.as_secs(),
             watch_progress_ms: 5_000,
+            auth_token_ttl_secs: 300,
+            tls: Tls::default(),
             limits: Limits::default(),
         }
     }
@@ -194,6 +290,7 @@ impl ServeConfig {
                 ferry_client::MAX_BATCH_REQUEST_BYTES
             ));
         }
+        self.tls.validate()?;
         for peer in self.parsed_peers()? {
             if peer.id == self.id {
                 return Err(format!("peer {} has this node's own id", peer.id));

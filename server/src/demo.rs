@@ -6,8 +6,13 @@
 //! acknowledged write is present exactly once, restarts the killed node and
 //! waits for it to catch up. Then it keeps serving until Ctrl-C (or exits at
 //! once with `--exit`).
+//!
+//! Secure by default: it makes a CA and certificates, runs the nodes with
+//! TLS on the client port and mutual TLS between them, creates `root` with
+//! a random password and turns auth on before any data is written; it
+//! prints how to connect. `--insecure` runs without any of it.
 
-use ferry_client::{Client, ClientOptions};
+use ferry_client::{Client, ClientOptions, Credentials, TlsOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +31,84 @@ pub struct DemoArgs {
     /// Writes per client.
     #[arg(long, default_value_t = 300)]
     pub writes: u64,
+    /// No TLS and no authentication (anyone who can reach the ports can
+    /// do anything).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Where the demo's certificates are, when it has them.
+struct Security {
+    certs: PathBuf,
+}
+
+impl Security {
+    fn create(root: &Path) -> Result<Security, String> {
+        let certs = root.join("certs");
+        crate::certs::create_ca(&certs, false).map_err(|e| e.to_string())?;
+        let ca = crate::certs::load_ca(&certs).map_err(|e| e.to_string())?;
+        ca.create_node(
+            &certs,
+            &["127.0.0.1".into(), "localhost".into()],
+            "node",
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Security { certs })
+    }
+
+    fn flags(&self) -> Vec<std::ffi::OsString> {
+        let file = |name: &str| self.certs.join(name).into_os_string();
+        let mut flags = Vec::new();
+        for (flag, name) in [
+            ("--cert-file", crate::certs::NODE_CERT),
+            ("--key-file", crate::certs::NODE_KEY),
+            ("--peer-cert-file", crate::certs::NODE_CERT),
+            ("--peer-key-file", crate::certs::NODE_KEY),
+            ("--peer-trusted-ca-file", crate::certs::CA_CERT),
+        ] {
+            flags.push(flag.into());
+            flags.push(file(name));
+        }
+        flags
+    }
+
+    fn tls(&self) -> Result<TlsOptions, String> {
+        TlsOptions::from_files(&self.certs.join(crate::certs::CA_CERT), None)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A random password for the demo's root user.
+fn random_password() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 12];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no randomness for a password")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates `root` (role `root`) and turns auth on, through the leader.
+async fn enable_auth(client: &Client, password: &str) -> Result<(), String> {
+    use ferry_client::pb::{self, auth_client::AuthClient};
+    let mut auth = AuthClient::new(client.leader_channel().await.map_err(|e| e.to_string())?);
+    let text = |e: tonic::Status| e.message().to_owned();
+    auth.user_add(pb::UserAddRequest {
+        name: "root".into(),
+        password: password.into(),
+        no_password: false,
+    })
+    .await
+    .map_err(text)?;
+    auth.user_grant_role(pb::UserRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .map_err(text)?;
+    auth.enable(pb::AuthEnableRequest {}).await.map_err(text)?;
+    Ok(())
 }
 
 struct Member {
@@ -41,7 +124,13 @@ fn free_port() -> std::io::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-fn spawn(member: &Member, peers: &[String], init: bool, logs: &Path) -> std::io::Result<Child> {
+fn spawn(
+    member: &Member,
+    peers: &[String],
+    init: bool,
+    logs: &Path,
+    security: Option<&Security>,
+) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -55,6 +144,7 @@ fn spawn(member: &Member, peers: &[String], init: bool, logs: &Path) -> std::io:
         .args(["--client-addr", &member.client])
         .args(["--raft-addr", &member.raft])
         .args(["--metrics-addr", ""])
+        .args(security.map(Security::flags).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -87,6 +177,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let logs = root.path().to_path_buf();
+    let security = if args.insecure {
+        None
+    } else {
+        Some(Security::create(root.path())?)
+    };
     let mut members = Vec::new();
     for id in 1..=3 {
         members.push(Member {
@@ -106,14 +201,33 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         root.path().display()
     );
     for (i, member) in members.iter_mut().enumerate() {
-        member.child = Some(spawn(member, &peers, i == 0, &logs).map_err(|e| e.to_string())?);
+        member.child = Some(
+            spawn(member, &peers, i == 0, &logs, security.as_ref()).map_err(|e| e.to_string())?,
+        );
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.client.clone()).collect();
-    let options = ClientOptions {
+    let mut options = ClientOptions {
         call_timeout: Duration::from_secs(15),
         ..ClientOptions::default()
     };
-    let client = connect(&endpoints, &options).await?;
+    let mut password = None;
+    let client = match &security {
+        None => connect(&endpoints, &options).await?,
+        Some(security) => {
+            options.tls = Some(security.tls()?);
+            let client = connect(&endpoints, &options).await?;
+            let secret = random_password()?;
+            enable_auth(&client, &secret).await?;
+            println!("TLS everywhere (mutual between nodes); auth on, user root");
+            options.credentials = Some(Credentials {
+                user: "root".into(),
+                password: secret.clone(),
+            });
+            password = Some(secret);
+            // From now on every call carries root's token.
+            connect(&endpoints, &options).await?
+        }
+    };
     let status = client.status().await.map_err(|e| e.to_string())?;
     println!(
         "cluster formed: leader is node {} (term {})",
@@ -208,16 +322,24 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .iter_mut()
         .find(|m| m.id == leader_id)
         .expect("found above");
-    member.child = Some(spawn(member, &peers, false, &logs).map_err(|e| e.to_string())?);
+    member.child =
+        Some(spawn(member, &peers, false, &logs, security.as_ref()).map_err(|e| e.to_string())?);
     // Ask that member itself (the SDK's stale reads may go to any member).
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", member.client))
-        .map_err(|e| e.to_string())?
-        .connect_lazy();
-    let mut restarted = ferry_client::pb::kv_client::KvClient::new(channel);
+    let restarted_addr = member.client.clone();
     let (last_key, _) = acked.last().cloned().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let read = restarted
+        // A new channel each time: its token is fetched from the member,
+        // which refuses until it is up.
+        let channel = client.member_channel(&restarted_addr).await;
+        let Ok(channel) = channel else {
+            if Instant::now() > deadline {
+                return Err(format!("node {leader_id} did not come back within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let read = ferry_client::pb::kv_client::KvClient::new(channel)
             .get(ferry_client::pb::GetRequest {
                 key: last_key.clone().into_bytes(),
                 consistency: ferry_client::pb::Consistency::Stale as i32,
@@ -238,12 +360,16 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
 
     if !args.exit {
+        let mut flags = format!("--endpoints {}", endpoints.join(","));
+        if let (Some(security), Some(password)) = (&security, &password) {
+            flags += &format!(
+                " --cacert {} --user root:{password}",
+                security.certs.join(crate::certs::CA_CERT).display()
+            );
+        }
         println!("\nthe cluster keeps serving; try:");
-        println!(
-            "  ferry kv get demo/00/00000 --endpoints {}",
-            endpoints.join(",")
-        );
-        println!("  ferry cluster status --endpoints {}", endpoints.join(","));
+        println!("  ferry kv get demo/00/00000 {flags}");
+        println!("  ferry cluster status {flags}");
         println!("press Ctrl-C to stop it");
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -10,6 +10,8 @@
 //! reaches Raft, so it changes nothing; a follower never forwards writes or
 //! linearizable reads, it names the leader instead (see [`service`]).
 
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -5,7 +5,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_server::cli::{
-    self, exit, BackupCommand, ClusterCommand, Common, HistoryCommand, KvCommand, SnapshotCommand,
+    self, exit, AuthCommand, BackupCommand, CertsCommand, ClusterCommand, Common, HistoryCommand,
+    KvCommand, RoleCommand, SnapshotCommand, UserCommand,
 };
 use ferry_server::config::ServeConfig;
 use ferry_server::demo::{self, DemoArgs};
@@ -56,6 +57,32 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         command: HistoryCommand,
+    },
+    /// Users: add, delete, passwd, grant-role, revoke-role, list.
+    User {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles and their key permissions.
+    Role {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Turn auth on or off, or show whether it is on.
+    Auth {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Development certificates: a CA, node and client certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Backup chains (`serve --backup-dir`): list, point-in-time restore.
     Backup {
@@ -125,6 +152,34 @@ struct ServeArgs {
     /// Send a quiet watch a progress notification this often.
     #[arg(long)]
     watch_progress_ms: Option<u64>,
+    /// Seconds a token from Auth.Authenticate stays valid.
+    #[arg(long)]
+    auth_token_ttl_secs: Option<u64>,
+    /// TLS on the client port: this server's certificate (PEM).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA whose client certificates the client port accepts.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate from --trusted-ca-file; with auth on,
+    /// its common name is the user.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Mutual TLS between members: this node's peer certificate (PEM).
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// The CA that signs every member's peer certificate.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Peers must present a certificate with one of these common names
+    /// (repeat or comma-separate; default: any the CA signed).
+    #[arg(long, value_delimiter = ',')]
+    peer_cert_allowed_cn: Vec<String>,
     #[arg(long)]
     max_value_bytes: Option<usize>,
     #[arg(long)]
@@ -155,8 +210,24 @@ impl ServeArgs {
             backup_checkpoint_interval_ms,
             history_keep_revisions,
             history_keep_secs,
-            watch_progress_ms
+            watch_progress_ms,
+            auth_token_ttl_secs
         );
+        macro_rules! set_tls {
+            ($($field:ident),*) => { $( if self.$field.is_some() { config.tls.$field = self.$field; } )* };
+        }
+        set_tls!(
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file
+        );
+        config.tls.client_cert_auth |= self.client_cert_auth;
+        if !self.peer_cert_allowed_cn.is_empty() {
+            config.tls.peer_cert_allowed_cn = self.peer_cert_allowed_cn;
+        }
         if self.backup_dir.is_some() {
             config.backup_dir = self.backup_dir;
         }
@@ -218,13 +289,22 @@ async fn serve(args: ServeArgs) -> i32 {
     }
 }
 
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=error,\
+openraft::engine::handler::replication_handler=error,openraft::core::heartbeat=error";
+
 fn main() {
     ferry_server::memory::disable_transparent_huge_pages();
+    // One crypto provider for the process, before anything builds a TLS
+    // configuration (ours name it anyway; this covers any that do not).
+    ferry_replication::tls::install_provider();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                // openraft logs every failed heartbeat to an unreachable
+                // peer (every 50 ms, three lines each); the transport logs
+                // those once per peer per interval instead.
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -248,6 +328,10 @@ fn main() {
             Command::Snapshot { common, command } => cli::snapshot(&common, command).await,
             Command::Backup { common, command } => cli::backup(&common, command).await,
             Command::History { common, command } => cli::history(&common, command).await,
+            Command::User { common, command } => cli::user(&common, command).await,
+            Command::Role { common, command } => cli::role(&common, command).await,
+            Command::Auth { common, command } => cli::auth(&common, command).await,
+            Command::Certs { command } => cli::certs(command),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

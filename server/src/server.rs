@@ -82,6 +82,14 @@ impl Server {
         node_config.raft = config.raft_options();
         node_config.retention = config.retention_options();
         node_config.transfer.max_bytes_per_sec = config.snapshot_max_bytes_per_sec;
+        node_config.peer_tls = config.tls.peer();
+        let client_tls = match config.tls.client() {
+            Some(tls) => Some(
+                tls.reloading()
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let node = Arc::new(Node::open(node_config).await?);
         let raft_addr = node.raft_addr().to_owned();
 
@@ -119,6 +127,11 @@ impl Server {
             limits: config.limits.clone(),
             metrics: metrics.clone(),
             stopping: stopped.clone(),
+            gate: Arc::new(crate::auth::Gate::new(
+                node.clone(),
+                config.tls.client_cert_auth,
+                Duration::from_secs(config.auth_token_ttl_secs.max(1)),
+            )),
         };
         let wait_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -134,6 +147,7 @@ impl Server {
         let max = config.limits.max_request_bytes;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
@@ -147,6 +161,12 @@ impl Server {
                     context: context.clone(),
                     streams: Arc::new(Semaphore::new(config.limits.max_watch_streams)),
                     progress_interval: Duration::from_millis(config.watch_progress_ms),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::auth_server::AuthServer::new(crate::service::auth::AuthService {
+                    context: context.clone(),
                 })
                 .max_decoding_message_size(max),
             )
@@ -166,13 +186,26 @@ impl Server {
         let mut tasks = Vec::new();
         let grpc_stop = wait_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(client_listener).with_nodelay(Some(true)),
-                    grpc_stop,
-                )
-                .await
-            {
+            let served = match client_tls {
+                Some(tls) => {
+                    let incoming = ferry_replication::tls::incoming(
+                        client_listener,
+                        tls,
+                        Vec::new(),
+                        "client",
+                    );
+                    router
+                        .serve_with_incoming_shutdown(incoming, grpc_stop)
+                        .await
+                }
+                None => {
+                    let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, grpc_stop)
+                        .await
+                }
+            };
+            if let Err(error) = served {
                 tracing::error!(%error, "client API stopped");
             }
         }));

@@ -29,6 +29,30 @@ pub struct NetworkFactory {
     pub(crate) stats: Arc<TransferStats>,
     pub(crate) transfer: TransferOptions,
     pub(crate) limiter: Arc<RateLimiter>,
+    /// Mutual TLS towards peers (`None`: plain TCP).
+    pub(crate) tls: Option<crate::tls::PeerConnector>,
+    /// Failures to reach a peer are logged once per peer per interval:
+    /// heartbeats to a peer that is down fail every 50 ms.
+    pub(crate) failures: Arc<crate::log_limit::LogLimit>,
+}
+
+/// How often a peer that keeps failing is logged.
+const PEER_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An error and its sources on one line: a TLS refusal is three levels
+/// down a transport error.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl NetworkFactory {
@@ -37,6 +61,7 @@ impl NetworkFactory {
         control: NetworkControl,
         stats: Arc<TransferStats>,
         transfer: TransferOptions,
+        tls: Option<crate::tls::PeerConnector>,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(transfer.max_bytes_per_sec));
         NetworkFactory {
@@ -45,6 +70,8 @@ impl NetworkFactory {
             stats,
             transfer,
             limiter,
+            tls,
+            failures: Arc::new(crate::log_limit::LogLimit::new(PEER_FAILURE_LOG_INTERVAL)),
         }
     }
 }
@@ -57,8 +84,14 @@ pub struct PeerClient {
     factory: NetworkFactory,
 }
 
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// A lazily connecting channel to the peer at `addr`, over `tls` if given.
+pub(crate) fn channel(
+    addr: &str,
+    tls: Option<&crate::tls::PeerConnector>,
+) -> Result<Channel, tonic::transport::Error> {
+    // With TLS the connector does the handshake; the URI stays `http` so
+    // that tonic adds no TLS layer of its own.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         // Snapshot chunks are 1 MiB: HTTP/2's default 64 KiB windows would
@@ -66,8 +99,11 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(20));
+    Ok(match tls {
+        Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -75,7 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &FerryNode) -> PeerClient {
         // An unparsable address surfaces as Unreachable on each call.
-        let channel = channel(&node.raft_addr)
+        let channel = channel(&node.raft_addr, self.tls.as_ref())
             .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());
         PeerClient {
             from: self.node_id,
@@ -124,7 +160,18 @@ impl PeerClient {
         let reply = tokio::time::timeout(option.hard_ttl(), send(self.client.clone(), message))
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-            .map_err(|status| unreachable(&status))?
+            .map_err(|status| {
+                let source = format!("peer {}", self.target);
+                if let Some(suppressed) = self.factory.failures.admit(&source) {
+                    tracing::warn!(
+                        peer = self.target,
+                        suppressed,
+                        error = %chain(&status),
+                        "cannot reach peer (logged once per {PEER_FAILURE_LOG_INTERVAL:?})"
+                    );
+                }
+                unreachable(&status)
+            })?
             .into_inner();
         if control.is_cut(self.target, self.from) {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!(

@@ -39,14 +39,22 @@ pub(crate) struct AppliedRun {
     pub(crate) applied: Option<LogId>,
     /// The run's last membership entry, if it had one.
     pub(crate) membership: Option<StoredMembership>,
+    /// The run changed the auth state.
+    pub(crate) auth_changed: bool,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(io::Error::other)
 }
 
-fn is_purge(entry: &Entry) -> bool {
-    matches!(&entry.payload, EntryPayload::Normal(Command::PurgeHistory))
+/// Whether an entry must start a run of its own: it reads the engine as
+/// a whole (a purge step iterates the history, an auth change loads the
+/// auth state), so the engine must hold every entry before it.
+fn is_barrier(entry: &Entry) -> bool {
+    matches!(
+        &entry.payload,
+        EntryPayload::Normal(Command::PurgeHistory | Command::Auth(_))
+    )
 }
 
 /// Applies `entries` (consecutive, after what `db` holds) and writes them,
@@ -83,7 +91,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
     let mut applied = None;
     let mut responses = Vec::new();
     for (at, entry) in entries.iter().enumerate() {
-        if at > 0 && is_purge(entry) {
+        if at > 0 && is_barrier(entry) {
             break;
         }
         let log_id = entry.log_id();
@@ -102,6 +110,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
                         overlay.purge_step()?;
                         done(log_id.index)
                     }
+                    Command::Auth(change) => overlay.change_auth(change, log_id.index)?,
                 }
             }
             EntryPayload::Blank => done(log_id.index),
@@ -122,6 +131,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
     if overlay.time > time_before {
         overlay.put(keys::TIME.to_vec(), encode(&overlay.time)?);
     }
+    let auth_changed = overlay.auth_changed;
     let (batch, changes) = overlay.finish()?;
     Ok((
         AppliedRun {
@@ -130,6 +140,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
             responses,
             applied,
             membership,
+            auth_changed,
         },
         used,
     ))
@@ -164,6 +175,8 @@ pub(crate) struct Overlay<'a> {
     compacted: u64,
     purge: Option<PurgeCursor>,
     history_dirty: bool,
+    /// An auth change was applied in this run.
+    auth_changed: bool,
 }
 
 impl<'a> Overlay<'a> {
@@ -190,6 +203,7 @@ impl<'a> Overlay<'a> {
             compacted,
             purge,
             history_dirty: false,
+            auth_changed: false,
         })
     }
 
@@ -441,6 +455,36 @@ impl<'a> Overlay<'a> {
         })?;
         self.history_dirty = true;
         Ok(())
+    }
+
+    /// Applies an auth change on the engine's auth state (the run holds no
+    /// earlier entry); refused changes change nothing.
+    fn change_auth(
+        &mut self,
+        change: &crate::auth::AuthChange,
+        revision: u64,
+    ) -> io::Result<Response> {
+        debug_assert!(self.writes.is_empty(), "an auth change starts its run");
+        let before = crate::auth::store::load(&self.db.snapshot())?;
+        let mut after = before.clone();
+        if let Err(reason) = change.apply(&mut after) {
+            return Ok(Response {
+                revision,
+                succeeded: false,
+                rejected: Some(reason),
+                ..Response::default()
+            });
+        }
+        let writes = &mut self.writes;
+        crate::auth::store::diff(&before, &after, &mut |key, value| {
+            writes.insert(key, value);
+        })?;
+        self.auth_changed = true;
+        Ok(Response {
+            revision,
+            succeeded: true,
+            ..Response::default()
+        })
     }
 
     /// The client's record as of the entries applied so far.

@@ -66,6 +66,9 @@ pub struct SmShared {
     snapshots: SnapshotStore,
     history: Mutex<History>,
     changes: ChangeFeed,
+    /// Users, roles and whether auth is on, as applied (for the server's
+    /// per-request checks).
+    auth: RwLock<Arc<crate::auth::AuthState>>,
 }
 
 /// The state machine handed to openraft.
@@ -180,6 +183,7 @@ impl StateMachine {
         let point = read_point(&db)?;
         let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
         let changes = ChangeFeed::new(FEED_CAPACITY);
+        let auth = crate::auth::store::load(&db.snapshot())?;
         Ok(StateMachine {
             shared: Arc::new(SmShared {
                 data_dir,
@@ -190,6 +194,7 @@ impl StateMachine {
                 snapshots,
                 history: Mutex::new(History::default()),
                 changes,
+                auth: RwLock::new(Arc::new(auth)),
             }),
         })
     }
@@ -210,6 +215,16 @@ impl SmShared {
     /// The last applied log id and membership.
     pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
         self.applied.read().clone()
+    }
+
+    /// Users, roles and whether auth is on, as of the last applied entry.
+    pub fn auth(&self) -> Arc<crate::auth::AuthState> {
+        self.auth.read().clone()
+    }
+
+    fn reload_auth(&self, db: &Db) -> io::Result<()> {
+        *self.auth.write() = Arc::new(crate::auth::store::load(&db.snapshot())?);
+        Ok(())
     }
 
     /// The feed of applied changes, for watches.
@@ -241,6 +256,9 @@ impl SmShared {
         let mut responders = responders.into_iter();
         let mut first = entries.first().map_or(0, |e| e.log_id.index);
         apply::apply_and_write(&db, &entries, |run, sequence| {
+            if run.auth_changed {
+                self.reload_auth(&db)?;
+            }
             let membership = run.membership.unwrap_or_else(|| self.applied().1);
             let applied = run.applied;
             let last = applied.map_or(first, |l| l.index);
@@ -359,6 +377,7 @@ impl SmShared {
             ));
         }
         OsFs.write_atomic(&self.data_dir.join(ENGINE_POINTER), next.as_bytes())?;
+        self.reload_auth(&db)?;
         let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
         *self.applied.write() = (meta.last_log_id, meta.last_membership.clone());
         self.changes.reset(meta.last_log_id.map_or(0, |l| l.index));

@@ -12,6 +12,7 @@
 //!   tag 0  Txn { compares, success, failure, request, time_ms }
 //!   tag 1  Compact { revision, time_ms }
 //!   tag 2  PurgeHistory
+//!   tag 3  Auth(AuthChange)        (see `crate::auth`)
 //! ```
 //!
 //! Release 0.1.0 wrote a transaction with no envelope (its fields straight
@@ -29,6 +30,7 @@
 //! it could not apply it anyway.
 
 use super::{Compare, RequestId};
+use crate::auth::AuthChange;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -133,6 +135,8 @@ pub enum Command {
     /// revision; the state machine keeps where it stopped, so successive
     /// steps (from any leader) finish the job.
     PurgeHistory,
+    /// A change of users, roles or whether auth is on.
+    Auth(AuthChange),
 }
 
 impl Command {
@@ -146,7 +150,7 @@ impl Command {
         match self {
             Command::Txn(txn) => txn.time_ms,
             Command::Compact { time_ms, .. } => *time_ms,
-            Command::PurgeHistory => 0,
+            Command::PurgeHistory | Command::Auth(_) => 0,
         }
     }
 
@@ -172,6 +176,7 @@ impl fmt::Display for Command {
             ),
             Command::Compact { revision, .. } => write!(f, "compact(below {revision})"),
             Command::PurgeHistory => write!(f, "purge-history"),
+            Command::Auth(_) => write!(f, "auth-change"),
         }
     }
 }
@@ -182,6 +187,7 @@ enum KindRef<'a> {
     Txn(&'a Txn),
     Compact { revision: u64, time_ms: u64 },
     PurgeHistory,
+    Auth(&'a AuthChange),
 }
 
 #[derive(Deserialize)]
@@ -189,6 +195,7 @@ enum Kind {
     Txn(Txn),
     Compact { revision: u64, time_ms: u64 },
     PurgeHistory,
+    Auth(AuthChange),
 }
 
 impl Serialize for Command {
@@ -200,6 +207,7 @@ impl Serialize for Command {
                 time_ms: *time_ms,
             },
             Command::PurgeHistory => KindRef::PurgeHistory,
+            Command::Auth(change) => KindRef::Auth(change),
         };
         let mut tuple = serializer.serialize_tuple(3)?;
         tuple.serialize_element(&MAGIC)?;
@@ -271,6 +279,7 @@ impl<'de> Visitor<'de> for CommandVisitor {
                 Kind::Txn(txn) => Command::Txn(txn),
                 Kind::Compact { revision, time_ms } => Command::Compact { revision, time_ms },
                 Kind::PurgeHistory => Command::PurgeHistory,
+                Kind::Auth(change) => Command::Auth(change),
             });
         }
         // Release 0.1.0: `first` is the compares' count. Never allocate by
@@ -335,6 +344,10 @@ mod tests {
                 time_ms: 5,
             },
             Command::PurgeHistory,
+            Command::Auth(AuthChange::UserAdd {
+                name: "root".into(),
+                password_hash: Some("$argon2id$…".into()),
+            }),
         ]
     }
 

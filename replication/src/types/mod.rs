@@ -101,6 +101,18 @@ openraft::declare_raft_types!(
 
 pub type NodeId = u64;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+
+/// The id of log entry `index` written by `node` as leader of `term`
+/// (for states made outside Raft, such as imports).
+pub fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term,
+            node_id: node,
+        },
+        index,
+    )
+}
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;

@@ -6,12 +6,62 @@ use clap::Subcommand;
 use ferry_client::pb;
 use serde_json::json;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Polls the leader until learner `id` holds the log up to `index`,
+/// printing its progress (on stderr: stdout is the command's answer).
+async fn wait_caught_up(
+    client: &ferry_client::Client,
+    id: u64,
+    index: u64,
+    timeout: Duration,
+) -> Result<(), i32> {
+    let started = Instant::now();
+    let mut reported = None;
+    loop {
+        let status = client.status().await.map_err(|e| fail(&e))?;
+        let member = status.members.iter().find(|m| m.id == id).ok_or_else(|| {
+            eprintln!("error: member {id} is no longer in the cluster");
+            exit::FAILED
+        })?;
+        if member.matched_index >= index {
+            eprintln!("member {id} caught up (index {index})");
+            return Ok(());
+        }
+        let line = if member.never_contacted {
+            format!(
+                "member {id}: not connected yet ({}s)",
+                started.elapsed().as_secs()
+            )
+        } else {
+            format!("member {id}: at index {} of {index}", member.matched_index)
+        };
+        if reported.as_ref() != Some(&line) {
+            eprintln!("{line}");
+            reported = Some(line);
+        }
+        if started.elapsed() >= timeout {
+            let why = if member.never_contacted {
+                "it never connected: check its raft address, that it runs with --join, and its peer certificate"
+            } else {
+                "it is still catching up"
+            };
+            eprintln!(
+                "error: member {id} did not catch up within {timeout:?}: {why}. It stays a learner; `ferry cluster remove {id}` removes it"
+            );
+            return Err(exit::UNAVAILABLE);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Members, roles, term, commit and applied index, lag.
     Status,
-    /// Add a member as a learner (it catches up before this returns).
+    /// Add a member as a learner; with --wait (the default), report its
+    /// catching up until it holds the log as of the add, or fail after
+    /// --timeout-secs (the learner stays: remove it, or let it catch up).
     Add {
         #[arg(long)]
         id: u64,
@@ -19,6 +69,11 @@ pub enum ClusterCommand {
         raft_addr: String,
         #[arg(long)]
         client_addr: String,
+        /// Wait for the learner to catch up (--wait=false: return at once).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        wait: bool,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Make a learner a voter.
     Promote { id: u64 },
@@ -92,15 +147,24 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
             id,
             raft_addr,
             client_addr,
+            wait,
+            timeout_secs,
         } => {
-            cluster
+            let added = cluster
                 .member_add(pb::MemberAddRequest {
                     id,
                     raft_addr,
                     client_addr,
-                    wait: true,
+                    wait: false,
                 })
                 .await
+                .map_err(status_fail)?
+                .into_inner();
+            if wait {
+                let target = added.header.as_ref().map_or(0, |h| h.revision);
+                wait_caught_up(&client, id, target, Duration::from_secs(timeout_secs)).await?;
+            }
+            Ok(tonic::Response::new(added))
         }
         ClusterCommand::Promote { id } => cluster.promote(pb::MemberRequest { id }).await,
         ClusterCommand::Remove { id } => cluster.remove(pb::MemberRequest { id }).await,

@@ -40,9 +40,15 @@ impl Download {
             return Err(exit::USAGE);
         }
         let partial = dir.with_extension("partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)
-                .map_err(|e| failed(format!("{}: {e}", partial.display())))?;
+        // `symlink_metadata`: a symlink there (dangling or not) is removed
+        // itself, never followed (`remove_dir_all` does not follow one).
+        if let Ok(meta) = std::fs::symlink_metadata(&partial) {
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&partial)
+            } else {
+                std::fs::remove_file(&partial)
+            };
+            removed.map_err(|e| failed(format!("{}: {e}", partial.display())))?;
         }
         std::fs::create_dir_all(&partial)
             .map_err(|e| failed(format!("{}: {e}", partial.display())))?;
@@ -87,8 +93,13 @@ impl Download {
         if path.exists() {
             return Err(failed(format!("the server sent {name} twice")));
         }
-        let file =
-            std::fs::File::create(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        // `create_new`: never opens what is already there, a symlink
+        // planted in the directory included (O_EXCL does not follow one).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
         self.current = Some(Incoming {
             name: name.to_owned(),
             file,

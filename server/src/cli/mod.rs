@@ -5,7 +5,9 @@
 //! 0 success, 1 the server refused or failed the request, 2 bad usage,
 //! 3 the key was not found (`kv get`), 4 no member answered in time.
 
+mod auth;
 mod backup;
+mod certs;
 mod cluster;
 mod download;
 mod history;
@@ -13,15 +15,20 @@ mod kv;
 mod output;
 mod snapshot;
 
+pub use auth::{auth, role, user, AuthCommand, RoleCommand, UserCommand};
 pub use backup::{backup, BackupCommand};
+pub use certs::{certs, CertsCommand};
 pub use cluster::{cluster, ClusterCommand};
 pub use history::{history, HistoryCommand};
 pub use kv::{kv, KvCommand};
 pub use output::parse_time_ms;
 pub use snapshot::{snapshot, SnapshotCommand};
 
+mod password;
+
 use clap::Args;
-use ferry_client::{Client, Error};
+use ferry_client::{Client, ClientOptions, Credentials, Error, TlsOptions};
+use std::path::PathBuf;
 
 /// Exit codes scripts can rely on.
 pub mod exit {
@@ -45,6 +52,57 @@ pub struct Common {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Authenticate as this user (auth enabled): NAME:PASSWORD, or NAME
+    /// alone to be asked for the password (read from stdin when it is not
+    /// a terminal).
+    #[arg(long = "user", id = "auth_user", global = true)]
+    pub user: Option<String>,
+    /// Connect over TLS, trusting this CA's certificates (PEM).
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for servers with --client-cert-auth.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+}
+
+impl Common {
+    /// Client options for these flags.
+    pub fn options(&self) -> Result<ClientOptions, String> {
+        let mut options = ClientOptions::default();
+        if let Some(ca) = &self.cacert {
+            let identity = self.cert.as_deref().zip(self.key.as_deref());
+            options.tls = Some(TlsOptions::from_files(ca, identity).map_err(|e| e.to_string())?);
+        } else if self.cert.is_some() {
+            return Err("--cert needs --cacert (the CA of the servers' certificates)".into());
+        }
+        if let Some(user) = &self.user {
+            let (name, password) = match user.split_once(':') {
+                Some((name, password)) => (name.to_owned(), password.to_owned()),
+                None => (
+                    user.clone(),
+                    password::read(&format!("Password for {user}: "))?,
+                ),
+            };
+            options.credentials = Some(Credentials {
+                user: name,
+                password,
+            });
+        }
+        Ok(options)
+    }
 }
 
 /// Prints an error and returns the exit code for it.
@@ -58,23 +116,17 @@ pub fn fail(error: &Error) -> i32 {
 }
 
 async fn connect(common: &Common) -> Result<Client, i32> {
-    Client::connect(common.endpoints.clone())
+    let options = common.options().map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    Client::connect_with(common.endpoints.clone(), options)
         .await
         .map_err(|e| fail(&e))
 }
 
-async fn leader_channel(client: &Client) -> Result<tonic::transport::Channel, i32> {
-    client.refresh_members().await.map_err(|e| fail(&e))?;
-    let leader = client.leader().ok_or_else(|| {
-        eprintln!("error: no leader known");
-        exit::UNAVAILABLE
-    })?;
-    tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            exit::USAGE
-        })
-        .map(|e| e.connect_lazy())
+async fn leader_channel(client: &Client) -> Result<ferry_client::AuthChannel, i32> {
+    client.leader_channel().await.map_err(|e| fail(&e))
 }
 
 fn status_fail(status: tonic::Status) -> i32 {

@@ -91,7 +91,7 @@ pub(super) fn print_members(
                 json!({
                     "id": m.id, "role": m.role, "voter": m.voter, "raft_addr": m.raft_addr,
                     "client_addr": m.client_addr, "matched_index": m.matched_index, "lag": m.lag,
-                    "lag_ms": m.lag_ms,
+                    "lag_ms": m.lag_ms, "never_contacted": m.never_contacted,
                 })
             })
             .collect();
@@ -110,7 +110,11 @@ pub(super) fn print_members(
                 m.raft_addr.clone(),
                 m.matched_index.to_string(),
                 m.lag.to_string(),
-                m.lag_ms.map_or("-".to_owned(), |ms| ms.to_string()),
+                match m.lag_ms {
+                    _ if m.never_contacted => "never connected".to_owned(),
+                    Some(ms) => ms.to_string(),
+                    None => "-".to_owned(),
+                },
             ]
         })
         .collect();

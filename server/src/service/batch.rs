@@ -20,6 +20,7 @@
 //! away stops every call of its stream at once.
 
 use super::kv::KvService;
+use crate::auth::Credential;
 use ferry_client::pb::{self, batch_call, batch_reply};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
@@ -27,6 +28,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -48,15 +50,24 @@ const MAX_REPLY_BATCH_BYTES: usize = 1 << 20;
 const MAX_ANSWER_BYTES: usize = (4 << 20) - (64 << 10);
 
 /// Starts serving one batch stream.
-pub fn serve(service: KvService, calls: Streaming<pb::BatchRequest>) -> ReplyStream {
+pub fn serve(
+    service: KvService,
+    credential: Credential,
+    calls: Streaming<pb::BatchRequest>,
+) -> ReplyStream {
     let (replies, stream) = mpsc::channel(REPLY_BUFFER);
-    tokio::spawn(drive(service, calls, replies));
+    tokio::spawn(drive(service, Arc::new(credential), calls, replies));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))
 }
 
 type Replies = mpsc::Sender<Result<pb::BatchResponse, Status>>;
 
-async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, replies: Replies) {
+async fn drive(
+    service: KvService,
+    credential: Arc<Credential>,
+    mut calls: Streaming<pb::BatchRequest>,
+    replies: Replies,
+) {
     let max_calls = service.context.limits.max_batch_calls;
     let context = service.context.clone();
     let _open = context.metrics.open_stream("batch");
@@ -89,7 +100,7 @@ async fn drive(service: KvService, mut calls: Streaming<pb::BatchRequest>, repli
                         handles.insert(call.id, handle);
                         let id = call.id;
                         running.push(
-                            Abortable::new(answer(service.clone(), call), registration)
+                            Abortable::new(answer(service.clone(), credential.clone(), call), registration)
                                 .map(move |answered| (id, answered.ok())),
                         );
                     }
@@ -173,16 +184,28 @@ fn refusal(
 }
 
 /// Runs one call; returns its reply and the reply's encoded size.
-async fn answer(service: KvService, call: pb::BatchCall) -> (pb::BatchReply, usize) {
+async fn answer(
+    service: KvService,
+    credential: Arc<Credential>,
+    call: pb::BatchCall,
+) -> (pb::BatchReply, usize) {
     use batch_reply::Response;
+    let credential = &*credential;
     let handled = async {
         match call.request {
-            Some(batch_call::Request::Get(r)) => service.get_call(r).await.map(Response::Get),
-            Some(batch_call::Request::Put(r)) => service.put_call(r).await.map(Response::Put),
-            Some(batch_call::Request::Delete(r)) => {
-                service.delete_call(r).await.map(Response::Delete)
+            Some(batch_call::Request::Get(r)) => {
+                service.get_call(credential, r).await.map(Response::Get)
             }
-            Some(batch_call::Request::Txn(r)) => service.txn_call(r).await.map(Response::Txn),
+            Some(batch_call::Request::Put(r)) => {
+                service.put_call(credential, r).await.map(Response::Put)
+            }
+            Some(batch_call::Request::Delete(r)) => service
+                .delete_call(credential, r)
+                .await
+                .map(Response::Delete),
+            Some(batch_call::Request::Txn(r)) => {
+                service.txn_call(credential, r).await.map(Response::Txn)
+            }
             None => Err(Status::invalid_argument("a batch call without a request")),
         }
     };

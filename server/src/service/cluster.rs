@@ -2,6 +2,7 @@
 
 use super::{timed, Context};
 use ferry_client::pb::{self, cluster_server::Cluster};
+use ferry_replication::auth::Access;
 use ferry_replication::types::FerryNode;
 use openraft_free::role;
 use std::time::Duration;
@@ -18,6 +19,9 @@ mod openraft_free {
     }
 }
 
+/// Longest a `MemberAdd` with `wait` waits for the learner to catch up.
+const MAX_ADD_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct ClusterService {
     pub context: Context,
 }
@@ -33,6 +37,10 @@ impl ClusterService {
             .nodes()
             .map(|(id, node)| {
                 let voter = voters.contains(id);
+                let since_ack = followers
+                    .iter()
+                    .find(|f| f.id == *id)
+                    .and_then(|f| f.since_ack);
                 let matched = metrics
                     .replication
                     .as_ref()
@@ -46,11 +54,10 @@ impl ClusterService {
                     voter,
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map_or(0, |m| last.saturating_sub(m)),
-                    lag_ms: followers
-                        .iter()
-                        .find(|f| f.id == *id)
-                        .and_then(|f| f.since_ack)
-                        .map(|d| d.as_millis() as u64),
+                    lag_ms: since_ack.map(|d| d.as_millis() as u64),
+                    never_contacted: self.context.node.is_leader()
+                        && metrics.current_leader != Some(*id)
+                        && since_ack.is_none(),
                 }
             })
             .collect()
@@ -68,9 +75,10 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         timed(&self.context, "Status", async {
+            self.context.gate.authorize(&request, &Access::Any)?;
             let metrics = self.context.node.metrics();
             let applied = metrics.last_applied.map_or(0, |l| l.index);
             let role = match metrics.state {
@@ -98,6 +106,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberResponse>, Status> {
         timed(&self.context, "MemberAdd", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let request = request.into_inner();
             if request.id == 0 || request.raft_addr.is_empty() {
                 return Err(Status::invalid_argument(
@@ -111,9 +120,32 @@ impl Cluster for ClusterService {
             let revision = self
                 .context
                 .node
-                .add_learner(request.id, node, request.wait)
+                .add_learner(request.id, node, false)
                 .await
                 .map_err(|e| self.context.status(e))?;
+            if request.wait {
+                // Bounded even if the caller set no deadline: a learner
+                // that never connects must not hold the call for ever.
+                let waited = tokio::time::timeout(
+                    MAX_ADD_WAIT,
+                    self.context.node.wait_replicated(request.id, revision),
+                )
+                .await;
+                match waited {
+                    Ok(result) => result.map_err(|e| self.context.status(e))?,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "member {} was added as a learner but has not caught up within {MAX_ADD_WAIT:?}{}",
+                            request.id,
+                            if self.members().iter().any(|m| m.id == request.id && m.never_contacted) {
+                                ": it never connected"
+                            } else {
+                                ""
+                            }
+                        )))
+                    }
+                }
+            }
             Ok(self.answer(revision))
         })
         .await
@@ -124,6 +156,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MemberResponse>, Status> {
         timed(&self.context, "Promote", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let id = request.into_inner().id;
             let revision = self
                 .context
@@ -141,6 +174,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MemberResponse>, Status> {
         timed(&self.context, "Remove", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let id = request.into_inner().id;
             let revision = self
                 .context
@@ -158,6 +192,7 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::MemberResponse>, Status> {
         timed(&self.context, "TransferLeader", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let id = request.into_inner().id;
             let node = &self.context.node;
             if !node.is_leader() {

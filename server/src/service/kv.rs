@@ -1,10 +1,14 @@
 //! The KV service: Get, Put, Delete, Range, Txn.
 
 use super::{consistency, key_value, staleness, timed, Context};
+use crate::auth::Credential;
 use ferry_client::pb::{self, kv_server::Kv};
+use ferry_engine::prefix_end;
+use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::types::{
     Command, Compare, CompareOp, CompareTarget, Op, OpResult, RequestId, Txn,
 };
+use ferry_replication::PageLimit;
 use tonic::{Request, Response, Status};
 
 /// Keys counted by one count-only range at most.
@@ -21,18 +25,6 @@ fn request_id(id: Option<pb::RequestId>) -> Option<RequestId> {
         sequence: r.sequence,
         first_incomplete: r.first_incomplete,
     })
-}
-
-/// The first key after every key starting with `prefix` (`None`: no end).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 impl KvService {
@@ -96,10 +88,14 @@ impl KvService {
 impl KvService {
     pub(crate) async fn get_call(
         &self,
+        credential: &Credential,
         request: pb::GetRequest,
     ) -> Result<pb::GetResponse, Status> {
         timed(&self.context, "Get", async {
             self.context.check_key(&request.key)?;
+            self.context
+                .gate
+                .check(credential, &Access::key(AccessKind::Read, &request.key))?;
             let read = self
                 .context
                 .node
@@ -117,11 +113,15 @@ impl KvService {
 
     pub(crate) async fn put_call(
         &self,
+        credential: &Credential,
         request: pb::PutRequest,
     ) -> Result<pb::PutResponse, Status> {
         timed(&self.context, "Put", async {
             self.context.check_key(&request.key)?;
             self.context.check_value(&request.value)?;
+            self.context
+                .gate
+                .check(credential, &Access::key(AccessKind::Write, &request.key))?;
             let command = Command::Txn(Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Put {
@@ -154,10 +154,14 @@ impl KvService {
 
     pub(crate) async fn delete_call(
         &self,
+        credential: &Credential,
         request: pb::DeleteRequest,
     ) -> Result<pb::DeleteResponse, Status> {
         timed(&self.context, "Delete", async {
             self.context.check_key(&request.key)?;
+            self.context
+                .gate
+                .check(credential, &Access::key(AccessKind::Write, &request.key))?;
             let command = Command::Txn(Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Delete {
@@ -195,6 +199,7 @@ impl KvService {
 
     pub(crate) async fn range_call(
         &self,
+        credential: &Credential,
         request: pb::RangeRequest,
     ) -> Result<pb::RangeResponse, Status> {
         timed(&self.context, "Range", async {
@@ -216,6 +221,14 @@ impl KvService {
             } else {
                 (request.prefix.clone(), prefix_end(&request.prefix))
             };
+            self.context.gate.check(
+                credential,
+                &Access::Keys {
+                    kind: AccessKind::Read,
+                    start: start.clone(),
+                    end: end.clone(),
+                },
+            )?;
             let mut revision = request.revision;
             if !request.continuation.is_empty() {
                 let token = Continuation::decode(&request.continuation)?;
@@ -247,13 +260,27 @@ impl KvService {
                     ..pb::RangeResponse::default()
                 });
             }
+            let max_bytes = self.context.limits.max_range_bytes;
+            let page = PageLimit {
+                keys: limit + 1,
+                bytes: max_bytes,
+            };
             let read = node
-                .range_at(&start, end.as_deref(), limit + 1, revision, consistency)
+                .range_at(&start, end.as_deref(), page, revision, consistency)
                 .await
                 .map_err(|e| self.context.status(e))?;
+            let bytes: usize = read
+                .value
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len())
+                .sum();
             let mut kvs: Vec<pb::KeyValue> = read.value.into_iter().map(key_value).collect();
             let mut continuation = Vec::new();
-            if kvs.len() > limit {
+            // Cut by the key limit (one more was read to know there is
+            // more) or by bytes (the read stopped at the budget; there may
+            // be nothing after, then the next page is empty).
+            let full = kvs.len() > limit || (bytes >= max_bytes && !kvs.is_empty());
+            if full {
                 kvs.truncate(limit);
                 if let Some(last) = kvs.last() {
                     continuation = Continuation {
@@ -281,6 +308,7 @@ impl KvService {
 
     pub(crate) async fn txn_call(
         &self,
+        credential: &Credential,
         request: pb::TxnRequest,
     ) -> Result<pb::TxnResponse, Status> {
         timed(&self.context, "Txn", async {
@@ -310,6 +338,21 @@ impl KvService {
                 request: request_id(request.request),
                 time_ms: 0,
             });
+            // Every key either branch touches: which branch runs is known
+            // only when the compares are evaluated, in apply.
+            if let Command::Txn(txn) = &command {
+                let gate = &self.context.gate;
+                for compare in &txn.compares {
+                    gate.check(credential, &Access::key(AccessKind::Read, &compare.key))?;
+                }
+                for op in txn.success.iter().chain(&txn.failure) {
+                    let kind = match op {
+                        Op::Get { .. } => AccessKind::Read,
+                        Op::Put { .. } | Op::Delete { .. } => AccessKind::Write,
+                    };
+                    gate.check(credential, &Access::key(kind, op.key()))?;
+                }
+            }
             let response = self
                 .context
                 .node
@@ -379,21 +422,28 @@ impl Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        self.get_call(request.into_inner()).await.map(Response::new)
+        let credential = self.context.gate.credential(&request);
+        self.get_call(&credential, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        self.put_call(request.into_inner()).await.map(Response::new)
+        let credential = self.context.gate.credential(&request);
+        self.put_call(&credential, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.delete_call(request.into_inner())
+        let credential = self.context.gate.credential(&request);
+        self.delete_call(&credential, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -402,7 +452,8 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        self.range_call(request.into_inner())
+        let credential = self.context.gate.credential(&request);
+        self.range_call(&credential, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -411,7 +462,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        self.txn_call(request.into_inner()).await.map(Response::new)
+        let credential = self.context.gate.credential(&request);
+        self.txn_call(&credential, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type BatchStream = super::batch::ReplyStream;
@@ -420,8 +474,12 @@ impl Kv for KvService {
         &self,
         request: Request<tonic::Streaming<pb::BatchRequest>>,
     ) -> Result<Response<Self::BatchStream>, Status> {
+        // The stream's credential holds for each of its calls, each
+        // checked as its unary RPC would be.
+        let credential = self.context.gate.credential(&request);
         Ok(Response::new(super::batch::serve(
             self.clone(),
+            credential,
             request.into_inner(),
         )))
     }
@@ -429,7 +487,7 @@ impl Kv for KvService {
 
 #[cfg(test)]
 mod tests {
-    use super::{prefix_end, Continuation};
+    use super::Continuation;
 
     #[test]
     fn continuation_tokens_round_trip_and_foreign_ones_are_refused() {
@@ -442,12 +500,5 @@ mod tests {
         assert!(Continuation::decode(b"").is_err());
         assert!(Continuation::decode(b"plain-key").is_err());
         assert!(Continuation::decode(&[1, 0, 0]).is_err());
-    }
-
-    #[test]
-    fn prefix_end_is_the_first_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

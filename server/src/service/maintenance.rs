@@ -5,6 +5,7 @@
 use super::export::{self, Export, ExportStream};
 use super::{timed, Context};
 use ferry_client::pb::{self, maintenance_server::Maintenance};
+use ferry_replication::auth::Access;
 use std::io::Read;
 use std::path::Path;
 use std::pin::Pin;
@@ -63,9 +64,10 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn checkpoint(
         &self,
-        _request: Request<pb::CheckpointRequest>,
+        request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
         timed(&self.context, "Checkpoint", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let node = &self.context.node;
             node.snapshot().await.map_err(|e| self.context.status(e))?;
             let snapshot = node
@@ -89,9 +91,10 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         timed(&self.context, "Snapshot", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let permit = self.transfer_permit()?;
             let node = &self.context.node;
             let snapshot = match node
@@ -174,9 +177,10 @@ impl Maintenance for MaintenanceService {
 
     async fn export_state(
         &self,
-        _request: Request<pb::ExportStateRequest>,
+        request: Request<pb::ExportStateRequest>,
     ) -> Result<Response<Self::ExportStateStream>, Status> {
         timed(&self.context, "ExportState", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let permit = self.transfer_permit()?;
             Ok(Response::new(export::start(
                 &self.context,
@@ -194,6 +198,7 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::ExportHistoryRequest>,
     ) -> Result<Response<Self::ExportHistoryStream>, Status> {
         timed(&self.context, "ExportHistory", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let request = request.into_inner();
             if request.to_revision != 0 && request.to_revision < request.from_revision {
                 return Err(Status::invalid_argument(format!(
@@ -228,6 +233,7 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
         timed(&self.context, "Compact", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             let revision = request.into_inner().revision;
             let compacted = self
                 .context
@@ -245,9 +251,10 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         timed(&self.context, "Defragment", async {
+            self.context.gate.authorize(&request, &Access::Root)?;
             self.context
                 .node
                 .compact_engine()
@@ -262,9 +269,10 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<pb::MaintenanceStatusRequest>,
+        request: Request<pb::MaintenanceStatusRequest>,
     ) -> Result<Response<pb::MaintenanceStatusResponse>, Status> {
         timed(&self.context, "MaintenanceStatus", async {
+            let caller = self.context.gate.authorize(&request, &Access::Any)?;
             let state = self.context.node.state().clone();
             let (engine, snapshots, log, keys) = tokio::task::spawn_blocking(move || {
                 let data = state.data_dir();
@@ -285,7 +293,12 @@ impl Maintenance for MaintenanceService {
                 snapshot_bytes: snapshots,
                 log_bytes: log,
                 table_bytes: keys,
-                data_dir: self.context.node.state().data_dir().display().to_string(),
+                // Where the data lives is for root only.
+                data_dir: if caller.root {
+                    self.context.node.state().data_dir().display().to_string()
+                } else {
+                    String::new()
+                },
                 compacted_revision: self
                     .context
                     .node

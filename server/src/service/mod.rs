@@ -6,6 +6,7 @@
 //! SDK retries on the leader. Stale reads and watches are served by any
 //! member.
 
+pub mod auth;
 pub mod batch;
 pub mod cluster;
 pub mod export;
@@ -29,6 +30,8 @@ pub struct Context {
     /// Turns true when the server stops: long-lived streams (watches, batch
     /// streams) end then, or a graceful stop would wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Who calls, and whether they may: every RPC asks it first.
+    pub gate: Arc<crate::auth::Gate>,
 }
 
 /// After the server starts stopping, a streaming client gets this long to
@@ -58,6 +61,11 @@ impl Context {
 }
 
 impl Context {
+    /// The index this node has applied.
+    pub(crate) fn applied(&self) -> u64 {
+        self.node.metrics().last_applied.map_or(0, |l| l.index)
+    }
+
     pub(crate) fn header(&self, revision: u64) -> Option<pb::Header> {
         Some(pb::Header {
             revision,
@@ -87,6 +95,7 @@ impl Context {
                 ferry_client::future_revision_status(requested, current)
             }
             Error::Storage(e) => Status::internal(format!("storage: {e}")),
+            Error::Tls(e) => Status::internal(format!("TLS: {e}")),
             Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
         }
     }

@@ -9,9 +9,10 @@
 //! up, and ends with OUT_OF_RANGE only if that history was compacted
 //! meanwhile.
 
-use super::kv::prefix_end;
 use super::{timed, Context};
 use ferry_client::pb::{self, watch_server::Watch};
+use ferry_engine::prefix_end;
+use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::state_machine::history::ChangeKind;
 use ferry_replication::{WatchError, WatchEvent, WatchOptions};
 use std::pin::Pin;
@@ -31,6 +32,9 @@ pub struct WatchService {
 
 /// Messages buffered towards a client that reads slowly.
 const BUFFERED_MESSAGES: usize = 4;
+
+/// How often a watch's credential and permission are checked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 fn event(event: WatchEvent) -> pb::Event {
     let change = event.change;
@@ -84,7 +88,14 @@ impl Watch for WatchService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         timed(&self.context, "Watch", async {
+            let credential = self.context.gate.credential(&request);
             let options = self.options(request.into_inner())?;
+            let access = Access::Keys {
+                kind: AccessKind::Read,
+                start: options.start.clone(),
+                end: options.end.clone(),
+            };
+            self.context.gate.check(&credential, &access)?;
             let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
                 Status::resource_exhausted(format!(
                     "max_watch_streams = {} watches are open",
@@ -112,6 +123,7 @@ impl Watch for WatchService {
                 }
                 let stopped = context.stopped();
                 tokio::pin!(stopped);
+                let mut checked = tokio::time::Instant::now();
                 loop {
                     let next = tokio::select! {
                         next = watcher.next() => Some(next),
@@ -138,6 +150,16 @@ impl Watch for WatchService {
                             Ok(message(events, batch.revision))
                         }
                         Some(Err(error)) => Err(watch_status(error)),
+                    };
+                    // Checked again as the watch goes on: when its token
+                    // expires (the SDK resumes with a new one), or its user
+                    // loses the permission, it ends, as a new call would be
+                    // refused.
+                    let reply = if checked.elapsed() >= RECHECK_EVERY {
+                        checked = tokio::time::Instant::now();
+                        context.gate.check(&credential, &access).and(reply)
+                    } else {
+                        reply
                     };
                     let failed = reply.is_err();
                     if !context.send(&sender, reply).await || failed {

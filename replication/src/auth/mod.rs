@@ -1,0 +1,490 @@
+//! Users, roles and permissions, as replicated state, and the one rule
+//! that decides what a user may do.
+//!
+//! The model is etcd's: a role grants read, write or readwrite on a key or
+//! on a range `[key, range_end)`; a user has roles; the `root` role (and
+//! the `root` user, who must hold it) may do everything, including what no
+//! permission names: membership, leadership, snapshots, exports,
+//! compaction, backups and auth changes. Auth is off until enabled, which
+//! needs a `root` user holding the `root` role.
+//!
+//! Changes are [`AuthChange`] commands through Raft, so every member holds
+//! the same users and roles; passwords arrive already hashed (the server
+//! hashes them with argon2id before proposing), so no password is in the
+//! log, the engine or a snapshot. The state machine keeps the state
+//! decoded in memory ([`AuthState`]) for the per-request checks.
+
+pub(crate) mod store;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The name of the role (and of the user) that may do everything.
+pub const ROOT: &str = "root";
+
+/// What a permission lets its holder do with keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionKind {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl PermissionKind {
+    fn allows(self, access: AccessKind) -> bool {
+        matches!(
+            (self, access),
+            (PermissionKind::ReadWrite, _)
+                | (PermissionKind::Read, AccessKind::Read)
+                | (PermissionKind::Write, AccessKind::Write)
+        )
+    }
+}
+
+/// A grant of a role: `kind` on `key` alone, or on `[key, range_end)`
+/// (`range_end` empty: the key alone; `[0]`: every key from `key` on, as
+/// etcd spells it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub kind: PermissionKind,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub range_end: Vec<u8>,
+}
+
+impl Permission {
+    /// The keys it covers, as `[start, end)` (`None`: no end).
+    fn interval(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        interval(&self.key, &self.range_end)
+    }
+}
+
+/// `[key, range_end)` in etcd's spelling as a half-open interval:
+/// `range_end` empty means the key alone, `[0]` every key from `key` on.
+fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    match range_end {
+        [] => (key.to_vec(), Some([key, &[0]].concat())),
+        [0] => (key.to_vec(), None),
+        end => (key.to_vec(), Some(end.to_vec())),
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub permissions: Vec<Permission>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The argon2id hash (PHC string) of the password; `None`: the user
+    /// can only authenticate by a client certificate.
+    pub password_hash: Option<String>,
+    pub roles: BTreeSet<String>,
+    /// Raised by every password change and by recreation: tokens carry it,
+    /// so they stop working when it moves.
+    pub epoch: u64,
+}
+
+/// Everything auth knows, as of some applied index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthState {
+    pub enabled: bool,
+    /// The key tokens are signed with (set when auth is enabled).
+    pub token_key: Option<[u8; 32]>,
+    pub users: BTreeMap<String, User>,
+    pub roles: BTreeMap<String, Role>,
+    /// Bumped by every change.
+    pub revision: u64,
+}
+
+/// What an access does to keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    Read,
+    Write,
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Keys `[start, end)` (`end = None`: to the end of the key space).
+    Keys {
+        kind: AccessKind,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+    /// What only root may do (membership, snapshots, compaction…).
+    Root,
+    /// What any authenticated user may do (status, its own token).
+    Any,
+}
+
+impl Access {
+    /// The single key `key`.
+    pub fn key(kind: AccessKind, key: &[u8]) -> Access {
+        Access::Keys {
+            kind,
+            start: key.to_vec(),
+            end: Some([key, &[0]].concat()),
+        }
+    }
+}
+
+impl AuthState {
+    /// Whether `user` holds the root role.
+    pub fn is_root(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
+    }
+
+    /// Whether `user` (which must exist) may do `access`.
+    pub fn allows(&self, user: &str, access: &Access) -> bool {
+        let Some(record) = self.users.get(user) else {
+            return false;
+        };
+        if record.roles.contains(ROOT) {
+            return true;
+        }
+        let (kind, start, end) = match access {
+            Access::Any => return true,
+            Access::Root => return false,
+            Access::Keys { kind, start, end } => (*kind, start, end),
+        };
+        // The granted intervals of that kind, merged, must cover the request.
+        let mut granted: Vec<(Vec<u8>, Option<Vec<u8>>)> = record
+            .roles
+            .iter()
+            .filter_map(|name| self.roles.get(name))
+            .flat_map(|role| role.permissions.iter())
+            .filter(|p| p.kind.allows(kind))
+            .map(Permission::interval)
+            .collect();
+        granted.sort();
+        // Walk the grants by start: `uncovered` is the first requested key
+        // no grant seen so far covers.
+        let mut uncovered = start.clone();
+        for (grant_start, grant_end) in granted {
+            if grant_start > uncovered {
+                break;
+            }
+            match grant_end {
+                None => return true,
+                Some(grant_end) if grant_end > uncovered => uncovered = grant_end,
+                Some(_) => {}
+            }
+            if end.as_ref().is_some_and(|end| uncovered >= *end) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A change of the auth state, replicated as a command.
+///
+/// ## Format
+///
+/// Part of the command envelope (see `types::command`): a kind's fields
+/// never change; new changes are new variants appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthChange {
+    /// Turns auth on; refused unless a `root` user holds the `root` role.
+    Enable {
+        token_key: [u8; 32],
+    },
+    Disable,
+    UserAdd {
+        name: String,
+        password_hash: Option<String>,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserPassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        user: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrant {
+        role: String,
+        permission: Permission,
+    },
+    RoleRevoke {
+        role: String,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        range_end: Vec<u8>,
+    },
+}
+
+impl AuthChange {
+    /// Applies the change to `state`, or says why it cannot be (the
+    /// command is then refused without effect).
+    pub(crate) fn apply(&self, state: &mut AuthState) -> Result<(), String> {
+        fn user_mut<'a>(state: &'a mut AuthState, name: &str) -> Result<&'a mut User, String> {
+            state
+                .users
+                .get_mut(name)
+                .ok_or_else(|| format!("user {name:?} does not exist"))
+        }
+        match self {
+            AuthChange::Enable { token_key } => {
+                if !state.is_root(ROOT) {
+                    return Err("auth needs a root user with the root role first".into());
+                }
+                state.enabled = true;
+                state.token_key = Some(*token_key);
+            }
+            AuthChange::Disable => state.enabled = false,
+            AuthChange::UserAdd {
+                name,
+                password_hash,
+            } => {
+                if name.is_empty() {
+                    return Err("a user needs a name".into());
+                }
+                if state.users.contains_key(name) {
+                    return Err(format!("user {name:?} already exists"));
+                }
+                state.users.insert(
+                    name.clone(),
+                    User {
+                        password_hash: password_hash.clone(),
+                        roles: BTreeSet::new(),
+                        // Tokens of an earlier user of that name never
+                        // match: the epoch starts at the revision.
+                        epoch: state.revision + 1,
+                    },
+                );
+            }
+            AuthChange::UserDelete { name } => {
+                if name == ROOT && state.enabled {
+                    return Err("root cannot be deleted while auth is enabled".into());
+                }
+                state
+                    .users
+                    .remove(name)
+                    .ok_or_else(|| format!("user {name:?} does not exist"))?;
+            }
+            AuthChange::UserPassword {
+                name,
+                password_hash,
+            } => {
+                let user = user_mut(state, name)?;
+                user.password_hash = Some(password_hash.clone());
+                user.epoch += 1;
+            }
+            AuthChange::UserGrantRole { user, role } => {
+                if role != ROOT && !state.roles.contains_key(role) {
+                    return Err(format!("role {role:?} does not exist"));
+                }
+                user_mut(state, user)?.roles.insert(role.clone());
+            }
+            AuthChange::UserRevokeRole { user, role } => {
+                if user == ROOT && role == ROOT && state.enabled {
+                    return Err("root keeps the root role while auth is enabled".into());
+                }
+                if !user_mut(state, user)?.roles.remove(role) {
+                    return Err(format!("user {user:?} does not have role {role:?}"));
+                }
+            }
+            AuthChange::RoleAdd { name } => {
+                if name.is_empty() {
+                    return Err("a role needs a name".into());
+                }
+                if name == ROOT || state.roles.contains_key(name) {
+                    return Err(format!("role {name:?} already exists"));
+                }
+                state.roles.insert(name.clone(), Role::default());
+            }
+            AuthChange::RoleDelete { name } => {
+                if name == ROOT {
+                    return Err("the root role cannot be deleted".into());
+                }
+                state
+                    .roles
+                    .remove(name)
+                    .ok_or_else(|| format!("role {name:?} does not exist"))?;
+                for user in state.users.values_mut() {
+                    user.roles.remove(name);
+                }
+            }
+            AuthChange::RoleGrant { role, permission } => {
+                let record = state
+                    .roles
+                    .get_mut(role)
+                    .ok_or_else(|| format!("role {role:?} does not exist"))?;
+                record
+                    .permissions
+                    .retain(|p| (&p.key, &p.range_end) != (&permission.key, &permission.range_end));
+                record.permissions.push(permission.clone());
+            }
+            AuthChange::RoleRevoke {
+                role,
+                key,
+                range_end,
+            } => {
+                let record = state
+                    .roles
+                    .get_mut(role)
+                    .ok_or_else(|| format!("role {role:?} does not exist"))?;
+                let before = record.permissions.len();
+                record
+                    .permissions
+                    .retain(|p| (&p.key, &p.range_end) != (key, range_end));
+                if record.permissions.len() == before {
+                    return Err(format!(
+                        "role {role:?} has no permission on that key or range"
+                    ));
+                }
+            }
+        }
+        state.revision += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AuthState {
+        let mut state = AuthState::default();
+        let changes = [
+            AuthChange::UserAdd {
+                name: "root".into(),
+                password_hash: Some("h".into()),
+            },
+            AuthChange::UserGrantRole {
+                user: "root".into(),
+                role: ROOT.into(),
+            },
+            AuthChange::RoleAdd {
+                name: "jobs".into(),
+            },
+            AuthChange::RoleGrant {
+                role: "jobs".into(),
+                permission: Permission {
+                    kind: PermissionKind::Read,
+                    key: b"job/".to_vec(),
+                    range_end: b"job0".to_vec(),
+                },
+            },
+            AuthChange::RoleGrant {
+                role: "jobs".into(),
+                permission: Permission {
+                    kind: PermissionKind::ReadWrite,
+                    key: b"job/7".to_vec(),
+                    range_end: Vec::new(),
+                },
+            },
+            AuthChange::UserAdd {
+                name: "reader".into(),
+                password_hash: Some("h".into()),
+            },
+            AuthChange::UserGrantRole {
+                user: "reader".into(),
+                role: "jobs".into(),
+            },
+        ];
+        for change in changes {
+            change.apply(&mut state).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn permissions_cover_what_they_name_and_nothing_else() {
+        let state = state();
+        let read = |start: &str, end: Option<&str>| Access::Keys {
+            kind: AccessKind::Read,
+            start: start.into(),
+            end: end.map(Into::into),
+        };
+        assert!(state.allows("reader", &read("job/", Some("job0"))));
+        assert!(state.allows("reader", &read("job/1", Some("job/2"))));
+        assert!(state.allows("reader", &Access::key(AccessKind::Read, b"job/9")));
+        assert!(!state.allows("reader", &read("job", Some("job0"))));
+        assert!(!state.allows("reader", &read("job/", None)));
+        assert!(!state.allows("reader", &Access::key(AccessKind::Read, b"other")));
+        assert!(!state.allows("reader", &Access::key(AccessKind::Write, b"job/1")));
+        assert!(state.allows("reader", &Access::key(AccessKind::Write, b"job/7")));
+        assert!(!state.allows("reader", &Access::key(AccessKind::Write, b"job/70")));
+        assert!(!state.allows("reader", &Access::Root));
+        assert!(state.allows("reader", &Access::Any));
+        assert!(state.allows("root", &Access::Root));
+        assert!(state.allows("root", &read("", None)));
+        assert!(!state.allows("nobody", &Access::Any));
+    }
+
+    #[test]
+    fn merged_grants_cover_a_range_none_covers_alone() {
+        let mut state = state();
+        for (key, end) in [("a", "c"), ("c", "e")] {
+            AuthChange::RoleGrant {
+                role: "jobs".into(),
+                permission: Permission {
+                    kind: PermissionKind::Read,
+                    key: key.into(),
+                    range_end: end.into(),
+                },
+            }
+            .apply(&mut state)
+            .unwrap();
+        }
+        let read = |start: &str, end: &str| Access::Keys {
+            kind: AccessKind::Read,
+            start: start.into(),
+            end: Some(end.into()),
+        };
+        assert!(state.allows("reader", &read("b", "d")));
+        assert!(!state.allows("reader", &read("b", "f")));
+    }
+
+    #[test]
+    fn auth_needs_root_and_root_stays() {
+        let mut state = AuthState::default();
+        let enable = AuthChange::Enable { token_key: [1; 32] };
+        assert!(enable.apply(&mut state).is_err());
+        let mut state = self::state();
+        enable.apply(&mut state).unwrap();
+        assert!(state.enabled);
+        assert!(AuthChange::UserDelete { name: ROOT.into() }
+            .apply(&mut state)
+            .is_err());
+        assert!(AuthChange::UserRevokeRole {
+            user: ROOT.into(),
+            role: ROOT.into()
+        }
+        .apply(&mut state)
+        .is_err());
+        let epoch = state.users["reader"].epoch;
+        AuthChange::UserPassword {
+            name: "reader".into(),
+            password_hash: "h2".into(),
+        }
+        .apply(&mut state)
+        .unwrap();
+        assert!(state.users["reader"].epoch > epoch);
+        AuthChange::RoleDelete {
+            name: "jobs".into(),
+        }
+        .apply(&mut state)
+        .unwrap();
+        assert!(state.users["reader"].roles.is_empty());
+    }
+}

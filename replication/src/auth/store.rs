@@ -1,0 +1,124 @@
+//! How the auth state is kept in the engine, as system records.
+//!
+//! ## Format (version 1)
+//!
+//! ```text
+//! 0x00 "auth/enabled"          1 byte: 1 on, absent or 0 off
+//! 0x00 "auth/key"              32 bytes: the key tokens are signed with
+//! 0x00 "auth/revision"         u64 LE: bumped by every change
+//! 0x00 "auth/user/" ‖ name     1 | postcard(User)
+//! 0x00 "auth/role/" ‖ name     1 | postcard(Role)
+//! ```
+
+use super::{AuthState, Role, User};
+use ferry_engine::Snapshot;
+use std::io;
+
+const ENABLED: &[u8] = b"\x00auth/enabled";
+const KEY: &[u8] = b"\x00auth/key";
+const REVISION: &[u8] = b"\x00auth/revision";
+const USER_PREFIX: &[u8] = b"\x00auth/user/";
+const ROLE_PREFIX: &[u8] = b"\x00auth/role/";
+const VERSION: u8 = 1;
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("auth state: undecodable {what}"),
+    )
+}
+
+fn named(prefix: &[u8], name: &str) -> Vec<u8> {
+    [prefix, name.as_bytes()].concat()
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut out = vec![VERSION];
+    postcard::to_io(value, &mut out).map_err(io::Error::other)?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+    match bytes.split_first() {
+        Some((&VERSION, body)) => postcard::from_bytes(body).map_err(|_| bad(what)),
+        _ => Err(bad(what)),
+    }
+}
+
+/// The auth state a view of the engine holds.
+pub(crate) fn load(view: &Snapshot) -> io::Result<AuthState> {
+    let get = |key: &[u8]| view.get(key).map_err(io::Error::other);
+    let mut state = AuthState {
+        enabled: get(ENABLED)?.is_some_and(|v| v == [1]),
+        token_key: match get(KEY)? {
+            None => None,
+            Some(key) => Some(key.as_slice().try_into().map_err(|_| bad("token key"))?),
+        },
+        revision: match get(REVISION)? {
+            None => 0,
+            Some(bytes) => {
+                u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| bad("revision"))?)
+            }
+        },
+        ..AuthState::default()
+    };
+    for item in view.prefix(USER_PREFIX) {
+        let (key, value) = item.map_err(io::Error::other)?;
+        let name =
+            String::from_utf8(key[USER_PREFIX.len()..].to_vec()).map_err(|_| bad("user name"))?;
+        state.users.insert(name, decode::<User>(&value, "user")?);
+    }
+    for item in view.prefix(ROLE_PREFIX) {
+        let (key, value) = item.map_err(io::Error::other)?;
+        let name =
+            String::from_utf8(key[ROLE_PREFIX.len()..].to_vec()).map_err(|_| bad("role name"))?;
+        state.roles.insert(name, decode::<Role>(&value, "role")?);
+    }
+    Ok(state)
+}
+
+/// The writes that turn `before` into `after` (engine key, `None` to
+/// delete).
+pub(crate) fn diff(
+    before: &AuthState,
+    after: &AuthState,
+    write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
+) -> io::Result<()> {
+    if before.enabled != after.enabled {
+        write(ENABLED.to_vec(), Some(vec![u8::from(after.enabled)]));
+    }
+    if before.token_key != after.token_key {
+        write(KEY.to_vec(), after.token_key.map(|k| k.to_vec()));
+    }
+    if before.revision != after.revision {
+        write(
+            REVISION.to_vec(),
+            Some(after.revision.to_le_bytes().to_vec()),
+        );
+    }
+    for (name, user) in &after.users {
+        if before.users.get(name) != Some(user) {
+            write(named(USER_PREFIX, name), Some(encode(user)?));
+        }
+    }
+    for name in before
+        .users
+        .keys()
+        .filter(|n| !after.users.contains_key(*n))
+    {
+        write(named(USER_PREFIX, name), None);
+    }
+    for (name, role) in &after.roles {
+        if before.roles.get(name) != Some(role) {
+            write(named(ROLE_PREFIX, name), Some(encode(role)?));
+        }
+    }
+    for name in before
+        .roles
+        .keys()
+        .filter(|n| !after.roles.contains_key(*n))
+    {
+        write(named(ROLE_PREFIX, name), None);
+    }
+    Ok(())
+}

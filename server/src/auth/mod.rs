@@ -1,0 +1,199 @@
+//! Who is calling, and whether they may: every RPC of the public API asks
+//! the [`Gate`] before it does anything.
+//!
+//! With auth off (the replicated flag, see `ferry_replication::auth`),
+//! everything is allowed. With auth on, a call must carry a token (metadata
+//! `token`, from `Auth.Authenticate`) or, with `--client-cert-auth`, come
+//! over a TLS connection whose client certificate's common name is the
+//! user. No credential: UNAUTHENTICATED. A credential whose user may not
+//! do the call: PERMISSION_DENIED. Either way nothing is done.
+
+pub mod password;
+pub mod token;
+
+use ferry_replication::auth::{Access, AuthState, ROOT};
+use ferry_replication::types::now_ms;
+use ferry_replication::Node;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tonic::{Request, Status};
+
+/// The request metadata that carries a token (etcd's name for it).
+pub const TOKEN_METADATA: &str = "token";
+
+/// Password checks running at once at most: argon2id costs tens of
+/// milliseconds and MiBs each, and `Authenticate` is open to anyone.
+const PASSWORD_CHECKS: usize = 2;
+
+/// What a call presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Anonymous,
+    Token(String),
+    /// The common name of the verified client certificate.
+    Certificate(String),
+}
+
+/// Who a call acts as, once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `None`: auth is off.
+    pub user: Option<String>,
+    pub root: bool,
+}
+
+pub struct Gate {
+    node: Arc<Node>,
+    client_cert_auth: bool,
+    token_ttl: Duration,
+    password_checks: Semaphore,
+}
+
+impl Gate {
+    pub fn new(node: Arc<Node>, client_cert_auth: bool, token_ttl: Duration) -> Gate {
+        Gate {
+            node,
+            client_cert_auth,
+            token_ttl,
+            password_checks: Semaphore::new(PASSWORD_CHECKS),
+        }
+    }
+
+    /// What `request` presents: a token if it carries one, else (with
+    /// `--client-cert-auth`) its client certificate's name.
+    pub fn credential<T>(&self, request: &Request<T>) -> Credential {
+        if let Some(token) = request
+            .metadata()
+            .get(TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok())
+        {
+            return Credential::Token(token.to_owned());
+        }
+        if self.client_cert_auth {
+            if let Some(name) = request.peer_certs().and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| ferry_replication::tls::common_name(c))
+            }) {
+                return Credential::Certificate(name);
+            }
+        }
+        Credential::Anonymous
+    }
+
+    /// The user `credential` stands for under `state`.
+    fn user(&self, state: &AuthState, credential: &Credential) -> Result<String, Status> {
+        match credential {
+            Credential::Anonymous => Err(Status::unauthenticated(
+                "auth is enabled: a call needs a token (Auth.Authenticate) or a client certificate",
+            )),
+            Credential::Certificate(name) => {
+                if state.users.contains_key(name) {
+                    Ok(name.clone())
+                } else {
+                    Err(Status::unauthenticated(format!(
+                        "the client certificate names user {name:?}, who does not exist"
+                    )))
+                }
+            }
+            Credential::Token(token) => {
+                let key = state
+                    .token_key
+                    .as_ref()
+                    .ok_or_else(|| Status::unauthenticated("auth has no token key"))?;
+                let claims = token::verify(key, token)
+                    .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
+                if claims.expires_ms <= now_ms() {
+                    return Err(Status::unauthenticated("the token has expired"));
+                }
+                match state.users.get(&claims.user) {
+                    Some(user) if user.epoch == claims.epoch => Ok(claims.user),
+                    _ => Err(Status::unauthenticated(
+                        "the token's user was deleted or changed its password",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Whether the caller presenting `credential` may do `access`.
+    pub fn check(&self, credential: &Credential, access: &Access) -> Result<Principal, Status> {
+        let state = self.node.auth();
+        if !state.enabled {
+            return Ok(Principal {
+                user: None,
+                root: true,
+            });
+        }
+        let user = self.user(&state, credential)?;
+        if !state.allows(&user, access) {
+            return Err(Status::permission_denied(match access {
+                Access::Root => format!("only {ROOT} may do this; {user:?} may not"),
+                Access::Keys { kind, start, end } => format!(
+                    "user {user:?} has no {kind:?} permission on {}",
+                    describe(start, end.as_deref())
+                ),
+                Access::Any => format!("user {user:?} may not call"),
+            }));
+        }
+        Ok(Principal {
+            root: state.is_root(&user),
+            user: Some(user),
+        })
+    }
+
+    /// `check` of the caller of `request`.
+    pub fn authorize<T>(&self, request: &Request<T>, access: &Access) -> Result<Principal, Status> {
+        self.check(&self.credential(request), access)
+    }
+
+    /// A token for `name` if `password` is theirs.
+    pub async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<(String, Duration), Status> {
+        let state = self.node.auth();
+        if !state.enabled {
+            return Err(Status::failed_precondition("auth is not enabled"));
+        }
+        let refused = || Status::unauthenticated("wrong user name or password");
+        let hash = state
+            .users
+            .get(name)
+            .and_then(|u| u.password_hash.clone())
+            .ok_or_else(refused)?;
+        let _place = self
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("stopping"))?;
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !matches {
+            return Err(refused());
+        }
+        let (Some(key), Some(user)) = (state.token_key, state.users.get(name)) else {
+            return Err(refused());
+        };
+        let claims = token::Claims {
+            user: name.to_owned(),
+            epoch: user.epoch,
+            expires_ms: now_ms() + self.token_ttl.as_millis() as u64,
+        };
+        Ok((token::issue(&key, &claims), self.token_ttl))
+    }
+}
+
+/// A key range for messages.
+fn describe(start: &[u8], end: Option<&[u8]>) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match end {
+        Some(end) if end == [start, &[0]].concat() => format!("key {:?}", text(start)),
+        Some(end) => format!("keys [{:?}, {:?})", text(start), text(end)),
+        None => format!("keys from {:?} on", text(start)),
+    }
+}
