@@ -44,7 +44,7 @@ async fn a_lagging_standby_is_reported_and_recovers_the_cluster_up_to_its_lag() 
     }
     // The standby itself (not any member) holds them.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while common::stale_prefix_at(&cluster.client_addr(4), b"before/")
+    while common::stale_prefix_at(&client, &cluster.client_addr(4), b"before/")
         .await
         .0
         .len()

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::secure::{self, Pki};
 use common::{connect, ferry, ProcessCluster};
 use ferry_client::{Error, Txn};
 use futures_util::StreamExt;
@@ -15,7 +16,43 @@ use std::time::{Duration, Instant};
 async fn sigkill_of_the_leader_three_times_under_sdk_load_loses_and_repeats_nothing() {
     let mut cluster = ProcessCluster::start(3);
     let client = connect(cluster.endpoints()).await;
+    kill_the_leader_three_times(&mut cluster, &client).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_leader_with_mutual_tls_and_auth_loses_and_repeats_nothing() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(pki_dir.path());
+    let mut cluster = ProcessCluster::start_with(3, |_| {
+        let mut flags = pki.serve_flags();
+        flags.extend(["--auth-token-ttl-secs".into(), "3".into()]);
+        flags
+    });
+    let admin = secure::connect(cluster.endpoints(), secure::options(pki.tls(), None)).await;
+    secure::enable_auth(&admin).await;
+    // Tokens that expire during the run: the SDK renews them, on every
+    // member, across the failovers.
+    let client = secure::connect(
+        cluster.endpoints(),
+        secure::options(pki.tls(), Some(("root", secure::ROOT_PASSWORD))),
+    )
+    .await;
+    kill_the_leader_three_times(&mut cluster, &client).await;
+    // And nothing gets in without a token.
+    let anonymous =
+        ferry_client::Client::connect_with(cluster.endpoints(), secure::options(pki.tls(), None))
+            .await;
+    assert!(
+        matches!(anonymous, Err(Error::Unauthenticated(_))),
+        "{:?}",
+        anonymous.err()
+    );
+}
+
+/// Four writers and a watcher through `client`; the leader is SIGKILLed
+/// and restarted three times; every acknowledged write is on every member
+/// once, and the watch saw each once, in order.
+async fn kill_the_leader_three_times(cluster: &mut ProcessCluster, client: &ferry_client::Client) {
     // A watcher that must see every acknowledged write once, across the failover.
     let mut watch = client.watch_prefix("load/", 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -62,7 +99,7 @@ async fn sigkill_of_the_leader_three_times_under_sdk_load_loses_and_repeats_noth
         // Read from that member itself, once it has applied everything.
         let deadline = Instant::now() + Duration::from_secs(30);
         let kvs = loop {
-            let (kvs, applied) = common::stale_prefix_at(&endpoint, b"load/").await;
+            let (kvs, applied) = common::stale_prefix_at(client, &endpoint, b"load/").await;
             if applied >= last {
                 break kvs;
             }

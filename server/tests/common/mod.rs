@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod secure;
 
 use ferry_client::{Client, ClientOptions};
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct ProcessCluster {
     pub nodes: Vec<Proc>,
     /// Extra `ferry serve` flags every node gets.
     pub extra_args: Vec<String>,
+    /// Environment variables every node gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcessCluster {
@@ -51,6 +54,12 @@ impl ProcessCluster {
 
     /// Starts node `id` (`init` with the given peers, else `--join`).
     pub fn spawn(&mut self, id: u64, init: bool, peers: &[u64]) {
+        let extra = self.extra_args.clone();
+        self.spawn_with(id, init, peers, &extra);
+    }
+
+    /// [`Self::spawn`] with `args` instead of the cluster's extra flags.
+    pub fn spawn_with(&mut self, id: u64, init: bool, peers: &[u64], args: &[String]) {
         let peer_args: Vec<String> = peers
             .iter()
             .map(|p| {
@@ -78,7 +87,8 @@ impl ProcessCluster {
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
             .args(["--learner-max-lag-ms", "1000"])
-            .args(&self.extra_args)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
@@ -103,12 +113,22 @@ impl ProcessCluster {
         n: u64,
         extra: impl FnOnce(&std::path::Path) -> Vec<String>,
     ) -> ProcessCluster {
+        Self::start_configured(n, extra, Vec::new())
+    }
+
+    /// As [`Self::start_with`], every node also getting `env`.
+    pub fn start_configured(
+        n: u64,
+        extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> ProcessCluster {
         let root = tempfile::tempdir().unwrap();
         let extra_args = extra(root.path());
         let mut cluster = ProcessCluster {
             root,
             nodes: Vec::new(),
             extra_args,
+            env,
         };
         for id in 1..=n {
             cluster.new_node(id);
@@ -226,15 +246,16 @@ pub fn ferry(args: &[&str]) -> (i32, String, String) {
 /// reads may go to any member). A member just restarted may not listen
 /// yet: connection errors are retried for up to 30 s.
 pub async fn stale_range_at(
+    client: &Client,
     addr: &str,
     request: ferry_client::pb::RangeRequest,
 ) -> ferry_client::pb::RangeResponse {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
+            // The client's TLS and token, to that member alone.
+            let channel = client
+                .member_channel(addr)
                 .await
                 .map_err(|e| e.to_string())?;
             ferry_client::pb::kv_client::KvClient::new(channel)
@@ -258,11 +279,16 @@ pub async fn stale_range_at(
 
 /// Every key under `prefix` on the member at `addr`, and the applied index
 /// it was read at.
-pub async fn stale_prefix_at(addr: &str, prefix: &[u8]) -> (Vec<ferry_client::pb::KeyValue>, u64) {
+pub async fn stale_prefix_at(
+    client: &Client,
+    addr: &str,
+    prefix: &[u8],
+) -> (Vec<ferry_client::pb::KeyValue>, u64) {
     let mut kvs = Vec::new();
     let mut continuation = Vec::new();
     loop {
         let page = stale_range_at(
+            client,
             addr,
             ferry_client::pb::RangeRequest {
                 prefix: prefix.to_vec(),
