@@ -13,7 +13,7 @@
 //! crate, `etcd-client`, needs a system `protoc` to build) and an `etcd`
 //! binary is found (Debian: `apt install etcd-server`).
 
-use crate::failover::{connect, Nodes};
+use crate::failover::{connect_with, Nodes};
 use crate::report::Row;
 use hdrhistogram::Histogram;
 use std::future::Future;
@@ -29,6 +29,11 @@ pub struct Args {
     /// Seconds each workload runs at each client count.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Also run each system with TLS and authentication on (systems
+    /// `ferry-tls` and `etcd-tls`): TLS on the client port, mutual TLS
+    /// between members, clients logged in as root with a password.
+    #[arg(long)]
+    pub tls: bool,
     /// The etcd binary (with `--features etcd`).
     #[arg(long, default_value = "etcd")]
     pub etcd: String,
@@ -214,24 +219,47 @@ pub fn run(args: &Args) -> Vec<Row> {
 
 async fn run_async(args: &Args) -> Vec<Row> {
     let mut rows = Vec::new();
-    {
-        let nodes = Nodes::start(args.output.work_dir(), 3);
-        let endpoints = nodes.endpoints();
-        connect(&endpoints).await;
-        let mut pool = Vec::new();
-        for _ in 0..connections(args) {
-            pool.push(connect(&endpoints).await);
-        }
-        let pids: Vec<u32> = nodes.children.values().map(|c| c.id()).collect();
-        rows.extend(run_system("ferry", &pool, &pids, args).await);
+    let modes: &[bool] = if args.tls { &[false, true] } else { &[false] };
+    for &secure in modes {
+        rows.extend(run_ferry(args, secure).await);
     }
-    rows.extend(etcd::run(args).await);
+    for &secure in modes {
+        rows.extend(etcd::run(args, secure).await);
+    }
     rows
+}
+
+/// A 3-node Ferry cluster under the workloads; `secure`: with TLS and
+/// auth on (system `ferry-tls`).
+async fn run_ferry(args: &Args, secure: bool) -> Vec<Row> {
+    let root = args.output.work_dir();
+    let pki = root.path().join("pki");
+    let mut extra = Vec::new();
+    if secure {
+        crate::secure::create_pki(&pki);
+        extra = vec!["--tls-dir".into(), pki.display().to_string()];
+    }
+    let nodes = Nodes::start_with(root, 3, extra);
+    let endpoints = nodes.endpoints();
+    let options = if secure {
+        let first = connect_with(&endpoints, crate::secure::client_options(&pki, false)).await;
+        crate::secure::enable_auth(&first).await;
+        crate::secure::client_options(&pki, true)
+    } else {
+        ferry_client::ClientOptions::default()
+    };
+    let mut pool = Vec::new();
+    for _ in 0..connections(args) {
+        pool.push(connect_with(&endpoints, options.clone()).await);
+    }
+    let pids: Vec<u32> = nodes.children.values().map(|c| c.id()).collect();
+    let system = if secure { "ferry-tls" } else { "ferry" };
+    run_system(system, &pool, &pids, args).await
 }
 
 #[cfg(not(feature = "etcd"))]
 mod etcd {
-    pub async fn run(_: &super::Args) -> Vec<crate::report::Row> {
+    pub async fn run(_: &super::Args, _secure: bool) -> Vec<crate::report::Row> {
         eprintln!("etcd: skipped (build ferry-bench with --features etcd; see the README)");
         Vec::new()
     }
@@ -262,16 +290,26 @@ mod etcd {
         }
     }
 
-    pub async fn run(args: &Args) -> Vec<Row> {
+    pub async fn run(args: &Args, secure: bool) -> Vec<Row> {
         let root = args.output.work_dir();
-        let Some(members) = Members::start(&args.etcd, root.path()) else {
+        let pki = root.path().join("pki");
+        if secure {
+            crate::secure::create_pki(&pki);
+        }
+        let Some(mut members) =
+            Members::start_with(&args.etcd, root.path(), secure.then_some(pki.as_path()))
+        else {
             return Vec::new();
         };
+        if secure {
+            members.enable_auth().await;
+        }
         let mut pool = Vec::new();
         for client in members.clients(connections(args)).await {
             pool.push(client.kv_client());
         }
-        let rows = run_system("etcd", &pool, &members.pids(), args).await;
+        let system = if secure { "etcd-tls" } else { "etcd" };
+        let rows = run_system(system, &pool, &members.pids(), args).await;
         drop(members);
         rows
     }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 pub struct Members {
     children: Vec<Child>,
     endpoints: Vec<String>,
+    /// With TLS: the directory of `crate::secure`'s certificates.
+    pki: Option<std::path::PathBuf>,
+    /// Clients log in as root (auth is on).
+    auth: bool,
 }
 
 impl Drop for Members {
@@ -26,6 +30,13 @@ impl Members {
     /// Starts three members of `etcd` with data under `root`; `None` (and
     /// a line on stderr) if the binary is not there.
     pub fn start(etcd: &str, root: &Path) -> Option<Members> {
+        Self::start_with(etcd, root, None)
+    }
+
+    /// As [`Members::start`]; with `pki` (a directory of
+    /// `crate::secure`'s certificates) TLS on the client port and mutual
+    /// TLS between members, as a Ferry cluster `--tls-dir` would run.
+    pub fn start_with(etcd: &str, root: &Path, pki: Option<&Path>) -> Option<Members> {
         let found = Command::new(etcd)
             .arg("--version")
             .stdout(Stdio::null())
@@ -37,25 +48,61 @@ impl Members {
             return None;
         }
         let addrs: Vec<(String, String)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let cluster = addrs
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}={scheme}://{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Members {
             children: Vec::new(),
-            endpoints: addrs.iter().map(|(c, _)| format!("http://{c}")).collect(),
+            endpoints: addrs
+                .iter()
+                .map(|(c, _)| format!("{scheme}://{c}"))
+                .collect(),
+            pki: pki.map(Path::to_owned),
+            auth: false,
+        };
+        // No `--trusted-ca-file` on the client port: etcd would then
+        // require client certificates, and its clients (like Ferry's here)
+        // authenticate by password.
+        let tls_flags: Vec<std::ffi::OsString> = match pki {
+            Some(dir) => {
+                let (cert, key, ca) = (
+                    crate::secure::node_cert(dir),
+                    crate::secure::node_key(dir),
+                    crate::secure::ca(dir),
+                );
+                vec![
+                    "--cert-file".into(),
+                    cert.clone().into(),
+                    "--key-file".into(),
+                    key.clone().into(),
+                    "--peer-cert-file".into(),
+                    cert.into(),
+                    "--peer-key-file".into(),
+                    key.into(),
+                    "--peer-trusted-ca-file".into(),
+                    ca.into(),
+                    "--peer-client-cert-auth".into(),
+                ]
+            }
+            None => Vec::new(),
         };
         for (i, (client, peer)) in addrs.iter().enumerate() {
             let child = Command::new(etcd)
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(root.join(format!("m{i}")))
-                .args(["--listen-client-urls", &format!("http://{client}")])
-                .args(["--advertise-client-urls", &format!("http://{client}")])
-                .args(["--listen-peer-urls", &format!("http://{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+                .args(["--listen-client-urls", &format!("{scheme}://{client}")])
+                .args(["--advertise-client-urls", &format!("{scheme}://{client}")])
+                .args(["--listen-peer-urls", &format!("{scheme}://{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("{scheme}://{peer}"),
+                ])
+                .args(&tls_flags)
                 .args(["--initial-cluster", &cluster])
                 .args([
                     "--initial-cluster-state",
@@ -79,12 +126,45 @@ impl Members {
         self.children.iter().map(|c| c.id()).collect()
     }
 
+    /// How clients connect: TLS against the CA, as root once auth is on.
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some(dir) = &self.pki {
+            let ca = std::fs::read(crate::secure::ca(dir)).expect("read CA");
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(ca)),
+            );
+        }
+        if self.auth {
+            options = options
+                .with_user("root", crate::secure::ROOT_PASSWORD)
+                .with_auto_token_refresh(true);
+        }
+        options
+    }
+
+    /// Creates `root` and turns auth on; later clients log in as root.
+    pub async fn enable_auth(&mut self) {
+        let mut client = self.clients(1).await.remove(0);
+        client
+            .user_add("root", crate::secure::ROOT_PASSWORD, None)
+            .await
+            .expect("etcd user add root");
+        client
+            .user_grant_role("root", "root")
+            .await
+            .expect("etcd grant root");
+        client.auth_enable().await.expect("etcd auth enable");
+        self.auth = true;
+    }
+
     /// `count` clients, once the cluster takes writes.
     pub async fn clients(&self, count: usize) -> Vec<etcd_client::Client> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut clients = Vec::new();
         while clients.len() < count {
-            match etcd_client::Client::connect(&self.endpoints, None).await {
+            match etcd_client::Client::connect(&self.endpoints, Some(self.options())).await {
                 Ok(mut client) => {
                     if client.put("ready", "1", None).await.is_ok() {
                         clients.push(client);

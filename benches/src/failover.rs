@@ -55,6 +55,10 @@ pub struct NodeArgs {
     /// Keep every revision's history (no automatic compaction).
     #[arg(long)]
     pub keep_history: bool,
+    /// Serve with TLS on the client port and mutual TLS between members,
+    /// with the certificates `ferry certs` made in this directory.
+    #[arg(long)]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 pub fn serve_node(args: &NodeArgs) {
@@ -70,6 +74,13 @@ pub fn serve_node(args: &NodeArgs) {
             init: args.init,
             join: !args.init,
             ..ferry_server::config::ServeConfig::default()
+        };
+        let config = match &args.tls_dir {
+            Some(dir) => ferry_server::config::ServeConfig {
+                tls: crate::secure::serve_tls(dir),
+                ..config
+            },
+            None => config,
         };
         let config = if args.keep_history {
             ferry_server::config::ServeConfig {
@@ -493,9 +504,14 @@ pub fn node_restart(bytes: u64, output: &crate::report::Output) -> Row {
 
 /// Connects once a leader is known.
 pub(crate) async fn connect(endpoints: &[String]) -> Client {
+    connect_with(endpoints, ClientOptions::default()).await
+}
+
+/// As [`connect`], with `options` (their call timeout raised to 60 s).
+pub(crate) async fn connect_with(endpoints: &[String], options: ClientOptions) -> Client {
     let options = ClientOptions {
         call_timeout: Duration::from_secs(60),
-        ..ClientOptions::default()
+        ..options
     };
     loop {
         if let Ok(client) = Client::connect_with(endpoints.to_vec(), options.clone()).await {

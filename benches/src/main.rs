@@ -23,6 +23,7 @@ mod parquet;
 mod recovery;
 mod report;
 mod rolling;
+mod secure;
 mod transfer;
 
 #[global_allocator]

@@ -8,6 +8,9 @@ use std::path::Path;
 
 /// The engine every other engine is compared against in the ratio table.
 const BASELINE: &str = "ferry";
+/// Ferry with TLS and auth on, against which the peers running with TLS
+/// (`-tls` systems) are compared in a second ratio table.
+const SECURE_BASELINE: &str = "ferry-tls";
 
 /// The result of one workload on one engine (or system).
 ///
@@ -112,10 +115,23 @@ const COSTS: &[&str] = &["bytes_per_change", "seconds"];
 /// and, where rows have `p99_us`, Ferry's p99 latency divided by the
 /// peer's (below 1.0: Ferry is faster). Skipped unless Ferry and a peer
 /// both ran.
+///
+/// Where `ferry-tls` ran, a second table compares it with each peer that
+/// also ran with TLS (the first shows `ferry/ferry-tls`: what TLS costs).
 pub fn print_ratios(rows: &[Row]) {
     let engines = distinct(rows.iter().map(|row| row.engine.as_str()));
-    let peers: Vec<&str> = engines.into_iter().filter(|&e| e != BASELINE).collect();
-    if peers.is_empty() || !rows.iter().any(|row| row.engine == BASELINE) {
+    let peers: Vec<&str> = engines.iter().copied().filter(|&e| e != BASELINE).collect();
+    print_ratios_against(rows, BASELINE, &peers);
+    let secure_peers: Vec<&str> = engines
+        .iter()
+        .copied()
+        .filter(|&e| e != SECURE_BASELINE && e.ends_with("-tls"))
+        .collect();
+    print_ratios_against(rows, SECURE_BASELINE, &secure_peers);
+}
+
+fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
+    if peers.is_empty() || !rows.iter().any(|row| row.engine == baseline) {
         return;
     }
     let case = |row: &Row| match row.get("clients") {
@@ -148,13 +164,13 @@ pub fn print_ratios(rows: &[Row]) {
     });
 
     let mut header = vec!["workload".to_owned()];
-    for peer in &peers {
-        header.push(format!("ops {BASELINE}/{peer}"));
+    for peer in peers {
+        header.push(format!("ops {baseline}/{peer}"));
         if with_p99 {
-            header.push(format!("p99 {BASELINE}/{peer}"));
+            header.push(format!("p99 {baseline}/{peer}"));
         }
         if with_cost {
-            header.push(format!("cost {peer}/{BASELINE}"));
+            header.push(format!("cost {peer}/{baseline}"));
         }
     }
     let mut lines = vec![header];
@@ -166,16 +182,16 @@ pub fn print_ratios(rows: &[Row]) {
     let both = |names: &[&str], peer: &str, case: &str| {
         names
             .iter()
-            .find_map(|f| Some((figure(BASELINE, case, f)?, figure(peer, case, f)?)))
+            .find_map(|f| Some((figure(baseline, case, f)?, figure(peer, case, f)?)))
     };
     for name in &cases {
         let mut line = vec![name.clone()];
-        for &peer in &peers {
+        for &peer in peers {
             let rate = both(THROUGHPUTS, peer, name);
             line.push(ratio(rate.map(|r| r.0), rate.map(|r| r.1)));
             if with_p99 {
                 line.push(ratio(
-                    figure(BASELINE, name, "p99_us"),
+                    figure(baseline, name, "p99_us"),
                     figure(peer, name, "p99_us"),
                 ));
             }

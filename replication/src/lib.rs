@@ -17,6 +17,14 @@
 //!   assembled state's content checksum equals the leader's.
 //! - Only `types`, `log_store`, `state_machine`, `network` and `node` name
 //!   openraft items, so that an openraft upgrade touches those alone.
+//! - With peer TLS configured ([`tls`]), the peer port accepts only
+//!   connections whose client certificate the cluster CA signed (and whose
+//!   common name is allowed), and a member dials peers only over TLS with
+//!   its own certificate: no Raft message, vote or snapshot offer comes
+//!   from anyone else. Certificates are re-read when their files change.
+//! - Users, roles and the auth switch ([`auth`]) are replicated state,
+//!   changed only by Raft commands; no password is ever in a command, the
+//!   log or the engine, only its argon2id hash.
 
 pub use ferry_engine as engine;
 

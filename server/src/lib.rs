@@ -6,9 +6,13 @@
 //! for Prometheus metrics and health probes. [`cli`] and [`demo`] are the
 //! `ferry` tool's commands.
 //!
-//! Invariants: a request over a configured limit is refused before it
-//! reaches Raft, so it changes nothing; a follower never forwards writes or
-//! linearizable reads, it names the leader instead (see [`service`]).
+//! Invariants: every RPC asks [`auth::Gate`] first, so with auth on an
+//! unauthenticated or forbidden call is refused (UNAUTHENTICATED,
+//! PERMISSION_DENIED) before it does anything; a request over a configured
+//! limit is refused before it reaches Raft, so it changes nothing; no
+//! request names a path on the server (exports and snapshots stream to the
+//! client); a follower never forwards writes or linearizable reads, it
+//! names the leader instead (see [`service`]).
 
 pub mod auth;
 pub mod certs;

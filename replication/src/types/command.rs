@@ -351,6 +351,109 @@ mod tests {
         ]
     }
 
+    /// Every command kind and every auth change, as the fixture holds them.
+    fn every_kind() -> Vec<Command> {
+        use crate::auth::{Permission, PermissionKind};
+        let mut all = sample();
+        all.extend(
+            [
+                AuthChange::Enable { token_key: [7; 32] },
+                AuthChange::Disable,
+                AuthChange::UserAdd {
+                    name: "reader".into(),
+                    password_hash: None,
+                },
+                AuthChange::UserDelete {
+                    name: "reader".into(),
+                },
+                AuthChange::UserPassword {
+                    name: "root".into(),
+                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                },
+                AuthChange::UserGrantRole {
+                    user: "reader".into(),
+                    role: "jobs".into(),
+                },
+                AuthChange::UserRevokeRole {
+                    user: "reader".into(),
+                    role: "jobs".into(),
+                },
+                AuthChange::RoleAdd {
+                    name: "jobs".into(),
+                },
+                AuthChange::RoleDelete {
+                    name: "jobs".into(),
+                },
+                AuthChange::RoleGrant {
+                    role: "jobs".into(),
+                    permission: Permission {
+                        kind: PermissionKind::Read,
+                        key: b"job/".to_vec(),
+                        range_end: b"job0".to_vec(),
+                    },
+                },
+                AuthChange::RoleRevoke {
+                    role: "jobs".into(),
+                    key: b"job/".to_vec(),
+                    range_end: vec![0],
+                },
+            ]
+            .map(Command::Auth),
+        );
+        all
+    }
+
+    const FIXTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/commands-envelope-1.hex"
+    );
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Commands written by this release decode, unchanged, in every later
+    /// one: the fixture (one hex-encoded command per line) is never
+    /// rewritten, only added to when a kind is added.
+    #[test]
+    fn the_envelope_1_fixture_decodes_to_every_kind_and_re_encodes_byte_for_byte() {
+        let text = std::fs::read_to_string(FIXTURE).expect("the fixture is committed");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        let expected = every_kind();
+        assert!(
+            lines.len() <= expected.len(),
+            "the fixture has kinds this test does not"
+        );
+        for (line, command) in lines.iter().zip(&expected) {
+            let bytes: Vec<u8> = (0..line.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex"))
+                .collect();
+            assert_eq!(&postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+            assert_eq!(&hex(&postcard::to_stdvec(command).unwrap()), line);
+        }
+        assert_eq!(
+            lines.len(),
+            expected.len(),
+            "a new kind needs a fixture line (append it)"
+        );
+    }
+
+    /// Appends the lines of kinds the fixture lacks (run once, after adding
+    /// a kind: `cargo test -p ferry-replication -- --ignored write_command_fixture`).
+    #[test]
+    #[ignore = "writes the fixture"]
+    fn write_command_fixture() {
+        let have = std::fs::read_to_string(FIXTURE).unwrap_or_default();
+        let count = have.lines().filter(|l| !l.is_empty()).count();
+        let mut text = have;
+        for command in &every_kind()[count..] {
+            text.push_str(&hex(&postcard::to_stdvec(command).unwrap()));
+            text.push('\n');
+        }
+        std::fs::write(FIXTURE, text).unwrap();
+    }
+
     #[test]
     fn every_kind_round_trips_through_the_envelope() {
         for command in sample() {
