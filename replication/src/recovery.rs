@@ -41,15 +41,6 @@ pub async fn restore_as_single_node(
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<Recovered> {
-    if data_dir.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists; recovery writes a fresh data directory",
-                data_dir.display()
-            ),
-        ));
-    }
     // Built beside the target and renamed into place last, so that a
     // recovery killed part-way leaves no data directory that would start.
     let staged = aside(data_dir, "partial")?;
@@ -70,7 +61,18 @@ pub async fn restore_as_single_node(
 /// A fresh hidden sibling of `data_dir` (`.<name>.<tag>-<unique>`) to build
 /// it in: on the same file system, so it moves into place by a rename, and
 /// named from the last component, so a trailing slash cannot put it inside.
+/// Refuses a `data_dir` that exists: recovery, restores and imports write
+/// a fresh data directory, never over one.
 pub(crate) fn aside(data_dir: &Path, tag: &str) -> io::Result<PathBuf> {
+    if data_dir.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists; a restore writes a fresh data directory",
+                data_dir.display()
+            ),
+        ));
+    }
     let Some(name) = data_dir.file_name() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -63,15 +63,6 @@ pub async fn restore(
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<RestoreReport> {
-    if data_dir.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists; a restore writes a fresh data directory",
-                data_dir.display()
-            ),
-        ));
-    }
     let work = aside(data_dir, "restore")?;
     std::fs::create_dir_all(&work)?;
     let built = {

@@ -105,15 +105,6 @@ pub async fn from_state_export(
     node: FerryNode,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> io::Result<RestoreReport> {
-    if data_dir.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists; a restore writes a fresh data directory",
-                data_dir.display()
-            ),
-        ));
-    }
     let staged = aside(data_dir, "parquet")?;
     let result = async {
         let (rows, revision, checksum) = load(export_dir, &staged.join("engine-0"), progress)?;
@@ -143,15 +134,6 @@ pub async fn from_rows(
     node: FerryNode,
     rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
 ) -> io::Result<RestoreReport> {
-    if data_dir.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists; an import writes a fresh data directory",
-                data_dir.display()
-            ),
-        ));
-    }
     let staged = aside(data_dir, "import")?;
     let result = async {
         let applied = crate::types::log_id(1, id, 1);
