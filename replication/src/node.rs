@@ -294,6 +294,7 @@ impl Node {
             .map_err(|e| Error::Raft(e.to_string()))?;
         let contact = Arc::new(PeerContact::default());
         let service = RaftService::new(
+            config.id,
             raft.clone(),
             shared.clone(),
             stats.clone(),
@@ -367,6 +368,12 @@ impl Node {
     }
 
     /// When this node last heard from `peer`.
+    /// Peer requests this node refused because they were meant for
+    /// another node id (a peer has a wrong address for a member).
+    pub fn misaddressed(&self) -> crate::network::server::Misaddressed {
+        self.contact.misaddressed()
+    }
+
     pub fn last_contact(&self, peer: NodeId) -> Option<Instant> {
         self.contact.last_from(peer)
     }

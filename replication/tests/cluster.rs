@@ -4,7 +4,7 @@ mod common;
 
 use common::{fast_raft, Cluster};
 use ferry_replication::{Consistency, Error};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_and_read() {
@@ -186,4 +186,51 @@ async fn a_snapshot_restores_as_a_new_single_node_cluster() {
         .unwrap();
     assert_eq!(range.value.len(), 50);
     node.shutdown().await.unwrap();
+}
+
+/// A member added with another member's Raft address: the leader's
+/// requests for it reach the wrong node, which refuses them (it does not
+/// take them as its own), counts them and says who sent them for whom;
+/// the cluster keeps serving and the wrong node's state stays the same as
+/// everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_meant_for_another_node_is_refused_and_reported() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let wrong = cluster
+        .nodes
+        .values()
+        .find(|n| n.id() != leader.id())
+        .unwrap()
+        .clone();
+    leader.put("before", "1").await.unwrap();
+    leader
+        .add_learner(4, wrong.raft_addr().to_owned(), false)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wrong.misaddressed().count == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never refused a request for node 4",
+            wrong.id()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = wrong.misaddressed();
+    assert_eq!((seen.last_from, seen.last_to), (leader.id(), 4));
+    for other in cluster.nodes.values().filter(|n| n.id() != wrong.id()) {
+        assert_eq!(other.misaddressed().count, 0, "node {}", other.id());
+    }
+    // Still a working cluster, with the wrong node a correct follower.
+    let revision = leader.put("after", "2").await.unwrap();
+    cluster
+        .wait_applied(revision, Duration::from_secs(10))
+        .await;
+    assert!(cluster
+        .nodes
+        .values()
+        .all(|n| n.metrics().current_leader == Some(leader.id())));
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
 }

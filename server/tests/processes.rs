@@ -314,6 +314,46 @@ async fn membership_through_the_cli_under_load() {
     let restored = connect(vec![cluster.client_addr(7)]).await;
     assert_eq!(restored.get("cli").await.unwrap().unwrap().value, b"hello");
 
+    // A learner added at another member's Raft address: that member
+    // refuses what is meant for the learner, logs it, and `cluster
+    // status` names the mistake.
+    let (code, out, err) = run(vec![
+        "cluster".into(),
+        "add".into(),
+        "--id".into(),
+        "9".into(),
+        "--raft-addr".into(),
+        cluster.raft_addr(4),
+        "--client-addr".into(),
+        common::free_addr(),
+        "--wait=false".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "add: {out}{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = run(vec!["cluster".into(), "status".into()]).await.unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        if out.contains("node 4 refused") && out.contains("wrong Raft address for node 9") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never named the mistake: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.log(4).contains("misaddressed peer request"),
+        "{}",
+        cluster.log(4)
+    );
+    let (code, out, err) = run(vec!["cluster".into(), "remove".into(), "9".into()])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "remove: {out}{err}");
+
     // SIGTERM: a graceful stop exits 0.
     assert_eq!(cluster.sigterm(leader), Some(0), "{}", cluster.log(leader));
 }

@@ -156,6 +156,7 @@ impl PeerClient {
         let message = RaftMessage {
             from: self.from,
             payload,
+            to: self.target,
         };
         let reply = tokio::time::timeout(option.hard_ttl(), send(self.client.clone(), message))
             .await

@@ -17,15 +17,78 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// When this node last heard from each peer (for stale-read reporting).
-#[derive(Default)]
+/// How often a misaddressed peer is logged at most (per sender).
+const MISADDRESSED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When this node last heard from each peer (for stale-read reporting),
+/// and the requests that reached it while meant for another node.
 pub struct PeerContact {
     last: Mutex<std::collections::HashMap<NodeId, Instant>>,
+    misaddressed: Mutex<Misaddressed>,
+    log: crate::log_limit::LogLimit,
+}
+
+impl Default for PeerContact {
+    fn default() -> Self {
+        PeerContact {
+            last: Mutex::default(),
+            misaddressed: Mutex::default(),
+            log: crate::log_limit::LogLimit::new(MISADDRESSED_LOG_INTERVAL),
+        }
+    }
+}
+
+/// Peer requests refused because they were meant for another node id: a
+/// peer holds a wrong address for one of its peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Misaddressed {
+    pub count: u64,
+    /// The last one: its sender and the id it was meant for.
+    pub last_from: NodeId,
+    pub last_to: NodeId,
 }
 
 impl PeerContact {
     fn touch(&self, from: NodeId) {
         self.last.lock().insert(from, Instant::now());
+    }
+
+    /// Refuses a request from `from` meant for node `to` unless `to` is
+    /// `me` (or 0: a sender of an earlier release, which did not say).
+    /// A refusal is counted and logged (rate-limited per sender).
+    pub(crate) fn check_addressed(
+        &self,
+        me: NodeId,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<(), String> {
+        if to == 0 || to == me {
+            return Ok(());
+        }
+        {
+            let mut misaddressed = self.misaddressed.lock();
+            misaddressed.count += 1;
+            misaddressed.last_from = from;
+            misaddressed.last_to = to;
+        }
+        let reason = format!(
+            "a request from node {from} meant for node {to} reached node {me}: node {from} has a wrong address for node {to}"
+        );
+        if let Some(suppressed) = self.log.admit(&from.to_string()) {
+            tracing::warn!(
+                from,
+                to,
+                me,
+                suppressed,
+                "refused a misaddressed peer request: {reason}"
+            );
+        }
+        Err(reason)
+    }
+
+    /// The misaddressed requests refused so far.
+    pub fn misaddressed(&self) -> Misaddressed {
+        *self.misaddressed.lock()
     }
 
     /// When a message from `node` last arrived.
@@ -37,6 +100,7 @@ impl PeerContact {
 /// The node-to-node service.
 #[derive(Clone)]
 pub struct RaftService {
+    pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) receiver: ReceiverContext,
     pub(crate) contact: Arc<PeerContact>,
@@ -44,6 +108,7 @@ pub struct RaftService {
 
 impl RaftService {
     pub(crate) fn new(
+        id: NodeId,
         raft: Raft,
         sm: Arc<SmShared>,
         stats: Arc<TransferStats>,
@@ -52,11 +117,14 @@ impl RaftService {
     ) -> Self {
         RaftService {
             receiver: ReceiverContext {
+                id,
+                contact: contact.clone(),
                 raft: raft.clone(),
                 sm,
                 stats,
                 options,
             },
+            id,
             raft,
             contact,
         }
@@ -75,6 +143,9 @@ impl RaftService {
         Fut: Future<Output = Result<Resp, E>>,
     {
         let message = request.into_inner();
+        self.contact
+            .check_addressed(self.id, message.from, message.to)
+            .map_err(Status::failed_precondition)?;
         self.contact.touch(message.from);
         let decoded: Req = postcard::from_bytes(&message.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
@@ -82,7 +153,11 @@ impl RaftService {
             .await
             .map_err(|e| e.to_string());
         let payload = postcard::to_stdvec(&answer).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(RaftMessage { from: 0, payload }))
+        Ok(Response::new(RaftMessage {
+            from: 0,
+            payload,
+            to: 0,
+        }))
     }
 }
 

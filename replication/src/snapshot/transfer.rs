@@ -229,6 +229,7 @@ async fn attempt(
                 })
                 .collect(),
             full_only,
+            to: link.to,
         })),
     };
     let (frames, receiver) = mpsc::channel::<SnapshotFrame>(4);
@@ -385,6 +386,9 @@ async fn produce(
 /// What the follower side needs.
 #[derive(Clone)]
 pub(crate) struct ReceiverContext {
+    /// This node's id: an offer for another is refused.
+    pub(crate) id: crate::types::NodeId,
+    pub(crate) contact: Arc<crate::network::server::PeerContact>,
     pub(crate) raft: Raft,
     pub(crate) sm: Arc<SmShared>,
     pub(crate) stats: Arc<TransferStats>,
@@ -443,6 +447,15 @@ async fn receive_inner(
     let Frame::Offer(offer) = next_frame(frames, idle).await? else {
         return Err(failed("the first frame must be an offer", false));
     };
+    let from = offer
+        .snapshot_id
+        .split_once('-')
+        .and_then(|(from, _)| from.parse().ok())
+        .unwrap_or(0);
+    context
+        .contact
+        .check_addressed(context.id, from, offer.to)
+        .map_err(|e| failed(e, false))?;
     let vote: Vote = postcard::from_bytes(&offer.vote).map_err(|e| failed(e, false))?;
     let meta: SnapshotMeta = postcard::from_bytes(&offer.meta).map_err(|e| failed(e, false))?;
     if !valid_name(&offer.snapshot_id) || !offer.files.iter().all(|f| valid_name(&f.name)) {

@@ -136,7 +136,26 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
                 status.header.as_ref().map_or(0, |h| h.node_id)
             );
         }
+        let mut summary = summary;
+        // Each member counts the misaddressed peer requests it refused.
+        let misaddressed = misaddressed_peers(&client, &status.members).await;
+        if !misaddressed.is_empty() {
+            summary["misaddressed"] = json!(misaddressed
+                .iter()
+                .map(|(node, m)| json!({
+                    "node": node, "count": m.count, "last_from": m.last_from, "last_to": m.last_to,
+                }))
+                .collect::<Vec<_>>());
+        }
         print_members(common, &status.members, summary);
+        if !common.json {
+            for (node, m) in &misaddressed {
+                println!(
+                    "warning: node {node} refused {} peer request(s) meant for another node; the last from node {} for node {}: node {} has a wrong Raft address for node {}",
+                    m.count, m.last_from, m.last_to, m.last_from, m.last_to
+                );
+            }
+        }
         return Ok(exit::OK);
     }
     let channel = leader_channel(&client).await?;
@@ -180,4 +199,31 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
         json!({ "revision": response.header.map_or(0, |h| h.revision) }),
     );
     Ok(exit::OK)
+}
+
+/// The members that refused peer requests meant for another node, with
+/// what they saw (asked one by one; one that does not answer within 2 s is
+/// left out).
+async fn misaddressed_peers(
+    client: &ferry_client::Client,
+    members: &[pb::Member],
+) -> Vec<(u64, pb::Misaddressed)> {
+    let mut found = Vec::new();
+    for member in members.iter().filter(|m| !m.client_addr.is_empty()) {
+        let ask = async {
+            let channel = client.member_channel(&member.client_addr).await.ok()?;
+            let status = pb::cluster_client::ClusterClient::new(channel)
+                .status(pb::StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            status.misaddressed
+        };
+        if let Ok(Some(misaddressed)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), ask).await
+        {
+            found.push((member.id, misaddressed));
+        }
+    }
+    found
 }

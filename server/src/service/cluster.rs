@@ -96,6 +96,14 @@ impl Cluster for ClusterService {
                 leader_id: metrics.current_leader.unwrap_or(0),
                 members: self.members(),
                 last_log_index: metrics.last_log_index.unwrap_or(0),
+                misaddressed: {
+                    let m = self.context.node.misaddressed();
+                    (m.count > 0).then_some(pb::Misaddressed {
+                        count: m.count,
+                        last_from: m.last_from,
+                        last_to: m.last_to,
+                    })
+                },
             }))
         })
         .await
