@@ -32,6 +32,7 @@ pub mod auth;
 pub mod backup;
 mod error;
 pub mod export;
+pub mod lease;
 pub mod log_limit;
 pub mod log_store;
 pub mod network;

@@ -6,6 +6,8 @@
 //! an election timeout.
 
 use crate::error::{Error, Result};
+use crate::lease::keeper::LeaseCall;
+use crate::lease::{LeaseCommand, LeaseError, LeaseStatus};
 use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
@@ -91,6 +93,8 @@ pub struct NodeConfig {
     /// Mutual TLS on the peer port and towards peers (`None`: plain TCP,
     /// for a network where every host that can reach the port is trusted).
     pub peer_tls: Option<crate::tls::PeerTls>,
+    /// Lease limits and timing (see [`crate::lease`]).
+    pub lease: crate::lease::LeaseOptions,
 }
 
 impl NodeConfig {
@@ -109,6 +113,7 @@ impl NodeConfig {
             retention: RetentionOptions::default(),
             network: NetworkControl::default(),
             peer_tls: None,
+            lease: crate::lease::LeaseOptions::default(),
         }
     }
 
@@ -217,6 +222,9 @@ pub struct Node {
     /// wake-up after a compaction.
     retention: tokio::task::JoinHandle<()>,
     purger_wake: Arc<tokio::sync::Notify>,
+    /// The leader's lease clock, and its expiry task.
+    leases: Arc<crate::lease::keeper::Keeper>,
+    lease_task: tokio::task::JoinHandle<()>,
 }
 
 fn raft_error<
@@ -336,6 +344,12 @@ impl Node {
             config.retention.clone(),
             purger_wake.clone(),
         ));
+        let leases = Arc::new(crate::lease::keeper::Keeper::new(
+            raft.clone(),
+            shared.clone(),
+            config.lease.clone(),
+        ));
+        let lease_task = tokio::spawn(crate::lease::keeper::run(leases.clone()));
         Ok(Node {
             id: config.id,
             raft,
@@ -350,6 +364,8 @@ impl Node {
             server: Mutex::new(Some(server)),
             retention,
             purger_wake,
+            leases,
+            lease_task,
         })
     }
 
@@ -806,6 +822,60 @@ impl Node {
         Ok(self.txn(Command::Auth(change)).await?.revision)
     }
 
+    /// Grants a lease of `ttl` (on the leader): `id`, or a fresh id for 0.
+    /// Returns the id. The lease lives while [`Node::lease_keep_alive`]
+    /// renews it within `ttl`.
+    pub async fn lease_grant(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
+        let id = self.leases.prepare_grant(id, ttl).await?;
+        let ttl_ms = ttl.as_millis() as u64;
+        match self
+            .txn(Command::Lease(LeaseCommand::Grant { id, ttl_ms }))
+            .await
+        {
+            Ok(_) => {
+                self.leases.granted(id, ttl);
+                Ok(id)
+            }
+            Err(Error::Rejected(_)) => Err(LeaseError::Exists(id).into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Revokes lease `id` (on the leader), deleting its keys at one
+    /// revision, which it returns.
+    pub async fn lease_revoke(&self, id: u64) -> Result<u64, LeaseCall> {
+        let revoke = Command::Lease(LeaseCommand::Revoke { id, time_ms: 0 });
+        match self.txn(revoke).await {
+            Ok(response) => {
+                self.leases.revoked(id);
+                Ok(response.revision)
+            }
+            Err(Error::Rejected(_)) => Err(LeaseError::NotFound(id).into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Renews lease `id` for its whole TTL (on the leader); returns the TTL.
+    pub async fn lease_keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
+        self.leases.keep_alive(id).await
+    }
+
+    /// Lease `id` as the leader sees it, with at most `key_limit` of its
+    /// keys.
+    pub async fn lease_status(&self, id: u64, key_limit: usize) -> Result<LeaseStatus, LeaseCall> {
+        self.leases.status(id, key_limit).await
+    }
+
+    /// Every lease this node's state holds, by id, with its granted TTL.
+    pub fn leases(&self) -> Result<Vec<(u64, Duration)>> {
+        Ok(self
+            .leases
+            .all()?
+            .into_iter()
+            .map(|(id, record)| (id, Duration::from_millis(record.ttl_ms)))
+            .collect())
+    }
+
     /// The first revision whose history this node serves (0: all of it).
     pub fn compacted(&self) -> Result<u64> {
         Ok(self.sm.compacted()?)
@@ -1017,6 +1087,7 @@ impl Node {
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
         self.retention.abort();
+        self.lease_task.abort();
         // Raft first, so nothing applies while the engine flushes. Bounded:
         // a core stuck on a peer that never answers must not hold the stop
         // (what it did not finish is in the fsynced log or was never
@@ -1066,6 +1137,7 @@ pub const NODE_STOP_BOUND: Duration =
 impl Drop for Node {
     fn drop(&mut self) {
         self.retention.abort();
+        self.lease_task.abort();
         if let Some(stop) = self.stop_server.get_mut().take() {
             let _ = stop.send(());
         }

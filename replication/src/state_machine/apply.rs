@@ -9,6 +9,7 @@
 use super::clients::{self, ClientRecord};
 use super::history::{self, Change, ChangeKind, PurgeCursor, PURGE_STEP_ENTRIES};
 use super::keys::{self, Record};
+use crate::lease;
 use crate::types::{
     Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, Response,
     StoredMembership, Txn,
@@ -53,7 +54,11 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 fn is_barrier(entry: &Entry) -> bool {
     matches!(
         &entry.payload,
-        EntryPayload::Normal(Command::PurgeHistory | Command::Auth(_))
+        EntryPayload::Normal(
+            Command::PurgeHistory
+                | Command::Auth(_)
+                | Command::Lease(crate::lease::LeaseCommand::Revoke { .. })
+        )
     )
 }
 
@@ -111,6 +116,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
                         done(log_id.index)
                     }
                     Command::Auth(change) => overlay.change_auth(change, log_id.index)?,
+                    Command::Lease(change) => overlay.change_lease(change, log_id.index)?,
                 }
             }
             EntryPayload::Blank => done(log_id.index),
@@ -325,6 +331,22 @@ impl<'a> Overlay<'a> {
         } else {
             &txn.failure
         };
+        // A put naming a lease that does not exist refuses the whole
+        // transaction, before any op changed anything.
+        for op in ops {
+            if let Op::Put { lease, .. } = op {
+                if *lease != 0 && self.get(&lease::store::record_key(*lease))?.is_none() {
+                    let response = Response {
+                        revision,
+                        succeeded: false,
+                        results: Vec::new(),
+                        rejected: Some(crate::lease::LeaseError::NotFound(*lease).to_string()),
+                    };
+                    self.answered(txn, revision, &response)?;
+                    return Ok(response);
+                }
+            }
+        }
         let mut results = Vec::with_capacity(ops.len());
         let mut index = 0u32;
         let as_kv = |key: &[u8], record: Record| record.into_key_value(key.to_vec());
@@ -339,6 +361,15 @@ impl<'a> Overlay<'a> {
                     let previous = self.record(key)?;
                     if let Some(previous) = &previous {
                         self.supersede(key, previous);
+                    }
+                    let before = previous.as_ref().map_or(0, |p| p.lease);
+                    if before != *lease {
+                        if before != 0 {
+                            self.delete(lease::store::index_key(before, key));
+                        }
+                        if *lease != 0 {
+                            self.put(lease::store::index_key(*lease, key), Vec::new());
+                        }
                     }
                     let record = Record {
                         create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
@@ -368,20 +399,7 @@ impl<'a> Overlay<'a> {
                 }
                 Op::Delete { key, prev_kv } => match self.record(key)? {
                     Some(previous) => {
-                        self.supersede(key, &previous);
-                        self.delete(keys::user_key(key));
-                        self.record_change(Change {
-                            revision,
-                            index,
-                            kind: ChangeKind::Delete,
-                            key: key.clone(),
-                            value: Vec::new(),
-                            create_revision: 0,
-                            version: 0,
-                            lease: 0,
-                            prev_revision: previous.mod_revision,
-                            time_ms: txn.time_ms,
-                        });
+                        self.delete_key(key, &previous, revision, index, txn.time_ms);
                         index += 1;
                         OpResult::Delete {
                             deleted: 1,
@@ -403,6 +421,41 @@ impl<'a> Overlay<'a> {
             results,
             rejected: None,
         };
+        self.answered(txn, revision, &response)?;
+        Ok(response)
+    }
+
+    /// Deletes `key`, whose record is `previous`, as the change `(revision,
+    /// index)`, detaching it from its lease.
+    fn delete_key(
+        &mut self,
+        key: &[u8],
+        previous: &Record,
+        revision: u64,
+        index: u32,
+        time_ms: u64,
+    ) {
+        self.supersede(key, previous);
+        self.delete(keys::user_key(key));
+        if previous.lease != 0 {
+            self.delete(lease::store::index_key(previous.lease, key));
+        }
+        self.record_change(Change {
+            revision,
+            index,
+            kind: ChangeKind::Delete,
+            key: key.to_vec(),
+            value: Vec::new(),
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            prev_revision: previous.mod_revision,
+            time_ms,
+        });
+    }
+
+    /// Keeps `response` as the answer to `txn`'s request, if it has one.
+    fn answered(&mut self, txn: &Txn, revision: u64, response: &Response) -> io::Result<()> {
         if let Some(request) = txn.request {
             let record = self.client_record(request.client)?;
             record.first_incomplete = record.first_incomplete.max(request.first_incomplete);
@@ -417,7 +470,82 @@ impl<'a> Overlay<'a> {
             record.last_revision = revision;
             self.dirty.insert(request.client);
         }
-        Ok(response)
+        Ok(())
+    }
+
+    /// Applies a lease change at log index `revision`; a refused one
+    /// changes nothing and says why.
+    fn change_lease(
+        &mut self,
+        change: &crate::lease::LeaseCommand,
+        revision: u64,
+    ) -> io::Result<Response> {
+        use crate::lease::{LeaseCommand, LeaseError, LeaseRecord};
+        let refused = |error: LeaseError| Response {
+            revision,
+            succeeded: false,
+            rejected: Some(error.to_string()),
+            ..Response::default()
+        };
+        let done = Response {
+            revision,
+            succeeded: true,
+            ..Response::default()
+        };
+        match change {
+            LeaseCommand::Grant { id, ttl_ms } => {
+                let key = lease::store::record_key(*id);
+                if *id == 0 || self.get(&key)?.is_some() {
+                    return Ok(refused(LeaseError::Exists(*id)));
+                }
+                let record = LeaseRecord {
+                    ttl_ms: *ttl_ms,
+                    remaining_ms: None,
+                };
+                self.put(key, lease::store::encode(&record));
+                Ok(done)
+            }
+            LeaseCommand::Revoke { id, time_ms } => {
+                // A barrier: the engine holds every entry before this one.
+                debug_assert!(self.writes.is_empty(), "a revoke starts its run");
+                let view = self.db.snapshot();
+                if lease::store::get(&view, *id)?.is_none() {
+                    return Ok(refused(LeaseError::NotFound(*id)));
+                }
+                let (attached, _) = lease::store::attached(&view, *id, usize::MAX)?;
+                let mut index = 0u32;
+                for key in attached {
+                    match self.record(&key)? {
+                        Some(record) if record.lease == *id => {
+                            self.delete_key(&key, &record, revision, index, *time_ms);
+                            index += 1;
+                        }
+                        // The index and the records change together, so
+                        // this is damage; drop the stale index entry.
+                        _ => {
+                            tracing::warn!(
+                                lease = id,
+                                "lease index names a key not attached to it"
+                            );
+                            self.delete(lease::store::index_key(*id, &key));
+                        }
+                    }
+                }
+                self.delete(lease::store::record_key(*id));
+                Ok(done)
+            }
+            LeaseCommand::Checkpoint { remaining } => {
+                for (id, remaining_ms) in remaining {
+                    let key = lease::store::record_key(*id);
+                    if let Some(bytes) = self.get(&key)? {
+                        let mut record = lease::store::decode(&bytes)?;
+                        record.remaining_ms = Some(*remaining_ms);
+                        self.put(key, lease::store::encode(&record));
+                    }
+                }
+                Ok(done)
+            }
+        }
     }
 
     /// Raises the compacted revision to `revision` (at most `index`, the

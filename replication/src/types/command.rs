@@ -13,6 +13,7 @@
 //!   tag 1  Compact { revision, time_ms }
 //!   tag 2  PurgeHistory
 //!   tag 3  Auth(AuthChange)        (see `crate::auth`)
+//!   tag 4  Lease(LeaseCommand)     (see `crate::lease`)
 //! ```
 //!
 //! Release 0.1.0 wrote a transaction with no envelope (its fields straight
@@ -31,6 +32,7 @@
 
 use super::{Compare, RequestId};
 use crate::auth::AuthChange;
+use crate::lease::LeaseCommand;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -137,6 +139,8 @@ pub enum Command {
     PurgeHistory,
     /// A change of users, roles or whether auth is on.
     Auth(AuthChange),
+    /// A lease granted, revoked (with its keys) or checkpointed.
+    Lease(LeaseCommand),
 }
 
 impl Command {
@@ -150,7 +154,8 @@ impl Command {
         match self {
             Command::Txn(txn) => txn.time_ms,
             Command::Compact { time_ms, .. } => *time_ms,
-            Command::PurgeHistory | Command::Auth(_) => 0,
+            Command::Lease(LeaseCommand::Revoke { time_ms, .. }) => *time_ms,
+            Command::PurgeHistory | Command::Auth(_) | Command::Lease(_) => 0,
         }
     }
 
@@ -159,6 +164,9 @@ impl Command {
         match self {
             Command::Txn(txn) if txn.time_ms == 0 => txn.time_ms = now_ms,
             Command::Compact { time_ms, .. } if *time_ms == 0 => *time_ms = now_ms,
+            Command::Lease(LeaseCommand::Revoke { time_ms, .. }) if *time_ms == 0 => {
+                *time_ms = now_ms
+            }
             _ => {}
         }
     }
@@ -177,6 +185,11 @@ impl fmt::Display for Command {
             Command::Compact { revision, .. } => write!(f, "compact(below {revision})"),
             Command::PurgeHistory => write!(f, "purge-history"),
             Command::Auth(_) => write!(f, "auth-change"),
+            Command::Lease(LeaseCommand::Grant { id, .. }) => write!(f, "lease-grant({id})"),
+            Command::Lease(LeaseCommand::Revoke { id, .. }) => write!(f, "lease-revoke({id})"),
+            Command::Lease(LeaseCommand::Checkpoint { remaining }) => {
+                write!(f, "lease-checkpoint({} leases)", remaining.len())
+            }
         }
     }
 }
@@ -188,6 +201,7 @@ enum KindRef<'a> {
     Compact { revision: u64, time_ms: u64 },
     PurgeHistory,
     Auth(&'a AuthChange),
+    Lease(&'a LeaseCommand),
 }
 
 #[derive(Deserialize)]
@@ -196,6 +210,7 @@ enum Kind {
     Compact { revision: u64, time_ms: u64 },
     PurgeHistory,
     Auth(AuthChange),
+    Lease(LeaseCommand),
 }
 
 impl Serialize for Command {
@@ -208,6 +223,7 @@ impl Serialize for Command {
             },
             Command::PurgeHistory => KindRef::PurgeHistory,
             Command::Auth(change) => KindRef::Auth(change),
+            Command::Lease(change) => KindRef::Lease(change),
         };
         let mut tuple = serializer.serialize_tuple(3)?;
         tuple.serialize_element(&MAGIC)?;
@@ -280,6 +296,7 @@ impl<'de> Visitor<'de> for CommandVisitor {
                 Kind::Compact { revision, time_ms } => Command::Compact { revision, time_ms },
                 Kind::PurgeHistory => Command::PurgeHistory,
                 Kind::Auth(change) => Command::Auth(change),
+                Kind::Lease(change) => Command::Lease(change),
             });
         }
         // Release 0.1.0: `first` is the compares' count. Never allocate by
@@ -399,6 +416,22 @@ mod tests {
                 },
             ]
             .map(Command::Auth),
+        );
+        all.extend(
+            [
+                LeaseCommand::Grant {
+                    id: 0x7FFF_0000_0000_0001,
+                    ttl_ms: 10_000,
+                },
+                LeaseCommand::Revoke {
+                    id: 42,
+                    time_ms: 1_700_000_000_000,
+                },
+                LeaseCommand::Checkpoint {
+                    remaining: vec![(42, 3_000), (43, 0)],
+                },
+            ]
+            .map(Command::Lease),
         );
         all
     }

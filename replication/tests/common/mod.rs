@@ -18,6 +18,8 @@ pub struct Cluster {
     pub options: RaftOptions,
     /// Transfer options every node shares (their test hooks included).
     pub transfer: TransferOptions,
+    /// Lease options every node starts with.
+    pub lease: ferry_replication::lease::LeaseOptions,
 }
 
 pub fn fast_raft() -> RaftOptions {
@@ -45,11 +47,21 @@ impl Cluster {
         config.raft = self.options.clone();
         config.network = self.network.clone();
         config.transfer = self.transfer.clone();
+        config.lease = self.lease.clone();
         config
     }
 
     /// Starts nodes `1..=n` and forms a cluster of them.
     pub async fn start(n: u64, options: RaftOptions) -> Cluster {
+        Self::start_with(n, options, Default::default()).await
+    }
+
+    /// As [`Cluster::start`], every node with `lease` options.
+    pub async fn start_with(
+        n: u64,
+        options: RaftOptions,
+        lease: ferry_replication::lease::LeaseOptions,
+    ) -> Cluster {
         let mut cluster = Cluster {
             dir: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
@@ -61,6 +73,7 @@ impl Cluster {
                 chunk_bytes: 64 << 10,
                 ..TransferOptions::default()
             },
+            lease,
         };
         for id in 1..=n {
             cluster.start_node(id).await;

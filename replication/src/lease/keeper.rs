@@ -1,0 +1,313 @@
+//! The leader's lease clock: when each lease expires, by this node's
+//! monotonic clock, and the task that revokes expired leases and
+//! checkpoints the others' remaining TTL.
+//!
+//! Only the leader holds deadlines. A node that becomes leader loads them
+//! from the replicated state once per term (after a read barrier, so that
+//! it has applied every grant and revoke committed before it), each at its
+//! checkpointed remaining TTL plus the failover extension.
+
+use super::{store, LeaseCommand, LeaseError, LeaseOptions, LeaseRecord};
+use crate::state_machine::SmShared;
+use crate::types::{now_ms, Command, Raft};
+use crate::{Error, Result};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{ReadPolicy, ServerState};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often the expiry task looks at the deadlines at most.
+const TICK: Duration = Duration::from_millis(50);
+/// Leases per checkpoint command.
+const CHECKPOINT_CHUNK: usize = 1_000;
+
+#[derive(Clone, Copy)]
+struct Held {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Clock {
+    /// The term the deadlines were loaded for (0: none loaded).
+    term: u64,
+    held: HashMap<u64, Held>,
+}
+
+pub(crate) struct Keeper {
+    raft: Raft,
+    shared: Arc<SmShared>,
+    pub(crate) options: LeaseOptions,
+    clock: Mutex<Clock>,
+}
+
+impl Keeper {
+    pub(crate) fn new(raft: Raft, shared: Arc<SmShared>, options: LeaseOptions) -> Keeper {
+        Keeper {
+            raft,
+            shared,
+            options,
+            clock: Mutex::new(Clock::default()),
+        }
+    }
+
+    fn not_leader(&self) -> Error {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader_addr = metrics.current_leader.and_then(|leader| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.raft_addr.clone())
+        });
+        Error::NotLeader {
+            leader_id: metrics.current_leader,
+            leader_addr,
+        }
+    }
+
+    /// Fails unless this node leads; loads the deadlines once per term.
+    pub(crate) async fn ready(&self) -> Result<()> {
+        let (state, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            return Err(self.not_leader());
+        }
+        if self.clock.lock().term == term {
+            return Ok(());
+        }
+        // Everything committed before this term is applied after this.
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|_| self.not_leader())?;
+        let leases = store::all(&self.shared.db().snapshot())?;
+        let now = Instant::now();
+        let mut clock = self.clock.lock();
+        if clock.term != term {
+            clock.held = leases
+                .into_iter()
+                .map(|(id, record)| {
+                    let remaining = record.remaining_ms.unwrap_or(record.ttl_ms);
+                    let deadline =
+                        now + Duration::from_millis(remaining) + self.options.failover_extension;
+                    (
+                        id,
+                        Held {
+                            ttl: Duration::from_millis(record.ttl_ms),
+                            deadline,
+                        },
+                    )
+                })
+                .collect();
+            clock.term = term;
+            tracing::debug!(term, leases = clock.held.len(), "lease deadlines loaded");
+        }
+        Ok(())
+    }
+
+    /// Checks a grant's TTL and the lease count; returns the id to grant
+    /// (`id`, or a fresh one for 0).
+    pub(crate) async fn prepare_grant(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
+        let (min, max) = (self.options.min_ttl, self.options.max_ttl);
+        if ttl < min || ttl > max {
+            return Err(LeaseCall::Lease(LeaseError::Ttl {
+                asked: ttl,
+                min,
+                max,
+            }));
+        }
+        self.ready().await?;
+        let clock = self.clock.lock();
+        if clock.held.len() >= self.options.max_leases {
+            return Err(LeaseCall::Lease(LeaseError::TooMany(clock.held.len())));
+        }
+        if id != 0 {
+            return Ok(id);
+        }
+        // Positive as an i64, for etcd's clients.
+        loop {
+            let fresh = rand::random::<u64>() >> 1;
+            if fresh != 0 && !clock.held.contains_key(&fresh) {
+                return Ok(fresh);
+            }
+        }
+    }
+
+    /// Lease `id` was granted with `ttl` (its command applied).
+    pub(crate) fn granted(&self, id: u64, ttl: Duration) {
+        self.clock.lock().held.insert(
+            id,
+            Held {
+                ttl,
+                deadline: Instant::now() + ttl,
+            },
+        );
+    }
+
+    /// Lease `id` is gone.
+    pub(crate) fn revoked(&self, id: u64) {
+        self.clock.lock().held.remove(&id);
+    }
+
+    /// Renews lease `id` for its whole TTL; returns the TTL.
+    pub(crate) async fn keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
+        self.ready().await?;
+        let ttl = {
+            let mut clock = self.clock.lock();
+            let Some(held) = clock.held.get_mut(&id) else {
+                return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
+            };
+            held.deadline = Instant::now() + held.ttl;
+            held.ttl
+        };
+        // A revoke applied a moment ago may not have reached the clock.
+        if store::get(&self.shared.db().snapshot(), id)?.is_none() {
+            self.revoked(id);
+            return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
+        }
+        Ok(ttl)
+    }
+
+    /// Lease `id` with its remaining TTL and attached keys (at most
+    /// `key_limit`).
+    pub(crate) async fn status(
+        &self,
+        id: u64,
+        key_limit: usize,
+    ) -> Result<super::LeaseStatus, LeaseCall> {
+        self.ready().await?;
+        let view = self.shared.db().snapshot();
+        let Some(record) = store::get(&view, id)? else {
+            return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
+        };
+        let remaining = match self.clock.lock().held.get(&id) {
+            Some(held) => held.deadline.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(record.remaining_ms.unwrap_or(record.ttl_ms)),
+        };
+        let (keys, keys_truncated) = store::attached(&view, id, key_limit)?;
+        Ok(super::LeaseStatus {
+            id,
+            ttl: Duration::from_millis(record.ttl_ms),
+            remaining,
+            keys,
+            keys_truncated,
+        })
+    }
+
+    /// Every lease in this node's state, by id.
+    pub(crate) fn all(&self) -> Result<Vec<(u64, LeaseRecord)>> {
+        Ok(store::all(&self.shared.db().snapshot())?)
+    }
+
+    fn leads(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The ids whose deadline has passed.
+    fn expired(&self) -> Vec<u64> {
+        let now = Instant::now();
+        self.clock
+            .lock()
+            .held
+            .iter()
+            .filter(|(_, held)| held.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn still_expired(&self, id: u64) -> bool {
+        self.clock
+            .lock()
+            .held
+            .get(&id)
+            .is_some_and(|held| held.deadline <= Instant::now())
+    }
+
+    /// Every held lease's remaining TTL, in checkpoint-sized chunks.
+    fn remaining(&self) -> Vec<Vec<(u64, u64)>> {
+        let now = Instant::now();
+        let clock = self.clock.lock();
+        let mut all: Vec<(u64, u64)> = clock
+            .held
+            .iter()
+            .map(|(id, held)| {
+                let left = held.deadline.saturating_duration_since(now);
+                (*id, left.min(held.ttl).as_millis() as u64)
+            })
+            .collect();
+        all.sort_unstable();
+        all.chunks(CHECKPOINT_CHUNK).map(<[_]>::to_vec).collect()
+    }
+}
+
+/// Why a lease call failed: the lease, or the node.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseCall {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Node(#[from] Error),
+}
+
+impl From<std::io::Error> for LeaseCall {
+    fn from(error: std::io::Error) -> Self {
+        LeaseCall::Node(Error::Storage(error))
+    }
+}
+
+/// Revokes expired leases and checkpoints the rest, while this node
+/// leads; runs until aborted.
+pub(crate) async fn run(keeper: Arc<Keeper>) {
+    let mut next_checkpoint = Instant::now() + keeper.options.checkpoint_interval;
+    loop {
+        tokio::time::sleep(TICK).await;
+        if !keeper.leads() {
+            let mut clock = keeper.clock.lock();
+            clock.term = 0;
+            clock.held.clear();
+            continue;
+        }
+        if keeper.ready().await.is_err() {
+            continue;
+        }
+        for id in keeper.expired() {
+            if !keeper.still_expired(id) {
+                continue;
+            }
+            let revoke = Command::Lease(LeaseCommand::Revoke {
+                id,
+                time_ms: now_ms(),
+            });
+            match keeper.raft.client_write(revoke).await {
+                Ok(written) => {
+                    // Refused: another revoke got there first; gone either way.
+                    keeper.revoked(id);
+                    if written.data.rejected.is_none() {
+                        tracing::debug!(lease = id, "lease expired and revoked");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, lease = id, "lease revoke not proposed");
+                    break;
+                }
+            }
+        }
+        if Instant::now() >= next_checkpoint {
+            next_checkpoint = Instant::now() + keeper.options.checkpoint_interval;
+            for remaining in keeper.remaining() {
+                let checkpoint = Command::Lease(LeaseCommand::Checkpoint { remaining });
+                if let Err(error) = keeper.raft.client_write(checkpoint).await {
+                    tracing::debug!(%error, "lease checkpoint not proposed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Leases: keys that disappear when their owner stops renewing them.
+//!
+//! A lease is replicated state (its id, its granted TTL, and the remaining
+//! TTL last checkpointed); whether it is still alive is decided by the
+//! leader alone, by its monotonic clock ([`keeper`]): keep-alives go to the
+//! leader and move the deadline it holds in memory, and when a deadline
+//! passes the leader proposes [`LeaseCommand::Revoke`], which deletes the
+//! lease and every key attached to it at one revision (watches see the
+//! deletes). This is etcd's design, for the same reason: renewals are
+//! frequent and need no consensus, expiry is rare and must be agreed.
+//!
+//! Invariants:
+//! - A key is attached to at most one lease, and a lease's key index
+//!   (`\x00lease-key/`) holds exactly the keys whose record names it: both
+//!   change in the same engine batch as the key.
+//! - A put naming a lease that does not exist is refused whole (the
+//!   transaction changes nothing).
+//! - No lease expires early because of a failover: a new leader gives each
+//!   lease its remaining TTL as last checkpointed (or its granted TTL if it
+//!   never was), plus [`LeaseOptions::failover_extension`]. Checkpoints are
+//!   proposed every [`LeaseOptions::checkpoint_interval`], so a lease that
+//!   nobody renews cannot live for ever across leader changes either.
+//!
+//! ## Format (version 1)
+//!
+//! ```text
+//! engine key = 0x00 "lease/" ‖ id u64 BE              1 | postcard(LeaseRecord)
+//! engine key = 0x00 "lease-key/" ‖ id u64 BE ‖ key    empty: `key` is attached to `id`
+//! ```
+//!
+//! In the Raft log, lease changes are `Command::Lease(LeaseCommand)`
+//! (command tag 4, see `types::command`).
+
+pub(crate) mod keeper;
+pub(crate) mod store;
+
+pub use keeper::LeaseCall;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A lease change, as it travels in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseCommand {
+    /// Creates lease `id` (refused if it exists).
+    Grant { id: u64, ttl_ms: u64 },
+    /// Deletes lease `id` and every key attached to it, at one revision
+    /// (refused if it does not exist). The leader proposes it when the
+    /// lease expires; a client when it revokes. `time_ms` stamps the
+    /// deletes in the history.
+    Revoke { id: u64, time_ms: u64 },
+    /// The leader's remaining TTL of leases, as `(id, remaining_ms)`; ids
+    /// that no longer exist are skipped.
+    Checkpoint { remaining: Vec<(u64, u64)> },
+}
+
+/// A lease as the replicated state holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ttl_ms: u64,
+    /// The remaining TTL at the last checkpoint (`None`: never
+    /// checkpointed; a new leader then starts from `ttl_ms`).
+    pub remaining_ms: Option<u64>,
+}
+
+/// Bounds and timing of leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Leases that may exist at once; a grant beyond is refused.
+    pub max_leases: usize,
+    /// The TTL range a grant may ask for. The minimum must exceed an
+    /// election plus a client's reconnection, or a failover could expire
+    /// leases whose owners are alive.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How often the leader records each lease's remaining TTL in the
+    /// replicated state.
+    pub checkpoint_interval: Duration,
+    /// Added to every lease's remaining TTL when a node becomes leader:
+    /// the time its owners need to find the new leader.
+    pub failover_extension: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            max_leases: 100_000,
+            min_ttl: Duration::from_secs(2),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            checkpoint_interval: Duration::from_secs(5),
+            failover_extension: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A lease as the leader sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub id: u64,
+    pub ttl: Duration,
+    /// Until the leader revokes it (zero: expiring now).
+    pub remaining: Duration,
+    /// The attached keys, in order (at most the limit asked for).
+    pub keys: Vec<Vec<u8>>,
+    /// More keys are attached than `keys` holds.
+    pub keys_truncated: bool,
+}
+
+/// Why a lease call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("lease {0} not found")]
+    NotFound(u64),
+    #[error("lease {0} already exists")]
+    Exists(u64),
+    #[error("a lease's TTL must be between {min:?} and {max:?}; asked {asked:?}")]
+    Ttl {
+        asked: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("{0} leases exist, the limit (max_leases)")]
+    TooMany(usize),
+}

@@ -1,0 +1,234 @@
+//! Leases: keys attached to a lease go when it is revoked or expires, in
+//! one revision that watches see; a renewed lease stays, across a failover
+//! too; its remaining TTL is checkpointed into the replicated state.
+
+mod common;
+
+use common::{fast_raft, Cluster};
+use ferry_replication::lease::LeaseCall;
+use ferry_replication::lease::{LeaseError, LeaseOptions};
+use ferry_replication::state_machine::history::ChangeKind;
+use ferry_replication::types::{Command, Op};
+use ferry_replication::{Consistency, Error, Node, WatchOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn put_with(key: &str, lease: u64) -> Command {
+    Command::batch(vec![Op::Put {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        prev_kv: false,
+    }])
+}
+
+async fn present(node: &Node, key: &str) -> bool {
+    node.get(key, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .value
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_lease_takes_its_keys_in_one_revision_that_watches_see() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let lease = leader
+        .lease_grant(0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let other = leader
+        .lease_grant(77, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(other, 77);
+    assert!(matches!(
+        leader.lease_grant(77, Duration::from_secs(30)).await,
+        Err(LeaseCall::Lease(LeaseError::Exists(77)))
+    ));
+    let start = leader.txn(put_with("job/a", lease)).await.unwrap().revision;
+    leader.txn(put_with("job/b", lease)).await.unwrap();
+    leader.txn(put_with("job/c", other)).await.unwrap();
+    leader.put("job/plain", "v").await.unwrap();
+    // job/c moves to `lease`, then back: the index follows the record.
+    leader.txn(put_with("job/c", lease)).await.unwrap();
+    leader.txn(put_with("job/c", other)).await.unwrap();
+    let status = leader.lease_status(lease, 100).await.unwrap();
+    assert_eq!(status.keys, vec![b"job/a".to_vec(), b"job/b".to_vec()]);
+    assert_eq!(status.ttl, Duration::from_secs(30));
+    assert!(status.remaining <= status.ttl && status.remaining > Duration::from_secs(20));
+    // A put naming a lease that does not exist changes nothing.
+    let refused = leader
+        .txn(Command::batch(vec![
+            Op::put("job/never", "v"),
+            Op::Put {
+                key: b"job/never2".to_vec(),
+                value: b"v".to_vec(),
+                lease: 999,
+                prev_kv: false,
+            },
+        ]))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(ref r)) if r.contains("lease 999")),
+        "{refused:?}"
+    );
+    assert!(!present(&leader, "job/never").await);
+
+    let mut watch = leader
+        .watch(WatchOptions::range(
+            b"job/".to_vec(),
+            Some(b"job0".to_vec()),
+            start + 1,
+        ))
+        .unwrap();
+    let revoked = leader.lease_revoke(lease).await.unwrap();
+    assert!(matches!(
+        leader.lease_revoke(lease).await,
+        Err(LeaseCall::Lease(LeaseError::NotFound(_)))
+    ));
+    for key in ["job/a", "job/b"] {
+        assert!(!present(&leader, key).await, "{key}");
+    }
+    for key in ["job/c", "job/plain"] {
+        assert!(present(&leader, key).await, "{key}");
+    }
+    let mut deletes = Vec::new();
+    while deletes.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the deletes arrive")
+            .unwrap();
+        for event in batch.events {
+            if event.change.kind == ChangeKind::Delete {
+                assert_eq!(
+                    event.change.revision, revoked,
+                    "one revision for the lease's keys"
+                );
+                deletes.push(event.change.key);
+            }
+        }
+    }
+    assert_eq!(deletes, vec![b"job/a".to_vec(), b"job/b".to_vec()]);
+    assert!(leader.leases().unwrap().iter().all(|(id, _)| *id != lease));
+    // A follower answers lease calls with the leader.
+    let follower = cluster
+        .nodes
+        .values()
+        .find(|n| n.id() != leader.id())
+        .unwrap();
+    assert!(matches!(
+        follower.lease_keep_alive(other).await,
+        Err(LeaseCall::Node(Error::NotLeader { .. }))
+    ));
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_nobody_renews_expires_no_earlier_than_its_ttl_and_a_renewed_one_stays() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let ttl = Duration::from_secs(2);
+    assert!(matches!(
+        leader.lease_grant(0, Duration::from_millis(500)).await,
+        Err(LeaseCall::Lease(LeaseError::Ttl { .. }))
+    ));
+    let granted = Instant::now();
+    let dying = leader.lease_grant(0, ttl).await.unwrap();
+    let kept = leader.lease_grant(0, ttl).await.unwrap();
+    leader.txn(put_with("dying", dying)).await.unwrap();
+    leader.txn(put_with("kept", kept)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while present(&leader, "dying").await {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        assert_eq!(leader.lease_keep_alive(kept).await.unwrap(), ttl);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        granted.elapsed() >= ttl,
+        "expired after {:?}",
+        granted.elapsed()
+    );
+    assert!(matches!(
+        leader.lease_keep_alive(dying).await,
+        Err(LeaseCall::Lease(LeaseError::NotFound(_)))
+    ));
+    // Renewed all along, across the other's expiry.
+    for _ in 0..10 {
+        leader.lease_keep_alive(kept).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(present(&leader, "kept").await);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewed_lease_survives_a_failover_and_its_remaining_ttl_a_restart() {
+    let options = LeaseOptions {
+        checkpoint_interval: Duration::from_millis(300),
+        ..LeaseOptions::default()
+    };
+    let mut cluster = Cluster::start_with(3, fast_raft(), options).await;
+    let leader = cluster.leader().unwrap().clone();
+    let ttl = Duration::from_secs(3);
+    let lease = leader.lease_grant(0, ttl).await.unwrap();
+    leader.txn(put_with("owned", lease)).await.unwrap();
+    let idle = leader
+        .lease_grant(0, Duration::from_secs(600))
+        .await
+        .unwrap();
+    // Checkpoints record the idle lease's remaining TTL.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = leader.id();
+    drop(leader);
+    cluster.kill(old).await;
+    let new_leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let node: Arc<Node> = cluster.nodes[&new_leader].clone();
+    // The owner finds the new leader within the TTL and renews there.
+    let deadline = Instant::now() + ttl;
+    loop {
+        match node.lease_keep_alive(lease).await {
+            Ok(_) => break,
+            Err(LeaseCall::Node(Error::NotLeader { .. })) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(other) => panic!("renewal on the new leader: {other:?}"),
+        }
+    }
+    for _ in 0..15 {
+        node.lease_keep_alive(lease).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(present(&node, "owned").await);
+    // The idle lease's checkpointed remaining TTL is below its TTL.
+    let status = node.lease_status(idle, 0).await.unwrap();
+    assert!(
+        status.remaining < Duration::from_secs(600) + LeaseOptions::default().failover_extension
+    );
+    // Every member restarts: the lease is still there, with its TTL.
+    drop(node);
+    cluster.start_node(old).await;
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in &ids {
+        cluster.kill(*id).await;
+    }
+    for id in &ids {
+        cluster.start_node(*id).await;
+    }
+    let restarted = cluster.wait_leader(Duration::from_secs(30)).await;
+    let node = cluster.nodes[&restarted].clone();
+    let status = node.lease_status(idle, 0).await.unwrap();
+    assert_eq!(status.ttl, Duration::from_secs(600));
+    assert!(
+        status.remaining < Duration::from_secs(600) + LeaseOptions::default().failover_extension
+    );
+    // Nobody renews `lease` any more: it goes, with its key.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while present(&node, "owned").await {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}
