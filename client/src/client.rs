@@ -590,7 +590,34 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
-        Ok(self.put_request(key.into(), value.into(), false).await?.0)
+        Ok(self
+            .put_request(key.into(), value.into(), false, 0)
+            .await?
+            .0)
+    }
+
+    /// Sets `key` to `value`, attached to lease `lease` (see
+    /// [`Client::lease_grant`]): the key is deleted when the lease expires
+    /// or is revoked. A lease that does not exist fails the put with
+    /// [`Error::LeaseNotFound`] and changes nothing. Cancellation: as
+    /// [`Client::put`].
+    pub async fn put_with_lease(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: u64,
+    ) -> Result<u64> {
+        match self
+            .put_request(key.into(), value.into(), false, lease)
+            .await
+        {
+            Ok((revision, _)) => Ok(revision),
+            Err(Error::Server {
+                code: Code::NotFound,
+                ..
+            }) => Err(Error::LeaseNotFound(lease)),
+            Err(error) => Err(error),
+        }
     }
 
     /// Sets `key` to `value`; returns the revision that wrote it and the
@@ -611,7 +638,7 @@ impl Client {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<(u64, Option<KeyValue>)> {
-        self.put_request(key.into(), value.into(), true).await
+        self.put_request(key.into(), value.into(), true, 0).await
     }
 
     async fn put_request(
@@ -619,6 +646,7 @@ impl Client {
         key: Vec<u8>,
         value: Vec<u8>,
         prev_kv: bool,
+        lease: u64,
     ) -> Result<(u64, Option<KeyValue>)> {
         let response = self
             .write(|connection, request| {
@@ -627,6 +655,7 @@ impl Client {
                     value: value.clone(),
                     request: Some(request),
                     prev_kv,
+                    lease,
                 };
                 async move { connection.put(message).await }
             })

@@ -37,6 +37,9 @@ pub enum Error {
     #[error("bad endpoint: {0}")]
     Endpoint(String),
     /// Any other answer of the server.
+    /// The lease does not exist (it expired, or was revoked).
+    #[error("lease {0} not found")]
+    LeaseNotFound(u64),
     #[error("server error {code:?}: {message}")]
     Server { code: tonic::Code, message: String },
 }
@@ -53,6 +56,7 @@ impl Error {
             Error::DeadlineExceeded { .. } => Some(tonic::Code::DeadlineExceeded),
             Error::Unauthenticated(_) => Some(tonic::Code::Unauthenticated),
             Error::PermissionDenied(_) => Some(tonic::Code::PermissionDenied),
+            Error::LeaseNotFound(_) => Some(tonic::Code::NotFound),
             Error::Endpoint(_) => None,
         }
     }

@@ -44,6 +44,7 @@ mod batch;
 mod client;
 mod credentials;
 mod error;
+mod lease;
 mod status;
 mod txn;
 mod watch;
@@ -52,6 +53,7 @@ pub use batch::MAX_BATCH_REQUEST_BYTES;
 pub use client::{Client, ClientOptions, Page, Stale, StaleRead};
 pub use credentials::{AuthChannel, Credentials, TlsOptions, TOKEN_METADATA};
 pub use error::{Error, Result};
+pub use lease::{KeepAlive, LeaseInfo, LeaseState};
 pub use pb::{Event, KeyValue, Staleness};
 pub use status::{
     compacted_status, future_revision_status, not_leader_status, COMPACTED_REVISION_METADATA,

@@ -39,11 +39,12 @@ impl From<pb::TxnResponse> for TxnResult {
     }
 }
 
-fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: u64) -> Op {
     Op {
         op: Some(op::Op::Put(pb::PutOp {
             key: key.into(),
             value: value.into(),
+            lease,
         })),
     }
 }
@@ -113,7 +114,19 @@ impl Txn {
     }
 
     pub fn then_put(mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        self.success.push(put(key, value));
+        self.success.push(put(key, value, 0));
+        self
+    }
+
+    /// [`Txn::then_put`] attaching the key to `lease` (a lease that does
+    /// not exist fails the whole transaction, which changes nothing).
+    pub fn then_put_with_lease(
+        mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: u64,
+    ) -> Self {
+        self.success.push(put(key, value, lease));
         self
     }
 
@@ -128,7 +141,7 @@ impl Txn {
     }
 
     pub fn else_put(mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        self.failure.push(put(key, value));
+        self.failure.push(put(key, value, 0));
         self
     }
 

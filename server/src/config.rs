@@ -34,6 +34,12 @@ pub struct Limits {
     pub max_batch_calls: usize,
     /// Snapshot downloads and Parquet exports running at once.
     pub max_transfers: usize,
+    /// Leases that may exist at once (a grant beyond fails
+    /// RESOURCE_EXHAUSTED).
+    pub max_leases: usize,
+    /// The TTL range of a lease grant, in seconds.
+    pub min_lease_ttl_secs: u64,
+    pub max_lease_ttl_secs: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +55,9 @@ impl Default for Limits {
             max_watch_streams: 1024,
             max_batch_calls: 4096,
             max_transfers: 2,
+            max_leases: 100_000,
+            min_lease_ttl_secs: 2,
+            max_lease_ttl_secs: 30 * 24 * 3600,
         }
     }
 }

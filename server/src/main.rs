@@ -37,6 +37,13 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Grant, revoke, inspect and keep alive leases.
+    Lease {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: cli::LeaseCommand,
+    },
     /// Inspect and change membership.
     Cluster {
         #[command(flatten)]
@@ -324,6 +331,7 @@ fn main() {
                 }
             },
             Command::Kv { common, command } => cli::kv(&common, command).await,
+            Command::Lease { common, command } => cli::lease(&common, command).await,
             Command::Cluster { common, command } => cli::cluster(&common, command).await,
             Command::Snapshot { common, command } => cli::snapshot(&common, command).await,
             Command::Backup { common, command } => cli::backup(&common, command).await,

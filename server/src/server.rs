@@ -83,6 +83,9 @@ impl Server {
         node_config.retention = config.retention_options();
         node_config.transfer.max_bytes_per_sec = config.snapshot_max_bytes_per_sec;
         node_config.peer_tls = config.tls.peer();
+        node_config.lease.max_leases = config.limits.max_leases;
+        node_config.lease.min_ttl = Duration::from_secs(config.limits.min_lease_ttl_secs);
+        node_config.lease.max_ttl = Duration::from_secs(config.limits.max_lease_ttl_secs);
         let client_tls = match config.tls.client() {
             Some(tls) => Some(
                 tls.reloading()
@@ -166,6 +169,12 @@ impl Server {
             )
             .add_service(
                 pb::auth_server::AuthServer::new(crate::service::auth::AuthService {
+                    context: context.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                pb::lease_server::LeaseServer::new(crate::service::lease::LeaseService {
                     context: context.clone(),
                 })
                 .max_decoding_message_size(max),

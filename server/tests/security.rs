@@ -997,3 +997,56 @@ async fn counting_ten_million_keys_does_not_delay_writes() {
         "the counts ({shortest_count:?}, {writes} writes meanwhile) were too quick to show anything"
     );
 }
+
+/// Leases go through the same gate: no credential, no lease; a put with a
+/// lease is a put (checked on its key); revoking deletes the lease's keys,
+/// so it needs write permission on each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_calls_are_authenticated_and_a_revoke_needs_write_on_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let (cluster, root) = secure_node(&pki, &[]).await;
+    add_user(
+        &root,
+        "worker",
+        "worker-pw-1",
+        &[(READWRITE, b"jobs/", b"jobs0")],
+    )
+    .await;
+    let worker = secure::connect(
+        cluster.endpoints(),
+        secure::options(pki.tls(), Some(("worker", "worker-pw-1"))),
+    )
+    .await;
+    let anonymous =
+        Client::connect_with(cluster.endpoints(), secure::options(pki.tls(), None)).await;
+    let refused = match anonymous {
+        Ok(anonymous) => anonymous
+            .lease_grant(Duration::from_secs(60))
+            .await
+            .map(drop),
+        Err(error) => Err(error),
+    };
+    assert!(
+        matches!(refused, Err(Error::Unauthenticated(_))),
+        "{refused:?}"
+    );
+    let lease = worker.lease_grant(Duration::from_secs(60)).await.unwrap();
+    worker.put_with_lease("jobs/1", "w", lease).await.unwrap();
+    assert!(matches!(
+        worker.put_with_lease("admin/1", "w", lease).await,
+        Err(Error::PermissionDenied(_))
+    ));
+    // Root attaches a key the worker may not write: now the worker cannot
+    // revoke the lease, and nothing is deleted.
+    root.put_with_lease("admin/2", "r", lease).await.unwrap();
+    assert!(matches!(
+        worker.lease_revoke(lease).await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(root.get("jobs/1").await.unwrap().is_some());
+    assert!(root.get("admin/2").await.unwrap().is_some());
+    root.lease_revoke(lease).await.unwrap();
+    assert!(root.get("jobs/1").await.unwrap().is_none());
+    assert!(root.get("admin/2").await.unwrap().is_none());
+}

@@ -106,6 +106,15 @@ pub struct LeaseStatus {
     pub keys_truncated: bool,
 }
 
+/// Whether a refusal (`Error::Rejected`) says a write named a lease that
+/// does not exist.
+pub fn is_not_found(reason: &str) -> bool {
+    reason
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.strip_suffix(" not found"))
+        .is_some_and(|id| id.parse::<u64>().is_ok())
+}
+
 /// Why a lease call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {

@@ -16,7 +16,14 @@ pub enum KvCommand {
         stale: bool,
     },
     /// Set a key.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Attach the key to this lease (`ferry lease grant`): it is
+        /// deleted when the lease expires or is revoked.
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+    },
     /// Delete a key.
     Del { key: String },
     /// Compact the revision history below REV, cluster-wide: reads and
@@ -94,8 +101,13 @@ async fn kv_inner(common: &Common, command: KvCommand) -> Result<i32, i32> {
                 }
             }
         }
-        KvCommand::Put { key, value } => {
-            let revision = client.put(key, value).await.map_err(|e| fail(&e))?;
+        KvCommand::Put { key, value, lease } => {
+            let revision = if lease == 0 {
+                client.put(key, value).await
+            } else {
+                client.put_with_lease(key, value, lease).await
+            }
+            .map_err(|e| fail(&e))?;
             if common.json {
                 println!("{}", json!({ "revision": revision }));
             } else {

@@ -1,4 +1,4 @@
-//! The `ferry` tool's client commands: `kv`, `cluster`, `snapshot`,
+//! The `ferry` tool's client commands: `kv`, `lease`, `cluster`, `snapshot`,
 //! `history`, and the offline `backup` commands.
 //!
 //! Human-readable tables by default, `--json` for scripts. Exit codes:
@@ -12,6 +12,7 @@ mod cluster;
 mod download;
 mod history;
 mod kv;
+mod lease;
 mod output;
 mod snapshot;
 
@@ -21,6 +22,7 @@ pub use certs::{certs, CertsCommand};
 pub use cluster::{cluster, ClusterCommand};
 pub use history::{history, HistoryCommand};
 pub use kv::{kv, KvCommand};
+pub use lease::{lease, LeaseCommand};
 pub use output::parse_time_ms;
 pub use snapshot::{snapshot, SnapshotCommand};
 

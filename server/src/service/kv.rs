@@ -33,7 +33,12 @@ impl KvService {
             Some(pb::op::Op::Put(put)) => {
                 self.context.check_key(&put.key)?;
                 self.context.check_value(&put.value)?;
-                Ok(Op::put(put.key, put.value))
+                Ok(Op::Put {
+                    key: put.key,
+                    value: put.value,
+                    lease: put.lease,
+                    prev_kv: false,
+                })
             }
             Some(pb::op::Op::Delete(delete)) => {
                 self.context.check_key(&delete.key)?;
@@ -127,7 +132,7 @@ impl KvService {
                 ..Txn::batch(vec![Op::Put {
                     key: request.key,
                     value: request.value,
-                    lease: 0,
+                    lease: request.lease,
                     prev_kv: request.prev_kv,
                 }])
             });

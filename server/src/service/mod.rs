@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cluster;
 pub mod export;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -88,6 +89,9 @@ impl Context {
                         .filter(|a| !a.is_empty())
                 });
                 ferry_client::not_leader_status(leader_id, leader_addr.as_deref())
+            }
+            Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
+                Status::not_found(reason)
             }
             Error::Rejected(reason) => Status::already_exists(reason),
             Error::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),

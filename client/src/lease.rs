@@ -1,0 +1,206 @@
+//! Leases: grant one, attach keys to it ([`Client::put_with_lease`]),
+//! and keep it alive in the background ([`KeepAlive`]); when its owner
+//! stops renewing it (it crashed, or dropped the handle), the cluster
+//! deletes its keys once its TTL has passed.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::pb::{self, lease_client::LeaseClient};
+use rand::Rng;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::Code;
+
+/// A lease as [`Client::lease_time_to_live`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl: Duration,
+    /// Until the leader revokes it, unless renewed.
+    pub remaining: Duration,
+    /// Attached keys, if asked for (at most the server's page size).
+    pub keys: Vec<Vec<u8>>,
+    pub keys_truncated: bool,
+}
+
+/// What a [`KeepAlive`] knows of its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Renewed `ttl` ago at most (the last renewal succeeded).
+    Alive,
+    /// The cluster says the lease is gone (expired or revoked): its keys
+    /// are deleted, and renewing stopped.
+    Lost,
+}
+
+/// Renews a lease in the background until dropped.
+///
+/// It renews every third of the TTL, on whichever member leads, through
+/// failovers. Dropping it stops the renewals at once (the lease then
+/// expires after its TTL); [`Client::lease_revoke`] ends it now.
+pub struct KeepAlive {
+    id: u64,
+    state: watch::Receiver<LeaseState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl KeepAlive {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn state(&self) -> LeaseState {
+        *self.state.borrow()
+    }
+
+    /// Resolves once the lease is known to be gone. A worker holding work
+    /// under the lease must stop then: its keys are deleted. Cancel-safe.
+    pub async fn lost(&mut self) {
+        let _ = self.state.wait_for(|s| *s == LeaseState::Lost).await;
+    }
+}
+
+fn not_found(id: u64) -> impl Fn(Error) -> Error {
+    move |error| match error {
+        Error::Server {
+            code: Code::NotFound,
+            ..
+        } => Error::LeaseNotFound(id),
+        other => other,
+    }
+}
+
+impl Client {
+    /// Grants a lease of `ttl` (whole seconds, within the server's
+    /// bounds); returns its id.
+    ///
+    /// The id is chosen here, so a retried grant whose first attempt did
+    /// apply is recognised (the lease exists) instead of granting a
+    /// second lease. Cancellation: a dropped grant may or may not have
+    /// granted a lease; one nobody renews expires after `ttl`.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<u64> {
+        // Positive as an i64, for etcd's clients.
+        let id = rand::rng().random_range(1..=u64::MAX >> 1);
+        let ttl_secs = ttl.as_secs();
+        let mut attempts = 0u32;
+        self.call(true, |connection| {
+            attempts += 1;
+            let retry = attempts > 1;
+            async move {
+                let answer = LeaseClient::new(connection.channel)
+                    .grant(pb::LeaseGrantRequest { ttl_secs, id })
+                    .await;
+                match answer {
+                    Ok(_) => Ok(id),
+                    // An earlier attempt granted it.
+                    Err(status) if retry && status.code() == Code::AlreadyExists => Ok(id),
+                    Err(status) => Err(status),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Revokes lease `id`: its keys are deleted, at one revision, which
+    /// this returns. Cancellation: the revoke may or may not have applied.
+    pub async fn lease_revoke(&self, id: u64) -> Result<u64> {
+        self.call(true, |connection| async move {
+            LeaseClient::new(connection.channel)
+                .revoke(pb::LeaseRevokeRequest { id })
+                .await
+                .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
+        })
+        .await
+        .map_err(not_found(id))
+    }
+
+    /// Renews lease `id` once for its whole TTL; returns the TTL.
+    /// Cancel-safe (a renewal is idempotent).
+    pub async fn lease_renew(&self, id: u64) -> Result<Duration> {
+        let ttl_secs = self
+            .call(true, |connection| async move {
+                let mut answers = LeaseClient::new(connection.channel)
+                    .keep_alive(tokio_stream::once(pb::LeaseKeepAliveRequest { id }))
+                    .await?
+                    .into_inner();
+                match answers.message().await? {
+                    Some(answer) => Ok(answer.ttl_secs),
+                    None => Err(tonic::Status::unavailable("keep-alive stream ended")),
+                }
+            })
+            .await?;
+        if ttl_secs == 0 {
+            return Err(Error::LeaseNotFound(id));
+        }
+        Ok(Duration::from_secs(ttl_secs))
+    }
+
+    /// Keeps lease `id` (granted with `ttl`) alive in the background until
+    /// the handle is dropped.
+    pub fn lease_keep_alive(&self, id: u64, ttl: Duration) -> KeepAlive {
+        let (report, state) = watch::channel(LeaseState::Alive);
+        let client = self.clone();
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            loop {
+                match client.lease_renew(id).await {
+                    Ok(_) => {
+                        report.send_replace(LeaseState::Alive);
+                        tokio::time::sleep(every).await;
+                    }
+                    Err(Error::LeaseNotFound(_)) => {
+                        report.send_replace(LeaseState::Lost);
+                        return;
+                    }
+                    // No member answered in time: keep trying, sooner.
+                    Err(_) => tokio::time::sleep(every.min(Duration::from_millis(200))).await,
+                }
+            }
+        });
+        KeepAlive { id, state, task }
+    }
+
+    /// Lease `id`'s TTL, remaining time and, with `keys`, its keys.
+    pub async fn lease_time_to_live(&self, id: u64, keys: bool) -> Result<LeaseInfo> {
+        self.call(true, |connection| async move {
+            LeaseClient::new(connection.channel)
+                .time_to_live(pb::LeaseTimeToLiveRequest { id, keys })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    LeaseInfo {
+                        id: r.id,
+                        ttl: Duration::from_secs(r.granted_ttl_secs),
+                        remaining: Duration::from_millis(r.remaining_ms),
+                        keys: r.keys,
+                        keys_truncated: r.keys_truncated,
+                    }
+                })
+        })
+        .await
+        .map_err(not_found(id))
+    }
+
+    /// Every lease, with its granted TTL.
+    pub async fn leases(&self) -> Result<Vec<(u64, Duration)>> {
+        self.call(true, |connection| async move {
+            LeaseClient::new(connection.channel)
+                .list(pb::LeaseListRequest {})
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .leases
+                        .into_iter()
+                        .map(|l| (l.id, Duration::from_secs(l.ttl_secs)))
+                        .collect()
+                })
+        })
+        .await
+    }
+}

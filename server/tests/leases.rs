@@ -1,0 +1,108 @@
+//! Leases with real processes: a worker's keys stay while its SDK keeps
+//! the lease alive, across a SIGKILL of the leader, and go (as deletes a
+//! watch sees) once it stops; the CLI's lease commands.
+
+mod common;
+
+use common::{connect, ferry, ProcessCluster};
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+async fn present(client: &ferry_client::Client, key: &str) -> bool {
+    client.get(key).await.unwrap().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_lease_outlives_a_leader_sigkill_and_its_keys_go_when_renewals_stop() {
+    let mut cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+    let ttl = Duration::from_secs(3);
+    let lease = client.lease_grant(ttl).await.unwrap();
+    let revision = client
+        .put_with_lease("workers/w1", "alive", lease)
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.put_with_lease("workers/w2", "x", 12345).await,
+        Err(ferry_client::Error::LeaseNotFound(12345))
+    ));
+    let mut watch = client.watch_prefix("workers/", revision + 1);
+    let keep = client.lease_keep_alive(lease, ttl);
+
+    let leader = client.status().await.unwrap().leader_id;
+    cluster.sigkill(leader);
+    // Three TTLs across the failover: renewals find the new leader.
+    let until = Instant::now() + 3 * ttl;
+    while Instant::now() < until {
+        assert!(
+            present(&client, "workers/w1").await,
+            "the lease expired while kept alive"
+        );
+        assert_eq!(keep.state(), ferry_client::LeaseState::Alive);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.spawn(leader, false, &[]);
+    let info = client.lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(info.ttl, ttl);
+    assert_eq!(info.keys, vec![b"workers/w1".to_vec()]);
+
+    // The worker stops renewing (it dropped the handle, as a crash would).
+    let stopped = Instant::now();
+    drop(keep);
+    let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
+        .await
+        .expect("the key's delete arrives")
+        .expect("watch open")
+        .unwrap();
+    assert_eq!(event.kv.as_ref().unwrap().key, b"workers/w1");
+    assert_eq!(event.kind, ferry_client::pb::event::Kind::Delete as i32);
+    assert!(
+        stopped.elapsed() >= ttl.saturating_sub(Duration::from_secs(1)),
+        "too early"
+    );
+    assert!(!present(&client, "workers/w1").await);
+    assert!(matches!(
+        client.lease_renew(lease).await,
+        Err(ferry_client::Error::LeaseNotFound(_))
+    ));
+    // A handle on a lease that is gone says so.
+    let mut gone = client.lease_keep_alive(lease, ttl);
+    tokio::time::timeout(Duration::from_secs(30), gone.lost())
+        .await
+        .expect("the handle learns the lease is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_grants_attaches_lists_and_revokes() {
+    let cluster = ProcessCluster::start(1);
+    let endpoints = cluster.endpoints().join(",");
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--endpoints", &endpoints]);
+        ferry(&args)
+    };
+    let (code, out, err) = run(&["lease", "grant", "60", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let granted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = granted["id"].as_u64().unwrap().to_string();
+    let (code, out, err) = run(&["kv", "put", "cli/k", "v", "--lease", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["kv", "put", "cli/other", "v", "--lease", "999"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("lease 999 not found"), "{err}");
+    let (code, out, _) = run(&["lease", "timetolive", &id, "--keys", "--json"]);
+    assert_eq!(code, 0);
+    let ttl: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ttl["granted_ttl_secs"], 60);
+    assert_eq!(ttl["keys"][0], "cli/k");
+    let (code, out, _) = run(&["lease", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id), "{out}");
+    let (code, out, err) = run(&["lease", "revoke", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = run(&["kv", "get", "cli/k"]);
+    assert_eq!(code, 3, "the lease's key is gone");
+    let (code, _, err) = run(&["lease", "timetolive", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+}
