@@ -37,6 +37,10 @@ pub enum Error {
     #[error("bad endpoint: {0}")]
     Endpoint(String),
     /// Any other answer of the server.
+    /// A lock, leadership or claim is no longer held: its key is gone
+    /// (its lease expired or was revoked) or was replaced.
+    #[error("no longer held: {0}")]
+    NotHeld(String),
     /// The lease does not exist (it expired, or was revoked).
     #[error("lease {0} not found")]
     LeaseNotFound(u64),
@@ -57,6 +61,7 @@ impl Error {
             Error::Unauthenticated(_) => Some(tonic::Code::Unauthenticated),
             Error::PermissionDenied(_) => Some(tonic::Code::PermissionDenied),
             Error::LeaseNotFound(_) => Some(tonic::Code::NotFound),
+            Error::NotHeld(_) => Some(tonic::Code::FailedPrecondition),
             Error::Endpoint(_) => None,
         }
     }

@@ -43,8 +43,12 @@
 mod batch;
 mod client;
 mod credentials;
+mod election;
 mod error;
 mod lease;
+mod lock;
+mod queue;
+mod recipe;
 mod status;
 mod txn;
 mod watch;
@@ -52,9 +56,12 @@ mod watch;
 pub use batch::MAX_BATCH_REQUEST_BYTES;
 pub use client::{Client, ClientOptions, Page, Stale, StaleRead};
 pub use credentials::{AuthChannel, Credentials, TlsOptions, TOKEN_METADATA};
+pub use election::{Leader, Leadership, Observe};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseInfo, LeaseState};
+pub use lock::LockGuard;
 pub use pb::{Event, KeyValue, Staleness};
+pub use queue::{Claim, QueueItem};
 pub use status::{
     compacted_status, future_revision_status, not_leader_status, COMPACTED_REVISION_METADATA,
     CURRENT_REVISION_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA,

@@ -99,6 +99,34 @@ impl Txn {
         self.compare(key, compare::Op::Equal, compare::Target::Exists(true))
     }
 
+    /// Holds if `key` was created at `revision` (0: absent): the key is
+    /// still the one written then, not a later one of the same name.
+    pub fn when_create_revision(self, key: impl Into<Vec<u8>>, revision: u64) -> Self {
+        self.compare(
+            key,
+            compare::Op::Equal,
+            compare::Target::CreateRevision(revision),
+        )
+    }
+
+    /// Holds while `guard`'s lock is held: its key still exists with the
+    /// fencing token as its create revision. A holder whose lease expired
+    /// (a pause, a partition) has lost the key, so its guarded writes are
+    /// refused instead of applied:
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, guard: ferry_client::LockGuard) -> ferry_client::Result<()> {
+    /// use ferry_client::Txn;
+    /// let wrote = client
+    ///     .txn(Txn::new().if_lock_held(&guard).then_put("job/42", "done"))
+    ///     .await?
+    ///     .succeeded;
+    /// # Ok(()) }
+    /// ```
+    pub fn if_lock_held(self, guard: &crate::lock::LockGuard) -> Self {
+        self.when_create_revision(guard.key().to_vec(), guard.token())
+    }
+
     /// Holds if `key` was last modified at `revision` (0: absent).
     pub fn when_mod_revision(self, key: impl Into<Vec<u8>>, revision: u64) -> Self {
         self.compare(

@@ -44,6 +44,27 @@ enum Command {
         #[command(subcommand)]
         command: cli::LeaseCommand,
     },
+    /// Hold a lock while a command runs (fencing token in FERRY_LOCK_TOKEN).
+    Lock {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: cli::LockArgs,
+    },
+    /// Campaign in a leader election, or observe one.
+    Elect {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: cli::ElectArgs,
+    },
+    /// A durable work queue with leased claims.
+    Queue {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: cli::QueueCommand,
+    },
     /// Inspect and change membership.
     Cluster {
         #[command(flatten)]
@@ -332,6 +353,9 @@ fn main() {
             },
             Command::Kv { common, command } => cli::kv(&common, command).await,
             Command::Lease { common, command } => cli::lease(&common, command).await,
+            Command::Lock { common, args } => cli::lock(&common, args).await,
+            Command::Elect { common, args } => cli::elect(&common, args).await,
+            Command::Queue { common, command } => cli::queue(&common, command).await,
             Command::Cluster { common, command } => cli::cluster(&common, command).await,
             Command::Snapshot { common, command } => cli::snapshot(&common, command).await,
             Command::Backup { common, command } => cli::backup(&common, command).await,

@@ -6,6 +6,14 @@
 //! from the replicated state once per term (after a read barrier, so that
 //! it has applied every grant and revoke committed before it), each at its
 //! checkpointed remaining TTL plus the failover extension.
+//!
+//! Why no lease expires early after a failover: a checkpoint records a
+//! lease's exact remaining TTL at the time it is taken, and only leases
+//! nobody renewed for half their TTL are checkpointed. A renewal of a
+//! lease whose recorded remaining TTL may be below its TTL first records
+//! the whole TTL again (one proposal), and only then answers. So whatever
+//! a new leader loads, the deadline it sets is no earlier than the one the
+//! old leader had promised (etcd-io/etcd#13508 fixed the same gap).
 
 use super::{store, LeaseCommand, LeaseError, LeaseOptions, LeaseRecord};
 use crate::state_machine::SmShared;
@@ -28,6 +36,9 @@ const CHECKPOINT_CHUNK: usize = 1_000;
 struct Held {
     ttl: Duration,
     deadline: Instant,
+    /// The replicated state may record less than the whole TTL as this
+    /// lease's remaining time (a checkpoint was taken or is on its way).
+    stored_low: bool,
 }
 
 #[derive(Default)]
@@ -102,6 +113,7 @@ impl Keeper {
                         Held {
                             ttl: Duration::from_millis(record.ttl_ms),
                             deadline,
+                            stored_low: record.remaining_ms.is_some_and(|r| r < record.ttl_ms),
                         },
                     )
                 })
@@ -147,6 +159,7 @@ impl Keeper {
             Held {
                 ttl,
                 deadline: Instant::now() + ttl,
+                stored_low: false,
             },
         );
     }
@@ -159,14 +172,27 @@ impl Keeper {
     /// Renews lease `id` for its whole TTL; returns the TTL.
     pub(crate) async fn keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
         self.ready().await?;
-        let ttl = {
+        let (ttl, stored_low) = {
             let mut clock = self.clock.lock();
             let Some(held) = clock.held.get_mut(&id) else {
                 return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
             };
             held.deadline = Instant::now() + held.ttl;
-            held.ttl
+            (held.ttl, held.stored_low)
         };
+        if stored_low {
+            // Record the whole TTL before answering (see the module docs).
+            let whole = Command::Lease(LeaseCommand::Checkpoint {
+                remaining: vec![(id, ttl.as_millis() as u64)],
+            });
+            self.raft
+                .client_write(whole)
+                .await
+                .map_err(|_| LeaseCall::Node(self.not_leader()))?;
+            if let Some(held) = self.clock.lock().held.get_mut(&id) {
+                held.stored_low = false;
+            }
+        }
         // A revoke applied a moment ago may not have reached the clock.
         if store::get(&self.shared.db().snapshot(), id)?.is_none() {
             self.revoked(id);
@@ -230,16 +256,22 @@ impl Keeper {
             .is_some_and(|held| held.deadline <= Instant::now())
     }
 
-    /// Every held lease's remaining TTL, in checkpoint-sized chunks.
+    /// The remaining TTL of the leases nobody renewed for half their TTL,
+    /// in checkpoint-sized chunks. They are marked as possibly recorded
+    /// low before the checkpoint is proposed, so a renewal from now on
+    /// records the whole TTL again.
     fn remaining(&self) -> Vec<Vec<(u64, u64)>> {
         let now = Instant::now();
-        let clock = self.clock.lock();
+        let mut clock = self.clock.lock();
         let mut all: Vec<(u64, u64)> = clock
             .held
-            .iter()
-            .map(|(id, held)| {
+            .iter_mut()
+            .filter_map(|(id, held)| {
                 let left = held.deadline.saturating_duration_since(now);
-                (*id, left.min(held.ttl).as_millis() as u64)
+                (left < held.ttl / 2).then(|| {
+                    held.stored_low = true;
+                    (*id, left.as_millis() as u64)
+                })
             })
             .collect();
         all.sort_unstable();

@@ -17,9 +17,11 @@
 //!   transaction changes nothing).
 //! - No lease expires early because of a failover: a new leader gives each
 //!   lease its remaining TTL as last checkpointed (or its granted TTL if it
-//!   never was), plus [`LeaseOptions::failover_extension`]. Checkpoints are
-//!   proposed every [`LeaseOptions::checkpoint_interval`], so a lease that
-//!   nobody renews cannot live for ever across leader changes either.
+//!   never was), plus [`LeaseOptions::failover_extension`]; a renewal of
+//!   a lease recorded with less than its TTL records the whole TTL before
+//!   it is answered (see [`keeper`]). Leases nobody renewed for half their
+//!   TTL are checkpointed every [`LeaseOptions::checkpoint_interval`], so
+//!   such a lease cannot live for ever across leader changes either.
 //!
 //! ## Format (version 1)
 //!

@@ -23,6 +23,12 @@ pub enum KvCommand {
         /// deleted when the lease expires or is revoked.
         #[arg(long, default_value_t = 0)]
         lease: u64,
+        /// LOCK_KEY:TOKEN: write only while that lock is held with that
+        /// fencing token (`ferry lock` passes both to its command as
+        /// FERRY_LOCK_KEY and FERRY_LOCK_TOKEN); otherwise write nothing and
+        /// exit 1.
+        #[arg(long)]
+        fence: Option<String>,
     },
     /// Delete a key.
     Del { key: String },
@@ -101,7 +107,40 @@ async fn kv_inner(common: &Common, command: KvCommand) -> Result<i32, i32> {
                 }
             }
         }
-        KvCommand::Put { key, value, lease } => {
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            fence: Some(fence),
+        } => {
+            let Some((lock_key, token)) = fence
+                .rsplit_once(':')
+                .and_then(|(k, t)| Some((k.to_owned(), t.parse::<u64>().ok()?)))
+            else {
+                eprintln!("error: --fence takes LOCK_KEY:TOKEN");
+                return Err(exit::USAGE);
+            };
+            let result = client
+                .txn(
+                    ferry_client::Txn::new()
+                        .when_create_revision(lock_key.clone(), token)
+                        .then_put_with_lease(key, value, lease),
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            if !result.succeeded {
+                eprintln!("error: lock {lock_key} is no longer held with token {token}; nothing was written");
+                return Err(exit::FAILED);
+            }
+            if common.json {
+                println!("{}", json!({ "revision": result.revision }));
+            } else {
+                println!("OK revision {}", result.revision);
+            }
+        }
+        KvCommand::Put {
+            key, value, lease, ..
+        } => {
             let revision = if lease == 0 {
                 client.put(key, value).await
             } else {

@@ -13,7 +13,9 @@ mod download;
 mod history;
 mod kv;
 mod lease;
+mod lock;
 mod output;
+mod queue;
 mod snapshot;
 
 pub use auth::{auth, role, user, AuthCommand, RoleCommand, UserCommand};
@@ -23,7 +25,9 @@ pub use cluster::{cluster, ClusterCommand};
 pub use history::{history, HistoryCommand};
 pub use kv::{kv, KvCommand};
 pub use lease::{lease, LeaseCommand};
+pub use lock::{elect, lock, ElectArgs, LockArgs};
 pub use output::parse_time_ms;
+pub use queue::{queue, QueueCommand};
 pub use snapshot::{snapshot, SnapshotCommand};
 
 mod password;

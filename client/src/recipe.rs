@@ -1,0 +1,142 @@
+//! What the coordination recipes (locks, elections, the queue) share:
+//! reading everything under a prefix at one revision, and waiting for a
+//! key to be deleted.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::pb::{event::Kind, KeyValue};
+use futures_util::StreamExt;
+
+/// Keys per page when a recipe reads a prefix.
+const PAGE: u32 = 1000;
+
+/// Every key under `prefix` (linearizable, one revision for all pages),
+/// and that revision.
+///
+/// Lock and election prefixes hold one key per contender, so this is
+/// bounded by the number of contenders.
+pub(crate) async fn under(client: &Client, prefix: &[u8]) -> Result<(Vec<KeyValue>, u64)> {
+    let mut page = client.prefix(prefix.to_vec(), PAGE).await?;
+    let revision = page.revision;
+    let mut kvs = std::mem::take(&mut page.kvs);
+    while let Some(token) = page.continuation.take() {
+        page = client.range_after(prefix.to_vec(), token, PAGE).await?;
+        kvs.append(&mut page.kvs);
+    }
+    Ok((kvs, revision))
+}
+
+/// Returns once `key` is deleted at or after revision `from`.
+pub(crate) async fn deleted(client: &Client, key: &[u8], from: u64) -> Result<()> {
+    let mut watch = client.watch_key(key.to_vec(), from);
+    while let Some(event) = watch.next().await {
+        if event?.kind == Kind::Delete as i32 {
+            return Ok(());
+        }
+    }
+    Err(Error::NotHeld("the watch ended".into()))
+}
+
+/// The key a contender holding `lease` uses under `prefix`.
+pub(crate) fn contender_key(prefix: &[u8], lease: u64) -> Vec<u8> {
+    [prefix, format!("{lease:016x}").as_bytes()].concat()
+}
+
+/// `name` with the separator its contenders' keys go under.
+pub(crate) fn prefix_of(name: &[u8]) -> Vec<u8> {
+    [name, b"/"].concat()
+}
+
+/// Deletes `key` if it is still the one created at `revision`, from a task
+/// of its own: for a contender whose wait was cancelled, so that it does
+/// not block the others until its lease expires.
+pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: u64) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let txn = crate::Txn::new()
+            .when_create_revision(key.clone(), revision)
+            .then_delete(key);
+        let _ = client.txn(txn).await;
+    });
+}
+
+/// Withdraws a contender when dropped, unless disarmed.
+pub(crate) struct Withdraw<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) key: Vec<u8>,
+    pub(crate) revision: Option<u64>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(revision) = self.revision {
+            withdraw(self.client, std::mem::take(&mut self.key), revision);
+        }
+    }
+}
+
+/// Joins the contenders under `prefix` with `lease` (writing `value`) and
+/// waits until every contender created before it is gone; returns its key
+/// and create revision. The last read checks that its own key is still
+/// there: a contender whose lease expired while it waited is told so
+/// instead of being let in (etcd-io/etcd#11456).
+///
+/// Cancel-safe: dropped while waiting, it withdraws its key.
+pub(crate) async fn contend(
+    client: &Client,
+    prefix: &[u8],
+    lease: u64,
+    value: Vec<u8>,
+) -> Result<(Vec<u8>, u64)> {
+    let key = contender_key(prefix, lease);
+    let joined = client
+        .txn(
+            crate::Txn::new()
+                .when_absent(key.clone())
+                .then_put_with_lease(key.clone(), value, lease)
+                .else_get(key.clone()),
+        )
+        .await
+        .map_err(|error| match error {
+            Error::Server {
+                code: tonic::Code::NotFound,
+                ..
+            } => Error::LeaseNotFound(lease),
+            other => other,
+        })?;
+    let revision = if joined.succeeded {
+        joined.revision
+    } else {
+        // This lease already contends (a retry, or a second call).
+        match joined.gets.first().cloned().flatten() {
+            Some(kv) => kv.create_revision,
+            None => return Err(Error::NotHeld("the key vanished".into())),
+        }
+    };
+    let mut guard = Withdraw {
+        client,
+        key: key.clone(),
+        revision: Some(revision),
+    };
+    loop {
+        let (kvs, read_at) = under(client, prefix).await?;
+        if !kvs
+            .iter()
+            .any(|kv| kv.key == key && kv.create_revision == revision)
+        {
+            guard.revision = None;
+            return Err(Error::LeaseNotFound(lease));
+        }
+        let before = kvs
+            .iter()
+            .filter(|kv| kv.create_revision < revision)
+            .max_by_key(|kv| kv.create_revision);
+        match before {
+            None => {
+                guard.revision = None;
+                return Ok((key, revision));
+            }
+            Some(predecessor) => deleted(client, &predecessor.key, read_at + 1).await?,
+        }
+    }
+}
