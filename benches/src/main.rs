@@ -14,6 +14,7 @@ mod adapter;
 mod backup_restore;
 mod checkpoint;
 mod cluster;
+mod coordination;
 mod engine;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -59,6 +60,8 @@ enum Suite {
     Failover(failover::Args),
     /// A 3-node Ferry cluster against a 3-member etcd cluster: puts and linearizable gets.
     Cluster(cluster::Args),
+    /// Locks, lease grants and renewals on 3-node Ferry against 3-member etcd.
+    Coordination(coordination::Args),
     /// The revision history against etcd's: replay by watch, bytes per change, compaction, export.
     History(history::Args),
     /// All three members replaced one by one under load: time and bytes.
@@ -79,6 +82,7 @@ fn main() {
         Suite::Transfer(args) => (transfer::run(args), args.output.json.as_deref()),
         Suite::Failover(args) => (failover::run(args), args.output.json.as_deref()),
         Suite::Cluster(args) => (cluster::run(args), args.output.json.as_deref()),
+        Suite::Coordination(args) => (coordination::run(args), args.output.json.as_deref()),
         Suite::Rolling(args) => (rolling::run(args), args.output.json.as_deref()),
         Suite::History(args) => (history::run(args), args.output.json.as_deref()),
         Suite::ServeNode(args) => {

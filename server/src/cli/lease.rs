@@ -13,6 +13,7 @@ pub enum LeaseCommand {
     /// Revoke a lease: its keys are deleted.
     Revoke { id: u64 },
     /// A lease's granted and remaining TTL (and, with --keys, its keys).
+    #[command(alias = "ttl")]
     Timetolive {
         id: u64,
         #[arg(long)]
