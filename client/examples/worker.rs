@@ -24,7 +24,10 @@ async fn scheduler(client: Client, me: String) -> Result<(), Error> {
         let lease = client.lease_grant(TTL).await?;
         let mut alive = client.lease_keep_alive(lease, TTL);
         let leading = client.campaign(ELECTION, lease, me.clone()).await?;
-        println!("{me}: scheduling (leader key revision {})", leading.revision());
+        println!(
+            "{me}: scheduling (leader key revision {})",
+            leading.revision()
+        );
         let mut n = 0u64;
         loop {
             tokio::select! {

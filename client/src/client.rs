@@ -601,6 +601,12 @@ impl Client {
     /// or is revoked. A lease that does not exist fails the put with
     /// [`Error::LeaseNotFound`] and changes nothing. Cancellation: as
     /// [`Client::put`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// client.put_with_lease("workers/w1", "alive", lease).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_with_lease(
         &self,
         key: impl Into<Vec<u8>>,

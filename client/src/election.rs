@@ -105,6 +105,12 @@ impl Client {
 
     /// Announces a new value as the leader. Fails with [`Error::NotHeld`]
     /// once the leadership is lost.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, leading: ferry_client::Leadership) -> ferry_client::Result<()> {
+    /// client.proclaim(&leading, "worker-7 at 10.0.0.7").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn proclaim(&self, leading: &Leadership, value: impl Into<Vec<u8>>) -> Result<()> {
         let done = self
             .txn(
@@ -122,6 +128,12 @@ impl Client {
     }
 
     /// Steps down: the next candidate leads.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, leading: ferry_client::Leadership) -> ferry_client::Result<()> {
+    /// client.resign(&leading).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn resign(&self, leading: &Leadership) -> Result<()> {
         let done = self
             .txn(
@@ -139,6 +151,14 @@ impl Client {
     }
 
     /// Who leads election `name` now.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, _x: ()) -> ferry_client::Result<()> {
+    /// if let Some(leader) = client.election_leader("elections/scheduler").await? {
+    ///     println!("{}", String::from_utf8_lossy(&leader.value));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn election_leader(&self, name: impl AsRef<[u8]>) -> Result<Option<Leader>> {
         let (kvs, _) = recipe::under(self, &recipe::prefix_of(name.as_ref())).await?;
         Ok(leader_of(kvs))
@@ -147,6 +167,15 @@ impl Client {
     /// The leaders of election `name`: the current one first, then each
     /// change once, in order (a new leader, a new value, or nobody), as
     /// the candidates' keys change.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, _x: ()) -> ferry_client::Result<()> {
+    /// let mut leaders = client.observe("elections/scheduler");
+    /// while let Some(leader) = leaders.next().await {
+    ///     println!("{:?}", leader?.map(|l| l.value));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn observe(&self, name: impl AsRef<[u8]>) -> Observe {
         let (sender, changes) = mpsc::channel(64);
         let client = self.clone();

@@ -84,6 +84,13 @@ impl Client {
     /// apply is recognised (the lease exists) instead of granting a
     /// second lease. Cancellation: a dropped grant may or may not have
     /// granted a lease; one nobody renews expires after `ttl`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// let lease = client.lease_grant(std::time::Duration::from_secs(10)).await?;
+    /// client.put_with_lease("workers/w1", "alive", lease).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lease_grant(&self, ttl: Duration) -> Result<u64> {
         // Positive as an i64, for etcd's clients.
         let id = rand::rng().random_range(1..=u64::MAX >> 1);
@@ -109,6 +116,12 @@ impl Client {
 
     /// Revokes lease `id`: its keys are deleted, at one revision, which
     /// this returns. Cancellation: the revoke may or may not have applied.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// let revision = client.lease_revoke(lease).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lease_revoke(&self, id: u64) -> Result<u64> {
         self.call(true, |connection| async move {
             LeaseClient::new(connection.channel)
@@ -122,6 +135,12 @@ impl Client {
 
     /// Renews lease `id` once for its whole TTL; returns the TTL.
     /// Cancel-safe (a renewal is idempotent).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// let ttl = client.lease_renew(lease).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lease_renew(&self, id: u64) -> Result<Duration> {
         let ttl_secs = self
             .call(true, |connection| async move {
@@ -143,6 +162,14 @@ impl Client {
 
     /// Keeps lease `id` (granted with `ttl`) alive in the background until
     /// the handle is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// let ttl = std::time::Duration::from_secs(10);
+    /// let mut alive = client.lease_keep_alive(lease, ttl);
+    /// alive.lost().await; // the lease is gone: stop working under it
+    /// # Ok(()) }
+    /// ```
     pub fn lease_keep_alive(&self, id: u64, ttl: Duration) -> KeepAlive {
         let (report, state) = watch::channel(LeaseState::Alive);
         let client = self.clone();
@@ -167,6 +194,13 @@ impl Client {
     }
 
     /// Lease `id`'s TTL, remaining time and, with `keys`, its keys.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// let info = client.lease_time_to_live(lease, true).await?;
+    /// println!("{:?} left, keys {:?}", info.remaining, info.keys);
+    /// # Ok(()) }
+    /// ```
     pub async fn lease_time_to_live(&self, id: u64, keys: bool) -> Result<LeaseInfo> {
         self.call(true, |connection| async move {
             LeaseClient::new(connection.channel)
@@ -188,6 +222,14 @@ impl Client {
     }
 
     /// Every lease, with its granted TTL.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
+    /// for (id, ttl) in client.leases().await? {
+    ///     println!("{id}: {ttl:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn leases(&self) -> Result<Vec<(u64, Duration)>> {
         self.call(true, |connection| async move {
             LeaseClient::new(connection.channel)

@@ -71,6 +71,12 @@ impl Client {
     /// Releases `guard`'s lock. Fails with [`Error::NotHeld`] if it was
     /// already lost (its lease ended). Cancellation: the release may or
     /// may not have happened; the lease ends it in any case.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, guard: ferry_client::LockGuard) -> ferry_client::Result<()> {
+    /// client.unlock(&guard).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn unlock(&self, guard: &LockGuard) -> Result<()> {
         let released = self
             .txn(

@@ -190,6 +190,12 @@ impl Client {
     /// still held. Fails with [`Error::NotHeld`] if it was lost (the
     /// lease ended; someone else may hold the item now). Writes are
     /// exactly-once, so a retried completion never completes twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, claim: ferry_client::Claim) -> ferry_client::Result<()> {
+    /// client.queue_complete(&claim).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn queue_complete(&self, claim: &Claim) -> Result<()> {
         let claim_key = claim_key(&claim.queue, claim.number);
         let done = self
@@ -213,6 +219,14 @@ impl Client {
 
     /// The first `limit` items of `queue`, in order, and whether each is
     /// claimed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ferry_client::Client, _x: ()) -> ferry_client::Result<()> {
+    /// for item in client.queue_items("queues/emails", 100).await? {
+    ///     println!("{} claimed={}", item.number, item.claimed);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn queue_items(&self, queue: impl AsRef<[u8]>, limit: u32) -> Result<Vec<QueueItem>> {
         let queue = queue.as_ref();
         let page = self.prefix(items_prefix(queue), limit).await?;

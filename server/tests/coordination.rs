@@ -8,10 +8,9 @@ mod common;
 
 use common::{connect, ProcessCluster};
 
-use ferry_client::{Client, Error, Leader};
+use ferry_client::{Client, Leader};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::FERRY;
@@ -190,13 +189,39 @@ async fn a_leader_sigkill_does_not_expire_a_lease_before_its_ttl() {
     );
 }
 
+/// A worker: `ferry queue claim` in a loop, in a process group of its own
+/// so that a SIGKILL takes the loop, the CLI and its command at once.
+fn queue_worker(endpoints: &str, log: &std::path::Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let script = format!(
+        r#"while :; do "$FERRY_BIN" queue claim queues/q --ttl 2 --endpoints "$ENDPOINTS" -- sh -c 'echo $FERRY_QUEUE_NUMBER >> {log}; sleep 0.1' || sleep 0.1; done"#,
+        log = log.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .env("FERRY_BIN", FERRY)
+        .env("ENDPOINTS", endpoints)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn kill_group(child: &mut Child) {
+    // SAFETY: signalling the process group of our own child, which it leads.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_queue_item_is_completed_once_while_workers_die() {
+async fn every_queue_item_is_completed_once_while_workers_are_sigkilled() {
     use futures_util::StreamExt;
     let cluster = ProcessCluster::start(3);
     let client = connect(cluster.endpoints()).await;
-    const ITEMS: u64 = 40;
-    let mut pushed_at = 0;
+    let endpoints = cluster.endpoints().join(",");
+    const ITEMS: u64 = 60;
     for i in 0..ITEMS {
         assert_eq!(
             client
@@ -205,22 +230,19 @@ async fn every_queue_item_is_completed_once_while_workers_die() {
                 .unwrap(),
             i + 1
         );
-        pushed_at = client
-            .get("queues/q/seq")
-            .await
-            .unwrap()
-            .unwrap()
-            .mod_revision;
     }
+    let pushed_at = client
+        .get("queues/q/seq")
+        .await
+        .unwrap()
+        .unwrap()
+        .mod_revision;
     // Every completion deletes its item: the history shows each one.
     let mut deletions = client.watch_prefix("queues/q/item/", pushed_at + 1);
-    let completed: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let ttl = Duration::from_secs(2);
-    // Workers that die at random points: aborted, they stop renewing their
-    // lease as a killed process would, and a claim or completion in flight
-    // may or may not have applied.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut round = 0u64;
+    let log = cluster.root.path().join("worked");
+    let mut workers: Vec<Child> = (0..4).map(|_| queue_worker(&endpoints, &log)).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut round = 0usize;
     while !client
         .queue_items("queues/q", 100)
         .await
@@ -232,38 +254,18 @@ async fn every_queue_item_is_completed_once_while_workers_die() {
             "items left: {:?}",
             client.queue_items("queues/q", 100).await
         );
-        let mut workers = Vec::new();
-        for w in 0..4 {
-            let (endpoints, completed) = (cluster.endpoints(), completed.clone());
-            workers.push(tokio::spawn(async move {
-                let client = connect(endpoints).await;
-                let lease = client.lease_grant(ttl).await.unwrap();
-                let _alive = client.lease_keep_alive(lease, ttl);
-                loop {
-                    let claim = client.queue_claim("queues/q", lease).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(10 * (w + 1))).await;
-                    match client.queue_complete(&claim).await {
-                        Ok(()) => completed.lock().unwrap().push(claim.number),
-                        Err(Error::NotHeld(_)) => {}
-                        Err(other) => panic!("complete: {other}"),
-                    }
-                }
-            }));
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SIGKILL one worker (whatever it is doing) and start a new one.
         round += 1;
-        tokio::time::sleep(Duration::from_millis(300 + 200 * (round % 3))).await;
-        for worker in workers {
-            worker.abort();
-        }
+        let victim = round % workers.len();
+        kill_group(&mut workers[victim]);
+        workers[victim] = queue_worker(&endpoints, &log);
     }
-    let done = completed.lock().unwrap().clone();
-    let unique: BTreeSet<u64> = done.iter().copied().collect();
-    assert_eq!(
-        done.len(),
-        unique.len(),
-        "an item completed twice: {done:?}"
-    );
-    let mut deleted = Vec::new();
+    for worker in &mut workers {
+        kill_group(worker);
+    }
+    assert!(round >= 3, "only {round} workers were killed");
+    let mut deleted = BTreeSet::new();
     while deleted.len() < ITEMS as usize {
         let event = tokio::time::timeout(Duration::from_secs(10), deletions.next())
             .await
@@ -275,17 +277,23 @@ async fn every_queue_item_is_completed_once_while_workers_die() {
             ferry_client::pb::event::Kind::Delete as i32,
             "{event:?}"
         );
-        deleted.push(event.kv.unwrap().key);
+        assert!(
+            deleted.insert(event.kv.unwrap().key),
+            "an item completed twice"
+        );
     }
-    let deleted_set: BTreeSet<Vec<u8>> = deleted.iter().cloned().collect();
-    assert_eq!(
-        deleted_set.len(),
-        ITEMS as usize,
-        "an item was deleted twice"
-    );
-    for n in &unique {
-        assert!(deleted_set.contains(format!("queues/q/item/{n:020}").as_bytes()));
-    }
+    let expected: BTreeSet<Vec<u8>> = (1..=ITEMS)
+        .map(|n| format!("queues/q/item/{n:020}").into_bytes())
+        .collect();
+    assert_eq!(deleted, expected);
+    // Each item's command ran at least once (a worker killed after the
+    // command and before the completion makes it run again).
+    let worked: BTreeSet<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(worked, (1..=ITEMS).collect::<BTreeSet<u64>>());
 }
 
 async fn candidate(client: &Client, value: &str) -> (u64, ferry_client::Leadership) {
