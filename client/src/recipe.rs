@@ -51,8 +51,12 @@ pub(crate) fn prefix_of(name: &[u8]) -> Vec<u8> {
 /// of its own: for a contender whose wait was cancelled, so that it does
 /// not block the others until its lease expires.
 pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: u64) {
+    // Outside a runtime (dropped after it shut down) the lease ends it.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let client = client.clone();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let txn = crate::Txn::new()
             .when_create_revision(key.clone(), revision)
             .then_delete(key);

@@ -828,14 +828,16 @@ impl Node {
     pub async fn lease_grant(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
         let id = self.leases.prepare_grant(id, ttl).await?;
         let ttl_ms = ttl.as_millis() as u64;
+        // On the clock before it is proposed: if this call is dropped after
+        // the grant applied (its client went away), the lease still
+        // expires; if the grant never applies, the revoke at its deadline
+        // finds no lease and the clock forgets it.
+        self.leases.granted(id, ttl);
         match self
             .txn(Command::Lease(LeaseCommand::Grant { id, ttl_ms }))
             .await
         {
-            Ok(_) => {
-                self.leases.granted(id, ttl);
-                Ok(id)
-            }
+            Ok(_) => Ok(id),
             Err(Error::Rejected(_)) => Err(LeaseError::Exists(id).into()),
             Err(error) => Err(error.into()),
         }

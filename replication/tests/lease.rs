@@ -232,3 +232,31 @@ async fn a_renewed_lease_survives_a_failover_and_its_remaining_ttl_a_restart() {
     }
     cluster.shutdown().await;
 }
+
+/// A grant that applied while its call was dropped (its client went away)
+/// never reaches the leader's clock through the call; the lease must
+/// expire all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_granted_behind_the_clock_s_back_still_expires() {
+    let options = LeaseOptions {
+        checkpoint_interval: Duration::from_millis(300),
+        ..LeaseOptions::default()
+    };
+    let cluster = Cluster::start_with(3, fast_raft(), options).await;
+    let leader = cluster.leader().unwrap().clone();
+    let grant = Command::Lease(ferry_replication::lease::LeaseCommand::Grant {
+        id: 5,
+        ttl_ms: 2_000,
+    });
+    leader.txn(grant).await.unwrap();
+    leader.txn(put_with("orphan", 5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while present(&leader, "orphan").await {
+        assert!(
+            Instant::now() < deadline,
+            "a lease missing from the clock never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}

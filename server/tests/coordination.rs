@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::FERRY;
 
 fn lock_process(endpoints: &str, name: &str, ttl: u64, script: &str) -> Child {
+    use std::os::unix::process::CommandExt;
     Command::new(FERRY)
         .args([
             "lock",
@@ -30,7 +31,8 @@ fn lock_process(endpoints: &str, name: &str, ttl: u64, script: &str) -> Child {
         .env("ENDPOINTS", endpoints)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap()
 }
@@ -60,13 +62,15 @@ async fn lock_holders_never_overlap_across_a_leader_sigkill_and_tokens_grow() {
         r#"echo "S $FERRY_LOCK_TOKEN $(date +%s%N)" >> {log}; sleep 0.3; echo "E $FERRY_LOCK_TOKEN $(date +%s%N)" >> {log}"#,
         log = log.display()
     );
-    let mut holders: Vec<Child> = (0..6)
-        .map(|_| lock_process(&endpoints, "locks/l", 10, &script))
-        .collect();
+    let mut holders = Workers(
+        (0..6)
+            .map(|_| lock_process(&endpoints, "locks/l", 10, &script))
+            .collect(),
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let leader = client.status().await.unwrap().leader_id;
     cluster.sigkill(leader);
-    for holder in &mut holders {
+    for holder in &mut holders.0 {
         let code = tokio::task::block_in_place(|| wait_exit(holder, Duration::from_secs(120)));
         assert_eq!(code, 0, "a lock holder failed");
     }
@@ -102,7 +106,7 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
         go = go.display(),
         rc = rc.display()
     );
-    let mut holder = lock_process(&endpoints, "locks/p", 2, &script);
+    let mut holder = Workers(vec![lock_process(&endpoints, "locks/p", 2, &script)]);
     // Wait until it holds the lock.
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
@@ -115,7 +119,7 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
     };
     // Pause it: its keep-alives stop (its command keeps running).
     // SAFETY: signalling our own child by the pid std holds for it.
-    unsafe { libc::kill(holder.id() as i32, libc::SIGSTOP) };
+    unsafe { libc::kill(holder.0[0].id() as i32, libc::SIGSTOP) };
     let ttl = Duration::from_secs(10);
     let lease = client.lease_grant(ttl).await.unwrap();
     let _alive = client.lease_keep_alive(lease, ttl);
@@ -141,8 +145,8 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
     );
     assert!(client.get("guarded").await.unwrap().is_none());
     // SAFETY: as above.
-    unsafe { libc::kill(holder.id() as i32, libc::SIGCONT) };
-    let code = tokio::task::block_in_place(|| wait_exit(&mut holder, Duration::from_secs(60)));
+    unsafe { libc::kill(holder.0[0].id() as i32, libc::SIGCONT) };
+    let code = tokio::task::block_in_place(|| wait_exit(&mut holder.0[0], Duration::from_secs(60)));
     assert_ne!(code, 0, "the holder must report that it lost the lock");
     client.unlock(&guard).await.unwrap();
 }
@@ -215,6 +219,17 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Worker process groups, killed when dropped (also when a test fails).
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            kill_group(worker);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_queue_item_is_completed_once_while_workers_are_sigkilled() {
     use futures_util::StreamExt;
@@ -240,7 +255,7 @@ async fn every_queue_item_is_completed_once_while_workers_are_sigkilled() {
     // Every completion deletes its item: the history shows each one.
     let mut deletions = client.watch_prefix("queues/q/item/", pushed_at + 1);
     let log = cluster.root.path().join("worked");
-    let mut workers: Vec<Child> = (0..4).map(|_| queue_worker(&endpoints, &log)).collect();
+    let mut workers = Workers((0..4).map(|_| queue_worker(&endpoints, &log)).collect());
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut round = 0usize;
     while !client
@@ -257,13 +272,11 @@ async fn every_queue_item_is_completed_once_while_workers_are_sigkilled() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         // SIGKILL one worker (whatever it is doing) and start a new one.
         round += 1;
-        let victim = round % workers.len();
-        kill_group(&mut workers[victim]);
-        workers[victim] = queue_worker(&endpoints, &log);
+        let victim = round % workers.0.len();
+        kill_group(&mut workers.0[victim]);
+        workers.0[victim] = queue_worker(&endpoints, &log);
     }
-    for worker in &mut workers {
-        kill_group(worker);
-    }
+    drop(workers);
     assert!(round >= 3, "only {round} workers were killed");
     let mut deleted = BTreeSet::new();
     while deleted.len() < ITEMS as usize {

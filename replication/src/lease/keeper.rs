@@ -164,6 +164,27 @@ impl Keeper {
         );
     }
 
+    /// Puts on the clock every lease of the replicated state it lacks (at
+    /// its recorded remaining TTL, or its TTL, from now): no lease may be
+    /// granted without ever expiring, whatever call was dropped where.
+    fn reconcile(&self) -> Result<()> {
+        let leases = store::all(&self.shared.db().snapshot())?;
+        let now = Instant::now();
+        let mut clock = self.clock.lock();
+        for (id, record) in leases {
+            clock.held.entry(id).or_insert_with(|| {
+                tracing::warn!(lease = id, "a lease was missing from the leader's clock");
+                Held {
+                    ttl: Duration::from_millis(record.ttl_ms),
+                    deadline: now
+                        + Duration::from_millis(record.remaining_ms.unwrap_or(record.ttl_ms)),
+                    stored_low: record.remaining_ms.is_some_and(|r| r < record.ttl_ms),
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// Lease `id` is gone.
     pub(crate) fn revoked(&self, id: u64) {
         self.clock.lock().held.remove(&id);
@@ -333,6 +354,9 @@ pub(crate) async fn run(keeper: Arc<Keeper>) {
         }
         if Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + keeper.options.checkpoint_interval;
+            if let Err(error) = keeper.reconcile() {
+                tracing::warn!(%error, "reading the leases");
+            }
             for remaining in keeper.remaining() {
                 let checkpoint = Command::Lease(LeaseCommand::Checkpoint { remaining });
                 if let Err(error) = keeper.raft.client_write(checkpoint).await {
