@@ -112,19 +112,12 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn proclaim(&self, leading: &Leadership, value: impl Into<Vec<u8>>) -> Result<()> {
-        let done = self
-            .txn(
-                crate::Txn::new()
-                    .when_create_revision(leading.key.clone(), leading.revision)
-                    .then_put_with_lease(leading.key.clone(), value, leading.lease),
-            )
-            .await?
-            .succeeded;
-        if done {
-            Ok(())
-        } else {
-            Err(Error::NotHeld("the leadership".into()))
-        }
+        let txn = crate::Txn::new()
+            .when_create_revision(leading.key.clone(), leading.revision)
+            .then_put_with_lease(leading.key.clone(), value, leading.lease);
+        recipe::while_held(self, txn, || "the leadership".into())
+            .await
+            .map(drop)
     }
 
     /// Steps down: the next candidate leads.
@@ -135,19 +128,12 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn resign(&self, leading: &Leadership) -> Result<()> {
-        let done = self
-            .txn(
-                crate::Txn::new()
-                    .when_create_revision(leading.key.clone(), leading.revision)
-                    .then_delete(leading.key.clone()),
-            )
-            .await?
-            .succeeded;
-        if done {
-            Ok(())
-        } else {
-            Err(Error::NotHeld("the leadership".into()))
-        }
+        let txn = crate::Txn::new()
+            .when_create_revision(leading.key.clone(), leading.revision)
+            .then_delete(leading.key.clone());
+        recipe::while_held(self, txn, || "the leadership".into())
+            .await
+            .map(drop)
     }
 
     /// Who leads election `name` now.

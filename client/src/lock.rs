@@ -15,7 +15,7 @@
 //! from sending a request, only let its receiver recognise it as stale.
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::recipe;
 
 /// A held lock. Dropping it does not release the lock (its lease still
@@ -78,22 +78,17 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn unlock(&self, guard: &LockGuard) -> Result<()> {
-        let released = self
-            .txn(
-                crate::Txn::new()
-                    .if_lock_held(guard)
-                    .then_delete(guard.key.clone()),
-            )
-            .await?
-            .succeeded;
-        if released {
-            Ok(())
-        } else {
-            Err(Error::NotHeld(format!(
+        let txn = crate::Txn::new()
+            .if_lock_held(guard)
+            .then_delete(guard.key.clone());
+        recipe::while_held(self, txn, || {
+            format!(
                 "lock key {} (token {})",
                 String::from_utf8_lossy(&guard.key),
                 guard.token
-            )))
-        }
+            )
+        })
+        .await
+        .map(drop)
     }
 }

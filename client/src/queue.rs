@@ -198,23 +198,13 @@ impl Client {
     /// ```
     pub async fn queue_complete(&self, claim: &Claim) -> Result<()> {
         let claim_key = claim_key(&claim.queue, claim.number);
-        let done = self
-            .txn(
-                Txn::new()
-                    .when_create_revision(claim_key.clone(), claim.token)
-                    .then_delete(item_key(&claim.queue, claim.number))
-                    .then_delete(claim_key),
-            )
-            .await?
-            .succeeded;
-        if done {
-            Ok(())
-        } else {
-            Err(Error::NotHeld(format!(
-                "the claim on item {}",
-                claim.number
-            )))
-        }
+        let txn = Txn::new()
+            .when_create_revision(claim_key.clone(), claim.token)
+            .then_delete(item_key(&claim.queue, claim.number))
+            .then_delete(claim_key);
+        crate::recipe::while_held(self, txn, || format!("the claim on item {}", claim.number))
+            .await
+            .map(drop)
     }
 
     /// The first `limit` items of `queue`, in order, and whether each is

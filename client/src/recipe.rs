@@ -7,6 +7,22 @@ use crate::error::{Error, Result};
 use crate::pb::{event::Kind, KeyValue};
 use futures_util::StreamExt;
 
+/// Runs `txn`, whose compares say the caller still holds something (a
+/// lock, a leadership, a claim); `Error::NotHeld(what())` if it no longer
+/// does, in which case the transaction changed nothing.
+pub(crate) async fn while_held(
+    client: &Client,
+    txn: crate::Txn,
+    what: impl FnOnce() -> String,
+) -> Result<u64> {
+    let result = client.txn(txn).await?;
+    if result.succeeded {
+        Ok(result.revision)
+    } else {
+        Err(Error::NotHeld(what()))
+    }
+}
+
 /// Keys per page when a recipe reads a prefix.
 const PAGE: u32 = 1000;
 

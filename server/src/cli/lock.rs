@@ -36,6 +36,36 @@ pub struct ElectArgs {
     pub ttl: u64,
 }
 
+/// Runs `program` with `args` and `env` while `alive`'s lease lasts;
+/// returns its exit code, or FAILED once it had to be stopped because the
+/// lease (and with it what `what` names) was lost: it must not go on
+/// unprotected.
+pub(super) async fn run_while_leased(
+    program: &str,
+    args: &[String],
+    env: &[(&str, String)],
+    alive: &mut ferry_client::KeepAlive,
+    what: &str,
+) -> Result<i32, i32> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            eprintln!("error: cannot run {program}: {e}");
+            exit::USAGE
+        })?;
+    Ok(tokio::select! {
+        status = child.wait() => status.ok().and_then(|s| s.code()).unwrap_or(exit::FAILED),
+        () = alive.lost() => {
+            let _ = child.kill().await;
+            eprintln!("error: {what} lease expired; the command was stopped");
+            exit::FAILED
+        }
+    })
+}
+
 async fn leased(client: &Client, ttl: u64) -> Result<(u64, ferry_client::KeepAlive), i32> {
     let ttl = Duration::from_secs(ttl);
     let lease = client.lease_grant(ttl).await.map_err(|e| fail(&e))?;
@@ -69,26 +99,11 @@ async fn run_lock(common: &Common, args: LockArgs) -> Result<i32, i32> {
             }
         }
         Some((program, rest)) => {
-            let mut child = tokio::process::Command::new(program)
-                .args(rest)
-                .env("FERRY_LOCK_TOKEN", guard.token().to_string())
-                .env("FERRY_LOCK_KEY", &key)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| {
-                    eprintln!("error: cannot run {program}: {e}");
-                    exit::USAGE
-                })?;
-            tokio::select! {
-                status = child.wait() => status.ok().and_then(|s| s.code()).unwrap_or(exit::FAILED),
-                () = alive.lost() => {
-                    // The lock is gone: stop the command rather than let it
-                    // run unprotected.
-                    let _ = child.kill().await;
-                    eprintln!("error: the lock's lease expired; the command was stopped");
-                    exit::FAILED
-                }
-            }
+            let env = [
+                ("FERRY_LOCK_TOKEN", guard.token().to_string()),
+                ("FERRY_LOCK_KEY", key.clone()),
+            ];
+            run_while_leased(program, rest, &env, &mut alive, "the lock's").await?
         }
     };
     let code = match client.unlock(&guard).await {

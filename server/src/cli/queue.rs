@@ -82,25 +82,13 @@ async fn run(common: &Common, command: QueueCommand) -> Result<i32, i32> {
             let Some((program, rest)) = command.split_first() else {
                 return Ok(exit::OK);
             };
-            let mut child = tokio::process::Command::new(program)
-                .args(rest)
-                .env("FERRY_QUEUE_ITEM", &value)
-                .env("FERRY_QUEUE_NUMBER", claim.number.to_string())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| {
-                    eprintln!("error: cannot run {program}: {e}");
-                    exit::USAGE
-                })?;
+            let env = [
+                ("FERRY_QUEUE_ITEM", value.clone()),
+                ("FERRY_QUEUE_NUMBER", claim.number.to_string()),
+            ];
             let keep = alive.as_mut().expect("kept alive with a command");
-            let code = tokio::select! {
-                status = child.wait() => status.ok().and_then(|s| s.code()).unwrap_or(exit::FAILED),
-                () = keep.lost() => {
-                    let _ = child.kill().await;
-                    eprintln!("error: the claim's lease expired; the command was stopped");
-                    return Ok(exit::FAILED);
-                }
-            };
+            let code =
+                super::lock::run_while_leased(program, rest, &env, keep, "the claim's").await?;
             if code == exit::OK {
                 client.queue_complete(&claim).await.map_err(|e| fail(&e))?;
             }
