@@ -27,6 +27,16 @@
 //! writes tell the cluster to refuse any copy still on its way. A call's
 //! deadline covers all its waiting, for a place as much as for answers.
 //!
+//! Coordination is built on leases, transactions and watches: leases with
+//! a background [`KeepAlive`], locks whose key's create revision is a
+//! fencing token ([`Client::lock`], [`Txn::if_lock_held`]), elections
+//! ([`Client::campaign`], [`Client::observe`]) and a work queue with
+//! leased claims ([`Client::queue_claim`]). Their invariants: waiters are
+//! served in the order they asked; a waiter is let in only after a
+//! linearizable read shows its own key (so its lease) still there; every
+//! release is a transaction fenced by the create revision of what it
+//! releases.
+//!
 //! This crate depends on neither the engine nor openraft. It also holds the
 //! public `.proto` (`proto/ferry.proto`) and its generated types ([`pb`]),
 //! which the server reuses.
