@@ -100,11 +100,12 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
     let client = connect(cluster.endpoints()).await;
     let endpoints = cluster.endpoints().join(",");
     let dir = cluster.root.path();
-    let (go, rc) = (dir.join("go"), dir.join("rc"));
+    let (go, rc, err) = (dir.join("go"), dir.join("rc"), dir.join("err"));
     let script = format!(
-        r#"while [ ! -f {go} ]; do sleep 0.05; done; "$FERRY_BIN" kv put guarded x --fence "$FERRY_LOCK_KEY:$FERRY_LOCK_TOKEN" --endpoints "$ENDPOINTS"; echo $? > {rc}"#,
+        r#"while [ ! -f {go} ]; do sleep 0.05; done; "$FERRY_BIN" kv put guarded x --fence "$FERRY_LOCK_KEY:$FERRY_LOCK_TOKEN" --endpoints "$ENDPOINTS" 2> {err}; echo $? > {rc}"#,
         go = go.display(),
-        rc = rc.display()
+        rc = rc.display(),
+        err = err.display()
     );
     let mut holder = Workers(vec![lock_process(&endpoints, "locks/p", 2, &script)]);
     // Wait until it holds the lock.
@@ -129,11 +130,12 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
         .unwrap();
     assert!(guard.token() > first);
     std::fs::write(&go, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !rc.exists() {
         assert!(
             Instant::now() < deadline,
-            "the paused holder's command never wrote"
+            "the paused holder's command never wrote: {:?}",
+            std::fs::read_to_string(&err)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -507,7 +507,10 @@ async fn tokens_expire_and_the_sdk_renews_them_unnoticed() {
         secure::options(pki.tls(), Some(("app", "app-pw-1"))),
     )
     .await;
-    let mut watch = app.watch_prefix("app/", 0);
+    // From a revision read first: a watch "from now" would start when its
+    // stream opens, after a put on a loaded machine.
+    let now = app.prefix("app/", 1).await.unwrap().revision;
+    let mut watch = app.watch_prefix("app/", now + 1);
     let mut revisions = Vec::new();
     for i in 0..4 {
         revisions.push(app.put(format!("app/{i}"), "v").await.unwrap());
@@ -627,7 +630,7 @@ async fn no_password_is_kept_in_clear_in_a_data_directory_or_a_log() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     for id in 1..=3 {
-        assert_eq!(cluster.sigterm(id), Some(0));
+        assert_eq!(cluster.sigterm(id), Some(0), "{}", cluster.log(id));
     }
 
     let mut everything = Vec::new();
