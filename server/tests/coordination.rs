@@ -107,7 +107,9 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
         rc = rc.display(),
         err = err.display()
     );
-    let mut holder = Workers(vec![lock_process(&endpoints, "locks/p", 2, &script)]);
+    // A 5 s TTL: long enough that a loaded machine's delayed renewals do
+    // not lose the lock before the pause does.
+    let mut holder = Workers(vec![lock_process(&endpoints, "locks/p", 5, &script)]);
     // Wait until it holds the lock.
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {

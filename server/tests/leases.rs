@@ -16,7 +16,7 @@ async fn present(client: &ferry_client::Client, key: &str) -> bool {
 async fn a_kept_lease_outlives_a_leader_sigkill_and_its_keys_go_when_renewals_stop() {
     let mut cluster = ProcessCluster::start(3);
     let client = connect(cluster.endpoints()).await;
-    let ttl = Duration::from_secs(3);
+    let ttl = Duration::from_secs(4);
     let lease = client.lease_grant(ttl).await.unwrap();
     let revision = client
         .put_with_lease("workers/w1", "alive", lease)
