@@ -13,9 +13,26 @@ use tempfile::TempDir;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// A loopback address with a free port, chosen at random below the
+/// kernel's ephemeral range (`ip_local_port_range` starts at 32768): a port
+/// the kernel handed out for `:0` and was released again can be taken by
+/// any outgoing connection before the node binds it, and then the node
+/// cannot start (a cluster without its initializing node never elects).
+/// Ports handed out by this process are never handed out twice.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    use rand::Rng;
+    static TAKEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut rng = rand::rng();
+    loop {
+        let port: u16 = rng.random_range(20_000..32_000);
+        if !TAKEN.lock().unwrap().insert(port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 pub struct Proc {
