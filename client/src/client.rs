@@ -613,17 +613,10 @@ impl Client {
         value: impl Into<Vec<u8>>,
         lease: u64,
     ) -> Result<u64> {
-        match self
-            .put_request(key.into(), value.into(), false, lease)
+        self.put_request(key.into(), value.into(), false, lease)
             .await
-        {
-            Ok((revision, _)) => Ok(revision),
-            Err(Error::Server {
-                code: Code::NotFound,
-                ..
-            }) => Err(Error::LeaseNotFound(lease)),
-            Err(error) => Err(error),
-        }
+            .map(|(revision, _)| revision)
+            .map_err(crate::lease::not_found(lease))
     }
 
     /// Sets `key` to `value`; returns the revision that wrote it and the

@@ -66,7 +66,9 @@ impl KeepAlive {
     }
 }
 
-fn not_found(id: u64) -> impl Fn(Error) -> Error {
+/// Maps the server's NOT_FOUND to [`Error::LeaseNotFound`]: what a lease
+/// call, or a write naming lease `id`, fails with when the lease is gone.
+pub(crate) fn not_found(id: u64) -> impl Fn(Error) -> Error {
     move |error| match error {
         Error::Server {
             code: Code::NotFound,

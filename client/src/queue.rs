@@ -141,13 +141,10 @@ impl Client {
                         .when_create_revision(kv.key.clone(), kv.create_revision)
                         .when_absent(claim.clone())
                         .then_put_with_lease(claim, self.id().to_string(), lease);
-                    let result = self.txn(txn).await.map_err(|error| match error {
-                        Error::Server {
-                            code: tonic::Code::NotFound,
-                            ..
-                        } => Error::LeaseNotFound(lease),
-                        other => other,
-                    })?;
+                    let result = self
+                        .txn(txn)
+                        .await
+                        .map_err(crate::lease::not_found(lease))?;
                     if result.succeeded {
                         return Ok(Claim {
                             queue: queue.to_vec(),

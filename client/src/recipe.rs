@@ -117,13 +117,7 @@ pub(crate) async fn contend(
                 .else_get(key.clone()),
         )
         .await
-        .map_err(|error| match error {
-            Error::Server {
-                code: tonic::Code::NotFound,
-                ..
-            } => Error::LeaseNotFound(lease),
-            other => other,
-        })?;
+        .map_err(crate::lease::not_found(lease))?;
     let revision = if joined.succeeded {
         joined.revision
     } else {
