@@ -54,6 +54,7 @@ impl Counters {
             checkpoint_failures: get(&self.checkpoint_failures),
             level_files: Vec::new(),
             level_bytes: Vec::new(),
+            compaction_debt_bytes: 0,
         }
     }
 }
@@ -113,6 +114,11 @@ pub struct Statistics {
     pub level_files: Vec<usize>,
     /// Bytes of tables per level.
     pub level_bytes: Vec<u64>,
+    /// Bytes compactions still owe: level 0's tables once it is at its
+    /// trigger, plus every deeper level's bytes over its budget. An
+    /// estimate of backlog (it counts each byte once, not the rewrites of
+    /// the levels below it that a compaction also costs).
+    pub compaction_debt_bytes: u64,
 }
 
 impl Statistics {

@@ -183,6 +183,26 @@ pub struct CasOutcome {
     pub current: Option<Vec<u8>>,
 }
 
+/// See [`Node::metrics_watch`].
+pub struct MetricsWatch(
+    openraft::alias::WatchReceiverOf<
+        crate::types::TypeConfig,
+        RaftMetrics<crate::types::TypeConfig>,
+    >,
+);
+
+impl MetricsWatch {
+    /// The metrics now, marked as seen.
+    pub fn current(&mut self) -> RaftMetrics<crate::types::TypeConfig> {
+        self.0.borrow_and_update().clone()
+    }
+
+    /// Waits for a change; false once the node has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
 /// How far a follower is behind, as the leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FollowerProgress {
@@ -290,17 +310,18 @@ impl Node {
             )),
             None => None,
         };
+        let contact = Arc::new(PeerContact::default());
         let network = NetworkFactory::new(
             config.id,
             config.network.clone(),
             stats.clone(),
             config.transfer.clone(),
             tls.as_ref().map(|(connector, _, _)| connector.clone()),
+            contact.clone(),
         );
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let contact = Arc::new(PeerContact::default());
         let service = RaftService::new(
             config.id,
             raft.clone(),
@@ -383,11 +404,33 @@ impl Node {
         &self.sm
     }
 
+    /// The node's Raft metrics as they change, for watchers outside this
+    /// crate (which do not name openraft's runtime traits).
+    pub fn metrics_watch(&self) -> MetricsWatch {
+        MetricsWatch(self.raft.metrics())
+    }
+
     /// When this node last heard from `peer`.
     /// Peer requests this node refused because they were meant for
     /// another node id (a peer has a wrong address for a member).
     pub fn misaddressed(&self) -> crate::network::server::Misaddressed {
         self.contact.misaddressed()
+    }
+
+    /// Sets the address of this node's status page, which its Raft
+    /// messages carry to its peers (`http://host:port`).
+    pub fn set_status_url(&self, url: String) {
+        self.contact.set_own_status_url(url);
+    }
+
+    /// The status page of `peer` (this node's own for its id), as its
+    /// messages named it; `None` until one arrived.
+    pub fn status_url(&self, peer: NodeId) -> Option<String> {
+        if peer == self.id {
+            let own = self.contact.own_status_url();
+            return (!own.is_empty()).then_some(own);
+        }
+        self.contact.status_url(peer)
     }
 
     pub fn last_contact(&self, peer: NodeId) -> Option<Instant> {

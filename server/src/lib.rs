@@ -2,8 +2,8 @@
 //!
 //! [`server::Server`] runs one [`ferry_replication::Node`] behind the public
 //! gRPC API of `ferry-client`'s `proto/ferry.proto` (KV, Watch, Cluster,
-//! Maintenance, plus standard health and reflection) and an HTTP endpoint
-//! for Prometheus metrics and health probes. [`cli`] and [`demo`] are the
+//! Maintenance, plus standard health and reflection) and an HTTP port
+//! for Prometheus metrics, health probes and the status page ([`http`]). [`cli`] and [`demo`] are the
 //! `ferry` tool's commands.
 //!
 //! Invariants: every RPC asks [`auth::Gate`] first, so with auth on an
@@ -19,7 +19,9 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod status;

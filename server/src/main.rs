@@ -160,6 +160,12 @@ struct ServeArgs {
     election_timeout_max_ms: Option<u64>,
     #[arg(long)]
     snapshot_max_bytes_per_sec: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    #[arg(long)]
+    snapshot_after_entries: Option<u64>,
+    /// Log entries kept behind a snapshot, for followers a little behind.
+    #[arg(long)]
+    keep_after_snapshot: Option<u64>,
     /// Warn when a learner (DR standby) lags the leader by more than this (0: never).
     #[arg(long)]
     learner_max_lag_ms: Option<u64>,
@@ -233,6 +239,8 @@ impl ServeArgs {
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_max_bytes_per_sec,
+            snapshot_after_entries,
+            keep_after_snapshot,
             learner_max_lag_ms,
             backup_interval_ms,
             backup_checkpoint_interval_ms,

@@ -1,4 +1,5 @@
-//! Prometheus metrics (`/metrics`) and health endpoints over HTTP.
+//! Prometheus metrics (`/metrics`), and the traffic figures of the status
+//! page.
 //!
 //! Request counters and latency histograms are recorded as requests run;
 //! Raft, replication, engine and transfer figures are read from the node
@@ -65,6 +66,8 @@ pub struct Metrics {
     backup_lag_entries: Gauge,
     backup_failures: Gauge,
     backup_last_success: Gauge,
+    /// Per-method rates and p99s over the last minutes (the status page).
+    pub traffic: Arc<crate::status::traffic::Traffic>,
 }
 
 impl Metrics {
@@ -109,6 +112,7 @@ impl Metrics {
             backup_lag_entries: Gauge::default(),
             backup_failures: Gauge::default(),
             backup_last_success: Gauge::default(),
+            traffic: Arc::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
@@ -228,6 +232,11 @@ impl Metrics {
     /// Reports the backup shipper's status from now on.
     pub fn set_backup(&self, status: Arc<BackupStatus>) {
         let _ = self.backup.set(status);
+    }
+
+    /// The backup shipper's status, if this member ships backups.
+    pub fn backup(&self) -> Option<&Arc<BackupStatus>> {
+        self.backup.get()
     }
 
     /// Forgets learner lag flags (this node no longer leads).
@@ -355,59 +364,15 @@ impl Timer<'_> {
                 code,
             })
             .inc();
+        let elapsed = self.started.elapsed();
         self.metrics
             .latency
             .get_or_create(&MethodOnly {
                 method: self.method.to_owned(),
             })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .traffic
+            .record(self.method, elapsed, result.is_ok());
     }
-}
-
-/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (a leader
-/// is known, so requests can be served) until `stop` resolves.
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    node: Arc<Node>,
-    metrics: Arc<Metrics>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let ready_node = node.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let (node, metrics) = (node.clone(), metrics.clone());
-                async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(&node),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let node = ready_node.clone();
-                async move {
-                    match node.metrics().current_leader {
-                        Some(leader) => (StatusCode::OK, format!("ready (leader {leader})\n")),
-                        None => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no leader known\n".to_owned(),
-                        ),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
 }

@@ -2,7 +2,7 @@
 //! health and reflection, and the HTTP metrics endpoint.
 
 use crate::config::ServeConfig;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::service::kv::KvService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
@@ -218,17 +218,40 @@ impl Server {
                 tracing::error!(%error, "client API stopped");
             }
         }));
+        let failovers = Arc::new(crate::status::failovers::Failovers::default());
+        tasks.push(tokio::spawn(
+            failovers.clone().run(node.clone(), stopped.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            metrics.traffic.clone().run_sampler(stopped.clone()),
+        ));
         let metrics_for_http = metrics.clone();
         let metrics_addr = if config.metrics_addr.is_empty() {
             None
         } else {
             let listener = bind(&config.metrics_addr).await?;
             let addr = listener.local_addr().ok();
+            if let Some(addr) = addr {
+                node.set_status_url(status_url(addr, &advertised_client));
+            }
+            let status = crate::status::StatusState {
+                sources: Arc::new(crate::status::report::Sources {
+                    node: node.clone(),
+                    metrics: metrics.clone(),
+                    failovers,
+                    learner_bound: (config.learner_max_lag_ms > 0)
+                        .then(|| Duration::from_millis(config.learner_max_lag_ms)),
+                    unreachable_after: Duration::from_millis(
+                        (2 * config.election_timeout_max_ms).max(1000),
+                    ),
+                }),
+                gate: context.gate.clone(),
+            };
             let http_stop = wait_stop(stopped.clone());
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(error) =
-                    metrics::serve_http(listener, node, metrics_for_http, http_stop).await
+                    crate::http::serve(listener, node, metrics_for_http, status, http_stop).await
                 {
                     tracing::error!(%error, "metrics endpoint stopped");
                 }
@@ -370,6 +393,24 @@ pub const STOP_BOUND: Duration = Duration::from_secs(
         + STOP_GRACE.as_secs()
         + ferry_replication::NODE_STOP_BOUND.as_secs(),
 );
+
+/// The status page's address as peers should link to it: the bound
+/// address, with the advertised client host where it is bound to all
+/// interfaces.
+fn status_url(bound: SocketAddr, advertised_client: &str) -> String {
+    let host = if bound.ip().is_unspecified() {
+        advertised_client
+            .rsplit_once(':')
+            .map_or(advertised_client, |(host, _)| host)
+            .to_owned()
+    } else {
+        match bound.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("http://{host}:{}", bound.port())
+}
 
 /// While this node leads, checks every learner's time since its last
 /// acknowledgement against `bound`: a disaster-recovery standby's recovery

@@ -36,6 +36,21 @@ pub(crate) fn most_urgent(version: &Version, options: &Options) -> (usize, f64) 
     best
 }
 
+/// Bytes over budget: level 0's once it holds its trigger's tables, and
+/// each deeper level's excess (the last level has no budget).
+pub(crate) fn debt_bytes(version: &Version, options: &Options) -> u64 {
+    let level0 = if version.levels[0].len() >= options.level0_compaction_trigger {
+        version.level_bytes(0)
+    } else {
+        0
+    };
+    (1..NUM_LEVELS - 1).fold(level0, |debt, level| {
+        debt + version
+            .level_bytes(level)
+            .saturating_sub(level_max_bytes(options, level))
+    })
+}
+
 /// Picks the next compaction, if any level is over budget. `pointers`
 /// remembers, per level, the largest key compacted last.
 pub(crate) fn pick(

@@ -492,6 +492,8 @@ impl Db {
         let version = self.inner.state.lock().version.clone();
         statistics.level_files = version.levels.iter().map(Vec::len).collect();
         statistics.level_bytes = (0..NUM_LEVELS).map(|l| version.level_bytes(l)).collect();
+        statistics.compaction_debt_bytes =
+            crate::compaction::leveled::debt_bytes(&version, &self.inner.options);
         statistics
     }
 

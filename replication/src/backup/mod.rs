@@ -49,5 +49,7 @@ mod target;
 
 pub use catalog::{Catalog, CheckpointRecord, LogChunk};
 pub use restore::{restore, RestorePoint, RestoreReport};
-pub use shipper::{BackupOptions, BackupShipper, BackupStatus, ShipReport, ShippedCheckpoint};
+pub use shipper::{
+    BackupOptions, BackupShipper, BackupStatus, ChainSummary, ShipReport, ShippedCheckpoint,
+};
 pub use target::{BackupTarget, LocalDir};

@@ -51,6 +51,45 @@ pub struct BackupStatus {
     pub bytes_shipped: AtomicU64,
     /// Rounds that failed.
     pub failures: AtomicU64,
+    /// The chain as the target listed it after the last successful round.
+    pub chain: parking_lot::Mutex<Option<ChainSummary>>,
+}
+
+/// A backup chain's shape, for status pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Checkpoints in the chain.
+    pub checkpoint_count: usize,
+    /// Indexes of the newest checkpoints (at most [`ChainSummary::NEWEST`]).
+    pub newest_checkpoints: Vec<u64>,
+    /// The log the chain holds: first and last index.
+    pub log_range: Option<(u64, u64)>,
+    /// Stretches of log missing between chunks: a restore cannot cross them.
+    pub log_gaps: Vec<(u64, u64)>,
+    /// The indexes a restore can reach: from the oldest checkpoint to the
+    /// last index shipped.
+    pub restorable: Option<(u64, u64)>,
+}
+
+impl ChainSummary {
+    pub const NEWEST: usize = 10;
+
+    pub fn of(catalog: &Catalog) -> ChainSummary {
+        let first_log = catalog.log.first().map(|c| c.first);
+        let last_log = catalog.log.iter().map(|c| c.last).max();
+        let skip = catalog.checkpoints.len().saturating_sub(Self::NEWEST);
+        ChainSummary {
+            checkpoint_count: catalog.checkpoints.len(),
+            newest_checkpoints: catalog.checkpoints[skip..].to_vec(),
+            log_range: first_log.zip(last_log),
+            log_gaps: catalog.log_gaps(),
+            restorable: catalog
+                .checkpoints
+                .first()
+                .copied()
+                .zip(catalog.last_index()),
+        }
+    }
 }
 
 /// A checkpoint a round shipped.
@@ -162,6 +201,11 @@ impl BackupShipper {
         let result = self.round(&mut progress, checkpoint).await;
         match &result {
             Ok(report) => {
+                let target = self.target.clone();
+                match blocking(move || Catalog::read(&*target)).await {
+                    Ok(catalog) => *self.status.chain.lock() = Some(ChainSummary::of(&catalog)),
+                    Err(error) => tracing::warn!(%error, "listing the backup chain failed"),
+                }
                 self.status
                     .shipped_index
                     .store(report.shipped_index, Ordering::Relaxed);

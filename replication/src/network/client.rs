@@ -34,6 +34,8 @@ pub struct NetworkFactory {
     /// Failures to reach a peer are logged once per peer per interval:
     /// heartbeats to a peer that is down fail every 50 ms.
     pub(crate) failures: Arc<crate::log_limit::LogLimit>,
+    /// Status page addresses: this node's goes out, peers' come back.
+    pub(crate) contact: Arc<super::server::PeerContact>,
 }
 
 /// How often a peer that keeps failing is logged.
@@ -62,6 +64,7 @@ impl NetworkFactory {
         stats: Arc<TransferStats>,
         transfer: TransferOptions,
         tls: Option<crate::tls::PeerConnector>,
+        contact: Arc<super::server::PeerContact>,
     ) -> Self {
         let limiter = Arc::new(RateLimiter::new(transfer.max_bytes_per_sec));
         NetworkFactory {
@@ -72,6 +75,7 @@ impl NetworkFactory {
             limiter,
             tls,
             failures: Arc::new(crate::log_limit::LogLimit::new(PEER_FAILURE_LOG_INTERVAL)),
+            contact,
         }
     }
 }
@@ -157,6 +161,7 @@ impl PeerClient {
             from: self.from,
             payload,
             to: self.target,
+            status_url: self.factory.contact.own_status_url(),
         };
         let reply = tokio::time::timeout(option.hard_ttl(), send(self.client.clone(), message))
             .await
@@ -180,6 +185,9 @@ impl PeerClient {
                 self.target, self.from
             ))));
         }
+        self.factory
+            .contact
+            .record_status_url(self.target, &reply.status_url);
         let answer: Result<Resp, String> =
             postcard::from_bytes(&reply.payload).map_err(|e| unreachable(&e))?;
         answer.map_err(|remote| RPCError::Network(NetworkError::from_string(remote)))

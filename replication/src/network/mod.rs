@@ -33,6 +33,8 @@ pub struct TransferStats {
     /// Bytes of append-entries messages (log entries and heartbeats)
     /// received as a follower.
     pub log_bytes_received: AtomicU64,
+    /// Transfers running now, with their progress.
+    pub active: std::sync::Arc<crate::snapshot::progress::ActiveTransfers>,
 }
 
 impl TransferStats {

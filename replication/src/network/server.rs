@@ -24,6 +24,10 @@ const MISADDRESSED_LOG_INTERVAL: std::time::Duration = std::time::Duration::from
 /// and the requests that reached it while meant for another node.
 pub struct PeerContact {
     last: Mutex<std::collections::HashMap<NodeId, Instant>>,
+    /// Peers' status pages, as their messages named them.
+    status_urls: Mutex<std::collections::HashMap<NodeId, String>>,
+    /// This node's status page (empty: none), sent with every message.
+    own_status_url: Mutex<String>,
     misaddressed: Mutex<Misaddressed>,
     log: crate::log_limit::LogLimit,
 }
@@ -32,6 +36,8 @@ impl Default for PeerContact {
     fn default() -> Self {
         PeerContact {
             last: Mutex::default(),
+            status_urls: Mutex::default(),
+            own_status_url: Mutex::default(),
             misaddressed: Mutex::default(),
             log: crate::log_limit::LogLimit::new(MISADDRESSED_LOG_INTERVAL),
         }
@@ -91,10 +97,56 @@ impl PeerContact {
         *self.misaddressed.lock()
     }
 
+    /// Sets the status page address this node sends to its peers.
+    pub(crate) fn set_own_status_url(&self, url: String) {
+        *self.own_status_url.lock() = url;
+    }
+
+    pub(crate) fn own_status_url(&self) -> String {
+        self.own_status_url.lock().clone()
+    }
+
+    /// Records the status page `node` named, if it is a plain
+    /// `http(s)://host:port` (it ends up as a link on a page: nothing else
+    /// is kept).
+    pub(crate) fn record_status_url(&self, node: NodeId, url: &str) {
+        if url.is_empty() || node == 0 {
+            return;
+        }
+        if !plain_url(url) {
+            return;
+        }
+        let mut urls = self.status_urls.lock();
+        if urls.get(&node).map(String::as_str) != Some(url) {
+            urls.insert(node, url.to_owned());
+        }
+    }
+
+    /// The status page `node` last named.
+    pub fn status_url(&self, node: NodeId) -> Option<String> {
+        self.status_urls.lock().get(&node).cloned()
+    }
+
     /// When a message from `node` last arrived.
     pub fn last_from(&self, node: NodeId) -> Option<Instant> {
         self.last.lock().get(&node).copied()
     }
+}
+
+/// `http://` or `https://`, then a host (name, IPv4 or bracketed IPv6) and
+/// a port, nothing else, at most 200 bytes.
+fn plain_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    url.len() <= 200
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 /// The node-to-node service.
@@ -147,6 +199,8 @@ impl RaftService {
             .check_addressed(self.id, message.from, message.to)
             .map_err(Status::failed_precondition)?;
         self.contact.touch(message.from);
+        self.contact
+            .record_status_url(message.from, &message.status_url);
         let decoded: Req = postcard::from_bytes(&message.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         let answer: Result<Resp, String> = call(self.raft.clone(), decoded)
@@ -157,6 +211,7 @@ impl RaftService {
             from: 0,
             payload,
             to: 0,
+            status_url: self.contact.own_status_url(),
         }))
     }
 }
@@ -212,5 +267,43 @@ impl RaftTransport for RaftService {
         // while its frames are already queued.
         tokio::spawn(transfer::receive(self.receiver.clone(), frames, replies));
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_status_addresses_are_kept() {
+        let contact = PeerContact::default();
+        for good in [
+            "http://127.0.0.1:7402",
+            "https://node-2.example:7402",
+            "http://[::1]:80",
+        ] {
+            assert!(plain_url(good), "{good}");
+        }
+        for bad in [
+            "",
+            "javascript:alert(1)",
+            "http://",
+            "http://a/b",
+            "http://a:1?x",
+            "http://a\"onmouseover=x",
+            "ftp://a:1",
+            &format!("http://{}:1", "a".repeat(300)),
+        ] {
+            assert!(!plain_url(bad), "{bad}");
+            contact.record_status_url(2, bad);
+        }
+        assert_eq!(contact.status_url(2), None);
+        contact.record_status_url(2, "http://10.0.0.2:7402");
+        assert_eq!(
+            contact.status_url(2).as_deref(),
+            Some("http://10.0.0.2:7402")
+        );
+        contact.record_status_url(0, "http://10.0.0.9:1");
+        assert_eq!(contact.status_url(0), None, "a sender that gave no id");
     }
 }

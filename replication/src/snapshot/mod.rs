@@ -17,6 +17,7 @@
 //! unfinished build and is removed at open. The manifest lists every file a
 //! receiver needs (name, size, CRC32), `CHECKPOINT` included.
 
+pub mod progress;
 pub mod transfer;
 
 use crate::types::SnapshotMeta;

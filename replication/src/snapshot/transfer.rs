@@ -25,6 +25,7 @@
 //! - There is no deadline for the whole transfer, only an idle timeout per
 //!   reply, and an optional bandwidth limit shared by all transfers of a node.
 
+use super::progress::Direction;
 use super::{blocking, state_hash_of_checkpoint, SnapshotHandle};
 use crate::network::pb::{
     self, raft_transport_client::RaftTransportClient, snapshot_frame::Frame, snapshot_reply::Reply,
@@ -260,8 +261,17 @@ async fn attempt(
             "the follower's plan does not match the offer",
         ));
     }
+    let (total, reused) = outstanding(manifest.files.iter().map(|f| f.size), &plan.have);
+    let progress = stats.active.start(
+        link.to,
+        Direction::Send,
+        manifest.meta.last_log_id.map_or(0, |l| l.index),
+        total,
+        reused,
+    );
     let producer = tokio::spawn(produce(
         Producer {
+            sent: progress.counter(),
             link,
             handle: handle.clone(),
             options: options.clone(),
@@ -290,6 +300,15 @@ async fn attempt(
     }
 }
 
+/// Of files of `sizes` of which the follower holds `have` bytes each: the
+/// bytes still to move, and the bytes it holds.
+fn outstanding(sizes: impl Iterator<Item = u64>, have: &[u64]) -> (u64, u64) {
+    sizes.zip(have).fold((0, 0), |(total, held), (size, have)| {
+        let have = (*have).min(size);
+        (total + size - have, held + have)
+    })
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -301,6 +320,8 @@ impl Drop for AbortOnDrop {
 /// Streams the bytes the follower lacks, then `Done`.
 /// What the sending task reads from.
 struct Producer {
+    /// Bytes of file data sent, for the transfer's progress.
+    sent: Arc<std::sync::atomic::AtomicU64>,
     link: Link,
     handle: SnapshotHandle,
     options: TransferOptions,
@@ -315,6 +336,7 @@ async fn produce(
     frames: mpsc::Sender<SnapshotFrame>,
 ) {
     let Producer {
+        sent,
         link,
         handle,
         options,
@@ -355,6 +377,7 @@ async fn produce(
                 if frames.send(frame).await.is_err() {
                     return Ok(());
                 }
+                sent.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
                 offset += len as u64;
             }
         }
@@ -478,6 +501,14 @@ async fn receive_inner(
     TransferStats::add(&context.stats.bytes_reused, reused);
     let reused_local = plan.reused_local;
     let mut written = plan.have.clone();
+    let (total, already) = outstanding(offer.files.iter().map(|f| f.size), &written);
+    let progress = context.stats.active.start(
+        from,
+        Direction::Receive,
+        meta.last_log_id.map_or(0, |l| l.index),
+        total,
+        already,
+    );
     let reply = SnapshotReply {
         reply: Some(Reply::Plan(pb::Plan {
             have: plan.have,
@@ -534,6 +565,7 @@ async fn receive_inner(
                 written[chunk.file as usize] += chunk.data.len() as u64;
                 unsynced += chunk.data.len() as u64;
                 TransferStats::add(&context.stats.bytes_received, chunk.data.len() as u64);
+                progress.add(chunk.data.len() as u64);
                 if unsynced >= context.options.sync_every_bytes {
                     handle.sync_data().map_err(|e| failed(e, false))?;
                     unsynced = 0;

@@ -19,6 +19,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::{Request, Status};
 
+/// The role that may read the status page (besides root). It needs no
+/// permissions of its own: `ferry role add status`.
+pub const STATUS_ROLE: &str = "status";
+
 /// The request metadata that carries a token (etcd's name for it).
 pub const TOKEN_METADATA: &str = "token";
 
@@ -140,6 +144,34 @@ impl Gate {
         Ok(Principal {
             root: state.is_root(&user),
             user: Some(user),
+        })
+    }
+
+    /// Whether the caller presenting `credential` may read the status page:
+    /// root, or a user with the role [`STATUS_ROLE`].
+    pub fn check_status(&self, credential: &Credential) -> Result<Principal, Status> {
+        let state = self.node.auth();
+        if !state.enabled {
+            return Ok(Principal {
+                user: None,
+                root: true,
+            });
+        }
+        let user = self.user(&state, credential)?;
+        let root = state.is_root(&user);
+        let allowed = root
+            || state
+                .users
+                .get(&user)
+                .is_some_and(|u| u.roles.contains(STATUS_ROLE));
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "the status page is for {ROOT} and users with the role {STATUS_ROLE:?}; {user:?} is neither"
+            )));
+        }
+        Ok(Principal {
+            user: Some(user),
+            root,
         })
     }
 
