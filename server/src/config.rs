@@ -190,6 +190,15 @@ impl Tls {
         })
     }
 
+    /// The HTTP (metrics and status) port's TLS: the client port's
+    /// certificate, no client certificates asked for.
+    pub fn status(&self) -> Option<ferry_replication::tls::ServerTls> {
+        Some(ferry_replication::tls::ServerTls {
+            client_auth: ferry_replication::tls::ClientAuth::None,
+            ..self.client()?
+        })
+    }
+
     /// The peer port's mutual TLS, if configured.
     pub fn peer(&self) -> Option<ferry_replication::tls::PeerTls> {
         Some(ferry_replication::tls::PeerTls {

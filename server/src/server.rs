@@ -231,8 +231,20 @@ impl Server {
         } else {
             let listener = bind(&config.metrics_addr).await?;
             let addr = listener.local_addr().ok();
+            let port = match config.tls.status() {
+                Some(tls) => crate::http::Port::Tls(
+                    listener,
+                    tls.reloading()
+                        .map_err(|e| StartError::Config(e.to_string()))?,
+                ),
+                None => crate::http::Port::Plain(listener),
+            };
+            let scheme = match port {
+                crate::http::Port::Tls(..) => "https",
+                crate::http::Port::Plain(_) => "http",
+            };
             if let Some(addr) = addr {
-                node.set_status_url(status_url(addr, &advertised_client));
+                node.set_status_url(status_url(scheme, addr, &advertised_client));
             }
             let status = crate::status::StatusState {
                 sources: Arc::new(crate::status::report::Sources {
@@ -251,7 +263,7 @@ impl Server {
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(error) =
-                    crate::http::serve(listener, node, metrics_for_http, status, http_stop).await
+                    crate::http::serve(port, node, metrics_for_http, status, http_stop).await
                 {
                     tracing::error!(%error, "metrics endpoint stopped");
                 }
@@ -397,7 +409,7 @@ pub const STOP_BOUND: Duration = Duration::from_secs(
 /// The status page's address as peers should link to it: the bound
 /// address, with the advertised client host where it is bound to all
 /// interfaces.
-fn status_url(bound: SocketAddr, advertised_client: &str) -> String {
+fn status_url(scheme: &str, bound: SocketAddr, advertised_client: &str) -> String {
     let host = if bound.ip().is_unspecified() {
         advertised_client
             .rsplit_once(':')
@@ -409,7 +421,7 @@ fn status_url(bound: SocketAddr, advertised_client: &str) -> String {
             ip => ip.to_string(),
         }
     };
-    format!("http://{host}:{}", bound.port())
+    format!("{scheme}://{host}:{}", bound.port())
 }
 
 /// While this node leads, checks every learner's time since its last

@@ -405,3 +405,78 @@ fn with_auth_on_the_page_wants_a_login_of_root_or_a_status_user() {
     drop(browser);
     runtime.block_on(server.shutdown()).unwrap();
 }
+
+/// A GET over TLS trusting only `ca`; the whole response (empty if the
+/// port does not answer yet).
+async fn https_get(ca: &std::path::Path, addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
+    let roots = ferry_replication::tls::load_roots(ca).unwrap();
+    let config = ClientConfig::builder_with_provider(ferry_replication::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let host = addr.rsplit_once(':').unwrap().0.to_owned();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from(host).unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the node's certificate");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
+
+#[test]
+fn with_a_certificate_the_port_speaks_https_and_names_itself_so() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::secure::Pki::create(dir.path());
+    let cluster = ProcessCluster::start_with(1, |_| pki.serve_flags());
+    let addr = cluster.metrics_addr(1);
+    let ca = std::path::PathBuf::from(pki.ca());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report: Value = loop {
+        if let Ok(response) = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                https_get(&ca, &addr, "/status.json"),
+            )
+            .await
+        }) {
+            if let Some((_, body)) = response.split_once("\r\n\r\n") {
+                let report: Value = serde_json::from_str(body).unwrap_or_default();
+                if report["node"]["leader_id"].as_u64().is_some() {
+                    break report;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no status over HTTPS in 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["version"], 1);
+    assert_eq!(
+        report["members"][0]["status_url"].as_str().unwrap(),
+        format!("https://{addr}")
+    );
+    let page = runtime.block_on(https_get(&ca, &addr, "/"));
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>Ferry status</title>"));
+    // Plain HTTP gets nothing: the handshake fails and the connection ends.
+    let plain = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), http_get(&addr, "/status.json")).await
+    });
+    assert!(
+        plain.as_ref().is_ok_and(|r| !r.contains("members")),
+        "{plain:?}"
+    );
+}
