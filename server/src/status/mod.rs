@@ -1,7 +1,7 @@
 //! The status page: `GET /` on the metrics port, fed by `/status.json`.
 //!
 //! The page (HTML, script and style, embedded in the binary: it works
-//! offline) polls `/status.json` twice a second and draws the cluster, the
+//! offline) polls `/status.json` four times a second and draws the cluster, the
 //! recovery point and the observed recovery times, transfers with their
 //! progress, the backup chain, the engine, traffic sparklines and alarms.
 //! On a follower it shows the follower's own view and links to the
