@@ -32,6 +32,8 @@ pub mod auth;
 pub mod backup;
 mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lease;
 pub mod log_limit;
 pub mod log_store;

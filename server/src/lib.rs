@@ -19,6 +19,8 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod memory;
 pub mod metrics;

@@ -98,6 +98,12 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Takes an exclusive lock on `path`, failing with `WouldBlock` if it is held.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
 
+    /// Bytes an unprivileged writer may still add to the file system
+    /// holding `dir`. File systems that cannot tell answer `u64::MAX`.
+    fn available_space(&self, _dir: &Path) -> io::Result<u64> {
+        Ok(u64::MAX)
+    }
+
     /// Reads a whole (small) file.
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();

@@ -32,13 +32,13 @@ fn named(prefix: &[u8], name: &str) -> Vec<u8> {
     [prefix, name.as_bytes()].concat()
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let mut out = vec![VERSION];
     postcard::to_io(value, &mut out).map_err(io::Error::other)?;
     Ok(out)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
     match bytes.split_first() {
         Some((&VERSION, body)) => postcard::from_bytes(body).map_err(|_| bad(what)),
         _ => Err(bad(what)),

@@ -21,7 +21,7 @@
 //!   are cached only up to `cache_bytes` (never evicted before they are on
 //!   disk), older ones are read back from the segment and CRC-checked.
 
-mod files;
+pub(crate) mod files;
 mod io;
 
 use crate::types::{Entry, LogId, TypeConfig, Vote};

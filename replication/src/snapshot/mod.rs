@@ -173,24 +173,30 @@ pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 pub(crate) fn write_manifest(dir: &Path, manifest: &SnapshotManifest) -> io::Result<()> {
+    OsFs.write_atomic(&dir.join(MANIFEST_FILE), &encode_manifest(manifest)?)
+}
+
+/// `SNAPSHOT`'s bytes: magic | version | crc32(body) | postcard(manifest).
+pub(crate) fn encode_manifest(manifest: &SnapshotManifest) -> io::Result<Vec<u8>> {
     let body = postcard::to_stdvec(manifest).map_err(io::Error::other)?;
     let mut bytes = Vec::with_capacity(16 + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
-    OsFs.write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+    Ok(bytes)
 }
 
 pub(crate) fn read_manifest(dir: &Path) -> io::Result<SnapshotManifest> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = std::fs::read(&path)?;
-    let bad = |reason: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {reason}", path.display()),
-        )
-    };
+    decode_manifest(&bytes, &path.display().to_string())
+}
+
+/// Decodes `SNAPSHOT`'s bytes, read from `name`; damage is an error naming it.
+pub(crate) fn decode_manifest(bytes: &[u8], name: &str) -> io::Result<SnapshotManifest> {
+    let bad =
+        |reason: String| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {reason}"));
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a Ferry snapshot manifest".into()));
     }

@@ -455,6 +455,43 @@ async fn next_frame(
     }
 }
 
+/// Most files an offer may name: a snapshot is one engine checkpoint, of
+/// tens to thousands of tables.
+pub(crate) const MAX_OFFER_FILES: usize = 100_000;
+
+/// Refuses an offer this node cannot take, before anything is staged or
+/// allocated for it: too many files, a name outside the staging directory
+/// or named twice, or more bytes than `budget` (the free space of the data
+/// directory: a transfer that cannot fit would fill the disk and fail
+/// anyway, taking the node's log writes with it).
+pub(crate) fn check_offer(offer: &pb::Offer, budget: u64) -> Result<(), String> {
+    if offer.files.len() > MAX_OFFER_FILES {
+        return Err(format!(
+            "the offer names {} files; at most {MAX_OFFER_FILES} are taken",
+            offer.files.len()
+        ));
+    }
+    if !valid_name(&offer.snapshot_id) || !offer.files.iter().all(|f| valid_name(&f.name)) {
+        return Err("the offer names a file outside its directory".into());
+    }
+    let mut names: Vec<&str> = offer.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("the offer names {} twice", pair[0]));
+    }
+    let total = offer
+        .files
+        .iter()
+        .try_fold(0u64, |total, f| total.checked_add(f.size))
+        .ok_or("the offer's file sizes add up past 2^64 bytes")?;
+    if total > budget {
+        return Err(format!(
+            "the offer's {total} bytes exceed the {budget} bytes free in this node's data directory"
+        ));
+    }
+    Ok(())
+}
+
 /// A plain file name: the offer comes from the network and must not name
 /// anything outside the staging directory.
 pub(crate) fn valid_name(name: &str) -> bool {
@@ -481,12 +518,18 @@ async fn receive_inner(
         .map_err(|e| failed(e, false))?;
     let vote: Vote = postcard::from_bytes(&offer.vote).map_err(|e| failed(e, false))?;
     let meta: SnapshotMeta = postcard::from_bytes(&offer.meta).map_err(|e| failed(e, false))?;
-    if !valid_name(&offer.snapshot_id) || !offer.files.iter().all(|f| valid_name(&f.name)) {
-        return Err(failed(
-            "the offer names a file outside its directory",
-            false,
-        ));
-    }
+    let budget = {
+        use ferry_engine::fs::FileSystem;
+        ferry_engine::fs::OsFs
+            .available_space(context.sm.data_dir())
+            .map_err(|e| {
+                failed(
+                    format!("reading the free space of the data directory: {e}"),
+                    false,
+                )
+            })?
+    };
+    check_offer(&offer, budget).map_err(|reason| failed(reason, false))?;
     let incoming = context.sm.data_dir().join("incoming");
     let staging = incoming.join(&offer.snapshot_id);
     let plan = {

@@ -44,7 +44,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 1024 {
+    // Lower-case only, as `hex` writes: one spelling per token, so a
+    // token cannot be varied (by case) into another string that verifies.
+    if !text.len().is_multiple_of(2)
+        || text.len() > 1024
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     (0..text.len())
@@ -103,7 +110,8 @@ mod tests {
         let mut tampered = token.clone().into_bytes();
         tampered[6] = if tampered[6] == b'0' { b'1' } else { b'0' };
         assert!(verify(&[7; 32], std::str::from_utf8(&tampered).unwrap()).is_err());
-        for bad in ["", "zz", "01", &token[..token.len() - 2]] {
+        let upper = token.to_uppercase();
+        for bad in ["", "zz", "01", &token[..token.len() - 2], &upper, "+1"] {
             assert_eq!(verify(&[7; 32], bad), Err(TokenError::Malformed), "{bad:?}");
         }
     }

@@ -1,0 +1,108 @@
+//! Every fuzz target of `ferry_replication::fuzzing` on the stable
+//! toolchain: its committed corpus (`fuzz/corpus/<target>/`), this
+//! release's seeds, and a bounded number of mutations and random inputs.
+//! The long, coverage-guided runs are `cargo fuzz` (see `fuzz/README.md`).
+//!
+//! A failure leaves the input in `target/fuzz-failures/`; once fixed, it
+//! goes into the target's corpus as a regression.
+//! `FERRY_FUZZ_SEED=N` picks other mutations, `FERRY_FUZZ_ROUNDS=N` more.
+
+use ferry_replication::fuzzing;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
+fn corpus(name: &str) -> Vec<Vec<u8>> {
+    let dir = corpus_root().join(name);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The command fixture of release 0.2's envelope (one hex command a line).
+fn command_fixture() -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/commands-envelope-1.hex"),
+    )
+    .unwrap();
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            (0..line.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_target_holds_its_property_over_its_corpus_and_mutations() {
+    let seed = env("FERRY_FUZZ_SEED", 0x5eed_f00d);
+    let rounds = env("FERRY_FUZZ_ROUNDS", 50_000) as usize;
+    let seeds = fuzzing::seeds();
+    for (name, target) in fuzzing::TARGETS {
+        let committed = corpus(name);
+        assert!(
+            !committed.is_empty(),
+            "no corpus for {name} in {}: write it with \
+             `cargo test -p ferry-replication --test fuzz -- --ignored write_seed_corpus`",
+            corpus_root().display()
+        );
+        let mut inputs = committed;
+        inputs.extend(
+            seeds
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, b)| b.clone()),
+        );
+        if *name == "command" {
+            inputs.extend(command_fixture());
+        }
+        let started = Instant::now();
+        if let Err((input, message)) = fuzzing::run(*target, &inputs, rounds, seed) {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-failures");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{name}-{:08x}", crc32fast::hash(&input)));
+            std::fs::write(&path, &input).unwrap();
+            panic!(
+                "fuzz target {name} failed (seed {seed}): {message}\ninput saved as {}",
+                path.display()
+            );
+        }
+        eprintln!(
+            "{name}: {} inputs, {rounds} mutations, {} random, {:?}",
+            inputs.len(),
+            rounds / 4,
+            started.elapsed()
+        );
+    }
+}
+
+/// Writes this release's seeds into the corpus (run by hand when a format
+/// or a target changes; the files are committed).
+#[test]
+#[ignore]
+fn write_seed_corpus() {
+    for (name, bytes) in fuzzing::seeds() {
+        let dir = corpus_root().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),
+            bytes,
+        )
+        .unwrap();
+    }
+}
