@@ -581,11 +581,22 @@ async fn receive_inner(
                     ));
                 }
                 let at = written[chunk.file as usize];
-                if chunk.offset != at || at + chunk.data.len() as u64 > file.size {
+                if chunk.offset != at {
                     return Err(failed(
                         format!(
                             "chunk of {} at offset {} where {at} was expected",
                             file.name, chunk.offset
+                        ),
+                        false,
+                    ));
+                }
+                if at + chunk.data.len() as u64 > file.size {
+                    return Err(failed(
+                        format!(
+                            "chunk of {} at offset {at} with {} bytes runs past the {} bytes offered",
+                            file.name,
+                            chunk.data.len(),
+                            file.size
                         ),
                         false,
                     ));
@@ -781,23 +792,37 @@ fn file_crc(path: &Path) -> io::Result<u32> {
     ferry_engine::fs::OsFs.file_crc(path)
 }
 
+/// Checks at `Done` that every offered file arrived whole and intact.
+/// Errors name the file (not the path: they go back to the peer).
 fn verify_files(staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
+    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
     for file in files {
         let path = staging.join(&file.name);
-        let size = std::fs::metadata(&path)?.len();
+        let size = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(format!(
+                    "{}: none of its {} bytes arrived before Done",
+                    file.name, file.size
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if size < file.size {
+            // A correct prefix: kept, so that the next attempt resumes.
+            return Err(invalid(format!(
+                "{}: {size} of its {} bytes arrived before Done",
+                file.name, file.size
+            )));
+        }
         let crc = file_crc(&path)?;
         if size != file.size || crc != file.crc {
             // Drop the damaged file so the next attempt fetches it again.
             let _ = std::fs::remove_file(&path);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: {size} bytes with CRC {crc:08x}, the leader offered {} bytes with CRC {:08x}",
-                    path.display(),
-                    file.size,
-                    file.crc
-                ),
-            ));
+            return Err(invalid(format!(
+                "{}: {size} bytes with CRC {crc:08x}, the leader offered {} bytes with CRC {:08x}",
+                file.name, file.size, file.crc
+            )));
         }
     }
     std::fs::File::open(staging)?.sync_all()
