@@ -295,8 +295,12 @@ impl Node {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let raft_config = Arc::new(config.openraft_config()?);
-        std::fs::create_dir_all(&config.data_dir)?;
-        let mut log = LogStore::open(config.data_dir.join("raft"), config.log.clone())?;
+        // One file system for everything the node writes: the engine's
+        // (`config.engine.fs`), so a fault-injecting one covers it all.
+        let fs = config.engine.fs.clone();
+        fs.create_dir_all(&config.data_dir)?;
+        let mut log =
+            LogStore::open_with_fs(fs, &config.data_dir.join("raft"), config.log.clone())?;
         let log_stats = log.stats();
         let log_reader = log.get_log_reader().await;
         let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;

@@ -66,7 +66,8 @@ pub fn read_meta(dir: &Path) -> Result<(CheckpointMeta, u32)> {
     read_meta_with(&OsFs, dir)
 }
 
-pub(crate) fn read_meta_with(fs: &dyn FileSystem, dir: &Path) -> Result<(CheckpointMeta, u32)> {
+/// [`read_meta`] through `fs`.
+pub fn read_meta_with(fs: &dyn FileSystem, dir: &Path) -> Result<(CheckpointMeta, u32)> {
     let path = dir.join(META_FILE);
     let bytes = fs.read_all(&path).at(&path)?;
     CheckpointMeta::decode(&bytes, &path)

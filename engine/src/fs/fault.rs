@@ -423,6 +423,48 @@ impl FileSystem for FaultInjectionFs {
         if state.fail_writes {
             return Err(dead_disk());
         }
+        if state.dirs.contains(from) {
+            // A directory: every entry under it moves, durable entries
+            // included. This model tracks the durability of file entries,
+            // not of directories, so a directory's rename is durable at
+            // once here (on a disk it is after a sync of its parent): a
+            // missing parent sync after a directory rename goes unseen.
+            if state.dirs.contains(to) || state.live.contains_key(to) {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            let moved = |path: &Path| to.join(path.strip_prefix(from).expect("under from"));
+            let files: Vec<(PathBuf, FileId)> = state
+                .live
+                .iter()
+                .filter(|(path, _)| path.starts_with(from))
+                .map(|(path, id)| (path.clone(), *id))
+                .collect();
+            for (path, id) in files {
+                state.live.remove(&path);
+                state.live.insert(moved(&path), id);
+            }
+            let durable: Vec<(PathBuf, FileId)> = state
+                .durable
+                .iter()
+                .filter(|(path, _)| path.starts_with(from))
+                .map(|(path, id)| (path.clone(), *id))
+                .collect();
+            for (path, id) in durable {
+                state.durable.remove(&path);
+                state.durable.insert(moved(&path), id);
+            }
+            let dirs: Vec<PathBuf> = state
+                .dirs
+                .iter()
+                .filter(|d| d.starts_with(from))
+                .cloned()
+                .collect();
+            for dir in dirs {
+                state.dirs.remove(&dir);
+                state.dirs.insert(moved(&dir));
+            }
+            return Ok(());
+        }
         let id = state.live.remove(from).ok_or_else(not_found)?;
         state.live.insert(to.to_path_buf(), id);
         Ok(())
@@ -451,6 +493,10 @@ impl FileSystem for FaultInjectionFs {
     fn exists(&self, path: &Path) -> bool {
         let state = self.state.lock();
         state.live.contains_key(path) || state.dirs.contains(path)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        self.state.lock().dirs.contains(path)
     }
 
     fn file_size(&self, path: &Path) -> io::Result<u64> {
@@ -492,7 +538,9 @@ impl FileSystem for FaultInjectionFs {
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
-        if state.live.keys().any(|p| p.parent() == Some(path)) {
+        if state.live.keys().any(|p| p.parent() == Some(path))
+            || state.dirs.iter().any(|d| d.parent() == Some(path))
+        {
             return Err(io::Error::other("directory not empty"));
         }
         state.dirs.remove(path);

@@ -78,14 +78,17 @@ pub trait FileSystem: Send + Sync + Debug {
     fn open_random(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
     /// Cuts a file to `len` bytes and makes the new length durable.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
-    /// Renames a file, replacing any file at `to`. Durable after `sync_dir`.
+    /// Renames a file, replacing any file at `to`, or a directory to a name
+    /// that does not exist. Durable after `sync_dir` of the parent.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file. Durable after `sync_dir`.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Names of the entries of a directory.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Whether a file exists.
+    /// Whether a file or directory exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Whether `path` is a directory.
+    fn is_dir(&self, path: &Path) -> bool;
     /// Size of a file in bytes.
     fn file_size(&self, path: &Path) -> io::Result<u64>;
     /// Makes the directory's entries (creations, renames, removals) durable.
@@ -97,6 +100,20 @@ pub trait FileSystem: Send + Sync + Debug {
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path`, failing with `WouldBlock` if it is held.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
+
+    /// Removes a directory and everything in it (no symbolic link is
+    /// followed). Durable after `sync_dir` of the parent.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        for name in self.list(path)? {
+            let child = path.join(name);
+            if self.is_dir(&child) {
+                self.remove_dir_all(&child)?;
+            } else {
+                self.remove_file(&child)?;
+            }
+        }
+        self.remove_dir(path)
+    }
 
     /// Bytes an unprivileged writer may still add to the file system
     /// holding `dir`. File systems that cannot tell answer `u64::MAX`.

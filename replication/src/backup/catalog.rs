@@ -180,15 +180,17 @@ impl Catalog {
     }
 
     /// Reads and checks the record of the checkpoint at `index`.
+    /// `scratch` is a local file on `fs` it is fetched into.
     pub fn checkpoint(
+        fs: &dyn ferry_engine::fs::FileSystem,
         target: &dyn BackupTarget,
         index: u64,
         scratch: &std::path::Path,
     ) -> io::Result<CheckpointRecord> {
         let name = checkpoint_name(index);
         target.get(&name, scratch)?;
-        let bytes = std::fs::read(scratch)?;
-        let _ = std::fs::remove_file(scratch);
+        let bytes = fs.read_all(scratch)?;
+        let _ = fs.remove_file(scratch);
         let record = CheckpointRecord::decode(&bytes, &name)?;
         if record.index() != index {
             return Err(io::Error::new(

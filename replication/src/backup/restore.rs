@@ -237,7 +237,7 @@ fn choose_checkpoint(
                 continue;
             }
         }
-        let record = Catalog::checkpoint(target, index, scratch)?;
+        let record = Catalog::checkpoint(&OsFs, target, index, scratch)?;
         if let RestorePoint::Time(wanted) = point {
             if record.time_ms > wanted {
                 continue;

@@ -6,8 +6,9 @@ use crate::node::Node;
 use crate::snapshot::{blocking, read_checkpoint, unique_suffix};
 use crate::state_machine::keys;
 use crate::types::now_ms;
+use ferry_engine::fs::FileSystem;
 use ferry_engine::wal::{encode_record, segment_header, LogKind};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,7 +149,7 @@ impl BackupShipper {
             .dir()
             .with_file_name("backup-staging");
         // Files of rounds a crash interrupted.
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = node.state().fs().remove_dir_all(&staging);
         Arc::new(BackupShipper {
             node,
             target,
@@ -222,7 +223,7 @@ impl BackupShipper {
     }
 
     async fn round(&self, progress: &mut Progress, checkpoint: bool) -> io::Result<ShipReport> {
-        std::fs::create_dir_all(&self.staging)?;
+        self.node.state().fs().create_dir_all(&self.staging)?;
         if progress.next.is_none() {
             // Continue after the shipped log, not after the newest
             // checkpoint: a round that shipped a checkpoint and then failed
@@ -257,10 +258,12 @@ impl BackupShipper {
             let last = applied.min(next + self.options.max_chunk_entries - 1);
             let (target, staging, reader) =
                 (self.target.clone(), self.staging.clone(), reader.clone());
+            let fs = self.node.state().fs().clone();
             let max_bytes = self.options.max_chunk_bytes;
-            let (last, bytes) =
-                blocking(move || ship_log(&*target, &staging, &reader, next, last, max_bytes))
-                    .await?;
+            let (last, bytes) = blocking(move || {
+                ship_log(&*fs, &*target, &staging, &reader, next, last, max_bytes)
+            })
+            .await?;
             self.status
                 .bytes_shipped
                 .fetch_add(bytes, Ordering::Relaxed);
@@ -284,10 +287,11 @@ impl BackupShipper {
             .ok_or_else(|| io::Error::other("no snapshot after building one"))?;
         let (target, staging) = (self.target.clone(), self.staging.clone());
         let status = self.status.clone();
+        let fs = self.node.state().fs().clone();
         blocking(move || {
             // The handle pins the snapshot's directory while its files are copied.
             let dir = handle.dir();
-            let time_ms = read_checkpoint(dir, |db| {
+            let time_ms = read_checkpoint(&fs, dir, |db| {
                 match db.get(keys::TIME).map_err(io::Error::other)? {
                     Some(bytes) => postcard::from_bytes(&bytes).map_err(io::Error::other),
                     None => Ok(0),
@@ -310,9 +314,9 @@ impl BackupShipper {
             };
             let encoded = record.encode()?;
             let file = staging.join(format!("record-{}", unique_suffix()));
-            std::fs::write(&file, &encoded)?;
+            fs.write_atomic(&file, &encoded)?;
             let stored = target.put(&checkpoint_name(record.index()), &file);
-            let _ = std::fs::remove_file(&file);
+            let _ = fs.remove_file(&file);
             stored?;
             status
                 .bytes_shipped
@@ -333,6 +337,7 @@ impl BackupShipper {
 /// memory stays bounded whatever the entries' sizes. Entries the log no
 /// longer holds are an error (the next round ships a checkpoint).
 fn ship_log(
+    fs: &dyn FileSystem,
     target: &dyn BackupTarget,
     staging: &Path,
     reader: &crate::log_store::LogReader,
@@ -343,8 +348,8 @@ fn ship_log(
     const SLICE: u64 = 256;
     let path = staging.join(format!("chunk-{}", unique_suffix()));
     let result = (|| {
-        let mut out = io::BufWriter::new(std::fs::File::create(&path)?);
-        out.write_all(&segment_header(LogKind::Raft))?;
+        let mut out = fs.create(&path)?;
+        out.append(&segment_header(LogKind::Raft))?;
         let mut size = segment_header(LogKind::Raft).len() as u64;
         let mut frame = Vec::new();
         let mut next = first;
@@ -367,17 +372,18 @@ fn ship_log(
                 frame.clear();
                 let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
                 encode_record(&mut frame, next, &payload);
-                out.write_all(&frame)?;
+                out.append(&frame)?;
                 size += frame.len() as u64;
                 next += 1;
             }
         }
+        // The target copies it; a crash before that leaves only staging.
         out.flush()?;
         drop(out);
         let shipped_last = next - 1;
         target.put(&log_name(first, shipped_last), &path)?;
         Ok((shipped_last, size))
     })();
-    let _ = std::fs::remove_file(&path);
+    let _ = fs.remove_file(&path);
     result
 }

@@ -3,6 +3,7 @@
 use ferry_engine::fs::{FileSystem, OsFs};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A place that stores named, immutable files: a local directory (the
 /// default, [`LocalDir`]); object storage can implement the same calls.
@@ -23,17 +24,25 @@ pub trait BackupTarget: Send + Sync + 'static {
 
 /// A backup target in a local directory (put it on another disk, or a
 /// mounted remote file system, to survive the loss of the node's disk).
+/// Its files, and the local files it copies from and to, go through one
+/// [`FileSystem`].
 #[derive(Debug, Clone)]
 pub struct LocalDir {
+    fs: Arc<dyn FileSystem>,
     root: PathBuf,
 }
 
 impl LocalDir {
-    /// Uses (and creates) `root`.
+    /// Uses (and creates) `root` on the operating system's file system.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        Self::with_fs(Arc::new(OsFs), root)
+    }
+
+    /// Uses (and creates) `root` on `fs`.
+    pub fn with_fs(fs: Arc<dyn FileSystem>, root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root)?;
-        Ok(LocalDir { root })
+        fs.create_dir_all(&root)?;
+        Ok(LocalDir { fs, root })
     }
 
     fn path(&self, name: &str) -> io::Result<PathBuf> {
@@ -48,20 +57,21 @@ impl LocalDir {
 impl BackupTarget for LocalDir {
     fn put(&self, name: &str, from: &Path) -> io::Result<()> {
         let to = self.path(name)?;
+        let fs = &*self.fs;
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
-        if !dir.is_dir() {
+        if !fs.is_dir(&dir) {
             // A folder made now must itself survive a power loss: sync the
             // parent of each one created, from the root down.
             let mut missing = Vec::new();
             let mut at = dir.as_path();
-            while !at.is_dir() && at.starts_with(&self.root) {
+            while !fs.is_dir(at) && at.starts_with(&self.root) {
                 missing.push(at.to_path_buf());
                 at = at.parent().unwrap_or(&self.root);
             }
-            std::fs::create_dir_all(&dir)?;
+            fs.create_dir_all(&dir)?;
             for created in missing.iter().rev() {
                 if let Some(parent) = created.parent() {
-                    OsFs.sync_dir(parent)?;
+                    fs.sync_dir(parent)?;
                 }
             }
         }
@@ -71,43 +81,38 @@ impl BackupTarget for LocalDir {
             crate::snapshot::unique_suffix()
         ));
         let result = (|| {
-            std::fs::copy(from, &staging)?;
-            std::fs::File::open(&staging)?.sync_all()?;
-            std::fs::rename(&staging, &to)?;
-            OsFs.sync_dir(&dir)
+            // The copy is synced before the rename publishes it.
+            fs.copy_file(from, &staging)?;
+            fs.rename(&staging, &to)?;
+            fs.sync_dir(&dir)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&staging);
+            let _ = fs.remove_file(&staging);
         }
         result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))
     }
 
     fn get(&self, name: &str, to: &Path) -> io::Result<()> {
         let from = self.path(name)?;
-        std::fs::copy(&from, to)
+        self.fs
+            .copy_file(&from, to)
             .map(drop)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
     }
 
     fn exists(&self, name: &str) -> io::Result<bool> {
-        self.path(name)?.try_exists()
+        Ok(self.fs.exists(&self.path(name)?))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let dir = self.path(prefix)?;
         let mut names = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
+        if !self.fs.is_dir(&dir) {
+            return Ok(names);
+        }
+        for name in self.fs.list(&dir)? {
             // Staging files of puts in progress (or interrupted) are not stored names.
-            if name.starts_with('.') || !entry.file_type()?.is_file() {
+            if name.starts_with('.') || self.fs.is_dir(&dir.join(&name)) {
                 continue;
             }
             names.push(format!("{prefix}/{name}"));

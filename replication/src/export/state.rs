@@ -100,7 +100,7 @@ pub(crate) fn point(view: &Snapshot) -> io::Result<Point> {
 }
 
 /// The content checksum of a view's user state (see the module docs).
-pub(crate) fn user_checksum(view: &Snapshot) -> io::Result<u64> {
+pub fn user_checksum(view: &Snapshot) -> io::Result<u64> {
     let mut checksum = ContentChecksum::new();
     let (from, to) = keys::user_bounds(&[], None);
     for item in view.range(from..to) {

@@ -21,7 +21,7 @@ pub mod progress;
 pub mod transfer;
 
 use crate::types::SnapshotMeta;
-use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::fs::FileSystem;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -60,6 +60,7 @@ impl SnapshotManifest {
 /// it, openraft holds it), the directory is not garbage-collected.
 #[derive(Clone)]
 pub struct SnapshotHandle {
+    pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) dir: PathBuf,
     pub(crate) manifest: Arc<SnapshotManifest>,
     pin: Arc<Pin>,
@@ -94,15 +95,15 @@ impl SnapshotHandle {
         {
             return Ok(hash);
         }
-        let hash = state_hash_of_checkpoint(&self.dir)?;
+        let hash = state_hash_of_checkpoint(&self.fs, &self.dir)?;
         let _ = self.pin.state_hash.set(hash);
         Ok(hash)
     }
 }
 
 /// Content checksum of the engine checkpoint in `dir`.
-pub fn state_hash_of_checkpoint(dir: &Path) -> io::Result<u64> {
-    read_checkpoint(dir, |db| {
+pub fn state_hash_of_checkpoint(fs: &Arc<dyn FileSystem>, dir: &Path) -> io::Result<u64> {
+    read_checkpoint(fs, dir, |db| {
         db.snapshot().content_checksum().map_err(io::Error::other)
     })
 }
@@ -111,14 +112,16 @@ pub fn state_hash_of_checkpoint(dir: &Path) -> io::Result<u64> {
 /// its files are linked into a scratch directory, which is opened as a
 /// database and removed afterwards.
 pub(crate) fn read_checkpoint<T>(
+    fs: &Arc<dyn FileSystem>,
     dir: &Path,
     read: impl FnOnce(&ferry_engine::Db) -> io::Result<T>,
 ) -> io::Result<T> {
     let scratch = dir.with_extension(format!("read-{}", unique_suffix()));
-    link_tree(dir, &scratch, |name| name != MANIFEST_FILE)?;
+    link_tree(&**fs, dir, &scratch, |name| name != MANIFEST_FILE)?;
     let result = (|| {
         let options = ferry_engine::Options {
             background_work: false,
+            fs: fs.clone(),
             ..ferry_engine::Options::default()
         };
         let db = ferry_engine::Db::open(&scratch, options).map_err(io::Error::other)?;
@@ -126,7 +129,7 @@ pub(crate) fn read_checkpoint<T>(
         db.close().map_err(io::Error::other)?;
         Ok(value)
     })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = fs.remove_dir_all(&scratch);
     result
 }
 
@@ -150,30 +153,41 @@ pub(crate) fn unique_suffix() -> String {
 }
 
 /// Hard-links (or copies, across file systems) every file of `from` that
-/// `keep` accepts into the new directory `to`.
-pub(crate) fn link_tree(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !keep(name) || !entry.file_type()?.is_file() {
+/// `keep` accepts into the new directory `to`, and makes `to`'s entries
+/// durable: a directory of links is a snapshot or an engine only once a
+/// power loss cannot take the links away.
+pub(crate) fn link_tree(
+    fs: &dyn FileSystem,
+    from: &Path,
+    to: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> io::Result<()> {
+    fs.create_dir_all(to)?;
+    for name in fs.list(from)? {
+        let path = from.join(&name);
+        if !keep(&name) || fs.is_dir(&path) {
             continue;
         }
-        link_or_copy(&entry.path(), &to.join(name))?;
+        link_or_copy(fs, &path, &to.join(&name))?;
+    }
+    fs.sync_dir(to)
+}
+
+/// Links `from` as `to`, or copies it (synced) where links cannot be made.
+/// The caller syncs `to`'s directory.
+pub(crate) fn link_or_copy(fs: &dyn FileSystem, from: &Path, to: &Path) -> io::Result<()> {
+    if fs.hard_link(from, to).is_err() {
+        fs.copy_file(from, to)?;
     }
     Ok(())
 }
 
-pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn write_manifest(dir: &Path, manifest: &SnapshotManifest) -> io::Result<()> {
-    OsFs.write_atomic(&dir.join(MANIFEST_FILE), &encode_manifest(manifest)?)
+pub(crate) fn write_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    manifest: &SnapshotManifest,
+) -> io::Result<()> {
+    fs.write_atomic(&dir.join(MANIFEST_FILE), &encode_manifest(manifest)?)
 }
 
 /// `SNAPSHOT`'s bytes: magic | version | crc32(body) | postcard(manifest).
@@ -187,9 +201,9 @@ pub(crate) fn encode_manifest(manifest: &SnapshotManifest) -> io::Result<Vec<u8>
     Ok(bytes)
 }
 
-pub(crate) fn read_manifest(dir: &Path) -> io::Result<SnapshotManifest> {
+pub(crate) fn read_manifest(fs: &dyn FileSystem, dir: &Path) -> io::Result<SnapshotManifest> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path)?;
+    let bytes = fs.read_all(&path)?;
     decode_manifest(&bytes, &path.display().to_string())
 }
 
@@ -213,8 +227,8 @@ pub(crate) fn decode_manifest(bytes: &[u8], name: &str) -> io::Result<SnapshotMa
 
 /// Lists the files of the checkpoint in `dir` with sizes and CRCs, the
 /// `CHECKPOINT` file included (the engine's own list leaves it out).
-pub(crate) fn checkpoint_files(dir: &Path) -> io::Result<Vec<SnapshotFile>> {
-    let (meta, _) = ferry_engine::checkpoint::read_meta(dir).map_err(io::Error::other)?;
+pub(crate) fn checkpoint_files(fs: &dyn FileSystem, dir: &Path) -> io::Result<Vec<SnapshotFile>> {
+    let (meta, _) = ferry_engine::checkpoint::read_meta_with(fs, dir).map_err(io::Error::other)?;
     let mut files: Vec<SnapshotFile> = meta
         .files
         .iter()
@@ -227,14 +241,15 @@ pub(crate) fn checkpoint_files(dir: &Path) -> io::Result<Vec<SnapshotFile>> {
     let meta_path = dir.join(ferry_engine::checkpoint::META_FILE);
     files.push(SnapshotFile {
         name: ferry_engine::checkpoint::META_FILE.to_owned(),
-        size: std::fs::metadata(&meta_path)?.len(),
-        crc: OsFs.file_crc(&meta_path)?,
+        size: fs.file_size(&meta_path)?,
+        crc: fs.file_crc(&meta_path)?,
     });
     Ok(files)
 }
 
 /// The snapshots of one node, in `<data>/snapshots/`.
 pub struct SnapshotStore {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     pins: Mutex<HashMap<PathBuf, Weak<Pin>>>,
 }
@@ -247,16 +262,17 @@ fn sort_key(meta: &SnapshotMeta) -> (u64, u64) {
 
 impl SnapshotStore {
     /// Opens the store, removing unfinished builds and imports.
-    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+    pub fn open(fs: Arc<dyn FileSystem>, dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() && !path.join(MANIFEST_FILE).exists() {
-                std::fs::remove_dir_all(&path)?;
+        fs.create_dir_all(&dir)?;
+        for name in fs.list(&dir)? {
+            let path = dir.join(name);
+            if fs.is_dir(&path) && !fs.exists(&path.join(MANIFEST_FILE)) {
+                fs.remove_dir_all(&path)?;
             }
         }
         Ok(SnapshotStore {
+            fs,
             dir,
             pins: Mutex::new(HashMap::new()),
         })
@@ -264,6 +280,11 @@ impl SnapshotStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The file system the snapshots live on.
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
     }
 
     /// A fresh, not yet existing directory for a build or an import.
@@ -280,6 +301,7 @@ impl SnapshotStore {
         });
         pins.insert(dir.clone(), Arc::downgrade(&pin));
         SnapshotHandle {
+            fs: self.fs.clone(),
             dir,
             manifest: Arc::new(manifest),
             pin,
@@ -289,12 +311,12 @@ impl SnapshotStore {
     /// The newest complete snapshot.
     pub fn current(&self) -> io::Result<Option<SnapshotHandle>> {
         let mut best: Option<(PathBuf, SnapshotManifest)> = None;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if !path.join(MANIFEST_FILE).exists() {
+        for name in self.fs.list(&self.dir)? {
+            let path = self.dir.join(name);
+            if !self.fs.exists(&path.join(MANIFEST_FILE)) {
                 continue;
             }
-            let manifest = read_manifest(&path)?;
+            let manifest = read_manifest(&*self.fs, &path)?;
             if best
                 .as_ref()
                 .is_none_or(|(_, b)| sort_key(&manifest.meta) > sort_key(&b.meta))
@@ -314,16 +336,16 @@ impl SnapshotStore {
         state_hash: Option<u64>,
     ) -> io::Result<SnapshotHandle> {
         let manifest = SnapshotManifest {
-            files: checkpoint_files(staging)?,
+            files: checkpoint_files(&*self.fs, staging)?,
             meta,
             state_hash,
         };
-        write_manifest(staging, &manifest)?;
+        write_manifest(&*self.fs, staging, &manifest)?;
         let (index, term) = sort_key(&manifest.meta);
         let name = format!("{index:020}-{term}-{}", unique_suffix());
         let target = self.dir.join(name);
-        std::fs::rename(staging, &target)?;
-        OsFs.sync_dir(&self.dir)?;
+        self.fs.rename(staging, &target)?;
+        self.fs.sync_dir(&self.dir)?;
         Ok(self.handle(target, manifest))
     }
 
@@ -334,11 +356,11 @@ impl SnapshotStore {
             return Ok(source.clone());
         }
         let staging = self.scratch_dir("import");
-        std::fs::create_dir_all(&staging)?;
+        self.fs.create_dir_all(&staging)?;
         for file in &source.manifest.files {
             let to = staging.join(&file.name);
-            link_or_copy(&source.dir.join(&file.name), &to)?;
-            let crc = OsFs.file_crc(&to)?;
+            link_or_copy(&*self.fs, &source.dir.join(&file.name), &to)?;
+            let crc = self.fs.file_crc(&to)?;
             if crc != file.crc {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -346,6 +368,7 @@ impl SnapshotStore {
                 ));
             }
         }
+        self.fs.sync_dir(&staging)?;
         self.seal(
             &staging,
             source.manifest.meta.clone(),
@@ -356,15 +379,15 @@ impl SnapshotStore {
     /// Removes every complete snapshot older than `keep` that nothing pins.
     pub fn collect_garbage(&self, keep: &SnapshotHandle) -> io::Result<()> {
         let pins = self.pins.lock();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path == keep.dir || !path.join(MANIFEST_FILE).exists() {
+        for name in self.fs.list(&self.dir)? {
+            let path = self.dir.join(name);
+            if path == keep.dir || !self.fs.exists(&path.join(MANIFEST_FILE)) {
                 continue;
             }
             if pins.get(&path).is_some_and(|w| w.strong_count() > 0) {
                 continue;
             }
-            std::fs::remove_dir_all(&path)?;
+            self.fs.remove_dir_all(&path)?;
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ use crate::network::pb::{
 use crate::network::{NetworkControl, TransferStats};
 use crate::state_machine::SmShared;
 use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use ferry_engine::fs::{FileSystem, WritableFile};
 use futures_util::{Stream, StreamExt};
 use openraft::alias::SnapshotOf;
 use openraft::error::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
@@ -41,7 +42,7 @@ use openraft::raft::SnapshotResponse;
 use prost::Message;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -351,8 +352,9 @@ async fn produce(
             if offset == file.size {
                 continue;
             }
-            let mut source = std::fs::File::open(handle.dir().join(&file.name))?;
-            source.seek(SeekFrom::Start(offset))?;
+            let mut source = handle.fs.open_sequential(&handle.dir().join(&file.name))?;
+            // A resumed file: skip what the follower holds.
+            io::copy(&mut (&mut source).take(offset), &mut io::sink())?;
             while offset < file.size {
                 let len = (file.size - offset).min(chunk_bytes as u64) as usize;
                 let mut data = vec![0u8; len];
@@ -519,8 +521,9 @@ async fn receive_inner(
     let vote: Vote = postcard::from_bytes(&offer.vote).map_err(|e| failed(e, false))?;
     let meta: SnapshotMeta = postcard::from_bytes(&offer.meta).map_err(|e| failed(e, false))?;
     let budget = {
-        use ferry_engine::fs::FileSystem;
-        ferry_engine::fs::OsFs
+        context
+            .sm
+            .fs()
             .available_space(context.sm.data_dir())
             .map_err(|e| {
                 failed(
@@ -562,7 +565,8 @@ async fn receive_inner(
         return Err(failed("the leader went away", false));
     }
 
-    let mut open: Option<(u32, std::fs::File)> = None;
+    let fs = context.sm.fs().clone();
+    let mut open: Option<(u32, Box<dyn WritableFile>)> = None;
     let mut unsynced = 0u64;
     let state_hash = loop {
         match next_frame(frames, idle).await? {
@@ -602,26 +606,28 @@ async fn receive_inner(
                     ));
                 }
                 if open.as_ref().is_none_or(|(index, _)| *index != chunk.file) {
-                    if let Some((_, previous)) = open.take() {
-                        previous.sync_data().map_err(|e| failed(e, false))?;
+                    if let Some((_, mut previous)) = open.take() {
+                        previous.sync().map_err(|e| failed(e, false))?;
                     }
-                    let handle = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(staging.join(&file.name))
-                        .map_err(|e| failed(e, false))?;
+                    let path = staging.join(&file.name);
+                    // A file is written in order: new from offset 0, else
+                    // continued after the prefix an earlier attempt left.
+                    let handle = if at == 0 {
+                        fs.create(&path)
+                    } else {
+                        fs.open_append(&path)
+                    }
+                    .map_err(|e| failed(e, false))?;
                     open = Some((chunk.file, handle));
                 }
                 let (_, handle) = open.as_mut().expect("opened above");
-                handle
-                    .write_all(&chunk.data)
-                    .map_err(|e| failed(e, false))?;
+                handle.append(&chunk.data).map_err(|e| failed(e, false))?;
                 written[chunk.file as usize] += chunk.data.len() as u64;
                 unsynced += chunk.data.len() as u64;
                 TransferStats::add(&context.stats.bytes_received, chunk.data.len() as u64);
                 progress.add(chunk.data.len() as u64);
                 if unsynced >= context.options.sync_every_bytes {
-                    handle.sync_data().map_err(|e| failed(e, false))?;
+                    handle.sync().map_err(|e| failed(e, false))?;
                     unsynced = 0;
                 }
                 let progress = SnapshotReply {
@@ -637,26 +643,26 @@ async fn receive_inner(
             Frame::Offer(_) => return Err(failed("unexpected second offer", false)),
         }
     };
-    if let Some((_, handle)) = open.take() {
-        handle.sync_data().map_err(|e| failed(e, false))?;
+    if let Some((_, mut handle)) = open.take() {
+        handle.sync().map_err(|e| failed(e, false))?;
     }
 
     // Every file must be exactly what the leader offered.
     {
-        let staging = staging.clone();
+        let (fs, staging) = (fs.clone(), staging.clone());
         let files = offer.files.clone();
-        blocking(move || verify_files(&staging, &files))
+        blocking(move || verify_files(&*fs, &staging, &files))
             .await
             .map_err(|e| failed(e, false))?;
     }
     if reused_local {
         let expected = state_hash
             .ok_or_else(|| failed("a differential transfer needs the state hash", true))?;
-        let dir = staging.clone();
-        let actual = match blocking(move || state_hash_of_checkpoint(&dir)).await {
+        let (dir, hash_fs) = (staging.clone(), fs.clone());
+        let actual = match blocking(move || state_hash_of_checkpoint(&hash_fs, &dir)).await {
             Ok(hash) => hash,
             Err(error) => {
-                let _ = std::fs::remove_dir_all(&staging);
+                let _ = fs.remove_dir_all(&staging);
                 return Err(failed(
                     format!("assembled snapshot unreadable: {error}"),
                     true,
@@ -665,7 +671,7 @@ async fn receive_inner(
         };
         if actual != expected {
             TransferStats::add(&context.stats.hash_mismatches, 1);
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = fs.remove_dir_all(&staging);
             tracing::error!(
                 expected,
                 actual,
@@ -697,9 +703,9 @@ async fn receive_inner(
         .await
         .map_err(|fatal| failed(fatal, false))?;
     // Older staging directories only served as sources of reusable files.
-    if let Ok(entries) = std::fs::read_dir(&incoming) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_dir_all(entry.path());
+    if let Ok(names) = fs.list(&incoming) {
+        for name in names {
+            let _ = fs.remove_dir_all(&incoming.join(name));
         }
     }
     Ok(Reply::Installed(pb::Installed {
@@ -716,7 +722,8 @@ struct Plan {
 /// Decides, per offered file, how many bytes are already here: a prefix
 /// from an interrupted attempt, or a whole file linked from local state.
 fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Plan> {
-    std::fs::create_dir_all(staging)?;
+    let fs = &**sm.fs();
+    fs.create_dir_all(staging)?;
     // Candidate sources of reusable files: name -> (path, known CRC).
     let mut sources: HashMap<String, Vec<(PathBuf, Option<u32>)>> = HashMap::new();
     if !offer.full_only {
@@ -730,26 +737,23 @@ fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Pla
         }
         let mut dirs = vec![sm.engine_dir()];
         if let Some(incoming) = staging.parent() {
-            for entry in std::fs::read_dir(incoming)?.flatten() {
-                if entry.path() != staging {
-                    dirs.push(entry.path());
+            for name in fs.list(incoming)? {
+                let path = incoming.join(name);
+                if path != staging {
+                    dirs.push(path);
                 }
             }
         }
         for dir in dirs {
-            for entry in std::fs::read_dir(&dir)?.flatten() {
-                if let Some(name) = entry.file_name().to_str() {
-                    sources
-                        .entry(name.to_owned())
-                        .or_default()
-                        .push((entry.path(), None));
-                }
+            for name in fs.list(&dir)? {
+                let path = dir.join(&name);
+                sources.entry(name).or_default().push((path, None));
             }
         }
     } else {
         // A previous differential attempt failed: nothing local is trusted.
-        std::fs::remove_dir_all(staging)?;
-        std::fs::create_dir_all(staging)?;
+        fs.remove_dir_all(staging)?;
+        fs.create_dir_all(staging)?;
     }
     let mut plan = Plan {
         have: Vec::with_capacity(offer.files.len()),
@@ -758,24 +762,23 @@ fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Pla
     };
     for file in &offer.files {
         let target = staging.join(&file.name);
-        if let Ok(metadata) = std::fs::metadata(&target) {
-            let len = metadata.len();
-            if len < file.size || (len == file.size && file_crc(&target)? == file.crc) {
+        if let Ok(len) = fs.file_size(&target) {
+            if len < file.size || (len == file.size && fs.file_crc(&target)? == file.crc) {
                 plan.have.push(len);
                 continue;
             }
-            std::fs::remove_file(&target)?;
+            fs.remove_file(&target)?;
         }
         let mut have = 0;
         for (path, known_crc) in sources.get(&file.name).into_iter().flatten() {
-            if std::fs::metadata(path).map(|m| m.len()).ok() != Some(file.size) {
+            if fs.is_dir(path) || fs.file_size(path).ok() != Some(file.size) {
                 continue;
             }
             let crc = match known_crc {
                 Some(crc) => *crc,
-                None => file_crc(path)?,
+                None => fs.file_crc(path)?,
             };
-            if crc == file.crc && super::link_or_copy(path, &target).is_ok() {
+            if crc == file.crc && super::link_or_copy(fs, path, &target).is_ok() {
                 have = file.size;
                 plan.reused_local = true;
                 plan.reused_bytes += file.size;
@@ -784,22 +787,18 @@ fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Pla
         }
         plan.have.push(have);
     }
+    fs.sync_dir(staging)?;
     Ok(plan)
-}
-
-fn file_crc(path: &Path) -> io::Result<u32> {
-    use ferry_engine::fs::FileSystem;
-    ferry_engine::fs::OsFs.file_crc(path)
 }
 
 /// Checks at `Done` that every offered file arrived whole and intact.
 /// Errors name the file (not the path: they go back to the peer).
-fn verify_files(staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
+fn verify_files(fs: &dyn FileSystem, staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
     let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
     for file in files {
         let path = staging.join(&file.name);
-        let size = match std::fs::metadata(&path) {
-            Ok(metadata) => metadata.len(),
+        let size = match fs.file_size(&path) {
+            Ok(size) => size,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(format!(
                     "{}: none of its {} bytes arrived before Done",
@@ -815,17 +814,17 @@ fn verify_files(staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
                 file.name, file.size
             )));
         }
-        let crc = file_crc(&path)?;
+        let crc = fs.file_crc(&path)?;
         if size != file.size || crc != file.crc {
             // Drop the damaged file so the next attempt fetches it again.
-            let _ = std::fs::remove_file(&path);
+            let _ = fs.remove_file(&path);
             return Err(invalid(format!(
                 "{}: {size} bytes with CRC {crc:08x}, the leader offered {} bytes with CRC {:08x}",
                 file.name, file.size, file.crc
             )));
         }
     }
-    std::fs::File::open(staging)?.sync_all()
+    fs.sync_dir(staging)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub(crate) mod keys;
 use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use changes::ChangeFeed;
-use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::fs::FileSystem;
 use ferry_engine::{Db, Durability, Options, SeqNo, WriteBatch};
 use futures_util::StreamExt;
 use openraft::alias::SnapshotOf;
@@ -155,33 +155,32 @@ impl StateMachine {
     /// engine options' durability is overridden to `Buffered`.
     pub fn open(data_dir: impl AsRef<Path>, mut engine_options: Options) -> io::Result<Self> {
         let data_dir = data_dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&data_dir)?;
+        let fs = engine_options.fs.clone();
+        fs.create_dir_all(&data_dir)?;
         engine_options.durability = Durability::Buffered;
         let pointer = data_dir.join(ENGINE_POINTER);
-        let engine_name = if pointer.exists() {
-            String::from_utf8(std::fs::read(&pointer)?)
+        let engine_name = if fs.exists(&pointer) {
+            String::from_utf8(fs.read_all(&pointer)?)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "ENGINE is not UTF-8"))?
                 .trim()
                 .to_owned()
         } else {
             let name = "engine-0".to_owned();
-            OsFs.write_atomic(&pointer, name.as_bytes())?;
+            fs.write_atomic(&pointer, name.as_bytes())?;
             name
         };
         // Leftovers of an interrupted install: any other engine directory.
-        for entry in std::fs::read_dir(&data_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with("engine-") && name != engine_name && entry.path().is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
+        for name in fs.list(&data_dir)? {
+            let path = data_dir.join(&name);
+            if name.starts_with("engine-") && name != engine_name && fs.is_dir(&path) {
+                fs.remove_dir_all(&path)?;
             }
         }
         let engine_dir = data_dir.join(&engine_name);
         let db = Db::open(&engine_dir, engine_options.clone()).map_err(engine_err)?;
         upgrade_layout(&db)?;
         let point = read_point(&db)?;
-        let snapshots = SnapshotStore::open(data_dir.join("snapshots"))?;
+        let snapshots = SnapshotStore::open(fs, data_dir.join("snapshots"))?;
         let changes = ChangeFeed::new(FEED_CAPACITY);
         let auth = crate::auth::store::load(&db.snapshot())?;
         Ok(StateMachine {
@@ -238,6 +237,12 @@ impl SmShared {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The file system every file of this state goes through (the
+    /// engine's, its snapshots', transfer staging).
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.engine_options.fs
     }
 
     /// The live engine's directory.
@@ -356,16 +361,17 @@ impl SmShared {
         let mut engine_dir = self.engine_dir.lock();
         let next = next_engine_name(&engine_dir);
         let new_dir = self.data_dir.join(&next);
-        if new_dir.exists() {
-            std::fs::remove_dir_all(&new_dir)?;
+        let fs = &*self.engine_options.fs;
+        if fs.exists(&new_dir) {
+            fs.remove_dir_all(&new_dir)?;
         }
-        link_tree(&ours.dir, &new_dir, |name| name != MANIFEST_FILE)?;
+        link_tree(fs, &ours.dir, &new_dir, |name| name != MANIFEST_FILE)?;
         let db = Db::open(&new_dir, self.engine_options.clone()).map_err(engine_err)?;
         upgrade_layout(&db)?;
         let point = read_point(&db)?;
         if point.0 != meta.last_log_id {
             drop(db);
-            let _ = std::fs::remove_dir_all(&new_dir);
+            let _ = fs.remove_dir_all(&new_dir);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -376,14 +382,16 @@ impl SmShared {
                 ),
             ));
         }
-        OsFs.write_atomic(&self.data_dir.join(ENGINE_POINTER), next.as_bytes())?;
+        // The switch: before it a power loss finds the old engine, after it
+        // the new one, whole (link_tree synced its entries).
+        fs.write_atomic(&self.data_dir.join(ENGINE_POINTER), next.as_bytes())?;
         self.reload_auth(&db)?;
         let old = std::mem::replace(&mut *self.db.write(), Arc::new(db));
         *self.applied.write() = (meta.last_log_id, meta.last_membership.clone());
         self.changes.reset(meta.last_log_id.map_or(0, |l| l.index));
         let old_dir = std::mem::replace(&mut *engine_dir, new_dir);
         drop(engine_dir);
-        retire(old, &old_dir);
+        retire(old, &old_dir, fs);
         self.snapshots.collect_garbage(&ours)?;
         Ok(())
     }
@@ -402,7 +410,7 @@ fn next_engine_name(current: &Path) -> String {
 /// Closes a replaced engine once its last reader lets go and removes its
 /// directory; if readers hold it too long, the directory is removed at the
 /// next open instead.
-fn retire(mut db: Arc<Db>, dir: &Path) {
+fn retire(mut db: Arc<Db>, dir: &Path, fs: &dyn FileSystem) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match Arc::try_unwrap(db) {
@@ -410,7 +418,7 @@ fn retire(mut db: Arc<Db>, dir: &Path) {
                 if let Err(error) = db.close() {
                     tracing::warn!(%error, dir = %dir.display(), "closing the replaced engine");
                 }
-                if let Err(error) = std::fs::remove_dir_all(dir) {
+                if let Err(error) = fs.remove_dir_all(dir) {
                     tracing::warn!(%error, dir = %dir.display(), "removing the replaced engine");
                 }
                 return;

@@ -68,7 +68,13 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
             let scratch = tempfile::NamedTempFile::new().map_err(failed)?;
             let mut rows = Vec::new();
             for &index in &catalog.checkpoints {
-                let record = Catalog::checkpoint(&target, index, scratch.path()).map_err(failed)?;
+                let record = Catalog::checkpoint(
+                    &ferry_replication::engine::fs::OsFs,
+                    &target,
+                    index,
+                    scratch.path(),
+                )
+                .map_err(failed)?;
                 rows.push(json!({
                     "index": index,
                     "time": time_text(record.time_ms),
