@@ -42,22 +42,40 @@ pub fn wal_segment(bytes: &[u8]) {
     }
 }
 
-/// Decodes `bytes` as a write batch payload.
+/// Decodes `bytes` as a write batch payload. Property: a payload whose
+/// ops all decode is the encoding of the batch of those ops (up to any
+/// bytes after the last op, which the decoder does not read).
 pub fn write_batch(bytes: &[u8]) {
-    if let Some(ops) = BatchIter::decode(bytes) {
-        // The count comes from the input: stop at the first bad op, and
-        // never loop longer than the bytes could hold.
-        for op in ops.take(bytes.len() + 1) {
-            if op.is_none() {
-                break;
-            }
+    let Some(ops) = BatchIter::decode(bytes) else {
+        return;
+    };
+    let mut rebuilt = crate::WriteBatch::new();
+    // The count comes from the input: stop at the first bad op, and never
+    // loop longer than the bytes could hold.
+    for op in ops.take(bytes.len() + 1) {
+        let Some(op) = op else {
+            return;
+        };
+        match op.kind {
+            crate::key::ValueKind::Put => rebuilt.put(op.key, op.value),
+            crate::key::ValueKind::Delete => rebuilt.delete(op.key),
         }
     }
+    let (count, body) = rebuilt.wal_payload();
+    let encoded = [count.as_slice(), body].concat();
+    assert!(
+        bytes.starts_with(&encoded),
+        "a decoded batch re-encodes to other bytes"
+    );
 }
 
-/// Decodes `bytes` as a manifest version edit.
+/// Decodes `bytes` as a manifest version edit. Property: a decoded edit
+/// re-encodes into bytes that decode to the same edit.
 pub fn version_edit(bytes: &[u8]) {
-    let _ = VersionEdit::decode(bytes);
+    if let Ok(edit) = VersionEdit::decode(bytes) {
+        let again = VersionEdit::decode(&edit.encode()).expect("a re-encoded edit decodes");
+        assert_eq!(again, edit, "version edit round trip");
+    }
 }
 
 /// Opens `bytes` as a table and reads it both ways and by point lookups.
@@ -167,7 +185,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
         #[test]
         fn decoders_survive_garbage(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
@@ -176,6 +194,40 @@ mod tests {
             version_edit(&bytes);
             table(&bytes);
             checkpoint_meta(&bytes);
+        }
+
+        #[test]
+        fn batches_and_edits_hold_their_round_trip_under_mutations(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let mut batch = crate::WriteBatch::new();
+            batch.put(b"task/1", b"queued");
+            batch.delete(b"task/0");
+            batch.put(b"", vec![7u8; 200]);
+            let (count, body) = batch.wal_payload();
+            let mut batch_bytes = [count.as_slice(), body].concat();
+            let edit = VersionEdit {
+                log_number: Some(9),
+                next_file_number: Some(12),
+                last_sequence: Some(4711),
+                added: vec![(1, crate::manifest::edit::TableMeta {
+                    number: 11,
+                    size: 4096,
+                    file_crc: 7,
+                    min_sequence: 1,
+                    max_sequence: 4711,
+                    smallest: b"a".to_vec(),
+                    largest: b"z".to_vec(),
+                })],
+                deleted: vec![(0, 3)],
+            };
+            let mut edit_bytes = edit.encode();
+            for (index, value) in flips {
+                let at = index.index(batch_bytes.len());
+                batch_bytes[at] = value;
+                let at = index.index(edit_bytes.len());
+                edit_bytes[at] = value;
+            }
+            write_batch(&batch_bytes);
+            version_edit(&edit_bytes);
         }
 
         #[test]

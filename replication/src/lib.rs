@@ -22,6 +22,18 @@
 //!   common name is allowed), and a member dials peers only over TLS with
 //!   its own certificate: no Raft message, vote or snapshot offer comes
 //!   from anyone else. Certificates are re-read when their files change.
+//! - Every file a node writes (engine, Raft log and its side files,
+//!   snapshots, transfer staging, backup staging) goes through one
+//!   [`ferry_engine::fs::FileSystem`], the engine options' `fs`, so the
+//!   fault-injecting one covers them all in power-loss tests. (Offline
+//!   tools, `recovery` and backup restore, write a new data directory on
+//!   the OS file system.)
+//! - Nothing a peer sends is trusted: a snapshot offer is checked (file
+//!   count, names, total size against free space) before anything is
+//!   staged, every chunk against the offer, every file against its size
+//!   and CRC at `Done`; undecodable Raft messages are refused; a message
+//!   for another node id is refused and reported. Every decoder of foreign
+//!   bytes has a fuzz target ([`fuzzing`]).
 //! - Users, roles and the auth switch ([`auth`]) are replicated state,
 //!   changed only by Raft commands; no password is ever in a command, the
 //!   log or the engine, only its argon2id hash.
