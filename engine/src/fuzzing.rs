@@ -152,37 +152,131 @@ pub fn sample_checkpoint_meta() -> Vec<u8> {
     .0
 }
 
+/// A real table, for seeds: mutations of it reach past the footer.
+pub fn sample_table() -> Vec<u8> {
+    let fs = FaultInjectionFs::new();
+    fs.create_dir_all(Path::new("/t")).unwrap();
+    let path = Path::new("/t/1.sst");
+    let options = crate::sst::builder::TableOptions {
+        block_bytes: 128,
+        restart_interval: 4,
+        bloom_bits_per_key: 10,
+        compression: true,
+    };
+    let mut builder =
+        crate::sst::builder::TableBuilder::new(fs.create(path).unwrap(), path, options);
+    for i in 0..200u32 {
+        let mut key = Vec::new();
+        crate::key::encode_into(
+            &mut key,
+            format!("key{i:04}").as_bytes(),
+            1,
+            crate::key::ValueKind::Put,
+        );
+        builder
+            .add(&key, format!("value{i}").repeat(3).as_bytes())
+            .unwrap();
+    }
+    builder.finish().unwrap();
+    fs.read_all(path).unwrap()
+}
+
+/// A Parquet part of a columnar export, read as an import reads it: its
+/// metadata, then every row batch. Property: damage of any kind is a typed
+/// error (the reader turns the parquet crate's panics into errors), and
+/// reading ends.
+pub fn parquet_part(bytes: &[u8]) {
+    let (fs, path) = file_system_with(bytes);
+    let Ok(mut reader) = crate::columnar::PartReader::open(&fs, path) else {
+        return;
+    };
+    let _ = reader.metadata("ferry.export");
+    // A part's batches are bounded by its bytes; the cap is for a reader bug.
+    for _ in 0..bytes.len() + 1 {
+        match reader.next_batch() {
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+    panic!(
+        "a part of {} bytes gave more batches than bytes",
+        bytes.len()
+    );
+}
+
+/// A real part of a columnar export, for seeds.
+pub fn sample_parquet_part() -> Vec<u8> {
+    let fs = FaultInjectionFs::new();
+    let options = crate::Options {
+        fs: Arc::new(fs.clone()),
+        background_work: false,
+        ..crate::Options::default()
+    };
+    let db = crate::Db::open("/db", options).expect("an in-memory database");
+    for i in 0..50u32 {
+        db.put(format!("key{i:03}"), format!("value{i}"))
+            .expect("an in-memory write");
+    }
+    let snapshot = db.snapshot();
+    db.export_parquet(
+        &snapshot,
+        "/export",
+        &crate::columnar::ExportOptions::default(),
+        &mut |_| {},
+    )
+    .expect("an in-memory export");
+    let part = fs
+        .list(Path::new("/export"))
+        .expect("the export's directory")
+        .into_iter()
+        .find(|name| name.ends_with(".parquet"))
+        .expect("a part");
+    fs.read_all(&Path::new("/export").join(part))
+        .expect("the part's bytes")
+}
+
+/// Every target, by name (the fuzz crate's binaries and the stable runner
+/// in `ferry-replication`'s tests take them from here).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("wal_segment", wal_segment),
+    ("write_batch", write_batch),
+    ("version_edit", version_edit),
+    ("table", table),
+    ("checkpoint_meta", checkpoint_meta),
+    ("parquet_part", parquet_part),
+];
+
+/// Valid inputs for every target, built by this release's writers.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut batch = crate::WriteBatch::new();
+    batch.put(b"task/1", b"queued");
+    batch.delete(b"task/0");
+    let (count, body) = batch.wal_payload();
+    let payload = [count.as_slice(), body].concat();
+    let mut segment = crate::wal::segment_header(LogKind::Wal).to_vec();
+    crate::wal::encode_record(&mut segment, 1, &payload);
+    crate::wal::encode_record(&mut segment, 3, &payload);
+    let edit = VersionEdit {
+        log_number: Some(9),
+        next_file_number: Some(12),
+        last_sequence: Some(4711),
+        deleted: vec![(0, 3)],
+        ..VersionEdit::default()
+    };
+    vec![
+        ("wal_segment", segment),
+        ("write_batch", payload),
+        ("version_edit", edit.encode()),
+        ("table", sample_table()),
+        ("checkpoint_meta", sample_checkpoint_meta()),
+        ("parquet_part", sample_parquet_part()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// A real table to mutate, so that mutations reach past the footer.
-    fn valid_table() -> Vec<u8> {
-        let fs = FaultInjectionFs::new();
-        fs.create_dir_all(Path::new("/t")).unwrap();
-        let path = Path::new("/t/1.sst");
-        let options = crate::sst::builder::TableOptions {
-            block_bytes: 128,
-            restart_interval: 4,
-            bloom_bits_per_key: 10,
-            compression: true,
-        };
-        let mut builder =
-            crate::sst::builder::TableBuilder::new(fs.create(path).unwrap(), path, options);
-        for i in 0..200u32 {
-            let key = crate::key::encode(
-                format!("key{i:04}").as_bytes(),
-                1,
-                crate::key::ValueKind::Put,
-            );
-            builder
-                .add(&key, format!("value{i}").repeat(3).as_bytes())
-                .unwrap();
-        }
-        builder.finish().unwrap();
-        fs.read_all(path).unwrap()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
@@ -242,7 +336,7 @@ mod tests {
 
         #[test]
         fn table_reader_survives_mutations(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-            let mut bytes = valid_table();
+            let mut bytes = sample_table();
             for (index, value) in flips {
                 let at = index.index(bytes.len());
                 bytes[at] = value;

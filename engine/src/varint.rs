@@ -39,14 +39,21 @@ impl<'a> Cursor<'a> {
         self.position >= self.bytes.len()
     }
 
+    /// A varint in its one canonical form (what [`put_u64`] writes): a
+    /// non-minimal encoding (a last byte of zero after the first) or one
+    /// past 64 bits is refused, so that every value has a single encoding
+    /// and a decoded record re-encodes to the bytes it came from.
     pub(crate) fn u64(&mut self) -> Option<u64> {
         let mut result = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self.bytes.get(self.position)?;
             self.position += 1;
+            if shift == 63 && byte > 1 {
+                return None;
+            }
             result |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
-                return Some(result);
+                return (byte != 0 || shift == 0).then_some(result);
             }
         }
         None
@@ -78,6 +85,23 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_canonical_encoding_decodes() {
+        for value in [0u64, 1, 127, 128, 300, u64::MAX >> 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, value);
+            assert_eq!(Cursor::new(&out).u64(), Some(value));
+        }
+        // 0 and 1 padded with a continuation byte; u64::MAX with a bit past 64.
+        for bad in [
+            &[0x80, 0x00][..],
+            &[0x81, 0x00],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x03],
+        ] {
+            assert_eq!(Cursor::new(bad).u64(), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn round_trips_edge_values() {

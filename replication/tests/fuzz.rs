@@ -1,4 +1,5 @@
-//! Every fuzz target of `ferry_replication::fuzzing` on the stable
+//! Every fuzz target of `ferry_replication::fuzzing` and
+//! `ferry_engine::fuzzing` on the stable
 //! toolchain: its committed corpus (`fuzz/corpus/<target>/`), this
 //! release's seeds, and a bounded number of mutations and random inputs.
 //! The long, coverage-guided runs are `cargo fuzz` (see `fuzz/README.md`).
@@ -52,8 +53,12 @@ fn command_fixture() -> Vec<Vec<u8>> {
 fn every_target_holds_its_property_over_its_corpus_and_mutations() {
     let seed = env("FERRY_FUZZ_SEED", 0x5eed_f00d);
     let rounds = env("FERRY_FUZZ_ROUNDS", 50_000) as usize;
-    let seeds = fuzzing::seeds();
-    for (name, target) in fuzzing::TARGETS {
+    let mut seeds = fuzzing::seeds();
+    seeds.extend(ferry_engine::fuzzing::seeds());
+    let targets = fuzzing::TARGETS
+        .iter()
+        .chain(ferry_engine::fuzzing::TARGETS);
+    for (name, target) in targets {
         let committed = corpus(name);
         assert!(
             !committed.is_empty(),
@@ -72,6 +77,12 @@ fn every_target_holds_its_property_over_its_corpus_and_mutations() {
             inputs.extend(command_fixture());
         }
         let started = Instant::now();
+        // Reading a Parquet part costs a hundred times a record's decode.
+        let rounds = if *name == "parquet_part" {
+            rounds / 10
+        } else {
+            rounds
+        };
         if let Err((input, message)) = fuzzing::run(*target, &inputs, rounds, seed) {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-failures");
             std::fs::create_dir_all(&dir).unwrap();
@@ -96,7 +107,10 @@ fn every_target_holds_its_property_over_its_corpus_and_mutations() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    for (name, bytes) in fuzzing::seeds() {
+    for (name, bytes) in fuzzing::seeds()
+        .into_iter()
+        .chain(ferry_engine::fuzzing::seeds())
+    {
         let dir = corpus_root().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(

@@ -84,5 +84,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         ("token", token::issue(&KEY, &claims).into_bytes()),
+        // Regression: an upper-case spelling of a valid token once verified.
+        (
+            "token",
+            token::issue(&KEY, &claims).to_uppercase().into_bytes(),
+        ),
     ]
 }
