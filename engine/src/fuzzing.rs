@@ -235,9 +235,13 @@ pub fn sample_parquet_part() -> Vec<u8> {
         .expect("the part's bytes")
 }
 
+/// A fuzz target: its name (the fuzz crate's binary, the corpus folder)
+/// and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target, by name (the fuzz crate's binaries and the stable runner
 /// in `ferry-replication`'s tests take them from here).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("wal_segment", wal_segment),
     ("write_batch", write_batch),
     ("version_edit", version_edit),

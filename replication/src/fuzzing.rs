@@ -29,7 +29,7 @@ use std::path::Path;
 
 /// Every target, by name: the fuzz crate's binaries and the stable runner
 /// take their names from here.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[ferry_engine::fuzzing::Target] = &[
     ("command", command),
     ("raft_message", raft_message),
     ("snapshot_frame", snapshot_frame),
@@ -355,14 +355,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             vote: encode(&vote),
             meta: encode(&meta),
             snapshot_id: "1-00000000000000000040-1-2-1".into(),
-            files: files
-                .iter()
-                .map(|f| pb::FileEntry {
-                    name: f.name.clone(),
-                    size: f.size,
-                    crc: f.crc,
-                })
-                .collect(),
+            files: files.iter().map(pb::FileEntry::from).collect(),
             full_only: false,
             to: 2,
         })),
@@ -568,6 +561,54 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
         }
         _ => input.push(rng.next() as u8),
     }
+}
+
+/// The committed corpus of `target` under `root` (one file an input),
+/// sorted by name.
+pub fn corpus(root: &Path, target: &str) -> Vec<Vec<u8>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join(target))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())))
+        .collect()
+}
+
+/// The stable run of one target (what `tests/fuzz.rs` does for each):
+/// its corpus under `corpus_root` (which must not be empty) and `extra`
+/// inputs, then [`run`]. A failing input is saved under `failures` and
+/// the message names it.
+pub fn check(
+    corpus_root: &Path,
+    failures: &Path,
+    (name, target): (&str, fn(&[u8])),
+    extra: impl IntoIterator<Item = Vec<u8>>,
+    rounds: usize,
+    seed: u64,
+) -> Result<usize, String> {
+    let mut inputs = corpus(corpus_root, name);
+    if inputs.is_empty() {
+        return Err(format!(
+            "no corpus for {name} in {}: write it with the ignored test write_seed_corpus",
+            corpus_root.display()
+        ));
+    }
+    inputs.extend(extra);
+    run(target, &inputs, rounds, seed).map_err(|(input, message)| {
+        let path = failures.join(format!("{name}-{:08x}", crc32fast::hash(&input)));
+        let saved = std::fs::create_dir_all(failures).and_then(|()| std::fs::write(&path, &input));
+        format!(
+            "fuzz target {name} failed (seed {seed}): {message}\ninput {}: {}",
+            match saved {
+                Ok(()) => "saved as",
+                Err(_) => "could not be saved as",
+            },
+            path.display()
+        )
+    })?;
+    Ok(inputs.len())
 }
 
 /// Runs `target` on every input, then on `rounds` mutations of them (one

@@ -12,17 +12,8 @@ use ferry_replication::fuzzing;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn corpus_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
-}
-
-fn corpus(name: &str) -> Vec<Vec<u8>> {
-    let dir = corpus_root().join(name);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -59,46 +50,36 @@ fn every_target_holds_its_property_over_its_corpus_and_mutations() {
         .iter()
         .chain(ferry_engine::fuzzing::TARGETS);
     for (name, target) in targets {
-        let committed = corpus(name);
-        assert!(
-            !committed.is_empty(),
-            "no corpus for {name} in {}: write it with \
-             `cargo test -p ferry-replication --test fuzz -- --ignored write_seed_corpus`",
-            corpus_root().display()
-        );
-        let mut inputs = committed;
-        inputs.extend(
-            seeds
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, b)| b.clone()),
-        );
+        let mut extra: Vec<Vec<u8>> = seeds
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .collect();
         if *name == "command" {
-            inputs.extend(command_fixture());
+            extra.extend(command_fixture());
         }
-        let started = Instant::now();
         // Reading a Parquet part costs a hundred times a record's decode.
         let rounds = if *name == "parquet_part" {
             rounds / 10
         } else {
             rounds
         };
-        if let Err((input, message)) = fuzzing::run(*target, &inputs, rounds, seed) {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-failures");
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join(format!("{name}-{:08x}", crc32fast::hash(&input)));
-            std::fs::write(&path, &input).unwrap();
-            panic!(
-                "fuzz target {name} failed (seed {seed}): {message}\ninput saved as {}",
-                path.display()
-            );
+        let started = Instant::now();
+        match fuzzing::check(
+            &root().join("fuzz/corpus"),
+            &root().join("target/fuzz-failures"),
+            (name, *target),
+            extra,
+            rounds,
+            seed,
+        ) {
+            Ok(inputs) => eprintln!(
+                "{name}: {inputs} inputs, {rounds} mutations, {} random, {:?}",
+                rounds / 4,
+                started.elapsed()
+            ),
+            Err(message) => panic!("{message}"),
         }
-        eprintln!(
-            "{name}: {} inputs, {rounds} mutations, {} random, {:?}",
-            inputs.len(),
-            rounds / 4,
-            started.elapsed()
-        );
     }
 }
 
@@ -111,7 +92,7 @@ fn write_seed_corpus() {
         .into_iter()
         .chain(ferry_engine::fuzzing::seeds())
     {
-        let dir = corpus_root().join(name);
+        let dir = root().join("fuzz/corpus").join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),

@@ -9,7 +9,8 @@ use ferry_client::pb;
 use prost::Message;
 
 /// Every target, by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("batch_request", batch_request), ("token", token)];
+pub const TARGETS: &[ferry_replication::engine::fuzzing::Target] =
+    &[("batch_request", batch_request), ("token", token)];
 
 /// A `KV.Batch` request message as the server decodes it. Property: what
 /// decodes re-encodes into an equal message, and that encoding is stable.

@@ -221,15 +221,7 @@ async fn attempt(
             vote: postcard::to_stdvec(vote).map_err(network_error)?,
             meta: postcard::to_stdvec(&manifest.meta).map_err(network_error)?,
             snapshot_id: format!("{}-{snapshot_id}", link.from),
-            files: manifest
-                .files
-                .iter()
-                .map(|f| pb::FileEntry {
-                    name: f.name.clone(),
-                    size: f.size,
-                    crc: f.crc,
-                })
-                .collect(),
+            files: manifest.files.iter().map(pb::FileEntry::from).collect(),
             full_only,
             to: link.to,
         })),
@@ -454,6 +446,16 @@ async fn next_frame(
         Ok(Some(Err(status))) => Err(failed(format!("stream error: {status}"), false)),
         Ok(Some(Ok(SnapshotFrame { frame: None }))) => Err(failed("empty frame", false)),
         Ok(Some(Ok(SnapshotFrame { frame: Some(frame) }))) => Ok(frame),
+    }
+}
+
+impl From<&super::SnapshotFile> for pb::FileEntry {
+    fn from(file: &super::SnapshotFile) -> Self {
+        pb::FileEntry {
+            name: file.name.clone(),
+            size: file.size,
+            crc: file.crc,
+        }
     }
 }
 

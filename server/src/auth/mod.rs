@@ -121,8 +121,14 @@ impl Gate {
         }
     }
 
-    /// Whether the caller presenting `credential` may do `access`.
-    pub fn check(&self, credential: &Credential, access: &Access) -> Result<Principal, Status> {
+    /// Who `credential` is and whether `allowed` lets them in (`refusal`
+    /// says why not); with auth off, everyone is root.
+    fn admit(
+        &self,
+        credential: &Credential,
+        allowed: impl Fn(&AuthState, &str) -> bool,
+        refusal: impl Fn(&str) -> String,
+    ) -> Result<Principal, Status> {
         let state = self.node.auth();
         if !state.enabled {
             return Ok(Principal {
@@ -131,15 +137,8 @@ impl Gate {
             });
         }
         let user = self.user(&state, credential)?;
-        if !state.allows(&user, access) {
-            return Err(Status::permission_denied(match access {
-                Access::Root => format!("only {ROOT} may do this; {user:?} may not"),
-                Access::Keys { kind, start, end } => format!(
-                    "user {user:?} has no {kind:?} permission on {}",
-                    describe(start, end.as_deref())
-                ),
-                Access::Any => format!("user {user:?} may not call"),
-            }));
+        if !allowed(&state, &user) {
+            return Err(Status::permission_denied(refusal(&user)));
         }
         Ok(Principal {
             root: state.is_root(&user),
@@ -147,32 +146,40 @@ impl Gate {
         })
     }
 
+    /// Whether the caller presenting `credential` may do `access`.
+    pub fn check(&self, credential: &Credential, access: &Access) -> Result<Principal, Status> {
+        self.admit(
+            credential,
+            |state, user| state.allows(user, access),
+            |user| match access {
+                Access::Root => format!("only {ROOT} may do this; {user:?} may not"),
+                Access::Keys { kind, start, end } => format!(
+                    "user {user:?} has no {kind:?} permission on {}",
+                    describe(start, end.as_deref())
+                ),
+                Access::Any => format!("user {user:?} may not call"),
+            },
+        )
+    }
+
     /// Whether the caller presenting `credential` may read the status page:
     /// root, or a user with the role [`STATUS_ROLE`].
     pub fn check_status(&self, credential: &Credential) -> Result<Principal, Status> {
-        let state = self.node.auth();
-        if !state.enabled {
-            return Ok(Principal {
-                user: None,
-                root: true,
-            });
-        }
-        let user = self.user(&state, credential)?;
-        let root = state.is_root(&user);
-        let allowed = root
-            || state
-                .users
-                .get(&user)
-                .is_some_and(|u| u.roles.contains(STATUS_ROLE));
-        if !allowed {
-            return Err(Status::permission_denied(format!(
-                "the status page is for {ROOT} and users with the role {STATUS_ROLE:?}; {user:?} is neither"
-            )));
-        }
-        Ok(Principal {
-            user: Some(user),
-            root,
-        })
+        self.admit(
+            credential,
+            |state, user| {
+                state.is_root(user)
+                    || state
+                        .users
+                        .get(user)
+                        .is_some_and(|u| u.roles.contains(STATUS_ROLE))
+            },
+            |user| {
+                format!(
+                    "the status page is for {ROOT} and users with the role {STATUS_ROLE:?}; {user:?} is neither"
+                )
+            },
+        )
     }
 
     /// `check` of the caller of `request`.

@@ -274,12 +274,17 @@ function render(report) {
 function showLogin(message) {
   $("content").hidden = true;
   $("login").hidden = false;
-  $("login-error").textContent = message || "";
+  if (message) $("login-error").textContent = message;
 }
 
 async function poll() {
   const headers = {};
   const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token && !$("login").hidden) {
+    // Waiting for a login: asking again would only be refused again.
+    setTimeout(poll, POLL_MS);
+    return;
+  }
   if (token) headers.Authorization = "Bearer " + token;
   try {
     const response = await fetch("/status.json", { headers, cache: "no-store" });
