@@ -79,6 +79,8 @@ pub fn version_edit(bytes: &[u8]) {
 }
 
 /// Opens `bytes` as a table and reads it both ways and by point lookups.
+/// Property: when both scans read the whole table without an error, the
+/// backward scan yields the forward scan's entries in reverse.
 pub fn table(bytes: &[u8]) {
     let (fs, path) = file_system_with(bytes);
     let cache = Arc::new(BlockCache::new(1 << 20));
@@ -86,18 +88,28 @@ pub fn table(bytes: &[u8]) {
         return;
     };
     let table = Arc::new(table);
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+    let mut scans: Vec<Option<Entries>> = Vec::new();
     for reverse in [false, true] {
         let mut iter = TableIter::new(table.clone(), reverse);
-        if iter.seek(None).is_err() {
-            continue;
-        }
-        let mut steps = 0;
-        while iter.current().is_some() && steps < 100_000 {
-            if iter.advance().is_err() {
+        let mut entries = Vec::new();
+        let mut whole = iter.seek(None).is_ok();
+        while whole && entries.len() < 100_000 {
+            let Some((key, value)) = iter.current() else {
                 break;
-            }
-            steps += 1;
+            };
+            entries.push((key.to_vec(), value.to_vec()));
+            whole = iter.advance().is_ok();
         }
+        scans.push((whole && entries.len() < 100_000).then_some(entries));
+    }
+    if let [Some(forward), Some(backward)] = &scans[..] {
+        let mut reversed = backward.clone();
+        reversed.reverse();
+        assert!(
+            *forward == reversed,
+            "a table's backward scan is not its forward scan reversed"
+        );
     }
     for probe in [&b""[..], b"a", b"key", b"\xff\xff"] {
         let _ = table.get(&crate::sst::table::PointQuery::new(

@@ -631,6 +631,24 @@ pub fn run(
             (input.to_vec(), message)
         })
     };
+    // Panics are caught and reported with their input here, and some are
+    // caught inside the code under test by design (the Parquet reader turns
+    // the parquet crate's panics into errors): the default hook would print
+    // each one. The hook is process-wide, so the runner wants a test binary
+    // of its own (as `tests/fuzz.rs` is).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = run_quietly(&attempt, inputs, rounds, seed);
+    std::panic::set_hook(hook);
+    result
+}
+
+fn run_quietly(
+    attempt: &dyn Fn(&[u8]) -> Result<(), (Vec<u8>, String)>,
+    inputs: &[Vec<u8>],
+    rounds: usize,
+    seed: u64,
+) -> Result<(), (Vec<u8>, String)> {
     for input in inputs {
         attempt(input)?;
     }

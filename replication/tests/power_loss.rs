@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Takes durable images of `fs` until `stop`, at most `limit` of them.
+/// Takes durable images of `fs` until `stop`, keeping at most `limit`
+/// spread over the whole run: when the limit is reached, every other image
+/// goes and the interval doubles (a busy machine makes the work slower,
+/// not the sampling shorter).
 fn sample(
     fs: FaultInjectionFs,
     stop: Arc<AtomicBool>,
@@ -24,9 +27,14 @@ fn sample(
 ) -> std::thread::JoinHandle<Vec<FaultInjectionFs>> {
     std::thread::spawn(move || {
         let mut images = Vec::new();
-        while !stop.load(Ordering::Relaxed) && images.len() < limit {
+        let mut interval = Duration::from_micros(300);
+        while !stop.load(Ordering::Relaxed) {
             images.push(fs.durable_image());
-            std::thread::sleep(Duration::from_micros(300));
+            if images.len() >= limit {
+                images = images.into_iter().step_by(2).collect();
+                interval *= 2;
+            }
+            std::thread::sleep(interval);
         }
         images
     })
