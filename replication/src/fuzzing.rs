@@ -611,16 +611,14 @@ pub fn check(
     Ok(inputs.len())
 }
 
+/// A failing input and what failed.
+pub type Failure = (Vec<u8>, String);
+
 /// Runs `target` on every input, then on `rounds` mutations of them (one
 /// to four each) and on `rounds / 4` random inputs of up to 512 bytes,
 /// from `seed`. A property failure is returned with the input that caused
 /// it, for a regression file.
-pub fn run(
-    target: fn(&[u8]),
-    inputs: &[Vec<u8>],
-    rounds: usize,
-    seed: u64,
-) -> Result<(), (Vec<u8>, String)> {
+pub fn run(target: fn(&[u8]), inputs: &[Vec<u8>], rounds: usize, seed: u64) -> Result<(), Failure> {
     let attempt = |input: &[u8]| {
         std::panic::catch_unwind(|| target(input)).map_err(|panic| {
             let message = panic
@@ -644,11 +642,11 @@ pub fn run(
 }
 
 fn run_quietly(
-    attempt: &dyn Fn(&[u8]) -> Result<(), (Vec<u8>, String)>,
+    attempt: &dyn Fn(&[u8]) -> Result<(), Failure>,
     inputs: &[Vec<u8>],
     rounds: usize,
     seed: u64,
-) -> Result<(), (Vec<u8>, String)> {
+) -> Result<(), Failure> {
     for input in inputs {
         attempt(input)?;
     }
