@@ -576,6 +576,20 @@ pub fn corpus(root: &Path, target: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Writes `seeds` into the corpus under `root`, as `<target>/seed-<crc>`
+/// (the ignored `write_seed_corpus` tests; the files are committed).
+pub fn write_seeds(root: &Path, seeds: Vec<(&'static str, Vec<u8>)>) -> std::io::Result<()> {
+    for (name, bytes) in seeds {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),
+            bytes,
+        )?;
+    }
+    Ok(())
+}
+
 /// The stable run of one target (what `tests/fuzz.rs` does for each):
 /// its corpus under `corpus_root` (which must not be empty) and `extra`
 /// inputs, then [`run`]. A failing input is saved under `failures` and

@@ -88,16 +88,12 @@ fn every_target_holds_its_property_over_its_corpus_and_mutations() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    for (name, bytes) in fuzzing::seeds()
-        .into_iter()
-        .chain(ferry_engine::fuzzing::seeds())
-    {
-        let dir = root().join("fuzz/corpus").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),
-            bytes,
-        )
-        .unwrap();
-    }
+    fuzzing::write_seeds(
+        &root().join("fuzz/corpus"),
+        fuzzing::seeds()
+            .into_iter()
+            .chain(ferry_engine::fuzzing::seeds())
+            .collect(),
+    )
+    .unwrap();
 }

@@ -42,13 +42,9 @@ fn every_target_holds_its_property_over_its_corpus_and_mutations() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    for (name, bytes) in ferry_server::fuzzing::seeds() {
-        let dir = root().join("fuzz/corpus").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),
-            bytes,
-        )
-        .unwrap();
-    }
+    ferry_replication::fuzzing::write_seeds(
+        &root().join("fuzz/corpus"),
+        ferry_server::fuzzing::seeds(),
+    )
+    .unwrap();
 }
