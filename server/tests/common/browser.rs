@@ -8,6 +8,7 @@
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,8 +101,22 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
     try_request(port, method, path, body).unwrap_or_else(|e| panic!("chromedriver {path}: {e}"))
 }
 
+/// The chromedriver process; its whole process group dies with it.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group of our own child, whose id
+        // std holds (the group was made for it at spawn).
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Browser {
-    driver: Child,
+    driver: Driver,
     port: u16,
     session: String,
     _profile: tempfile::TempDir,
@@ -116,13 +131,19 @@ impl Browser {
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
             .unwrap();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        // Its own process group, with Chromium in it: dropping the driver
+        // kills the group, so nothing outlives the test, even a start that
+        // fails half-way (a session that was never answered, say).
+        let driver = Driver(
+            Command::new(&chromedriver)
+                .arg(format!("--port={port}"))
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
@@ -239,7 +260,6 @@ impl Drop for Browser {
             &format!("/session/{}", self.session),
             None,
         );
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // Then `driver` drops, taking its process group with it.
     }
 }
