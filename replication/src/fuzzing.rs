@@ -249,7 +249,7 @@ pub fn state_records(bytes: &[u8]) {
 
 /// Valid inputs for every target, built from this release's encoders:
 /// the seeds of the corpus (`fuzz/corpus/<target>/`, written by
-/// `tests/fuzz.rs`'s ignored `write_seed_corpus`) and of the stable runs.
+/// kept there by `tests/fuzz.rs`) and of the stable runs.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::types::{log_id, CompareOp, CompareTarget, FerryNode, RequestId};
     use crate::types::{Compare, Op, Txn};
@@ -576,18 +576,30 @@ pub fn corpus(root: &Path, target: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Writes `seeds` into the corpus under `root`, as `<target>/seed-<crc>`
-/// (the ignored `write_seed_corpus` tests; the files are committed).
-pub fn write_seeds(root: &Path, seeds: Vec<(&'static str, Vec<u8>)>) -> std::io::Result<()> {
+/// Checks that the corpus under `root` holds every one of `seeds` (as
+/// `<target>/seed-<crc>`); with `write`, adds those it lacks. Returns the
+/// files missing (before writing): a format or seed changed and the
+/// corpus was not brought along.
+pub fn seeds_in_corpus(
+    root: &Path,
+    seeds: Vec<(&'static str, Vec<u8>)>,
+    write: bool,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut missing = Vec::new();
     for (name, bytes) in seeds {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join(format!("seed-{:08x}", crc32fast::hash(&bytes))),
-            bytes,
-        )?;
+        let path = root
+            .join(name)
+            .join(format!("seed-{:08x}", crc32fast::hash(&bytes)));
+        if std::fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        if write {
+            std::fs::create_dir_all(root.join(name))?;
+            std::fs::write(&path, &bytes)?;
+        }
+        missing.push(path);
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// The stable run of one target (what `tests/fuzz.rs` does for each):
@@ -605,7 +617,7 @@ pub fn check(
     let mut inputs = corpus(corpus_root, name);
     if inputs.is_empty() {
         return Err(format!(
-            "no corpus for {name} in {}: write it with the ignored test write_seed_corpus",
+            "no corpus for {name} in {}: run the fuzz tests with FERRY_WRITE_CORPUS=1",
             corpus_root.display()
         ));
     }
