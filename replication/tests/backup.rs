@@ -4,9 +4,15 @@
 //! reported by name.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::{fast_raft, Cluster};
-use ferry_replication::backup::{restore, BackupOptions, BackupShipper, LocalDir, RestorePoint};
+use ferry_replication::backup::{
+    head, restore, verify, BackupOptions, BackupShipper, BackupTarget, Catalog, LocalDir, LogChunk,
+    RestorePoint, Retention,
+};
+use ferry_replication::engine::fs::OsFs;
 use ferry_replication::types::{now_ms, FerryNode, Op};
 use ferry_replication::{Consistency, Node};
 use std::collections::BTreeMap;
@@ -76,7 +82,7 @@ fn restored_state(data_dir: &Path) -> State {
 }
 
 async fn restore_to(
-    chain: &Arc<LocalDir>,
+    chain: &Arc<dyn BackupTarget>,
     point: RestorePoint,
     out: &Path,
 ) -> std::io::Result<ferry_replication::backup::RestoreReport> {
@@ -90,7 +96,7 @@ async fn restore_to(
     .await
 }
 
-fn shipper(node: &Arc<Node>, chain: &Arc<LocalDir>) -> Arc<BackupShipper> {
+fn shipper(node: &Arc<Node>, chain: &Arc<dyn BackupTarget>) -> Arc<BackupShipper> {
     BackupShipper::new(
         node.clone(),
         chain.clone(),
@@ -103,9 +109,25 @@ fn shipper(node: &Arc<Node>, chain: &Arc<LocalDir>) -> Arc<BackupShipper> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_in_time_restore_to_index_and_time_matches_the_model() {
-    let cluster = Cluster::start(3, fast_raft()).await;
     let scratch = tempfile::tempdir().unwrap();
-    let chain = Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    let chain: Arc<dyn BackupTarget> =
+        Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    chain_scenario(chain, scratch.path()).await;
+}
+
+/// The same chain, in a real S3 server (moto) started for the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chain_in_s3_ships_fences_prunes_verifies_and_restores() {
+    let scratch = tempfile::tempdir().unwrap();
+    let s3 = s3::MotoServer::start();
+    let chain = s3.target("chains/cluster-a");
+    chain_scenario(chain, scratch.path()).await;
+}
+
+/// Ships through two leaders, restores to points compared with a model,
+/// fences the first leader, prunes, verifies and reports damage by name.
+async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
+    let cluster = Cluster::start(3, fast_raft()).await;
     let mut model = Model::default();
 
     let first = cluster.wait_leader(Duration::from_secs(10)).await;
@@ -195,7 +217,7 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
         ("latest", RestorePoint::Latest, model.last()),
     ];
     for (n, (what, point, index)) in points.into_iter().enumerate() {
-        let out = scratch.path().join(format!("restored-{n}"));
+        let out = scratch.join(format!("restored-{n}"));
         let report = restore_to(&chain, point, &out)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -219,7 +241,7 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
     }
 
     // A restored directory serves as a new cluster.
-    let out = scratch.path().join("restored-6");
+    let out = scratch.join("restored-6");
     let node = common::open_restored(1, &out).await;
     node.put("after-restore", "yes").await.unwrap();
     let read = node
@@ -233,7 +255,7 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
     let error = restore_to(
         &chain,
         RestorePoint::Index(checkpoint_1 - 1),
-        &scratch.path().join("early"),
+        &scratch.join("early"),
     )
     .await
     .unwrap_err();
@@ -244,48 +266,142 @@ async fn point_in_time_restore_to_index_and_time_matches_the_model() {
     let error = restore_to(
         &chain,
         RestorePoint::Index(last + 1000),
-        &scratch.path().join("late"),
+        &scratch.join("late"),
     )
     .await
     .unwrap_err();
     assert!(error.to_string().contains("is not shipped"), "{error}");
-    assert!(!scratch.path().join("late").exists());
+    assert!(!scratch.join("late").exists());
 
-    // Damage in a log chunk or an object is reported by name.
-    let logs = ferry_replication::backup::Catalog::read(&*chain)
-        .unwrap()
-        .log;
-    let tail = logs.last().unwrap().name();
-    flip_byte(&scratch.path().join("chain").join(&tail), 40);
-    let error = restore_to(
-        &chain,
-        RestorePoint::Latest,
-        &scratch.path().join("bad-log"),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.to_string().contains(&tail), "{error}");
-    let objects: Vec<_> = std::fs::read_dir(scratch.path().join("chain/objects"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    for object in &objects {
-        flip_byte(object, 0);
+    // A clean chain verifies, from the first checkpoint to the end.
+    let fs = OsFs;
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let restorable = report.restorable.unwrap();
+    assert_eq!(
+        (restorable.first_index, restorable.last_index),
+        (checkpoint_1, last)
+    );
+    assert!(
+        restorable.first_time_ms > 0 && restorable.last_time_ms >= cut,
+        "{restorable:?}"
+    );
+
+    // The first leader, deposed but still shipping (a partition), is fenced:
+    // it cannot claim the chain again, and what it writes is not chain.
+    let (held, _) = head::read(&*chain).unwrap().unwrap();
+    let (old_term, term) = (held.segments[0].term, held.term());
+    assert!(old_term < term, "{held:?}");
+    let error = head::claim(&*chain, old_term, first, || Ok(0)).unwrap_err();
+    assert!(error.to_string().contains("fenced"), "{error}");
+    let stale = LogChunk {
+        first: last + 1,
+        last: last + 5,
+        term: old_term,
     }
+    .name();
+    let file = scratch.join("stale");
+    std::fs::write(&file, b"entries a deposed leader ships").unwrap();
+    chain.put(&stale, &file).unwrap();
+    assert!(head::commit(&*chain, old_term, last + 5).is_err());
+    let catalog = Catalog::read(&*chain).unwrap();
+    assert_eq!(catalog.last_index(), Some(last));
+    assert_eq!(catalog.orphans, vec![(stale.clone(), old_term)]);
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    assert!(
+        report.problems.is_empty() && report.orphans == 1,
+        "{report:?}"
+    );
+
+    // Retention keeps the newest chain, removes the rest (and the orphan),
+    // and what it keeps still restores.
+    let keep_one = Retention {
+        keep_chains: Some(1),
+        keep_for: None,
+    };
+    let removed = keep_one
+        .prune(&fs, &*chain, term, &scratch.join("prune"), now_ms())
+        .unwrap();
+    assert!(removed > 3, "{removed}");
+    let catalog = Catalog::read(&*chain).unwrap();
+    assert_eq!(catalog.checkpoints, vec![checkpoint_3]);
+    assert!(catalog.orphans.is_empty() && catalog.log_gaps().is_empty());
+    assert!(catalog.log.iter().all(|c| c.last > checkpoint_3));
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(
+        report.restorable.map(|r| (r.first_index, r.last_index)),
+        Some((checkpoint_3, last))
+    );
+    let out = scratch.join("after-prune");
+    restore_to(&chain, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
+    assert_eq!(restored_state(&out), model.state_at(model.last()));
     let error = restore_to(
         &chain,
-        RestorePoint::Index(checkpoint_3),
-        &scratch.path().join("bad-object"),
+        RestorePoint::Index(checkpoint_2),
+        &scratch.join("pruned"),
     )
     .await
     .unwrap_err();
     assert!(
-        error.to_string().contains("backup object objects/"),
+        error.to_string().contains("before the oldest checkpoint"),
         "{error}"
     );
-    assert!(!scratch.path().join("bad-object").exists());
+
+    // Damage in a log chunk or an object is reported by name, by restore
+    // and by verify; so is a missing object.
+    let catalog = Catalog::read(&*chain).unwrap();
+    let tail = catalog.log.last().unwrap().name();
+    damage(&chain, &tail, 40, scratch);
+    let error = restore_to(&chain, RestorePoint::Latest, &scratch.join("bad-log"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(&tail), "{error}");
+    let objects = chain.list("objects").unwrap();
+    assert!(objects.len() >= 2, "{objects:?}");
+    let (corrupt, missing) = (&objects[0], &objects[1]);
+    damage(&chain, corrupt, 0, scratch);
+    chain.delete(missing).unwrap();
+    let error = restore_to(
+        &chain,
+        RestorePoint::Index(checkpoint_3),
+        &scratch.join("bad-object"),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("objects/"), "{error}");
+    assert!(!scratch.join("bad-object").exists());
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    let named = |name: &str| {
+        report
+            .problems
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.what.clone())
+    };
+    assert!(named(&tail).is_some(), "{report:?}");
+    assert!(
+        named(corrupt).is_some_and(|w| w.contains("CRC")),
+        "{report:?}"
+    );
+    assert!(
+        named(missing).is_some_and(|w| w.contains("missing")),
+        "{report:?}"
+    );
+    assert_eq!(report.problems.len(), 3, "{report:?}");
 
     cluster.shutdown().await;
+}
+
+/// Flips a byte of a stored file, through the target (delete, then put).
+fn damage(chain: &Arc<dyn BackupTarget>, name: &str, at: usize, scratch: &Path) {
+    let local = scratch.join("damaged");
+    chain.get(name, &local).unwrap();
+    flip_byte(&local, at);
+    chain.delete(name).unwrap();
+    chain.put(name, &local).unwrap();
 }
 
 fn flip_byte(path: &Path, at: usize) {
@@ -299,7 +415,8 @@ fn flip_byte(path: &Path, at: usize) {
 async fn the_running_shipper_keeps_the_chain_going_past_a_purged_log() {
     let cluster = Cluster::start(1, fast_raft()).await;
     let scratch = tempfile::tempdir().unwrap();
-    let chain = Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    let chain: Arc<dyn BackupTarget> =
+        Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
     let id = cluster.wait_leader(Duration::from_secs(10)).await;
     let node = cluster.nodes[&id].clone();
     let mut model = Model::default();

@@ -196,7 +196,8 @@ async fn backup_rounds_cut_by_power_loss_leave_a_chain_that_lists_and_restores()
         let chain = LocalDir::with_fs(Arc::new(image.clone()), "/backup").unwrap();
         let catalog = Catalog::read(&chain).expect("an image's chain lists");
         for &index in &catalog.checkpoints {
-            Catalog::checkpoint(image, &chain, index, Path::new("/scratch-record"))
+            catalog
+                .checkpoint(image, &chain, index, Path::new("/scratch-record"))
                 .expect("every listed record reads back whole");
         }
         checked += 1;

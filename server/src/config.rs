@@ -101,6 +101,19 @@ pub struct ServeConfig {
     /// Ship a backup chain (checkpoints and the committed log) into this
     /// directory while this node leads (none: no backups).
     pub backup_dir: Option<PathBuf>,
+    /// Ship the backup chain here instead: `s3://bucket/prefix` or
+    /// `file:///path` (see `ferry_replication::backup::open`).
+    pub backup_url: Option<String>,
+    /// S3 endpoint and region (none: from `AWS_ENDPOINT`, `AWS_REGION`);
+    /// credentials come from the standard AWS environment variables.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Retention: keep the newest N checkpoints and the log after them
+    /// (0: no bound by count).
+    pub backup_keep_chains: u64,
+    /// Retention: keep what restores any point of the last this many
+    /// seconds (0: no bound by age). With both bounds, either keeps.
+    pub backup_keep_for_secs: u64,
     /// Log shipping interval: the backup chain's recovery point.
     pub backup_interval_ms: u64,
     /// Checkpoint interval: bounds the log a restore replays.
@@ -233,6 +246,11 @@ impl Default for ServeConfig {
             snapshot_max_bytes_per_sec: 0,
             learner_max_lag_ms: 10_000,
             backup_dir: None,
+            backup_url: None,
+            s3_endpoint: None,
+            s3_region: None,
+            backup_keep_chains: 0,
+            backup_keep_for_secs: 0,
             backup_interval_ms: 10_000,
             backup_checkpoint_interval_ms: 600_000,
             history_keep_revisions: retention.keep_revisions,
@@ -294,7 +312,10 @@ impl ServeConfig {
         {
             return Err("need heartbeat < election timeout min < election timeout max".into());
         }
-        if self.backup_dir.is_some()
+        if self.backup_dir.is_some() && self.backup_url.is_some() {
+            return Err("give backup_dir or backup_url, not both".into());
+        }
+        if (self.backup_dir.is_some() || self.backup_url.is_some())
             && (self.backup_interval_ms == 0 || self.backup_checkpoint_interval_ms == 0)
         {
             return Err("backup intervals must be at least 1 ms".into());
@@ -321,6 +342,32 @@ impl ServeConfig {
         ferry_replication::backup::BackupOptions {
             log_interval: Duration::from_millis(self.backup_interval_ms),
             checkpoint_interval: Duration::from_millis(self.backup_checkpoint_interval_ms),
+            retention: ferry_replication::backup::Retention {
+                keep_chains: (self.backup_keep_chains > 0)
+                    .then_some(self.backup_keep_chains as usize),
+                keep_for: (self.backup_keep_for_secs > 0)
+                    .then(|| Duration::from_secs(self.backup_keep_for_secs)),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Where the backup chain goes, if anywhere.
+    pub(crate) fn backup_target(
+        &self,
+    ) -> Option<std::io::Result<std::sync::Arc<dyn ferry_replication::backup::BackupTarget>>> {
+        let url = match (&self.backup_url, &self.backup_dir) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => dir.to_string_lossy().into_owned(),
+            (None, None) => return None,
+        };
+        Some(ferry_replication::backup::open(&url, &self.s3_options()))
+    }
+
+    pub(crate) fn s3_options(&self) -> ferry_replication::backup::S3Options {
+        ferry_replication::backup::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
             ..Default::default()
         }
     }

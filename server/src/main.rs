@@ -170,8 +170,25 @@ struct ServeArgs {
     #[arg(long)]
     learner_max_lag_ms: Option<u64>,
     /// Ship a backup chain into this directory while this node leads.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "backup_url")]
     backup_dir: Option<PathBuf>,
+    /// Ship the backup chain to object storage (`s3://bucket/prefix`) or a
+    /// directory (`file:///path`). Credentials come from AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY (or the other standard AWS variables).
+    #[arg(long)]
+    backup_url: Option<String>,
+    /// S3 endpoint, for S3-compatible servers (default: AWS_ENDPOINT, or AWS).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Retention: keep the newest N checkpoints and the log after them.
+    #[arg(long)]
+    backup_keep_chains: Option<u64>,
+    /// Retention: keep what restores any point of this last span (e.g. 7d, 12h, 30m).
+    #[arg(long, value_parser = cli::parse_duration_secs)]
+    backup_keep_for: Option<u64>,
     /// Backup log shipping interval (the chain's recovery point).
     #[arg(long)]
     backup_interval_ms: Option<u64>,
@@ -266,6 +283,21 @@ impl ServeArgs {
         }
         if self.backup_dir.is_some() {
             config.backup_dir = self.backup_dir;
+        }
+        if self.backup_url.is_some() {
+            config.backup_url = self.backup_url;
+        }
+        if self.s3_endpoint.is_some() {
+            config.s3_endpoint = self.s3_endpoint;
+        }
+        if self.s3_region.is_some() {
+            config.s3_region = self.s3_region;
+        }
+        if let Some(n) = self.backup_keep_chains {
+            config.backup_keep_chains = n;
+        }
+        if let Some(secs) = self.backup_keep_for {
+            config.backup_keep_for_secs = secs;
         }
         if self.advertise_client_addr.is_some() {
             config.advertise_client_addr = self.advertise_client_addr;

@@ -66,6 +66,7 @@ pub struct Metrics {
     backup_lag_entries: Gauge,
     backup_failures: Gauge,
     backup_last_success: Gauge,
+    backup_restore_point_age: Gauge,
     /// Per-method rates and p99s over the last minutes (the status page).
     pub traffic: Arc<crate::status::traffic::Traffic>,
 }
@@ -112,6 +113,7 @@ impl Metrics {
             backup_lag_entries: Gauge::default(),
             backup_failures: Gauge::default(),
             backup_last_success: Gauge::default(),
+            backup_restore_point_age: Gauge::default(),
             traffic: Arc::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
@@ -215,6 +217,11 @@ impl Metrics {
             "backup_last_success_timestamp_seconds",
             "Unix time of the last successful backup round (0: none)",
             metrics.backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_restore_point_age_seconds",
+            "Age of the newest restore point in the backup chain: the writes a restore would lose now (-1: none yet)",
+            metrics.backup_restore_point_age.clone(),
         );
         *metrics.registry.lock() = registry;
         Arc::new(metrics)
@@ -326,6 +333,11 @@ impl Metrics {
                 .set(backup.failures.load(Ordering::Relaxed) as i64);
             self.backup_last_success
                 .set((backup.last_success_ms.load(Ordering::Relaxed) / 1000) as i64);
+            let point = backup.restore_point_ms.load(Ordering::Relaxed);
+            self.backup_restore_point_age.set(match point {
+                0 => -1,
+                _ => (ferry_replication::types::now_ms().saturating_sub(point) / 1000) as i64,
+            });
         }
         let mut text = String::new();
         encode(&mut text, &self.registry.lock()).expect("writing to a String cannot fail");

@@ -278,13 +278,11 @@ impl Server {
                 stopped.clone(),
             )));
         }
-        let backup = match &config.backup_dir {
-            Some(dir) => {
-                let target = ferry_replication::backup::LocalDir::new(dir).map_err(|e| {
-                    StartError::Config(format!("backup directory {}: {e}", dir.display()))
-                })?;
-                let shipper =
-                    BackupShipper::new(node.clone(), Arc::new(target), config.backup_options());
+        let backup = match config.backup_target() {
+            Some(target) => {
+                let target =
+                    target.map_err(|e| StartError::Config(format!("backup target: {e}")))?;
+                let shipper = BackupShipper::new(node.clone(), target, config.backup_options());
                 context.metrics.set_backup(shipper.status().clone());
                 let task = shipper.spawn();
                 Some((shipper, task))

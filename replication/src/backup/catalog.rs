@@ -1,6 +1,8 @@
 //! What a backup chain holds: checkpoint records and log chunks, found by
 //! their names (see the module's format).
 
+use super::envelope;
+use super::head::{self, Head};
 use super::target::BackupTarget;
 use crate::snapshot::SnapshotFile;
 use crate::types::LogId;
@@ -9,7 +11,6 @@ use std::io;
 
 const MAGIC: &[u8; 8] = b"FERRYBCK";
 const VERSION: u32 = 1;
-const HEADER_LEN: usize = 20;
 
 /// One shipped checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,41 +39,14 @@ impl CheckpointRecord {
 
     pub(crate) fn encode(&self) -> io::Result<Vec<u8>> {
         let body = postcard::to_stdvec(self).map_err(io::Error::other)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        Ok(envelope::seal(MAGIC, VERSION, &body))
     }
 
     /// Decodes a record read from `name`; damage is an error naming it.
     pub(crate) fn decode(bytes: &[u8], name: &str) -> io::Result<Self> {
-        let bad =
-            |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {what}"));
-        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-            return Err(bad("not a Ferry checkpoint record".into()));
-        }
-        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
-        let version = word(8);
-        if version != VERSION {
-            return Err(bad(format!(
-                "record version {version}; this build reads {VERSION}"
-            )));
-        }
-        let body = &bytes[HEADER_LEN..];
-        if word(12) as usize != body.len() {
-            return Err(bad(format!(
-                "body of {} bytes where the header says {}",
-                body.len(),
-                word(12)
-            )));
-        }
-        if crc32fast::hash(body) != word(16) {
-            return Err(bad("CRC mismatch".into()));
-        }
-        postcard::from_bytes(body).map_err(|e| bad(format!("body: {e}")))
+        let body = envelope::open(bytes, MAGIC, VERSION, "checkpoint record", name)?;
+        postcard::from_bytes(body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: body: {e}")))
     }
 }
 
@@ -83,12 +57,28 @@ pub(crate) fn object_name(file: &SnapshotFile) -> String {
     format!("objects/{:08x}-{}-{}", file.crc, file.size, file.name)
 }
 
-pub(crate) fn checkpoint_name(index: u64) -> String {
-    format!("checkpoints/{index:020}.ckpt")
+/// Term 0 is a file of a chain written before terms were in the names.
+pub(crate) fn checkpoint_name(index: u64, term: u64) -> String {
+    match term {
+        0 => format!("checkpoints/{index:020}.ckpt"),
+        _ => format!("checkpoints/{index:020}-{term:020}.ckpt"),
+    }
 }
 
-pub(crate) fn log_name(first: u64, last: u64) -> String {
-    format!("log/{first:020}-{last:020}.log")
+pub(crate) fn log_name(first: u64, last: u64, term: u64) -> String {
+    match term {
+        0 => format!("log/{first:020}-{last:020}.log"),
+        _ => format!("log/{first:020}-{last:020}-{term:020}.log"),
+    }
+}
+
+/// `<a>-<b>` or `<a>-<b>-<term>` (term 0 when absent).
+fn numbers(text: &str) -> Option<Vec<u64>> {
+    let parts: Vec<u64> = text
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    (!parts.is_empty() && parts.len() <= 3).then_some(parts)
 }
 
 /// A shipped run of log entries.
@@ -96,21 +86,32 @@ pub(crate) fn log_name(first: u64, last: u64) -> String {
 pub struct LogChunk {
     pub first: u64,
     pub last: u64,
+    /// The term of the leader that shipped it (0: a chain of release 0.1.0).
+    pub term: u64,
 }
 
 impl LogChunk {
     pub fn name(&self) -> String {
-        log_name(self.first, self.last)
+        log_name(self.first, self.last, self.term)
     }
 }
 
-/// The chain as listed by name (records are read on demand).
+/// The chain as listed by name (records are read on demand): only the
+/// files its head holds (see [`head`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     /// Indexes of the shipped checkpoints, ascending.
     pub checkpoints: Vec<u64>,
     /// Shipped log chunks, by first index.
     pub log: Vec<LogChunk>,
+    /// The head (none: a chain of release 0.1.0, or an empty one).
+    pub head: Option<Head>,
+    /// Names in the chain's folders that the head does not hold: files a
+    /// fenced leader wrote, or a round that failed before committing.
+    /// Each with the term its name carries.
+    pub orphans: Vec<(String, u64)>,
+    /// The term of each checkpoint's name, by index.
+    terms: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Catalog {
@@ -126,34 +127,62 @@ impl Catalog {
                 ),
             )
         };
-        let mut checkpoints = Vec::new();
+        let head = head::read(target)?.map(|(h, _)| h);
+        let held = |term: u64, last: u64| head.as_ref().is_none_or(|h| h.holds(term, last));
+        let mut catalog = Catalog {
+            head: head.clone(),
+            ..Catalog::default()
+        };
         for name in target.list("checkpoints")? {
-            let index = name
+            let (index, term) = name
                 .strip_prefix("checkpoints/")
                 .and_then(|n| n.strip_suffix(".ckpt"))
-                .and_then(|n| n.parse::<u64>().ok())
+                .and_then(numbers)
+                .and_then(|n| match n[..] {
+                    [index] => Some((index, 0)),
+                    [index, term] if term > 0 => Some((index, term)),
+                    _ => None,
+                })
                 .ok_or_else(|| unexpected(&name))?;
-            checkpoints.push(index);
+            if !held(term, index) {
+                catalog.orphans.push((name, term));
+                continue;
+            }
+            // Two leaders may both have shipped a checkpoint of one index
+            // (the same state); one is enough.
+            let kept = catalog.terms.entry(index).or_insert(term);
+            *kept = (*kept).max(term);
         }
-        checkpoints.sort_unstable();
-        let mut log = Vec::new();
+        catalog.checkpoints = catalog.terms.keys().copied().collect();
         for name in target.list("log")? {
             let chunk = name
                 .strip_prefix("log/")
                 .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(a, b)| {
-                    Some(LogChunk {
-                        first: a.parse().ok()?,
-                        last: b.parse().ok()?,
-                    })
+                .and_then(numbers)
+                .and_then(|n| match n[..] {
+                    [first, last] => Some(LogChunk {
+                        first,
+                        last,
+                        term: 0,
+                    }),
+                    [first, last, term] if term > 0 => Some(LogChunk { first, last, term }),
+                    _ => None,
                 })
                 .filter(|c| c.first <= c.last)
                 .ok_or_else(|| unexpected(&name))?;
-            log.push(chunk);
+            if !held(chunk.term, chunk.last) {
+                catalog.orphans.push((name, chunk.term));
+                continue;
+            }
+            catalog.log.push(chunk);
         }
-        log.sort_unstable();
-        Ok(Catalog { checkpoints, log })
+        catalog.log.sort_unstable();
+        Ok(catalog)
+    }
+
+    /// The name of the checkpoint record at `index` (which the chain holds).
+    pub fn checkpoint_name(&self, index: u64) -> String {
+        checkpoint_name(index, self.terms.get(&index).copied().unwrap_or(0))
     }
 
     /// Stretches of log (inclusive) missing between the first shipped chunk
@@ -182,12 +211,13 @@ impl Catalog {
     /// Reads and checks the record of the checkpoint at `index`.
     /// `scratch` is a local file on `fs` it is fetched into.
     pub fn checkpoint(
+        &self,
         fs: &dyn ferry_engine::fs::FileSystem,
         target: &dyn BackupTarget,
         index: u64,
         scratch: &std::path::Path,
     ) -> io::Result<CheckpointRecord> {
-        let name = checkpoint_name(index);
+        let name = self.checkpoint_name(index);
         target.get(&name, scratch)?;
         let bytes = fs.read_all(scratch)?;
         let _ = fs.remove_file(scratch);
@@ -242,9 +272,9 @@ mod tests {
         let target = super::super::LocalDir::new(dir.path()).unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        target.put(&checkpoint_name(12), &file).unwrap();
-        target.put(&log_name(13, 20), &file).unwrap();
-        target.put(&log_name(21, 21), &file).unwrap();
+        target.put(&checkpoint_name(12, 0), &file).unwrap();
+        target.put(&log_name(13, 20, 0), &file).unwrap();
+        target.put(&log_name(21, 21, 2), &file).unwrap();
         let catalog = Catalog::read(&target).unwrap();
         assert_eq!(catalog.checkpoints, vec![12]);
         assert_eq!(
@@ -252,18 +282,27 @@ mod tests {
             vec![
                 LogChunk {
                     first: 13,
-                    last: 20
+                    last: 20,
+                    term: 0
                 },
                 LogChunk {
                     first: 21,
-                    last: 21
+                    last: 21,
+                    term: 2
                 }
             ]
         );
         assert_eq!(catalog.last_index(), Some(21));
         assert!(catalog.log_gaps().is_empty());
-        target.put(&log_name(30, 31), &file).unwrap();
+        target.put(&log_name(30, 31, 2), &file).unwrap();
         assert_eq!(Catalog::read(&target).unwrap().log_gaps(), vec![(22, 29)]);
+        // With a head, files past what it holds are orphans, not the chain.
+        head::claim(&target, 2, 1, || Ok(21)).unwrap();
+        let catalog = Catalog::read(&target).unwrap();
+        assert_eq!(catalog.last_index(), Some(21));
+        assert_eq!(catalog.orphans, vec![(log_name(30, 31, 2), 2)]);
+        head::commit(&target, 2, 31).unwrap();
+        assert!(Catalog::read(&target).unwrap().orphans.is_empty());
         target.put("log/notes.txt", &file).unwrap();
         assert!(Catalog::read(&target).is_err());
     }

@@ -53,6 +53,20 @@ pub struct RestoreReport {
     pub replay_seconds: f64,
 }
 
+/// How far a restore is, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreProgress {
+    /// Bytes of the checkpoint fetched, of `checkpoint_bytes`.
+    pub checkpoint_fetched: u64,
+    pub checkpoint_bytes: u64,
+    /// Log chunks replayed, of `log_chunks` (those after the checkpoint).
+    pub log_replayed: u64,
+    pub log_chunks: u64,
+}
+
+/// Called as a restore moves on.
+pub type OnProgress = Arc<dyn Fn(RestoreProgress) + Send + Sync>;
+
 /// Restores the state at `point` from `target` into `data_dir` (which
 /// must not exist) as node `id` of a new single-node cluster (see
 /// [`crate::recovery`] for what that writes and its risks).
@@ -63,11 +77,25 @@ pub async fn restore(
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<RestoreReport> {
+    restore_with_progress(target, point, data_dir, id, node, Arc::new(|_| {})).await
+}
+
+/// [`restore`], calling `progress` after each file it fetches. Files are
+/// streamed from the target one at a time and replayed in bounded batches,
+/// so memory stays bounded whatever the chain's size.
+pub async fn restore_with_progress(
+    target: Arc<dyn BackupTarget>,
+    point: RestorePoint,
+    data_dir: &Path,
+    id: NodeId,
+    node: FerryNode,
+    progress: OnProgress,
+) -> io::Result<RestoreReport> {
     let work = aside(data_dir, "restore")?;
     std::fs::create_dir_all(&work)?;
     let built = {
         let work = work.clone();
-        blocking(move || rebuild(&*target, point, &work)).await
+        blocking(move || rebuild(&*target, point, &work, &*progress)).await
     };
     // The new data directory is completed inside the work directory and
     // renamed into place last, so a restore killed at any point leaves no
@@ -97,13 +125,24 @@ fn rebuild(
     target: &dyn BackupTarget,
     point: RestorePoint,
     work: &Path,
+    on_progress: &(dyn Fn(RestoreProgress) + Send + Sync),
 ) -> io::Result<RestoreReport> {
     let catalog = Catalog::read(target)?;
     let scratch = work.join("scratch");
     let record = choose_checkpoint(target, &catalog, point, &scratch)?;
     let started = Instant::now();
     let engine_dir = work.join("engine");
-    let mut bytes_fetched = fetch_checkpoint(target, &record, &engine_dir)?;
+    let mut progress = RestoreProgress {
+        checkpoint_fetched: 0,
+        checkpoint_bytes: record.total_bytes(),
+        log_replayed: 0,
+        log_chunks: chunks_after(&catalog, record.index()).count() as u64,
+    };
+    on_progress(progress);
+    let mut bytes_fetched = fetch_checkpoint(target, &record, &engine_dir, |fetched| {
+        progress.checkpoint_fetched = fetched;
+        on_progress(progress);
+    })?;
     let fetch_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -133,8 +172,7 @@ fn rebuild(
         }
         let name = chunk.name();
         let local = work.join("chunk");
-        target.get(&name, &local)?;
-        bytes_fetched += std::fs::metadata(&local)?.len();
+        bytes_fetched += target.get(&name, &local)?;
         read_segment(
             &OsFs,
             &local,
@@ -172,6 +210,8 @@ fn rebuild(
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("backup {name}: {e}")))?;
         let _ = std::fs::remove_file(&local);
+        progress.log_replayed += 1;
+        on_progress(progress);
     }
     replay.apply(&db)?;
     let reached = replay.applied.map_or(0, |l| l.index);
@@ -237,7 +277,7 @@ fn choose_checkpoint(
                 continue;
             }
         }
-        let record = Catalog::checkpoint(&OsFs, target, index, scratch)?;
+        let record = catalog.checkpoint(&OsFs, target, index, scratch)?;
         if let RestorePoint::Time(wanted) = point {
             if record.time_ms > wanted {
                 continue;
@@ -263,6 +303,7 @@ fn fetch_checkpoint(
     target: &dyn BackupTarget,
     record: &CheckpointRecord,
     dir: &Path,
+    mut fetched: impl FnMut(u64),
 ) -> io::Result<u64> {
     std::fs::create_dir_all(dir)?;
     let mut bytes = 0;
@@ -294,6 +335,7 @@ fn fetch_checkpoint(
             ));
         }
         bytes += size;
+        fetched(bytes);
     }
     OsFs.sync_dir(dir)?;
     Ok(bytes)

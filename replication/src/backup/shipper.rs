@@ -1,6 +1,8 @@
 //! Shipping checkpoints and the committed log to a backup target.
 
-use super::catalog::{checkpoint_name, log_name, object_name, Catalog, CheckpointRecord};
+use super::catalog::{checkpoint_name, log_name, object_name, Catalog, CheckpointRecord, LogChunk};
+use super::head;
+use super::retention::Retention;
 use super::target::BackupTarget;
 use crate::node::Node;
 use crate::snapshot::{blocking, read_checkpoint, unique_suffix};
@@ -26,6 +28,8 @@ pub struct BackupOptions {
     /// Bytes per log chunk at most (an entry larger than this still ships,
     /// alone).
     pub max_chunk_bytes: u64,
+    /// Which checkpoints to keep; the rest are pruned after each round.
+    pub retention: Retention,
 }
 
 impl Default for BackupOptions {
@@ -35,6 +39,7 @@ impl Default for BackupOptions {
             checkpoint_interval: Duration::from_secs(600),
             max_chunk_entries: 20_000,
             max_chunk_bytes: 64 << 20,
+            retention: Retention::default(),
         }
     }
 }
@@ -48,6 +53,12 @@ pub struct BackupStatus {
     pub checkpoint_index: AtomicU64,
     /// When a round last succeeded (ms since the Unix epoch, 0 = never).
     pub last_success_ms: AtomicU64,
+    /// The newest restore point: the chain holds every write applied
+    /// before this time (ms since the Unix epoch, 0 = none yet). Its age
+    /// is what a restore from the chain would lose now.
+    pub restore_point_ms: AtomicU64,
+    /// Files pruned by retention.
+    pub pruned_files: AtomicU64,
     /// Bytes written to the target.
     pub bytes_shipped: AtomicU64,
     /// Rounds that failed.
@@ -199,9 +210,13 @@ impl BackupShipper {
     /// was purged), then every applied entry not shipped yet.
     pub async fn ship(&self, checkpoint: bool) -> io::Result<ShipReport> {
         let mut progress = self.progress.lock().await;
+        let started_ms = now_ms();
         let result = self.round(&mut progress, checkpoint).await;
         match &result {
             Ok(report) => {
+                self.status
+                    .restore_point_ms
+                    .store(started_ms, Ordering::Relaxed);
                 let target = self.target.clone();
                 match blocking(move || Catalog::read(&*target)).await {
                     Ok(catalog) => *self.status.chain.lock() = Some(ChainSummary::of(&catalog)),
@@ -224,6 +239,19 @@ impl BackupShipper {
 
     async fn round(&self, progress: &mut Progress, checkpoint: bool) -> io::Result<ShipReport> {
         self.node.state().fs().create_dir_all(&self.staging)?;
+        // The term this node leads in; every name it writes carries it, and
+        // the claim fails if a newer leader holds the chain (see `head`).
+        let term = self.node.metrics().current_term;
+        if !self.node.is_leader() {
+            return Err(io::Error::other("not the leader: another node ships"));
+        }
+        let (target, node) = (self.target.clone(), self.node.id());
+        blocking(move || {
+            head::claim(&*target, term, node, || {
+                Ok(Catalog::read(&*target)?.last_index().unwrap_or(0))
+            })
+        })
+        .await?;
         if progress.next.is_none() {
             // Continue after the shipped log, not after the newest
             // checkpoint: a round that shipped a checkpoint and then failed
@@ -239,7 +267,7 @@ impl BackupShipper {
         let mut report = ShipReport::default();
         let gap = progress.next.is_none_or(|next| next < reader.first_index());
         if checkpoint || gap {
-            let shipped = self.ship_checkpoint().await?;
+            let shipped = self.ship_checkpoint(term).await?;
             let index = shipped.index;
             // Where the log is still there, it is shipped in full even below
             // the checkpoint, so every index stays restorable from the older
@@ -261,7 +289,12 @@ impl BackupShipper {
             let fs = self.node.state().fs().clone();
             let max_bytes = self.options.max_chunk_bytes;
             let (last, bytes) = blocking(move || {
-                ship_log(&*fs, &*target, &staging, &reader, next, last, max_bytes)
+                let want = LogChunk {
+                    first: next,
+                    last,
+                    term,
+                };
+                ship_log(&*fs, &*target, &staging, &reader, want, max_bytes)
             })
             .await?;
             self.status
@@ -271,13 +304,30 @@ impl BackupShipper {
             next = last + 1;
             progress.next = Some(next);
         }
-        report.shipped_index = next - 1;
+        report.shipped_index = (next - 1).max(report.checkpoint.map_or(0, |c| c.index));
+        let (target, shipped) = (self.target.clone(), report.shipped_index);
+        let retention = self.options.retention.clone();
+        let scratch = self.staging.join(format!("retention-{}", unique_suffix()));
+        let fs = self.node.state().fs().clone();
+        let pruned = blocking(move || {
+            // Committing is the last step that needs the chain: a leader
+            // fenced meanwhile fails here, and its files stay orphans.
+            head::commit(&*target, term, shipped)?;
+            if retention.is_none() {
+                return Ok(0);
+            }
+            retention.prune(&*fs, &*target, term, &scratch, now_ms())
+        })
+        .await?;
+        self.status
+            .pruned_files
+            .fetch_add(pruned, Ordering::Relaxed);
         Ok(report)
     }
 
     /// Ships the state as a checkpoint: builds a snapshot, then stores the
     /// files the chain lacks and, last, the record.
-    async fn ship_checkpoint(&self) -> io::Result<ShippedCheckpoint> {
+    async fn ship_checkpoint(&self, term: u64) -> io::Result<ShippedCheckpoint> {
         self.node.snapshot().await.map_err(io::Error::other)?;
         let handle = self
             .node
@@ -301,7 +351,9 @@ impl BackupShipper {
             for file in &handle.manifest().files {
                 let name = object_name(file);
                 if !target.exists(&name)? {
-                    target.put(&name, &dir.join(&file.name))?;
+                    // Stored meanwhile by another shipper: the same bytes (the
+                    // name is the content).
+                    stored_or_same(target.put(&name, &dir.join(&file.name)))?;
                     new_bytes += file.size;
                 }
             }
@@ -315,9 +367,11 @@ impl BackupShipper {
             let encoded = record.encode()?;
             let file = staging.join(format!("record-{}", unique_suffix()));
             fs.write_atomic(&file, &encoded)?;
-            let stored = target.put(&checkpoint_name(record.index()), &file);
+            let stored = target.put(&checkpoint_name(record.index(), term), &file);
             let _ = fs.remove_file(&file);
-            stored?;
+            // Stored by an earlier round of this term that failed before
+            // committing: the same state.
+            stored_or_same(stored)?;
             status
                 .bytes_shipped
                 .fetch_add(new_bytes + encoded.len() as u64, Ordering::Relaxed);
@@ -331,7 +385,7 @@ impl BackupShipper {
     }
 }
 
-/// Ships entries from `first` on, up to `last`, as one chunk of at most
+/// Ships entries from `want.first` on, up to `want.last`, as one chunk of at most
 /// `max_bytes` (the first entry always goes in); returns the last index it
 /// holds and the chunk's size. Entries are read a slice at a time, so
 /// memory stays bounded whatever the entries' sizes. Entries the log no
@@ -341,10 +395,10 @@ fn ship_log(
     target: &dyn BackupTarget,
     staging: &Path,
     reader: &crate::log_store::LogReader,
-    first: u64,
-    last: u64,
+    want: LogChunk,
     max_bytes: u64,
 ) -> io::Result<(u64, u64)> {
+    let LogChunk { first, last, term } = want;
     const SLICE: u64 = 256;
     let path = staging.join(format!("chunk-{}", unique_suffix()));
     let result = (|| {
@@ -381,9 +435,19 @@ fn ship_log(
         out.flush()?;
         drop(out);
         let shipped_last = next - 1;
-        target.put(&log_name(first, shipped_last), &path)?;
+        // A name of this term stored already holds these same entries.
+        stored_or_same(target.put(&log_name(first, shipped_last, term), &path))?;
         Ok((shipped_last, size))
     })();
     let _ = fs.remove_file(&path);
     result
+}
+
+/// A put whose name was stored already: in the shipper, always by a writer
+/// of the same bytes (content-named objects; names carrying this term).
+fn stored_or_same(put: io::Result<()>) -> io::Result<()> {
+    match put {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
 }

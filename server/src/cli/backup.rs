@@ -1,26 +1,77 @@
-//! `ferry backup`: offline listing and point-in-time restore of a backup
-//! chain.
+//! `ferry backup`: offline listing, verification and point-in-time
+//! restore of a backup chain, in a directory or in object storage.
 
 use super::output::{parse_time_ms, time_text};
 use super::{exit, Common};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use ferry_replication::backup::BackupTarget;
 use serde_json::json;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the chain is: `--dir DIR` or `--url s3://bucket/prefix`.
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// The backup directory (`ferry serve --backup-dir`).
+    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    dir: Option<PathBuf>,
+    /// The chain's URL (`ferry serve --backup-url`): s3://bucket/prefix or
+    /// file:///path. S3 credentials come from the AWS environment variables.
+    #[arg(long)]
+    url: Option<String>,
+    /// S3 endpoint, for S3-compatible servers (default: AWS_ENDPOINT, or AWS).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION).
+    #[arg(long)]
+    s3_region: Option<String>,
+}
+
+impl ChainArgs {
+    fn open(&self) -> Result<Arc<dyn BackupTarget>, i32> {
+        let url = match (&self.url, &self.dir) {
+            (Some(url), _) => url.clone(),
+            (None, Some(dir)) => {
+                if !dir.is_dir() {
+                    eprintln!("error: {} is not a directory", dir.display());
+                    return Err(exit::USAGE);
+                }
+                dir.to_string_lossy().into_owned()
+            }
+            (None, None) => return Err(exit::USAGE),
+        };
+        let s3 = ferry_replication::backup::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            ..Default::default()
+        };
+        ferry_replication::backup::open(&url, &s3).map_err(|e| {
+            eprintln!("error: {url}: {e}");
+            exit::USAGE
+        })
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
     /// Show a backup chain: its checkpoints and the log range it holds.
     List {
-        /// The backup directory (`ferry serve --backup-dir`).
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Check every object's checksum and the chain's continuity (no gap in
+    /// the log, every checkpoint's files present) without restoring; print
+    /// the restorable range. Exits non-zero if anything is wrong.
+    Verify {
+        #[command(flatten)]
+        chain: ChainArgs,
     },
     /// Offline: rebuild the state as of a log index or a time (default:
     /// everything shipped) into a fresh data directory that starts as a
     /// new single-node cluster. Never let members of the old cluster join it.
     Restore {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        chain: ChainArgs,
         /// The state right after this log index (revision) was applied.
         #[arg(long, conflicts_with = "to_time")]
         to_index: Option<u64>,
@@ -46,35 +97,87 @@ pub async fn backup(common: &Common, command: BackupCommand) -> i32 {
 }
 
 async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i32> {
-    use ferry_replication::backup::{self, Catalog, LocalDir, RestorePoint};
-    let open = |dir: &std::path::Path| {
-        if !dir.is_dir() {
-            eprintln!("error: {} is not a directory", dir.display());
-            return Err(exit::USAGE);
-        }
-        LocalDir::new(dir).map_err(|e| {
-            eprintln!("error: {}: {e}", dir.display());
-            exit::FAILED
-        })
-    };
+    use ferry_replication::backup::{self, Catalog, RestorePoint};
     let failed = |e: std::io::Error| {
         eprintln!("error: {e}");
         exit::FAILED
     };
+    // Targets block while they fetch: keep them off the async threads.
+    let off_runtime = |work: Box<dyn FnOnce() -> std::io::Result<serde_json::Value> + Send>| async {
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    };
     match command {
-        BackupCommand::List { dir } => {
-            let target = open(&dir)?;
-            let catalog = Catalog::read(&target).map_err(failed)?;
-            let scratch = tempfile::NamedTempFile::new().map_err(failed)?;
-            let mut rows = Vec::new();
-            for &index in &catalog.checkpoints {
-                let record = Catalog::checkpoint(
+        BackupCommand::Verify { chain } => {
+            let target = chain.open()?;
+            let report = off_runtime(Box::new(move || {
+                let scratch = tempfile::NamedTempFile::new()?;
+                let report = backup::verify(
                     &ferry_replication::engine::fs::OsFs,
-                    &target,
-                    index,
+                    &*target,
                     scratch.path(),
-                )
-                .map_err(failed)?;
+                )?;
+                Ok(verify_json(&report))
+            }))
+            .await
+            .map_err(failed)?;
+            let problems = report["problems"].as_array().map_or(0, Vec::len);
+            if common.json {
+                println!("{report}");
+            } else {
+                println!(
+                    "checked {} checkpoints, {} objects, {} log chunks ({} bytes read); {} orphaned files outside the chain",
+                    report["checkpoints"], report["objects"], report["log_chunks"], report["bytes_read"], report["orphans"]
+                );
+                match report["restorable"].as_object() {
+                    Some(r) => println!(
+                        "restorable: index {} ({}) to index {} ({})",
+                        r["first_index"],
+                        r["first_time"].as_str().unwrap_or(""),
+                        r["last_index"],
+                        r["last_time"].as_str().unwrap_or("")
+                    ),
+                    None => println!("restorable: nothing (no intact checkpoint)"),
+                }
+                for problem in report["problems"].as_array().into_iter().flatten() {
+                    println!(
+                        "PROBLEM {}: {}",
+                        problem["name"].as_str().unwrap_or(""),
+                        problem["what"].as_str().unwrap_or("")
+                    );
+                }
+                if problems == 0 {
+                    println!("the chain is intact");
+                }
+            }
+            Ok(if problems == 0 {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
+        }
+        BackupCommand::List { chain } => {
+            let target = chain.open()?;
+            let (catalog, records) = tokio::task::spawn_blocking(move || {
+                let catalog = Catalog::read(&*target)?;
+                let scratch = tempfile::NamedTempFile::new()?;
+                let mut records = Vec::new();
+                for &index in &catalog.checkpoints {
+                    records.push(catalog.checkpoint(
+                        &ferry_replication::engine::fs::OsFs,
+                        &*target,
+                        index,
+                        scratch.path(),
+                    )?);
+                }
+                Ok::<_, std::io::Error>((catalog, records))
+            })
+            .await
+            .map_err(|e| failed(std::io::Error::other(e.to_string())))?
+            .map_err(failed)?;
+            let mut rows = Vec::new();
+            for (&index, record) in catalog.checkpoints.iter().zip(&records) {
                 rows.push(json!({
                     "index": index,
                     "time": time_text(record.time_ms),
@@ -123,7 +226,7 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
             Ok(exit::OK)
         }
         BackupCommand::Restore {
-            dir,
+            chain,
             to_index,
             to_time,
             data_dir,
@@ -139,14 +242,38 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
                 })?),
                 (None, None) => RestorePoint::Latest,
             };
-            let target = std::sync::Arc::new(open(&dir)?);
+            let target = chain.open()?;
             let node = ferry_replication::types::FerryNode {
                 raft_addr: raft_addr.clone(),
                 client_addr: client_addr.clone(),
             };
-            let report = backup::restore(target, point, &data_dir, id, node)
-                .await
-                .map_err(failed)?;
+            let bar = if common.json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::with_draw_target(
+                    None,
+                    indicatif::ProgressDrawTarget::stderr(),
+                )
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            let drawn = bar.clone();
+            let progress: backup::OnProgress = Arc::new(move |p: backup::RestoreProgress| {
+                drawn.set_length(p.checkpoint_bytes);
+                drawn.set_position(p.checkpoint_fetched);
+                drawn.set_message(format!(
+                    "checkpoint; log chunks {}/{}",
+                    p.log_replayed, p.log_chunks
+                ));
+            });
+            let report =
+                backup::restore_with_progress(target, point, &data_dir, id, node, progress)
+                    .await
+                    .map_err(failed)?;
+            bar.finish_and_clear();
             let index = report.applied.map_or(0, |l| l.index);
             if common.json {
                 println!(
@@ -179,4 +306,23 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
             Ok(exit::OK)
         }
     }
+}
+
+fn verify_json(report: &ferry_replication::backup::VerifyReport) -> serde_json::Value {
+    json!({
+        "checkpoints": report.checkpoints,
+        "objects": report.objects,
+        "log_chunks": report.log_chunks,
+        "orphans": report.orphans,
+        "bytes_read": report.bytes_read,
+        "restorable": report.restorable.map(|r| json!({
+            "first_index": r.first_index,
+            "first_time_ms": r.first_time_ms,
+            "first_time": time_text(r.first_time_ms),
+            "last_index": r.last_index,
+            "last_time_ms": r.last_time_ms,
+            "last_time": time_text(r.last_time_ms),
+        })),
+        "problems": report.problems.iter().map(|p| json!({"name": p.name, "what": p.what})).collect::<Vec<_>>(),
+    })
 }

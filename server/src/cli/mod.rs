@@ -26,7 +26,7 @@ pub use history::{history, HistoryCommand};
 pub use kv::{kv, KvCommand};
 pub use lease::{lease, LeaseCommand};
 pub use lock::{elect, lock, ElectArgs, LockArgs};
-pub use output::parse_time_ms;
+pub use output::{parse_duration_secs, parse_time_ms};
 pub use queue::{queue, QueueCommand};
 pub use snapshot::{snapshot, SnapshotCommand};
 

@@ -1,26 +1,11 @@
-//! Where a backup chain is kept.
+//! A backup chain in a local directory.
 
+use super::{conflict, BackupTarget, Version};
 use ferry_engine::fs::{FileSystem, OsFs};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// A place that stores named, immutable files: a local directory (the
-/// default, [`LocalDir`]); object storage can implement the same calls.
-/// Names are relative paths with `/` separators, as in the module's format.
-pub trait BackupTarget: Send + Sync + 'static {
-    /// Stores the local file `from` as `name`, atomically: readers see the
-    /// whole file or nothing, and once this returns it is durable.
-    fn put(&self, name: &str, from: &Path) -> io::Result<()>;
-    /// Copies `name` into the local file `to`.
-    fn get(&self, name: &str, to: &Path) -> io::Result<()>;
-    /// Whether `name` is stored.
-    fn exists(&self, name: &str) -> io::Result<bool>;
-    /// The names stored under the folder `prefix` (e.g. `"log"`), sorted.
-    fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
-    /// For messages: where this target is.
-    fn describe(&self) -> String;
-}
+use std::time::{Duration, Instant};
 
 /// A backup target in a local directory (put it on another disk, or a
 /// mounted remote file system, to survive the loss of the node's disk).
@@ -81,22 +66,24 @@ impl BackupTarget for LocalDir {
             crate::snapshot::unique_suffix()
         ));
         let result = (|| {
-            // The copy is synced before the rename publishes it.
+            // The copy is synced before the link publishes it; a link, unlike
+            // a rename, fails if the name is taken, so no put replaces one.
             fs.copy_file(from, &staging)?;
-            fs.rename(&staging, &to)?;
+            fs.hard_link(&staging, &to)?;
             fs.sync_dir(&dir)
         })();
-        if result.is_err() {
-            let _ = fs.remove_file(&staging);
-        }
-        result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", to.display())))
+        let _ = fs.remove_file(&staging);
+        result.map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => conflict(format!("{} is stored already", to.display())),
+            kind => io::Error::new(kind, format!("{}: {e}", to.display())),
+        })
     }
 
-    fn get(&self, name: &str, to: &Path) -> io::Result<()> {
+    fn get(&self, name: &str, to: &Path) -> io::Result<u64> {
         let from = self.path(name)?;
         self.fs
             .copy_file(&from, to)
-            .map(drop)
+            .and_then(|_| self.fs.file_size(to))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", from.display())))
     }
 
@@ -121,14 +108,86 @@ impl BackupTarget for LocalDir {
         Ok(names)
     }
 
+    fn delete(&self, name: &str) -> io::Result<()> {
+        let path = self.path(name)?;
+        match self.fs.remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn read_versioned(&self, name: &str) -> io::Result<Option<(Vec<u8>, Version)>> {
+        let path = self.path(name)?;
+        if !self.fs.exists(&path) {
+            return Ok(None);
+        }
+        let bytes = self.fs.read_all(&path)?;
+        let version = content_version(&bytes);
+        Ok(Some((bytes, version)))
+    }
+
+    fn swap(&self, name: &str, bytes: &[u8], expected: Option<&Version>) -> io::Result<()> {
+        let path = self.path(name)?;
+        // The lock makes read-compare-write one step for every process on
+        // this host; a directory shared over a network file system has no
+        // such step (say so in the docs: fence through object storage).
+        let _lock = self.lock_records()?;
+        let stored = self.read_versioned(name)?.map(|(_, v)| v);
+        if stored.as_ref() != expected {
+            return Err(conflict(format!(
+                "{} changed since it was read",
+                path.display()
+            )));
+        }
+        self.fs.write_atomic(&path, bytes)
+    }
+
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
 }
 
+impl LocalDir {
+    fn lock_records(&self) -> io::Result<Box<dyn ferry_engine::fs::FileLock>> {
+        let path = self.root.join(".records.lock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.fs.lock(&path) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A record's version in a directory: its length and CRC32 (a swap
+/// compares contents, so an identical rewrite is not a change).
+fn content_version(bytes: &[u8]) -> Version {
+    Version(format!("{}-{:08x}", bytes.len(), crc32fast::hash(bytes)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_replaces_only_the_version_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = LocalDir::new(dir.path()).unwrap();
+        assert!(target.read_versioned("head").unwrap().is_none());
+        target.swap("head", b"one", None).unwrap();
+        assert!(target.swap("head", b"two", None).is_err());
+        let (bytes, version) = target.read_versioned("head").unwrap().unwrap();
+        assert_eq!(bytes, b"one");
+        target.swap("head", b"two", Some(&version)).unwrap();
+        let error = target.swap("head", b"three", Some(&version)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(target.read_versioned("head").unwrap().unwrap().0, b"two");
+    }
 
     #[test]
     fn put_get_list_and_names_stay_inside() {
@@ -142,9 +201,18 @@ mod tests {
         assert!(!target.exists("log/c.log").unwrap());
         assert_eq!(target.list("log").unwrap(), vec!["log/a.log", "log/b.log"]);
         assert!(target.list("checkpoints").unwrap().is_empty());
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"changed").unwrap();
+        let error = target.put("log/a.log", &other).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
         let back = dir.path().join("back");
+        assert_eq!(target.get("log/a.log", &back).unwrap(), 5);
+        assert_eq!(std::fs::read(&back).unwrap(), b"hello");
         target.get("log/b.log", &back).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), b"hello");
+        target.delete("log/a.log").unwrap();
+        target.delete("log/a.log").unwrap();
+        assert_eq!(target.list("log").unwrap(), vec!["log/b.log"]);
         for bad in ["../x", "log/../../x", "/etc/passwd", "", "log//x"] {
             assert!(target.put(bad, &source).is_err(), "{bad}");
         }
