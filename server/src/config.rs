@@ -108,6 +108,10 @@ pub struct ServeConfig {
     /// credentials come from the standard AWS environment variables.
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
+    /// S3 access key id, and a file holding the secret key (none: from
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key_file: Option<PathBuf>,
     /// Retention: keep the newest N checkpoints and the log after them
     /// (0: no bound by count).
     pub backup_keep_chains: u64,
@@ -249,6 +253,8 @@ impl Default for ServeConfig {
             backup_url: None,
             s3_endpoint: None,
             s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key_file: None,
             backup_keep_chains: 0,
             backup_keep_for_secs: 0,
             backup_interval_ms: 10_000,
@@ -361,15 +367,13 @@ impl ServeConfig {
             (None, Some(dir)) => dir.to_string_lossy().into_owned(),
             (None, None) => return None,
         };
-        Some(ferry_replication::backup::open(&url, &self.s3_options()))
-    }
-
-    pub(crate) fn s3_options(&self) -> ferry_replication::backup::S3Options {
-        ferry_replication::backup::S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            ..Default::default()
-        }
+        let options = crate::cli::s3_options(
+            self.s3_endpoint.clone(),
+            self.s3_region.clone(),
+            self.s3_access_key_id.clone(),
+            self.s3_secret_access_key_file.as_deref(),
+        );
+        Some(options.and_then(|options| ferry_replication::backup::open(&url, &options)))
     }
 
     pub(crate) fn retention_options(&self) -> ferry_replication::RetentionOptions {

@@ -183,6 +183,12 @@ struct ServeArgs {
     /// S3 region (default: AWS_REGION).
     #[arg(long)]
     s3_region: Option<String>,
+    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
+    #[arg(long)]
+    s3_access_key_id: Option<String>,
+    /// A file holding the S3 secret key (default: AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    s3_secret_access_key_file: Option<PathBuf>,
     /// Retention: keep the newest N checkpoints and the log after them.
     #[arg(long)]
     backup_keep_chains: Option<u64>,
@@ -292,6 +298,12 @@ impl ServeArgs {
         }
         if self.s3_region.is_some() {
             config.s3_region = self.s3_region;
+        }
+        if self.s3_access_key_id.is_some() {
+            config.s3_access_key_id = self.s3_access_key_id;
+        }
+        if self.s3_secret_access_key_file.is_some() {
+            config.s3_secret_access_key_file = self.s3_secret_access_key_file;
         }
         if let Some(n) = self.backup_keep_chains {
             config.backup_keep_chains = n;

@@ -1,9 +1,12 @@
 //! The backup chain of a real cluster: shipped by the leader, continued by
-//! the next leader after a SIGKILL, and restored with `ferry backup
-//! restore` to a time, to an index and to its end, each compared with a
-//! model of the acknowledged writes.
+//! the next leader after a SIGKILL, verified with `ferry backup verify`,
+//! and restored with `ferry backup restore` to a time, to an index and to
+//! its end, each compared with a model of the acknowledged writes; in a
+//! local directory and in a real S3 server (moto's).
 
 mod common;
+#[path = "../../replication/tests/common/s3.rs"]
+mod s3;
 
 use common::{connect, ferry, ProcessCluster};
 use ferry_client::Client;
@@ -53,17 +56,59 @@ async fn ferry_blocking(args: Vec<String>) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chain_survives_a_killed_leader_and_restores_to_a_time_an_index_and_its_end() {
-    let mut cluster = ProcessCluster::start_with(3, |root| {
-        vec![
-            "--backup-dir".into(),
-            root.join("chain").display().to_string(),
-            "--backup-interval-ms".into(),
-            "100".into(),
-            "--backup-checkpoint-interval-ms".into(),
-            "1000".into(),
+    chain_of_a_killed_leader(|root| vec!["--dir".into(), root.join("chain").display().to_string()])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chain_in_s3_survives_a_killed_leader_and_restores() {
+    let server = s3::MotoServer::start();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "test\n").unwrap();
+    let options = server.options();
+    let (endpoint, secret) = (
+        options.endpoint.unwrap(),
+        secret.path().display().to_string(),
+    );
+    chain_of_a_killed_leader(move |_| {
+        [
+            "--url",
+            &format!("s3://{}/clusters/a", s3::BUCKET),
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-region",
+            "us-east-1",
+            "--s3-access-key-id",
+            "test",
+            "--s3-secret-access-key-file",
+            &secret,
         ]
+        .map(String::from)
+        .to_vec()
+    })
+    .await;
+}
+
+/// `location(root)`: the flags that name the chain to `ferry backup`;
+/// `ferry serve` gets the same with `--backup-` before the first.
+async fn chain_of_a_killed_leader(location: impl Fn(&Path) -> Vec<String> + Send + Sync + 'static) {
+    let location = std::sync::Arc::new(location);
+    let serve_location = location.clone();
+    let mut cluster = ProcessCluster::start_with(3, move |root| {
+        let mut args = serve_location(root);
+        args[0] = args[0].replacen("--", "--backup-", 1);
+        args.extend(
+            [
+                "--backup-interval-ms",
+                "100",
+                "--backup-checkpoint-interval-ms",
+                "1000",
+            ]
+            .map(String::from),
+        );
+        args
     });
-    let chain = cluster.root.path().join("chain").display().to_string();
+    let chain = location(cluster.root.path());
     let client = connect(cluster.endpoints()).await;
     let mut model = Model::new();
     write(&client, &mut model, 150, "a").await;
@@ -87,14 +132,9 @@ async fn the_chain_survives_a_killed_leader_and_restores_to_a_time_an_index_and_
     // The new leader ships the rest.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, out, err) = ferry_blocking(vec![
-            "backup".into(),
-            "list".into(),
-            "--dir".into(),
-            chain.clone(),
-            "--json".into(),
-        ])
-        .await;
+        let mut args: Vec<String> = vec!["backup".into(), "list".into(), "--json".into()];
+        args.extend(chain.iter().cloned());
+        let (code, out, err) = ferry_blocking(args).await;
         assert_eq!(code, 0, "{out}{err}");
         let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
         if listed["log_last"].as_u64().unwrap_or(0) >= last {
@@ -111,11 +151,29 @@ async fn the_chain_survives_a_killed_leader_and_restores_to_a_time_an_index_and_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Verify reads every object and chunk, and gives the range a restore reaches.
+    let mut args: Vec<String> = vec!["backup".into(), "verify".into(), "--json".into()];
+    args.extend(chain.iter().cloned());
+    let (code, out, err) = ferry_blocking(args).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let verified: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        verified["problems"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+    assert!(
+        verified["restorable"]["last_index"].as_u64().unwrap() >= last,
+        "{verified}"
+    );
+
     let restore = |out: &Path, point: &[&str]| {
-        let mut args: Vec<String> = ["backup", "restore", "--json", "--dir", &chain, "--data-dir"]
+        let mut args: Vec<String> = ["backup", "restore", "--json"]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        args.extend(chain.iter().cloned());
+        args.push("--data-dir".into());
         args.push(out.display().to_string());
         args.extend(point.iter().map(|s| s.to_string()));
         args

@@ -25,6 +25,37 @@ pub struct ChainArgs {
     /// S3 region (default: AWS_REGION).
     #[arg(long)]
     s3_region: Option<String>,
+    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
+    #[arg(long)]
+    s3_access_key_id: Option<String>,
+    /// A file holding the S3 secret key (default: AWS_SECRET_ACCESS_KEY).
+    #[arg(long)]
+    s3_secret_access_key_file: Option<PathBuf>,
+}
+
+/// S3 settings from flags; a secret is read from a file, never taken on
+/// the command line (where `ps` shows it).
+pub fn s3_options(
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_file: Option<&std::path::Path>,
+) -> std::io::Result<ferry_replication::backup::S3Options> {
+    let secret_access_key = match secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(ferry_replication::backup::S3Options {
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 impl ChainArgs {
@@ -40,15 +71,17 @@ impl ChainArgs {
             }
             (None, None) => return Err(exit::USAGE),
         };
-        let s3 = ferry_replication::backup::S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            ..Default::default()
-        };
-        ferry_replication::backup::open(&url, &s3).map_err(|e| {
-            eprintln!("error: {url}: {e}");
-            exit::USAGE
-        })
+        let s3 = s3_options(
+            self.s3_endpoint.clone(),
+            self.s3_region.clone(),
+            self.s3_access_key_id.clone(),
+            self.s3_secret_access_key_file.as_deref(),
+        );
+        s3.and_then(|s3| ferry_replication::backup::open(&url, &s3))
+            .map_err(|e| {
+                eprintln!("error: {url}: {e}");
+                exit::USAGE
+            })
     }
 }
 
