@@ -10,16 +10,28 @@
 //! check of every file), replaying the log through the state machine, and
 //! writing the new cluster's data directory. `entries_per_sec` is the log
 //! replay rate.
+//!
+//! The same chain is shipped to a real S3 server on loopback (moto's,
+//! installed from PyPI if missing) and restored from it too (`ferry-s3`
+//! rows). `ship-cost` then measures what shipping costs writers: 64
+//! writers for `SHIP_COST_SECONDS` each with no shipper and with an S3
+//! shipper shipping every second, one after the other, in the same node.
 
 use crate::report::Row;
 use crate::transfer::{key, load};
-use ferry_replication::backup::{restore, BackupOptions, BackupShipper, LocalDir, RestorePoint};
+use ferry_replication::backup::{
+    restore, BackupOptions, BackupShipper, BackupTarget, LocalDir, RestorePoint,
+};
 use ferry_replication::types::{FerryNode, Op};
 use ferry_replication::{Node, NodeConfig};
 use std::sync::Arc;
 use std::time::Instant;
 
 const WRITERS: u64 = 64;
+const SHIP_COST_SECONDS: u64 = 10;
+
+#[path = "../../replication/tests/common/s3.rs"]
+mod s3;
 
 pub fn run(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<Row> {
     crate::report::block_on(run_async(bytes, log_entries, output))
@@ -45,17 +57,25 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
         "backup-restore: loaded {keys} keys in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let chain = Arc::new(LocalDir::new(root.path().join("chain")).expect("chain dir"));
-    let shipper = BackupShipper::new(node.clone(), chain.clone(), BackupOptions::default());
-    let started = Instant::now();
-    let checkpoint_bytes = shipper
-        .ship(true)
-        .await
-        .expect("ship checkpoint")
-        .checkpoint
-        .expect("a checkpoint")
-        .new_bytes;
-    let checkpoint_seconds = started.elapsed().as_secs_f64();
+    let server = s3::MotoServer::start();
+    let local: Arc<dyn BackupTarget> =
+        Arc::new(LocalDir::new(root.path().join("chain")).expect("chain dir"));
+    let chains = [("ferry", local), ("ferry-s3", server.target("bench/chain"))];
+    let mut shipped_checkpoints = Vec::new();
+    for (system, chain) in &chains {
+        let shipper = BackupShipper::new(node.clone(), chain.clone(), BackupOptions::default());
+        let started = Instant::now();
+        let checkpoint_bytes = shipper
+            .ship(true)
+            .await
+            .expect("ship checkpoint")
+            .checkpoint
+            .expect("a checkpoint")
+            .new_bytes;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("backup-restore: {system}: checkpoint of {checkpoint_bytes} bytes shipped in {seconds:.1} s");
+        shipped_checkpoints.push((shipper, checkpoint_bytes, seconds));
+    }
 
     let started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
@@ -73,37 +93,106 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
     while let Some(done) = writers.join_next().await {
         done.unwrap();
     }
-    let shipped = shipper.ship(false).await.expect("ship log");
-    eprintln!(
-        "backup-restore: {log_entries} writes in {:.1} s, shipped {} log entries",
-        started.elapsed().as_secs_f64(),
-        shipped.log_entries
-    );
+    let writes_seconds = started.elapsed().as_secs_f64();
+    for (shipper, _, _) in &shipped_checkpoints {
+        let shipped = shipper.ship(false).await.expect("ship log");
+        eprintln!(
+            "backup-restore: {log_entries} writes in {writes_seconds:.1} s, shipped {} log entries",
+            shipped.log_entries
+        );
+    }
+    let mut rows = ship_cost(&node, server.target("bench/ship-cost"), keys).await;
     node.shutdown().await.expect("shutdown");
     drop(node);
 
-    let started = Instant::now();
-    let report = restore(
-        chain,
-        RestorePoint::Latest,
-        &root.path().join("restored"),
-        1,
-        FerryNode::from("127.0.0.1:1".to_string()),
-    )
-    .await
-    .expect("restore");
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!("backup-restore: {report:?} in {seconds:.2} s");
-    vec![Row::new("ferry", "backup-restore")
-        .with("state_bytes", checkpoint_bytes as f64)
-        .with("checkpoint_ship_seconds", checkpoint_seconds)
-        .with("log_entries", report.entries_replayed as f64)
-        .with("bytes_fetched", report.bytes_fetched as f64)
-        .with("fetch_seconds", report.fetch_seconds)
-        .with("replay_seconds", report.replay_seconds)
-        .with(
-            "entries_per_sec",
-            report.entries_replayed as f64 / report.replay_seconds,
+    for ((system, chain), (_, checkpoint_bytes, checkpoint_seconds)) in
+        chains.into_iter().zip(shipped_checkpoints)
+    {
+        let started = Instant::now();
+        let report = restore(
+            chain,
+            RestorePoint::Latest,
+            &root.path().join(format!("restored-{system}")),
+            1,
+            FerryNode::from("127.0.0.1:1".to_string()),
         )
-        .with("seconds", seconds)]
+        .await
+        .expect("restore");
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("backup-restore: {system}: {report:?} in {seconds:.2} s");
+        rows.push(
+            Row::new(system, "backup-restore")
+                .with("state_bytes", checkpoint_bytes as f64)
+                .with("checkpoint_ship_seconds", checkpoint_seconds)
+                .with("log_entries", report.entries_replayed as f64)
+                .with("bytes_fetched", report.bytes_fetched as f64)
+                .with("fetch_seconds", report.fetch_seconds)
+                .with("replay_seconds", report.replay_seconds)
+                .with(
+                    "entries_per_sec",
+                    report.entries_replayed as f64 / report.replay_seconds,
+                )
+                .with("mb_per_sec", report.bytes_fetched as f64 / 1e6 / seconds)
+                .with("seconds", seconds),
+        );
+    }
+    rows
+}
+
+/// Put throughput of 64 writers without a shipper and with one shipping
+/// to S3 every second, alternated twice (off, on, off, on) so that drift
+/// of the machine falls on both.
+async fn ship_cost(node: &Arc<Node>, chain: Arc<dyn BackupTarget>, keys: u64) -> Vec<Row> {
+    // (puts, seconds) without and with shipping.
+    let mut totals = [(0u64, 0f64); 2];
+    for shipping in [false, true, false, true] {
+        let task = shipping.then(|| {
+            let options = BackupOptions {
+                log_interval: std::time::Duration::from_secs(1),
+                ..BackupOptions::default()
+            };
+            BackupShipper::new(node.clone(), chain.clone(), options).spawn()
+        });
+        let started = Instant::now();
+        let until = started + std::time::Duration::from_secs(SHIP_COST_SECONDS);
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..WRITERS {
+            let node = node.clone();
+            writers.spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < until {
+                    let i = writer + done * WRITERS;
+                    let op = Op::put(key(i % keys.max(1)), vec![(i % 251) as u8; 100]);
+                    node.write(vec![op]).await.expect("write");
+                    done += 1;
+                }
+                done
+            });
+        }
+        let mut puts = 0;
+        while let Some(done) = writers.join_next().await {
+            puts += done.unwrap();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(task) = task {
+            task.abort();
+        }
+        eprintln!(
+            "ship-cost: shipping {shipping}: {:.0} puts/s",
+            puts as f64 / seconds
+        );
+        let total = &mut totals[shipping as usize];
+        total.0 += puts;
+        total.1 += seconds;
+    }
+    let ops = totals.map(|(puts, seconds)| puts as f64 / seconds);
+    vec![
+        Row::new("ferry", "put x64 (no backup)")
+            .with("ops_per_sec", ops[0])
+            .with("seconds", totals[0].1),
+        Row::new("ferry-shipping-s3", "put x64 (shipping to S3)")
+            .with("ops_per_sec", ops[1])
+            .with("seconds", totals[1].1),
+        Row::new("ferry-shipping-s3/ferry", "put x64").with("ratio", ops[1] / ops[0]),
+    ]
 }
