@@ -534,3 +534,76 @@ async fn wait_shipped(shipper: &BackupShipper, index: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A leader cut off from the others keeps believing it leads and keeps
+/// its shipper; once the new leader shipped, the old one's rounds are
+/// fenced and write nothing into the chain (in a real S3 server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_old_leader_cannot_extend_the_chain_in_s3() {
+    let s3 = s3::MotoServer::start();
+    let chain = s3.target("chains/partitioned");
+    let scratch = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let mut model = Model::default();
+    let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    let shipper_old = shipper(&cluster.nodes[&old], &chain);
+    churn(&cluster.nodes[&old], &mut model, 100, 11).await;
+    shipper_old.ship(true).await.unwrap();
+
+    cluster.network.isolate(old, cluster.nodes.keys().copied());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let leaders: Vec<u64> = cluster
+            .nodes
+            .values()
+            .filter(|n| n.id() != old && n.is_leader())
+            .map(|n| n.id())
+            .collect();
+        if let [leader] = leaders[..] {
+            break leader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the majority elected no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let leader = cluster.nodes[&new].clone();
+    churn(&leader, &mut model, 100, 12).await;
+    let shipper_new = shipper(&leader, &chain);
+    let shipped = shipper_new.ship(true).await.unwrap().shipped_index;
+
+    // The old leader still thinks it leads (nothing told it otherwise) and
+    // ships: every round is refused before it writes.
+    assert!(
+        cluster.nodes[&old].is_leader(),
+        "the cut-off leader stepped down on its own"
+    );
+    let listing = || -> Vec<String> {
+        ["checkpoints", "log", "objects"]
+            .iter()
+            .flat_map(|p| chain.list(p).unwrap())
+            .collect()
+    };
+    let (names_before, head_before) = (listing(), chain.read_versioned("head").unwrap());
+    for checkpoint in [false, true] {
+        let error = shipper_old.ship(checkpoint).await.unwrap_err();
+        assert!(error.to_string().contains("fenced"), "{error}");
+    }
+    assert_eq!(listing(), names_before);
+    assert_eq!(chain.read_versioned("head").unwrap(), head_before);
+    let catalog = Catalog::read(&*chain).unwrap();
+    let new_term = leader.metrics().current_term;
+    assert_eq!(catalog.head.as_ref().map(|h| h.term()), Some(new_term));
+    assert_eq!(catalog.last_index(), Some(shipped));
+    let report = verify(&OsFs, &*chain, &scratch.path().join("verify")).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let out = scratch.path().join("restored");
+    restore_to(&chain, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
+    assert_eq!(restored_state(&out), model.state_at(model.last()));
+
+    cluster.network.heal();
+    cluster.shutdown().await;
+}

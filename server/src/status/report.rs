@@ -328,7 +328,8 @@ impl Sources {
             }
         });
         let backup_chain = backup_status.and_then(|b| {
-            let last = b.last_success_ms.load(Ordering::Relaxed);
+            // Everything applied before the last good round started is in the chain.
+            let last = b.restore_point_ms.load(Ordering::Relaxed);
             b.chain.lock().as_ref().map(|chain| ChainView {
                 checkpoint_count: chain.checkpoint_count,
                 newest_checkpoints: chain.newest_checkpoints.clone(),

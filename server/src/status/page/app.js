@@ -181,7 +181,9 @@ function renderChain(report) {
     ["log", c.log_first === null ? "none" : c.log_first + " – " + c.log_last],
     ["gaps", c.log_gaps.length ? c.log_gaps.map((g) => g[0] + "–" + g[1]).join(", ") : "none"],
     ["restore points", c.restorable_first === null ? "none" : "every index from " + c.restorable_first + " to " + c.restorable_last + (c.log_gaps.length ? ", except in the gaps" : "")],
-    ["newest restore point", when(c.newest_restore_point_ms)],
+    ["newest restore point", c.newest_restore_point_ms
+      ? when(c.newest_restore_point_ms) + " (" + duration(Math.max(0, Date.now() - c.newest_restore_point_ms)) + " old)"
+      : "–"],
   ]);
 }
 
