@@ -3,6 +3,9 @@
 //! it is not installed, the set-up installs it with pip; if that fails,
 //! the test fails (it never skips).
 
+// Each test binary that includes this uses part of it.
+#![allow(dead_code)]
+
 use ferry_replication::backup::{BackupTarget, ObjectTarget, S3Options};
 use std::io::{Read, Write};
 use std::net::TcpStream;
