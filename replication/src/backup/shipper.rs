@@ -86,6 +86,17 @@ pub struct ChainSummary {
 impl ChainSummary {
     pub const NEWEST: usize = 10;
 
+    /// The chain after a round that shipped log up to `last` and no
+    /// checkpoint: the same shape, a longer log.
+    pub fn extend_to(&mut self, last: u64) {
+        if let Some(range) = &mut self.log_range {
+            range.1 = range.1.max(last);
+        }
+        if let Some(restorable) = &mut self.restorable {
+            restorable.1 = restorable.1.max(last);
+        }
+    }
+
     pub fn of(catalog: &Catalog) -> ChainSummary {
         let first_log = catalog.log.first().map(|c| c.first);
         let last_log = catalog.log.iter().map(|c| c.last).max();
@@ -217,10 +228,18 @@ impl BackupShipper {
                 self.status
                     .restore_point_ms
                     .store(started_ms, Ordering::Relaxed);
-                let target = self.target.clone();
-                match blocking(move || Catalog::read(&*target)).await {
-                    Ok(catalog) => *self.status.chain.lock() = Some(ChainSummary::of(&catalog)),
-                    Err(error) => tracing::warn!(%error, "listing the backup chain failed"),
+                // Listing the chain costs a LIST per thousand files: do it
+                // when its shape changed (a checkpoint, which also prunes),
+                // and otherwise move the summary's end to what was shipped.
+                let listed = self.status.chain.lock().is_some();
+                if report.checkpoint.is_some() || !listed {
+                    let target = self.target.clone();
+                    match blocking(move || Catalog::read(&*target)).await {
+                        Ok(catalog) => *self.status.chain.lock() = Some(ChainSummary::of(&catalog)),
+                        Err(error) => tracing::warn!(%error, "listing the backup chain failed"),
+                    }
+                } else if let Some(chain) = self.status.chain.lock().as_mut() {
+                    chain.extend_to(report.shipped_index);
                 }
                 self.status
                     .shipped_index
