@@ -22,6 +22,9 @@ pub struct MotoServer {
 pub const BUCKET: &str = "ferry-backups";
 
 fn program() -> String {
+    // Tests of one binary run in parallel: one of them installs.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let found = Command::new("moto_server")
         .arg("--help")
         .stdout(Stdio::null())
