@@ -551,23 +551,7 @@ async fn a_partitioned_old_leader_cannot_extend_the_chain_in_s3() {
     shipper_old.ship(true).await.unwrap();
 
     cluster.network.isolate(old, cluster.nodes.keys().copied());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let new = loop {
-        let leaders: Vec<u64> = cluster
-            .nodes
-            .values()
-            .filter(|n| n.id() != old && n.is_leader())
-            .map(|n| n.id())
-            .collect();
-        if let [leader] = leaders[..] {
-            break leader;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the majority elected no leader"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new = cluster.wait_new_leader(old, Duration::from_secs(20)).await;
     let leader = cluster.nodes[&new].clone();
     churn(&leader, &mut model, 100, 12).await;
     let shipper_new = shipper(&leader, &chain);

@@ -177,18 +177,8 @@ struct ServeArgs {
     /// and AWS_SECRET_ACCESS_KEY (or the other standard AWS variables).
     #[arg(long)]
     backup_url: Option<String>,
-    /// S3 endpoint, for S3-compatible servers (default: AWS_ENDPOINT, or AWS).
-    #[arg(long)]
-    s3_endpoint: Option<String>,
-    /// S3 region (default: AWS_REGION).
-    #[arg(long)]
-    s3_region: Option<String>,
-    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
-    #[arg(long)]
-    s3_access_key_id: Option<String>,
-    /// A file holding the S3 secret key (default: AWS_SECRET_ACCESS_KEY).
-    #[arg(long)]
-    s3_secret_access_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    s3: cli::S3Args,
     /// Retention: keep the newest N checkpoints and the log after them.
     #[arg(long)]
     backup_keep_chains: Option<u64>,
@@ -293,18 +283,17 @@ impl ServeArgs {
         if self.backup_url.is_some() {
             config.backup_url = self.backup_url;
         }
-        if self.s3_endpoint.is_some() {
-            config.s3_endpoint = self.s3_endpoint;
-        }
-        if self.s3_region.is_some() {
-            config.s3_region = self.s3_region;
-        }
-        if self.s3_access_key_id.is_some() {
-            config.s3_access_key_id = self.s3_access_key_id;
-        }
-        if self.s3_secret_access_key_file.is_some() {
-            config.s3_secret_access_key_file = self.s3_secret_access_key_file;
-        }
+        let cli::S3Args {
+            s3_endpoint,
+            s3_region,
+            s3_access_key_id,
+            s3_secret_access_key_file,
+        } = self.s3;
+        config.s3_endpoint = s3_endpoint.or(config.s3_endpoint);
+        config.s3_region = s3_region.or(config.s3_region);
+        config.s3_access_key_id = s3_access_key_id.or(config.s3_access_key_id);
+        config.s3_secret_access_key_file =
+            s3_secret_access_key_file.or(config.s3_secret_access_key_file);
         if let Some(n) = self.backup_keep_chains {
             config.backup_keep_chains = n;
         }

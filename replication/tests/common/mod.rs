@@ -128,6 +128,25 @@ impl Cluster {
         }
     }
 
+    /// Waits until exactly one node other than `old` (cut off, and maybe
+    /// still believing it leads) is leader; returns it.
+    pub async fn wait_new_leader(&self, old: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<u64> = self
+                .nodes
+                .values()
+                .filter(|n| n.id() != old && n.is_leader())
+                .map(|n| n.id())
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "the majority elected no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn leader(&self) -> Option<&Arc<Node>> {
         self.nodes.values().find(|n| n.is_leader())
     }

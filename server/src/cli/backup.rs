@@ -19,18 +19,26 @@ pub struct ChainArgs {
     /// file:///path. S3 credentials come from the AWS environment variables.
     #[arg(long)]
     url: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// How to reach S3, for `ferry serve` and `ferry backup`. Fields not given
+/// come from the standard AWS environment variables.
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
     /// S3 endpoint, for S3-compatible servers (default: AWS_ENDPOINT, or AWS).
     #[arg(long)]
-    s3_endpoint: Option<String>,
+    pub s3_endpoint: Option<String>,
     /// S3 region (default: AWS_REGION).
     #[arg(long)]
-    s3_region: Option<String>,
+    pub s3_region: Option<String>,
     /// S3 access key id (default: AWS_ACCESS_KEY_ID).
     #[arg(long)]
-    s3_access_key_id: Option<String>,
+    pub s3_access_key_id: Option<String>,
     /// A file holding the S3 secret key (default: AWS_SECRET_ACCESS_KEY).
     #[arg(long)]
-    s3_secret_access_key_file: Option<PathBuf>,
+    pub s3_secret_access_key_file: Option<PathBuf>,
 }
 
 /// S3 settings from flags; a secret is read from a file, never taken on
@@ -72,10 +80,10 @@ impl ChainArgs {
             (None, None) => return Err(exit::USAGE),
         };
         let s3 = s3_options(
-            self.s3_endpoint.clone(),
-            self.s3_region.clone(),
-            self.s3_access_key_id.clone(),
-            self.s3_secret_access_key_file.as_deref(),
+            self.s3.s3_endpoint.clone(),
+            self.s3.s3_region.clone(),
+            self.s3.s3_access_key_id.clone(),
+            self.s3.s3_secret_access_key_file.as_deref(),
         );
         s3.and_then(|s3| ferry_replication::backup::open(&url, &s3))
             .map_err(|e| {

@@ -19,7 +19,7 @@ mod queue;
 mod snapshot;
 
 pub use auth::{auth, role, user, AuthCommand, RoleCommand, UserCommand};
-pub use backup::{backup, s3_options, BackupCommand};
+pub use backup::{backup, s3_options, BackupCommand, S3Args};
 pub use certs::{certs, CertsCommand};
 pub use cluster::{cluster, ClusterCommand};
 pub use history::{history, HistoryCommand};
