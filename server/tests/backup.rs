@@ -233,3 +233,122 @@ async fn chain_of_a_killed_leader(location: impl Fn(&Path) -> Vec<String> + Send
     assert_eq!(code, 2, "{err}");
     assert!(!bad.exists());
 }
+
+/// `ferry serve --backup-keep-chains 2` prunes older checkpoints and the
+/// log below them while the cluster writes; what is left verifies and
+/// restores to the last write; `ferry cluster status`, asked of a
+/// follower, reports the leader's newest restore point and its age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_flags_prune_the_chain_and_cluster_status_shows_its_age() {
+    let cluster = ProcessCluster::start_with(3, |root| {
+        [
+            "--backup-dir",
+            &root.join("chain").display().to_string(),
+            "--backup-interval-ms",
+            "100",
+            "--backup-checkpoint-interval-ms",
+            "300",
+            "--backup-keep-chains",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let chain = vec![
+        "--dir".to_string(),
+        cluster.root.path().join("chain").display().to_string(),
+    ];
+    let list = || async {
+        let mut args: Vec<String> = vec!["backup".into(), "list".into(), "--json".into()];
+        args.extend(chain.iter().cloned());
+        let (code, out, err) = ferry_blocking(args).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let checkpoints: Vec<u64> = listed["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect();
+        (checkpoints, listed)
+    };
+    let client = connect(cluster.endpoints()).await;
+    let mut model = Model::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        write(&client, &mut model, 20, "a").await;
+        if let Some(&first) = list().await.0.first() {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint shipped");
+    };
+    // Writes go on until retention has dropped that first checkpoint.
+    loop {
+        write(&client, &mut model, 20, "b").await;
+        let (checkpoints, listed) = list().await;
+        // Between a new checkpoint's record and its prune, three exist.
+        assert!(checkpoints.len() <= 3, "{listed}");
+        if checkpoints.first() > Some(&first) && checkpoints.len() <= 2 {
+            assert!(
+                listed["log_first"].as_u64().unwrap() > first,
+                "the log below the first checkpoint is pruned: {listed}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing pruned: {listed}");
+    }
+    let last = model.last().unwrap().0;
+    loop {
+        if list().await.1["log_last"].as_u64().unwrap_or(0) >= last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "chain short of {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Status through a follower: the leader's figures.
+    let leader = client.status().await.unwrap().leader_id;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let endpoint = cluster.client_addr(follower);
+    let status = |json: bool| {
+        let mut args = vec!["cluster", "status", "--endpoints", &endpoint];
+        if json {
+            args.push("--json");
+        }
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        ferry_blocking(args)
+    };
+    let (code, out, err) = status(true).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let backup = &serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup"];
+    assert!(backup["shipped_index"].as_u64().unwrap() >= last, "{out}");
+    // Rounds run every 100 ms; a minute allows for a very slow machine.
+    let age = backup["restore_point_age_ms"].as_u64().unwrap();
+    assert!(age < 60_000, "{out}");
+    let (code, out, err) = status(false).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("backup: newest restore point"), "{out}");
+
+    // What retention left verifies and restores to the last write.
+    let mut args: Vec<String> = vec!["backup".into(), "verify".into(), "--json".into()];
+    args.extend(chain.iter().cloned());
+    let (code, out, err) = ferry_blocking(args).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let out_dir = cluster.root.path().join("restored");
+    let mut args: Vec<String> = vec!["backup".into(), "restore".into()];
+    args.extend(chain.iter().cloned());
+    args.extend(["--data-dir".into(), out_dir.display().to_string()]);
+    args.extend(["--to-index".into(), last.to_string()]);
+    let (code, out, err) = ferry_blocking(args).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(restored_state(&out_dir), state_at(&model, last));
+    // A point before the oldest kept checkpoint is gone, and says so.
+    let mut args: Vec<String> = vec!["backup".into(), "restore".into()];
+    args.extend(chain.iter().cloned());
+    let early = cluster.root.path().join("restored-early");
+    args.extend(["--data-dir".into(), early.display().to_string()]);
+    args.extend(["--to-index".into(), first.to_string()]);
+    let (code, out, err) = ferry_blocking(args).await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!early.exists());
+}

@@ -325,14 +325,17 @@ impl BackupShipper {
         }
         report.shipped_index = (next - 1).max(report.checkpoint.map_or(0, |c| c.index));
         let (target, shipped) = (self.target.clone(), report.shipped_index);
+        // Pruning only has something new to drop once a newer checkpoint
+        // is in the chain; rounds between checkpoints skip its LIST.
         let retention = self.options.retention.clone();
+        let prune = !retention.is_none() && report.checkpoint.is_some();
         let scratch = self.staging.join(format!("retention-{}", unique_suffix()));
         let fs = self.node.state().fs().clone();
         let pruned = blocking(move || {
             // Committing is the last step that needs the chain: a leader
             // fenced meanwhile fails here, and its files stay orphans.
             head::commit(&*target, term, shipped)?;
-            if retention.is_none() {
+            if !prune {
                 return Ok(0);
             }
             retention.prune(&*fs, &*target, term, &scratch, now_ms())

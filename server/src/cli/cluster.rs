@@ -1,9 +1,10 @@
 //! `ferry cluster`: membership, leadership, status, and offline recovery.
 
-use super::output::{print_members, report_new_cluster};
+use super::output::{print_members, report_new_cluster, time_text};
 use super::{connect, exit, fail, leader_channel, status_fail, Common};
 use clap::Subcommand;
 use ferry_client::pb;
+use ferry_replication::types::now_ms;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -52,6 +53,59 @@ async fn wait_caught_up(
             return Err(exit::UNAVAILABLE);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The backup status of the leader: from `status` if the leader answered
+/// it, otherwise asked of the leader (`None` if no leader answers, or it
+/// ships no backups).
+async fn leader_backup(
+    client: &ferry_client::Client,
+    status: &pb::StatusResponse,
+) -> Option<pb::BackupStatus> {
+    let answered_by = status.header.as_ref().map_or(0, |h| h.node_id);
+    if answered_by == status.leader_id {
+        return status.backup.clone();
+    }
+    let channel = client.leader_channel().await.ok()?;
+    let leader = pb::cluster_client::ClusterClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    leader.backup
+}
+
+fn backup_json(backup: Option<&pb::BackupStatus>) -> serde_json::Value {
+    match backup {
+        None => serde_json::Value::Null,
+        Some(b) => json!({
+            "shipped_index": b.shipped_index,
+            "restore_point_ms": b.restore_point_ms,
+            "restore_point_age_ms": b.restore_point_ms.map(|t| now_ms().saturating_sub(t)),
+            "last_success_ms": b.last_success_ms,
+            "failures": b.failures,
+        }),
+    }
+}
+
+/// One line on the backup chain: how old its newest restore point is.
+fn backup_line(backup: Option<&pb::BackupStatus>, now: u64) -> String {
+    let Some(b) = backup else {
+        return "backup: the leader ships no backups (--backup-url)".to_owned();
+    };
+    let failures = match b.failures {
+        0 => String::new(),
+        n => format!("  ({n} failed round(s))"),
+    };
+    match b.restore_point_ms {
+        None => format!("backup: no restore point yet{failures}"),
+        Some(point) => format!(
+            "backup: newest restore point {} ({:.1} s old), chain up to index {}{failures}",
+            time_text(point),
+            now.saturating_sub(point) as f64 / 1000.0,
+            b.shipped_index
+        ),
     }
 }
 
@@ -137,6 +191,12 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
             );
         }
         let mut summary = summary;
+        // Only the leader ships backups: its figures are the current ones.
+        let backup = leader_backup(&client, &status).await;
+        summary["backup"] = backup_json(backup.as_ref());
+        if !common.json {
+            println!("{}", backup_line(backup.as_ref(), now_ms()));
+        }
         // Each member counts the misaddressed peer requests it refused.
         let misaddressed = misaddressed_peers(&client, &status.members).await;
         if !misaddressed.is_empty() {

@@ -5,6 +5,7 @@ use ferry_client::pb::{self, cluster_server::Cluster};
 use ferry_replication::auth::Access;
 use ferry_replication::types::FerryNode;
 use openraft_free::role;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
@@ -104,6 +105,15 @@ impl Cluster for ClusterService {
                         last_to: m.last_to,
                     })
                 },
+                backup: self.context.metrics.backup().map(|b| {
+                    let set = |ms: u64| (ms > 0).then_some(ms);
+                    pb::BackupStatus {
+                        shipped_index: b.shipped_index.load(Ordering::Relaxed),
+                        restore_point_ms: set(b.restore_point_ms.load(Ordering::Relaxed)),
+                        last_success_ms: set(b.last_success_ms.load(Ordering::Relaxed)),
+                        failures: b.failures.load(Ordering::Relaxed),
+                    }
+                }),
             }))
         })
         .await
