@@ -16,7 +16,7 @@
 //! rows). `ship-cost` then measures what shipping costs writers: 64
 //! writers for `SHIP_COST_SECONDS` each with no shipper and with an S3
 //! shipper shipping the log every second (after its first checkpoint,
-//! which is shipped before), alternated, in the same node. The S3 server
+//! which is shipped before), in alternating windows, in the same node. The S3 server
 //! runs on the same machine, so its CPU is part of the cost.
 
 use crate::report::Row;
@@ -26,11 +26,18 @@ use ferry_replication::backup::{
 };
 use ferry_replication::types::{FerryNode, Op};
 use ferry_replication::{Node, NodeConfig};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 const WRITERS: u64 = 64;
 const SHIP_COST_SECONDS: u64 = 10;
+/// Whether `ship-cost` ships in each window: ABBA thrice, so that a drift
+/// linear in time (the LSM filling up) falls equally on both, and the
+/// engine's bursts of background work (flushes, compactions) average out.
+const WINDOWS: [bool; 12] = [
+    false, true, true, false, false, true, true, false, false, true, true, false,
+];
 
 #[path = "../../replication/tests/common/s3.rs"]
 mod s3;
@@ -41,7 +48,11 @@ pub fn run(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<
 
 async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<Row> {
     let root = output.work_dir();
-    let config = NodeConfig::new(1, root.path().join("node"), "127.0.0.1:0".parse().unwrap());
+    let mut config = NodeConfig::new(1, root.path().join("node"), "127.0.0.1:0".parse().unwrap());
+    // `ship-cost` runs windows without a shipper: the log they write must
+    // still be there when shipping resumes, as it would be with a shipper
+    // running all along (otherwise the next round ships a checkpoint).
+    config.raft.keep_after_snapshot = 4_000_000;
     let node = Arc::new(Node::open(config).await.expect("open node"));
     node.initialize(std::collections::BTreeMap::from([(
         1,
@@ -103,7 +114,7 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
             shipped.log_entries
         );
     }
-    let mut rows = ship_cost(&node, server.target("bench/ship-cost"), keys).await;
+    let mut rows = ship_cost(&node, server.target("bench/ship-cost"), keys, server.pid()).await;
     node.shutdown().await.expect("shutdown");
     drop(node);
 
@@ -141,10 +152,52 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
     rows
 }
 
+/// CPU time used so far by this process (all its threads).
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, which is
+    // zeroed and owned here.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// CPU time used so far by process `pid` (0 if it cannot be read).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses;
+    // utime and stime are the 14th and 15th fields, in clock ticks.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
 /// Put throughput of 64 writers without a shipper and with one shipping
-/// to S3 every second, alternated twice (off, on, off, on) so that drift
-/// of the machine falls on both.
-async fn ship_cost(node: &Arc<Node>, chain: Arc<dyn BackupTarget>, keys: u64) -> Vec<Row> {
+/// to S3 every second, in the windows of [`WINDOWS`]; and the CPU time
+/// per put of this process plus the S3 server's, which varies far less
+/// than throughput on a machine whose engine bursts of background work
+/// come and go.
+async fn ship_cost(
+    node: &Arc<Node>,
+    chain: Arc<dyn BackupTarget>,
+    keys: u64,
+    s3_pid: u32,
+) -> Vec<Row> {
     // The steady state is measured: log every second, the next checkpoint
     // (10 min away) outside the windows. The chain's first checkpoint is
     // shipped before them.
@@ -154,10 +207,17 @@ async fn ship_cost(node: &Arc<Node>, chain: Arc<dyn BackupTarget>, keys: u64) ->
     };
     let shipper = BackupShipper::new(node.clone(), chain, options);
     shipper.ship(true).await.expect("first checkpoint");
-    // (puts, seconds) without and with shipping.
-    let mut totals = [(0u64, 0f64); 2];
-    for shipping in [false, true, false, true] {
+    // (puts, seconds, CPU seconds) without and with shipping.
+    let mut totals = [(0u64, 0f64, 0f64); 2];
+    for shipping in WINDOWS {
+        if shipping {
+            // The steady state: what the last window without a shipper
+            // wrote is shipped before this one is timed.
+            shipper.ship(false).await.expect("catch up");
+        }
+        let shipped_before = shipper.status().bytes_shipped.load(Ordering::Relaxed);
         let task = shipping.then(|| shipper.spawn());
+        let cpu_before = own_cpu_seconds() + process_cpu_seconds(s3_pid);
         let started = Instant::now();
         let until = started + std::time::Duration::from_secs(SHIP_COST_SECONDS);
         let mut writers = tokio::task::JoinSet::new();
@@ -179,25 +239,34 @@ async fn ship_cost(node: &Arc<Node>, chain: Arc<dyn BackupTarget>, keys: u64) ->
             puts += done.unwrap();
         }
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = own_cpu_seconds() + process_cpu_seconds(s3_pid) - cpu_before;
         if let Some(task) = task {
             task.abort();
         }
         eprintln!(
-            "ship-cost: shipping {shipping}: {:.0} puts/s",
-            puts as f64 / seconds
+            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put, {} bytes shipped",
+            puts as f64 / seconds,
+            cpu * 1e6 / puts as f64,
+            shipper.status().bytes_shipped.load(Ordering::Relaxed) - shipped_before
         );
         let total = &mut totals[shipping as usize];
         total.0 += puts;
         total.1 += seconds;
+        total.2 += cpu;
     }
-    let ops = totals.map(|(puts, seconds)| puts as f64 / seconds);
+    let ops = totals.map(|(puts, seconds, _)| puts as f64 / seconds);
+    let cpu = totals.map(|(puts, _, cpu)| cpu * 1e6 / puts as f64);
     vec![
         Row::new("ferry", "put x64 (no backup)")
             .with("ops_per_sec", ops[0])
+            .with("cpu_us_per_op", cpu[0])
             .with("seconds", totals[0].1),
         Row::new("ferry-shipping-s3", "put x64 (shipping to S3)")
             .with("ops_per_sec", ops[1])
+            .with("cpu_us_per_op", cpu[1])
             .with("seconds", totals[1].1),
-        Row::new("ferry-shipping-s3/ferry", "put x64").with("ratio", ops[1] / ops[0]),
+        Row::new("ferry-shipping-s3/ferry", "put x64")
+            .with("ratio", ops[1] / ops[0])
+            .with("cpu_ratio", cpu[1] / cpu[0]),
     ]
 }

@@ -99,6 +99,12 @@ impl MotoServer {
         }
     }
 
+    /// The server's process id (for measuring what it costs).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn target(&self, prefix: &str) -> Arc<dyn BackupTarget> {
         Arc::new(ObjectTarget::s3(BUCKET, prefix, &self.options()).unwrap())
     }
