@@ -10,6 +10,14 @@
 //! leader to hand over and measures the longest gap between acknowledged
 //! writes around it. At the end every acknowledged write must be present
 //! exactly once: `lost` and `duplicated` must be 0.
+//!
+//! Where the time goes: a poller asks every member every 5 ms whether it
+//! leads. An unplanned round splits into `elect` (kill until a new leader
+//! is seen: the silence, the lease, the vote) and `resume` (until the SDK
+//! has a write acknowledged: finding the leader, its first commit); a
+//! transfer into `hand_over` (the call until the target is seen leading,
+//! including the wait for it to catch up, while writes go on) and
+//! `first_write`. `--cpu-hogs N` runs N busy loops beside the cluster.
 
 use crate::report::Row;
 use ferry_client::{Client, ClientOptions};
@@ -30,6 +38,10 @@ pub struct Args {
     /// Concurrent writing clients.
     #[arg(long, default_value_t = 8)]
     pub writers: usize,
+    /// Busy-looping neighbour processes running beside the cluster for
+    /// the whole run (a loaded machine).
+    #[arg(long, default_value_t = 0)]
+    pub cpu_hogs: usize,
     #[command(flatten)]
     pub output: crate::report::Output,
 }
@@ -62,6 +74,16 @@ pub struct NodeArgs {
 }
 
 pub fn serve_node(args: &NodeArgs) {
+    if std::env::var_os("FERRY_BENCH_DEBUG").is_some() {
+        // The node's log on the suite's stderr (RUST_LOG picks what).
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let config = ferry_server::config::ServeConfig {
@@ -209,6 +231,116 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 /// Acknowledged writes: when sent, when acknowledged, key, revision.
 type Log = Arc<Mutex<Vec<(Instant, Instant, String, u64)>>>;
 
+/// Leaders as the poller saw them: when a member first said it leads, in
+/// a term higher than any seen before; (time, node, term).
+type Leaders = Arc<Mutex<Vec<(Instant, u64, u64)>>>;
+
+/// How often [`watch_leaders`] asks every member whether it leads: the
+/// resolution of the per-phase times.
+const LEADER_POLL: Duration = Duration::from_millis(5);
+
+/// Asks every member for its status every [`LEADER_POLL`] until `stop`,
+/// recording each new leader.
+fn watch_leaders(nodes: &Nodes, stop: Arc<AtomicBool>) -> (Leaders, tokio::task::JoinHandle<()>) {
+    let leaders: Leaders = Arc::default();
+    let members: Vec<(u64, ferry_client::pb::cluster_client::ClusterClient<_>)> = nodes
+        .addrs
+        .iter()
+        .map(|(id, (client_addr, _))| {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{client_addr}"))
+                .expect("endpoint")
+                .connect_timeout(Duration::from_millis(50))
+                .connect_lazy();
+            (
+                *id,
+                ferry_client::pb::cluster_client::ClusterClient::new(channel),
+            )
+        })
+        .collect();
+    let seen = leaders.clone();
+    let task = tokio::spawn(async move {
+        let mut highest = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let polls = members.iter().map(|(id, member)| {
+                let mut member = member.clone();
+                async move {
+                    let asked = member.status(ferry_client::pb::StatusRequest {});
+                    match tokio::time::timeout(Duration::from_millis(50), asked).await {
+                        Ok(Ok(status)) => Some((*id, status.into_inner())),
+                        _ => None,
+                    }
+                }
+            });
+            for (id, status) in futures_util::future::join_all(polls)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                if status.role == "leader" && status.term > highest {
+                    highest = status.term;
+                    seen.lock()
+                        .expect("lock")
+                        .push((Instant::now(), id, status.term));
+                }
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    });
+    (leaders, task)
+}
+
+/// When, after `since`, a member other than `old` was first seen leading.
+fn new_leader_after(leaders: &Leaders, since: Instant, old: u64) -> Option<Instant> {
+    leaders
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(at, id, _)| *at > since && *id != old)
+        .map(|(at, ..)| *at)
+}
+
+/// The first acknowledgement at or after `since` (of any write).
+fn first_ack_at_or_after(log: &Log, since: Instant) -> Option<Instant> {
+    log.lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, acked, ..)| *acked)
+        .filter(|acked| *acked >= since)
+        .min()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Busy-looping `sh` processes, killed when dropped.
+struct CpuHogs(Vec<Child>);
+
+impl CpuHogs {
+    fn start(n: usize) -> CpuHogs {
+        CpuHogs(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("start a CPU hog")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Vec<Row> {
     crate::report::block_on(run_async(args))
 }
@@ -296,10 +428,9 @@ fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
 async fn run_async(args: &Args) -> Vec<Row> {
     let mut nodes = Nodes::start(args.output.work_dir(), 3);
     let endpoints = nodes.endpoints();
+    // The SDK's default retry pauses: they are part of the recovery time.
     let options = ClientOptions {
         call_timeout: Duration::from_secs(30),
-        backoff_initial: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(100),
         ..ClientOptions::default()
     };
     // Wait for a leader, then connect with the suite's retry settings.
@@ -330,8 +461,13 @@ async fn run_async(args: &Args) -> Vec<Row> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let _hogs = CpuHogs::start(args.cpu_hogs);
+    let (leaders, poller) = watch_leaders(&nodes, stop.clone());
 
     let mut rto = Vec::new();
+    // Per round: kill until a new leader is seen; from then until a write
+    // is acknowledged.
+    let (mut elect, mut resume) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let leader = current_leader(&nodes).await;
         let killed = Instant::now();
@@ -347,10 +483,16 @@ async fn run_async(args: &Args) -> Vec<Row> {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        rto.push(delay.as_secs_f64() * 1000.0);
+        rto.push(ms(delay));
+        let elected = new_leader_after(&leaders, killed, leader).unwrap_or(killed + delay);
+        let elected_after = elected.saturating_duration_since(killed).min(delay);
+        elect.push(ms(elected_after));
+        resume.push(ms(delay - elected_after));
         eprintln!(
-            "round {round}: killed node {leader}, writes resumed after {:.0} ms",
-            rto[rto.len() - 1]
+            "round {round}: killed node {leader}, writes resumed after {:.0} ms (new leader seen after {:.0} ms, first write {:.0} ms later)",
+            rto[rto.len() - 1],
+            ms(elected_after),
+            ms(delay - elected_after),
         );
         nodes.spawn(leader, false);
         wait_caught_up(&client, leader).await;
@@ -358,6 +500,9 @@ async fn run_async(args: &Args) -> Vec<Row> {
     }
 
     let mut pauses = Vec::new();
+    // Per transfer: the call until the target is seen leading (writes go
+    // on while it catches up), and from then until a write is acknowledged.
+    let (mut hand_over, mut first_write) = (Vec::new(), Vec::new());
     for _ in 0..args.transfers {
         let leader = current_leader(&nodes).await;
         let target = nodes
@@ -377,11 +522,19 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .expect("transfer");
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let pause = longest_gap(&log, started, Instant::now());
-        pauses.push(pause.as_secs_f64() * 1000.0);
+        pauses.push(ms(pause));
+        let elected = new_leader_after(&leaders, started, leader);
+        let acked = elected.and_then(|at| first_ack_at_or_after(&log, at));
+        let (to_leader, to_write) = match (elected, acked) {
+            (Some(elected), Some(acked)) => (ms(elected - started), ms(acked - elected)),
+            _ => (f64::NAN, f64::NAN),
+        };
+        hand_over.push(to_leader);
+        first_write.push(to_write);
         eprintln!(
-            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms",
+            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later)",
             pauses.len(),
-            pause.as_secs_f64() * 1000.0
+            ms(pause)
         );
         let _ = client.refresh_members().await;
     }
@@ -390,6 +543,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
     for writer in writers {
         writer.await.expect("writer");
     }
+    poller.await.expect("leader poller");
     let acked = log.lock().expect("lock").clone();
     // Read everything back in pages (a linearizable read per key would
     // take minutes) and compare.
@@ -422,18 +576,35 @@ async fn run_async(args: &Args) -> Vec<Row> {
         }
     }
     eprintln!("{} writes acknowledged, read back", acked.len());
+    let system = match args.cpu_hogs {
+        0 => "ferry".to_owned(),
+        n => format!("ferry+{n}-cpu-hogs"),
+    };
+    let (mut hand_over, mut first_write): (Vec<f64>, Vec<f64>) = (
+        hand_over.into_iter().filter(|v| !v.is_nan()).collect(),
+        first_write.into_iter().filter(|v| !v.is_nan()).collect(),
+    );
     vec![
-        Row::new("ferry", "unplanned")
+        Row::new(&system, "unplanned")
             .with("rto_p50_ms", percentile(&mut rto, 50.0))
             .with("rto_p99_ms", percentile(&mut rto, 99.0))
             .with("rto_max_ms", percentile(&mut rto, 100.0))
+            .with("elect_p50_ms", percentile(&mut elect, 50.0))
+            .with("elect_p99_ms", percentile(&mut elect, 99.0))
+            .with("resume_p50_ms", percentile(&mut resume, 50.0))
+            .with("resume_p99_ms", percentile(&mut resume, 99.0))
             .with("lost", lost as f64)
             .with("duplicated", duplicated as f64)
             .with("rounds", args.rounds as f64)
             .with("acked_writes", acked.len() as f64),
-        Row::new("ferry", "planned")
+        Row::new(&system, "planned")
             .with("pause_p50_ms", percentile(&mut pauses, 50.0))
             .with("pause_p99_ms", percentile(&mut pauses, 99.0))
+            .with("pause_max_ms", percentile(&mut pauses, 100.0))
+            .with("hand_over_p50_ms", percentile(&mut hand_over, 50.0))
+            .with("hand_over_p99_ms", percentile(&mut hand_over, 99.0))
+            .with("first_write_p50_ms", percentile(&mut first_write, 50.0))
+            .with("first_write_p99_ms", percentile(&mut first_write, 99.0))
             .with("rounds", args.transfers as f64),
     ]
 }

@@ -15,8 +15,9 @@
 //!   is shipped as files in bounded memory, resumably, and a follower
 //!   reuses the tables it already has (differential transfer) only if the
 //!   assembled state's content checksum equals the leader's.
-//! - Only `types`, `log_store`, `state_machine`, `network` and `node` name
-//!   openraft items, so that an openraft upgrade touches those alone.
+//! - Only `types`, `log_store`, `state_machine`, `network`, `node` and
+//!   `election` name openraft items, so that an openraft upgrade touches
+//!   those alone.
 //! - With peer TLS configured ([`tls`]), the peer port accepts only
 //!   connections whose client certificate the cluster CA signed (and whose
 //!   common name is allowed), and a member dials peers only over TLS with
@@ -42,6 +43,7 @@ pub use ferry_engine as engine;
 
 pub mod auth;
 pub mod backup;
+mod election;
 mod error;
 pub mod export;
 #[doc(hidden)]

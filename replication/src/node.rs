@@ -58,11 +58,12 @@ impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
             // openraft's leader lease equals the election timeout maximum,
-            // and followers refuse votes while it runs: the time to replace
-            // a dead leader is about one to two maxima. 300 ms keeps the
-            // recovery time well under a second (`ferry-bench failover`);
-            // heartbeats every 50 ms leave room for fsync stalls before a
-            // follower gives up on a leader.
+            // and followers refuse votes while it runs; `election` then
+            // campaigns as soon as it has run out, so a dead leader is
+            // replaced in about one maximum plus tens of milliseconds
+            // (`ferry-bench failover`: p99 ≈ 410 ms). Heartbeats every
+            // 50 ms leave room for fsync stalls before a follower gives up
+            // on a leader.
             heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),
@@ -245,6 +246,8 @@ pub struct Node {
     /// The leader's lease clock, and its expiry task.
     leases: Arc<crate::lease::keeper::Keeper>,
     lease_task: tokio::task::JoinHandle<()>,
+    /// Campaigns once a silent leader's lease has run out ([`crate::election`]).
+    election_task: tokio::task::JoinHandle<()>,
 }
 
 fn raft_error<
@@ -375,6 +378,15 @@ impl Node {
             config.lease.clone(),
         ));
         let lease_task = tokio::spawn(crate::lease::keeper::run(leases.clone()));
+        let election_task = tokio::spawn(crate::election::run(
+            raft.clone(),
+            config.id,
+            contact.clone(),
+            crate::election::Prompt::for_timeouts(
+                config.raft.heartbeat_interval,
+                config.raft.election_timeout_max,
+            ),
+        ));
         Ok(Node {
             id: config.id,
             raft,
@@ -391,6 +403,7 @@ impl Node {
             purger_wake,
             leases,
             lease_task,
+            election_task,
         })
     }
 
@@ -543,12 +556,28 @@ impl Node {
             match self.raft.client_write(command.clone()).await {
                 Ok(written) => break written.data,
                 Err(error) => {
-                    let lease_pending = error
-                        .forward_to_leader()
-                        .is_some_and(|f| f.reason == ForwardReason::LeaseExpired);
-                    if lease_pending && self.is_leader() && Instant::now() < deadline {
+                    let forward = error.forward_to_leader();
+                    let reason = forward.map(|f| f.reason);
+                    if reason == Some(ForwardReason::LeaseExpired)
+                        && self.is_leader()
+                        && Instant::now() < deadline
+                    {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         continue;
+                    }
+                    // Leadership is moving (an election, a hand-over): an
+                    // answer now could only say "no leader" or name one
+                    // that is not leading yet, and the client would back
+                    // off or bounce. Hold the write until a leader is
+                    // known (at most the lease wait), then try again: this
+                    // node writes it if it leads now, or names the leader.
+                    let handing_over = reason == Some(ForwardReason::LeadershipTransfer);
+                    let unknown = forward.is_some_and(|f| f.leader_id.is_none());
+                    if (handing_over || unknown) && Instant::now() < deadline {
+                        self.wait_for_leader(handing_over, deadline).await;
+                        if Instant::now() < deadline {
+                            continue;
+                        }
                     }
                     return Err(raft_error::<ClientWriteError<crate::types::TypeConfig>>(
                         error,
@@ -559,6 +588,26 @@ impl Node {
         match response.rejected {
             Some(reason) => Err(Error::Rejected(reason)),
             None => Ok(response),
+        }
+    }
+
+    /// Waits until `deadline` for a known leader: another node if
+    /// `elsewhere` (this one is handing over), else any.
+    async fn wait_for_leader(&self, elsewhere: bool, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader.is_some_and(|l| !elsewhere || l != self.id) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Err: the deadline passed, or Raft stopped.
+            if !matches!(
+                tokio::time::timeout(left, metrics.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
         }
     }
 
@@ -1067,14 +1116,51 @@ impl Node {
 
     /// Hands leadership to `to` (planned maintenance) and waits until this
     /// node sees a leader other than itself, up to `timeout`.
+    ///
+    /// The hand-over starts only once `to` holds the log to within
+    /// [`TRANSFER_CAUGHT_UP_ENTRIES`] of this leader's end: from the
+    /// trigger on, this leader takes no writes and the target campaigns
+    /// only after flushing the log up to the leader's last entry, so a
+    /// target still catching up (just restarted, or slow) would stall
+    /// writes for as long as it needs, or fail and leave the cluster to an
+    /// election timeout. Until then, writes go on as usual; a target that
+    /// does not catch up within `timeout` is an error and nothing changes.
     pub async fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (matched, last) = {
+                let m = metrics.borrow_watched();
+                if m.state != ServerState::Leader {
+                    return Err(Error::NotLeader {
+                        leader_id: m.current_leader,
+                        leader_addr: None,
+                    });
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .map_or(0, |l| l.index);
+                (matched, m.last_log_index.unwrap_or(0))
+            };
+            if matched + TRANSFER_CAUGHT_UP_ENTRIES >= last {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Raft(format!(
+                    "not handing leadership to {to}: it holds the log up to {matched} of {last} \
+                     and did not catch up in {timeout:?}"
+                )));
+            }
+            let _ = tokio::time::timeout(left, metrics.changed()).await;
+        }
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let deadline = Instant::now() + timeout;
-        let mut metrics = self.raft.metrics();
         loop {
             let leader = metrics.borrow_watched().current_leader;
             if leader.is_some_and(|l| l != self.id) {
@@ -1137,6 +1223,7 @@ impl Node {
     pub async fn shutdown(&self) -> Result<()> {
         self.retention.abort();
         self.lease_task.abort();
+        self.election_task.abort();
         // Raft first, so nothing applies while the engine flushes. Bounded:
         // a core stuck on a peer that never answers must not hold the stop
         // (what it did not finish is in the fsynced log or was never
@@ -1174,6 +1261,11 @@ impl Node {
     }
 }
 
+/// How far behind the leader's last entry a member may be for
+/// [`Node::transfer_leadership`] to hand it leadership: a few write
+/// batches, which it flushes in a millisecond or two.
+pub const TRANSFER_CAUGHT_UP_ENTRIES: u64 = 256;
+
 /// How long [`Node::shutdown`] waits for Raft to stop.
 const RAFT_STOP_BOUND: Duration = Duration::from_secs(3);
 /// How long [`Node::shutdown`] waits for the peer service's connections
@@ -1187,6 +1279,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.retention.abort();
         self.lease_task.abort();
+        self.election_task.abort();
         if let Some(stop) = self.stop_server.get_mut().take() {
             let _ = stop.send(());
         }

@@ -41,6 +41,17 @@ pub struct NetworkFactory {
 /// How often a peer that keeps failing is logged.
 const PEER_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The shortest deadline of one peer call. openraft gives appends and
+/// heartbeats the heartbeat interval (50 ms) as their deadline. A
+/// follower whose fsync stalls for longer (a busy disk, a loaded machine)
+/// then has every append cancelled and resent, each larger than the last,
+/// while it still does the work of the cancelled ones, and the leader
+/// backs off between tries: seen as writes stalled for 500–800 ms right
+/// after a new leader took over (`ferry-bench failover --cpu-hogs 2`).
+/// A dead peer refuses the connection at once, so this bounds only how
+/// long a hung one holds its own replication stream.
+const MIN_PEER_CALL_DEADLINE: Duration = Duration::from_secs(1);
+
 /// An error and its sources on one line: a TLS refusal is three levels
 /// down a transport error.
 fn chain(error: &dyn std::error::Error) -> String {
@@ -163,7 +174,8 @@ impl PeerClient {
             to: self.target,
             status_url: self.factory.contact.own_status_url(),
         };
-        let reply = tokio::time::timeout(option.hard_ttl(), send(self.client.clone(), message))
+        let deadline = option.hard_ttl().max(MIN_PEER_CALL_DEADLINE);
+        let reply = tokio::time::timeout(deadline, send(self.client.clone(), message))
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
             .map_err(|status| {
