@@ -41,15 +41,15 @@ pub struct NetworkFactory {
 /// How often a peer that keeps failing is logged.
 const PEER_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The shortest deadline of one peer call. openraft gives appends and
-/// heartbeats the heartbeat interval (50 ms) as their deadline. A
-/// follower whose fsync stalls for longer (a busy disk, a loaded machine)
-/// then has every append cancelled and resent, each larger than the last,
-/// while it still does the work of the cancelled ones, and the leader
-/// backs off between tries: seen as writes stalled for 500–800 ms right
-/// after a new leader took over (`ferry-bench failover --cpu-hogs 2`).
-/// A dead peer refuses the connection at once, so this bounds only how
-/// long a hung one holds its own replication stream.
+/// The shortest deadline of one peer call. openraft gives appends the
+/// heartbeat interval (50 ms) as their deadline, so a follower whose
+/// fsync stalls for longer (a busy disk, a loaded machine) has every
+/// append cancelled and resent, each larger than the last, while it still
+/// does the work of the cancelled ones, and the leader backs off between
+/// tries (seen in `ferry-bench failover --cpu-hogs 2` as bursts of append
+/// timeouts to both followers; with this floor there were none). A dead
+/// peer refuses the connection at once, so this bounds only how long a
+/// hung one holds its own replication stream.
 const MIN_PEER_CALL_DEADLINE: Duration = Duration::from_secs(1);
 
 /// An error and its sources on one line: a TLS refusal is three levels
