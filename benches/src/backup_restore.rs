@@ -217,7 +217,7 @@ async fn ship_cost(
         }
         let shipped_before = shipper.status().bytes_shipped.load(Ordering::Relaxed);
         let task = shipping.then(|| shipper.spawn());
-        let cpu_before = own_cpu_seconds() + process_cpu_seconds(s3_pid);
+        let (own_before, s3_before) = (own_cpu_seconds(), process_cpu_seconds(s3_pid));
         let started = Instant::now();
         let until = started + std::time::Duration::from_secs(SHIP_COST_SECONDS);
         let mut writers = tokio::task::JoinSet::new();
@@ -239,14 +239,20 @@ async fn ship_cost(
             puts += done.unwrap();
         }
         let seconds = started.elapsed().as_secs_f64();
-        let cpu = own_cpu_seconds() + process_cpu_seconds(s3_pid) - cpu_before;
+        let (own, s3) = (
+            own_cpu_seconds() - own_before,
+            process_cpu_seconds(s3_pid) - s3_before,
+        );
+        let cpu = own + s3;
         if let Some(task) = task {
             task.abort();
         }
         eprintln!(
-            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put, {} bytes shipped",
+            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put ({:.1} the node, {:.1} the S3 server), {} bytes shipped",
             puts as f64 / seconds,
             cpu * 1e6 / puts as f64,
+            own * 1e6 / puts as f64,
+            s3 * 1e6 / puts as f64,
             shipper.status().bytes_shipped.load(Ordering::Relaxed) - shipped_before
         );
         let total = &mut totals[shipping as usize];

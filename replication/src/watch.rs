@@ -247,7 +247,11 @@ impl Watcher {
         })
         .await
         .map_err(|e| WatchError::Storage(io::Error::other(e)))??;
-        self.delivered = page.through;
+        // A member behind the client (it resumed here from a revision this
+        // member has not applied yet) reads an empty page ending at its
+        // applied index: the position must not move back to it, or the
+        // revisions in between would come again from the feed.
+        self.delivered = self.delivered.max(page.through);
         if !page.more && page.through >= applied {
             // Caught up with the state as it was read; the feed holds what
             // was applied since (the watcher subscribed before reading).

@@ -370,6 +370,56 @@ async fn the_retention_policy_compacts_beyond_its_bound_and_the_purge_follows() 
     node.shutdown().await.unwrap();
 }
 
+/// A client resumes its watch on a member that has not applied as far
+/// as the client has seen (a follower cut off, or just restarted): the
+/// member waits until it has, then delivers each later change once and in
+/// order, never the revisions the client already had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumed_on_a_member_behind_it_repeats_nothing() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let behind = *cluster.nodes.keys().find(|id| **id != leader_id).unwrap();
+    let leader = cluster.nodes[&leader_id].clone();
+    let node = cluster.nodes[&behind].clone();
+    let mut model = Model::default();
+    let mut rng = Rng(11);
+    churn(&leader, &mut model, &mut rng, 20).await;
+    cluster
+        .network
+        .isolate(behind, cluster.nodes.keys().copied());
+    churn(&leader, &mut model, &mut rng, 30).await;
+    // The client saw everything up to here, through the leader.
+    let seen_through = *model.revisions.keys().last().unwrap();
+    let applied = node.metrics().last_applied.map_or(0, |l| l.index);
+    assert!(applied < seen_through, "the member is not behind");
+    let mut watcher = node
+        .watch(WatchOptions::range(Vec::new(), None, seen_through + 1))
+        .unwrap();
+    assert_eq!(watcher.revision(), seen_through);
+    // Waiting while the member is still behind: nothing to deliver yet.
+    let early = tokio::time::timeout(Duration::from_millis(300), watcher.next()).await;
+    assert!(early.is_err(), "a batch from a member behind the watch");
+    assert_eq!(watcher.revision(), seen_through, "the position moved back");
+    cluster.network.heal();
+    churn(&leader, &mut model, &mut rng, 30).await;
+    let last = *model.revisions.keys().last().unwrap();
+    let mut got = Vec::new();
+    while watcher.revision() < last {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .expect("the watch stalled")
+            .unwrap();
+        assert!(batch.revision >= seen_through, "the position moved back");
+        for event in batch.events {
+            let change = event.change;
+            let value = (change.kind == ChangeKind::Put).then_some(change.value);
+            got.push((change.revision, change.key, value));
+        }
+    }
+    assert_eq!(got, expected_changes(&model, seen_through + 1, last));
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_that_caught_up_by_snapshot_serves_the_same_history() {
     let mut cluster = Cluster::start(3, fast_raft()).await;

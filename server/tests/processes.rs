@@ -138,7 +138,13 @@ async fn kill_the_leader_three_times(cluster: &mut ProcessCluster, client: &ferr
             .expect("watch ended")
             .expect("watch error");
         let kv = event.kv.unwrap();
-        assert!(kv.mod_revision > previous, "watch out of order or repeated");
+        assert!(
+            kv.mod_revision > previous,
+            "watch out of order or repeated: {} at revision {} after revision {previous} ({} events seen)",
+            String::from_utf8_lossy(&kv.key),
+            kv.mod_revision,
+            seen.len()
+        );
         previous = kv.mod_revision;
         seen.insert(kv.key, kv.mod_revision);
         assert!(Instant::now() < deadline);
