@@ -254,7 +254,7 @@ async fn retention_flags_prune_the_chain_and_cluster_status_shows_its_age() {
         .map(String::from)
         .to_vec()
     });
-    let chain = vec![
+    let chain = [
         "--dir".to_string(),
         cluster.root.path().join("chain").display().to_string(),
     ];

@@ -65,7 +65,7 @@ async fn leader_backup(
 ) -> Option<pb::BackupStatus> {
     let answered_by = status.header.as_ref().map_or(0, |h| h.node_id);
     if answered_by == status.leader_id {
-        return status.backup.clone();
+        return status.backup;
     }
     let channel = client.leader_channel().await.ok()?;
     let leader = pb::cluster_client::ClusterClient::new(channel)
