@@ -1071,10 +1071,7 @@ impl Node {
                         leader_addr: None,
                     });
                 }
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .map(|l| l.index)
+                matched_index(&m, id)
             };
             if matched.is_some_and(|m| m >= index) {
                 return Ok(());
@@ -1137,12 +1134,10 @@ impl Node {
                         leader_addr: None,
                     });
                 }
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&to).copied().flatten())
-                    .map_or(0, |l| l.index);
-                (matched, m.last_log_index.unwrap_or(0))
+                (
+                    matched_index(&m, to).unwrap_or(0),
+                    m.last_log_index.unwrap_or(0),
+                )
             };
             if matched + TRANSFER_CAUGHT_UP_ENTRIES >= last {
                 break;
@@ -1259,6 +1254,16 @@ impl Node {
         }
         result
     }
+}
+
+/// The log index a leader's metrics show `id` holding (`None`: unknown,
+/// or this node does not lead).
+fn matched_index(metrics: &RaftMetrics<crate::types::TypeConfig>, id: NodeId) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+        .map(|l| l.index)
 }
 
 /// How far behind the leader's last entry a member may be for

@@ -8,7 +8,7 @@ mod common;
 use common::{fast_raft, Cluster};
 use ferry_replication::state_machine::history::{ChangeKind, Compacted};
 use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, Txn};
-use ferry_replication::{Consistency, Error, Node, WatchError, WatchOptions};
+use ferry_replication::{Consistency, Error, Node, WatchError, WatchOptions, Watcher};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -175,12 +175,20 @@ async fn watched(node: &Node, from: u64, until: u64) -> Vec<(u64, Vec<u8>, Optio
     let mut watcher = node
         .watch(WatchOptions::range(Vec::new(), None, from))
         .unwrap();
+    drain(&mut watcher, until).await
+}
+
+/// What `watcher` delivers until its position reaches `until`; its
+/// position never moves back on the way.
+async fn drain(watcher: &mut Watcher, until: u64) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
+    let start = watcher.revision();
     let mut seen = Vec::new();
     while watcher.revision() < until {
         let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
             .await
             .expect("the watch stalled")
             .unwrap();
+        assert!(batch.revision >= start, "the position moved back");
         for event in batch.events {
             let change = event.change;
             let value = (change.kind == ChangeKind::Put).then_some(change.value);
@@ -403,20 +411,10 @@ async fn a_watch_resumed_on_a_member_behind_it_repeats_nothing() {
     cluster.network.heal();
     churn(&leader, &mut model, &mut rng, 30).await;
     let last = *model.revisions.keys().last().unwrap();
-    let mut got = Vec::new();
-    while watcher.revision() < last {
-        let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
-            .await
-            .expect("the watch stalled")
-            .unwrap();
-        assert!(batch.revision >= seen_through, "the position moved back");
-        for event in batch.events {
-            let change = event.change;
-            let value = (change.kind == ChangeKind::Put).then_some(change.value);
-            got.push((change.revision, change.key, value));
-        }
-    }
-    assert_eq!(got, expected_changes(&model, seen_through + 1, last));
+    assert_eq!(
+        drain(&mut watcher, last).await,
+        expected_changes(&model, seen_through + 1, last)
+    );
     cluster.shutdown().await;
 }
 
