@@ -13,11 +13,18 @@
 //!
 //! The same chain is shipped to a real S3 server on loopback (moto's,
 //! installed from PyPI if missing) and restored from it too (`ferry-s3`
-//! rows). `ship-cost` then measures what shipping costs writers: 64
-//! writers for `SHIP_COST_SECONDS` each with no shipper and with an S3
+//! rows). `ship-cost` then measures what shipping costs writers, on a
+//! node of its own with [`SHIP_COST_KEYS`] keys (a fresh, small LSM, so
+//! that the big node's compactions do not drown a cost of a few percent):
+//! 64 writers for `SHIP_COST_SECONDS` each with no shipper and with an S3
 //! shipper shipping the log every second (after its first checkpoint,
-//! which is shipped before), in alternating windows, in the same node. The S3 server
-//! runs on the same machine, so its CPU is part of the cost.
+//! which is shipped before), in alternating windows. It reports put
+//! throughput both ways, and the CPU the shipper itself used (its rounds
+//! and its S3 client's threads, as `BackupStatus` counts it) as a share of
+//! the node's CPU in the windows it shipped in. The node's writers keep
+//! both cores busy, so that share is what shipping takes from throughput.
+//! The S3 server runs on the same machine, so its CPU is reported too; a
+//! real object store's is not the node's to pay.
 
 use crate::report::Row;
 use crate::transfer::{key, load};
@@ -31,12 +38,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const WRITERS: u64 = 64;
-const SHIP_COST_SECONDS: u64 = 10;
-/// Whether `ship-cost` ships in each window: ABBA thrice, so that a drift
-/// linear in time (the LSM filling up) falls equally on both, and the
-/// engine's bursts of background work (flushes, compactions) average out.
-const WINDOWS: [bool; 12] = [
-    false, true, true, false, false, true, true, false, false, true, true, false,
+const SHIP_COST_SECONDS: u64 = 6;
+/// The key space `ship-cost` overwrites (1 KiB values: 64 MiB).
+const SHIP_COST_KEYS: u64 = 64 << 10;
+/// Whether `ship-cost` ships in each window: ABBA four times, so that a
+/// drift linear in time (the LSM filling up) falls equally on both, and
+/// the engine's bursts of background work (flushes, compactions) average
+/// out.
+const WINDOWS: [bool; 16] = [
+    false, true, true, false, false, true, true, false, false, true, true, false, false, true,
+    true, false,
 ];
 
 #[path = "../../replication/tests/common/s3.rs"]
@@ -49,9 +60,9 @@ pub fn run(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<
 async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<Row> {
     let root = output.work_dir();
     let mut config = NodeConfig::new(1, root.path().join("node"), "127.0.0.1:0".parse().unwrap());
-    // `ship-cost` runs windows without a shipper: the log they write must
-    // still be there when shipping resumes, as it would be with a shipper
-    // running all along (otherwise the next round ships a checkpoint).
+    // The log written after the first checkpoints is shipped after the
+    // writes end: it must still be there then (not purged behind a
+    // snapshot, which would make the round ship a checkpoint instead).
     config.raft.keep_after_snapshot = 4_000_000;
     let node = Arc::new(Node::open(config).await.expect("open node"));
     node.initialize(std::collections::BTreeMap::from([(
@@ -114,9 +125,14 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
             shipped.log_entries
         );
     }
-    let mut rows = ship_cost(&node, server.target("bench/ship-cost"), keys, server.pid()).await;
     node.shutdown().await.expect("shutdown");
     drop(node);
+    let mut rows = ship_cost(
+        root.path().join("ship-cost-node"),
+        server.target("bench/ship-cost"),
+        server.pid(),
+    )
+    .await;
 
     for ((system, chain), (_, checkpoint_bytes, checkpoint_seconds)) in
         chains.into_iter().zip(shipped_checkpoints)
@@ -188,16 +204,27 @@ fn process_cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Put throughput of 64 writers without a shipper and with one shipping
-/// to S3 every second, in the windows of [`WINDOWS`]; and the CPU time
-/// per put of this process plus the S3 server's, which varies far less
-/// than throughput on a machine whose engine bursts of background work
-/// come and go.
-async fn ship_cost(
-    node: &Arc<Node>,
-    chain: Arc<dyn BackupTarget>,
-    keys: u64,
-    s3_pid: u32,
-) -> Vec<Row> {
+/// to S3 every second, in the windows of [`WINDOWS`], on a fresh node in
+/// `dir`; the CPU time per put of this process plus the S3 server's; and
+/// the shipper's own CPU as a share of this process's.
+async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid: u32) -> Vec<Row> {
+    let mut config = NodeConfig::new(1, dir, "127.0.0.1:0".parse().unwrap());
+    // Windows without a shipper: the log they write must still be there
+    // when shipping resumes, as it would be with a shipper running all
+    // along (otherwise the next round ships a checkpoint).
+    config.raft.keep_after_snapshot = 4_000_000;
+    let node = Arc::new(Node::open(config).await.expect("open node"));
+    node.initialize(std::collections::BTreeMap::from([(
+        1,
+        node.raft_addr().to_string(),
+    )]))
+    .await
+    .expect("initialize");
+    while !node.is_leader() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let keys = SHIP_COST_KEYS;
+    load(&node, 0..keys, 0).await;
     // The steady state is measured: log every second, the next checkpoint
     // (10 min away) outside the windows. The chain's first checkpoint is
     // shipped before them.
@@ -205,10 +232,15 @@ async fn ship_cost(
         log_interval: std::time::Duration::from_secs(1),
         ..BackupOptions::default()
     };
-    let shipper = BackupShipper::new(node.clone(), chain, options);
+    let shipper = BackupShipper::new(node.clone(), chain.clone(), options);
     shipper.ship(true).await.expect("first checkpoint");
-    // (puts, seconds, CPU seconds) without and with shipping.
-    let mut totals = [(0u64, 0f64, 0f64); 2];
+    let shipper_cpu =
+        || (shipper.status().cpu_ns.load(Ordering::Relaxed) + chain.cpu_ns()) as f64 / 1e9;
+    // Per window: (shipping, puts/s); and totals without and with
+    // shipping: (puts, seconds, CPU seconds of node + S3 server, of the
+    // node, of the shipper).
+    let mut windows = Vec::new();
+    let mut totals = [(0u64, 0f64, 0f64, 0f64, 0f64); 2];
     for shipping in WINDOWS {
         if shipping {
             // The steady state: what the last window without a shipper
@@ -217,7 +249,11 @@ async fn ship_cost(
         }
         let shipped_before = shipper.status().bytes_shipped.load(Ordering::Relaxed);
         let task = shipping.then(|| shipper.spawn());
-        let (own_before, s3_before) = (own_cpu_seconds(), process_cpu_seconds(s3_pid));
+        let (own_before, s3_before, shipper_before) = (
+            own_cpu_seconds(),
+            process_cpu_seconds(s3_pid),
+            shipper_cpu(),
+        );
         let started = Instant::now();
         let until = started + std::time::Duration::from_secs(SHIP_COST_SECONDS);
         let mut writers = tokio::task::JoinSet::new();
@@ -227,7 +263,7 @@ async fn ship_cost(
                 let mut done = 0u64;
                 while Instant::now() < until {
                     let i = writer + done * WRITERS;
-                    let op = Op::put(key(i % keys.max(1)), vec![(i % 251) as u8; 100]);
+                    let op = Op::put(key(i % keys), vec![(i % 251) as u8; 100]);
                     node.write(vec![op]).await.expect("write");
                     done += 1;
                 }
@@ -239,29 +275,48 @@ async fn ship_cost(
             puts += done.unwrap();
         }
         let seconds = started.elapsed().as_secs_f64();
-        let (own, s3) = (
-            own_cpu_seconds() - own_before,
-            process_cpu_seconds(s3_pid) - s3_before,
-        );
-        let cpu = own + s3;
         if let Some(task) = task {
             task.abort();
         }
+        let (own, s3, shipping_cpu) = (
+            own_cpu_seconds() - own_before,
+            process_cpu_seconds(s3_pid) - s3_before,
+            shipper_cpu() - shipper_before,
+        );
         eprintln!(
-            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put ({:.1} the node, {:.1} the S3 server), {} bytes shipped",
+            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put ({:.1} the node, of which {:.2} the shipper; {:.1} the S3 server), {} bytes shipped",
             puts as f64 / seconds,
-            cpu * 1e6 / puts as f64,
+            (own + s3) * 1e6 / puts as f64,
             own * 1e6 / puts as f64,
+            shipping_cpu * 1e6 / puts as f64,
             s3 * 1e6 / puts as f64,
             shipper.status().bytes_shipped.load(Ordering::Relaxed) - shipped_before
         );
+        windows.push((shipping, puts as f64 / seconds));
         let total = &mut totals[shipping as usize];
         total.0 += puts;
         total.1 += seconds;
-        total.2 += cpu;
+        total.2 += own + s3;
+        total.3 += own;
+        total.4 += shipping_cpu;
     }
-    let ops = totals.map(|(puts, seconds, _)| puts as f64 / seconds);
-    let cpu = totals.map(|(puts, _, cpu)| cpu * 1e6 / puts as f64);
+    node.shutdown().await.expect("shutdown");
+    let ops = totals.map(|(puts, seconds, ..)| puts as f64 / seconds);
+    let cpu = totals.map(|(puts, _, cpu, ..)| cpu * 1e6 / puts as f64);
+    let (_, _, node_and_s3, node_cpu, shipper_cpu) = totals[1];
+    // Each ABBA group's ratio: how far one group strays from the next
+    // shows what the throughput ratio alone can resolve.
+    let groups: Vec<f64> = windows
+        .chunks(4)
+        .map(|group| {
+            let mean = |on: bool| {
+                let rates: Vec<f64> = group.iter().filter(|w| w.0 == on).map(|w| w.1).collect();
+                rates.iter().sum::<f64>() / rates.len() as f64
+            };
+            mean(true) / mean(false)
+        })
+        .collect();
+    let fold = |f: fn(f64, f64) -> f64, start: f64| groups.iter().copied().fold(start, f);
     vec![
         Row::new("ferry", "put x64 (no backup)")
             .with("ops_per_sec", ops[0])
@@ -270,9 +325,13 @@ async fn ship_cost(
         Row::new("ferry-shipping-s3", "put x64 (shipping to S3)")
             .with("ops_per_sec", ops[1])
             .with("cpu_us_per_op", cpu[1])
+            .with("shipper_cpu_share", shipper_cpu / node_cpu)
+            .with("s3_server_cpu_share", (node_and_s3 - node_cpu) / node_cpu)
             .with("seconds", totals[1].1),
         Row::new("ferry-shipping-s3/ferry", "put x64")
             .with("ratio", ops[1] / ops[0])
+            .with("ratio_min", fold(f64::min, f64::INFINITY))
+            .with("ratio_max", fold(f64::max, 0.0))
             .with("cpu_ratio", cpu[1] / cpu[0]),
     ]
 }

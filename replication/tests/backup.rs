@@ -17,6 +17,7 @@ use ferry_replication::types::{now_ms, FerryNode, Op};
 use ferry_replication::{Consistency, Node};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,6 +149,19 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
         leader.metrics().last_applied.unwrap().index
     );
     let end_of_phase_2 = model.last();
+    // What shipping cost is counted: the rounds' steps always, and an
+    // object store's own I/O threads (a directory has none).
+    let status = shipper_a.status();
+    assert!(
+        status.cpu_ns.load(Ordering::Relaxed) > 0,
+        "the rounds used CPU"
+    );
+    assert_eq!(
+        status.target_cpu_ns.load(Ordering::Relaxed) > 0,
+        chain.describe().starts_with("s3://"),
+        "{}",
+        chain.describe()
+    );
 
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cut = now_ms();

@@ -67,6 +67,7 @@ pub struct Metrics {
     backup_failures: Gauge,
     backup_last_success: Gauge,
     backup_restore_point_age: Gauge,
+    backup_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Per-method rates and p99s over the last minutes (the status page).
     pub traffic: Arc<crate::status::traffic::Traffic>,
 }
@@ -114,6 +115,7 @@ impl Metrics {
             backup_failures: Gauge::default(),
             backup_last_success: Gauge::default(),
             backup_restore_point_age: Gauge::default(),
+            backup_cpu: Gauge::default(),
             traffic: Arc::default(),
             registry: parking_lot::Mutex::new(Registry::default()),
         };
@@ -223,6 +225,11 @@ impl Metrics {
             "Age of the newest restore point in the backup chain: the writes a restore would lose now (-1: none yet)",
             metrics.backup_restore_point_age.clone(),
         );
+        registry.register(
+            "backup_cpu_seconds",
+            "CPU time this member has spent shipping backups (its rounds and its object store client)",
+            metrics.backup_cpu.clone(),
+        );
         *metrics.registry.lock() = registry;
         Arc::new(metrics)
     }
@@ -331,6 +338,7 @@ impl Metrics {
             });
             self.backup_failures
                 .set(backup.failures.load(Ordering::Relaxed) as i64);
+            self.backup_cpu.set(backup.cpu_seconds());
             self.backup_last_success
                 .set((backup.last_success_ms.load(Ordering::Relaxed) / 1000) as i64);
             let point = backup.restore_point_ms.load(Ordering::Relaxed);

@@ -59,6 +59,7 @@
 //!   restoring.
 
 mod catalog;
+mod cpu;
 mod envelope;
 pub mod head;
 mod restore;

@@ -1,6 +1,7 @@
 //! Shipping checkpoints and the committed log to a backup target.
 
 use super::catalog::{checkpoint_name, log_name, object_name, Catalog, CheckpointRecord, LogChunk};
+use super::cpu;
 use super::head;
 use super::retention::Retention;
 use super::target::BackupTarget;
@@ -63,6 +64,12 @@ pub struct BackupStatus {
     pub bytes_shipped: AtomicU64,
     /// Rounds that failed.
     pub failures: AtomicU64,
+    /// CPU time of the rounds' steps, on the blocking threads they run on
+    /// (ns). Building a checkpoint's snapshot is the node's work and is
+    /// not counted.
+    pub cpu_ns: AtomicU64,
+    /// CPU time of the target's own I/O threads (ns), as of the last round.
+    pub target_cpu_ns: AtomicU64,
     /// The chain as the target listed it after the last successful round.
     pub chain: parking_lot::Mutex<Option<ChainSummary>>,
 }
@@ -81,6 +88,14 @@ pub struct ChainSummary {
     /// The indexes a restore can reach: from the oldest checkpoint to the
     /// last index shipped.
     pub restorable: Option<(u64, u64)>,
+}
+
+impl BackupStatus {
+    /// CPU time shipping has cost this node so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let ns = self.cpu_ns.load(Ordering::Relaxed) + self.target_cpu_ns.load(Ordering::Relaxed);
+        ns as f64 / 1e9
+    }
 }
 
 impl ChainSummary {
@@ -223,6 +238,9 @@ impl BackupShipper {
         let mut progress = self.progress.lock().await;
         let started_ms = now_ms();
         let result = self.round(&mut progress, checkpoint).await;
+        self.status
+            .target_cpu_ns
+            .store(self.target.cpu_ns(), Ordering::Relaxed);
         match &result {
             Ok(report) => {
                 self.status
@@ -234,7 +252,7 @@ impl BackupShipper {
                 let listed = self.status.chain.lock().is_some();
                 if report.checkpoint.is_some() || !listed {
                     let target = self.target.clone();
-                    match blocking(move || Catalog::read(&*target)).await {
+                    match self.step(move || Catalog::read(&*target)).await {
                         Ok(catalog) => *self.status.chain.lock() = Some(ChainSummary::of(&catalog)),
                         Err(error) => tracing::warn!(%error, "listing the backup chain failed"),
                     }
@@ -256,6 +274,16 @@ impl BackupShipper {
         result
     }
 
+    /// Runs a step of a round on a blocking thread (the target's calls
+    /// block), counting the CPU time it uses there.
+    async fn step<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let status = self.status.clone();
+        blocking(move || cpu::on_this_thread(&status.cpu_ns, work)).await
+    }
+
     async fn round(&self, progress: &mut Progress, checkpoint: bool) -> io::Result<ShipReport> {
         self.node.state().fs().create_dir_all(&self.staging)?;
         // The term this node leads in; every name it writes carries it, and
@@ -265,7 +293,7 @@ impl BackupShipper {
             return Err(io::Error::other("not the leader: another node ships"));
         }
         let (target, node) = (self.target.clone(), self.node.id());
-        blocking(move || {
+        self.step(move || {
             head::claim(&*target, term, node, || {
                 Ok(Catalog::read(&*target)?.last_index().unwrap_or(0))
             })
@@ -276,7 +304,7 @@ impl BackupShipper {
             // checkpoint: a round that shipped a checkpoint and then failed
             // must still ship the log below it while the log holds it.
             let target = self.target.clone();
-            let catalog = blocking(move || Catalog::read(&*target)).await?;
+            let catalog = self.step(move || Catalog::read(&*target)).await?;
             progress.next = match catalog.log.iter().map(|c| c.last).max() {
                 Some(last) => Some(last + 1),
                 None => catalog.checkpoints.last().map(|c| c + 1),
@@ -307,15 +335,16 @@ impl BackupShipper {
                 (self.target.clone(), self.staging.clone(), reader.clone());
             let fs = self.node.state().fs().clone();
             let max_bytes = self.options.max_chunk_bytes;
-            let (last, bytes) = blocking(move || {
-                let want = LogChunk {
-                    first: next,
-                    last,
-                    term,
-                };
-                ship_log(&*fs, &*target, &staging, &reader, want, max_bytes)
-            })
-            .await?;
+            let (last, bytes) = self
+                .step(move || {
+                    let want = LogChunk {
+                        first: next,
+                        last,
+                        term,
+                    };
+                    ship_log(&*fs, &*target, &staging, &reader, want, max_bytes)
+                })
+                .await?;
             self.status
                 .bytes_shipped
                 .fetch_add(bytes, Ordering::Relaxed);
@@ -331,16 +360,17 @@ impl BackupShipper {
         let prune = !retention.is_none() && report.checkpoint.is_some();
         let scratch = self.staging.join(format!("retention-{}", unique_suffix()));
         let fs = self.node.state().fs().clone();
-        let pruned = blocking(move || {
-            // Committing is the last step that needs the chain: a leader
-            // fenced meanwhile fails here, and its files stay orphans.
-            head::commit(&*target, term, shipped)?;
-            if !prune {
-                return Ok(0);
-            }
-            retention.prune(&*fs, &*target, term, &scratch, now_ms())
-        })
-        .await?;
+        let pruned = self
+            .step(move || {
+                // Committing is the last step that needs the chain: a leader
+                // fenced meanwhile fails here, and its files stay orphans.
+                head::commit(&*target, term, shipped)?;
+                if !prune {
+                    return Ok(0);
+                }
+                retention.prune(&*fs, &*target, term, &scratch, now_ms())
+            })
+            .await?;
         self.status
             .pruned_files
             .fetch_add(pruned, Ordering::Relaxed);
@@ -360,7 +390,7 @@ impl BackupShipper {
         let (target, staging) = (self.target.clone(), self.staging.clone());
         let status = self.status.clone();
         let fs = self.node.state().fs().clone();
-        blocking(move || {
+        self.step(move || {
             // The handle pins the snapshot's directory while its files are copied.
             let dir = handle.dir();
             let time_ms = read_checkpoint(&fs, dir, |db| {

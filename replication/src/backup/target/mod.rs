@@ -45,6 +45,12 @@ pub trait BackupTarget: Send + Sync + 'static {
     fn swap(&self, name: &str, bytes: &[u8], expected: Option<&Version>) -> io::Result<()>;
     /// For messages: where this target is.
     fn describe(&self) -> String;
+    /// CPU time used so far by threads of the target's own (an object
+    /// store's I/O runtime), in nanoseconds. Work a call does on the
+    /// calling thread is the caller's to count.
+    fn cpu_ns(&self) -> u64 {
+        0
+    }
 }
 
 /// The version of a record read by [`BackupTarget::read_versioned`]: an

@@ -17,6 +17,7 @@
 //! blocking threads).
 
 use super::{conflict, BackupTarget, Version};
+use crate::backup::cpu::ThreadSet;
 use bytes::Bytes;
 use ferry_engine::fs::{FileSystem, OsFs};
 use futures_util::StreamExt;
@@ -61,6 +62,8 @@ pub struct ObjectTarget {
     /// Local files go through it, like every file of a node.
     fs: Arc<dyn FileSystem>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime's threads, for the CPU time the target costs.
+    threads: Arc<ThreadSet>,
 }
 
 impl std::fmt::Debug for ObjectTarget {
@@ -118,9 +121,13 @@ impl ObjectTarget {
 
     /// A chain in any object store (tests use `object_store::memory`).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: String, url: String) -> io::Result<Self> {
+        let threads = Arc::new(ThreadSet::default());
+        let (start, stop) = (threads.clone(), threads.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ferry-backup-io")
+            .on_thread_start(move || start.enter())
+            .on_thread_stop(move || stop.leave())
             .enable_all()
             .build()?;
         Ok(ObjectTarget {
@@ -129,6 +136,7 @@ impl ObjectTarget {
             url,
             fs: Arc::new(OsFs),
             runtime: Some(runtime),
+            threads,
         })
     }
 
@@ -364,6 +372,10 @@ impl BackupTarget for ObjectTarget {
 
     fn describe(&self) -> String {
         self.url.clone()
+    }
+
+    fn cpu_ns(&self) -> u64 {
+        self.threads.cpu_ns()
     }
 }
 
