@@ -187,3 +187,36 @@ async fn damage_found_when_reading_back_an_evicted_entry_is_reported() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn records_are_visited_as_the_segments_hold_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (1..=300).map(|i| entry(1, i)).collect()).await;
+    let reader = log.get_log_reader().await;
+    let mut visited = Vec::new();
+    reader
+        .visit_records(10, |index, record| {
+            visited.push((index, record.to_vec()));
+            Ok(index < 250)
+        })
+        .unwrap();
+    // From 10 up to the record for which the visitor said stop.
+    assert_eq!(
+        visited.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (10..=250).collect::<Vec<_>>()
+    );
+    for (index, record) in &visited {
+        let (sequence, payload) =
+            ferry_engine::wal::decode_record_at(Path::new("visited"), 0, record).unwrap();
+        assert_eq!(sequence, *index);
+        assert_eq!(postcard::from_bytes::<Entry>(payload).unwrap(), entry(1, *index));
+    }
+    // A start below what the log holds is NotFound, and nothing is visited.
+    log.purge(log_id(1, 100)).await.unwrap();
+    let error = reader
+        .visit_records(50, |_, _| panic!("nothing to visit"))
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+}

@@ -9,10 +9,9 @@ use crate::node::Node;
 use crate::snapshot::{blocking, read_checkpoint, unique_suffix};
 use crate::state_machine::keys;
 use crate::types::now_ms;
-use ferry_engine::fs::FileSystem;
-use ferry_engine::wal::{encode_record, segment_header, LogKind};
+use ferry_engine::wal::{segment_header, LogKind};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +26,15 @@ pub struct BackupOptions {
     /// Entries per log chunk at most.
     pub max_chunk_entries: u64,
     /// Bytes per log chunk at most (an entry larger than this still ships,
-    /// alone).
+    /// alone), and at most [`MAX_CHUNK_BYTES`]: a chunk is built in memory.
     pub max_chunk_bytes: u64,
     /// Which checkpoints to keep; the rest are pruned after each round.
     pub retention: Retention,
 }
+
+/// The most bytes of log a chunk holds (one entry more may go in): chunks
+/// are built in memory and go up in one put.
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
 
 impl Default for BackupOptions {
     fn default() -> Self {
@@ -39,7 +42,7 @@ impl Default for BackupOptions {
             log_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(600),
             max_chunk_entries: 20_000,
-            max_chunk_bytes: 64 << 20,
+            max_chunk_bytes: MAX_CHUNK_BYTES,
             retention: Retention::default(),
         }
     }
@@ -331,9 +334,7 @@ impl BackupShipper {
         let mut next = progress.next.unwrap_or(1);
         while next <= applied {
             let last = applied.min(next + self.options.max_chunk_entries - 1);
-            let (target, staging, reader) =
-                (self.target.clone(), self.staging.clone(), reader.clone());
-            let fs = self.node.state().fs().clone();
+            let (target, reader) = (self.target.clone(), reader.clone());
             let max_bytes = self.options.max_chunk_bytes;
             let (last, bytes) = self
                 .step(move || {
@@ -342,7 +343,7 @@ impl BackupShipper {
                         last,
                         term,
                     };
-                    ship_log(&*fs, &*target, &staging, &reader, want, max_bytes)
+                    ship_log(&*target, &reader, want, max_bytes)
                 })
                 .await?;
             self.status
@@ -439,60 +440,47 @@ impl BackupShipper {
 
 /// Ships entries from `want.first` on, up to `want.last`, as one chunk of at most
 /// `max_bytes` (the first entry always goes in); returns the last index it
-/// holds and the chunk's size. Entries are read a slice at a time, so
-/// memory stays bounded whatever the entries' sizes. Entries the log no
-/// longer holds are an error (the next round ships a checkpoint).
+/// holds and the chunk's size. The chunk is built in memory, bounded by
+/// [`MAX_CHUNK_BYTES`] plus one entry, and goes up in one put. Entries the
+/// log no longer holds are an error (the next round ships a checkpoint).
 fn ship_log(
-    fs: &dyn FileSystem,
     target: &dyn BackupTarget,
-    staging: &Path,
     reader: &crate::log_store::LogReader,
     want: LogChunk,
     max_bytes: u64,
 ) -> io::Result<(u64, u64)> {
     let LogChunk { first, last, term } = want;
-    const SLICE: u64 = 256;
-    let path = staging.join(format!("chunk-{}", unique_suffix()));
-    let result = (|| {
-        let mut out = fs.create(&path)?;
-        out.append(&segment_header(LogKind::Raft))?;
-        let mut size = segment_header(LogKind::Raft).len() as u64;
-        let mut frame = Vec::new();
-        let mut next = first;
-        'slices: while next <= last {
-            let until = last.min(next + SLICE - 1);
-            let entries = reader.read(next..=until)?;
-            let held = entries
-                .first()
-                .map(|e| openraft::entry::RaftEntry::log_id(e).index);
-            if held != Some(next) || entries.len() as u64 != until + 1 - next {
-                return Err(io::Error::other(format!(
-                    "log entries {next}..={until} are no longer all in the log (purged before \
-                     shipping); the next round ships a checkpoint"
-                )));
-            }
-            for entry in &entries {
-                if next > first && size >= max_bytes {
-                    break 'slices;
-                }
-                frame.clear();
-                let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
-                encode_record(&mut frame, next, &payload);
-                out.append(&frame)?;
-                size += frame.len() as u64;
-                next += 1;
-            }
+    let max_bytes = max_bytes.min(MAX_CHUNK_BYTES);
+    let mut chunk = segment_header(LogKind::Raft).to_vec();
+    // A chunk is a log segment's bytes: each record is copied as the log
+    // holds it (its CRC checked on the way), never decoded.
+    let (mut next, mut full) = (first, false);
+    let visited = reader.visit_records(first, |index, record| {
+        assert_eq!(index, next, "records come in order");
+        full = index > first && chunk.len() as u64 >= max_bytes;
+        if index > last || full {
+            return Ok(false);
         }
-        // The target copies it; a crash before that leaves only staging.
-        out.flush()?;
-        drop(out);
-        let shipped_last = next - 1;
-        // A name of this term stored already holds these same entries.
-        stored_or_same(target.put(&log_name(first, shipped_last, term), &path))?;
-        Ok((shipped_last, size))
-    })();
-    let _ = fs.remove_file(&path);
-    result
+        chunk.extend_from_slice(record);
+        next += 1;
+        Ok(true)
+    });
+    match visited {
+        // A damaged record: not the next round's to mend.
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    if next <= last && !full {
+        return Err(io::Error::other(format!(
+            "log entries {next}..={last} are no longer all in the log (purged before \
+             shipping); the next round ships a checkpoint"
+        )));
+    }
+    let shipped_last = next - 1;
+    let size = chunk.len() as u64;
+    // A name of this term stored already holds these same entries.
+    stored_or_same(target.put_bytes(&log_name(first, shipped_last, term), chunk))?;
+    Ok((shipped_last, size))
 }
 
 /// A put whose name was stored already: in the shipper, always by a writer

@@ -174,42 +174,32 @@ impl Shared {
         self.maps.lock().remove(&first);
     }
 
+    /// The map of segment `first`, remapped if it does not reach `end` (the
+    /// segment grew since it was mapped).
+    fn segment_map(&self, first: u64, end: usize) -> Result<Arc<dyn RandomAccessFile>, IoError> {
+        let mut maps = self.maps.lock();
+        match maps.get(&first) {
+            Some(file) if file.bytes().len() >= end => Ok(file.clone()),
+            _ => {
+                let file = self.fs.open_random(&io::segment_path(&self.dir, first))?;
+                maps.insert(first, file.clone());
+                Ok(file)
+            }
+        }
+    }
+
     fn read_entry(&self, slot: &Slot) -> Result<Entry, IoError> {
         if let Some(entry) = &slot.entry {
             return Ok((**entry).clone());
         }
-        let location = slot.location.ok_or_else(|| {
-            IoError::other(format!(
-                "log entry {} is neither cached nor on disk",
-                slot.log_id
-            ))
-        })?;
+        let location = slot.location.ok_or_else(|| not_held(slot))?;
         let path = io::segment_path(&self.dir, location.segment);
         let end = location.offset as usize + location.len as usize;
-        let file = {
-            let mut maps = self.maps.lock();
-            match maps.get(&location.segment) {
-                Some(file) if file.bytes().len() >= end => file.clone(),
-                _ => {
-                    let file = self.fs.open_random(&path)?;
-                    maps.insert(location.segment, file.clone());
-                    file
-                }
-            }
-        };
+        let file = self.segment_map(location.segment, end)?;
         let bytes = file
             .bytes()
             .get(location.offset as usize..end)
-            .ok_or_else(|| {
-                IoError::new(
-                    ErrorKind::InvalidData,
-                    format!(
-                        "{}: record at offset {} is cut short",
-                        path.display(),
-                        location.offset
-                    ),
-                )
-            })?;
+            .ok_or_else(|| cut_short(&path, location.offset))?;
         let (sequence, payload) =
             ferry_engine::wal::decode_record_at(&path, location.offset, bytes)
                 .map_err(io::engine_io)?;
@@ -238,28 +228,122 @@ impl Shared {
         Ok(entry)
     }
 
+    /// The framed record of each entry from `first` on (the engine's WAL
+    /// record: header with the index as sequence, then postcard(Entry)),
+    /// handed to `visit` until it returns false or the log ends. A record
+    /// on disk is handed over as it lies there, after its CRC and index are
+    /// checked; one not yet written is framed from its cached entry. So a
+    /// copy of the log (a backup) costs no decoding or re-encoding.
+    fn visit_records(
+        &self,
+        first: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, IoError>,
+    ) -> Result<(), IoError> {
+        const SLICE: u64 = 256;
+        let mut next = first;
+        let mut scratch = Vec::new();
+        // The segment last read and its map, so that a run of records from
+        // one segment takes the maps' lock once.
+        let mut mapped: Option<(u64, Arc<dyn RandomAccessFile>)> = None;
+        loop {
+            let slots = self.slots(next..next.saturating_add(SLICE));
+            if slots.is_empty() {
+                return Ok(());
+            }
+            for slot in &slots {
+                let index = slot.log_id.index;
+                if index != next {
+                    // Purged from under the caller.
+                    return Err(IoError::new(
+                        ErrorKind::NotFound,
+                        format!("log entry {next} is no longer in the log"),
+                    ));
+                }
+                let record = match (slot.location, &slot.entry) {
+                    (Some(location), _) => {
+                        let path = io::segment_path(&self.dir, location.segment);
+                        let end = location.offset as usize + location.len as usize;
+                        let reusable = mapped.as_ref().is_some_and(|(segment, file)| {
+                            *segment == location.segment && file.bytes().len() >= end
+                        });
+                        if !reusable {
+                            mapped = Some((location.segment, self.segment_map(location.segment, end)?));
+                        }
+                        let (_, file) = mapped.as_ref().expect("mapped above");
+                        let record = file
+                            .bytes()
+                            .get(location.offset as usize..end)
+                            .ok_or_else(|| cut_short(&path, location.offset))?;
+                        let (sequence, _) =
+                            ferry_engine::wal::decode_record_at(&path, location.offset, record)
+                                .map_err(io::engine_io)?;
+                        if sequence != index {
+                            return Err(IoError::new(
+                                ErrorKind::InvalidData,
+                                format!(
+                                    "{}: offset {} holds entry {sequence} where {index} was expected",
+                                    path.display(),
+                                    location.offset
+                                ),
+                            ));
+                        }
+                        record
+                    }
+                    (None, Some(entry)) => {
+                        let payload = postcard::to_stdvec(&**entry).map_err(IoError::other)?;
+                        scratch.clear();
+                        ferry_engine::wal::encode_record(&mut scratch, index, &payload);
+                        &scratch
+                    }
+                    (None, None) => return Err(not_held(slot)),
+                };
+                if !visit(index, record)? {
+                    return Ok(());
+                }
+                next += 1;
+            }
+        }
+    }
+
+    /// The slots of `range` the log holds.
+    fn slots(&self, range: impl RangeBounds<u64>) -> Vec<Slot> {
+        let index = self.index.read();
+        let end = index.first + index.slots.len() as u64;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        }
+        .max(index.first);
+        let stop = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(end);
+        (start..stop.max(start))
+            .filter_map(|i| index.slot(i).cloned())
+            .collect()
+    }
+
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, IoError> {
-        let slots: Vec<Slot> = {
-            let index = self.index.read();
-            let end = index.first + index.slots.len() as u64;
-            let start = match range.start_bound() {
-                Bound::Included(&s) => s,
-                Bound::Excluded(&s) => s + 1,
-                Bound::Unbounded => 0,
-            }
-            .max(index.first);
-            let stop = match range.end_bound() {
-                Bound::Included(&e) => e.saturating_add(1),
-                Bound::Excluded(&e) => e,
-                Bound::Unbounded => u64::MAX,
-            }
-            .min(end);
-            (start..stop.max(start))
-                .filter_map(|i| index.slot(i).cloned())
-                .collect()
-        };
+        let slots = self.slots(range);
         slots.iter().map(|slot| self.read_entry(slot)).collect()
     }
+}
+
+fn not_held(slot: &Slot) -> IoError {
+    IoError::other(format!(
+        "log entry {} is neither cached nor on disk",
+        slot.log_id
+    ))
+}
+
+fn cut_short(path: &Path, offset: u64) -> IoError {
+    IoError::new(
+        ErrorKind::InvalidData,
+        format!("{}: record at offset {offset} is cut short", path.display()),
+    )
 }
 
 /// The Raft log store of one node. Cloning shares it.
@@ -380,6 +464,23 @@ impl LogReader {
     /// The first index the log still holds (everything below is purged).
     pub fn first_index(&self) -> u64 {
         self.shared.index.read().first
+    }
+
+    /// Hands `visit` the framed record of each entry from `first` on, as
+    /// the log's segments hold it, until it returns false or the log ends
+    /// (for blocking tasks that copy the log, such as backup shipping).
+    ///
+    /// ## Format
+    /// Each record is the engine's WAL record (`ferry_engine::wal`, kind
+    /// Raft) with the entry's index as its sequence and postcard(Entry) as
+    /// its payload: the bytes of a log segment, version 1 of this store's
+    /// format.
+    pub fn visit_records(
+        &self,
+        first: u64,
+        visit: impl FnMut(u64, &[u8]) -> Result<bool, IoError>,
+    ) -> Result<(), IoError> {
+        self.shared.visit_records(first, visit)
     }
 
     /// The entries of `range` that the log holds, read synchronously (for

@@ -37,10 +37,10 @@ impl LocalDir {
         })?;
         Ok(self.root.join(name))
     }
-}
 
-impl BackupTarget for LocalDir {
-    fn put(&self, name: &str, from: &Path) -> io::Result<()> {
+    /// Publishes `name`: `fill` writes (and syncs) a staging file beside
+    /// it, which a hard link then makes `name` whole or not at all.
+    fn publish(&self, name: &str, fill: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
         let to = self.path(name)?;
         let fs = &*self.fs;
         let dir = to.parent().unwrap_or(&self.root).to_path_buf();
@@ -68,7 +68,7 @@ impl BackupTarget for LocalDir {
         let result = (|| {
             // The copy is synced before the link publishes it; a link, unlike
             // a rename, fails if the name is taken, so no put replaces one.
-            fs.copy_file(from, &staging)?;
+            fill(&staging)?;
             fs.hard_link(&staging, &to)?;
             fs.sync_dir(&dir)
         })();
@@ -76,6 +76,20 @@ impl BackupTarget for LocalDir {
         result.map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => conflict(format!("{} is stored already", to.display())),
             kind => io::Error::new(kind, format!("{}: {e}", to.display())),
+        })
+    }
+}
+
+impl BackupTarget for LocalDir {
+    fn put(&self, name: &str, from: &Path) -> io::Result<()> {
+        self.publish(name, |staging| self.fs.copy_file(from, staging).map(drop))
+    }
+
+    fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.publish(name, |staging| {
+            let mut out = self.fs.create(staging)?;
+            out.append(&bytes)?;
+            out.sync()
         })
     }
 

@@ -27,6 +27,11 @@ pub trait BackupTarget: Send + Sync + 'static {
     /// stored name is an [`io::ErrorKind::AlreadyExists`] error and stays
     /// as it was. Once this returns the file is durable.
     fn put(&self, name: &str, from: &Path) -> io::Result<()>;
+    /// Stores `bytes` as `name`, as [`BackupTarget::put`] stores a file:
+    /// for what a caller built in memory (a log chunk, bounded by its
+    /// size limit), so that it is not written to a local file and read
+    /// back first.
+    fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> io::Result<()>;
     /// Copies `name` into the local file `to`, streaming (memory stays
     /// bounded whatever the size); returns the bytes copied.
     fn get(&self, name: &str, to: &Path) -> io::Result<u64>;

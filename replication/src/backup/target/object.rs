@@ -241,14 +241,10 @@ impl Drop for ObjectTarget {
     }
 }
 
-impl BackupTarget for ObjectTarget {
-    fn put(&self, name: &str, from: &Path) -> io::Result<()> {
-        let path = self.path(name)?;
-        let size = self.fs.file_size(from)?;
-        if size > SINGLE_PUT_MAX {
-            return self.put_in_parts(name, path, from);
-        }
-        let payload = PutPayload::from(Bytes::from(self.fs.read_all(from)?));
+impl ObjectTarget {
+    /// One PUT of the whole object, only if `name` is not stored yet.
+    fn put_whole(&self, name: &str, path: StorePath, bytes: Vec<u8>) -> io::Result<()> {
+        let payload = PutPayload::from(Bytes::from(bytes));
         let store = self.store.clone();
         let options = PutOptions {
             mode: PutMode::Create,
@@ -257,6 +253,28 @@ impl BackupTarget for ObjectTarget {
         self.run(async move { store.put_opts(&path, payload, options).await })?
             .map(drop)
             .map_err(|e| self.error(name, e))
+    }
+}
+
+impl BackupTarget for ObjectTarget {
+    fn put(&self, name: &str, from: &Path) -> io::Result<()> {
+        let path = self.path(name)?;
+        let size = self.fs.file_size(from)?;
+        if size > SINGLE_PUT_MAX {
+            return self.put_in_parts(name, path, from);
+        }
+        self.put_whole(name, path, self.fs.read_all(from)?)
+    }
+
+    fn put_bytes(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let path = self.path(name)?;
+        if bytes.len() as u64 > SINGLE_PUT_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: {} bytes is over the single-put limit", bytes.len()),
+            ));
+        }
+        self.put_whole(name, path, bytes)
     }
 
     fn get(&self, name: &str, to: &Path) -> io::Result<u64> {
