@@ -211,7 +211,10 @@ async fn records_are_visited_as_the_segments_hold_them() {
         let (sequence, payload) =
             ferry_engine::wal::decode_record_at(Path::new("visited"), 0, record).unwrap();
         assert_eq!(sequence, *index);
-        assert_eq!(postcard::from_bytes::<Entry>(payload).unwrap(), entry(1, *index));
+        assert_eq!(
+            postcard::from_bytes::<Entry>(payload).unwrap(),
+            entry(1, *index)
+        );
     }
     // A start below what the log holds is NotFound, and nothing is visited.
     log.purge(log_id(1, 100)).await.unwrap();

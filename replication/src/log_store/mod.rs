@@ -267,7 +267,8 @@ impl Shared {
                             *segment == location.segment && file.bytes().len() >= end
                         });
                         if !reusable {
-                            mapped = Some((location.segment, self.segment_map(location.segment, end)?));
+                            mapped =
+                                Some((location.segment, self.segment_map(location.segment, end)?));
                         }
                         let (_, file) = mapped.as_ref().expect("mapped above");
                         let record = file
