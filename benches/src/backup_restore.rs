@@ -14,22 +14,24 @@
 //! The same chain is shipped to a real S3 server on loopback (moto's,
 //! installed from PyPI if missing) and restored from it too (`ferry-s3`
 //! rows). `ship-cost` then measures what shipping costs writers, on a
-//! node of its own with [`SHIP_COST_KEYS`] keys (a fresh, small LSM, so
+//! server of its own with [`SHIP_COST_KEYS`] keys (a fresh, small LSM, so
 //! that the big node's compactions do not drown a cost of a few percent):
-//! 64 writers for `SHIP_COST_SECONDS` each with no shipper and with an S3
-//! shipper shipping the log every second (after its first checkpoint,
-//! which is shipped before), in alternating windows. It reports put
-//! throughput both ways, and the CPU the shipper itself used (its rounds
-//! and its S3 client's threads, as `BackupStatus` counts it) as a share of
-//! the node's CPU in the windows it shipped in. The node's writers keep
-//! both cores busy, so that share is what shipping takes from throughput.
-//! The S3 server runs on the same machine, so its CPU is reported too; a
-//! real object store's is not the node's to pay.
+//! 64 SDK clients over 16 connections put for `SHIP_COST_SECONDS` each
+//! through a `ferry serve` server with no shipper and with an S3 shipper
+//! shipping the log every second (after its first checkpoint, which is
+//! shipped before), in alternating windows. It reports put throughput
+//! both ways, and the CPU the shipper itself used (its rounds and its S3
+//! client's threads, as `BackupStatus` counts it) as a share of the
+//! server's CPU in the windows it shipped in. The clients run in this
+//! process on a runtime of their own, whose threads are counted apart, so
+//! the server's CPU is the process's less theirs. The S3 server runs on
+//! the same machine, so its CPU is reported too; a real object store's is
+//! not the node's to pay.
 
 use crate::report::Row;
 use crate::transfer::{key, load};
 use ferry_replication::backup::{
-    restore, BackupOptions, BackupShipper, BackupTarget, LocalDir, RestorePoint,
+    cpu::ThreadSet, restore, BackupOptions, BackupShipper, BackupTarget, LocalDir, RestorePoint,
 };
 use ferry_replication::types::{FerryNode, Op};
 use ferry_replication::{Node, NodeConfig};
@@ -38,6 +40,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const WRITERS: u64 = 64;
+/// Connections the `ship-cost` writers share, as in the `cluster` suite.
+const CONNECTIONS: usize = 16;
 const SHIP_COST_SECONDS: u64 = 6;
 /// The key space `ship-cost` overwrites (1 KiB values: 64 MiB).
 const SHIP_COST_KEYS: u64 = 64 << 10;
@@ -57,12 +61,13 @@ pub fn run(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<
     crate::report::block_on(run_async(bytes, log_entries, output))
 }
 
-async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<Row> {
-    let root = output.work_dir();
-    let mut config = NodeConfig::new(1, root.path().join("node"), "127.0.0.1:0".parse().unwrap());
-    // The log written after the first checkpoints is shipped after the
-    // writes end: it must still be there then (not purged behind a
-    // snapshot, which would make the round ship a checkpoint instead).
+/// A new single-node cluster in `dir`, leading. Its log is kept far behind
+/// snapshots: log written while no shipper runs (between the first
+/// checkpoints and the log round, or in ship-cost's windows without one)
+/// must still be there when shipping resumes, as it would be with a
+/// shipper running all along (otherwise the next round ships a checkpoint).
+async fn single_node(dir: std::path::PathBuf) -> Arc<Node> {
+    let mut config = NodeConfig::new(1, dir, "127.0.0.1:0".parse().unwrap());
     config.raft.keep_after_snapshot = 4_000_000;
     let node = Arc::new(Node::open(config).await.expect("open node"));
     node.initialize(std::collections::BTreeMap::from([(
@@ -74,6 +79,12 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
     while !node.is_leader() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    node
+}
+
+async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output) -> Vec<Row> {
+    let root = output.work_dir();
+    let node = single_node(root.path().join("node")).await;
     let keys = bytes / 1024;
     let started = Instant::now();
     load(&node, 0..keys, 0).await;
@@ -203,28 +214,56 @@ fn process_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
-/// Put throughput of 64 writers without a shipper and with one shipping
-/// to S3 every second, in the windows of [`WINDOWS`], on a fresh node in
-/// `dir`; the CPU time per put of this process plus the S3 server's; and
-/// the shipper's own CPU as a share of this process's.
+/// Put throughput of 64 SDK clients writing through a `ferry serve`
+/// server without a shipper and with one shipping to S3 every second, in
+/// the windows of [`WINDOWS`], on a fresh node in `dir`; the CPU time per
+/// put of the server, of the S3 server; and the shipper's own CPU as a
+/// share of the server's. Server and clients share this process: the
+/// clients run on a runtime of their own whose threads are counted, and
+/// the server's CPU is the process's less theirs.
 async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid: u32) -> Vec<Row> {
-    let mut config = NodeConfig::new(1, dir, "127.0.0.1:0".parse().unwrap());
-    // Windows without a shipper: the log they write must still be there
-    // when shipping resumes, as it would be with a shipper running all
-    // along (otherwise the next round ships a checkpoint).
-    config.raft.keep_after_snapshot = 4_000_000;
-    let node = Arc::new(Node::open(config).await.expect("open node"));
-    node.initialize(std::collections::BTreeMap::from([(
-        1,
-        node.raft_addr().to_string(),
-    )]))
+    let server = ferry_server::server::Server::start(ferry_server::config::ServeConfig {
+        id: 1,
+        data_dir: dir,
+        client_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        metrics_addr: String::new(),
+        init: true,
+        // Windows without a shipper: the log they write must still be
+        // there when shipping resumes (see `single_node`).
+        keep_after_snapshot: 4_000_000,
+        ..ferry_server::config::ServeConfig::default()
+    })
     .await
-    .expect("initialize");
+    .expect("start server");
+    let node = server.node.clone();
     while !node.is_leader() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let keys = SHIP_COST_KEYS;
     load(&node, 0..keys, 0).await;
+    let client_threads = Arc::new(ThreadSet::default());
+    let (enter, leave) = (client_threads.clone(), client_threads.clone());
+    let clients_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ship-cost-client")
+        .on_thread_start(move || enter.enter())
+        .on_thread_stop(move || leave.leave())
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let endpoint = vec![server.client_addr.to_string()];
+    let clients: Vec<ferry_client::Client> = clients_runtime
+        .spawn(async move {
+            let mut clients = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let options = ferry_client::ClientOptions::default();
+                clients.push(crate::failover::connect_with(&endpoint, options).await);
+            }
+            clients
+        })
+        .await
+        .expect("clients");
     // The steady state is measured: log every second, the next checkpoint
     // (10 min away) outside the windows. The chain's first checkpoint is
     // shipped before them.
@@ -237,9 +276,11 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
     // The shipper's CPU: its rounds' steps, and its S3 client's I/O threads.
     let steps_cpu = || shipper.status().cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
     let shipper_cpu = || steps_cpu() + chain.cpu_ns() as f64 / 1e9;
+    // The server's CPU: this process's but the clients'.
+    let server_cpu = || own_cpu_seconds() - client_threads.cpu_ns() as f64 / 1e9;
     // Per window: (shipping, puts/s); and totals without and with
-    // shipping: (puts, seconds, CPU seconds of node + S3 server, of the
-    // node, of the shipper).
+    // shipping: (puts, seconds, CPU seconds of server + S3 server, of the
+    // server, of the shipper).
     let mut windows = Vec::new();
     let mut totals = [(0u64, 0f64, 0f64, 0f64, 0f64); 2];
     for shipping in WINDOWS {
@@ -250,44 +291,45 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
         }
         let shipped_before = shipper.status().bytes_shipped.load(Ordering::Relaxed);
         let task = shipping.then(|| shipper.spawn());
-        let (own_before, s3_before, shipper_before) = (
-            own_cpu_seconds(),
+        let (server_before, s3_before, shipper_before, steps_before) = (
+            server_cpu(),
             process_cpu_seconds(s3_pid),
             shipper_cpu(),
+            steps_cpu(),
         );
-        let steps_before = steps_cpu();
         let started = Instant::now();
         let until = started + std::time::Duration::from_secs(SHIP_COST_SECONDS);
-        let mut writers = tokio::task::JoinSet::new();
-        for writer in 0..WRITERS {
-            let node = node.clone();
-            writers.spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < until {
-                    let i = writer + done * WRITERS;
-                    let op = Op::put(key(i % keys), vec![(i % 251) as u8; 100]);
-                    node.write(vec![op]).await.expect("write");
-                    done += 1;
-                }
-                done
-            });
-        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let client = clients[writer as usize % clients.len()].clone();
+                clients_runtime.spawn(async move {
+                    let mut done = 0u64;
+                    while Instant::now() < until {
+                        let i = writer + done * WRITERS;
+                        let value = vec![(i % 251) as u8; 100];
+                        client.put(key(i % keys), value).await.expect("put");
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
         let mut puts = 0;
-        while let Some(done) = writers.join_next().await {
-            puts += done.unwrap();
+        for writer in writers {
+            puts += writer.await.expect("writer");
         }
         let seconds = started.elapsed().as_secs_f64();
         if let Some(task) = task {
             task.abort();
         }
-        let (own, s3, shipping_cpu) = (
-            own_cpu_seconds() - own_before,
+        let (own, s3, shipping_cpu, steps) = (
+            server_cpu() - server_before,
             process_cpu_seconds(s3_pid) - s3_before,
             shipper_cpu() - shipper_before,
+            steps_cpu() - steps_before,
         );
-        let steps = steps_cpu() - steps_before;
         eprintln!(
-            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put ({:.1} the node, of which {:.2} the shipper, {:.2} of it its rounds; {:.1} the S3 server), {} bytes shipped",
+            "ship-cost: shipping {shipping}: {:.0} puts/s, {:.1} us CPU per put ({:.1} the server, of which {:.2} the shipper, {:.2} of it its rounds; {:.1} the S3 server), {} bytes shipped",
             puts as f64 / seconds,
             (own + s3) * 1e6 / puts as f64,
             own * 1e6 / puts as f64,
@@ -304,7 +346,10 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
         total.3 += own;
         total.4 += shipping_cpu;
     }
-    node.shutdown().await.expect("shutdown");
+    drop(clients);
+    clients_runtime.shutdown_background();
+    drop(node);
+    server.shutdown().await.expect("shutdown");
     let ops = totals.map(|(puts, seconds, ..)| puts as f64 / seconds);
     let cpu = totals.map(|(puts, _, cpu, ..)| cpu * 1e6 / puts as f64);
     let (_, _, node_and_s3, node_cpu, shipper_cpu) = totals[1];

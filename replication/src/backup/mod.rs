@@ -59,7 +59,7 @@
 //!   restoring.
 
 mod catalog;
-mod cpu;
+pub mod cpu;
 mod envelope;
 pub mod head;
 mod restore;

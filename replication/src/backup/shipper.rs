@@ -36,6 +36,10 @@ pub struct BackupOptions {
 /// are built in memory and go up in one put.
 pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
 
+/// A chunk's first allocation: most rounds ship less than this, and a
+/// larger chunk grows from here without many copies.
+const CHUNK_START_BYTES: u64 = 4 << 20;
+
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
@@ -451,7 +455,8 @@ fn ship_log(
 ) -> io::Result<(u64, u64)> {
     let LogChunk { first, last, term } = want;
     let max_bytes = max_bytes.min(MAX_CHUNK_BYTES);
-    let mut chunk = segment_header(LogKind::Raft).to_vec();
+    let mut chunk = Vec::with_capacity(max_bytes.min(CHUNK_START_BYTES) as usize);
+    chunk.extend_from_slice(&segment_header(LogKind::Raft));
     // A chunk is a log segment's bytes: each record is copied as the log
     // holds it (its CRC checked on the way), never decoded.
     let (mut next, mut full) = (first, false);

@@ -63,6 +63,13 @@ pub(crate) struct Location {
     pub(crate) len: u32,
 }
 
+impl Location {
+    /// The offset just past the record.
+    fn end(&self) -> usize {
+        self.offset as usize + self.len as usize
+    }
+}
+
 #[derive(Clone)]
 struct Slot {
     log_id: LogId,
@@ -192,17 +199,10 @@ impl Shared {
         if let Some(entry) = &slot.entry {
             return Ok((**entry).clone());
         }
-        let location = slot.location.ok_or_else(|| not_held(slot))?;
+        let location = slot.location.ok_or_else(|| not_held(&slot.log_id))?;
         let path = io::segment_path(&self.dir, location.segment);
-        let end = location.offset as usize + location.len as usize;
-        let file = self.segment_map(location.segment, end)?;
-        let bytes = file
-            .bytes()
-            .get(location.offset as usize..end)
-            .ok_or_else(|| cut_short(&path, location.offset))?;
-        let (sequence, payload) =
-            ferry_engine::wal::decode_record_at(&path, location.offset, bytes)
-                .map_err(io::engine_io)?;
+        let file = self.segment_map(location.segment, location.end())?;
+        let (sequence, _, payload) = record_in(&path, &file, location)?;
         let entry: Entry = postcard::from_bytes(payload).map_err(|e| {
             IoError::new(
                 ErrorKind::InvalidData,
@@ -242,16 +242,21 @@ impl Shared {
         const SLICE: u64 = 256;
         let mut next = first;
         let mut scratch = Vec::new();
-        // The segment last read and its map, so that a run of records from
-        // one segment takes the maps' lock once.
-        let mut mapped: Option<(u64, Arc<dyn RandomAccessFile>)> = None;
+        // The segment last read, its path (for errors) and its map, so that
+        // a run of records from one segment takes the maps' lock once.
+        let mut mapped: Option<(u64, PathBuf, Arc<dyn RandomAccessFile>)> = None;
         loop {
-            let slots = self.slots(next..next.saturating_add(SLICE));
+            // A record on disk needs only its location; the cached entry
+            // (an atomic count to take and drop) only when it has none.
+            let slots = self.slots(next..next.saturating_add(SLICE), |slot| {
+                let entry = slot.location.is_none().then(|| slot.entry.clone());
+                (slot.log_id, slot.location, entry.flatten())
+            });
             if slots.is_empty() {
                 return Ok(());
             }
-            for slot in &slots {
-                let index = slot.log_id.index;
+            for (log_id, location, entry) in &slots {
+                let index = log_id.index;
                 if index != next {
                     // Purged from under the caller.
                     return Err(IoError::new(
@@ -259,25 +264,19 @@ impl Shared {
                         format!("log entry {next} is no longer in the log"),
                     ));
                 }
-                let record = match (slot.location, &slot.entry) {
+                let record = match (location, entry) {
                     (Some(location), _) => {
-                        let path = io::segment_path(&self.dir, location.segment);
-                        let end = location.offset as usize + location.len as usize;
-                        let reusable = mapped.as_ref().is_some_and(|(segment, file)| {
+                        let end = location.end();
+                        let reusable = mapped.as_ref().is_some_and(|(segment, _, file)| {
                             *segment == location.segment && file.bytes().len() >= end
                         });
                         if !reusable {
-                            mapped =
-                                Some((location.segment, self.segment_map(location.segment, end)?));
+                            let file = self.segment_map(location.segment, end)?;
+                            let path = io::segment_path(&self.dir, location.segment);
+                            mapped = Some((location.segment, path, file));
                         }
-                        let (_, file) = mapped.as_ref().expect("mapped above");
-                        let record = file
-                            .bytes()
-                            .get(location.offset as usize..end)
-                            .ok_or_else(|| cut_short(&path, location.offset))?;
-                        let (sequence, _) =
-                            ferry_engine::wal::decode_record_at(&path, location.offset, record)
-                                .map_err(io::engine_io)?;
+                        let (_, path, file) = mapped.as_ref().expect("mapped above");
+                        let (sequence, record, _) = record_in(path, file, *location)?;
                         if sequence != index {
                             return Err(IoError::new(
                                 ErrorKind::InvalidData,
@@ -296,7 +295,7 @@ impl Shared {
                         ferry_engine::wal::encode_record(&mut scratch, index, &payload);
                         &scratch
                     }
-                    (None, None) => return Err(not_held(slot)),
+                    (None, None) => return Err(not_held(log_id)),
                 };
                 if !visit(index, record)? {
                     return Ok(());
@@ -306,8 +305,8 @@ impl Shared {
         }
     }
 
-    /// The slots of `range` the log holds.
-    fn slots(&self, range: impl RangeBounds<u64>) -> Vec<Slot> {
+    /// What `take` takes of each slot of `range` the log holds.
+    fn slots<T>(&self, range: impl RangeBounds<u64>, take: impl Fn(&Slot) -> T) -> Vec<T> {
         let index = self.index.read();
         let end = index.first + index.slots.len() as u64;
         let start = match range.start_bound() {
@@ -323,21 +322,34 @@ impl Shared {
         }
         .min(end);
         (start..stop.max(start))
-            .filter_map(|i| index.slot(i).cloned())
+            .filter_map(|i| index.slot(i).map(&take))
             .collect()
     }
 
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, IoError> {
-        let slots = self.slots(range);
+        let slots = self.slots(range, Slot::clone);
         slots.iter().map(|slot| self.read_entry(slot)).collect()
     }
 }
 
-fn not_held(slot: &Slot) -> IoError {
-    IoError::other(format!(
-        "log entry {} is neither cached nor on disk",
-        slot.log_id
-    ))
+/// The record at `location` in `file`, a map of the segment at `path`,
+/// with its CRC checked: its sequence, its bytes and its payload.
+fn record_in<'a>(
+    path: &Path,
+    file: &'a Arc<dyn RandomAccessFile>,
+    location: Location,
+) -> Result<(u64, &'a [u8], &'a [u8]), IoError> {
+    let record = file
+        .bytes()
+        .get(location.offset as usize..location.end())
+        .ok_or_else(|| cut_short(path, location.offset))?;
+    let (sequence, payload) = ferry_engine::wal::decode_record_at(path, location.offset, record)
+        .map_err(io::engine_io)?;
+    Ok((sequence, record, payload))
+}
+
+fn not_held(log_id: &LogId) -> IoError {
+    IoError::other(format!("log entry {log_id} is neither cached nor on disk"))
 }
 
 fn cut_short(path: &Path, offset: u64) -> IoError {
