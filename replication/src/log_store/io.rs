@@ -21,6 +21,18 @@ use tokio::sync::oneshot;
 
 pub(crate) type Reply = oneshot::Sender<io::Result<()>>;
 
+/// Log IO slower than this is worth a warning: every append and vote
+/// waits behind it (etcd warns of a slow fdatasync likewise), and a stall
+/// here is a stall of replication and elections.
+const SLOW_IO: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn warn_if_slow(what: &str, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took >= SLOW_IO {
+        tracing::warn!(took_ms = took.as_millis() as u64, "slow raft log IO: {what}");
+    }
+}
+
 pub(crate) enum Job {
     Append {
         /// `(index, encoded entry)`, consecutive, following the log's end.
@@ -296,6 +308,7 @@ impl IoThread {
                     *failed = Some(engine_io(e));
                 }
                 self.shared.stats.record_fsync(started.elapsed());
+                warn_if_slow("fsync of appended entries", started);
             }
         }
         match failed.take() {
@@ -319,15 +332,18 @@ impl IoThread {
     }
 
     fn run_control(&mut self, job: Job) {
-        let (result, reply) = match job {
+        let started = std::time::Instant::now();
+        let (what, result, reply) = match job {
             Job::Append { .. } => unreachable!("appends are handled by run"),
-            Job::Truncate { keep, reply } => (self.truncate(keep), reply),
-            Job::Purge { upto, reply } => (self.purge(&upto), reply),
+            Job::Truncate { keep, reply } => ("truncate", self.truncate(keep), reply),
+            Job::Purge { upto, reply } => ("purge", self.purge(&upto), reply),
             Job::SaveVote { vote, reply } => (
+                "vote save",
                 files::write(&*self.fs, &vote_path(&self.dir), VOTE_MAGIC, &vote),
                 reply,
             ),
         };
+        warn_if_slow(what, started);
         let _ = reply.send(result);
     }
 
