@@ -29,7 +29,10 @@ const SLOW_IO: std::time::Duration = std::time::Duration::from_millis(100);
 fn warn_if_slow(what: &str, started: std::time::Instant) {
     let took = started.elapsed();
     if took >= SLOW_IO {
-        tracing::warn!(took_ms = took.as_millis() as u64, "slow raft log IO: {what}");
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            "slow raft log IO: {what}"
+        );
     }
 }
 
