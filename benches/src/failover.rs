@@ -17,7 +17,10 @@
 //! has a write acknowledged: finding the leader, its first commit); a
 //! transfer into `hand_over` (the call until the target is seen leading,
 //! including the wait for it to catch up, while writes go on) and
-//! `first_write`. `--cpu-hogs N` runs N busy loops beside the cluster.
+//! `first_write`. `steady_pause` is the longest gap in the second before
+//! each transfer, with no transfer: the stalls of the machine itself (a
+//! slow fsync on a busy disk), which a transfer's pause should be read
+//! against. `--cpu-hogs N` runs N busy loops beside the cluster.
 
 use crate::report::Row;
 use ferry_client::{Client, ClientOptions};
@@ -234,6 +237,10 @@ type Log = Arc<Mutex<Vec<(Instant, Instant, String, u64)>>>;
 /// Leaders as the poller saw them: when a member first said it leads, in
 /// a term higher than any seen before; (time, node, term).
 type Leaders = Arc<Mutex<Vec<(Instant, u64, u64)>>>;
+
+/// How long after a transfer call its pause is looked for, and how long
+/// the window without a transfer it is compared with.
+const TRANSFER_WINDOW: Duration = Duration::from_millis(1000);
 
 /// How often [`watch_leaders`] asks every member whether it leads: the
 /// resolution of the per-phase times.
@@ -503,7 +510,14 @@ async fn run_async(args: &Args) -> Vec<Row> {
     // Per transfer: the call until the target is seen leading (writes go
     // on while it catches up), and from then until a write is acknowledged.
     let (mut hand_over, mut first_write) = (Vec::new(), Vec::new());
+    // Per transfer, the longest pause in a window as long without one just
+    // before it: what the machine's own stalls (a slow fsync on a busy
+    // disk, a descheduled process) give, for the pauses to be read against.
+    let mut steady = Vec::new();
     for _ in 0..args.transfers {
+        let quiet = Instant::now();
+        tokio::time::sleep(TRANSFER_WINDOW).await;
+        steady.push(ms(longest_gap(&log, quiet, Instant::now())));
         let leader = current_leader(&nodes).await;
         let target = nodes
             .addrs
@@ -520,7 +534,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .transfer_leader(ferry_client::pb::MemberRequest { id: target })
             .await
             .expect("transfer");
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(TRANSFER_WINDOW).await;
         let pause = longest_gap(&log, started, Instant::now());
         pauses.push(ms(pause));
         let elected = new_leader_after(&leaders, started, leader);
@@ -532,9 +546,10 @@ async fn run_async(args: &Args) -> Vec<Row> {
         hand_over.push(to_leader);
         first_write.push(to_write);
         eprintln!(
-            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later)",
+            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later; {:.1} ms in the second before, without a transfer)",
             pauses.len(),
-            ms(pause)
+            ms(pause),
+            steady[steady.len() - 1]
         );
         let _ = client.refresh_members().await;
     }
@@ -605,6 +620,8 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .with("hand_over_p99_ms", percentile(&mut hand_over, 99.0))
             .with("first_write_p50_ms", percentile(&mut first_write, 50.0))
             .with("first_write_p99_ms", percentile(&mut first_write, 99.0))
+            .with("steady_pause_p50_ms", percentile(&mut steady, 50.0))
+            .with("steady_pause_p99_ms", percentile(&mut steady, 99.0))
             .with("rounds", args.transfers as f64),
     ]
 }

@@ -323,6 +323,7 @@ impl SmShared {
             }
         }
         let _done = Done(&self.history);
+        let started = std::time::Instant::now();
         let staging = self.snapshots.scratch_dir("build");
         let db = self.db();
         let checkpoint = db.checkpoint(&staging).map_err(engine_err)?;
@@ -341,6 +342,13 @@ impl SmShared {
         };
         let handle = self.snapshots.seal(&staging, meta, None)?;
         self.snapshots.collect_garbage(&handle)?;
+        // A checkpoint flushes the memtable: a burst of writes that the
+        // Raft log's fsyncs on the same disk may wait behind.
+        tracing::info!(
+            applied = ?handle.manifest.meta.last_log_id,
+            took_ms = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(handle)
     }
 
