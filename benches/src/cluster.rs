@@ -9,6 +9,10 @@
 //! Ferry runs as `ferry serve` processes (this binary re-executed as
 //! `serve-node`) with default settings; the Ferry SDK is its client.
 //!
+//! First, `ferry-engine sync put`: one writer's synced puts into the
+//! engine alone on the same disk, the fdatasync floor that a one-client
+//! put (the leader's log and a follower's, then apply) is read against.
+//!
 //! etcd runs when the bench is built with `--features etcd` (its client
 //! crate, `etcd-client`, needs a system `protoc` to build) and an `etcd`
 //! binary is found (Debian: `apt install etcd-server`).
@@ -218,7 +222,7 @@ pub fn run(args: &Args) -> Vec<Row> {
 }
 
 async fn run_async(args: &Args) -> Vec<Row> {
-    let mut rows = Vec::new();
+    let mut rows = vec![engine_sync_put(args)];
     let modes: &[bool] = if args.tls { &[false, true] } else { &[false] };
     for &secure in modes {
         rows.extend(run_ferry(args, secure).await);
@@ -227,6 +231,35 @@ async fn run_async(args: &Args) -> Vec<Row> {
         rows.extend(etcd::run(args, secure).await);
     }
     rows
+}
+
+/// Synced puts of one writer into the engine alone, on the disk the
+/// clusters use: one fdatasync each, the floor under a one-client put
+/// (which needs the leader's and a follower's), measured in the same run.
+fn engine_sync_put(args: &Args) -> Row {
+    const PUTS: u64 = 2000;
+    let root = args.output.work_dir();
+    let engine = crate::adapter::open("ferry", root.path(), true);
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    let started = Instant::now();
+    for i in 0..PUTS {
+        let put = Instant::now();
+        engine.put(&key(i), &[0x5a; VALUE_BYTES], true);
+        histogram
+            .record(put.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "engine sync put x1: p50 {} us, p99 {} us",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99)
+    );
+    Row::new("ferry-engine", "sync put")
+        .with("clients", 1.0)
+        .with("ops_per_sec", PUTS as f64 / seconds)
+        .with("p50_us", histogram.value_at_quantile(0.5) as f64)
+        .with("p99_us", histogram.value_at_quantile(0.99) as f64)
 }
 
 /// A 3-node Ferry cluster under the workloads; `secure`: with TLS and
