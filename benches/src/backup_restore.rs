@@ -242,16 +242,8 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
     }
     let keys = SHIP_COST_KEYS;
     load(&node, 0..keys, 0).await;
-    let client_threads = Arc::new(ThreadSet::default());
-    let (enter, leave) = (client_threads.clone(), client_threads.clone());
-    let clients_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ship-cost-client")
-        .on_thread_start(move || enter.enter())
-        .on_thread_stop(move || leave.leave())
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let (clients_runtime, client_threads) =
+        ThreadSet::runtime("ship-cost-client", 2).expect("client runtime");
     let endpoint = vec![server.client_addr.to_string()];
     let clients: Vec<ferry_client::Client> = clients_runtime
         .spawn(async move {

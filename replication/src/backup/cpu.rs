@@ -8,6 +8,7 @@
 //! the I/O threads of an object store's own runtime ([`ThreadSet`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// CPU time the calling thread has used, in nanoseconds.
 pub fn thread_ns() -> u64 {
@@ -49,6 +50,24 @@ pub struct ThreadSet {
 }
 
 impl ThreadSet {
+    /// A multi-threaded runtime of `workers` threads named `name`, each
+    /// counted in a new set; returns both.
+    pub fn runtime(
+        name: &str,
+        workers: usize,
+    ) -> std::io::Result<(tokio::runtime::Runtime, Arc<Self>)> {
+        let set = Arc::new(ThreadSet::default());
+        let (start, stop) = (set.clone(), set.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name(name)
+            .on_thread_start(move || start.enter())
+            .on_thread_stop(move || stop.leave())
+            .enable_all()
+            .build()?;
+        Ok((runtime, set))
+    }
+
     /// Call on the thread that starts.
     pub fn enter(&self) {
         // SAFETY: pthread_self has no preconditions.
@@ -90,7 +109,6 @@ impl ThreadSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn spin(for_ns: u64) {
         let until = thread_ns() + for_ns;
@@ -115,14 +133,7 @@ mod tests {
 
     #[test]
     fn a_runtimes_threads_count_while_running_and_after_exiting() {
-        let set = Arc::new(ThreadSet::default());
-        let (start, stop) = (set.clone(), set.clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .on_thread_start(move || start.enter())
-            .on_thread_stop(move || stop.leave())
-            .build()
-            .unwrap();
+        let (runtime, set) = ThreadSet::runtime("test", 2).unwrap();
         runtime.block_on(async {
             tokio::task::spawn(async { spin(30_000_000) })
                 .await

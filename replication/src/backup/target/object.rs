@@ -121,15 +121,7 @@ impl ObjectTarget {
 
     /// A chain in any object store (tests use `object_store::memory`).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: String, url: String) -> io::Result<Self> {
-        let threads = Arc::new(ThreadSet::default());
-        let (start, stop) = (threads.clone(), threads.clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ferry-backup-io")
-            .on_thread_start(move || start.enter())
-            .on_thread_stop(move || stop.leave())
-            .enable_all()
-            .build()?;
+        let (runtime, threads) = ThreadSet::runtime("ferry-backup-io", 2)?;
         Ok(ObjectTarget {
             store,
             prefix,
