@@ -214,6 +214,17 @@ fn process_cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
+/// What `ship-cost` adds up over the windows with, or without, shipping
+/// (CPU in seconds).
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    puts: u64,
+    seconds: f64,
+    server_cpu: f64,
+    s3_cpu: f64,
+    shipper_cpu: f64,
+}
+
 /// Put throughput of 64 SDK clients writing through a `ferry serve`
 /// server without a shipper and with one shipping to S3 every second, in
 /// the windows of [`WINDOWS`], on a fresh node in `dir`; the CPU time per
@@ -270,11 +281,9 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
     let shipper_cpu = || steps_cpu() + chain.cpu_ns() as f64 / 1e9;
     // The server's CPU: this process's but the clients'.
     let server_cpu = || own_cpu_seconds() - client_threads.cpu_ns() as f64 / 1e9;
-    // Per window: (shipping, puts/s); and totals without and with
-    // shipping: (puts, seconds, CPU seconds of server + S3 server, of the
-    // server, of the shipper).
+    // Per window: (shipping, puts/s); and totals without and with shipping.
     let mut windows = Vec::new();
-    let mut totals = [(0u64, 0f64, 0f64, 0f64, 0f64); 2];
+    let mut totals = [Totals::default(); 2];
     for shipping in WINDOWS {
         if shipping {
             // The steady state: what the last window without a shipper
@@ -332,19 +341,19 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
         );
         windows.push((shipping, puts as f64 / seconds));
         let total = &mut totals[shipping as usize];
-        total.0 += puts;
-        total.1 += seconds;
-        total.2 += own + s3;
-        total.3 += own;
-        total.4 += shipping_cpu;
+        total.puts += puts;
+        total.seconds += seconds;
+        total.server_cpu += own;
+        total.s3_cpu += s3;
+        total.shipper_cpu += shipping_cpu;
     }
     drop(clients);
     clients_runtime.shutdown_background();
     drop(node);
     server.shutdown().await.expect("shutdown");
-    let ops = totals.map(|(puts, seconds, ..)| puts as f64 / seconds);
-    let cpu = totals.map(|(puts, _, cpu, ..)| cpu * 1e6 / puts as f64);
-    let (_, _, node_and_s3, node_cpu, shipper_cpu) = totals[1];
+    let ops = totals.map(|t| t.puts as f64 / t.seconds);
+    let cpu = totals.map(|t| (t.server_cpu + t.s3_cpu) * 1e6 / t.puts as f64);
+    let shipping = totals[1];
     // Each ABBA group's ratio: how far one group strays from the next
     // shows what the throughput ratio alone can resolve.
     let groups: Vec<f64> = windows
@@ -362,13 +371,16 @@ async fn ship_cost(dir: std::path::PathBuf, chain: Arc<dyn BackupTarget>, s3_pid
         Row::new("ferry", "put x64 (no backup)")
             .with("ops_per_sec", ops[0])
             .with("cpu_us_per_op", cpu[0])
-            .with("seconds", totals[0].1),
+            .with("seconds", totals[0].seconds),
         Row::new("ferry-shipping-s3", "put x64 (shipping to S3)")
             .with("ops_per_sec", ops[1])
             .with("cpu_us_per_op", cpu[1])
-            .with("shipper_cpu_share", shipper_cpu / node_cpu)
-            .with("s3_server_cpu_share", (node_and_s3 - node_cpu) / node_cpu)
-            .with("seconds", totals[1].1),
+            .with(
+                "shipper_cpu_share",
+                shipping.shipper_cpu / shipping.server_cpu,
+            )
+            .with("s3_server_cpu_share", shipping.s3_cpu / shipping.server_cpu)
+            .with("seconds", shipping.seconds),
         Row::new("ferry-shipping-s3/ferry", "put x64")
             .with("ratio", ops[1] / ops[0])
             .with("ratio_min", fold(f64::min, f64::INFINITY))
