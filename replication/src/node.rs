@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::lease::keeper::LeaseCall;
 use crate::lease::{LeaseCommand, LeaseError, LeaseStatus};
 use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
+use crate::network::forward::{ForwardError, ForwardReply, ForwardRequest, Forwarder};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
@@ -151,6 +152,10 @@ pub enum Consistency {
     Lease,
     /// Served by this replica as it is; see [`Staleness`].
     Stale,
+    /// Linearizable on any member, as etcd's reads are: a follower asks
+    /// the leader for its read index (the leader confirms leadership with
+    /// a quorum) and serves the read once it has applied up to it.
+    ReadIndex,
 }
 
 /// How far a stale read may be behind.
@@ -237,6 +242,8 @@ pub struct Node {
     contact: Arc<PeerContact>,
     /// How long a fresh leader's writes wait for its lease.
     lease_wait: Duration,
+    /// Hands follower requests to the leader ([`Node::txn_anywhere`]).
+    forwarder: Forwarder,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The leader's history retention (see [`crate::retention`]), and its
@@ -326,6 +333,7 @@ impl Node {
             tls.as_ref().map(|(connector, _, _)| connector.clone()),
             contact.clone(),
         );
+        let forwarder = Forwarder::new(network.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -397,6 +405,7 @@ impl Node {
             stats,
             contact,
             lease_wait: config.raft.election_timeout_max,
+            forwarder,
             stop_server: Mutex::new(Some(stop_server)),
             server: Mutex::new(Some(server)),
             retention,
@@ -591,6 +600,61 @@ impl Node {
         }
     }
 
+    /// Like [`Node::txn`], but a follower hands the command to the leader
+    /// and returns its answer, as etcd's members do for their clients.
+    /// Ferry's own API does not forward (its SDK goes to the leader); the
+    /// etcd-compatible one does.
+    pub async fn txn_anywhere(&self, mut command: Command) -> Result<Response> {
+        command.stamp(crate::types::now_ms());
+        let deadline = Instant::now() + self.lease_wait;
+        loop {
+            let (leader, node) = match self.txn(command.clone()).await {
+                Err(Error::NotLeader {
+                    leader_id: Some(leader),
+                    ..
+                }) if leader != self.id => match self.leader() {
+                    Some((known, node)) if known == leader => (leader, node),
+                    _ => {
+                        return Err(Error::NotLeader {
+                            leader_id: Some(leader),
+                            leader_addr: None,
+                        })
+                    }
+                },
+                done => return done,
+            };
+            let forwarded = self
+                .forwarder
+                .send(leader, &node, &ForwardRequest::Txn(command.clone()))
+                .await;
+            match forwarded {
+                Ok(ForwardReply::Txn(response)) => {
+                    return match response.rejected {
+                        Some(reason) => Err(Error::Rejected(reason)),
+                        None => Ok(response),
+                    }
+                }
+                Ok(other) => return Err(Error::Node(format!("unexpected answer {other:?}"))),
+                // Leadership moved since this node last heard: once it
+                // learns of the new leader, try again (bounded).
+                Err(ForwardError::NotLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => return Err(self.forward_error(error)),
+            }
+        }
+    }
+
+    fn forward_error(&self, error: ForwardError) -> Error {
+        match error {
+            ForwardError::NotLeader { leader_id } => Error::NotLeader {
+                leader_id,
+                leader_addr: None,
+            },
+            ForwardError::Failed(reason) => Error::Raft(reason),
+        }
+    }
+
     /// Waits until `deadline` for a known leader: another node if
     /// `elsewhere` (this one is handing over), else any.
     async fn wait_for_leader(&self, elsewhere: bool, deadline: Instant) {
@@ -664,6 +728,28 @@ impl Node {
     /// staleness for stale reads.
     async fn read_barrier(&self, consistency: Consistency) -> Result<Option<Staleness>> {
         let policy = match consistency {
+            Consistency::ReadIndex => match self.leader() {
+                Some((leader, node)) if leader != self.id => {
+                    let index = match self
+                        .forwarder
+                        .send(leader, &node, &ForwardRequest::ReadIndex)
+                        .await
+                        .map_err(|e| self.forward_error(e))?
+                    {
+                        ForwardReply::ReadIndex(index) => index,
+                        other => return Err(Error::Node(format!("unexpected answer {other:?}"))),
+                    };
+                    self.raft
+                        .wait(Some(FOLLOWER_READ_WAIT))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                        .map_err(|e| {
+                            Error::Node(format!("waiting to apply the read index: {e}"))
+                        })?;
+                    return Ok(None);
+                }
+                _ => ReadPolicy::ReadIndex,
+            },
             Consistency::Linearizable => ReadPolicy::ReadIndex,
             Consistency::Lease => ReadPolicy::LeaseRead,
             Consistency::Stale => {
@@ -1270,6 +1356,10 @@ fn matched_index(metrics: &RaftMetrics<crate::types::TypeConfig>, id: NodeId) ->
 /// [`Node::transfer_leadership`] to hand it leadership: a few write
 /// batches, which it flushes in a millisecond or two.
 pub const TRANSFER_CAUGHT_UP_ENTRIES: u64 = 256;
+
+/// Longest a follower's read waits to apply the leader's read index (it is
+/// normally one append behind at most).
+const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(5);
 
 /// How long [`Node::shutdown`] waits for Raft to stop.
 const RAFT_STOP_BOUND: Duration = Duration::from_secs(3);

@@ -43,7 +43,10 @@ impl Model {
                 Op::Delete { key, .. } => {
                     state.remove(key);
                 }
-                Op::Get { .. } => {}
+                Op::DeleteRange { start, end, .. } => {
+                    state.retain(|k, _| k < start || end.as_ref().is_some_and(|e| k >= e));
+                }
+                Op::Get { .. } | Op::Range { .. } => {}
             }
         }
         state

@@ -117,7 +117,18 @@ async fn churn(node: &Node, model: &mut Model, rng: &mut Rng, count: usize) {
                         changes.push((key, None));
                     }
                 }
-                Op::Get { .. } => {}
+                Op::DeleteRange { start, end, .. } => {
+                    let gone: Vec<_> = now
+                        .keys()
+                        .filter(|k| **k >= start && end.as_ref().is_none_or(|e| *k < e))
+                        .cloned()
+                        .collect();
+                    for key in gone {
+                        now.remove(&key);
+                        changes.push((key, None));
+                    }
+                }
+                Op::Get { .. } | Op::Range { .. } => {}
             }
         }
         model.revisions.insert(response.revision, changes);

@@ -129,6 +129,26 @@ impl Access {
             end: Some([key, &[0]].concat()),
         }
     }
+
+    /// What a transaction's `op` needs: a read or write of the keys it
+    /// touches.
+    pub fn op(op: &crate::types::Op) -> Access {
+        use crate::types::Op;
+        match op {
+            Op::Get { key } => Access::key(AccessKind::Read, key),
+            Op::Put { key, .. } | Op::Delete { key, .. } => Access::key(AccessKind::Write, key),
+            Op::DeleteRange { start, end, .. } => Access::Keys {
+                kind: AccessKind::Write,
+                start: start.clone(),
+                end: end.clone(),
+            },
+            Op::Range { start, end, .. } => Access::Keys {
+                kind: AccessKind::Read,
+                start: start.clone(),
+                end: end.clone(),
+            },
+        }
+    }
 }
 
 impl AuthState {

@@ -92,6 +92,7 @@ impl NetworkFactory {
 }
 
 /// The connection to one peer.
+#[derive(Clone)]
 pub struct PeerClient {
     from: NodeId,
     target: NodeId,
@@ -145,7 +146,7 @@ fn unreachable<E: std::error::Error + 'static>(error: &E) -> RPCError<TypeConfig
 
 impl PeerClient {
     /// One unary call: fault injection, postcard in and out, deadline.
-    async fn call<Req, Resp, F, Fut>(
+    pub(crate) async fn call<Req, Resp, F, Fut>(
         &mut self,
         request: &Req,
         option: &RPCOption,

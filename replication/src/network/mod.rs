@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod control;
+pub mod forward;
 pub mod server;
 
 /// Generated protobuf and gRPC code of `proto/raft.proto`.

@@ -255,6 +255,16 @@ impl RaftTransport for RaftService {
         .await
     }
 
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.handle(request, |raft, forwarded| async move {
+            Ok::<_, std::convert::Infallible>(super::forward::serve(&raft, forwarded).await)
+        })
+        .await
+    }
+
     type InstallSnapshotStream = ReceiverStream<Result<SnapshotReply, Status>>;
 
     async fn install_snapshot(

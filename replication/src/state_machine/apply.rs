@@ -11,8 +11,8 @@ use super::history::{self, Change, ChangeKind, PurgeCursor, PURGE_STEP_ENTRIES};
 use super::keys::{self, Record};
 use crate::lease;
 use crate::types::{
-    Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, Response,
-    StoredMembership, Txn,
+    Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, RangeOrder, Response,
+    SortBy, StoredMembership, Txn, MAX_TXN_RANGE_KEYS,
 };
 use ferry_engine::{Db, SeqNo, WriteBatch};
 use openraft::entry::RaftEntry;
@@ -52,14 +52,20 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// a whole (a purge step iterates the history, an auth change loads the
 /// auth state), so the engine must hold every entry before it.
 fn is_barrier(entry: &Entry) -> bool {
-    matches!(
-        &entry.payload,
+    match &entry.payload {
         EntryPayload::Normal(
             Command::PurgeHistory
-                | Command::Auth(_)
-                | Command::Lease(crate::lease::LeaseCommand::Revoke { .. })
-        )
-    )
+            | Command::Auth(_)
+            | Command::Lease(crate::lease::LeaseCommand::Revoke { .. }),
+        ) => true,
+        // A range delete lists the range's keys from the engine.
+        EntryPayload::Normal(Command::Txn(txn)) => txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| matches!(op, Op::DeleteRange { .. } | Op::Range { .. })),
+        _ => false,
+    }
 }
 
 /// Applies `entries` (consecutive, after what `db` holds) and writes them,
@@ -412,6 +418,47 @@ impl<'a> Overlay<'a> {
                     },
                 },
                 Op::Get { key } => OpResult::Get(self.record(key)?.map(|r| as_kv(key, r))),
+                Op::DeleteRange {
+                    start,
+                    end,
+                    prev_kv,
+                } => {
+                    let mut prev = Vec::new();
+                    let mut deleted = 0;
+                    for key in self.keys_in(start, end.as_deref(), usize::MAX)?.0 {
+                        let Some(previous) = self.record(&key)? else {
+                            continue;
+                        };
+                        self.delete_key(&key, &previous, revision, index, txn.time_ms);
+                        index += 1;
+                        deleted += 1;
+                        if *prev_kv {
+                            prev.push(as_kv(&key, previous));
+                        }
+                    }
+                    OpResult::DeleteRange { deleted, prev }
+                }
+                Op::Range {
+                    start,
+                    end,
+                    limit,
+                    order,
+                } => {
+                    let (keys, truncated) =
+                        self.keys_in(start, end.as_deref(), MAX_TXN_RANGE_KEYS)?;
+                    let mut kvs = Vec::with_capacity(keys.len());
+                    for key in keys {
+                        if let Some(record) = self.record(&key)? {
+                            kvs.push(as_kv(&key, record));
+                        }
+                    }
+                    let count = kvs.len() as u64;
+                    sort_range(&mut kvs, *order);
+                    let limit = if *limit == 0 { u64::MAX } else { *limit };
+                    let more = truncated || count > limit;
+                    kvs.truncate(limit.min(count) as usize);
+                    OpResult::Range { kvs, more, count }
+                }
             };
             results.push(result);
         }
@@ -423,6 +470,40 @@ impl<'a> Overlay<'a> {
         };
         self.answered(txn, revision, &response)?;
         Ok(response)
+    }
+
+    /// The user keys in `[start, end)`: the engine's, merged with this
+    /// run's writes; at most `cap` of the engine's, and whether there were
+    /// more. Only a transaction that starts its run calls it (see
+    /// [`is_barrier`]), so the writes are its own earlier ops'.
+    fn keys_in(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        cap: usize,
+    ) -> io::Result<(BTreeSet<Vec<u8>>, bool)> {
+        let (from, mut to) = keys::user_bounds(start, end);
+        let mut found = BTreeSet::new();
+        let mut truncated = false;
+        for item in self.db.snapshot().range(from.as_slice()..to.as_slice()) {
+            let (key, _) = item.map_err(io::Error::other)?;
+            if found.len() == cap {
+                // The answer covers the keys before this one.
+                truncated = true;
+                to = key.to_vec();
+                break;
+            }
+            found.insert(key[1..].to_vec());
+        }
+        for (key, value) in &self.writes {
+            if key.as_slice() >= from.as_slice() && key.as_slice() < to.as_slice() {
+                match value {
+                    Some(_) => found.insert(key[1..].to_vec()),
+                    None => found.remove(&key[1..]),
+                };
+            }
+        }
+        Ok((found, truncated))
     }
 
     /// Deletes `key`, whose record is `previous`, as the change `(revision,
@@ -697,6 +778,7 @@ impl<'a> Overlay<'a> {
                 record.as_ref().map_or(0, |r| r.create_revision).cmp(n)
             }
             CompareTarget::Version(n) => record.as_ref().map_or(0, |r| r.version).cmp(n),
+            CompareTarget::Lease(n) => record.as_ref().map_or(0, |r| r.lease).cmp(n),
         };
         Ok(match compare.op {
             CompareOp::Equal => ordering.is_eq(),
@@ -704,6 +786,23 @@ impl<'a> Overlay<'a> {
             CompareOp::Less => ordering.is_lt(),
             CompareOp::Greater => ordering.is_gt(),
         })
+    }
+}
+
+/// Sorts a range's answer (stable: equal ones stay in key order).
+fn sort_range(kvs: &mut [crate::types::KeyValue], order: RangeOrder) {
+    use crate::types::KeyValue;
+    let by = |a: &KeyValue, b: &KeyValue| match order.by {
+        SortBy::Key => a.key.cmp(&b.key),
+        SortBy::Version => a.version.cmp(&b.version),
+        SortBy::CreateRevision => a.create_revision.cmp(&b.create_revision),
+        SortBy::ModRevision => a.mod_revision.cmp(&b.mod_revision),
+        SortBy::Value => a.value.cmp(&b.value),
+    };
+    if order.descending {
+        kvs.sort_by(|a, b| by(b, a));
+    } else if order != RangeOrder::KEY {
+        kvs.sort_by(by);
     }
 }
 
@@ -767,6 +866,65 @@ mod tests {
         apply(&db, &[put(sweep_at - 1, 2, 1), put(sweep_at, 2, 2)]);
         assert!(record(&db, 1).is_none());
         assert_eq!(record(&db, 2).unwrap().last_revision, sweep_at);
+    }
+
+    #[test]
+    fn a_range_delete_removes_the_engines_keys_and_its_own_txns_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let txn = |index, ops| Entry::new_normal(log_id(index), Command::batch(ops));
+        let range = |start: &[u8], end: Option<&[u8]>| Op::DeleteRange {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            prev_kv: true,
+        };
+        let responses = apply(
+            &db,
+            &[
+                txn(
+                    1,
+                    vec![Op::put("a/1", "1"), Op::put("a/2", "2"), Op::put("b", "3")],
+                ),
+                // In the same run as the puts, and after one of its own.
+                txn(2, vec![Op::put("a/3", "3"), range(b"a/", Some(b"a0"))]),
+                txn(3, vec![Op::put("c", "4"), range(b"b", None)]),
+            ],
+        );
+        let deleted = |r: &Response| match &r.results[1] {
+            OpResult::DeleteRange { deleted, prev } => (
+                *deleted,
+                prev.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            deleted(&responses[1]),
+            (3, vec![b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()])
+        );
+        assert_eq!(
+            deleted(&responses[2]),
+            (2, vec![b"b".to_vec(), b"c".to_vec()])
+        );
+        assert_eq!(db.prefix([keys::USER_PREFIX]).count(), 0);
+        // Every deleted key is a change of its own, in order.
+        let page = history::scan_changes(&db.snapshot(), 2, 3, &|_| true, usize::MAX).unwrap();
+        let kinds: Vec<_> = page
+            .changes
+            .iter()
+            .map(|c| (c.revision, c.index, c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (2, 0, ChangeKind::Put),
+                (2, 1, ChangeKind::Delete),
+                (2, 2, ChangeKind::Delete),
+                (2, 3, ChangeKind::Delete),
+                (3, 0, ChangeKind::Put),
+                (3, 1, ChangeKind::Delete),
+                (3, 2, ChangeKind::Delete),
+            ]
+        );
     }
 
     #[test]

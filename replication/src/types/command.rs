@@ -14,6 +14,16 @@
 //!   tag 2  PurgeHistory
 //!   tag 3  Auth(AuthChange)        (see `crate::auth`)
 //!   tag 4  Lease(LeaseCommand)     (see `crate::lease`)
+//! op = varint(tag) | fields
+//!   tag 0  Put { key, value, lease, prev_kv }
+//!   tag 1  Delete { key, prev_kv }
+//!   tag 2  Get { key }
+//!   tag 3  DeleteRange { start, end (option), prev_kv }
+//!   tag 4  Range { start, end (option), limit, order { by (tag 0 Key,
+//!          1 Version, 2 CreateRevision, 3 ModRevision, 4 Value),
+//!          descending } }
+//! compare target = varint(tag) | field
+//!   tag 0 Value, 1 ModRevision, 2 CreateRevision, 3 Version, 4 Lease
 //! ```
 //!
 //! Release 0.1.0 wrote a transaction with no envelope (its fields straight
@@ -68,6 +78,59 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Remove every key in `[start, end)` (`end = None`: every key from
+    /// `start` on). A transaction holding one is applied in a run of its
+    /// own, because it reads the engine's keys in the range.
+    DeleteRange {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Option<Vec<u8>>,
+        /// Return the deleted values in the op's result.
+        prev_kv: bool,
+    },
+    /// Read the keys in `[start, end)` (`end = None`: every key from
+    /// `start` on) as part of the transaction, ordered by `order`, at most
+    /// `limit` of them (0: no limit). Like a range delete, it is applied in
+    /// a run of its own. At most [`MAX_TXN_RANGE_KEYS`] keys are looked
+    /// at; a larger range answers with what they hold and `more`.
+    Range {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Option<Vec<u8>>,
+        limit: u64,
+        order: RangeOrder,
+    },
+}
+
+/// Keys a range inside a transaction looks at, at most: it runs in apply,
+/// where every write waits for it.
+pub const MAX_TXN_RANGE_KEYS: usize = 10_000;
+
+/// The order of a range's answer inside a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeOrder {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
+impl RangeOrder {
+    /// Key order, ascending (the engine's own).
+    pub const KEY: RangeOrder = RangeOrder {
+        by: SortBy::Key,
+        descending: false,
+    };
+}
+
+/// What a range is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortBy {
+    Key,
+    Version,
+    CreateRevision,
+    ModRevision,
+    Value,
 }
 
 impl Op {
@@ -93,7 +156,13 @@ impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key, .. } | Op::Get { key } => key,
+            Op::DeleteRange { start, .. } | Op::Range { start, .. } => start,
         }
+    }
+
+    /// Whether the op writes.
+    pub fn writes(&self) -> bool {
+        !matches!(self, Op::Get { .. } | Op::Range { .. })
     }
 }
 

@@ -7,7 +7,7 @@
 mod command;
 mod response;
 
-pub use command::{Command, Op, Txn};
+pub use command::{Command, Op, RangeOrder, SortBy, Txn, MAX_TXN_RANGE_KEYS};
 pub(crate) use response::LegacyResponse;
 pub use response::{KeyValue, OpResult, Response};
 
@@ -50,6 +50,8 @@ pub enum CompareTarget {
     CreateRevision(u64),
     /// How many times the key was written since it was created (0 = absent).
     Version(u64),
+    /// The lease the key is attached to (0 = none, or absent).
+    Lease(u64),
 }
 
 /// Comparison operator of a [`Compare`].

@@ -34,6 +34,15 @@ pub enum OpResult {
     },
     /// The key, if present.
     Get(Option<KeyValue>),
+    /// Keys a range delete removed, and their values if asked for.
+    DeleteRange { deleted: u64, prev: Vec<KeyValue> },
+    /// A range's keys in its order, whether there were more than its limit
+    /// (or than a transaction looks at), and how many it counted.
+    Range {
+        kvs: Vec<KeyValue>,
+        more: bool,
+        count: u64,
+    },
 }
 
 /// The state machine's answer to a command (openraft's `R`).

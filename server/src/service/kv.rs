@@ -190,7 +190,9 @@ impl KvService {
                     // The answer of a release 0.1.0 delete (a get, then the
                     // delete), kept for a retry across the upgrade.
                     OpResult::Get(found) => deleted = found.is_some(),
-                    OpResult::Put { .. } => {}
+                    OpResult::Put { .. }
+                    | OpResult::DeleteRange { .. }
+                    | OpResult::Range { .. } => {}
                 }
             }
             Ok(pb::DeleteResponse {
@@ -351,11 +353,7 @@ impl KvService {
                     gate.check(credential, &Access::key(AccessKind::Read, &compare.key))?;
                 }
                 for op in txn.success.iter().chain(&txn.failure) {
-                    let kind = match op {
-                        Op::Get { .. } => AccessKind::Read,
-                        Op::Put { .. } | Op::Delete { .. } => AccessKind::Write,
-                    };
-                    gate.check(credential, &Access::key(kind, op.key()))?;
+                    gate.check(credential, &Access::op(op))?;
                 }
             }
             let response = self
