@@ -19,6 +19,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod etcd;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

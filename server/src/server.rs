@@ -148,6 +148,8 @@ impl Server {
             .build_v1()
             .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
         let max = config.limits.max_request_bytes;
+        // One limit for the watches of both APIs.
+        let watches = Arc::new(Semaphore::new(config.limits.max_watch_streams));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
@@ -162,7 +164,7 @@ impl Server {
             .add_service(
                 pb::watch_server::WatchServer::new(WatchService {
                     context: context.clone(),
-                    streams: Arc::new(Semaphore::new(config.limits.max_watch_streams)),
+                    streams: watches.clone(),
                     progress_interval: Duration::from_millis(config.watch_progress_ms),
                 })
                 .max_decoding_message_size(max),
@@ -192,6 +194,19 @@ impl Server {
                 })
                 .max_decoding_message_size(max),
             );
+        let router = crate::etcd::serve(
+            router,
+            crate::etcd::Etcd {
+                context: context.clone(),
+            },
+            crate::etcd::Settings {
+                max_request_bytes: max,
+                watches,
+                progress_interval: Duration::from_millis(config.watch_progress_ms),
+                client_tls: config.tls.cert_file.is_some(),
+                peer_tls: config.tls.peer_cert_file.is_some(),
+            },
+        );
         let mut tasks = Vec::new();
         let grpc_stop = wait_stop(stopped.clone());
         tasks.push(tokio::spawn(async move {

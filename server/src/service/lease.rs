@@ -46,6 +46,55 @@ impl LeaseService {
     }
 }
 
+/// Why a revoke may not go ahead.
+pub(crate) enum RevokeRefused {
+    Denied(Status),
+    Lease(LeaseCall),
+}
+
+impl RevokeRefused {
+    pub(crate) fn into_status(self, lease: impl FnOnce(LeaseCall) -> Status) -> Status {
+        match self {
+            RevokeRefused::Denied(status) => status,
+            RevokeRefused::Lease(call) => lease(call),
+        }
+    }
+}
+
+/// Whether the caller of `request` may revoke lease `id`: root may; anyone
+/// else needs write permission on every key attached to it, since the
+/// revoke deletes them.
+pub(crate) async fn check_revoke<T>(
+    context: &Context,
+    request: &Request<T>,
+    id: u64,
+) -> Result<(), RevokeRefused> {
+    let caller = context
+        .gate
+        .authorize(request, &Access::Any)
+        .map_err(RevokeRefused::Denied)?;
+    if caller.root {
+        return Ok(());
+    }
+    let status = context
+        .node
+        .lease_status(id, MAX_CHECKED_KEYS)
+        .await
+        .map_err(RevokeRefused::Lease)?;
+    if status.keys_truncated {
+        return Err(RevokeRefused::Denied(Status::permission_denied(format!(
+            "lease {id} holds more than {MAX_CHECKED_KEYS} keys: only root may revoke it"
+        ))));
+    }
+    for key in &status.keys {
+        context
+            .gate
+            .authorize(request, &Access::key(AccessKind::Write, key))
+            .map_err(RevokeRefused::Denied)?;
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn grant(
@@ -76,26 +125,10 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         timed(&self.context, "LeaseRevoke", async {
-            let caller = self.context.gate.authorize(&request, &Access::Any)?;
             let id = request.get_ref().id;
-            if !caller.root {
-                let status = self
-                    .context
-                    .node
-                    .lease_status(id, MAX_CHECKED_KEYS)
-                    .await
-                    .map_err(|e| self.status(e))?;
-                if status.keys_truncated {
-                    return Err(Status::permission_denied(format!(
-                        "lease {id} holds more than {MAX_CHECKED_KEYS} keys: only root may revoke it"
-                    )));
-                }
-                for key in &status.keys {
-                    self.context
-                        .gate
-                        .authorize(&request, &Access::key(AccessKind::Write, key))?;
-                }
-            }
+            check_revoke(&self.context, &request, id)
+                .await
+                .map_err(|e| e.into_status(|e| self.status(e)))?;
             let revision = self
                 .context
                 .node

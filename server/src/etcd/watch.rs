@@ -1,0 +1,406 @@
+//! etcd's Watch service: one two-way stream carries many watches, created
+//! and cancelled by the client, each served from the node's history like
+//! Ferry's own watch (`crate::service::watch`).
+//!
+//! Memory per stream is bounded: each watch holds one batch of changes
+//! (about 256 KiB, or one larger revision), and all of a stream's watches
+//! share a few buffered messages towards the client. A client that reads
+//! slowly makes its watches fall behind, never grow; they read the history
+//! from the engine when it catches up. Because a message is at most one
+//! batch, etcd's `fragment` is never needed and is accepted as a no-op.
+
+use super::pb::{etcdserverpb as rpc, mvccpb};
+use super::{key_range, key_value, message, to_i64, to_u64, Etcd};
+use crate::auth::Credential;
+use ferry_replication::auth::{Access, AccessKind};
+use ferry_replication::state_machine::history::ChangeKind;
+use ferry_replication::{WatchError, WatchEvent, WatchOptions};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Messages buffered towards a client that reads slowly, for all of a
+/// stream's watches together.
+const BUFFERED_MESSAGES: usize = 8;
+
+/// How often a watch's credential and permission are checked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The watch id of a stream-wide progress answer (etcd's
+/// `clientv3.InvalidWatchID`).
+const PROGRESS_WATCH_ID: i64 = -1;
+
+pub struct WatchService {
+    pub etcd: Etcd,
+    /// Watches open at once, over all streams and both APIs.
+    pub watches: Arc<Semaphore>,
+    /// A watch that asked for progress notifications and sent nothing for
+    /// this long gets one.
+    pub progress_interval: Duration,
+}
+
+type Answer = Result<rpc::WatchResponse, Status>;
+type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Answer> + Send>>;
+
+/// One open watch of a stream.
+struct Open {
+    task: JoinHandle<()>,
+    /// Every matching change up to this revision has been sent.
+    revision: Arc<AtomicU64>,
+}
+
+/// What a create request asks for, checked.
+struct Create {
+    options: WatchOptions,
+    access: Access,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+}
+
+impl WatchService {
+    fn create(&self, request: &rpc::WatchCreateRequest) -> Result<Create, Status> {
+        self.etcd.check_key(&request.key)?;
+        let (start, end) = key_range(&request.key, &request.range_end);
+        let mut options = WatchOptions::range(
+            start.clone(),
+            end.clone(),
+            to_u64(request.start_revision, "start_revision")?,
+        );
+        options.prev_kv = request.prev_kv;
+        let mut no_put = false;
+        let mut no_delete = false;
+        for filter in &request.filters {
+            match rpc::watch_create_request::FilterType::try_from(*filter) {
+                Ok(rpc::watch_create_request::FilterType::Noput) => no_put = true,
+                Ok(rpc::watch_create_request::FilterType::Nodelete) => no_delete = true,
+                Err(_) => return Err(Status::invalid_argument("unknown watch filter")),
+            }
+        }
+        Ok(Create {
+            options,
+            access: Access::Keys {
+                kind: AccessKind::Read,
+                start,
+                end,
+            },
+            no_put,
+            no_delete,
+            progress_notify: request.progress_notify,
+        })
+    }
+}
+
+/// A stream's state: its watches, by id.
+struct Stream {
+    etcd: Etcd,
+    credential: Credential,
+    answers: mpsc::Sender<Answer>,
+    watches: HashMap<i64, Open>,
+    next_id: i64,
+}
+
+impl Stream {
+    async fn send(&self, answer: Answer) -> bool {
+        self.etcd.context.send(&self.answers, answer).await
+    }
+
+    fn answer(&self, watch_id: i64, revision: u64) -> rpc::WatchResponse {
+        rpc::WatchResponse {
+            header: self.etcd.header(revision),
+            watch_id,
+            ..rpc::WatchResponse::default()
+        }
+    }
+
+    /// An id the client did not choose: the lowest unused from `next_id`.
+    fn free_id(&mut self) -> i64 {
+        while self.watches.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        self.next_id
+    }
+
+    /// Ends the watches whose task ended (an error, or the client gone).
+    fn reap(&mut self) {
+        self.watches.retain(|_, open| !open.task.is_finished());
+    }
+}
+
+impl WatchService {
+    /// Handles a create request; false if the stream is to end.
+    async fn open(&self, stream: &mut Stream, request: rpc::WatchCreateRequest) -> bool {
+        stream.reap();
+        let id = if request.watch_id > 0 {
+            request.watch_id
+        } else {
+            stream.free_id()
+        };
+        let applied = self.etcd.context.applied();
+        let refuse = |reason: String| rpc::WatchResponse {
+            header: self.etcd.header(applied),
+            watch_id: id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..rpc::WatchResponse::default()
+        };
+        if stream.watches.contains_key(&id) {
+            return stream
+                .send(Ok(refuse(
+                    "etcdserver: duplicate watch ID provided on the WatchStream".into(),
+                )))
+                .await;
+        }
+        let create = match self.create(&request) {
+            Ok(create) => create,
+            Err(status) => return stream.send(Ok(refuse(status.message().to_owned()))).await,
+        };
+        if let Err(status) = self
+            .etcd
+            .context
+            .gate
+            .check(&stream.credential, &create.access)
+        {
+            return stream
+                .send(Ok(refuse(super::gate_status(status).message().to_owned())))
+                .await;
+        }
+        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
+            let limit = self.etcd.context.limits.max_watch_streams;
+            return stream
+                .send(Ok(refuse(format!(
+                    "max_watch_streams = {limit} watches are open"
+                ))))
+                .await;
+        };
+        let watcher = match self.etcd.context.node.watch(create.options.clone()) {
+            Ok(watcher) => watcher,
+            Err(WatchError::Compacted(c)) => {
+                // etcd: created, then cancelled with the compacted revision.
+                let mut answer = refuse(message::COMPACTED.into());
+                answer.compact_revision = to_i64(c.compacted);
+                return stream.send(Ok(answer)).await;
+            }
+            Err(error) => return stream.send(Ok(refuse(error.to_string()))).await,
+        };
+        let mut created = stream.answer(id, watcher.revision());
+        created.created = true;
+        if !stream.send(Ok(created)).await {
+            return false;
+        }
+        let revision = Arc::new(AtomicU64::new(watcher.revision()));
+        let task = tokio::spawn(pump(
+            Pump {
+                etcd: self.etcd.clone(),
+                credential: stream.credential.clone(),
+                answers: stream.answers.clone(),
+                id,
+                create,
+                revision: revision.clone(),
+                progress_interval: self.progress_interval,
+            },
+            watcher,
+            permit,
+        ));
+        stream.next_id = stream.next_id.max(id.saturating_add(1));
+        stream.watches.insert(id, Open { task, revision });
+        true
+    }
+}
+
+/// What a watch's task needs.
+struct Pump {
+    etcd: Etcd,
+    credential: Credential,
+    answers: mpsc::Sender<Answer>,
+    id: i64,
+    create: Create,
+    revision: Arc<AtomicU64>,
+    progress_interval: Duration,
+}
+
+/// Sends one watch's events until it ends: cancelled (the task is
+/// aborted), the stream closed, the server stopping, or an error.
+async fn pump(pump: Pump, mut watcher: ferry_replication::Watcher, _permit: OwnedSemaphorePermit) {
+    let context = &pump.etcd.context;
+    let _open = context.metrics.open_stream("etcd.watch");
+    let mut checked = tokio::time::Instant::now();
+    let stopped = context.stopped();
+    tokio::pin!(stopped);
+    loop {
+        let next = tokio::select! {
+            next = watcher.next() => Some(next),
+            () = tokio::time::sleep(pump.progress_interval), if pump.create.progress_notify => None,
+            () = &mut stopped => return,
+            () = pump.answers.closed() => return,
+        };
+        let mut answer = rpc::WatchResponse {
+            watch_id: pump.id,
+            ..rpc::WatchResponse::default()
+        };
+        match next {
+            None => answer.header = pump.etcd.header(watcher.revision()),
+            Some(Ok(batch)) => {
+                answer.header = pump.etcd.header(batch.revision);
+                answer.events = batch
+                    .events
+                    .into_iter()
+                    .filter(|e| match e.change.kind {
+                        ChangeKind::Put => !pump.create.no_put,
+                        ChangeKind::Delete => !pump.create.no_delete,
+                    })
+                    .map(event)
+                    .collect();
+                pump.revision.store(batch.revision, Ordering::Release);
+                // A batch whose changes were all filtered out says nothing
+                // the client asked for.
+                if answer.events.is_empty() {
+                    continue;
+                }
+            }
+            Some(Err(WatchError::Compacted(c))) => {
+                answer.header = pump.etcd.header(watcher.revision());
+                answer.canceled = true;
+                answer.compact_revision = to_i64(c.compacted);
+                answer.cancel_reason = message::COMPACTED.into();
+                let _ = context.send(&pump.answers, Ok(answer)).await;
+                return;
+            }
+            Some(Err(error)) => {
+                answer.header = pump.etcd.header(watcher.revision());
+                answer.canceled = true;
+                answer.cancel_reason = error.to_string();
+                let _ = context.send(&pump.answers, Ok(answer)).await;
+                return;
+            }
+        }
+        // Checked again as the watch goes on: a user who lost the
+        // permission, or whose token expired, loses the watch.
+        if checked.elapsed() >= RECHECK_EVERY {
+            checked = tokio::time::Instant::now();
+            if let Err(status) = context.gate.check(&pump.credential, &pump.create.access) {
+                answer.events.clear();
+                answer.canceled = true;
+                answer.cancel_reason = super::gate_status(status).message().to_owned();
+                let _ = context.send(&pump.answers, Ok(answer)).await;
+                return;
+            }
+        }
+        if !context.send(&pump.answers, Ok(answer)).await {
+            return;
+        }
+    }
+}
+
+/// The node's event as etcd's.
+fn event(event: WatchEvent) -> mvccpb::Event {
+    let kind = match event.change.kind {
+        ChangeKind::Put => mvccpb::event::EventType::Put,
+        ChangeKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    let mut kv = key_value(event.change.key_value());
+    if kind == mvccpb::event::EventType::Delete {
+        // etcd's delete event holds the key and its revision only.
+        kv = mvccpb::KeyValue {
+            key: kv.key,
+            mod_revision: kv.mod_revision,
+            ..mvccpb::KeyValue::default()
+        };
+    }
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv: event.prev.map(key_value),
+    }
+}
+
+#[tonic::async_trait]
+impl rpc::watch_server::Watch for WatchService {
+    type WatchStream = AnswerStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<rpc::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let credential = self.etcd.context.gate.credential(&request);
+        // The stream itself needs a valid credential; each watch is checked
+        // against its keys when it is created.
+        self.etcd
+            .context
+            .gate
+            .check(&credential, &Access::Any)
+            .map_err(super::gate_status)?;
+        let mut requests = request.into_inner();
+        let (answers, receiver) = mpsc::channel(BUFFERED_MESSAGES);
+        let service = WatchService {
+            etcd: self.etcd.clone(),
+            watches: self.watches.clone(),
+            progress_interval: self.progress_interval,
+        };
+        tokio::spawn(async move {
+            let mut stream = Stream {
+                etcd: service.etcd.clone(),
+                credential,
+                answers,
+                watches: HashMap::new(),
+                next_id: 0,
+            };
+            loop {
+                let next = tokio::select! {
+                    next = requests.next() => next,
+                    () = service.etcd.context.stopped() => None,
+                    () = stream.answers.closed() => None,
+                };
+                let Some(Ok(request)) = next else { break };
+                use rpc::watch_request::RequestUnion as U;
+                let go_on = match request.request_union {
+                    Some(U::CreateRequest(create)) => service.open(&mut stream, create).await,
+                    Some(U::CancelRequest(cancel)) => {
+                        if let Some(open) = stream.watches.remove(&cancel.watch_id) {
+                            open.task.abort();
+                        }
+                        let revision = service.etcd.context.applied();
+                        let mut answer = stream.answer(cancel.watch_id, revision);
+                        answer.canceled = true;
+                        stream.send(Ok(answer)).await
+                    }
+                    Some(U::ProgressRequest(_)) => {
+                        stream.reap();
+                        // Complete up to the slowest watch's revision (or
+                        // the applied one if there is none).
+                        let revision = stream
+                            .watches
+                            .values()
+                            .map(|open| open.revision.load(Ordering::Acquire))
+                            .min()
+                            .unwrap_or_else(|| service.etcd.context.applied());
+                        let answer = stream.answer(PROGRESS_WATCH_ID, revision);
+                        stream.send(Ok(answer)).await
+                    }
+                    None => {
+                        stream
+                            .send(Err(Status::invalid_argument("a watch request of no kind")))
+                            .await
+                    }
+                };
+                if !go_on {
+                    break;
+                }
+            }
+            for (_, open) in stream.watches.drain() {
+                open.task.abort();
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(receiver)) as AnswerStream
+        ))
+    }
+}
