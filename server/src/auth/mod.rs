@@ -26,6 +26,10 @@ pub const STATUS_ROLE: &str = "status";
 /// The request metadata that carries a token (etcd's name for it).
 pub const TOKEN_METADATA: &str = "token";
 
+/// Why a call without a credential is refused while auth is on.
+pub const NO_CREDENTIAL: &str =
+    "auth is enabled: a call needs a token (Auth.Authenticate) or a client certificate";
+
 /// Password checks running at once at most: argon2id costs tens of
 /// milliseconds and MiBs each, and `Authenticate` is open to anyone.
 const PASSWORD_CHECKS: usize = 2;
@@ -89,9 +93,7 @@ impl Gate {
     /// The user `credential` stands for under `state`.
     fn user(&self, state: &AuthState, credential: &Credential) -> Result<String, Status> {
         match credential {
-            Credential::Anonymous => Err(Status::unauthenticated(
-                "auth is enabled: a call needs a token (Auth.Authenticate) or a client certificate",
-            )),
+            Credential::Anonymous => Err(Status::unauthenticated(NO_CREDENTIAL)),
             Credential::Certificate(name) => {
                 if state.users.contains_key(name) {
                     Ok(name.clone())

@@ -17,6 +17,7 @@
 //!
 //! What is supported, partly supported or not: `docs/etcd.md`.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -94,9 +95,13 @@ pub fn serve(
         )
         .add_service(
             rpc::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
-                etcd,
+                etcd: etcd.clone(),
             })
             .max_decoding_message_size(max),
+        )
+        .add_service(
+            rpc::auth_server::AuthServer::new(auth::AuthService { etcd })
+                .max_decoding_message_size(max),
         )
 }
 
@@ -120,6 +125,7 @@ pub(crate) mod message {
     pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
     pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
     pub const INVALID_AUTH_TOKEN: &str = "etcdserver: invalid auth token";
+    pub const USER_EMPTY: &str = "etcdserver: user name is empty";
 }
 
 /// The etcd view of a node: the shared context plus etcd's header.
@@ -193,6 +199,9 @@ impl Etcd {
 pub(crate) fn gate_status(status: Status) -> Status {
     match status.code() {
         tonic::Code::PermissionDenied => Status::permission_denied(message::PERMISSION_DENIED),
+        tonic::Code::Unauthenticated if status.message() == crate::auth::NO_CREDENTIAL => {
+            Status::invalid_argument(message::USER_EMPTY)
+        }
         tonic::Code::Unauthenticated => Status::unauthenticated(message::INVALID_AUTH_TOKEN),
         _ => status,
     }

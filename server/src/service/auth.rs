@@ -17,7 +17,7 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 /// Longest user or role name.
 const MAX_NAME_BYTES: usize = 256;
 
-fn check_name(what: &str, name: &str) -> Result<(), Status> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Status> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(Status::invalid_argument(format!(
             "a {what} name must have 1 to {MAX_NAME_BYTES} bytes"
@@ -26,7 +26,7 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-async fn hash(password: String) -> Result<String, Status> {
+pub(crate) async fn hash(password: String) -> Result<String, Status> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Err(Status::invalid_argument(format!(
             "a password must have 1 to {MAX_PASSWORD_BYTES} bytes"
