@@ -19,9 +19,12 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipe;
 pub mod watch;
 
 use crate::service::Context;
@@ -100,8 +103,18 @@ pub fn serve(
             .max_decoding_message_size(max),
         )
         .add_service(
-            rpc::auth_server::AuthServer::new(auth::AuthService { etcd })
+            rpc::auth_server::AuthServer::new(auth::AuthService { etcd: etcd.clone() })
                 .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::v3lockpb::lock_server::LockServer::new(lock::LockService { etcd: etcd.clone() })
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::v3electionpb::election_server::ElectionServer::new(election::ElectionService {
+                etcd,
+            })
+            .max_decoding_message_size(max),
         )
 }
 

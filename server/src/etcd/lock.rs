@@ -1,0 +1,90 @@
+//! etcd's Lock service (`v3lockpb`): a lock is the queue of
+//! [`super::recipe`] under `name/`; its key is what Unlock takes.
+
+use super::pb::v3lockpb::{self, lock_server::Lock};
+use super::recipe::{self, Abandon};
+use super::Etcd;
+use ferry_engine::prefix_end;
+use ferry_replication::auth::{Access, AccessKind};
+use tonic::{Request, Response, Status};
+
+pub struct LockService {
+    pub etcd: Etcd,
+}
+
+/// Read and write on every key under `prefix`: what the queue does.
+fn check(etcd: &Etcd, credential: &crate::auth::Credential, prefix: &[u8]) -> Result<(), Status> {
+    for kind in [AccessKind::Read, AccessKind::Write] {
+        etcd.context.gate.check(
+            credential,
+            &Access::Keys {
+                kind,
+                start: prefix.to_vec(),
+                end: prefix_end(prefix),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(
+        &self,
+        request: Request<v3lockpb::LockRequest>,
+    ) -> Result<Response<v3lockpb::LockResponse>, Status> {
+        let etcd = &self.etcd;
+        etcd.timed("etcd.Lock", async {
+            let credential = etcd.context.gate.credential(&request);
+            let request = request.into_inner();
+            etcd.check_key(&request.name)?;
+            let prefix = [request.name.as_slice(), b"/"].concat();
+            check(etcd, &credential, &prefix)?;
+            let lease = recipe::lease(request.lease)?;
+            let key = recipe::contender_key(&prefix, lease);
+            etcd.check_key(&key)?;
+            let mine = recipe::join(etcd, &key, b"", lease).await?;
+            let mut abandon = Abandon {
+                etcd: etcd.clone(),
+                key: key.clone(),
+                create_revision: mine.create_revision,
+                armed: true,
+            };
+            let revision = recipe::wait_for_head(etcd, &prefix, &mine).await?;
+            abandon.armed = false;
+            Ok(Response::new(v3lockpb::LockResponse {
+                header: etcd.header(revision),
+                key,
+            }))
+        })
+        .await
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<v3lockpb::UnlockRequest>,
+    ) -> Result<Response<v3lockpb::UnlockResponse>, Status> {
+        let etcd = &self.etcd;
+        etcd.timed("etcd.Unlock", async {
+            let credential = etcd.context.gate.credential(&request);
+            let key = request.into_inner().key;
+            etcd.check_key(&key)?;
+            etcd.context
+                .gate
+                .check(&credential, &Access::key(AccessKind::Write, &key))?;
+            // etcd deletes the key whatever holds it now.
+            let response = etcd
+                .context
+                .node
+                .txn_anywhere(ferry_replication::types::Command::batch(vec![
+                    ferry_replication::types::Op::delete(key),
+                ]))
+                .await
+                .map_err(|e| etcd.status(e))?;
+            Ok(Response::new(v3lockpb::UnlockResponse {
+                header: etcd.header(response.revision),
+            }))
+        })
+        .await
+    }
+}

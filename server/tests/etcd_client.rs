@@ -1,0 +1,568 @@
+//! Ferry's etcd-compatible API through etcd's Rust client (the
+//! `etcd-client` crate), which nobody here wrote: KV, Txn, Watch, Lease,
+//! Lock, Election, Cluster, Maintenance and Auth, then a leader SIGKILL
+//! under writes and a watch.
+//!
+//! Built only with the `etcd-client` feature (the crate needs `protoc`
+//! when it builds); `.ci/run` enables it with the vendored `protoc`:
+//!
+//! ```text
+//! PROTOC=<vendored protoc> cargo test -p ferry-server --features etcd-client --test etcd_client
+//! ```
+
+mod common;
+
+use common::ProcessCluster;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, LockOptions,
+    PutOptions, ResignOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType, WatchOptions,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// A client once the member it reaches knows a leader (any user may ask).
+async fn client(endpoints: &[String], options: Option<ConnectOptions>) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut client) = Client::connect(endpoints, options.clone()).await {
+            if client.status().await.is_ok_and(|s| s.leader() != 0) {
+                return client;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from {endpoints:?} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_transactions_and_compaction() {
+    let cluster = ProcessCluster::start(1);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+
+    let first = etcd.put("app/a", "1", None).await.unwrap();
+    let at_first = first.header().unwrap().revision();
+    let put = etcd
+        .put("app/a", "2", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert_eq!(text(put.prev_key().unwrap().value()), "1");
+    for key in ["app/b", "app/c", "other"] {
+        etcd.put(key, key, None).await.unwrap();
+    }
+
+    // Ranges: prefix, limit with `more` and the whole count, sort, keys
+    // only, a past revision, revision filters.
+    let page = etcd
+        .get(
+            "app/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(2)
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = page.kvs().iter().map(|kv| text(kv.key())).collect();
+    assert_eq!(keys, ["app/c", "app/b"]);
+    assert!(page.more());
+    assert_eq!(page.count(), 3);
+    let keys_only = etcd
+        .get(
+            "app/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert!(keys_only.kvs().iter().all(|kv| kv.value().is_empty()));
+    let past = etcd
+        .get("app/a", Some(GetOptions::new().with_revision(at_first)))
+        .await
+        .unwrap();
+    assert_eq!(text(past.kvs()[0].value()), "1");
+    let created_late = etcd
+        .get(
+            "app/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_min_create_revision(at_first + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = created_late.kvs().iter().map(|kv| text(kv.key())).collect();
+    assert_eq!(keys, ["app/b", "app/c"]);
+    let counted = etcd
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((counted.count(), counted.kvs().len()), (4, 0));
+
+    // A txn comparing value, version, create revision and lease, reading a
+    // range in its branch.
+    let lease = etcd.lease_grant(600, None).await.unwrap().id();
+    etcd.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    let txn = Txn::new()
+        .when([
+            Compare::value("app/a", CompareOp::Equal, "2"),
+            Compare::version("app/a", CompareOp::Equal, 2),
+            Compare::create_revision("app/a", CompareOp::Equal, at_first),
+            Compare::lease("leased", CompareOp::Equal, lease),
+            Compare::value("absent", CompareOp::NotEqual, "x"),
+        ])
+        .and_then([
+            TxnOp::put("txn/done", "yes", None),
+            TxnOp::get("app/", Some(GetOptions::new().with_prefix())),
+        ])
+        .or_else([TxnOp::put("txn/done", "no", None)]);
+    let answer = etcd.txn(txn).await.unwrap();
+    // etcd fails every value compare of an absent key, `!=` too.
+    assert!(!answer.succeeded());
+    let txn = Txn::new()
+        .when([
+            Compare::value("app/a", CompareOp::Equal, "2"),
+            Compare::lease("leased", CompareOp::Equal, lease),
+        ])
+        .and_then([
+            TxnOp::put("txn/done", "yes", None),
+            TxnOp::get("app/", Some(GetOptions::new().with_prefix())),
+        ]);
+    let answer = etcd.txn(txn).await.unwrap();
+    assert!(answer.succeeded());
+    match &answer.op_responses()[1] {
+        etcd_client::TxnOpResponse::Get(range) => assert_eq!(range.kvs().len(), 3),
+        other => panic!("{other:?}"),
+    }
+
+    // A range delete with the previous values.
+    let deleted = etcd
+        .delete(
+            "app/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((deleted.deleted(), deleted.prev_kvs().len()), (3, 3));
+
+    // Compaction: below it, reads fail with etcd's message.
+    let now = etcd
+        .get("other", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.compact(now, None).await.unwrap();
+    let error = etcd
+        .get("app/a", Some(GetOptions::new().with_revision(at_first)))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("required revision has been compacted"),
+        "{error}"
+    );
+    let error = etcd
+        .get("x", Some(GetOptions::new().with_revision(now + 1_000_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("required revision is a future revision"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_from_a_revision_with_filters_progress_and_cancel() {
+    let cluster = ProcessCluster::start(1);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+    let start = etcd
+        .put("w/a", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.put("w/a", "2", None).await.unwrap();
+    etcd.delete("w/a", None).await.unwrap();
+    etcd.put("w/b", "3", None).await.unwrap();
+
+    let mut stream = etcd
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start)
+                    .with_prev_key()
+                    .with_filters([WatchFilterType::NoDelete]),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut watch_id = None;
+    while seen.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("events within 30 s")
+            .unwrap()
+            .unwrap();
+        if message.created() {
+            watch_id = Some(message.watch_id());
+        }
+        for event in message.events() {
+            assert_eq!(
+                event.event_type(),
+                EventType::Put,
+                "deletes are filtered out"
+            );
+            let kv = event.kv().unwrap();
+            let prev = event.prev_kv().map(|p| text(p.value()).to_owned());
+            seen.push((text(kv.key()).to_owned(), text(kv.value()).to_owned(), prev));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("w/a".into(), "1".into(), None),
+            ("w/a".into(), "2".into(), Some("1".into())),
+            ("w/b".into(), "3".into(), None),
+        ]
+    );
+
+    // A live change, then a progress answer naming the current revision.
+    let live = etcd
+        .put("w/c", "4", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.events()[0].kv().unwrap().mod_revision(), live);
+    stream.request_progress().await.unwrap();
+    let progress = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(progress.events().is_empty());
+    assert!(progress.header().unwrap().revision() >= live);
+
+    stream
+        .cancel(watch_id.expect("a created answer first"))
+        .await
+        .unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(cancelled.canceled());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_inspected_and_revoked() {
+    let cluster = ProcessCluster::start(1);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+    let lease = etcd.lease_grant(60, None).await.unwrap();
+    assert_eq!(lease.ttl(), 60);
+    let id = lease.id();
+    etcd.put("l/1", "x", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap();
+    let (mut keeper, mut answers) = etcd.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let renewed = answers.message().await.unwrap().unwrap();
+    assert_eq!((renewed.id(), renewed.ttl()), (id, 60));
+    let ttl = etcd
+        .lease_time_to_live(
+            id,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 60);
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 60);
+    assert_eq!(ttl.keys(), [b"l/1".to_vec()]);
+    let listed = etcd.leases().await.unwrap();
+    assert!(listed.leases().iter().any(|l| l.id() == id));
+    etcd.lease_revoke(id).await.unwrap();
+    assert!(etcd.get("l/1", None).await.unwrap().kvs().is_empty());
+    let gone = etcd.lease_time_to_live(id, None).await.unwrap();
+    assert_eq!(gone.ttl(), -1);
+    let error = etcd
+        .put("l/2", "x", Some(PutOptions::new().with_lease(id)))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("requested lease not found"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_and_elections_queue_in_order() {
+    let cluster = ProcessCluster::start(1);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+    let first = etcd.lease_grant(60, None).await.unwrap().id();
+    let second = etcd.lease_grant(60, None).await.unwrap().id();
+
+    // The second contender waits until the first unlocks.
+    let held = etcd
+        .lock("jobs", Some(LockOptions::new().with_lease(first)))
+        .await
+        .unwrap();
+    let mut other = etcd.clone();
+    let waiting = tokio::spawn(async move {
+        other
+            .lock("jobs", Some(LockOptions::new().with_lease(second)))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "two holders of one lock");
+    etcd.unlock(held.key()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiter gets the lock")
+        .unwrap();
+    assert_ne!(next.key(), held.key());
+    assert!(text(next.key()).starts_with("jobs/"));
+    // The holder's key fences writes by its create revision.
+    let owner = etcd.get(next.key(), None).await.unwrap();
+    assert_eq!(owner.kvs().len(), 1);
+    etcd.unlock(next.key()).await.unwrap();
+
+    // A lock on a revoked lease is refused, never granted.
+    let dead = etcd.lease_grant(60, None).await.unwrap().id();
+    etcd.lease_revoke(dead).await.unwrap();
+    assert!(etcd
+        .lock("jobs", Some(LockOptions::new().with_lease(dead)))
+        .await
+        .is_err());
+
+    // Elections: campaign, proclaim, observe, resign, hand-over.
+    let elected = etcd.campaign("leader", "alice", first).await.unwrap();
+    let leader_key = elected.leader().unwrap().clone();
+    let current = etcd.leader("leader").await.unwrap();
+    assert_eq!(text(current.kv().unwrap().value()), "alice");
+    let mut observed = etcd.observe("leader").await.unwrap();
+    let seen = observed.message().await.unwrap().unwrap();
+    assert_eq!(text(seen.kv().unwrap().value()), "alice");
+    etcd.proclaim(
+        "alice-2",
+        Some(etcd_client::ProclaimOptions::new().with_leader(leader_key.clone())),
+    )
+    .await
+    .unwrap();
+    let seen = observed.message().await.unwrap().unwrap();
+    assert_eq!(text(seen.kv().unwrap().value()), "alice-2");
+    let mut other = etcd.clone();
+    let campaign =
+        tokio::spawn(async move { other.campaign("leader", "bob", second).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!campaign.is_finished(), "two leaders");
+    etcd.resign(Some(ResignOptions::new().with_leader(leader_key.clone())))
+        .await
+        .unwrap();
+    let bob = tokio::time::timeout(Duration::from_secs(30), campaign)
+        .await
+        .expect("bob leads after alice resigns")
+        .unwrap();
+    assert!(bob.leader().unwrap().rev() > leader_key.rev());
+    let seen = observed.message().await.unwrap().unwrap();
+    assert_eq!(text(seen.kv().unwrap().value()), "bob");
+    // Alice's leadership is gone: her proclamation is refused.
+    assert!(etcd
+        .proclaim(
+            "late",
+            Some(etcd_client::ProclaimOptions::new().with_leader(leader_key)),
+        )
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_status_and_auth() {
+    let cluster = ProcessCluster::start(3);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+    let members = etcd.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 3);
+    assert!(members.members().iter().all(|m| !m.is_learner()));
+    let status = etcd.status().await.unwrap();
+    assert!(status.leader() != 0);
+    assert!(status.raft_index() > 0);
+
+    // Writes and linearizable reads through every member: followers hand
+    // them to the leader.
+    for endpoint in cluster.endpoints() {
+        let mut one = client(std::slice::from_ref(&endpoint), None).await;
+        one.put(format!("via/{endpoint}"), "x", None).await.unwrap();
+        let read = one.get(format!("via/{endpoint}"), None).await.unwrap();
+        assert_eq!(read.kvs().len(), 1, "read-your-write through {endpoint}");
+    }
+
+    etcd.user_add("root", "rootpw", None).await.unwrap();
+    etcd.user_grant_role("root", "root").await.unwrap();
+    etcd.role_add("reader").await.unwrap();
+    etcd.role_grant_permission(
+        "reader",
+        etcd_client::Permission::read("via/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    etcd.user_add("alice", "alicepw", None).await.unwrap();
+    etcd.user_grant_role("alice", "reader").await.unwrap();
+    etcd.auth_enable().await.unwrap();
+
+    let error = etcd.get("via/", None).await.unwrap_err();
+    assert!(error.to_string().contains("user name is empty"), "{error}");
+    let mut alice = client(
+        &cluster.endpoints(),
+        Some(ConnectOptions::new().with_user("alice", "alicepw")),
+    )
+    .await;
+    let read = alice
+        .get("via/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(read.kvs().len(), 3);
+    let error = alice.put("via/x", "y", None).await.unwrap_err();
+    assert!(error.to_string().contains("permission denied"), "{error}");
+    let mut root = client(
+        &cluster.endpoints(),
+        Some(ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await;
+    root.auth_disable().await.unwrap();
+}
+
+/// The leader is SIGKILLed while etcd-client writers write and a watch
+/// (opened before) follows: no acknowledged write is lost, and the watch,
+/// resumed from its last revision as etcd's clients do, sees every
+/// acknowledged write once, in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_through_etcd_client() {
+    const WRITES: usize = 300;
+    let mut cluster = ProcessCluster::start(3);
+    let endpoints = cluster.endpoints();
+    let mut etcd = client(&endpoints, None).await;
+    let start = etcd
+        .put("k/start", "", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    // The watch: resumes from the revision after the last it saw.
+    let (events, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, i64)>();
+    let watch_endpoints = endpoints.clone();
+    let watch = tokio::spawn(async move {
+        let mut next = start + 1;
+        loop {
+            let mut watcher_client = client(&watch_endpoints, None).await;
+            let Ok(mut stream) = watcher_client
+                .watch(
+                    "k/",
+                    Some(WatchOptions::new().with_prefix().with_start_revision(next)),
+                )
+                .await
+            else {
+                continue;
+            };
+            while let Ok(Some(message)) = stream.message().await {
+                for event in message.events() {
+                    let kv = event.kv().unwrap();
+                    next = next.max(kv.mod_revision() + 1);
+                    if events
+                        .send((text(kv.key()).to_owned(), kv.mod_revision()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut acknowledged: BTreeMap<String, i64> = BTreeMap::new();
+    let mut killed = false;
+    for i in 0..WRITES {
+        if i == WRITES / 3 {
+            let leader = etcd.status().await.unwrap().leader();
+            cluster.sigkill(leader);
+            killed = true;
+        }
+        let key = format!("k/{i:04}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match etcd.put(key.as_str(), "v", None).await {
+                Ok(put) => {
+                    acknowledged.insert(key.clone(), put.header().unwrap().revision());
+                    break;
+                }
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "put {key}: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    assert!(killed);
+
+    // Every acknowledged write is in the store.
+    let stored = etcd
+        .get("k/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let stored: BTreeSet<&str> = stored.kvs().iter().map(|kv| text(kv.key())).collect();
+    for key in acknowledged.keys() {
+        assert!(stored.contains(key.as_str()), "acknowledged {key} was lost");
+    }
+
+    // The watch saw each acknowledged write at its revision, once, in order.
+    let mut by_revision: BTreeMap<i64, String> = BTreeMap::new();
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged
+        .iter()
+        .any(|(k, r)| by_revision.get(r) != Some(k))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (key, revision) = tokio::time::timeout(left, seen.recv())
+            .await
+            .expect("the watch delivers every acknowledged write within 60 s")
+            .unwrap();
+        assert!(
+            revision > last,
+            "revision {revision} after {last}: out of order or twice"
+        );
+        last = revision;
+        by_revision.insert(revision, key);
+    }
+    watch.abort();
+}
