@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::lease::keeper::LeaseCall;
-use crate::lease::{LeaseCommand, LeaseError, LeaseStatus};
+use crate::lease::LeaseStatus;
 use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
 use crate::network::forward::{ForwardError, ForwardReply, ForwardRequest, Forwarder};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
@@ -257,6 +257,34 @@ pub struct Node {
     election_task: tokio::task::JoinHandle<()>,
 }
 
+/// A forwarded call's failure as a node error.
+fn forward_error(error: ForwardError) -> Error {
+    match error {
+        ForwardError::NotLeader { leader_id } => Error::NotLeader {
+            leader_id,
+            leader_addr: None,
+        },
+        ForwardError::Lease(error) => Error::Node(error.to_string()),
+        ForwardError::Rejected(reason) => Error::Rejected(reason),
+        ForwardError::Failed(reason) => Error::Raft(reason),
+    }
+}
+
+impl From<ForwardError> for LeaseCall {
+    fn from(error: ForwardError) -> LeaseCall {
+        match error {
+            ForwardError::Lease(error) => LeaseCall::Lease(error),
+            other => LeaseCall::Node(forward_error(other)),
+        }
+    }
+}
+
+/// A leader's answer of another kind than asked: a bug, or a leader of a
+/// release that answers differently.
+fn unexpected(reply: ForwardReply) -> Error {
+    Error::Node(format!("the leader answered {reply:?}"))
+}
+
 fn raft_error<
     E: std::fmt::Debug
         + std::fmt::Display
@@ -337,9 +365,15 @@ impl Node {
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        let leases = Arc::new(crate::lease::keeper::Keeper::new(
+            raft.clone(),
+            shared.clone(),
+            config.lease.clone(),
+        ));
         let service = RaftService::new(
             config.id,
             raft.clone(),
+            leases.clone(),
             shared.clone(),
             stats.clone(),
             config.transfer.clone(),
@@ -379,11 +413,6 @@ impl Node {
             shared.clone(),
             config.retention.clone(),
             purger_wake.clone(),
-        ));
-        let leases = Arc::new(crate::lease::keeper::Keeper::new(
-            raft.clone(),
-            shared.clone(),
-            config.lease.clone(),
         ));
         let lease_task = tokio::spawn(crate::lease::keeper::run(leases.clone()));
         let election_task = tokio::spawn(crate::election::run(
@@ -600,58 +629,97 @@ impl Node {
         }
     }
 
-    /// Like [`Node::txn`], but a follower hands the command to the leader
-    /// and returns its answer, as etcd's members do for their clients.
-    /// Ferry's own API does not forward (its SDK goes to the leader); the
-    /// etcd-compatible one does.
-    pub async fn txn_anywhere(&self, mut command: Command) -> Result<Response> {
-        command.stamp(crate::types::now_ms());
+    /// Does `request` on the leader: here if this node leads, else handed
+    /// to the leader over the peers' link, as etcd's members do for their
+    /// clients. A leader that lost leadership meanwhile makes it try again
+    /// at the new one (bounded by the lease wait). Ferry's own API does not
+    /// forward (its SDK goes to the leader); the etcd-compatible one does.
+    async fn on_leader(&self, request: ForwardRequest) -> Result<ForwardReply, ForwardError> {
         let deadline = Instant::now() + self.lease_wait;
         loop {
-            let (leader, node) = match self.txn(command.clone()).await {
-                Err(Error::NotLeader {
-                    leader_id: Some(leader),
-                    ..
-                }) if leader != self.id => match self.leader() {
-                    Some((known, node)) if known == leader => (leader, node),
-                    _ => {
-                        return Err(Error::NotLeader {
-                            leader_id: Some(leader),
-                            leader_addr: None,
-                        })
-                    }
-                },
-                done => return done,
-            };
-            let forwarded = self
-                .forwarder
-                .send(leader, &node, &ForwardRequest::Txn(command.clone()))
-                .await;
-            match forwarded {
-                Ok(ForwardReply::Txn(response)) => {
-                    return match response.rejected {
-                        Some(reason) => Err(Error::Rejected(reason)),
-                        None => Ok(response),
-                    }
+            let answer = match self.leader() {
+                Some((leader, node)) if leader != self.id => {
+                    self.forwarder.send(leader, &node, &request).await
                 }
-                Ok(other) => return Err(Error::Node(format!("unexpected answer {other:?}"))),
-                // Leadership moved since this node last heard: once it
-                // learns of the new leader, try again (bounded).
-                Err(ForwardError::NotLeader { .. }) if Instant::now() < deadline => {
+                // This node leads, or no leader is known: `txn` waits for
+                // one, or names it.
+                _ => {
+                    crate::network::forward::serve(&self.leases, request.clone(), |c| self.txn(c))
+                        .await
+                }
+            };
+            match answer {
+                Err(ForwardError::NotLeader { leader_id })
+                    if Instant::now() < deadline && leader_id != Some(self.id) =>
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(error) => return Err(self.forward_error(error)),
+                answer => return answer,
             }
         }
     }
 
-    fn forward_error(&self, error: ForwardError) -> Error {
-        match error {
-            ForwardError::NotLeader { leader_id } => Error::NotLeader {
-                leader_id,
-                leader_addr: None,
-            },
-            ForwardError::Failed(reason) => Error::Raft(reason),
+    /// Returns once this node has applied everything the leader had
+    /// committed when it was called (the leader's read index): what a
+    /// follower reads afterwards includes every write acknowledged before.
+    pub async fn catch_up(&self) -> Result<()> {
+        self.read_barrier(Consistency::ReadIndex).await.map(|_| ())
+    }
+
+    /// [`Node::txn`] on any member (see [`Node::on_leader`]).
+    pub async fn txn_anywhere(&self, mut command: Command) -> Result<Response> {
+        command.stamp(crate::types::now_ms());
+        match self.on_leader(ForwardRequest::Txn(command)).await {
+            Ok(ForwardReply::Txn(response)) => Ok(response),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(forward_error(error)),
+        }
+    }
+
+    /// [`Node::lease_grant`] on any member.
+    pub async fn lease_grant_anywhere(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
+        let ttl_ms = ttl.as_millis() as u64;
+        match self
+            .on_leader(ForwardRequest::LeaseGrant { id, ttl_ms })
+            .await?
+        {
+            ForwardReply::Lease(id) => Ok(id),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    /// [`Node::lease_revoke`] on any member.
+    pub async fn lease_revoke_anywhere(&self, id: u64) -> Result<u64, LeaseCall> {
+        match self.on_leader(ForwardRequest::LeaseRevoke { id }).await? {
+            ForwardReply::Lease(revision) => Ok(revision),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    /// [`Node::lease_keep_alive`] on any member.
+    pub async fn lease_keep_alive_anywhere(&self, id: u64) -> Result<Duration, LeaseCall> {
+        match self
+            .on_leader(ForwardRequest::LeaseKeepAlive { id })
+            .await?
+        {
+            ForwardReply::Lease(ttl_ms) => Ok(Duration::from_millis(ttl_ms)),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    /// [`Node::lease_status`] on any member.
+    pub async fn lease_status_anywhere(
+        &self,
+        id: u64,
+        key_limit: usize,
+    ) -> Result<LeaseStatus, LeaseCall> {
+        let key_limit = key_limit as u64;
+        match self
+            .on_leader(ForwardRequest::LeaseStatus { id, key_limit })
+            .await?
+        {
+            ForwardReply::LeaseStatus(status) => Ok(status),
+            other => Err(unexpected(other).into()),
         }
     }
 
@@ -734,10 +802,10 @@ impl Node {
                         .forwarder
                         .send(leader, &node, &ForwardRequest::ReadIndex)
                         .await
-                        .map_err(|e| self.forward_error(e))?
+                        .map_err(forward_error)?
                     {
                         ForwardReply::ReadIndex(index) => index,
-                        other => return Err(Error::Node(format!("unexpected answer {other:?}"))),
+                        other => return Err(unexpected(other)),
                     };
                     self.raft
                         .wait(Some(FOLLOWER_READ_WAIT))
@@ -1008,35 +1076,13 @@ impl Node {
     /// Returns the id. The lease lives while [`Node::lease_keep_alive`]
     /// renews it within `ttl`.
     pub async fn lease_grant(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
-        let id = self.leases.prepare_grant(id, ttl).await?;
-        let ttl_ms = ttl.as_millis() as u64;
-        // On the clock before it is proposed: if this call is dropped after
-        // the grant applied (its client went away), the lease still
-        // expires; if the grant never applies, the revoke at its deadline
-        // finds no lease and the clock forgets it.
-        self.leases.granted(id, ttl);
-        match self
-            .txn(Command::Lease(LeaseCommand::Grant { id, ttl_ms }))
-            .await
-        {
-            Ok(_) => Ok(id),
-            Err(Error::Rejected(_)) => Err(LeaseError::Exists(id).into()),
-            Err(error) => Err(error.into()),
-        }
+        self.leases.grant(id, ttl, |c| self.txn(c)).await
     }
 
     /// Revokes lease `id` (on the leader), deleting its keys at one
     /// revision, which it returns.
     pub async fn lease_revoke(&self, id: u64) -> Result<u64, LeaseCall> {
-        let revoke = Command::Lease(LeaseCommand::Revoke { id, time_ms: 0 });
-        match self.txn(revoke).await {
-            Ok(response) => {
-                self.leases.revoked(id);
-                Ok(response.revision)
-            }
-            Err(Error::Rejected(_)) => Err(LeaseError::NotFound(id).into()),
-            Err(error) => Err(error.into()),
-        }
+        self.leases.revoke(id, |c| self.txn(c)).await
     }
 
     /// Renews lease `id` for its whole TTL (on the leader); returns the TTL.
@@ -1072,6 +1118,15 @@ impl Node {
     /// one fails with [`Error::Compacted`]; one beyond what was applied
     /// with [`Error::FutureRevision`].
     pub async fn compact_history(&self, revision: u64) -> Result<u64> {
+        self.compact(revision, false).await
+    }
+
+    /// [`Node::compact_history`] on any member (see [`Node::on_leader`]).
+    pub async fn compact_history_anywhere(&self, revision: u64) -> Result<u64> {
+        self.compact(revision, true).await
+    }
+
+    async fn compact(&self, revision: u64, anywhere: bool) -> Result<u64> {
         // The state machine's own position: Raft's metrics may lag behind
         // a write that was just answered.
         let applied = self.sm.applied().0.map_or(0, |l| l.index);
@@ -1081,22 +1136,29 @@ impl Node {
                 current: applied,
             });
         }
-        let response = self
-            .txn(Command::Compact {
-                revision,
-                time_ms: 0,
-            })
-            .await?;
-        let compacted = self.sm.compacted()?;
+        let command = Command::Compact {
+            revision,
+            time_ms: 0,
+        };
+        let response = if anywhere {
+            self.txn_anywhere(command).await?
+        } else {
+            self.txn(command).await?
+        };
         if !response.succeeded {
+            // The answer's revision is the compaction command's own index:
+            // the state here has applied it once this returns.
+            let compacted = self.sm.compacted()?;
             return Err(Compacted {
                 requested: revision,
                 compacted,
             }
             .into());
         }
+        // The leader's purger removes what is below (a follower's wake-up
+        // is harmless: the purger acts only on a leader).
         self.purger_wake.notify_one();
-        Ok(compacted)
+        Ok(revision.min(response.revision))
     }
 
     /// The applied log id and the content checksum of the whole replicated

@@ -416,13 +416,32 @@ async fn members_status_and_auth() {
     assert!(status.leader() != 0);
     assert!(status.raft_index() > 0);
 
-    // Writes and linearizable reads through every member: followers hand
-    // them to the leader.
+    // Writes, linearizable reads, leases and compaction through every
+    // member: followers hand them to the leader.
     for endpoint in cluster.endpoints() {
         let mut one = client(std::slice::from_ref(&endpoint), None).await;
-        one.put(format!("via/{endpoint}"), "x", None).await.unwrap();
+        let lease = one.lease_grant(60, None).await.unwrap().id();
+        let (mut keeper, mut renewals) = one.lease_keep_alive(lease).await.unwrap();
+        keeper.keep_alive().await.unwrap();
+        assert_eq!(renewals.message().await.unwrap().unwrap().ttl(), 60);
+        let put = one
+            .put(
+                format!("via/{endpoint}"),
+                "x",
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
         let read = one.get(format!("via/{endpoint}"), None).await.unwrap();
         assert_eq!(read.kvs().len(), 1, "read-your-write through {endpoint}");
+        let ttl = one.lease_time_to_live(lease, None).await.unwrap();
+        assert!(ttl.ttl() > 0);
+        one.compact(put.header().unwrap().revision(), None)
+            .await
+            .unwrap();
+        // Detached before the lease goes, so the key stays.
+        one.put(format!("via/{endpoint}"), "x", None).await.unwrap();
+        one.lease_revoke(lease).await.unwrap();
     }
 
     etcd.user_add("root", "rootpw", None).await.unwrap();
@@ -534,11 +553,17 @@ async fn sigkill_of_the_leader_through_etcd_client() {
     }
     assert!(killed);
 
-    // Every acknowledged write is in the store.
-    let stored = etcd
-        .get("k/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    // Every acknowledged write is in the store. (etcd's Rust client may
+    // still route a call to the killed member: try again, as etcd's Go
+    // client does on UNAVAILABLE.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        match etcd.get("k/", Some(GetOptions::new().with_prefix())).await {
+            Ok(stored) => break stored,
+            Err(error) => assert!(Instant::now() < deadline, "read: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let stored: BTreeSet<&str> = stored.kvs().iter().map(|kv| text(kv.key())).collect();
     for key in acknowledged.keys() {
         assert!(stored.contains(key.as_str()), "acknowledged {key} was lost");

@@ -190,6 +190,66 @@ impl Keeper {
         self.clock.lock().held.remove(&id);
     }
 
+    /// The index a linearizable read must see, once this leader has
+    /// confirmed its leadership with a quorum.
+    pub(crate) async fn read_index(&self) -> Result<u64> {
+        let read = self
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| match e.forward_to_leader() {
+                Some(forward) => Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: None,
+                },
+                None => Error::Raft(e.to_string()),
+            })?;
+        Ok(read.index())
+    }
+
+    /// Grants lease `id` (a fresh id for 0) of `ttl`, proposing the grant
+    /// with `propose`; returns the id.
+    pub(crate) async fn grant<F, Fut>(
+        &self,
+        id: u64,
+        ttl: Duration,
+        propose: F,
+    ) -> Result<u64, LeaseCall>
+    where
+        F: FnOnce(Command) -> Fut,
+        Fut: std::future::Future<Output = Result<crate::types::Response>>,
+    {
+        let id = self.prepare_grant(id, ttl).await?;
+        let ttl_ms = ttl.as_millis() as u64;
+        // On the clock before it is proposed: if this call is dropped after
+        // the grant applied (its client went away), the lease still
+        // expires; if the grant never applies, the revoke at its deadline
+        // finds no lease and the clock forgets it.
+        self.granted(id, ttl);
+        match propose(Command::Lease(LeaseCommand::Grant { id, ttl_ms })).await {
+            Ok(_) => Ok(id),
+            Err(Error::Rejected(_)) => Err(LeaseError::Exists(id).into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Revokes lease `id`, deleting its keys at one revision (proposed with
+    /// `propose`), which it returns.
+    pub(crate) async fn revoke<F, Fut>(&self, id: u64, propose: F) -> Result<u64, LeaseCall>
+    where
+        F: FnOnce(Command) -> Fut,
+        Fut: std::future::Future<Output = Result<crate::types::Response>>,
+    {
+        match propose(Command::Lease(LeaseCommand::Revoke { id, time_ms: 0 })).await {
+            Ok(response) => {
+                self.revoked(id);
+                Ok(response.revision)
+            }
+            Err(Error::Rejected(_)) => Err(LeaseError::NotFound(id).into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Renews lease `id` for its whole TTL; returns the TTL.
     pub(crate) async fn keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
         self.ready().await?;

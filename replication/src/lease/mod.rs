@@ -96,7 +96,7 @@ impl Default for LeaseOptions {
 }
 
 /// A lease as the leader sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseStatus {
     pub id: u64,
     pub ttl: Duration,
@@ -117,8 +117,9 @@ pub fn is_not_found(reason: &str) -> bool {
         .is_some_and(|id| id.parse::<u64>().is_ok())
 }
 
-/// Why a lease call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a lease call failed. (Also sent from a leader to a follower that
+/// forwarded the call: see `network::forward`.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LeaseError {
     #[error("lease {0} not found")]
     NotFound(u64),

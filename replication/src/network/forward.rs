@@ -17,9 +17,10 @@
 //! follower reports.
 
 use super::client::{NetworkFactory, PeerClient};
+use crate::lease::keeper::{Keeper, LeaseCall};
+use crate::lease::{LeaseError, LeaseStatus};
 use crate::types::{Command, FerryNode, NodeId, Raft, Response};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::ReadPolicy;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -33,15 +34,34 @@ pub enum ForwardRequest {
     Txn(Command),
     /// Confirm leadership with a quorum and name the index a read must see.
     ReadIndex,
+    /// The lease calls, which only the leader's lease clock can answer.
+    LeaseGrant {
+        id: u64,
+        ttl_ms: u64,
+    },
+    LeaseRevoke {
+        id: u64,
+    },
+    LeaseKeepAlive {
+        id: u64,
+    },
+    LeaseStatus {
+        id: u64,
+        key_limit: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    /// The applied command's answer (a refusal is in `rejected`).
+    /// The applied command's answer.
     Txn(Response),
     /// The log index the leader's state machine must have applied for a
     /// read to be linearizable.
     ReadIndex(u64),
+    /// A lease call's number: the granted id, the revoke's revision, or the
+    /// renewed TTL in milliseconds.
+    Lease(u64),
+    LeaseStatus(LeaseStatus),
 }
 
 /// Why the leader did not do a forwarded request.
@@ -52,37 +72,80 @@ pub enum ForwardError {
     NotLeader { leader_id: Option<NodeId> },
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The state machine refused the command without effect.
+    #[error("{0}")]
+    Rejected(String),
 }
 
-fn not_leader(
-    error: &impl openraft::TryAsRef<openraft::error::ForwardToLeader<crate::types::TypeConfig>>,
-) -> Option<ForwardError> {
-    error.try_as_ref().map(|f| ForwardError::NotLeader {
-        leader_id: f.leader_id,
-    })
-}
-
-/// The leader's side: does `request`.
-pub(crate) async fn serve(
-    raft: &Raft,
-    request: ForwardRequest,
-) -> Result<ForwardReply, ForwardError> {
-    match request {
-        ForwardRequest::Txn(command) => match raft.client_write(command).await {
-            Ok(written) => Ok(ForwardReply::Txn(written.data)),
-            Err(error) => Err(error
-                .api_error()
-                .and_then(not_leader)
-                .unwrap_or_else(|| ForwardError::Failed(error.to_string()))),
-        },
-        ForwardRequest::ReadIndex => match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(read) => Ok(ForwardReply::ReadIndex(read.index())),
-            Err(error) => Err(error
-                .api_error()
-                .and_then(not_leader)
-                .unwrap_or_else(|| ForwardError::Failed(error.to_string()))),
-        },
+impl From<crate::Error> for ForwardError {
+    fn from(error: crate::Error) -> ForwardError {
+        match error {
+            crate::Error::NotLeader { leader_id, .. } => ForwardError::NotLeader { leader_id },
+            crate::Error::Rejected(reason) => ForwardError::Rejected(reason),
+            other => ForwardError::Failed(other.to_string()),
+        }
     }
+}
+
+impl From<LeaseCall> for ForwardError {
+    fn from(error: LeaseCall) -> ForwardError {
+        match error {
+            LeaseCall::Lease(error) => ForwardError::Lease(error),
+            LeaseCall::Node(error) => error.into(),
+        }
+    }
+}
+
+/// Proposes `command` on this (leading) node's Raft, as the remote side
+/// of a forwarded call does: a refusal is an error, as from `Node::txn`.
+pub(crate) async fn propose(raft: &Raft, command: Command) -> crate::Result<Response> {
+    match raft.client_write(command).await {
+        Ok(written) => match written.data.rejected {
+            Some(reason) => Err(crate::Error::Rejected(reason)),
+            None => Ok(written.data),
+        },
+        Err(error) => Err(match error.forward_to_leader() {
+            Some(forward) => crate::Error::NotLeader {
+                leader_id: forward.leader_id,
+                leader_addr: None,
+            },
+            None => crate::Error::Raft(error.to_string()),
+        }),
+    }
+}
+
+/// The leader's side: does `request`, proposing commands with `propose`.
+pub(crate) async fn serve<F, Fut>(
+    leases: &Keeper,
+    request: ForwardRequest,
+    propose: F,
+) -> Result<ForwardReply, ForwardError>
+where
+    F: FnOnce(Command) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<Response>>,
+{
+    Ok(match request {
+        ForwardRequest::Txn(command) => ForwardReply::Txn(propose(command).await?),
+        ForwardRequest::ReadIndex => ForwardReply::ReadIndex(leases.read_index().await?),
+        ForwardRequest::LeaseGrant { id, ttl_ms } => ForwardReply::Lease(
+            leases
+                .grant(id, Duration::from_millis(ttl_ms), propose)
+                .await?,
+        ),
+        ForwardRequest::LeaseRevoke { id } => {
+            ForwardReply::Lease(leases.revoke(id, propose).await?)
+        }
+        ForwardRequest::LeaseKeepAlive { id } => {
+            ForwardReply::Lease(leases.keep_alive(id).await?.as_millis() as u64)
+        }
+        ForwardRequest::LeaseStatus { id, key_limit } => ForwardReply::LeaseStatus(
+            leases
+                .status(id, usize::try_from(key_limit).unwrap_or(usize::MAX))
+                .await?,
+        ),
+    })
 }
 
 /// The follower's side: one connection per leader, kept while that

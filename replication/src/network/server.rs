@@ -154,6 +154,8 @@ fn plain_url(url: &str) -> bool {
 pub struct RaftService {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
+    /// The lease clock, for lease calls followers forward.
+    pub(crate) leases: Arc<crate::lease::keeper::Keeper>,
     pub(crate) receiver: ReceiverContext,
     pub(crate) contact: Arc<PeerContact>,
 }
@@ -162,6 +164,7 @@ impl RaftService {
     pub(crate) fn new(
         id: NodeId,
         raft: Raft,
+        leases: Arc<crate::lease::keeper::Keeper>,
         sm: Arc<SmShared>,
         stats: Arc<TransferStats>,
         options: TransferOptions,
@@ -178,6 +181,7 @@ impl RaftService {
             },
             id,
             raft,
+            leases,
             contact,
         }
     }
@@ -259,8 +263,12 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let leases = self.leases.clone();
         self.handle(request, |raft, forwarded| async move {
-            Ok::<_, std::convert::Infallible>(super::forward::serve(&raft, forwarded).await)
+            let propose = |command| super::forward::propose(&raft, command);
+            Ok::<_, std::convert::Infallible>(
+                super::forward::serve(&leases, forwarded, propose).await,
+            )
         })
         .await
     }

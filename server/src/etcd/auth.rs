@@ -90,6 +90,13 @@ impl AuthService {
         self.etcd
             .timed(method, async {
                 context.gate.authorize(request, &Access::Root)?;
+                // Checked on a state that holds every change acknowledged
+                // before (this member may be a follower a step behind).
+                context
+                    .node
+                    .catch_up()
+                    .await
+                    .map_err(|e| self.etcd.status(e))?;
                 check(&context.node.auth())?;
                 let change = make.await?;
                 let revision = context
@@ -120,6 +127,11 @@ impl AuthService {
         self.etcd
             .timed(method, async {
                 context.gate.authorize(request, &Access::Root)?;
+                context
+                    .node
+                    .catch_up()
+                    .await
+                    .map_err(|e| self.etcd.status(e))?;
                 read(&context.node.auth(), self.etcd.header(context.applied())).map(Response::new)
             })
             .await

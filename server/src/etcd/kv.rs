@@ -543,7 +543,7 @@ impl KvService {
         let revision = to_u64(request.revision, "revision")?;
         etcd.context
             .node
-            .compact_history(revision)
+            .compact_history_anywhere(revision)
             .await
             .map_err(|e| etcd.status(e))?;
         // History below the revision is unreadable at once; `physical`

@@ -59,7 +59,7 @@ impl Lease for LeaseService {
                 let ttl = to_u64(request.ttl, "TTL")?.max(context.limits.min_lease_ttl_secs);
                 let id = context
                     .node
-                    .lease_grant(id, Duration::from_secs(ttl))
+                    .lease_grant_anywhere(id, Duration::from_secs(ttl))
                     .await
                     .map_err(|e| self.status(e))?;
                 Ok(Response::new(rpc::LeaseGrantResponse {
@@ -85,7 +85,7 @@ impl Lease for LeaseService {
                     .map_err(|e| e.into_status(|e| self.status(e)))?;
                 let revision = context
                     .node
-                    .lease_revoke(id)
+                    .lease_revoke_anywhere(id)
                     .await
                     .map_err(|e| self.status(e))?;
                 Ok(Response::new(rpc::LeaseRevokeResponse {
@@ -124,7 +124,7 @@ impl Lease for LeaseService {
                     Err(status) => Err(super::gate_status(status)),
                     Ok(_) => match u64::try_from(renew.id) {
                         Err(_) => Err(Status::invalid_argument("negative lease id")),
-                        Ok(id) => match context.node.lease_keep_alive(id).await {
+                        Ok(id) => match context.node.lease_keep_alive_anywhere(id).await {
                             Ok(ttl) => Ok(ttl.as_secs()),
                             Err(LeaseCall::Lease(LeaseError::NotFound(_))) => Ok(0),
                             Err(LeaseCall::Node(error)) => Err(etcd.status(error)),
@@ -164,7 +164,7 @@ impl Lease for LeaseService {
                     0
                 };
                 let header = self.etcd.header(context.applied());
-                match context.node.lease_status(id, limit).await {
+                match context.node.lease_status_anywhere(id, limit).await {
                     Ok(status) => Ok(Response::new(rpc::LeaseTimeToLiveResponse {
                         header,
                         id: request.id,

@@ -78,7 +78,7 @@ pub(crate) async fn check_revoke<T>(
     }
     let status = context
         .node
-        .lease_status(id, MAX_CHECKED_KEYS)
+        .lease_status_anywhere(id, MAX_CHECKED_KEYS)
         .await
         .map_err(RevokeRefused::Lease)?;
     if status.keys_truncated {
