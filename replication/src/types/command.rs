@@ -502,6 +502,42 @@ mod tests {
             ]
             .map(Command::Lease),
         );
+        // Added with etcd's API: range deletes and ranges in transactions,
+        // and lease compares.
+        all.push(Command::Txn(Txn {
+            compares: vec![Compare {
+                key: b"lock/a".to_vec(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Lease(0x694d),
+            }],
+            success: vec![
+                Op::DeleteRange {
+                    start: b"a/".to_vec(),
+                    end: Some(b"a0".to_vec()),
+                    prev_kv: true,
+                },
+                Op::Range {
+                    start: b"lock/".to_vec(),
+                    end: None,
+                    limit: 1,
+                    order: RangeOrder {
+                        by: SortBy::CreateRevision,
+                        descending: false,
+                    },
+                },
+            ],
+            failure: vec![Op::Range {
+                start: b"k".to_vec(),
+                end: Some(b"l".to_vec()),
+                limit: 0,
+                order: RangeOrder {
+                    by: SortBy::Value,
+                    descending: true,
+                },
+            }],
+            request: None,
+            time_ms: 7,
+        }));
         all
     }
 
