@@ -150,6 +150,7 @@ impl Server {
         let max = config.limits.max_request_bytes;
         // One limit for the watches of both APIs.
         let watches = Arc::new(Semaphore::new(config.limits.max_watch_streams));
+        let transfers = Arc::new(Semaphore::new(config.limits.max_transfers));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(Some(config.limits.max_streams_per_connection))
@@ -190,7 +191,7 @@ impl Server {
             .add_service(
                 pb::maintenance_server::MaintenanceServer::new(MaintenanceService {
                     context: context.clone(),
-                    transfers: Arc::new(Semaphore::new(config.limits.max_transfers)),
+                    transfers: transfers.clone(),
                 })
                 .max_decoding_message_size(max),
             );
@@ -205,6 +206,7 @@ impl Server {
                 progress_interval: Duration::from_millis(config.watch_progress_ms),
                 client_tls: config.tls.cert_file.is_some(),
                 peer_tls: config.tls.peer_cert_file.is_some(),
+                transfers,
             },
         );
         let mut tasks = Vec::new();

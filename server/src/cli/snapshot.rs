@@ -6,7 +6,7 @@ use super::{connect, exit, leader_channel, status_fail, Common};
 use clap::Subcommand;
 use ferry_client::pb;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
@@ -23,7 +23,8 @@ pub enum SnapshotCommand {
     /// single-node cluster holding a downloaded snapshot's state, or a
     /// Parquet state export's. Never let members of the old cluster join it.
     Restore {
-        /// A snapshot directory (from `ferry snapshot download`).
+        /// A snapshot directory (from `ferry snapshot download`), or a file
+        /// that `etcdctl snapshot save` wrote from a Ferry member.
         #[arg(
             long,
             conflicts_with = "from_parquet",
@@ -65,6 +66,29 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
             raft_addr: raft_addr.clone(),
             client_addr: client_addr.clone(),
         };
+        // A file is a snapshot that `etcdctl snapshot save` wrote: unpack
+        // it next to the new data directory first.
+        let mut unpacked = None;
+        let from = match from {
+            Some(file) if file.is_file() => {
+                let parent = data_dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let scratch = tempfile::Builder::new()
+                    .prefix(".ferry-unpack")
+                    .tempdir_in(parent)
+                    .map_err(|e| {
+                        eprintln!("error: {}: {e}", parent.display());
+                        exit::FAILED
+                    })?;
+                let dir = scratch.path().join("snapshot");
+                unpack(&file, &dir, !common.json)?;
+                unpacked = Some(scratch);
+                Some(dir)
+            }
+            other => other,
+        };
         let recovered = match (from, from_parquet) {
             (Some(from), _) => {
                 ferry_replication::recovery::restore_as_single_node(&from, &data_dir, id, node)
@@ -96,6 +120,7 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
             }
             (None, None) => unreachable!("clap requires one of them"),
         };
+        drop(unpacked);
         return report_new_cluster(common, recovered, &data_dir, id, &raft_addr, &client_addr);
     }
     let client = connect(common).await?;
@@ -122,38 +147,16 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
             }
         }
         SnapshotCommand::Download { dir } => {
-            let mut download = Download::new(&dir, !common.json)?;
+            let mut receiver = SnapshotFiles::new(Download::new(&dir, !common.json)?);
             let mut stream = maintenance
                 .snapshot(pb::SnapshotRequest {})
                 .await
                 .map_err(status_fail)?
                 .into_inner();
-            // Each file's header names its size and CRC; it ends where the
-            // next header (or the stream) begins.
-            let mut expected = None;
-            let mut info = None;
             while let Some(chunk) = stream.message().await.map_err(status_fail)? {
-                match chunk.chunk {
-                    Some(pb::snapshot_chunk::Chunk::Info(i)) => {
-                        download.expect_bytes(i.total_bytes);
-                        info = Some(i);
-                    }
-                    Some(pb::snapshot_chunk::Chunk::File(header)) => {
-                        if let Some((size, crc)) = expected.take() {
-                            download.end(size, crc)?;
-                        }
-                        download.start(&header.name)?;
-                        expected = Some((header.size, header.crc));
-                    }
-                    Some(pb::snapshot_chunk::Chunk::Data(data)) => download.data(&data)?,
-                    None => {}
-                }
+                receiver.take(chunk)?;
             }
-            if let Some((size, crc)) = expected.take() {
-                download.end(size, crc)?;
-            }
-            download.finish()?;
-            let info = info.unwrap_or_default();
+            let info = receiver.finish()?;
             if common.json {
                 println!(
                     "{}",
@@ -181,6 +184,73 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
         }
     }
     Ok(exit::OK)
+}
+
+/// A snapshot's chunks written as files: each file's header names its
+/// size and CRC; it ends where the next header (or the stream) begins.
+struct SnapshotFiles {
+    download: Download,
+    expected: Option<(u64, u32)>,
+    info: Option<pb::SnapshotInfo>,
+}
+
+impl SnapshotFiles {
+    fn new(download: Download) -> SnapshotFiles {
+        SnapshotFiles {
+            download,
+            expected: None,
+            info: None,
+        }
+    }
+
+    fn take(&mut self, chunk: pb::SnapshotChunk) -> Result<(), i32> {
+        match chunk.chunk {
+            Some(pb::snapshot_chunk::Chunk::Info(info)) => {
+                self.download.expect_bytes(info.total_bytes);
+                self.info = Some(info);
+            }
+            Some(pb::snapshot_chunk::Chunk::File(header)) => {
+                if let Some((size, crc)) = self.expected.take() {
+                    self.download.end(size, crc)?;
+                }
+                self.download.start(&header.name)?;
+                self.expected = Some((header.size, header.crc));
+            }
+            Some(pb::snapshot_chunk::Chunk::Data(data)) => self.download.data(&data)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<pb::SnapshotInfo, i32> {
+        if let Some((size, crc)) = self.expected.take() {
+            self.download.end(size, crc)?;
+        }
+        self.download.finish()?;
+        Ok(self.info.unwrap_or_default())
+    }
+}
+
+/// Unpacks a snapshot saved through etcd's API (`etcdctl snapshot save`)
+/// into the new directory `dir`, checking its digest first.
+fn unpack(file: &Path, dir: &Path, progress: bool) -> Result<(), i32> {
+    let mut files = SnapshotFiles::new(Download::new(dir, progress)?);
+    let mut failed = None;
+    let read = crate::etcd::snapshot::read(file, |chunk| {
+        if let Err(code) = files.take(chunk) {
+            failed = Some(code);
+            return Err(crate::etcd::snapshot::ArchiveError::Damaged("unwritable"));
+        }
+        Ok(())
+    });
+    if let Some(code) = failed {
+        return Err(code);
+    }
+    if let Err(error) = read {
+        eprintln!("error: {}: {error}", file.display());
+        return Err(exit::FAILED);
+    }
+    files.finish().map(|_| ())
 }
 
 /// Receives an export's stream into `dir`; returns its info and summary.

@@ -208,14 +208,11 @@ impl Cluster for ClusterService {
     }
 }
 
-/// A random member id (never 0).
+/// A random member id of 16 hex digits, as etcd's print (etcdctl pads
+/// shorter ones with spaces), below 2^63 (clients that keep ids as signed
+/// numbers).
 fn rand_id() -> u64 {
-    loop {
-        let id = rand::random::<u64>() >> 1;
-        if id != 0 {
-            return id;
-        }
-    }
+    rand::random_range(1u64 << 60..1u64 << 63)
 }
 
 #[cfg(test)]

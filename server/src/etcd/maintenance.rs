@@ -10,12 +10,19 @@
 //!   HashKV that of its user keys and values at the applied revision.
 //!   Members at the same revision answer the same.
 //! - MoveLeader hands leadership over as Ferry's TransferLeader does.
+//! - Snapshot streams Ferry's snapshot in etcd's stream shape (see
+//!   [`super::snapshot`]); `ferry snapshot restore --from FILE` makes a
+//!   new cluster of what `etcdctl snapshot save FILE` wrote.
 
 use super::pb::etcdserverpb::{self as rpc, maintenance_server::Maintenance};
+use super::snapshot::Writer;
 use super::{message, to_i64, Etcd};
+use ferry_client::pb;
 use ferry_replication::auth::Access;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -27,6 +34,9 @@ const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct MaintenanceService {
     pub etcd: Etcd,
+    /// Places for snapshot downloads and exports running at once, shared
+    /// with Ferry's own Maintenance service.
+    pub transfers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// A 64-bit checksum folded to etcd's 32 bits.
@@ -47,6 +57,49 @@ fn tree_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Sends Ferry's snapshot `chunks` in etcd's stream shape (see
+/// [`super::snapshot`]), one chunk per message.
+async fn archive(
+    context: crate::service::Context,
+    mut chunks: mpsc::Receiver<Result<pb::SnapshotChunk, Status>>,
+    sender: mpsc::Sender<Result<rpc::SnapshotResponse, Status>>,
+) {
+    let (mut writer, mut blob) = Writer::start();
+    // etcd's clients show it as progress only.
+    let mut remaining = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(status) => {
+                let _ = context.send(&sender, Err(status)).await;
+                return;
+            }
+        };
+        match &chunk.chunk {
+            Some(pb::snapshot_chunk::Chunk::Info(info)) => remaining = info.total_bytes,
+            Some(pb::snapshot_chunk::Chunk::Data(data)) => {
+                remaining = remaining.saturating_sub(data.len() as u64)
+            }
+            _ => {}
+        }
+        blob.extend(writer.chunk(&chunk));
+        let answer = rpc::SnapshotResponse {
+            header: None,
+            remaining_bytes: remaining.max(1),
+            blob: std::mem::take(&mut blob),
+        };
+        if !context.send(&sender, Ok(answer)).await {
+            return;
+        }
+    }
+    let last = rpc::SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: writer.finish(),
+    };
+    let _ = context.send(&sender, Ok(last)).await;
 }
 
 #[tonic::async_trait]
@@ -188,8 +241,17 @@ impl Maintenance for MaintenanceService {
         self.etcd
             .timed("etcd.Snapshot", async {
                 context.gate.authorize(&request, &Access::Root)?;
-                Err(Status::unimplemented(
-                    "etcd's snapshot stream is not served yet; use `ferry snapshot save`",
+                let permit = self.transfers.clone().try_acquire_owned().map_err(|_| {
+                    Status::resource_exhausted(format!(
+                        "max_transfers = {} snapshot downloads and exports are running",
+                        context.limits.max_transfers
+                    ))
+                })?;
+                let chunks = crate::service::maintenance::snapshot_chunks(context, permit).await?;
+                let (sender, receiver) = mpsc::channel(4);
+                tokio::spawn(archive(context.clone(), chunks, sender));
+                Ok(Response::new(
+                    Box::pin(ReceiverStream::new(receiver)) as Self::SnapshotStream
                 ))
             })
             .await

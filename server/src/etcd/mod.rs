@@ -25,6 +25,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod recipe;
+pub mod snapshot;
 pub mod watch;
 
 use crate::service::Context;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub progress_interval: std::time::Duration,
     pub client_tls: bool,
     pub peer_tls: bool,
+    /// Snapshot downloads and exports at once, shared with Ferry's own.
+    pub transfers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Adds etcd's services to the client port's router.
@@ -99,6 +102,7 @@ pub fn serve(
         .add_service(
             rpc::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
                 etcd: etcd.clone(),
+                transfers: settings.transfers,
             })
             .max_decoding_message_size(max),
         )

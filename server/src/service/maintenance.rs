@@ -42,7 +42,7 @@ type ChunkStream =
 impl MaintenanceService {
     /// A place among the concurrent downloads and exports, or
     /// RESOURCE_EXHAUSTED naming the limit.
-    fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+    pub(crate) fn transfer_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.transfers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "max_transfers = {} snapshot downloads and exports are running",
@@ -58,6 +58,87 @@ impl MaintenanceService {
             .last_applied
             .map_or(0, |l| l.index)
     }
+}
+
+/// Streams the current snapshot (building one if there is none) as Ferry's
+/// snapshot chunks: its info, then each file's header and data. The
+/// permit is held until the stream ends. Ferry's Snapshot RPC sends these;
+/// etcd's wraps them in its archive (`crate::etcd::snapshot`).
+pub(crate) async fn snapshot_chunks(
+    context: &Context,
+    permit: OwnedSemaphorePermit,
+) -> Result<mpsc::Receiver<Result<pb::SnapshotChunk, Status>>, Status> {
+    let node = &context.node;
+    let snapshot = match node
+        .raft()
+        .get_snapshot()
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    {
+        Some(snapshot) => snapshot,
+        None => {
+            node.snapshot().await.map_err(|e| context.status(e))?;
+            node.raft()
+                .get_snapshot()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| Status::internal("no snapshot after building one"))?
+        }
+    };
+    // The handle pins the snapshot's files while they stream.
+    let handle = snapshot.snapshot;
+    let (sender, receiver) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let _permit = permit;
+        let manifest = handle.manifest();
+        let log_id = manifest.meta.last_log_id;
+        let info = pb::SnapshotChunk {
+            chunk: Some(pb::snapshot_chunk::Chunk::Info(pb::SnapshotInfo {
+                index: log_id.map_or(0, |l| l.index),
+                term: log_id.map_or(0, |l| l.leader_id.term),
+                total_bytes: manifest.total_bytes(),
+                files: manifest.files.len() as u32,
+            })),
+        };
+        if sender.blocking_send(Ok(info)).is_err() {
+            return;
+        }
+        for file in &manifest.files {
+            let header = pb::SnapshotChunk {
+                chunk: Some(pb::snapshot_chunk::Chunk::File(pb::SnapshotFileHeader {
+                    name: file.name.clone(),
+                    size: file.size,
+                    crc: file.crc,
+                })),
+            };
+            if sender.blocking_send(Ok(header)).is_err() {
+                return;
+            }
+            let mut source = match std::fs::File::open(handle.dir().join(&file.name)) {
+                Ok(source) => source,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
+                    return;
+                }
+            };
+            let mut left = file.size;
+            while left > 0 {
+                let mut data = vec![0u8; (left as usize).min(CHUNK)];
+                if let Err(e) = source.read_exact(&mut data) {
+                    let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
+                    return;
+                }
+                left -= data.len() as u64;
+                let chunk = pb::SnapshotChunk {
+                    chunk: Some(pb::snapshot_chunk::Chunk::Data(data)),
+                };
+                if sender.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(receiver)
 }
 
 #[tonic::async_trait]
@@ -96,76 +177,7 @@ impl Maintenance for MaintenanceService {
         timed(&self.context, "Snapshot", async {
             self.context.gate.authorize(&request, &Access::Root)?;
             let permit = self.transfer_permit()?;
-            let node = &self.context.node;
-            let snapshot = match node
-                .raft()
-                .get_snapshot()
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-            {
-                Some(snapshot) => snapshot,
-                None => {
-                    node.snapshot().await.map_err(|e| self.context.status(e))?;
-                    node.raft()
-                        .get_snapshot()
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .ok_or_else(|| Status::internal("no snapshot after building one"))?
-                }
-            };
-            // The handle pins the snapshot's files while they stream.
-            let handle = snapshot.snapshot;
-            let (sender, receiver) = mpsc::channel(4);
-            std::thread::spawn(move || {
-                let _permit = permit;
-                let manifest = handle.manifest();
-                let log_id = manifest.meta.last_log_id;
-                let info = pb::SnapshotChunk {
-                    chunk: Some(pb::snapshot_chunk::Chunk::Info(pb::SnapshotInfo {
-                        index: log_id.map_or(0, |l| l.index),
-                        term: log_id.map_or(0, |l| l.leader_id.term),
-                        total_bytes: manifest.total_bytes(),
-                        files: manifest.files.len() as u32,
-                    })),
-                };
-                if sender.blocking_send(Ok(info)).is_err() {
-                    return;
-                }
-                for file in &manifest.files {
-                    let header = pb::SnapshotChunk {
-                        chunk: Some(pb::snapshot_chunk::Chunk::File(pb::SnapshotFileHeader {
-                            name: file.name.clone(),
-                            size: file.size,
-                            crc: file.crc,
-                        })),
-                    };
-                    if sender.blocking_send(Ok(header)).is_err() {
-                        return;
-                    }
-                    let mut source = match std::fs::File::open(handle.dir().join(&file.name)) {
-                        Ok(source) => source,
-                        Err(e) => {
-                            let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
-                            return;
-                        }
-                    };
-                    let mut left = file.size;
-                    while left > 0 {
-                        let mut data = vec![0u8; (left as usize).min(CHUNK)];
-                        if let Err(e) = source.read_exact(&mut data) {
-                            let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
-                            return;
-                        }
-                        left -= data.len() as u64;
-                        let chunk = pb::SnapshotChunk {
-                            chunk: Some(pb::snapshot_chunk::Chunk::Data(data)),
-                        };
-                        if sender.blocking_send(Ok(chunk)).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            let receiver = snapshot_chunks(&self.context, permit).await?;
             Ok(Response::new(
                 Box::pin(ReceiverStream::new(receiver)) as ChunkStream
             ))
