@@ -475,3 +475,105 @@ fn a_snapshot_saved_by_etcdctl_restores_into_a_ferry_cluster() {
     );
     assert_eq!(hash(&restored_endpoint), before);
 }
+
+/// `etcdctl watch`, given every member, follows a prefix across a SIGKILL
+/// of the leader (etcd's client resumes on another member from the
+/// revision after the last it printed); `etcdctl put`, given every member,
+/// goes on writing through the survivors. Every acknowledged write is
+/// printed by the watch (exactly once per revision is checked through
+/// etcd's Rust client, whose output has revisions: `tests/etcd_client.rs`).
+#[test]
+fn etcdctl_watch_follows_across_a_sigkill_of_the_leader() {
+    let etcdctl = debian_program("etcdctl", "etcd-client");
+    let mut cluster = ProcessCluster::start(3);
+    let endpoints = cluster.endpoints().join(",");
+    for endpoint in cluster.endpoints() {
+        wait_ready(&etcdctl, &endpoint);
+    }
+    let etcdctl_at = |args: &[&str]| {
+        Command::new(&etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Each put is retried until acknowledged: a put cut by the kill may
+    // have been applied, then it is printed twice (at two revisions); an
+    // acknowledged one must be printed at least once.
+    let put = |key: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let output = etcdctl_at(&["put", key, "v"]);
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "put {key}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    put("k/start");
+    let mut watch = Command::new(&etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["watch", "--prefix", "k/"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is open once it prints a change made after it started.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<String> = Vec::new();
+    while !seen.iter().any(|l| l == "k/probe") {
+        put("k/probe");
+        while let Ok(line) = printed.recv_timeout(Duration::from_millis(500)) {
+            seen.push(line);
+        }
+        assert!(Instant::now() < deadline, "the watch printed nothing");
+    }
+    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:03}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        if i == 20 {
+            let status = etcdctl_at(&["endpoint", "status", "-w", "json"]);
+            let text = String::from_utf8_lossy(&status.stdout).into_owned();
+            let at = text.find("\"leader\":").expect("a leader") + 9;
+            let leader: u64 = text[at..]
+                .split([',', '}'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            cluster.sigkill(leader);
+        }
+        put(key);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !keys.iter().all(|k| seen.contains(k)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match printed.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let missing: Vec<_> = keys.iter().filter(|k| !seen.contains(k)).collect();
+                let _ = watch.kill();
+                panic!("the watch never printed {missing:?}");
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
