@@ -591,3 +591,65 @@ async fn sigkill_of_the_leader_through_etcd_client() {
     }
     watch.abort();
 }
+
+/// Ferry's revisions are log indexes: entries that change no key (a lease
+/// grant, a leader's first entry, a membership change) take an index too,
+/// so revisions have gaps, where etcd's count only changes. A client sees
+/// only what `docs/etcd.md` promises: a read at a revision in a gap is the
+/// state after the change before it, and a watch from a gap starts at the
+/// next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_gaps_are_invisible_to_reads_and_watches() {
+    let cluster = ProcessCluster::start(1);
+    let mut etcd = client(&cluster.endpoints(), None).await;
+    let before = etcd
+        .put("gap/a", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.lease_grant(60, None).await.unwrap();
+    let after = etcd
+        .put("gap/b", "2", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(after > before + 1, "a lease grant takes a log index: a gap");
+    for revision in before..after {
+        let state = etcd
+            .get(
+                "gap/",
+                Some(GetOptions::new().with_prefix().with_revision(revision)),
+            )
+            .await
+            .unwrap();
+        let keys: Vec<&str> = state.kvs().iter().map(|kv| text(kv.key())).collect();
+        assert_eq!(keys, ["gap/a"], "at revision {revision}");
+    }
+    let mut stream = etcd
+        .watch(
+            "gap/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(before + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(event) = message.events().first() {
+            assert_eq!(text(event.kv().unwrap().key()), "gap/b");
+            assert_eq!(event.kv().unwrap().mod_revision(), after);
+            break;
+        }
+    }
+}
