@@ -14,8 +14,11 @@
 //! put (the leader's log and a follower's, then apply) is read against.
 //!
 //! etcd runs when the bench is built with `--features etcd` (its client
-//! crate, `etcd-client`, needs a system `protoc` to build) and an `etcd`
-//! binary is found (Debian: `apt install etcd-server`).
+//! crate, `etcd-client`, needs `protoc` to build: point `PROTOC` at one)
+//! and an `etcd` binary is found (Debian: `apt install etcd-server`). The
+//! same build also drives Ferry through etcd's client and Ferry's
+//! etcd-compatible API (system `ferry-etcd-client`), compared with etcd in
+//! a ratio table of its own.
 
 use crate::failover::{connect_with, Nodes};
 use crate::report::Row;
@@ -230,6 +233,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
     for &secure in modes {
         rows.extend(etcd::run(args, secure).await);
     }
+    rows.extend(etcd::run_ferry_through_etcd_client(args).await);
     rows
 }
 
@@ -296,6 +300,10 @@ mod etcd {
         eprintln!("etcd: skipped (build ferry-bench with --features etcd; see the README)");
         Vec::new()
     }
+
+    pub async fn run_ferry_through_etcd_client(_: &super::Args) -> Vec<crate::report::Row> {
+        Vec::new()
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -345,5 +353,35 @@ mod etcd {
         let rows = run_system(system, &pool, &members.pids(), args).await;
         drop(members);
         rows
+    }
+
+    /// A 3-node Ferry cluster driven through etcd's client and Ferry's
+    /// etcd-compatible API (system `ferry-etcd-client`): both systems
+    /// measured with the same client. The client spreads calls over every
+    /// member, as it does for etcd; followers hand writes to the leader.
+    pub async fn run_ferry_through_etcd_client(args: &Args) -> Vec<Row> {
+        let root = args.output.work_dir();
+        let nodes = crate::failover::Nodes::start_with(root, 3, Vec::new());
+        let endpoints = nodes.endpoints();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut pool = Vec::new();
+        while pool.len() < connections(args) {
+            match etcd_client::Client::connect(&endpoints, None).await {
+                Ok(mut client) => {
+                    if client.put("ready", "1", None).await.is_ok() {
+                        pool.push(client.kv_client());
+                        continue;
+                    }
+                }
+                Err(error) => eprintln!("ferry through etcd-client: {error}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Ferry did not answer etcd's client"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let pids: Vec<u32> = nodes.children.values().map(|c| c.id()).collect();
+        run_system("ferry-etcd-client", &pool, &pids, args).await
     }
 }

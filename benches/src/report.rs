@@ -11,6 +11,9 @@ const BASELINE: &str = "ferry";
 /// Ferry with TLS and auth on, against which the peers running with TLS
 /// (`-tls` systems) are compared in a second ratio table.
 const SECURE_BASELINE: &str = "ferry-tls";
+/// Ferry driven through etcd's client, compared with etcd driven by the
+/// same client in a third ratio table.
+const ETCD_CLIENT_BASELINE: &str = "ferry-etcd-client";
 
 /// The result of one workload on one engine (or system).
 ///
@@ -128,6 +131,9 @@ pub fn print_ratios(rows: &[Row]) {
         .filter(|&e| e != SECURE_BASELINE && e.ends_with("-tls"))
         .collect();
     print_ratios_against(rows, SECURE_BASELINE, &secure_peers);
+    if engines.contains(&"etcd") {
+        print_ratios_against(rows, ETCD_CLIENT_BASELINE, &["etcd"]);
+    }
 }
 
 fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {

@@ -243,7 +243,7 @@ pub struct Node {
     /// How long a fresh leader's writes wait for its lease.
     lease_wait: Duration,
     /// Hands follower requests to the leader ([`Node::txn_anywhere`]).
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The leader's history retention (see [`crate::retention`]), and its
@@ -361,7 +361,7 @@ impl Node {
             tls.as_ref().map(|(connector, _, _)| connector.clone()),
             contact.clone(),
         );
-        let forwarder = Forwarder::new(network.clone());
+        let forwarder = Arc::new(Forwarder::new(network.clone()));
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -639,12 +639,12 @@ impl Node {
         loop {
             let answer = match self.leader() {
                 Some((leader, node)) if leader != self.id => {
-                    self.forwarder.send(leader, &node, &request).await
+                    self.forwarder.send(leader, &node, request.clone()).await
                 }
                 // This node leads, or no leader is known: `txn` waits for
                 // one, or names it.
                 _ => {
-                    crate::network::forward::serve(&self.leases, request.clone(), |c| self.txn(c))
+                    crate::network::forward::serve(&self.leases, request.clone(), &|c| self.txn(c))
                         .await
                 }
             };
@@ -800,7 +800,7 @@ impl Node {
                 Some((leader, node)) if leader != self.id => {
                     let index = match self
                         .forwarder
-                        .send(leader, &node, &ForwardRequest::ReadIndex)
+                        .send(leader, &node, ForwardRequest::ReadIndex)
                         .await
                         .map_err(forward_error)?
                     {
@@ -1076,13 +1076,13 @@ impl Node {
     /// Returns the id. The lease lives while [`Node::lease_keep_alive`]
     /// renews it within `ttl`.
     pub async fn lease_grant(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
-        self.leases.grant(id, ttl, |c| self.txn(c)).await
+        self.leases.grant(id, ttl, &|c| self.txn(c)).await
     }
 
     /// Revokes lease `id` (on the leader), deleting its keys at one
     /// revision, which it returns.
     pub async fn lease_revoke(&self, id: u64) -> Result<u64, LeaseCall> {
-        self.leases.revoke(id, |c| self.txn(c)).await
+        self.leases.revoke(id, &|c| self.txn(c)).await
     }
 
     /// Renews lease `id` for its whole TTL (on the leader); returns the TTL.

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{fast_raft, Cluster};
+use ferry_replication::types::{Command, Op};
 use ferry_replication::{Consistency, Error};
 use std::time::{Duration, Instant};
 
@@ -232,5 +233,66 @@ async fn a_request_meant_for_another_node_is_refused_and_reported() {
         .values()
         .all(|n| n.metrics().current_leader == Some(leader.id())));
     cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
+/// A follower hands writes, lease calls and read indexes to the leader
+/// (`Node::*_anywhere`, `Consistency::ReadIndex`), batching what its
+/// callers ask at once: 200 concurrent writes through a follower each get
+/// their own answer, and each caller's linearizable read through the
+/// follower right after its write sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_forwards_writes_leases_and_read_indexes_in_batches() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = cluster
+        .nodes
+        .values()
+        .find(|n| n.id() != leader_id)
+        .unwrap()
+        .clone();
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let follower = follower.clone();
+        calls.push(tokio::spawn(async move {
+            let key = format!("f/{i:03}");
+            let written = follower
+                .txn_anywhere(Command::batch(vec![Op::put(key.clone(), i.to_be_bytes())]))
+                .await
+                .unwrap();
+            let read = follower.get(&key, Consistency::ReadIndex).await.unwrap();
+            let kv = read.value.expect("read-your-write through the follower");
+            assert_eq!(kv.mod_revision, written.revision);
+            written.revision
+        }));
+    }
+    let mut revisions = std::collections::BTreeSet::new();
+    for call in calls {
+        assert!(
+            revisions.insert(call.await.unwrap()),
+            "two writes, one revision"
+        );
+    }
+    // A refusal comes back as the leader's state machine gave it.
+    let refused = follower
+        .txn_anywhere(Command::batch(vec![Op::Put {
+            key: b"f/leased".to_vec(),
+            value: Vec::new(),
+            lease: 0xdead,
+            prev_kv: false,
+        }]))
+        .await;
+    assert!(matches!(refused, Err(Error::Rejected(_))), "{refused:?}");
+    // Leases through the follower go on the leader's clock.
+    let lease = follower
+        .lease_grant_anywhere(0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    follower.lease_keep_alive_anywhere(lease).await.unwrap();
+    let status = follower.lease_status_anywhere(lease, 10).await.unwrap();
+    assert_eq!(status.ttl, Duration::from_secs(30));
+    follower.lease_revoke_anywhere(lease).await.unwrap();
+    assert!(follower.lease_keep_alive_anywhere(lease).await.is_err());
+    cluster.assert_converged(Duration::from_secs(5)).await;
     cluster.shutdown().await;
 }

@@ -235,9 +235,9 @@ impl Keeper {
 
     /// Revokes lease `id`, deleting its keys at one revision (proposed with
     /// `propose`), which it returns.
-    pub(crate) async fn revoke<F, Fut>(&self, id: u64, propose: F) -> Result<u64, LeaseCall>
+    pub(crate) async fn revoke<F, Fut>(&self, id: u64, propose: &F) -> Result<u64, LeaseCall>
     where
-        F: FnOnce(Command) -> Fut,
+        F: Fn(Command) -> Fut,
         Fut: std::future::Future<Output = Result<crate::types::Response>>,
     {
         match propose(Command::Lease(LeaseCommand::Revoke { id, time_ms: 0 })).await {

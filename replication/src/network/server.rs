@@ -267,7 +267,7 @@ impl RaftTransport for RaftService {
         self.handle(request, |raft, forwarded| async move {
             let propose = |command| super::forward::propose(&raft, command);
             Ok::<_, std::convert::Infallible>(
-                super::forward::serve(&leases, forwarded, propose).await,
+                super::forward::serve(&leases, forwarded, &propose).await,
             )
         })
         .await
