@@ -364,6 +364,21 @@ mod etcd {
         let nodes = crate::failover::Nodes::start_with(root, 3, Vec::new());
         let endpoints = nodes.endpoints();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Every member up: etcd's client spreads calls over all of them.
+        for endpoint in &endpoints {
+            loop {
+                if let Ok(mut one) = etcd_client::Client::connect([endpoint], None).await {
+                    if one.status().await.is_ok_and(|s| s.leader() != 0) {
+                        break;
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "Ferry member {endpoint} did not answer etcd's client"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
         let mut pool = Vec::new();
         while pool.len() < connections(args) {
             match etcd_client::Client::connect(&endpoints, None).await {

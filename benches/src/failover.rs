@@ -126,9 +126,25 @@ pub fn serve_node(args: &NodeArgs) {
     });
 }
 
+///
+/// Chosen at random below the kernel's ephemeral range
+/// (`ip_local_port_range` starts at 32768): a port the kernel handed out
+/// for `:0` and released can be taken by any outgoing connection (a
+/// client's) before the node binds it, and the node then never starts (a
+/// `cluster` run once measured Ferry with one of three members down). A
+/// port is never handed out twice by one run.
 pub(crate) fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
+    static TAKEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if !TAKEN.lock().expect("not poisoned").insert(port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 /// `ferry serve` processes (as `serve-node` children of this binary).
