@@ -29,6 +29,18 @@ pub enum Error {
     /// The node could not start or serve (bind, configuration).
     #[error("node: {0}")]
     Node(String),
+    /// A learner that has not caught up with the leader's log (or never
+    /// answered it) cannot become a voter: it would count against the
+    /// quorum at once and could stall every write.
+    #[error(
+        "member {id} is not caught up with the leader (it lacks {lag_entries} entries{}); promote it once it has",
+        if *never_answered { ", and never answered" } else { "" }
+    )]
+    LearnerBehind {
+        id: NodeId,
+        lag_entries: u64,
+        never_answered: bool,
+    },
     /// Any other Raft failure (a stopped node, a membership conflict…).
     #[error("raft: {0}")]
     Raft(String),

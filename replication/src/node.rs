@@ -1231,8 +1231,27 @@ impl Node {
         }
     }
 
-    /// Makes learner `id` a voter.
+    /// Makes learner `id` a voter, once it holds the leader's log to within
+    /// [`TRANSFER_CAUGHT_UP_ENTRIES`] and has answered the leader recently
+    /// (within the election timeout): else [`Error::LearnerBehind`], and
+    /// nothing changes. Promoting a learner that is down or far behind
+    /// would make it a voter the quorum waits for.
     pub async fn promote(&self, id: NodeId) -> Result<u64> {
+        if self.is_leader() {
+            let progress = self.followers().into_iter().find(|f| f.id == id);
+            let answered = progress
+                .as_ref()
+                .and_then(|p| p.since_ack)
+                .is_some_and(|since| since <= self.lease_wait);
+            let lag_entries = progress.as_ref().map_or(u64::MAX, |p| p.lag_entries);
+            if !answered || lag_entries > TRANSFER_CAUGHT_UP_ENTRIES {
+                return Err(Error::LearnerBehind {
+                    id,
+                    lag_entries,
+                    never_answered: progress.and_then(|p| p.matched_index).is_none(),
+                });
+            }
+        }
         let response = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)

@@ -296,3 +296,40 @@ async fn a_follower_forwards_writes_leases_and_read_indexes_in_batches() {
     cluster.assert_converged(Duration::from_secs(5)).await;
     cluster.shutdown().await;
 }
+
+/// A learner that never answered (its process is not running) is not made
+/// a voter: it would join the quorum at once, and with two of three
+/// voters needed, one more down would stall every write. Found by the
+/// etcdctl script, where `member promote` of a learner never started made
+/// a one-member cluster wait for a second voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_that_is_not_caught_up_is_not_promoted() {
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let absent = ferry_replication::types::FerryNode {
+        raft_addr: "127.0.0.1:1".into(),
+        client_addr: String::new(),
+    };
+    leader.add_learner(9, absent, false).await.unwrap();
+    match leader.promote(9).await {
+        Err(Error::LearnerBehind {
+            id: 9,
+            never_answered: true,
+            ..
+        }) => {}
+        other => panic!("expected LearnerBehind, got {other:?}"),
+    }
+    let metrics = leader.metrics();
+    assert!(!metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == 9));
+    // Writes still commit with the one voter.
+    tokio::time::timeout(Duration::from_secs(5), leader.put("still", "writes"))
+        .await
+        .expect("a write commits")
+        .unwrap();
+    leader.remove(9).await.unwrap();
+    cluster.shutdown().await;
+}

@@ -139,6 +139,8 @@ pub(crate) mod message {
     pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
     pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
     pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+    pub const LEARNER_NOT_READY: &str =
+        "etcdserver: can only promote a learner member which is in sync with leader";
     pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
     pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
     pub const INVALID_AUTH_TOKEN: &str = "etcdserver: invalid auth token";
@@ -183,6 +185,7 @@ impl Etcd {
                 leader_id: None, ..
             } => Status::unavailable(message::NO_LEADER),
             Error::NotLeader { .. } => Status::unavailable(message::NOT_LEADER),
+            Error::LearnerBehind { .. } => Status::failed_precondition(message::LEARNER_NOT_READY),
             Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
                 Status::not_found(message::LEASE_NOT_FOUND)
             }

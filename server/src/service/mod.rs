@@ -100,6 +100,7 @@ impl Context {
             }
             Error::Storage(e) => Status::internal(format!("storage: {e}")),
             Error::Tls(e) => Status::internal(format!("TLS: {e}")),
+            error @ Error::LearnerBehind { .. } => Status::failed_precondition(error.to_string()),
             Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
         }
     }
