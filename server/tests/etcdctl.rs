@@ -223,6 +223,7 @@ fn read_lines(mut child: Child, n: usize, what: &str) -> (String, String, Option
     });
     let mut out = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut closed = false;
     for _ in 0..n {
         let left = deadline.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(left) {
@@ -230,14 +231,23 @@ fn read_lines(mut child: Child, n: usize, what: &str) -> (String, String, Option
                 out.push_str(&line);
                 out.push('\n');
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                closed = true;
+                break;
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 panic!("`{what}` printed only {out:?} in 60 s");
             }
         }
     }
-    let ended = child.try_wait().unwrap();
+    // It closed its output: it is ending by itself; wait for its exit code
+    // (on a busy machine the exit comes a while after the close).
+    let mut ended = child.try_wait().unwrap();
+    while closed && ended.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        ended = child.try_wait().unwrap();
+    }
     if ended.is_none() {
         let _ = child.kill();
     }
