@@ -11,7 +11,7 @@
 
 use super::pb::{authpb, etcdserverpb as rpc};
 use super::{message, Etcd};
-use crate::service::auth::{check_name, hash};
+use crate::service::auth::{check_name, check_permission_keys, hash};
 use ferry_replication::auth::{Access, AuthChange, AuthState, Permission, PermissionKind, ROOT};
 use ferry_replication::types::Command;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -497,11 +497,7 @@ impl rpc::auth_server::Auth for AuthService {
                 if permission.key.is_empty() {
                     return Err(Status::invalid_argument(message::EMPTY_KEY));
                 }
-                if permission.key.len() > max_key || permission.range_end.len() > max_key {
-                    return Err(Status::invalid_argument(format!(
-                        "a permission's key and range end are keys: at most max_key_bytes = {max_key}"
-                    )));
-                }
+                check_permission_keys(max_key, &permission.key, &permission.range_end)?;
                 Ok(AuthChange::RoleGrant {
                     role: message.name,
                     permission: Permission {

@@ -4,7 +4,7 @@
 //! revision) proves leadership in Proclaim and Resign, and fences writes.
 
 use super::pb::v3electionpb::{self as pb, election_server::Election};
-use super::recipe::{self, Abandon};
+use super::recipe;
 use super::{to_i64, to_u64, Etcd};
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
@@ -89,16 +89,9 @@ impl Election for ElectionService {
             self.check(&request, AccessKind::Write, &prefix)?;
             let request = request.into_inner();
             etcd.context.check_value(&request.value)?;
-            let lease = recipe::lease(request.lease)?;
-            let key = recipe::contender_key(&prefix, lease);
-            etcd.check_key(&key)?;
-            let mut mine = recipe::join(etcd, &key, &request.value, lease).await?;
-            let mut abandon = Abandon {
-                etcd: etcd.clone(),
-                key: key.clone(),
-                create_revision: mine.create_revision,
-                armed: true,
-            };
+            let (mut mine, mut abandon) =
+                recipe::enqueue(etcd, &prefix, request.lease, &request.value).await?;
+            let (key, lease) = (mine.key.clone(), mine.lease);
             // A campaign again on the same lease keeps its place and
             // proclaims the new value, as etcd's does.
             if mine.value != request.value {

@@ -2,7 +2,7 @@
 //! [`super::recipe`] under `name/`; its key is what Unlock takes.
 
 use super::pb::v3lockpb::{self, lock_server::Lock};
-use super::recipe::{self, Abandon};
+use super::recipe;
 use super::Etcd;
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
@@ -40,21 +40,12 @@ impl Lock for LockService {
             etcd.check_key(&request.name)?;
             let prefix = [request.name.as_slice(), b"/"].concat();
             check(etcd, &credential, &prefix)?;
-            let lease = recipe::lease(request.lease)?;
-            let key = recipe::contender_key(&prefix, lease);
-            etcd.check_key(&key)?;
-            let mine = recipe::join(etcd, &key, b"", lease).await?;
-            let mut abandon = Abandon {
-                etcd: etcd.clone(),
-                key: key.clone(),
-                create_revision: mine.create_revision,
-                armed: true,
-            };
+            let (mine, mut abandon) = recipe::enqueue(etcd, &prefix, request.lease, b"").await?;
             let revision = recipe::wait_for_head(etcd, &prefix, &mine).await?;
             abandon.armed = false;
             Ok(Response::new(v3lockpb::LockResponse {
                 header: etcd.header(revision),
-                key,
+                key: mine.key,
             }))
         })
         .await

@@ -188,6 +188,28 @@ impl Drop for Abandon {
     }
 }
 
+/// Joins the queue under `prefix` as the contender of `lease` (its key
+/// named as etcd names it) with `value`: its key as it stands, and the
+/// guard that leaves the queue if the call is dropped before it answers.
+pub async fn enqueue(
+    etcd: &Etcd,
+    prefix: &[u8],
+    lease: i64,
+    value: &[u8],
+) -> Result<(KeyValue, Abandon), Status> {
+    let lease = self::lease(lease)?;
+    let key = contender_key(prefix, lease);
+    etcd.check_key(&key)?;
+    let mine = join(etcd, &key, value, lease).await?;
+    let abandon = Abandon {
+        etcd: etcd.clone(),
+        key,
+        create_revision: mine.create_revision,
+        armed: true,
+    };
+    Ok((mine, abandon))
+}
+
 /// A lease id from the wire: a contender needs one.
 pub fn lease(value: i64) -> Result<u64, Status> {
     match to_u64(value, "lease")? {

@@ -26,6 +26,20 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A permission's key and range end are keys: bounded like them.
+pub(crate) fn check_permission_keys(
+    max_key_bytes: usize,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<(), Status> {
+    if key.len() > max_key_bytes || range_end.len() > max_key_bytes {
+        return Err(Status::invalid_argument(format!(
+            "a permission's key and range end are keys: at most max_key_bytes = {max_key_bytes}"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn hash(password: String) -> Result<String, Status> {
     if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Err(Status::invalid_argument(format!(
@@ -278,14 +292,7 @@ impl Auth for AuthService {
             let permission = message
                 .permission
                 .ok_or_else(|| Status::invalid_argument("a grant needs a permission"))?;
-            if permission.key.len() > limits.max_key_bytes
-                || permission.range_end.len() > limits.max_key_bytes
-            {
-                return Err(Status::invalid_argument(format!(
-                    "a permission's key and range end are keys: at most max_key_bytes = {}",
-                    limits.max_key_bytes
-                )));
-            }
+            check_permission_keys(limits.max_key_bytes, &permission.key, &permission.range_end)?;
             Ok(AuthChange::RoleGrant {
                 role: message.role,
                 permission: Permission {
