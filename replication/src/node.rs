@@ -531,6 +531,16 @@ impl Node {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// `read` of the current metrics, without copying them (a copy holds
+    /// the membership and per-peer maps: a cost on every response that
+    /// needs only the term).
+    pub fn with_metrics<R>(
+        &self,
+        read: impl FnOnce(&RaftMetrics<crate::types::TypeConfig>) -> R,
+    ) -> R {
+        read(&self.raft.metrics().borrow_watched())
+    }
+
     /// Replication progress of every other member; empty unless this node leads.
     pub fn followers(&self) -> Vec<FollowerProgress> {
         use openraft::async_runtime::Instant as _;

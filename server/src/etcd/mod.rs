@@ -161,18 +161,20 @@ impl Etcd {
     /// voters change (Ferry keeps no cluster identity of its own). Its top
     /// bit is set so that it prints as 16 hex digits, as etcd's do.
     pub(crate) fn header(&self, revision: u64) -> Option<rpc::ResponseHeader> {
-        let metrics = self.context.node.metrics();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for id in metrics.membership_config.membership().voter_ids() {
-            for byte in id.to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        let (hash, term) = self.context.node.with_metrics(|metrics| {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for id in metrics.membership_config.membership().voter_ids() {
+                for byte in id.to_le_bytes() {
+                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                }
             }
-        }
+            (hash, metrics.current_term)
+        });
         Some(rpc::ResponseHeader {
             cluster_id: hash | 1 << 63,
             member_id: self.context.node.id(),
             revision: to_i64(revision),
-            raft_term: metrics.current_term,
+            raft_term: term,
         })
     }
 

@@ -64,7 +64,8 @@ impl Context {
 impl Context {
     /// The index this node has applied.
     pub(crate) fn applied(&self) -> u64 {
-        self.node.metrics().last_applied.map_or(0, |l| l.index)
+        self.node
+            .with_metrics(|m| m.last_applied.as_ref().map_or(0, |l| l.index))
     }
 
     pub(crate) fn header(&self, revision: u64) -> Option<pb::Header> {
