@@ -571,15 +571,17 @@ impl Node {
 
     /// The leader as this node knows it, with its addresses.
     pub fn leader(&self) -> Option<(NodeId, FerryNode)> {
-        let metrics = self.metrics();
-        let leader = metrics.current_leader?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()
-            .unwrap_or_default();
-        Some((leader, node))
+        // In place: every call a follower forwards asks this.
+        self.with_metrics(|metrics| {
+            let leader = metrics.current_leader?;
+            let node = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .cloned()
+                .unwrap_or_default();
+            Some((leader, node))
+        })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -831,15 +833,21 @@ impl Node {
             Consistency::Linearizable => ReadPolicy::ReadIndex,
             Consistency::Lease => ReadPolicy::LeaseRead,
             Consistency::Stale => {
-                let metrics = self.metrics();
-                let since_leader_contact = match metrics.current_leader {
+                let (leader, applied_index, known_commit_index) = self.with_metrics(|m| {
+                    (
+                        m.current_leader,
+                        m.last_applied.as_ref().map_or(0, |l| l.index),
+                        m.local_committed.as_ref().map_or(0, |l| l.index),
+                    )
+                });
+                let since_leader_contact = match leader {
                     Some(leader) if leader == self.id => None,
                     Some(leader) => self.contact.last_from(leader).map(|t| t.elapsed()),
                     None => None,
                 };
                 return Ok(Some(Staleness {
-                    applied_index: metrics.last_applied.map_or(0, |l| l.index),
-                    known_commit_index: metrics.local_committed.map_or(0, |l| l.index),
+                    applied_index,
+                    known_commit_index,
                     since_leader_contact,
                 }));
             }
