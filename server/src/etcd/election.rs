@@ -7,7 +7,7 @@ use super::pb::v3electionpb::{self as pb, election_server::Election};
 use super::recipe;
 use super::{to_i64, to_u64, Etcd};
 use ferry_engine::prefix_end;
-use ferry_replication::auth::{Access, AccessKind};
+use ferry_replication::auth::AccessKind;
 use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, Txn};
 use ferry_replication::WatchOptions;
 use std::pin::Pin;
@@ -27,10 +27,6 @@ const NO_LEADER: &str = "election: no leader";
 /// Leader answers an Observe stream may have queued for a slow reader.
 const OBSERVE_QUEUE: usize = 4;
 
-fn prefix(name: &[u8]) -> Vec<u8> {
-    [name, b"/"].concat()
-}
-
 impl ElectionService {
     fn check<T>(
         &self,
@@ -38,15 +34,8 @@ impl ElectionService {
         kind: AccessKind,
         prefix: &[u8],
     ) -> Result<(), Status> {
-        self.etcd.context.gate.authorize(
-            request,
-            &Access::Keys {
-                kind,
-                start: prefix.to_vec(),
-                end: prefix_end(prefix),
-            },
-        )?;
-        Ok(())
+        let credential = self.etcd.context.gate.credential(request);
+        recipe::check(&self.etcd, &credential, kind, prefix)
     }
 
     /// A txn on the leader's key, done only if it is still the key the
@@ -84,7 +73,7 @@ impl Election for ElectionService {
         let etcd = &self.etcd;
         etcd.timed("etcd.Campaign", async {
             etcd.check_key(&request.get_ref().name)?;
-            let prefix = prefix(&request.get_ref().name);
+            let prefix = recipe::queue_prefix(&request.get_ref().name);
             self.check(&request, AccessKind::Read, &prefix)?;
             self.check(&request, AccessKind::Write, &prefix)?;
             let request = request.into_inner();
@@ -160,7 +149,7 @@ impl Election for ElectionService {
         let etcd = &self.etcd;
         etcd.timed("etcd.Leader", async {
             etcd.check_key(&request.get_ref().name)?;
-            let prefix = prefix(&request.get_ref().name);
+            let prefix = recipe::queue_prefix(&request.get_ref().name);
             self.check(&request, AccessKind::Read, &prefix)?;
             match recipe::head(etcd, &prefix).await? {
                 (Some(kv), revision) => Ok(Response::new(pb::LeaderResponse {
@@ -182,7 +171,7 @@ impl Election for ElectionService {
         let etcd = self.etcd.clone();
         etcd.check_key(&request.get_ref().name)
             .map_err(super::gate_status)?;
-        let prefix = prefix(&request.get_ref().name);
+        let prefix = recipe::queue_prefix(&request.get_ref().name);
         self.check(&request, AccessKind::Read, &prefix)
             .map_err(super::gate_status)?;
         let (sender, receiver) = mpsc::channel(OBSERVE_QUEUE);

@@ -4,27 +4,11 @@
 use super::pb::v3lockpb::{self, lock_server::Lock};
 use super::recipe;
 use super::Etcd;
-use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
 use tonic::{Request, Response, Status};
 
 pub struct LockService {
     pub etcd: Etcd,
-}
-
-/// Read and write on every key under `prefix`: what the queue does.
-fn check(etcd: &Etcd, credential: &crate::auth::Credential, prefix: &[u8]) -> Result<(), Status> {
-    for kind in [AccessKind::Read, AccessKind::Write] {
-        etcd.context.gate.check(
-            credential,
-            &Access::Keys {
-                kind,
-                start: prefix.to_vec(),
-                end: prefix_end(prefix),
-            },
-        )?;
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -38,8 +22,10 @@ impl Lock for LockService {
             let credential = etcd.context.gate.credential(&request);
             let request = request.into_inner();
             etcd.check_key(&request.name)?;
-            let prefix = [request.name.as_slice(), b"/"].concat();
-            check(etcd, &credential, &prefix)?;
+            let prefix = recipe::queue_prefix(&request.name);
+            // What the queue does: read and write under the prefix.
+            recipe::check(etcd, &credential, AccessKind::Read, &prefix)?;
+            recipe::check(etcd, &credential, AccessKind::Write, &prefix)?;
             let (mine, mut abandon) = recipe::enqueue(etcd, &prefix, request.lease, b"").await?;
             let revision = recipe::wait_for_head(etcd, &prefix, &mine).await?;
             abandon.armed = false;

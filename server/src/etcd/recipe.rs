@@ -15,6 +15,7 @@
 use super::{key_value, message, to_u64, Etcd};
 use crate::service::Context;
 use ferry_engine::prefix_end;
+use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::state_machine::history::ChangeKind;
 use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, KeyValue, Op, Txn};
 use ferry_replication::{Consistency, PageLimit, WatchError, WatchOptions};
@@ -26,6 +27,29 @@ pub const MAX_CONTENDERS: usize = 10_000;
 
 /// etcd's `concurrency.ErrSessionExpired`.
 pub const SESSION_EXPIRED: &str = "session is expired";
+
+/// The prefix of the queue of lock or election `name`.
+pub fn queue_prefix(name: &[u8]) -> Vec<u8> {
+    [name, b"/"].concat()
+}
+
+/// Whether `credential` may do `kind` on every key under `prefix`.
+pub fn check(
+    etcd: &Etcd,
+    credential: &crate::auth::Credential,
+    kind: AccessKind,
+    prefix: &[u8],
+) -> Result<(), Status> {
+    etcd.context.gate.check(
+        credential,
+        &Access::Keys {
+            kind,
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        },
+    )?;
+    Ok(())
+}
 
 /// A contender's key: `prefix` and its lease in hex, as etcd names it.
 pub fn contender_key(prefix: &[u8], lease: u64) -> Vec<u8> {
