@@ -7,7 +7,7 @@ use super::pb::v3electionpb::{self as pb, election_server::Election};
 use super::recipe;
 use super::{to_i64, to_u64, Etcd};
 use ferry_engine::prefix_end;
-use ferry_replication::auth::AccessKind;
+use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, Txn};
 use ferry_replication::WatchOptions;
 use std::pin::Pin;
@@ -38,11 +38,26 @@ impl ElectionService {
         recipe::check(&self.etcd, &credential, kind, prefix)
     }
 
+    /// The leader key a Proclaim or Resign names, checked: a key of
+    /// allowed length that the caller may write.
+    fn leader_key<T>(
+        &self,
+        request: &Request<T>,
+        leader: Option<&pb::LeaderKey>,
+    ) -> Result<pb::LeaderKey, Status> {
+        let leader = leader.ok_or_else(|| Status::invalid_argument(NOT_LEADER))?;
+        self.etcd.check_key(&leader.key)?;
+        self.etcd
+            .context
+            .gate
+            .authorize(request, &Access::key(AccessKind::Write, &leader.key))?;
+        Ok(leader.clone())
+    }
+
     /// A txn on the leader's key, done only if it is still the key the
     /// leader created (`rev`).
     async fn as_leader(&self, leader: &pb::LeaderKey, op: Op) -> Result<u64, Status> {
         let etcd = &self.etcd;
-        etcd.check_key(&leader.key)?;
         let response = etcd
             .context
             .node
@@ -120,12 +135,7 @@ impl Election for ElectionService {
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
         let etcd = &self.etcd;
         etcd.timed("etcd.Proclaim", async {
-            let leader = request
-                .get_ref()
-                .leader
-                .clone()
-                .ok_or_else(|| Status::invalid_argument(NOT_LEADER))?;
-            self.check(&request, AccessKind::Write, &leader.key)?;
+            let leader = self.leader_key(&request, request.get_ref().leader.as_ref())?;
             let value = request.into_inner().value;
             etcd.context.check_value(&value)?;
             let op = Op::Put {
@@ -240,13 +250,7 @@ impl Election for ElectionService {
     ) -> Result<Response<pb::ResignResponse>, Status> {
         let etcd = &self.etcd;
         etcd.timed("etcd.Resign", async {
-            let leader = request
-                .get_ref()
-                .leader
-                .clone()
-                .ok_or_else(|| Status::invalid_argument(NOT_LEADER))?;
-            self.check(&request, AccessKind::Write, &leader.key)?;
-            etcd.check_key(&leader.key)?;
+            let leader = self.leader_key(&request, request.get_ref().leader.as_ref())?;
             // Resigning a leadership already lost is not an error in etcd.
             let revision = recipe::leave(etcd, &leader.key, to_u64(leader.rev, "rev")?).await?;
             Ok(Response::new(pb::ResignResponse {

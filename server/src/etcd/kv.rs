@@ -201,9 +201,9 @@ impl KvService {
     }
 
     /// The put op of `request`; with `ignore_value` or `ignore_lease`, the
-    /// current value or lease is read first (`current`).
-    fn put_op(&self, request: &rpc::PutRequest, current: Option<&KeyValue>) -> Result<Op, Status> {
-        let mut value = request.value.clone();
+    /// current value or lease (`current`, read first) stands in.
+    fn put_op(request: rpc::PutRequest, current: Option<&KeyValue>) -> Result<Op, Status> {
+        let mut value = request.value;
         let mut lease = to_u64(request.lease, "lease")?;
         if request.ignore_value || request.ignore_lease {
             let current =
@@ -216,7 +216,7 @@ impl KvService {
             }
         }
         Ok(Op::Put {
-            key: request.key.clone(),
+            key: request.key,
             value,
             lease,
             prev_kv: request.prev_kv,
@@ -255,7 +255,7 @@ impl KvService {
                     .await
                     .map_err(|e| etcd.status(e))?
                     .value;
-                let op = self.put_op(&request, current.as_ref())?;
+                let op = Self::put_op(request.clone(), current.as_ref())?;
                 let mod_revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
                 let response = node
                     .txn_anywhere(Command::Txn(Txn {
@@ -280,7 +280,7 @@ impl KvService {
                 }
             }
         } else {
-            let op = self.put_op(&request, None)?;
+            let op = Self::put_op(request, None)?;
             node.txn_anywhere(Command::batch(vec![op]))
                 .await
                 .map_err(|e| etcd.status(e))?
@@ -440,7 +440,7 @@ impl KvService {
                         "ignore_value and ignore_lease inside a txn are not supported",
                     ));
                 }
-                Ok((self.put_op(&put, None)?, Answer::Put))
+                Ok((Self::put_op(put, None)?, Answer::Put))
             }
             Some(request_op::Request::RequestDeleteRange(delete)) => {
                 Ok((self.delete_op(&delete)?, Answer::Delete))
