@@ -14,6 +14,7 @@ use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
 use crate::retention::RetentionOptions;
+use crate::snapshot::transfer::ReceiverContext;
 use crate::snapshot::transfer::TransferOptions;
 use crate::state_machine::history::{self, Compacted};
 use crate::state_machine::{self, keys, SmShared, StateMachine};
@@ -245,6 +246,9 @@ pub struct Node {
     /// Hands follower requests to the leader ([`Node::txn_anywhere`]).
     forwarder: Arc<Forwarder>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
+    /// Ends the peers' append streams into this node: each holds the Raft
+    /// core (and so the engine) while its leader keeps it open.
+    stop_streams: tokio::sync::watch::Sender<bool>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The leader's history retention (see [`crate::retention`]), and its
     /// wake-up after a compaction.
@@ -370,14 +374,19 @@ impl Node {
             shared.clone(),
             config.lease.clone(),
         ));
+        let (stop_streams, streams_stopping) = tokio::sync::watch::channel(false);
         let service = RaftService::new(
-            config.id,
-            raft.clone(),
+            ReceiverContext {
+                id: config.id,
+                contact: contact.clone(),
+                raft: raft.clone(),
+                sm: shared.clone(),
+                stats: stats.clone(),
+                options: config.transfer.clone(),
+            },
             leases.clone(),
-            shared.clone(),
-            stats.clone(),
-            config.transfer.clone(),
-            contact.clone(),
+            streams_stopping,
+            config.network.clone(),
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -436,6 +445,7 @@ impl Node {
             lease_wait: config.raft.election_timeout_max,
             forwarder,
             stop_server: Mutex::new(Some(stop_server)),
+            stop_streams,
             server: Mutex::new(Some(server)),
             retention,
             purger_wake,
@@ -1401,6 +1411,7 @@ impl Node {
     /// Stops Raft and the peer service. Data stays on disk; opening the
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
+        self.stop_streams.send_replace(true);
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();
@@ -1471,6 +1482,7 @@ pub const NODE_STOP_BOUND: Duration =
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.stop_streams.send_replace(true);
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();

@@ -57,7 +57,13 @@ fn state_of(fs: FaultInjectionFs, data_dir: &Path) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_cut_by_power_loss_leaves_the_old_or_the_new_state() {
-    let mut cluster = Cluster::start(2, fast_raft()).await;
+    // Snapshots leave at 400 KB/s: the transfer of this one (about 200 KB
+    // of values) lasts long enough that images are taken during it, however
+    // fast the machine.
+    let mut cluster = Cluster::start_configured(2, fast_raft(), Default::default(), |cluster| {
+        cluster.transfer.max_bytes_per_sec = 400_000;
+    })
+    .await;
     let leader = cluster.leader().unwrap().clone();
     // Node 3 lives on the fault-injecting file system: engine, Raft log,
     // snapshots and transfer staging alike.

@@ -62,6 +62,17 @@ impl Cluster {
         options: RaftOptions,
         lease: ferry_replication::lease::LeaseOptions,
     ) -> Cluster {
+        Self::start_configured(n, options, lease, |_| {}).await
+    }
+
+    /// As [`Cluster::start_with`], after `configure` has changed the
+    /// options every node starts with.
+    pub async fn start_configured(
+        n: u64,
+        options: RaftOptions,
+        lease: ferry_replication::lease::LeaseOptions,
+        configure: impl FnOnce(&mut Cluster),
+    ) -> Cluster {
         let mut cluster = Cluster {
             dir: tempfile::tempdir().unwrap(),
             nodes: BTreeMap::new(),
@@ -75,6 +86,7 @@ impl Cluster {
             },
             lease,
         };
+        configure(&mut cluster);
         for id in 1..=n {
             cluster.start_node(id).await;
         }
