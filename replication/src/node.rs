@@ -14,7 +14,6 @@ use crate::network::pb::raft_transport_server::RaftTransportServer;
 use crate::network::server::PeerContact;
 use crate::network::{NetworkControl, NetworkFactory, RaftService, TransferStats};
 use crate::retention::RetentionOptions;
-use crate::snapshot::transfer::ReceiverContext;
 use crate::snapshot::transfer::TransferOptions;
 use crate::state_machine::history::{self, Compacted};
 use crate::state_machine::{self, keys, SmShared, StateMachine};
@@ -246,9 +245,6 @@ pub struct Node {
     /// Hands follower requests to the leader ([`Node::txn_anywhere`]).
     forwarder: Arc<Forwarder>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
-    /// Ends the peers' append streams into this node: each holds the Raft
-    /// core (and so the engine) while its leader keeps it open.
-    stop_streams: tokio::sync::watch::Sender<bool>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The leader's history retention (see [`crate::retention`]), and its
     /// wake-up after a compaction.
@@ -374,19 +370,14 @@ impl Node {
             shared.clone(),
             config.lease.clone(),
         ));
-        let (stop_streams, streams_stopping) = tokio::sync::watch::channel(false);
         let service = RaftService::new(
-            ReceiverContext {
-                id: config.id,
-                contact: contact.clone(),
-                raft: raft.clone(),
-                sm: shared.clone(),
-                stats: stats.clone(),
-                options: config.transfer.clone(),
-            },
+            config.id,
+            raft.clone(),
             leases.clone(),
-            streams_stopping,
-            config.network.clone(),
+            shared.clone(),
+            stats.clone(),
+            config.transfer.clone(),
+            contact.clone(),
         );
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -445,7 +436,6 @@ impl Node {
             lease_wait: config.raft.election_timeout_max,
             forwarder,
             stop_server: Mutex::new(Some(stop_server)),
-            stop_streams,
             server: Mutex::new(Some(server)),
             retention,
             purger_wake,
@@ -745,6 +735,38 @@ impl Node {
         }
     }
 
+    /// Waits until this node has applied `index`, for at most `timeout`.
+    /// Reads the metrics in place: openraft's own wait copies all of them
+    /// (membership and per-peer maps) at every change, for every waiter,
+    /// and a follower serving many reads has many waiters.
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let mut metrics = self.raft.metrics();
+        let applied = async {
+            loop {
+                let last = metrics
+                    .borrow_watched()
+                    .last_applied
+                    .as_ref()
+                    .map_or(0, |l| l.index);
+                if last >= index {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(Error::Node(
+                        "Raft stopped while waiting to apply the read index".into(),
+                    ));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, applied)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Node(format!(
+                    "the read index {index} was not applied within {timeout:?}"
+                )))
+            })
+    }
+
     /// Waits until `deadline` for a known leader: another node if
     /// `elsewhere` (this one is handing over), else any.
     async fn wait_for_leader(&self, elsewhere: bool, deadline: Instant) {
@@ -829,13 +851,7 @@ impl Node {
                         ForwardReply::ReadIndex(index) => index,
                         other => return Err(unexpected(other)),
                     };
-                    self.raft
-                        .wait(Some(FOLLOWER_READ_WAIT))
-                        .applied_index_at_least(Some(index), "read index")
-                        .await
-                        .map_err(|e| {
-                            Error::Node(format!("waiting to apply the read index: {e}"))
-                        })?;
+                    self.wait_applied(index, FOLLOWER_READ_WAIT).await?;
                     return Ok(None);
                 }
                 _ => ReadPolicy::ReadIndex,
@@ -1411,7 +1427,6 @@ impl Node {
     /// Stops Raft and the peer service. Data stays on disk; opening the
     /// same directory again rejoins the cluster.
     pub async fn shutdown(&self) -> Result<()> {
-        self.stop_streams.send_replace(true);
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();
@@ -1482,7 +1497,6 @@ pub const NODE_STOP_BOUND: Duration =
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.stop_streams.send_replace(true);
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();

@@ -5,7 +5,6 @@ mod common;
 use common::{fast_raft, Cluster};
 use ferry_replication::types::{Command, Op};
 use ferry_replication::{Consistency, Error};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,57 +34,6 @@ async fn three_nodes_replicate_and_read() {
         other => panic!("expected NotLeader, got {other:?}"),
     }
     cluster.assert_converged(Duration::from_secs(5)).await;
-    // Entries went on append streams (pipelined), not one call each.
-    for node in cluster.nodes.values().filter(|n| n.id() != leader.id()) {
-        let streams = node.transfer_stats().append_streams.load(Ordering::Relaxed);
-        assert!(streams > 0, "node {} took no append stream", node.id());
-    }
-    cluster.shutdown().await;
-}
-
-/// A follower of a release before append streams answers them
-/// UNIMPLEMENTED; its leader then sends it one call per append, and
-/// replication, commit and a leadership change work as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn followers_without_append_streams_are_sent_one_call_per_append() {
-    let cluster = Cluster::start_configured(3, fast_raft(), Default::default(), |cluster| {
-        cluster.network.refuse_append_streams(2);
-        cluster.network.refuse_append_streams(3);
-    })
-    .await;
-    let leader = cluster.leader().unwrap().clone();
-    let writes = (0..100).map(|i| {
-        let leader = leader.clone();
-        async move { leader.put(format!("k/{i:03}"), "v").await }
-    });
-    let revisions = futures_util::future::try_join_all(writes).await.unwrap();
-    let last = revisions.into_iter().max().unwrap();
-    cluster.wait_applied(last, Duration::from_secs(10)).await;
-    cluster.assert_converged(Duration::from_secs(10)).await;
-    for id in [2, 3] {
-        let streams = cluster.nodes[&id]
-            .transfer_stats()
-            .append_streams
-            .load(Ordering::Relaxed);
-        assert_eq!(streams, 0, "node {id} refuses append streams");
-    }
-    // A new leader among them sends one call per append to the other, and
-    // streams to any that takes streams.
-    let target = if leader.id() == 2 { 3 } else { 2 };
-    leader
-        .transfer_leadership(target, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.nodes[&target].is_leader() {
-        assert!(Instant::now() < deadline, "node {target} did not take over");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let revision = cluster.nodes[&target].put("after", "1").await.unwrap();
-    cluster
-        .wait_applied(revision, Duration::from_secs(10))
-        .await;
-    cluster.assert_converged(Duration::from_secs(10)).await;
     cluster.shutdown().await;
 }
 

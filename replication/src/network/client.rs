@@ -1,6 +1,5 @@
 //! The sending side: openraft's `RaftNetworkV2` over gRPC.
 
-use super::append_stream;
 use super::control::NetworkControl;
 use super::pb::raft_transport_client::RaftTransportClient;
 use super::pb::RaftMessage;
@@ -8,14 +7,12 @@ use super::TransferStats;
 use crate::snapshot::transfer::{self, RateLimiter, TransferOptions};
 use crate::snapshot::SnapshotHandle;
 use crate::types::{FerryNode, NodeId, TypeConfig, Vote};
-use futures_util::{FutureExt, Stream, StreamExt};
 use openraft::alias::SnapshotOf;
-use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
-    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RaftNetworkV2;
 use serde::{de::DeserializeOwned, Serialize};
@@ -23,9 +20,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
-
-/// One answer on an append stream.
-type StreamAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// Creates one [`PeerClient`] per target node.
 #[derive(Clone)]
@@ -56,7 +50,7 @@ const PEER_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// timeouts to both followers; with this floor there were none). A dead
 /// peer refuses the connection at once, so this bounds only how long a
 /// hung one holds its own replication stream.
-pub(super) const MIN_PEER_CALL_DEADLINE: Duration = Duration::from_secs(1);
+const MIN_PEER_CALL_DEADLINE: Duration = Duration::from_secs(1);
 
 /// An error and its sources on one line: a TLS refusal is three levels
 /// down a transport error.
@@ -100,12 +94,10 @@ impl NetworkFactory {
 /// The connection to one peer.
 #[derive(Clone)]
 pub struct PeerClient {
-    pub(super) from: NodeId,
-    pub(super) target: NodeId,
-    pub(super) client: RaftTransportClient<Channel>,
-    pub(super) factory: NetworkFactory,
-    /// Whether the peer takes appends on a stream (`AppendStream`).
-    pub(super) support: Arc<append_stream::Support>,
+    from: NodeId,
+    target: NodeId,
+    client: RaftTransportClient<Channel>,
+    factory: NetworkFactory,
 }
 
 /// A lazily connecting channel to the peer at `addr`, over `tls` if given.
@@ -144,31 +136,15 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
             factory: self.clone(),
-            support: Arc::default(),
         }
     }
 }
 
-pub(super) fn unreachable<E: std::error::Error + 'static>(error: &E) -> RPCError<TypeConfig> {
+fn unreachable<E: std::error::Error + 'static>(error: &E) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(error))
 }
 
 impl PeerClient {
-    /// A call that failed with `status`: logged (rate-limited per peer),
-    /// and the peer is unreachable for openraft.
-    pub(super) fn failed(&self, status: &tonic::Status) -> RPCError<TypeConfig> {
-        let source = format!("peer {}", self.target);
-        if let Some(suppressed) = self.factory.failures.admit(&source) {
-            tracing::warn!(
-                peer = self.target,
-                suppressed,
-                error = %chain(status),
-                "cannot reach peer (logged once per {PEER_FAILURE_LOG_INTERVAL:?})"
-            );
-        }
-        unreachable(status)
-    }
-
     /// One unary call: fault injection, postcard in and out, deadline.
     pub(crate) async fn call<Req, Resp, F, Fut>(
         &mut self,
@@ -203,7 +179,18 @@ impl PeerClient {
         let reply = tokio::time::timeout(deadline, send(self.client.clone(), message))
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-            .map_err(|status| self.failed(&status))?
+            .map_err(|status| {
+                let source = format!("peer {}", self.target);
+                if let Some(suppressed) = self.factory.failures.admit(&source) {
+                    tracing::warn!(
+                        peer = self.target,
+                        suppressed,
+                        error = %chain(&status),
+                        "cannot reach peer (logged once per {PEER_FAILURE_LOG_INTERVAL:?})"
+                    );
+                }
+                unreachable(&status)
+            })?
             .into_inner();
         if control.is_cut(self.target, self.from) {
             return Err(RPCError::Unreachable(Unreachable::from_string(format!(
@@ -232,46 +219,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             c.append_entries(m).await
         })
         .await
-    }
-
-    /// Pipelined: the requests go on one stream as openraft makes them
-    /// (see `append_stream.rs`). A lone request (a heartbeat) goes as one
-    /// unary call, and so does each one to a peer of a release without
-    /// `AppendStream`.
-    fn stream_append<'s, S>(
-        &'s mut self,
-        mut input: S,
-        option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAnswer>, RPCError<TypeConfig>>>
-    where
-        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
-    {
-        Box::pin(async move {
-            if self.factory.control.is_cut(self.from, self.target) {
-                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
-                    "link {} -> {} is cut",
-                    self.from, self.target
-                ))));
-            }
-            if !self.support.streams() {
-                return stream_append_sequential(self, input, option).await;
-            }
-            let Some(first) = input.next().await else {
-                return Ok(Box::pin(futures_util::stream::empty()) as BoxStream<'s, _>);
-            };
-            // Whether more is ready at once: a heartbeat's stream ends here.
-            match input.next().now_or_never() {
-                Some(None) => {
-                    stream_append_sequential(self, futures_util::stream::iter([first]), option)
-                        .await
-                }
-                Some(Some(second)) => {
-                    let rest = futures_util::stream::iter([second]).chain(input);
-                    append_stream::send(self, first, rest, &option).await
-                }
-                None => append_stream::send(self, first, input, &option).await,
-            }
-        })
     }
 
     async fn vote(

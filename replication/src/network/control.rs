@@ -1,6 +1,5 @@
 //! Fault injection for the node-to-node network, for tests: cut a link in
-//! one direction, delay it, isolate a node, heal everything; make a node
-//! answer as an older release would.
+//! one direction, delay it, isolate a node, heal everything.
 //!
 //! The real gRPC transport consults it on every call, so tests exercise the
 //! production code path. Cutting `a → b` loses requests from `a` to `b`
@@ -17,8 +16,6 @@ use std::time::Duration;
 struct Faults {
     cut: HashSet<(NodeId, NodeId)>,
     delay: HashMap<(NodeId, NodeId), Duration>,
-    /// Nodes that answer append streams as releases before them did.
-    no_append_streams: HashSet<NodeId>,
 }
 
 /// Shared switchboard of network faults; `Default` is a healthy network.
@@ -54,17 +51,6 @@ impl NetworkControl {
         let mut faults = self.faults.write();
         faults.cut.clear();
         faults.delay.clear();
-    }
-
-    /// Makes `node` answer append streams `UNIMPLEMENTED`, as releases
-    /// before them did, so that its leaders send it one call per append (a
-    /// rolling upgrade). [`NetworkControl::heal`] leaves it so.
-    pub fn refuse_append_streams(&self, node: NodeId) {
-        self.faults.write().no_append_streams.insert(node);
-    }
-
-    pub(crate) fn refuses_append_streams(&self, node: NodeId) -> bool {
-        self.faults.read().no_append_streams.contains(&node)
     }
 
     pub(crate) fn is_cut(&self, from: NodeId, to: NodeId) -> bool {

@@ -1,6 +1,5 @@
 //! Node-to-node transport over tonic gRPC (see `proto/raft.proto`).
 
-mod append_stream;
 pub mod client;
 pub mod control;
 pub mod forward;
@@ -35,9 +34,6 @@ pub struct TransferStats {
     /// Bytes of append-entries messages (log entries and heartbeats)
     /// received as a follower.
     pub log_bytes_received: AtomicU64,
-    /// Append streams (pipelined replication) this node accepted from its
-    /// leaders as a follower.
-    pub append_streams: AtomicU64,
     /// Transfers running now, with their progress.
     pub active: std::sync::Arc<crate::snapshot::progress::ActiveTransfers>,
 }

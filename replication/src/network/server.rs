@@ -4,7 +4,8 @@
 use super::pb::raft_transport_server::RaftTransport;
 use super::pb::{RaftMessage, SnapshotFrame, SnapshotReply};
 use super::TransferStats;
-use crate::snapshot::transfer::{self, ReceiverContext};
+use crate::snapshot::transfer::{self, ReceiverContext, TransferOptions};
+use crate::state_machine::SmShared;
 use crate::types::{NodeId, Raft};
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
@@ -54,7 +55,7 @@ pub struct Misaddressed {
 }
 
 impl PeerContact {
-    pub(crate) fn touch(&self, from: NodeId) {
+    fn touch(&self, from: NodeId) {
         self.last.lock().insert(from, Instant::now());
     }
 
@@ -157,29 +158,31 @@ pub struct RaftService {
     pub(crate) leases: Arc<crate::lease::keeper::Keeper>,
     pub(crate) receiver: ReceiverContext,
     pub(crate) contact: Arc<PeerContact>,
-    /// True once the node stops: append streams end then.
-    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
-    /// Fault injection (tests): see [`super::NetworkControl`].
-    pub(crate) control: super::NetworkControl,
 }
 
 impl RaftService {
-    /// The service over `receiver`'s node; `stopping` turns true when the
-    /// node stops.
     pub(crate) fn new(
-        receiver: ReceiverContext,
+        id: NodeId,
+        raft: Raft,
         leases: Arc<crate::lease::keeper::Keeper>,
-        stopping: tokio::sync::watch::Receiver<bool>,
-        control: super::NetworkControl,
+        sm: Arc<SmShared>,
+        stats: Arc<TransferStats>,
+        options: TransferOptions,
+        contact: Arc<PeerContact>,
     ) -> Self {
         RaftService {
-            id: receiver.id,
-            raft: receiver.raft.clone(),
-            contact: receiver.contact.clone(),
-            receiver,
+            receiver: ReceiverContext {
+                id,
+                contact: contact.clone(),
+                raft: raft.clone(),
+                sm,
+                stats,
+                options,
+            },
+            id,
+            raft,
             leases,
-            stopping,
-            control,
+            contact,
         }
     }
 
@@ -268,23 +271,6 @@ impl RaftTransport for RaftService {
             )
         })
         .await
-    }
-
-    type AppendStreamStream =
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RaftMessage, Status>> + Send>>;
-
-    async fn append_stream(
-        &self,
-        request: Request<Streaming<RaftMessage>>,
-    ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        if self.control.refuses_append_streams(self.id) {
-            return Err(Status::unimplemented("AppendStream (as an older release)"));
-        }
-        TransferStats::add(&self.receiver.stats.append_streams, 1);
-        Ok(Response::new(super::append_stream::receive(
-            self,
-            request.into_inner(),
-        )))
     }
 
     type InstallSnapshotStream = ReceiverStream<Result<SnapshotReply, Status>>;
