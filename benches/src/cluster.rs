@@ -13,6 +13,11 @@
 //! engine alone on the same disk, the fdatasync floor that a one-client
 //! put (the leader's log and a follower's, then apply) is read against.
 //!
+//! Each row also gives the servers' CPU per operation (`cpu_us_per_op`,
+//! all member processes) and the client's (`client_cpu_us_per_op`, this
+//! process): on a small machine the client competes for the same cores.
+//! `--systems` runs only the named ones.
+//!
 //! etcd runs when the bench is built with `--features etcd` (its client
 //! crate, `etcd-client`, needs `protoc` to build: point `PROTOC` at one)
 //! and an `etcd` binary is found (Debian: `apt install etcd-server`). The
