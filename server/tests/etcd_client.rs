@@ -37,6 +37,16 @@ async fn client(endpoints: &[String], options: Option<ConnectOptions>) -> Client
     }
 }
 
+/// Puts `key` and returns the revision of the put.
+async fn put_revision(etcd: &mut Client, key: &str, value: &str) -> i64 {
+    etcd.put(key, value, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap()
 }
@@ -46,8 +56,7 @@ async fn keys_transactions_and_compaction() {
     let cluster = ProcessCluster::start(1);
     let mut etcd = client(&cluster.endpoints(), None).await;
 
-    let first = etcd.put("app/a", "1", None).await.unwrap();
-    let at_first = first.header().unwrap().revision();
+    let at_first = put_revision(&mut etcd, "app/a", "1").await;
     let put = etcd
         .put("app/a", "2", Some(PutOptions::new().with_prev_key()))
         .await
@@ -193,13 +202,7 @@ async fn keys_transactions_and_compaction() {
 async fn watches_from_a_revision_with_filters_progress_and_cancel() {
     let cluster = ProcessCluster::start(1);
     let mut etcd = client(&cluster.endpoints(), None).await;
-    let start = etcd
-        .put("w/a", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let start = put_revision(&mut etcd, "w/a", "1").await;
     etcd.put("w/a", "2", None).await.unwrap();
     etcd.delete("w/a", None).await.unwrap();
     etcd.put("w/b", "3", None).await.unwrap();
@@ -249,13 +252,7 @@ async fn watches_from_a_revision_with_filters_progress_and_cancel() {
     );
 
     // A live change, then a progress answer naming the current revision.
-    let live = etcd
-        .put("w/c", "4", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let live = put_revision(&mut etcd, "w/c", "4").await;
     let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
         .await
         .unwrap()
@@ -489,13 +486,7 @@ async fn sigkill_of_the_leader_through_etcd_client() {
     let mut cluster = ProcessCluster::start(3);
     let endpoints = cluster.endpoints();
     let mut etcd = client(&endpoints, None).await;
-    let start = etcd
-        .put("k/start", "", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let start = put_revision(&mut etcd, "k/start", "").await;
 
     // The watch: resumes from the revision after the last it saw.
     let (events, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, i64)>();
@@ -602,21 +593,9 @@ async fn sigkill_of_the_leader_through_etcd_client() {
 async fn revision_gaps_are_invisible_to_reads_and_watches() {
     let cluster = ProcessCluster::start(1);
     let mut etcd = client(&cluster.endpoints(), None).await;
-    let before = etcd
-        .put("gap/a", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let before = put_revision(&mut etcd, "gap/a", "1").await;
     etcd.lease_grant(60, None).await.unwrap();
-    let after = etcd
-        .put("gap/b", "2", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let after = put_revision(&mut etcd, "gap/b", "2").await;
     assert!(after > before + 1, "a lease grant takes a log index: a gap");
     for revision in before..after {
         let state = etcd

@@ -279,7 +279,7 @@ impl Forwarder {
             }
             let (requests, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let count = requests.len();
-            match self
+            let error = match self
                 .call(leader, &node, &ForwardRequest::Batch(requests))
                 .await
             {
@@ -287,18 +287,13 @@ impl Forwarder {
                     for (answer, reply) in answers.into_iter().zip(replies) {
                         let _ = answer.send(reply);
                     }
+                    continue;
                 }
-                Ok(other) => {
-                    let error = ForwardError::Failed(format!("the leader answered {other:?}"));
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
-                    }
-                }
-                Err(error) => {
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
-                    }
-                }
+                Ok(other) => ForwardError::Failed(format!("the leader answered {other:?}")),
+                Err(error) => error,
+            };
+            for answer in answers {
+                let _ = answer.send(Err(error.clone()));
             }
         }
     }
