@@ -1245,10 +1245,35 @@ impl Node {
             .await
             .map_err(raft_error)?;
         let index = response.log_id.index;
+        self.wait_membership(index).await?;
         if wait {
             self.wait_replicated(id, index).await?;
         }
         Ok(index)
+    }
+
+    /// Waits until this node's metrics show the membership of entry `index`
+    /// or a later one. openraft answers a membership change once it is
+    /// committed and publishes its metrics on its own time: a caller that
+    /// reads the members right after the answer (etcd's `MemberAdd` names
+    /// the new member from them) would otherwise see the old ones.
+    async fn wait_membership(&self, index: u64) -> Result<()> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let seen = metrics
+                .borrow_watched()
+                .membership_config
+                .log_id()
+                .as_ref()
+                .map_or(0, |l| l.index);
+            if seen >= index {
+                return Ok(());
+            }
+            metrics
+                .changed()
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
     }
 
     /// Waits until this leader sees `id` holding the log up to `index`.
@@ -1301,6 +1326,7 @@ impl Node {
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(raft_error)?;
+        self.wait_membership(response.log_id.index).await?;
         Ok(response.log_id.index)
     }
 
@@ -1319,6 +1345,7 @@ impl Node {
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
             .map_err(raft_error)?;
+        self.wait_membership(response.log_id.index).await?;
         Ok(response.log_id.index)
     }
 

@@ -311,6 +311,14 @@ async fn a_learner_that_is_not_caught_up_is_not_promoted() {
         client_addr: String::new(),
     };
     leader.add_learner(9, absent, false).await.unwrap();
+    // Members read right after the answer include it (etcd's MemberAdd
+    // answers with them; etcdctl crashed on a reply without the new one).
+    assert!(leader
+        .metrics()
+        .membership_config
+        .membership()
+        .learner_ids()
+        .any(|id| id == 9));
     match leader.promote(9).await {
         Err(Error::LearnerBehind {
             id: 9,
@@ -331,5 +339,11 @@ async fn a_learner_that_is_not_caught_up_is_not_promoted() {
         .expect("a write commits")
         .unwrap();
     leader.remove(9).await.unwrap();
+    assert!(!leader
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .any(|(id, _)| *id == 9));
     cluster.shutdown().await;
 }
