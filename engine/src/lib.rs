@@ -13,7 +13,9 @@
 //! a level-0 [table](sst) (lz4 blocks with CRCs, bloom filter, mmap reads);
 //! [leveled compaction](compaction) merges tables down the levels. The
 //! [manifest] is the durable list of live tables: a table exists only once
-//! a synced manifest edit names it.
+//! a synced manifest edit names it. Small self-describing files (a
+//! checkpoint's `CHECKPOINT`, and the replication layer's own) share one
+//! [envelope]: magic, version, length and CRC.
 //!
 //! ## Invariants
 //!
@@ -44,6 +46,7 @@ pub mod checkpoint;
 pub mod columnar;
 pub mod compaction;
 mod db;
+pub mod envelope;
 mod error;
 mod flush;
 pub mod fs;

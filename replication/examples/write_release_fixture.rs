@@ -1,9 +1,10 @@
 //! Writes this release's fixture for `tests/release_fixture.rs`: a node's
 //! data directory and a backup chain holding `release_script::script()`.
-//! Run once per release that changes a format, then commit the output:
+//! Run once per change of a format, naming the output after the change (or
+//! the release), then commit it and add it to the test:
 //!
 //! ```sh
-//! cargo run -p ferry-replication --example write_release_fixture -- tests/fixtures/release-X.Y.Z
+//! cargo run -p ferry-replication --example write_release_fixture -- tests/fixtures/NAME
 //! ```
 //!
 //! (The test reads the fixture of each earlier release; it never rewrites one.)

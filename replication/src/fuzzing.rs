@@ -191,12 +191,12 @@ pub fn backup_log_chunk(bytes: &[u8]) {
 
 /// The Raft log store's side files (`VOTE`, `PURGED`), read at start-up.
 pub fn raft_state_file(bytes: &[u8]) {
-    use crate::log_store::files::{self, PURGED_MAGIC, VOTE_MAGIC};
+    use crate::log_store::files;
     let (fs, path) = file_with(bytes);
-    if let Ok(Some(vote)) = files::read::<Vote>(&fs, path, VOTE_MAGIC) {
+    if let Ok(Some(vote)) = files::read::<Vote>(&fs, path, &files::VOTE) {
         postcard_round_trip(&vote, "vote file");
     }
-    if let Ok(Some(purged)) = files::read::<LogId>(&fs, path, PURGED_MAGIC) {
+    if let Ok(Some(purged)) = files::read::<LogId>(&fs, path, &files::PURGED) {
         postcard_round_trip(&purged, "purged file");
     }
 }
@@ -408,11 +408,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }
         out
     };
-    fn state_file<T: Serialize>(magic: &[u8; 8], value: &T) -> Vec<u8> {
+    fn state_file<T: Serialize>(kind: &ferry_engine::envelope::Kind, value: &T) -> Vec<u8> {
         let fs = FaultInjectionFs::new();
         let path = Path::new("/seed/file");
         fs.create_dir_all(Path::new("/seed")).expect("in memory");
-        crate::log_store::files::write(&fs, path, magic, value).expect("in memory");
+        crate::log_store::files::write(&fs, path, kind, value).expect("in memory");
         fs.read_all(path).expect("in memory")
     }
     let mut seeds = vec![
@@ -443,11 +443,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("backup_log_chunk", chunk_file),
         (
             "raft_state_file",
-            state_file(crate::log_store::files::VOTE_MAGIC, &vote),
+            state_file(&crate::log_store::files::VOTE, &vote),
         ),
         (
             "raft_state_file",
-            state_file(crate::log_store::files::PURGED_MAGIC, &applied),
+            state_file(&crate::log_store::files::PURGED, &applied),
         ),
         (
             "state_records",

@@ -1,10 +1,11 @@
 //! Files written by an earlier release stay readable: a node's data
 //! directory (Raft log, engine, snapshot) and a backup chain, written by
-//! release 0.1.0 and kept in `tests/fixtures/release-0.1.0/`, are opened
-//! by this release and must hold exactly what that release wrote.
+//! release 0.1.0 (`tests/fixtures/release-0.1.0/`) and after each later
+//! format change (`tests/fixtures/envelope-2/`), are opened by this release
+//! and must hold exactly what was written.
 //!
-//! The fixture was written by `examples/write_release_fixture.rs` of that
-//! release; it is never rewritten, only added to by later releases.
+//! Each fixture was written by `examples/write_release_fixture.rs` of its
+//! time; none is ever rewritten, later changes add one.
 
 mod common;
 #[path = "common/release_script.rs"]
@@ -12,9 +13,10 @@ mod release_script;
 
 use common::open_restored;
 use ferry_replication::backup::{restore, LocalDir, RestorePoint};
+use ferry_replication::state_machine::history::ChangeKind;
 use ferry_replication::types::{Command, FerryNode};
-use ferry_replication::{Consistency, Node, WatchError, WatchOptions};
-use release_script::{copy_tree, fixture_dir, script, State};
+use ferry_replication::{Consistency, Node, WatchError, WatchEvent, WatchOptions};
+use release_script::{copy_tree, fixture_dir, script, State, ENVELOPE_2, RELEASE_0_1_0};
 use std::sync::Arc;
 
 fn parse_state(text: &str) -> State {
@@ -37,18 +39,18 @@ async fn user_state(node: &Node) -> State {
         .collect()
 }
 
-fn expected(name: &str) -> State {
-    parse_state(&std::fs::read_to_string(fixture_dir().join(name)).unwrap())
+fn expected(fixture: &str, name: &str) -> State {
+    parse_state(&std::fs::read_to_string(fixture_dir(fixture).join(name)).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("node");
-    copy_tree(&fixture_dir().join("node"), &data);
+    copy_tree(&fixture_dir(RELEASE_0_1_0).join("node"), &data);
     // The node replays the old log over its old snapshot and engine.
     let node = open_restored(1, &data).await;
-    assert_eq!(user_state(&node).await, expected("STATE"));
+    assert_eq!(user_state(&node).await, expected(RELEASE_0_1_0, "STATE"));
     // Release 0.1.0 kept no history: this release's starts after what the
     // old state had applied, and reads and watches before it are refused.
     let upgraded_at = node.compacted().unwrap();
@@ -89,10 +91,43 @@ async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_chain_of_release_0_1_0_restores_to_each_point() {
+async fn a_data_directory_with_envelope_2_opens_with_its_state_and_history() {
     let scratch = tempfile::tempdir().unwrap();
-    let chain = Arc::new(LocalDir::new(fixture_dir().join("backup")).unwrap());
-    let checkpoint: u64 = std::fs::read_to_string(fixture_dir().join("CHECKPOINT-INDEX"))
+    let data = scratch.path().join("node");
+    copy_tree(&fixture_dir(ENVELOPE_2).join("node"), &data);
+    let node = open_restored(1, &data).await;
+    assert_eq!(user_state(&node).await, expected(ENVELOPE_2, "STATE"));
+    // Its history was kept from the first write: a watch from revision 1
+    // sees every change the script made, and the node takes writes.
+    let mut watcher = node
+        .watch(WatchOptions::range(Vec::new(), None, 1))
+        .unwrap();
+    let mut events = Vec::new();
+    let last = node.put("after-reopen", "1").await.unwrap();
+    while events
+        .last()
+        .is_none_or(|e: &WatchEvent| e.change.revision < last)
+    {
+        events.extend(watcher.next().await.unwrap().events);
+    }
+    let replayed: State = events
+        .iter()
+        .filter(|e| e.change.key.as_slice() != b"after-reopen")
+        .fold(State::new(), |mut state, e| {
+            match e.change.kind {
+                ChangeKind::Put => state.insert(e.change.key.clone(), e.change.value.clone()),
+                ChangeKind::Delete => state.remove(&e.change.key),
+            };
+            state
+        });
+    assert_eq!(replayed, expected(ENVELOPE_2, "STATE"));
+    node.shutdown().await.unwrap();
+}
+
+async fn restores_to_each_point(fixture: &str) {
+    let scratch = tempfile::tempdir().unwrap();
+    let chain = Arc::new(LocalDir::new(fixture_dir(fixture).join("backup")).unwrap());
+    let checkpoint: u64 = std::fs::read_to_string(fixture_dir(fixture).join("CHECKPOINT-INDEX"))
         .unwrap()
         .trim()
         .parse()
@@ -112,19 +147,42 @@ async fn a_backup_chain_of_release_0_1_0_restores_to_each_point() {
         .await
         .unwrap();
         let node = open_restored(1, &out).await;
-        assert_eq!(user_state(&node).await, expected(state), "{point:?}");
+        assert_eq!(
+            user_state(&node).await,
+            expected(fixture, state),
+            "{fixture} {point:?}"
+        );
         node.shutdown().await.unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_chain_of_release_0_1_0_restores_to_each_point() {
+    restores_to_each_point(RELEASE_0_1_0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_chain_with_envelope_2_restores_to_each_point() {
+    restores_to_each_point(ENVELOPE_2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raft_log_of_release_0_1_0_decodes_to_the_commands_it_was_written_with() {
+    log_decodes_to_the_script(RELEASE_0_1_0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_log_with_envelope_2_decodes_to_the_commands_it_was_written_with() {
+    log_decodes_to_the_script(ENVELOPE_2).await;
+}
+
+async fn log_decodes_to_the_script(fixture: &str) {
     use ferry_replication::log_store::{LogStore, LogStoreOptions};
     use openraft::storage::RaftLogReader;
     use openraft::EntryPayload;
     let scratch = tempfile::tempdir().unwrap();
     copy_tree(
-        &fixture_dir().join("node/raft"),
+        &fixture_dir(fixture).join("node/raft"),
         &scratch.path().join("raft"),
     );
     let mut log = LogStore::open(scratch.path().join("raft"), LogStoreOptions::default()).unwrap();
@@ -142,7 +200,7 @@ async fn a_raft_log_of_release_0_1_0_decodes_to_the_commands_it_was_written_with
                 txn.time_ms = 0;
                 Command::Txn(txn)
             }
-            other => panic!("release 0.1.0 wrote only transactions, not {other}"),
+            other => panic!("{fixture}: the script writes only transactions, not {other}"),
         })
         .collect();
     assert_eq!(commands, script());

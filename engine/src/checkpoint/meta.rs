@@ -1,28 +1,36 @@
 //! The `CHECKPOINT` file: what a checkpoint holds and where it came from.
 //!
-//! ## Format (version 1)
+//! ## Format (version 2)
 //!
 //! ```text
-//! file   = magic "FERRYCKP" (8) | version: u32 LE | crc: u32 LE (CRC32 of body) | body
+//! file   = the envelope (crate::envelope), magic "FERRYCKP", version 2
 //! body   = id | sequence | created unix ms | base flag: u8 [| base id | base crc]
 //!          | file count | file*
 //! file   = name | size | crc32 of the file's bytes | origin: u8 (0 new, 1 from base)
 //! (ids and names: varint length ‖ UTF-8 bytes; numbers: varints)
 //! ```
 //!
-//! The crc in the header is the checkpoint's *checksum*: a delta names its
-//! base by id and by this checksum, so a base that was replaced by another
-//! checkpoint with the same name is detected.
+//! Version 1 had the same body in the envelope's earlier layout (no length
+//! field); it is still read.
+//!
+//! The body's CRC is the checkpoint's *checksum*: a delta names its base
+//! by id and by this checksum, so a base that was replaced by another
+//! checkpoint with the same name is detected. (It is the same for both
+//! versions: the body did not change.)
 
+use crate::envelope;
 use crate::varint::{self, Cursor};
 use crate::{Error, Result};
 use std::path::Path;
 
 /// Name of the metadata file inside a checkpoint directory.
 pub const META_FILE: &str = "CHECKPOINT";
-const MAGIC: &[u8; 8] = b"FERRYCKP";
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 16;
+const KIND: envelope::Kind = envelope::Kind {
+    magic: *b"FERRYCKP",
+    version: 2,
+    unsized_versions: &[1],
+    what: "checkpoint metadata",
+};
 
 /// Where a file of a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,34 +117,23 @@ impl CheckpointMeta {
                 Origin::Base => 1,
             });
         }
-        let crc = crc32fast::hash(&body);
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&body);
-        (out, crc)
+        (envelope::seal(&KIND, &body), crc32fast::hash(&body))
     }
 
     /// Decodes and checks the file; returns the metadata and its checksum.
     pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<(CheckpointMeta, u32)> {
         let bad =
             |offset: usize, reason: &str| Error::corruption(path, offset as u64, reason.to_owned());
-        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-            return Err(bad(0, "not a Ferry checkpoint (bad magic)"));
-        }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
-        if version != VERSION {
-            return Err(Error::UnsupportedVersion {
+        let opened = envelope::open(&KIND, bytes).map_err(|e| match e {
+            envelope::EnvelopeError::Version { found, .. } => Error::UnsupportedVersion {
                 path: path.to_path_buf(),
-                version,
-            });
-        }
-        let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap_or_default());
-        let body = &bytes[HEADER_LEN..];
-        if crc32fast::hash(body) != crc {
-            return Err(bad(12, "checkpoint metadata checksum mismatch"));
-        }
+                version: found,
+            },
+            other => bad(other.offset() as usize, &other.to_string()),
+        })?;
+        let (body, crc) = (opened.body, opened.crc);
+        // Offsets in messages below count from the body's start.
+        let body_at = bytes.len() - body.len();
         let mut cursor = Cursor::new(body);
         let text = |cursor: &mut Cursor<'_>| -> Option<String> {
             String::from_utf8(cursor.bytes()?.to_vec()).ok()
@@ -175,13 +172,13 @@ impl CheckpointMeta {
                 files,
             })
         })()
-        .ok_or_else(|| bad(HEADER_LEN, "checkpoint metadata does not decode"))?;
+        .ok_or_else(|| bad(body_at, "checkpoint metadata does not decode"))?;
         // File names come from disk: refuse anything that could escape the
         // checkpoint directory.
         for file in &meta.files {
             if crate::fs::check_file_name(&file.name).is_err() {
                 return Err(bad(
-                    HEADER_LEN,
+                    body_at,
                     "checkpoint names a file outside its directory",
                 ));
             }
@@ -223,6 +220,18 @@ mod tests {
             .unwrap_err()
             .is_corruption());
         assert!(CheckpointMeta::decode(&bytes[..10], path).is_err());
+        // Version 1 (no length field) still reads, with the same checksum.
+        let version_1 = [
+            b"FERRYCKP".as_slice(),
+            &1u32.to_le_bytes(),
+            &crc.to_le_bytes(),
+            &bytes[crate::envelope::HEADER_LEN..],
+        ]
+        .concat();
+        assert_eq!(
+            CheckpointMeta::decode(&version_1, path).unwrap(),
+            (meta.clone(), crc)
+        );
         let mut escaping = meta;
         escaping.files[0].name = "../x".into();
         let (bytes, _) = escaping.encode();

@@ -1,16 +1,20 @@
 //! What a backup chain holds: checkpoint records and log chunks, found by
 //! their names (see the module's format).
 
-use super::envelope;
 use super::head::{self, Head};
 use super::target::BackupTarget;
 use crate::snapshot::SnapshotFile;
 use crate::types::LogId;
+use ferry_engine::envelope;
 use serde::{Deserialize, Serialize};
 use std::io;
 
-const MAGIC: &[u8; 8] = b"FERRYBCK";
-const VERSION: u32 = 1;
+const KIND: envelope::Kind = envelope::Kind {
+    magic: *b"FERRYBCK",
+    version: 1,
+    unsized_versions: &[],
+    what: "checkpoint record",
+};
 
 /// One shipped checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,12 +43,14 @@ impl CheckpointRecord {
 
     pub(crate) fn encode(&self) -> io::Result<Vec<u8>> {
         let body = postcard::to_stdvec(self).map_err(io::Error::other)?;
-        Ok(envelope::seal(MAGIC, VERSION, &body))
+        Ok(envelope::seal(&KIND, &body))
     }
 
     /// Decodes a record read from `name`; damage is an error naming it.
     pub(crate) fn decode(bytes: &[u8], name: &str) -> io::Result<Self> {
-        let body = envelope::open(bytes, MAGIC, VERSION, "checkpoint record", name)?;
+        let body = envelope::open(&KIND, bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {e}")))?
+            .body;
         postcard::from_bytes(body)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: body: {e}")))
     }

@@ -24,15 +24,19 @@
 //!
 //! `head` = envelope "FERRYHED", version 1, body = postcard(Head).
 
-use super::envelope;
 use super::target::{BackupTarget, Version};
 use crate::types::now_ms;
+use ferry_engine::envelope;
 use serde::{Deserialize, Serialize};
 use std::io;
 
 pub(crate) const NAME: &str = "head";
-const MAGIC: &[u8; 8] = b"FERRYHED";
-const VERSION: u32 = 1;
+const KIND: envelope::Kind = envelope::Kind {
+    magic: *b"FERRYHED",
+    version: 1,
+    unsized_versions: &[],
+    what: "backup chain head",
+};
 /// Swaps retried when another writer changed the head between read and swap.
 const SWAP_ATTEMPTS: usize = 20;
 
@@ -76,11 +80,13 @@ impl Head {
 
     pub(crate) fn encode(&self) -> io::Result<Vec<u8>> {
         let body = postcard::to_stdvec(self).map_err(io::Error::other)?;
-        Ok(envelope::seal(MAGIC, VERSION, &body))
+        Ok(envelope::seal(&KIND, &body))
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> io::Result<Head> {
-        let body = envelope::open(bytes, MAGIC, VERSION, "backup chain head", NAME)?;
+        let body = envelope::open(&KIND, bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{NAME}: {e}")))?
+            .body;
         let head: Head = postcard::from_bytes(body).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{NAME}: body: {e}"))
         })?;

@@ -32,8 +32,8 @@
 //!                                        record sequence = log index, payload = postcard(Entry))
 //!
 //! checkpoint record = envelope "FERRYBCK" v1, body postcard(CheckpointRecord)
-//! envelope          = magic: 8 bytes | version: u32 LE | body length: u32 LE
-//!                     | body CRC32: u32 LE | body
+//! envelope          = ferry_engine::envelope: magic: 8 bytes | version: u32 LE
+//!                     | body length: u32 LE | body CRC32: u32 LE | body
 //! ```
 //!
 //! Version 1 (release 0.1.0) had no head and no term in the names
@@ -60,7 +60,6 @@
 
 mod catalog;
 pub mod cpu;
-mod envelope;
 pub mod head;
 mod restore;
 mod retention;

@@ -1,40 +1,45 @@
 //! The small state files of the Raft log: `VOTE` and `PURGED`.
 //!
-//! ## Format (version 1)
+//! ## Format (version 2)
 //!
 //! ```text
-//! file = magic (8 bytes: "FERRYVOT" or "FERRYPRG") | version: u32 LE | crc: u32 LE | body
-//! crc  = CRC32 over body
+//! file = the envelope (ferry_engine::envelope), magic "FERRYVOT" or "FERRYPRG", version 2
 //! body = postcard of the value (VOTE: the vote; PURGED: the last purged log id)
 //! ```
+//!
+//! Version 1 had the same body in the envelope's earlier layout (no length
+//! field); it is still read.
 //!
 //! Both are replaced atomically (write to a temporary file, fsync, rename,
 //! fsync the directory), so a reader sees the old or the new value, never a
 //! mix; the CRC catches damage at rest.
 
+use ferry_engine::envelope::{self, Kind};
 use ferry_engine::fs::FileSystem;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
 use std::path::Path;
 
-pub(crate) const VOTE_MAGIC: &[u8; 8] = b"FERRYVOT";
-pub(crate) const PURGED_MAGIC: &[u8; 8] = b"FERRYPRG";
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 16;
+pub(crate) const VOTE: Kind = state_file(*b"FERRYVOT", "Raft vote file");
+pub(crate) const PURGED: Kind = state_file(*b"FERRYPRG", "Raft purge mark");
+
+const fn state_file(magic: [u8; 8], what: &'static str) -> Kind {
+    Kind {
+        magic,
+        version: 2,
+        unsized_versions: &[1],
+        what,
+    }
+}
 
 pub(crate) fn write<T: Serialize>(
     fs: &dyn FileSystem,
     path: &Path,
-    magic: &[u8; 8],
+    kind: &Kind,
     value: &T,
 ) -> io::Result<()> {
     let body = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
-    bytes.extend_from_slice(magic);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    fs.write_atomic(path, &bytes)
+    fs.write_atomic(path, &envelope::seal(kind, &body))
 }
 
 /// Reads the file, `None` if it does not exist. Damage is an
@@ -42,31 +47,20 @@ pub(crate) fn write<T: Serialize>(
 pub(crate) fn read<T: DeserializeOwned>(
     fs: &dyn FileSystem,
     path: &Path,
-    magic: &[u8; 8],
+    kind: &Kind,
 ) -> io::Result<Option<T>> {
     if !fs.exists(path) {
         return Ok(None);
     }
     let bytes = fs.read_all(path)?;
-    let bad = |reason: &str| {
+    let bad = |reason: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {reason}", path.display()),
         )
     };
-    if bytes.len() < HEADER_LEN || &bytes[..8] != magic {
-        return Err(bad("not a Ferry Raft state file (bad magic or cut short)"));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(bad(&format!("unsupported version {version}")));
-    }
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    let body = &bytes[HEADER_LEN..];
-    if crc32fast::hash(body) != crc {
-        return Err(bad("CRC mismatch at offset 16"));
-    }
-    postcard::from_bytes(body)
+    let opened = envelope::open(kind, &bytes).map_err(|e| bad(e.to_string()))?;
+    postcard::from_bytes(opened.body)
         .map(Some)
-        .map_err(|e| bad(&format!("undecodable body: {e}")))
+        .map_err(|e| bad(format!("undecodable body: {e}")))
 }

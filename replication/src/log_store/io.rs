@@ -6,7 +6,7 @@
 //! the next fsync (group commit); their `IOFlushed` callbacks fire only after
 //! that fsync returns.
 
-use super::files::{self, PURGED_MAGIC, VOTE_MAGIC};
+use super::files;
 use super::{Location, Shared};
 use crate::types::{LogId, TypeConfig, Vote};
 use ferry_engine::fs::FileSystem;
@@ -92,8 +92,8 @@ pub(crate) fn purged_path(dir: &Path) -> PathBuf {
 /// cache allows.
 pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> io::Result<Recovered> {
     fs.create_dir_all(dir)?;
-    let vote: Option<Vote> = files::read(fs, &vote_path(dir), VOTE_MAGIC)?;
-    let last_purged: Option<LogId> = files::read(fs, &purged_path(dir), PURGED_MAGIC)?;
+    let vote: Option<Vote> = files::read(fs, &vote_path(dir), &files::VOTE)?;
+    let last_purged: Option<LogId> = files::read(fs, &purged_path(dir), &files::PURGED)?;
     let mut firsts: Vec<u64> = fs
         .list(dir)?
         .iter()
@@ -342,7 +342,7 @@ impl IoThread {
             Job::Purge { upto, reply } => ("purge", self.purge(&upto), reply),
             Job::SaveVote { vote, reply } => (
                 "vote save",
-                files::write(&*self.fs, &vote_path(&self.dir), VOTE_MAGIC, &vote),
+                files::write(&*self.fs, &vote_path(&self.dir), &files::VOTE, &vote),
                 reply,
             ),
         };
@@ -391,7 +391,7 @@ impl IoThread {
     /// Records the purge point durably, then deletes segments that hold
     /// nothing after it.
     fn purge(&mut self, upto: &LogId) -> io::Result<()> {
-        files::write(&*self.fs, &purged_path(&self.dir), PURGED_MAGIC, upto)?;
+        files::write(&*self.fs, &purged_path(&self.dir), &files::PURGED, upto)?;
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         let mut removed = false;
         for (position, first) in firsts.iter().enumerate() {

@@ -5,13 +5,16 @@
 //! so building one costs a memtable flush and O(tables) links, and shipping
 //! one streams files in bounded memory ([`transfer`]).
 //!
-//! ## Format (version 1)
+//! ## Format (version 2)
 //!
 //! ```text
 //! snapshots/<name>/                 an engine checkpoint (see ferry_engine::checkpoint)
-//! snapshots/<name>/SNAPSHOT         magic "FERRYSNP" | version: u32 LE | crc: u32 LE | body
-//!                                   body = postcard(SnapshotManifest), crc = CRC32(body)
+//! snapshots/<name>/SNAPSHOT         the envelope (ferry_engine::envelope), magic "FERRYSNP",
+//!                                   version 2; body = postcard(SnapshotManifest)
 //! ```
+//!
+//! Version 1 had the same body in the envelope's earlier layout (no length
+//! field); it is still read.
 //!
 //! `SNAPSHOT` is written last, atomically: a directory without it is an
 //! unfinished build and is removed at open. The manifest lists every file a
@@ -21,6 +24,7 @@ pub mod progress;
 pub mod transfer;
 
 use crate::types::SnapshotMeta;
+use ferry_engine::envelope;
 use ferry_engine::fs::FileSystem;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -29,8 +33,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 
-const MAGIC: &[u8; 8] = b"FERRYSNP";
-const VERSION: u32 = 1;
+const MANIFEST: envelope::Kind = envelope::Kind {
+    magic: *b"FERRYSNP",
+    version: 2,
+    unsized_versions: &[1],
+    what: "snapshot manifest",
+};
 pub(crate) const MANIFEST_FILE: &str = "SNAPSHOT";
 
 /// One file of a snapshot.
@@ -190,15 +198,10 @@ pub(crate) fn write_manifest(
     fs.write_atomic(&dir.join(MANIFEST_FILE), &encode_manifest(manifest)?)
 }
 
-/// `SNAPSHOT`'s bytes: magic | version | crc32(body) | postcard(manifest).
+/// `SNAPSHOT`'s bytes: postcard(manifest) in the envelope.
 pub(crate) fn encode_manifest(manifest: &SnapshotManifest) -> io::Result<Vec<u8>> {
     let body = postcard::to_stdvec(manifest).map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(16 + body.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
+    Ok(envelope::seal(&MANIFEST, &body))
 }
 
 pub(crate) fn read_manifest(fs: &dyn FileSystem, dir: &Path) -> io::Result<SnapshotManifest> {
@@ -211,18 +214,8 @@ pub(crate) fn read_manifest(fs: &dyn FileSystem, dir: &Path) -> io::Result<Snaps
 pub(crate) fn decode_manifest(bytes: &[u8], name: &str) -> io::Result<SnapshotManifest> {
     let bad =
         |reason: String| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {reason}"));
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
-        return Err(bad("not a Ferry snapshot manifest".into()));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(bad(format!("unsupported version {version}")));
-    }
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[16..]) != crc {
-        return Err(bad("CRC mismatch at offset 16".into()));
-    }
-    postcard::from_bytes(&bytes[16..]).map_err(|e| bad(format!("undecodable: {e}")))
+    let opened = envelope::open(&MANIFEST, bytes).map_err(|e| bad(e.to_string()))?;
+    postcard::from_bytes(opened.body).map_err(|e| bad(format!("undecodable: {e}")))
 }
 
 /// Lists the files of the checkpoint in `dir` with sizes and CRCs, the

@@ -8,8 +8,19 @@ use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, R
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release-0.1.0")
+/// Release 0.1.0's fixture: the first, without history, in the envelope's
+/// earlier layout.
+pub const RELEASE_0_1_0: &str = "release-0.1.0";
+/// Written when the small files (`VOTE`, `PURGED`, `SNAPSHOT`,
+/// `CHECKPOINT`) moved to the shared envelope with a length (their
+/// version 2), with history kept.
+pub const ENVELOPE_2: &str = "envelope-2";
+
+/// Where the fixture `name` is kept.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The commands written before the backup checkpoint and the snapshot;
