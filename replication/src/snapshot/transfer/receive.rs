@@ -1,0 +1,377 @@
+//! The follower's side of a transfer: checks the offer, stages the files
+//! and installs the snapshot once every file checks out.
+
+use super::plan::make_plan;
+use super::{outstanding, TransferOptions};
+use crate::network::pb::{
+    self, snapshot_frame::Frame, snapshot_reply::Reply, SnapshotFrame, SnapshotReply,
+};
+use crate::network::TransferStats;
+use crate::snapshot::progress::Direction;
+use crate::snapshot::{blocking, state_hash_of_checkpoint, SnapshotHandle};
+use crate::state_machine::SmShared;
+use crate::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+use ferry_engine::fs::{FileSystem, WritableFile};
+use futures_util::{Stream, StreamExt};
+use openraft::alias::SnapshotOf;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// What the follower side needs.
+#[derive(Clone)]
+pub(crate) struct ReceiverContext {
+    /// This node's id: an offer for another is refused.
+    pub(crate) id: crate::types::NodeId,
+    pub(crate) contact: Arc<crate::network::server::PeerContact>,
+    pub(crate) raft: Raft,
+    pub(crate) sm: Arc<SmShared>,
+    pub(crate) stats: Arc<TransferStats>,
+    pub(crate) options: TransferOptions,
+}
+
+fn failed(reason: impl ToString, retry_full: bool) -> Reply {
+    Reply::Failed(pb::Failed {
+        reason: reason.to_string(),
+        retry_full,
+    })
+}
+
+/// Follower side of one transfer: runs until the stream ends and sends its
+/// replies into `replies`.
+pub(crate) async fn receive(
+    context: ReceiverContext,
+    mut frames: impl Stream<Item = Result<SnapshotFrame, Status>> + Unpin,
+    replies: mpsc::Sender<Result<SnapshotReply, Status>>,
+) {
+    let last = match receive_inner(&context, &mut frames, &replies).await {
+        Ok(reply) => reply,
+        Err(reply) => reply,
+    };
+    let _ = replies.send(Ok(SnapshotReply { reply: Some(last) })).await;
+}
+
+async fn next_frame(
+    frames: &mut (impl Stream<Item = Result<SnapshotFrame, Status>> + Unpin),
+    idle: Duration,
+) -> Result<Frame, Reply> {
+    match tokio::time::timeout(idle, frames.next()).await {
+        Err(_) => Err(failed(
+            format!("no frame from the leader for {idle:?}"),
+            false,
+        )),
+        Ok(None) => Err(failed("the leader ended the stream early", false)),
+        Ok(Some(Err(status))) => Err(failed(format!("stream error: {status}"), false)),
+        Ok(Some(Ok(SnapshotFrame { frame: None }))) => Err(failed("empty frame", false)),
+        Ok(Some(Ok(SnapshotFrame { frame: Some(frame) }))) => Ok(frame),
+    }
+}
+
+/// Most files an offer may name: a snapshot is one engine checkpoint, of
+/// tens to thousands of tables.
+pub(crate) const MAX_OFFER_FILES: usize = 100_000;
+
+/// Refuses an offer this node cannot take, before anything is staged or
+/// allocated for it: too many files, a name outside the staging directory
+/// or named twice, or more bytes than `budget` (the free space of the data
+/// directory: a transfer that cannot fit would fill the disk and fail
+/// anyway, taking the node's log writes with it).
+pub(crate) fn check_offer(offer: &pb::Offer, budget: u64) -> Result<(), String> {
+    if offer.files.len() > MAX_OFFER_FILES {
+        return Err(format!(
+            "the offer names {} files; at most {MAX_OFFER_FILES} are taken",
+            offer.files.len()
+        ));
+    }
+    if !valid_name(&offer.snapshot_id) || !offer.files.iter().all(|f| valid_name(&f.name)) {
+        return Err("the offer names a file outside its directory".into());
+    }
+    let mut names: Vec<&str> = offer.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("the offer names {} twice", pair[0]));
+    }
+    let total = offer
+        .files
+        .iter()
+        .try_fold(0u64, |total, f| total.checked_add(f.size))
+        .ok_or("the offer's file sizes add up past 2^64 bytes")?;
+    if total > budget {
+        return Err(format!(
+            "the offer's {total} bytes exceed the {budget} bytes free in this node's data directory"
+        ));
+    }
+    Ok(())
+}
+
+/// A plain file name: the offer comes from the network and must not name
+/// anything outside the staging directory.
+pub(crate) fn valid_name(name: &str) -> bool {
+    ferry_engine::fs::check_file_name(name).is_ok()
+}
+
+async fn receive_inner(
+    context: &ReceiverContext,
+    frames: &mut (impl Stream<Item = Result<SnapshotFrame, Status>> + Unpin),
+    replies: &mpsc::Sender<Result<SnapshotReply, Status>>,
+) -> Result<Reply, Reply> {
+    let idle = context.options.idle_timeout;
+    let Frame::Offer(offer) = next_frame(frames, idle).await? else {
+        return Err(failed("the first frame must be an offer", false));
+    };
+    let from = offer
+        .snapshot_id
+        .split_once('-')
+        .and_then(|(from, _)| from.parse().ok())
+        .unwrap_or(0);
+    context
+        .contact
+        .check_addressed(context.id, from, offer.to)
+        .map_err(|e| failed(e, false))?;
+    let vote: Vote = postcard::from_bytes(&offer.vote).map_err(|e| failed(e, false))?;
+    let meta: SnapshotMeta = postcard::from_bytes(&offer.meta).map_err(|e| failed(e, false))?;
+    let budget = {
+        context
+            .sm
+            .fs()
+            .available_space(context.sm.data_dir())
+            .map_err(|e| {
+                failed(
+                    format!("reading the free space of the data directory: {e}"),
+                    false,
+                )
+            })?
+    };
+    check_offer(&offer, budget).map_err(|reason| failed(reason, false))?;
+    let incoming = context.sm.data_dir().join("incoming");
+    let staging = incoming.join(&offer.snapshot_id);
+    let plan = {
+        let sm = context.sm.clone();
+        let dir = staging.clone();
+        let offer = offer.clone();
+        blocking(move || make_plan(&sm, &dir, &offer))
+            .await
+            .map_err(|e| failed(format!("preparing {}: {e}", staging.display()), false))?
+    };
+    let reused: u64 = plan.reused_bytes;
+    TransferStats::add(&context.stats.bytes_reused, reused);
+    let reused_local = plan.reused_local;
+    let mut written = plan.have.clone();
+    let (total, already) = outstanding(offer.files.iter().map(|f| f.size), &written);
+    let progress = context.stats.active.start(
+        from,
+        Direction::Receive,
+        meta.last_log_id.map_or(0, |l| l.index),
+        total,
+        already,
+    );
+    let reply = SnapshotReply {
+        reply: Some(Reply::Plan(pb::Plan {
+            have: plan.have,
+            reused_local,
+        })),
+    };
+    if replies.send(Ok(reply)).await.is_err() {
+        return Err(failed("the leader went away", false));
+    }
+
+    let fs = context.sm.fs().clone();
+    let mut open: Option<(u32, Box<dyn WritableFile>)> = None;
+    let mut unsynced = 0u64;
+    let state_hash = loop {
+        match next_frame(frames, idle).await? {
+            Frame::Chunk(chunk) => {
+                let file = offer
+                    .files
+                    .get(chunk.file as usize)
+                    .ok_or_else(|| failed("chunk for an unknown file", false))?;
+                if crc32fast::hash(&chunk.data) != chunk.crc {
+                    return Err(failed(
+                        format!(
+                            "chunk of {} at offset {} fails its CRC",
+                            file.name, chunk.offset
+                        ),
+                        false,
+                    ));
+                }
+                let at = written[chunk.file as usize];
+                if chunk.offset != at {
+                    return Err(failed(
+                        format!(
+                            "chunk of {} at offset {} where {at} was expected",
+                            file.name, chunk.offset
+                        ),
+                        false,
+                    ));
+                }
+                if at + chunk.data.len() as u64 > file.size {
+                    return Err(failed(
+                        format!(
+                            "chunk of {} at offset {at} with {} bytes runs past the {} bytes offered",
+                            file.name,
+                            chunk.data.len(),
+                            file.size
+                        ),
+                        false,
+                    ));
+                }
+                if open.as_ref().is_none_or(|(index, _)| *index != chunk.file) {
+                    if let Some((_, mut previous)) = open.take() {
+                        previous.sync().map_err(|e| failed(e, false))?;
+                    }
+                    let path = staging.join(&file.name);
+                    // A file is written in order: new from offset 0, else
+                    // continued after the prefix an earlier attempt left.
+                    let handle = if at == 0 {
+                        fs.create(&path)
+                    } else {
+                        fs.open_append(&path)
+                    }
+                    .map_err(|e| failed(e, false))?;
+                    open = Some((chunk.file, handle));
+                }
+                let (_, handle) = open.as_mut().expect("opened above");
+                handle.append(&chunk.data).map_err(|e| failed(e, false))?;
+                written[chunk.file as usize] += chunk.data.len() as u64;
+                unsynced += chunk.data.len() as u64;
+                TransferStats::add(&context.stats.bytes_received, chunk.data.len() as u64);
+                progress.add(chunk.data.len() as u64);
+                if unsynced >= context.options.sync_every_bytes {
+                    handle.sync().map_err(|e| failed(e, false))?;
+                    unsynced = 0;
+                }
+                let progress = SnapshotReply {
+                    reply: Some(Reply::Progress(pb::Progress {
+                        received_bytes: written.iter().sum(),
+                    })),
+                };
+                if replies.send(Ok(progress)).await.is_err() {
+                    return Err(failed("the leader went away", false));
+                }
+            }
+            Frame::Done(done) => break done.state_hash,
+            Frame::Offer(_) => return Err(failed("unexpected second offer", false)),
+        }
+    };
+    if let Some((_, mut handle)) = open.take() {
+        handle.sync().map_err(|e| failed(e, false))?;
+    }
+
+    // Every file must be exactly what the leader offered.
+    {
+        let (fs, staging) = (fs.clone(), staging.clone());
+        let files = offer.files.clone();
+        blocking(move || verify_files(&*fs, &staging, &files))
+            .await
+            .map_err(|e| failed(e, false))?;
+    }
+    if reused_local {
+        let expected = state_hash
+            .ok_or_else(|| failed("a differential transfer needs the state hash", true))?;
+        let (dir, hash_fs) = (staging.clone(), fs.clone());
+        let actual = match blocking(move || state_hash_of_checkpoint(&hash_fs, &dir)).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                let _ = fs.remove_dir_all(&staging);
+                return Err(failed(
+                    format!("assembled snapshot unreadable: {error}"),
+                    true,
+                ));
+            }
+        };
+        if actual != expected {
+            TransferStats::add(&context.stats.hash_mismatches, 1);
+            let _ = fs.remove_dir_all(&staging);
+            tracing::error!(
+                expected,
+                actual,
+                "assembled snapshot state differs from the leader's; asking for a full transfer"
+            );
+            return Err(failed(
+                format!("state hash {actual:016x} differs from the leader's {expected:016x}"),
+                true,
+            ));
+        }
+    }
+    let handle = {
+        let sm = context.sm.clone();
+        let staging = staging.clone();
+        let meta = meta.clone();
+        blocking(move || sm.snapshots().seal(&staging, meta, state_hash))
+            .await
+            .map_err(|e| failed(e, false))?
+    };
+    let response = context
+        .raft
+        .install_full_snapshot(
+            vote,
+            SnapshotOf::<TypeConfig, SnapshotHandle> {
+                meta,
+                snapshot: handle,
+            },
+        )
+        .await
+        .map_err(|fatal| failed(fatal, false))?;
+    // Older staging directories only served as sources of reusable files.
+    if let Ok(names) = fs.list(&incoming) {
+        for name in names {
+            let _ = fs.remove_dir_all(&incoming.join(name));
+        }
+    }
+    Ok(Reply::Installed(pb::Installed {
+        response: postcard::to_stdvec(&response).map_err(|e| failed(e, false))?,
+    }))
+}
+
+/// Checks at `Done` that every offered file arrived whole and intact.
+/// Errors name the file (not the path: they go back to the peer).
+fn verify_files(fs: &dyn FileSystem, staging: &Path, files: &[pb::FileEntry]) -> io::Result<()> {
+    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
+    for file in files {
+        let path = staging.join(&file.name);
+        let size = match fs.file_size(&path) {
+            Ok(size) => size,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(format!(
+                    "{}: none of its {} bytes arrived before Done",
+                    file.name, file.size
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if size < file.size {
+            // A correct prefix: kept, so that the next attempt resumes.
+            return Err(invalid(format!(
+                "{}: {size} of its {} bytes arrived before Done",
+                file.name, file.size
+            )));
+        }
+        let crc = fs.file_crc(&path)?;
+        if size != file.size || crc != file.crc {
+            // Drop the damaged file so the next attempt fetches it again.
+            let _ = fs.remove_file(&path);
+            return Err(invalid(format!(
+                "{}: {size} bytes with CRC {crc:08x}, the leader offered {} bytes with CRC {:08x}",
+                file.name, file.size, file.crc
+            )));
+        }
+    }
+    fs.sync_dir(staging)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offered_names_cannot_leave_the_staging_directory() {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "nul\0"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_name("000042.sst"));
+        assert!(valid_name("1-00000000000000000100-1-42"));
+    }
+}
