@@ -312,8 +312,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     let vote = Vote::new_committed(2, 1);
     let entries: Vec<Entry> = vec![
-        Entry::new_normal(log_id(2, 1, 41), txn.clone()),
-        Entry::new_normal(log_id(2, 1, 42), lease.clone()),
+        Entry::new_normal(log_id(2, 1, 41), txn.clone().into()),
+        Entry::new_normal(log_id(2, 1, 42), lease.clone().into()),
         Entry {
             log_id: log_id(2, 1, 43),
             payload: EntryPayload::Membership(membership),

@@ -601,6 +601,7 @@ impl Node {
     /// before proposing it, and this call waits and retries on this node.
     pub async fn txn(&self, mut command: Command) -> Result<Response> {
         command.stamp(crate::types::now_ms());
+        let command = Arc::new(command);
         let deadline = Instant::now() + self.lease_wait;
         let response = loop {
             match self.raft.client_write(command.clone()).await {

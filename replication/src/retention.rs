@@ -97,7 +97,7 @@ pub(crate) async fn run(
                         revision,
                         time_ms: now_ms(),
                     };
-                    match raft.client_write(command).await {
+                    match raft.client_write(command.into()).await {
                         Ok(_) => tracing::info!(below = revision, "compacted the history"),
                         Err(error) => tracing::debug!(%error, "automatic compaction not proposed"),
                     }
@@ -116,7 +116,7 @@ pub(crate) async fn run(
                     break;
                 }
             }
-            if let Err(error) = raft.client_write(Command::PurgeHistory).await {
+            if let Err(error) = raft.client_write(Command::PurgeHistory.into()).await {
                 tracing::debug!(%error, "purge step not proposed");
                 break;
             }

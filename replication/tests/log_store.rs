@@ -23,7 +23,8 @@ fn entry(term: u64, index: u64) -> Entry {
         Command::batch(vec![Op::put(
             format!("k{index}").into_bytes(),
             vec![index as u8; 100],
-        )]),
+        )])
+        .into(),
     )
 }
 

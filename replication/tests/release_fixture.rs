@@ -193,7 +193,7 @@ async fn log_decodes_to_the_script(fixture: &str) {
             EntryPayload::Normal(command) => Some(command),
             _ => None,
         })
-        .map(|command| match command {
+        .map(|command| match Arc::unwrap_or_clone(command) {
             // Stamped by the leader when proposed.
             Command::Txn(mut txn) => {
                 assert!(txn.time_ms > 0);

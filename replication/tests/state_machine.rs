@@ -38,7 +38,8 @@ fn entry(i: u64) -> Entry {
                 first_incomplete: i,
             }),
             time_ms: 0,
-        }),
+        })
+        .into(),
     )
 }
 
@@ -115,7 +116,8 @@ fn request(client: u64, sequence: u64, first_incomplete: u64, key: &str) -> Entr
                 first_incomplete,
             }),
             time_ms: 0,
-        }),
+        })
+        .into(),
     )
 }
 

@@ -267,7 +267,7 @@ impl Keeper {
                 remaining: vec![(id, ttl.as_millis() as u64)],
             });
             self.raft
-                .client_write(whole)
+                .client_write(whole.into())
                 .await
                 .map_err(|_| LeaseCall::Node(self.not_leader()))?;
             if let Some(held) = self.clock.lock().held.get_mut(&id) {
@@ -398,7 +398,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>) {
                 id,
                 time_ms: now_ms(),
             });
-            match keeper.raft.client_write(revoke).await {
+            match keeper.raft.client_write(revoke.into()).await {
                 Ok(written) => {
                     // Refused: another revoke got there first; gone either way.
                     keeper.revoked(id);
@@ -419,7 +419,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>) {
             }
             for remaining in keeper.remaining() {
                 let checkpoint = Command::Lease(LeaseCommand::Checkpoint { remaining });
-                if let Err(error) = keeper.raft.client_write(checkpoint).await {
+                if let Err(error) = keeper.raft.client_write(checkpoint.into()).await {
                     tracing::debug!(%error, "lease checkpoint not proposed");
                     break;
                 }

@@ -108,7 +108,7 @@ impl From<LeaseCall> for ForwardError {
 /// Proposes `command` on this (leading) node's Raft, as the remote side
 /// of a forwarded call does: a refusal is an error, as from `Node::txn`.
 pub(crate) async fn propose(raft: &Raft, command: Command) -> crate::Result<Response> {
-    match raft.client_write(command).await {
+    match raft.client_write(command.into()).await {
         Ok(written) => match written.data.rejected {
             Some(reason) => Err(crate::Error::Rejected(reason)),
             None => Ok(written.data),

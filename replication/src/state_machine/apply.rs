@@ -52,14 +52,15 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// a whole (a purge step iterates the history, an auth change loads the
 /// auth state), so the engine must hold every entry before it.
 fn is_barrier(entry: &Entry) -> bool {
-    match &entry.payload {
-        EntryPayload::Normal(
-            Command::PurgeHistory
-            | Command::Auth(_)
-            | Command::Lease(crate::lease::LeaseCommand::Revoke { .. }),
-        ) => true,
+    let EntryPayload::Normal(command) = &entry.payload else {
+        return false;
+    };
+    match &**command {
+        Command::PurgeHistory
+        | Command::Auth(_)
+        | Command::Lease(crate::lease::LeaseCommand::Revoke { .. }) => true,
         // A range delete lists the range's keys from the engine.
-        EntryPayload::Normal(Command::Txn(txn)) => txn
+        Command::Txn(txn) => txn
             .success
             .iter()
             .chain(&txn.failure)
@@ -114,7 +115,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
         let response = match &entry.payload {
             EntryPayload::Normal(command) => {
                 overlay.time = overlay.time.max(command.time_ms());
-                match command {
+                match &**command {
                     Command::Txn(txn) => overlay.apply(txn, log_id.index)?,
                     Command::Compact { revision, .. } => overlay.compact(*revision, log_id.index),
                     Command::PurgeHistory => {
@@ -829,7 +830,8 @@ mod tests {
                     first_incomplete: sequence,
                 }),
                 ..Txn::batch(vec![Op::put(format!("k{client}"), vec![1])])
-            }),
+            })
+            .into(),
         )
     }
 
@@ -872,7 +874,7 @@ mod tests {
     fn a_range_delete_removes_the_engines_keys_and_its_own_txns_writes() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Default::default()).unwrap();
-        let txn = |index, ops| Entry::new_normal(log_id(index), Command::batch(ops));
+        let txn = |index, ops| Entry::new_normal(log_id(index), Command::batch(ops).into());
         let range = |start: &[u8], end: Option<&[u8]>| Op::DeleteRange {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
@@ -938,9 +940,10 @@ mod tests {
                 Command::Compact {
                     revision: 2,
                     time_ms: 0,
-                },
+                }
+                .into(),
             ),
-            Entry::new_normal(log_id(3), Command::PurgeHistory),
+            Entry::new_normal(log_id(3), Command::PurgeHistory.into()),
             put(4, 2, 1),
         ];
         let mut runs = Vec::new();

@@ -95,7 +95,9 @@ pub fn now_ms() -> u64 {
 openraft::declare_raft_types!(
     /// Ferry's openraft type configuration.
     pub TypeConfig:
-        D = Command,
+        // Shared: an entry is cloned for every follower it is sent to and
+        // for the state machine, and a command's keys and values are not.
+        D = std::sync::Arc<Command>,
         R = Response,
         NodeId = u64,
         Node = FerryNode,
