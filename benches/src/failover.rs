@@ -431,8 +431,9 @@ fn first_ack_after(log: &Log, since: Instant) -> Option<Duration> {
         .min()
 }
 
-/// The longest gap between acknowledgements within `[from, to]`.
-fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
+/// The longest gap between acknowledgements within `[from, to]`, and
+/// when it began (`from` itself, or an acknowledgement).
+fn longest_gap(log: &Log, from: Instant, to: Instant) -> (Duration, Instant) {
     let mut times: Vec<Instant> = log
         .lock()
         .expect("lock")
@@ -441,9 +442,11 @@ fn longest_gap(log: &Log, from: Instant, to: Instant) -> Duration {
         .filter(|t| *t >= from && *t <= to)
         .collect();
     times.sort();
-    let mut gap = times.first().map_or(to - from, |t| *t - from);
+    let mut gap = (times.first().map_or(to - from, |t| *t - from), from);
     for pair in times.windows(2) {
-        gap = gap.max(pair[1] - pair[0]);
+        if pair[1] - pair[0] > gap.0 {
+            gap = (pair[1] - pair[0], pair[0]);
+        }
     }
     gap
 }
@@ -533,7 +536,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
     for _ in 0..args.transfers {
         let quiet = Instant::now();
         tokio::time::sleep(TRANSFER_WINDOW).await;
-        steady.push(ms(longest_gap(&log, quiet, Instant::now())));
+        steady.push(ms(longest_gap(&log, quiet, Instant::now()).0));
         let leader = current_leader(&nodes).await;
         let target = nodes
             .addrs
@@ -551,7 +554,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .await
             .expect("transfer");
         tokio::time::sleep(TRANSFER_WINDOW).await;
-        let pause = longest_gap(&log, started, Instant::now());
+        let (pause, pause_from) = longest_gap(&log, started, Instant::now());
         pauses.push(ms(pause));
         let elected = new_leader_after(&leaders, started, leader);
         let acked = elected.and_then(|at| first_ack_at_or_after(&log, at));
@@ -562,9 +565,10 @@ async fn run_async(args: &Args) -> Vec<Row> {
         hand_over.push(to_leader);
         first_write.push(to_write);
         eprintln!(
-            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later; {:.1} ms in the second before, without a transfer)",
+            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms from {:.1} ms after the call (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later; {:.1} ms in the second before, without a transfer)",
             pauses.len(),
             ms(pause),
+            ms(pause_from - started),
             steady[steady.len() - 1]
         );
         let _ = client.refresh_members().await;

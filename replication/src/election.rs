@@ -8,16 +8,34 @@
 //! two maxima (p50 ≈ 535 ms with 150–300 ms).
 //!
 //! This task campaigns as soon as the lease has certainly run out on every
-//! voter: when the leader has been silent for `lease + margin + jitter`.
+//! voter: when the leader has been silent for `lease + margin + rank ×
+//! slot + jitter`.
 //! - The campaign is a pre-vote first, so it never disturbs a leader that
 //!   a quorum still hears: a voter that heard from it refuses, and the
 //!   term does not move.
 //! - `margin` covers the time between a message reaching this node (when
 //!   silence is measured) and openraft processing it (when its lease
 //!   clock starts).
-//! - `jitter` is random per attempt, so the two followers of a dead
-//!   leader rarely campaign at the same moment and split the vote; a
-//!   split (or a refused round) is retried after another jittered pause.
+//! - `rank` orders the voters that may campaign (every voter but the
+//!   silent leader, by id), and each waits one `slot` more than the one
+//!   before it: the first campaigns alone, and has won (or lost) before
+//!   the next starts. With a random pause alone (0–50 ms) the two
+//!   followers of a dead leader often campaigned within a few ms of each
+//!   other; both passed pre-vote, then split the real vote, and the retry
+//!   cost the RTO 200–300 ms (in about one round of 40 with a CPU-heavy
+//!   neighbour). `jitter` is a small random pause on top.
+//! - A round that did not end the silence is retried after one slot per
+//!   voter that may campaign, so the voters keep their order and the next
+//!   round comes soon: a pre-vote is refused while a voter still holds the
+//!   old leader's lease, which under CPU load can outlast the margin, and
+//!   a refused pre-vote changes nothing.
+//! - A vote this node granted to another candidate in a newer term puts
+//!   its own campaign off as a failed attempt would (Raft's rule: granting
+//!   a vote restarts the election timer). openraft forgets the leader once
+//!   it grants a vote, so without this rule the follower that had just
+//!   elected the other one campaigned against it a few ms later, and with
+//!   a CPU-heavy neighbour that cost a whole retry (writes resumed ~190 ms
+//!   after the new leader was seen, in 2 rounds of 20).
 //!
 //! It adds no election that openraft's own timer would not start a little
 //! later anyway: it only acts after a silence longer than the longest
@@ -26,6 +44,7 @@
 use crate::network::server::PeerContact;
 use crate::types::{NodeId, Raft};
 use openraft::async_runtime::WatchReceiver;
+use openraft::vote::RaftLeaderId;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +56,8 @@ pub(crate) struct Prompt {
     pub lease: Duration,
     /// Added to the lease before the first attempt.
     pub margin: Duration,
+    /// Each voter waits this much more than the one ranked before it.
+    pub slot: Duration,
     /// Each attempt waits a further random pause below this.
     pub jitter: Duration,
     /// How often silence is checked.
@@ -48,7 +69,8 @@ impl Prompt {
         Prompt {
             lease: election_max,
             margin: heartbeat / 2,
-            jitter: heartbeat,
+            slot: heartbeat / 2,
+            jitter: heartbeat / 4,
             tick: Duration::from_millis(5).min(heartbeat / 4),
         }
     }
@@ -60,17 +82,29 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
     // The leader whose silence is timed: the last one this node followed
     // (openraft forgets the leader once an election starts).
     let mut followed: Option<NodeId> = None;
+    // The term `followed` led in.
+    let mut followed_term = 0;
     let mut next_attempt: Option<Instant> = None;
+    // The newest term in which this node voted for another candidate.
+    let mut voted_in = 0;
     loop {
         tokio::time::sleep(prompt.tick).await;
-        let (leader, state, voter) = {
+        let (leader, state, voter, term, vote, rank) = {
             let m = metrics.borrow_watched();
-            let voter = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == id);
-            (m.current_leader, m.state, voter)
+            let voters = || m.membership_config.membership().voter_ids();
+            let voter = voters().any(|v| v == id);
+            // Voters that may campaign (not the silent leader), and how
+            // many of them come before this one.
+            let candidates = || voters().filter(|&v| Some(v) != followed);
+            let rank = (
+                candidates().filter(|&v| v < id).count() as u32,
+                candidates().count() as u32,
+            );
+            let vote = (!m.vote.is_committed()).then(|| {
+                let candidate = m.vote.leader_id();
+                (candidate.term(), *candidate.node_id())
+            });
+            (m.current_leader, m.state, voter, m.current_term, vote, rank)
         };
         if state.is_leader() || !voter {
             followed = None;
@@ -78,9 +112,18 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
             continue;
         }
         if let Some(leader) = leader {
-            if followed != Some(leader) {
+            if followed != Some(leader) || followed_term != term {
                 followed = Some(leader);
+                followed_term = term;
                 next_attempt = None;
+            }
+        }
+        if let Some((vote_term, candidate)) = vote {
+            if candidate != id && vote_term > followed_term && vote_term > voted_in {
+                // Another candidate holds this node's vote: give it the
+                // time a failed attempt would get to win and be heard.
+                voted_in = vote_term;
+                next_attempt = Some(Instant::now() + prompt.lease / 2 + jitter(prompt.jitter));
             }
         }
         let Some(silence_from) = followed.and_then(|l| contact.last_from(l)) else {
@@ -92,20 +135,24 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
             continue;
         }
         let now = Instant::now();
-        let due = *next_attempt.get_or_insert_with(|| now + jitter(prompt.jitter));
+        let due =
+            *next_attempt.get_or_insert_with(|| now + prompt.slot * rank.0 + jitter(prompt.jitter));
         if now < due {
             continue;
         }
         tracing::info!(
             leader = ?followed,
             silent_ms = silent.as_millis() as u64,
+            rank = rank.0,
+            term,
+            ?vote,
             "leader silent past its lease: campaigning (pre-vote first)"
         );
         if raft.trigger().elect(true).await.is_err() {
             return; // Raft stopped.
         }
         // The next attempt, if this one does not end the silence.
-        next_attempt = Some(now + prompt.lease / 2 + jitter(prompt.jitter));
+        next_attempt = Some(now + prompt.slot * rank.1 + jitter(prompt.jitter));
     }
 }
 
