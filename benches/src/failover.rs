@@ -17,10 +17,13 @@
 //! has a write acknowledged: finding the leader, its first commit); a
 //! transfer into `hand_over` (the call until the target is seen leading,
 //! including the wait for it to catch up, while writes go on) and
-//! `first_write`. `steady_pause` is the longest gap in the second before
-//! each transfer, with no transfer: the stalls of the machine itself (a
-//! slow fsync on a busy disk), which a transfer's pause should be read
-//! against. `--cpu-hogs N` runs N busy loops beside the cluster.
+//! `first_write`. `pause` is the longest gap in the second after the call;
+//! `hand_over_pause` the longest gap from the call until the new leader's
+//! first acknowledged write: the part the hand-over itself causes.
+//! `steady_pause` is the longest gap in the second before each transfer,
+//! with no transfer: the stalls of the machine itself (a slow fsync on a
+//! busy disk), which `pause` should be read against. `--cpu-hogs N` runs
+//! N busy loops beside the cluster.
 
 use crate::report::Row;
 use ferry_client::{Client, ClientOptions};
@@ -529,6 +532,9 @@ async fn run_async(args: &Args) -> Vec<Row> {
     // Per transfer: the call until the target is seen leading (writes go
     // on while it catches up), and from then until a write is acknowledged.
     let (mut hand_over, mut first_write) = (Vec::new(), Vec::new());
+    // Per transfer, the longest gap from the call until the new leader's
+    // first acknowledged write.
+    let mut hand_over_pauses = Vec::new();
     // Per transfer, the longest pause in a window as long without one just
     // before it: what the machine's own stalls (a slow fsync on a busy
     // disk, a descheduled process) give, for the pauses to be read against.
@@ -562,13 +568,19 @@ async fn run_async(args: &Args) -> Vec<Row> {
             (Some(elected), Some(acked)) => (ms(elected - started), ms(acked - elected)),
             _ => (f64::NAN, f64::NAN),
         };
+        // No new leader seen, or no write after it: the whole window.
+        hand_over_pauses.push(match acked {
+            Some(acked) => ms(longest_gap(&log, started, acked).0),
+            None => ms(pause),
+        });
         hand_over.push(to_leader);
         first_write.push(to_write);
         eprintln!(
-            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms from {:.1} ms after the call (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later; {:.1} ms in the second before, without a transfer)",
+            "transfer {}: node {leader} to node {target}, longest pause {:.1} ms from {:.1} ms after the call, {:.1} ms until the new leader's first write (target seen leading {to_leader:.1} ms after the call, first write {to_write:.1} ms later; {:.1} ms in the second before, without a transfer)",
             pauses.len(),
             ms(pause),
             ms(pause_from - started),
+            hand_over_pauses[hand_over_pauses.len() - 1],
             steady[steady.len() - 1]
         );
         let _ = client.refresh_members().await;
@@ -636,6 +648,14 @@ async fn run_async(args: &Args) -> Vec<Row> {
             .with("pause_p50_ms", percentile(&mut pauses, 50.0))
             .with("pause_p99_ms", percentile(&mut pauses, 99.0))
             .with("pause_max_ms", percentile(&mut pauses, 100.0))
+            .with(
+                "hand_over_pause_p50_ms",
+                percentile(&mut hand_over_pauses, 50.0),
+            )
+            .with(
+                "hand_over_pause_p99_ms",
+                percentile(&mut hand_over_pauses, 99.0),
+            )
             .with("hand_over_p50_ms", percentile(&mut hand_over, 50.0))
             .with("hand_over_p99_ms", percentile(&mut hand_over, 99.0))
             .with("first_write_p50_ms", percentile(&mut first_write, 50.0))
