@@ -93,13 +93,7 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
             let m = metrics.borrow_watched();
             let voters = || m.membership_config.membership().voter_ids();
             let voter = voters().any(|v| v == id);
-            // Voters that may campaign (not the silent leader), and how
-            // many of them come before this one.
-            let candidates = || voters().filter(|&v| Some(v) != followed);
-            let rank = (
-                candidates().filter(|&v| v < id).count() as u32,
-                candidates().count() as u32,
-            );
+            let rank = rank(voters(), followed, id);
             let vote = (!m.vote.is_committed()).then(|| {
                 let candidate = m.vote.leader_id();
                 (candidate.term(), *candidate.node_id())
@@ -156,6 +150,44 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
     }
 }
 
+/// This voter's place among the voters that may campaign (all but the
+/// silent leader `followed`), by id from 0, and how many there are.
+fn rank(voters: impl Iterator<Item = NodeId>, followed: Option<NodeId>, id: NodeId) -> (u32, u32) {
+    let (mut before, mut candidates) = (0, 0);
+    for voter in voters.filter(|&v| Some(v) != followed) {
+        candidates += 1;
+        if voter < id {
+            before += 1;
+        }
+    }
+    (before, candidates)
+}
+
 fn jitter(bound: Duration) -> Duration {
     bound.mul_f64(rand::rng().random_range(0.0..1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_voters_left_by_a_silent_leader_each_get_their_own_slot() {
+        let voters = [1, 2, 3, 5, 8];
+        for leader in voters {
+            let mut ranks: Vec<u32> = voters
+                .iter()
+                .filter(|&&v| v != leader)
+                .map(|&id| {
+                    let (rank, candidates) = rank(voters.into_iter(), Some(leader), id);
+                    assert_eq!(candidates, 4);
+                    rank
+                })
+                .collect();
+            ranks.sort();
+            assert_eq!(ranks, [0, 1, 2, 3], "leader {leader}");
+        }
+        // With no leader known yet, every voter is a candidate.
+        assert_eq!(rank(voters.into_iter(), None, 3), (2, 5));
+    }
 }
