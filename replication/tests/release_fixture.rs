@@ -43,14 +43,21 @@ fn expected(fixture: &str, name: &str) -> State {
     parse_state(&std::fs::read_to_string(fixture_dir(fixture).join(name)).unwrap())
 }
 
+/// Opens a copy (in `scratch`) of `fixture`'s node directory, which
+/// replays its log over its snapshot and engine, and checks that it holds
+/// the state the fixture's script left.
+async fn open_with_its_state(fixture: &str, scratch: &std::path::Path) -> Node {
+    let data = scratch.join("node");
+    copy_tree(&fixture_dir(fixture).join("node"), &data);
+    let node = open_restored(1, &data).await;
+    assert_eq!(user_state(&node).await, expected(fixture, "STATE"));
+    node
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
     let scratch = tempfile::tempdir().unwrap();
-    let data = scratch.path().join("node");
-    copy_tree(&fixture_dir(RELEASE_0_1_0).join("node"), &data);
-    // The node replays the old log over its old snapshot and engine.
-    let node = open_restored(1, &data).await;
-    assert_eq!(user_state(&node).await, expected(RELEASE_0_1_0, "STATE"));
+    let node = open_with_its_state(RELEASE_0_1_0, scratch.path()).await;
     // Release 0.1.0 kept no history: this release's starts after what the
     // old state had applied, and reads and watches before it are refused.
     let upgraded_at = node.compacted().unwrap();
@@ -93,10 +100,7 @@ async fn a_data_directory_of_release_0_1_0_opens_with_its_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_with_envelope_2_opens_with_its_state_and_history() {
     let scratch = tempfile::tempdir().unwrap();
-    let data = scratch.path().join("node");
-    copy_tree(&fixture_dir(ENVELOPE_2).join("node"), &data);
-    let node = open_restored(1, &data).await;
-    assert_eq!(user_state(&node).await, expected(ENVELOPE_2, "STATE"));
+    let node = open_with_its_state(ENVELOPE_2, scratch.path()).await;
     // Its history was kept from the first write: a watch from revision 1
     // sees every change the script made, and the node takes writes.
     let mut watcher = node
