@@ -30,8 +30,8 @@
 //!   old leader's lease, which under CPU load can outlast the margin, and
 //!   a refused pre-vote changes nothing.
 //! - A vote this node granted to another candidate in a newer term puts
-//!   its own campaign off as a failed attempt would (Raft's rule: granting
-//!   a vote restarts the election timer). openraft forgets the leader once
+//!   its own campaign off by half a lease (Raft's rule: granting a vote
+//!   restarts the election timer). openraft forgets the leader once
 //!   it grants a vote, so without this rule the follower that had just
 //!   elected the other one campaigned against it a few ms later, and with
 //!   a CPU-heavy neighbour that cost a whole retry (writes resumed ~190 ms
@@ -114,8 +114,8 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
         }
         if let Some((vote_term, candidate)) = vote {
             if candidate != id && vote_term > followed_term && vote_term > voted_in {
-                // Another candidate holds this node's vote: give it the
-                // time a failed attempt would get to win and be heard.
+                // Another candidate holds this node's vote: give it half
+                // a lease to win and be heard.
                 voted_in = vote_term;
                 next_attempt = Some(Instant::now() + prompt.lease / 2 + jitter(prompt.jitter));
             }
