@@ -100,9 +100,15 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
     let client = connect(cluster.endpoints()).await;
     let endpoints = cluster.endpoints().join(",");
     let dir = cluster.root.path();
-    let (go, rc, err) = (dir.join("go"), dir.join("rc"), dir.join("err"));
+    let (started, go, rc, err) = (
+        dir.join("started"),
+        dir.join("go"),
+        dir.join("rc"),
+        dir.join("err"),
+    );
     let script = format!(
-        r#"while [ ! -f {go} ]; do sleep 0.05; done; "$FERRY_BIN" kv put guarded x --fence "$FERRY_LOCK_KEY:$FERRY_LOCK_TOKEN" --endpoints "$ENDPOINTS" 2> {err}; echo $? > {rc}"#,
+        r#"touch {started}; while [ ! -f {go} ]; do sleep 0.05; done; "$FERRY_BIN" kv put guarded x --fence "$FERRY_LOCK_KEY:$FERRY_LOCK_TOKEN" --endpoints "$ENDPOINTS" 2> {err}; echo $? > {rc}"#,
+        started = started.display(),
         go = go.display(),
         rc = rc.display(),
         err = err.display()
@@ -110,11 +116,12 @@ async fn a_paused_holder_whose_lease_expired_cannot_write_with_its_token() {
     // A 5 s TTL: long enough that a loaded machine's delayed renewals do
     // not lose the lock before the pause does.
     let mut holder = Workers(vec![lock_process(&endpoints, "locks/p", 5, &script)]);
-    // Wait until it holds the lock.
+    // Wait until it holds the lock and has started its command: a holder
+    // paused between the two (a loaded machine) would never start it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
         let page = client.prefix("locks/p/", 10).await.unwrap();
-        if let Some(kv) = page.kvs.first() {
+        if let (Some(kv), true) = (page.kvs.first(), started.exists()) {
             break kv.create_revision;
         }
         assert!(Instant::now() < deadline, "the holder never got the lock");
