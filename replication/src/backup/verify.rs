@@ -48,12 +48,45 @@ pub struct VerifyReport {
 
 /// Verifies the chain in `target`, fetching into `scratch` (a local file
 /// on `fs`). An unreadable listing is an error; damage is a [`Problem`].
+///
+/// A live chain can be pruned while it is read: a file listed at the
+/// start may be gone when its turn comes. So a report with problems is
+/// taken again from a fresh listing if the chain's start moved meanwhile
+/// (at most three times); a damaged chain that nothing prunes gives the
+/// same report.
 pub fn verify(
     fs: &dyn FileSystem,
     target: &dyn BackupTarget,
     scratch: &Path,
 ) -> io::Result<VerifyReport> {
-    let catalog = Catalog::read(target)?;
+    let start = |catalog: &Catalog| {
+        (
+            catalog.checkpoints.first().copied(),
+            catalog.log.first().copied(),
+        )
+    };
+    let mut attempts = 0;
+    loop {
+        let catalog = Catalog::read(target)?;
+        let listed_start = start(&catalog);
+        let report = verify_listed(fs, target, scratch, catalog)?;
+        attempts += 1;
+        if report.problems.is_empty()
+            || attempts == 3
+            || start(&Catalog::read(target)?) == listed_start
+        {
+            return Ok(report);
+        }
+    }
+}
+
+/// [`verify`] against the listing `catalog`.
+fn verify_listed(
+    fs: &dyn FileSystem,
+    target: &dyn BackupTarget,
+    scratch: &Path,
+    catalog: Catalog,
+) -> io::Result<VerifyReport> {
     let mut report = VerifyReport {
         orphans: catalog.orphans.len() as u64,
         ..VerifyReport::default()
