@@ -7,7 +7,9 @@ use super::TransferStats;
 use crate::snapshot::transfer::{self, RateLimiter, TransferOptions};
 use crate::snapshot::SnapshotHandle;
 use crate::types::{FerryNode, NodeId, TypeConfig, Vote};
+use futures_util::Stream;
 use openraft::alias::SnapshotOf;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -219,6 +221,28 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             c.append_entries(m).await
         })
         .await
+    }
+
+    /// Entry-less appends overlap the next request (see `append_stream`).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, super::append_stream::Item>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let peer = self.clone();
+        let call = move |request| -> super::append_stream::Call {
+            let mut peer = peer.clone();
+            let option = option.clone();
+            Box::pin(async move { peer.append_entries(request, option).await })
+        };
+        Box::pin(async move {
+            let results: BoxStream<'s, super::append_stream::Item> =
+                Box::pin(super::append_stream::stream(input, call));
+            Ok(results)
+        })
     }
 
     async fn vote(

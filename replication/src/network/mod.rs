@@ -1,5 +1,6 @@
 //! Node-to-node transport over tonic gRPC (see `proto/raft.proto`).
 
+mod append_stream;
 pub mod client;
 pub mod control;
 pub mod forward;
