@@ -162,6 +162,24 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
             .find(|row| row.engine == engine && case(row) == name)
             .and_then(|row| row.get(figure))
     };
+    // A peer that measured none of the baseline's cases (the cluster
+    // suite's `ferry-engine` fsync floor) would only add empty columns.
+    let measured = |engine: &str, name: &String| {
+        rows.iter()
+            .any(|row| row.engine == engine && &case(row) == name)
+    };
+    let peers: Vec<&str> = peers
+        .iter()
+        .copied()
+        .filter(|&peer| {
+            cases
+                .iter()
+                .any(|name| measured(baseline, name) && measured(peer, name))
+        })
+        .collect();
+    if peers.is_empty() {
+        return;
+    }
     let with_p99 = rows.iter().any(|row| row.get("p99_us").is_some());
     // Cases measured by a cost (bytes, seconds) rather than a rate.
     let with_cost = rows.iter().any(|row| {
@@ -170,7 +188,7 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
     });
 
     let mut header = vec!["workload".to_owned()];
-    for peer in peers {
+    for peer in &peers {
         header.push(format!("ops {baseline}/{peer}"));
         if with_p99 {
             header.push(format!("p99 {baseline}/{peer}"));
@@ -192,7 +210,7 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
     };
     for name in &cases {
         let mut line = vec![name.clone()];
-        for &peer in peers {
+        for &peer in &peers {
             let rate = both(THROUGHPUTS, peer, name);
             line.push(ratio(rate.map(|r| r.0), rate.map(|r| r.1)));
             if with_p99 {
