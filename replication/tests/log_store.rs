@@ -1,7 +1,7 @@
 //! Restart, power-loss and corruption tests of the Raft log store (the
 //! openraft suite never reopens a store).
 
-use ferry_engine::fs::{FaultInjectionFs, FileSystem};
+use ferry_engine::fs::{FaultInjectionFs, FileSystem, OsFs};
 use ferry_replication::log_store::{LogStore, LogStoreOptions};
 use ferry_replication::types::{Command, Entry, LogId, Op, TypeConfig, Vote};
 use openraft::async_runtime::Oneshot;
@@ -26,6 +26,26 @@ fn entry(term: u64, index: u64) -> Entry {
         )])
         .into(),
     )
+}
+
+/// Waits until the log store dropped last has let `path` go: its IO
+/// thread finishes the last segment (cutting off its reserved space) and
+/// then releases the directory's lock.
+fn closed(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match OsFs.lock(&path.join("LOCK")) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the log was never closed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 fn options() -> LogStoreOptions {
@@ -137,6 +157,7 @@ async fn a_torn_tail_is_cut_and_reported() {
     let mut log = LogStore::open(&path, options()).unwrap();
     append(&mut log, (0..100).map(|i| entry(1, i)).collect()).await;
     drop(log);
+    closed(&path);
     let last = segments(&path).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
     // Half of a record header: a write cut short by a crash.
@@ -160,6 +181,7 @@ async fn damage_inside_the_log_is_an_error_naming_file_and_offset() {
     let mut log = LogStore::open(&path, options()).unwrap();
     append(&mut log, (0..200).map(|i| entry(1, i)).collect()).await;
     drop(log);
+    closed(&path);
     let first = segments(&path).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[100] ^= 0x40;
@@ -223,4 +245,44 @@ async fn records_are_visited_as_the_segments_hold_them() {
         .visit_records(50, |_, _| panic!("nothing to visit"))
         .unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+}
+
+#[tokio::test]
+async fn a_directory_has_one_log_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (0..10).map(|i| entry(1, i)).collect()).await;
+    // While the first is open, a second waits, then gives up naming the
+    // directory: two writers would cut and overwrite each other's records.
+    let error = match LogStore::open(&path, options()) {
+        Ok(_) => panic!("a second log store opened a directory in use"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("in use") && error.contains(&path.display().to_string()),
+        "{error}"
+    );
+    // Dropped, it lets the directory go once its last segment is finished:
+    // the next store opens it at once, with no torn or unused tail to cut.
+    drop(log);
+    let mut log = LogStore::open(&path, options()).unwrap();
+    assert_eq!(log.torn_tail_bytes(), 0);
+    assert_eq!(read_all(&mut log).await.len(), 10);
+    let last = segments(&path).pop().unwrap();
+    drop(log);
+    closed(&path);
+    let outcome = ferry_engine::wal::read_segment(
+        &OsFs,
+        &last,
+        ferry_engine::wal::LogKind::Raft,
+        ferry_engine::wal::TailPolicy::Strict,
+        |_, _| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(
+        outcome.valid_len,
+        std::fs::metadata(&last).unwrap().len(),
+        "a closed log ends at its last record"
+    );
 }

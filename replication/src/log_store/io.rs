@@ -9,7 +9,7 @@
 use super::files;
 use super::{Location, Shared};
 use crate::types::{LogId, TypeConfig, Vote};
-use ferry_engine::fs::FileSystem;
+use ferry_engine::fs::{FileLock, FileSystem};
 use ferry_engine::wal::{read_segment, LogKind, LogWriter, TailPolicy, RECORD_HEADER_LEN};
 use openraft::storage::IOFlushed;
 use std::collections::BTreeMap;
@@ -143,7 +143,8 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> io::Result<Recovered> 
         .map_err(engine_io)?;
         let on_disk = fs.file_size(&path)?;
         if outcome.valid_len < on_disk {
-            torn_tail_bytes += on_disk - outcome.valid_len;
+            // Reserved space the segment had not used yet is no damage.
+            torn_tail_bytes += on_disk - outcome.valid_len - outcome.unused_bytes;
             fs.truncate(&path, outcome.valid_len)?;
         }
         if offsets.is_empty() && is_last && outcome.valid_len < RECORD_HEADER_LEN as u64 {
@@ -189,6 +190,44 @@ pub(crate) struct IoThread {
     pub(crate) segments: BTreeMap<u64, Segment>,
     pub(crate) writer: Option<LogWriter>,
     pub(crate) segment_bytes: u64,
+    /// The directory's lock, released when the thread ends, after the
+    /// last segment was finished (see [`lock`]).
+    pub(crate) _lock: Box<dyn FileLock>,
+}
+
+/// How long opening a log waits for the directory's previous owner in
+/// this process (a node being restarted in place) to let it go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the log directory's lock: one writer per log. A segment reserves
+/// space ahead of its records and a background thread writes zeros into
+/// it, so two writers of one directory would not merely interleave
+/// records: the old one's reservation and final cut would overwrite or cut
+/// off what the new one appended. A log store of a node restarted in this
+/// process waits for the old one's IO thread to end (its jobs drained, its
+/// last segment finished); any other holder is an error naming the
+/// directory.
+pub(crate) fn lock(fs: &dyn FileSystem, dir: &Path) -> io::Result<Box<dyn FileLock>> {
+    let path = dir.join("LOCK");
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match fs.lock(&path) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "raft log {} is in use: {} is held by another log store",
+                            dir.display(),
+                            path.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl IoThread {
@@ -220,8 +259,12 @@ impl IoThread {
             }
             self.sync_and_publish(&mut flushed, &mut written, &mut failed);
         }
-        if let Some(writer) = self.writer.as_mut() {
-            let _ = writer.sync();
+        // Every sender is gone. The last segment ends at its last record
+        // again (its reserved space cut off, durably) before the lock goes.
+        if let Some(mut writer) = self.writer.take() {
+            if let Err(error) = writer.finish() {
+                tracing::warn!(dir = %self.dir.display(), %error, "finishing the raft log's last segment failed");
+            }
         }
     }
 
@@ -276,13 +319,23 @@ impl IoThread {
         Ok(())
     }
 
-    /// Seals the active segment (synced) and starts a new one at `index`.
+    /// Seals the active segment (synced, cut back to its last record) and
+    /// starts a new one at `index`.
+    ///
+    /// A segment reserves zero-filled space ahead of its records, as the
+    /// engine's WAL does (`ferry_engine::fs::mapped`): an `fdatasync` after
+    /// an append then finds the file's size unchanged and commits no file
+    /// system journal. Under 64 writers this took the median log fsync
+    /// from 0.37–0.43 ms to 0.24–0.25 ms (`benches/RESULTS.md`). Only the
+    /// last segment may end in reserved space (readers treat a zero tail
+    /// anywhere else as damage), so the old one is finished first.
     fn roll(&mut self, index: u64) -> io::Result<()> {
         if let Some(mut old) = self.writer.take() {
-            old.sync().map_err(engine_io)?;
+            old.finish().map_err(engine_io)?;
         }
         let path = segment_path(&self.dir, index);
-        let writer = LogWriter::create(&*self.fs, &path, LogKind::Raft).map_err(engine_io)?;
+        let writer =
+            LogWriter::create_reserving(&*self.fs, &path, LogKind::Raft).map_err(engine_io)?;
         self.fs.sync_dir(&self.dir)?;
         self.segments.insert(
             index,

@@ -8,7 +8,16 @@
 //!                                     record sequence = log index, payload = postcard(Entry)
 //! raft/VOTE                           the last saved vote (see `files`)
 //! raft/PURGED                         the last purged log id (see `files`)
+//! raft/LOCK                           held by the one log store that has the directory open
 //! ```
+//!
+//! The last segment may run on past its last record in zero bytes: space
+//! reserved ahead of the records (`ferry_engine::fs::mapped`), cut off when
+//! the segment is sealed or the store is closed, and by recovery after a
+//! crash. The WAL reader has always treated a zero tail of a log's last
+//! segment as unused space (the engine's WAL reserves likewise), so this
+//! is still version 1; a SIGKILLed member (`server/tests/processes.rs`)
+//! recovers from such a tail.
 //!
 //! Invariants:
 //! - Entries are contiguous: segment `n` holds indexes `n, n+1, …` and the
@@ -385,6 +394,8 @@ impl LogStore {
         dir: &Path,
         options: LogStoreOptions,
     ) -> Result<Self, IoError> {
+        fs.create_dir_all(dir)?;
+        let lock = io::lock(&*fs, dir)?;
         let recovered = io::recover(&*fs, dir)?;
         let first = recovered
             .entries
@@ -442,6 +453,7 @@ impl LogStore {
             segments: recovered.segments,
             writer,
             segment_bytes: options.segment_bytes,
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("ferry-raft-log".into())
