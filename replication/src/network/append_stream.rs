@@ -257,6 +257,13 @@ mod tests {
         }
     }
 
+    /// Answers a sent request: the follower took it all.
+    fn succeed(answer: oneshot::Sender<Answer>) {
+        answer
+            .send(Ok(AppendEntriesResponse::Success))
+            .expect("the stream waits for it");
+    }
+
     fn matched(item: Option<Item>) -> u64 {
         match item {
             Some(Ok(Ok(Some(id)))) => id.index,
@@ -273,14 +280,10 @@ mod tests {
         let (second, second_answer) = h.next_sent().await;
         assert_eq!((first, second), ((5, 5), (5, 7)));
         // Answered out of order, yielded in order.
-        second_answer
-            .send(Ok(AppendEntriesResponse::Success))
-            .unwrap();
+        succeed(second_answer);
         assert!(h.nothing_more_sent().await);
         assert!(h.results.try_recv().is_err(), "the later answer waits");
-        first_answer
-            .send(Ok(AppendEntriesResponse::Success))
-            .unwrap();
+        succeed(first_answer);
         assert_eq!(matched(h.next_result().await), 5);
         assert_eq!(matched(h.next_result().await), 7);
     }
@@ -293,11 +296,11 @@ mod tests {
         let (first, answer) = h.next_sent().await;
         assert_eq!(first, (5, 6));
         assert!(h.nothing_more_sent().await, "entries are in flight");
-        answer.send(Ok(AppendEntriesResponse::Success)).unwrap();
+        succeed(answer);
         assert_eq!(matched(h.next_result().await), 6);
         let (second, answer) = h.next_sent().await;
         assert_eq!(second, (6, 7));
-        answer.send(Ok(AppendEntriesResponse::Success)).unwrap();
+        succeed(answer);
         assert_eq!(matched(h.next_result().await), 7);
     }
 
@@ -310,11 +313,11 @@ mod tests {
         let (_, first) = h.next_sent().await;
         let (_, second) = h.next_sent().await;
         assert!(h.nothing_more_sent().await);
-        first.send(Ok(AppendEntriesResponse::Success)).unwrap();
+        succeed(first);
         assert_eq!(matched(h.next_result().await), 5);
         let (_, third) = h.next_sent().await;
-        second.send(Ok(AppendEntriesResponse::Success)).unwrap();
-        third.send(Ok(AppendEntriesResponse::Success)).unwrap();
+        succeed(second);
+        succeed(third);
         assert_eq!(matched(h.next_result().await), 5);
         assert_eq!(matched(h.next_result().await), 5);
     }
