@@ -162,20 +162,21 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
             .find(|row| row.engine == engine && case(row) == name)
             .and_then(|row| row.get(figure))
     };
-    // A peer that measured none of the baseline's cases (the cluster
-    // suite's `ferry-engine` fsync floor) would only add empty columns.
+    // A case the baseline did not measure, or a peer that measured none
+    // of the baseline's cases (the cluster suite's `ferry-engine` fsync
+    // floor), would only add empty rows and columns.
     let measured = |engine: &str, name: &String| {
         rows.iter()
             .any(|row| row.engine == engine && &case(row) == name)
     };
+    let cases: Vec<String> = cases
+        .into_iter()
+        .filter(|name| measured(baseline, name))
+        .collect();
     let peers: Vec<&str> = peers
         .iter()
         .copied()
-        .filter(|&peer| {
-            cases
-                .iter()
-                .any(|name| measured(baseline, name) && measured(peer, name))
-        })
+        .filter(|&peer| cases.iter().any(|name| measured(peer, name)))
         .collect();
     if peers.is_empty() {
         return;
