@@ -114,19 +114,11 @@ where
                 return Some(self.finish(answer));
             }
             let input = self.input.as_mut().expect("may_send checked it");
-            if self.calls.is_empty() {
-                match input.next().await {
-                    Some(request) => self.send(request),
-                    None => self.input = None,
-                }
-                continue;
-            }
             // `next()` of openraft's request stream may be dropped and
             // called again: the stream keeps the request it is building.
             tokio::select! {
                 biased;
-                answer = self.calls.next() => {
-                    let answer = answer.expect("a call is in flight");
+                Some(answer) = self.calls.next(), if !self.calls.is_empty() => {
                     return Some(self.finish(answer));
                 }
                 request = input.next() => match request {
