@@ -9,9 +9,10 @@
 //! Ferry runs as `ferry serve` processes (this binary re-executed as
 //! `serve-node`) with default settings; the Ferry SDK is its client.
 //!
-//! First, `ferry-engine sync put`: one writer's synced puts into the
-//! engine alone on the same disk, the fdatasync floor that a one-client
-//! put (the leader's log and a follower's, then apply) is read against.
+//! First, two floors that a one-client put is read against, on the same
+//! disk: `ferry-engine sync put`, one writer's synced puts into the engine
+//! alone (one fdatasync each), and `floor replicated put`, the least a
+//! 3-member quorum commit can take on this machine (see `floor.rs`).
 //!
 //! Each row also gives the servers' CPU per operation (`cpu_us_per_op`,
 //! all member processes) and the client's (`client_cpu_us_per_op`, this
@@ -240,7 +241,12 @@ pub fn run(args: &Args) -> Vec<Row> {
 
 async fn run_async(args: &Args) -> Vec<Row> {
     let chosen = |system: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == system);
-    let mut rows = vec![engine_sync_put(args)];
+    let floor_dir = args.output.work_dir();
+    let mut rows = vec![
+        engine_sync_put(args),
+        crate::floor::replicated_put(floor_dir.path(), 2000),
+    ];
+    drop(floor_dir);
     let modes: &[bool] = if args.tls { &[false, true] } else { &[false] };
     for &secure in modes {
         if chosen(if secure { "ferry-tls" } else { "ferry" }) {

@@ -19,6 +19,7 @@ mod engine;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod failover;
+mod floor;
 mod history;
 mod parquet;
 mod recovery;
