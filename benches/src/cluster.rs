@@ -14,6 +14,9 @@
 //! alone (one fdatasync each), and `floor replicated put`, the least a
 //! 3-member quorum commit can take on this machine (see `floor.rs`).
 //!
+//! Each system's first row is `idle`: its servers' CPU over 3 s with the
+//! clients connected and no calls (`cpu_percent`, of one core).
+//!
 //! Each row also gives the servers' CPU per operation (`cpu_us_per_op`,
 //! all member processes) and the client's (`client_cpu_us_per_op`, this
 //! process): on a small machine the client competes for the same cores.
@@ -189,7 +192,7 @@ async fn drive<C: KvClient>(
 /// throughput when the shared machine is noisy.
 async fn run_system<C: KvClient>(system: &str, pool: &[C], pids: &[u32], args: &Args) -> Vec<Row> {
     let written = Arc::new(AtomicU64::new(0));
-    let mut rows = Vec::new();
+    let mut rows = vec![idle(system, pids).await];
     for workload in [Workload::Put, Workload::Overwrite, Workload::Get] {
         for &clients in &args.clients {
             let me = [std::process::id()];
@@ -208,6 +211,19 @@ async fn run_system<C: KvClient>(system: &str, pool: &[C], pids: &[u32], args: &
         }
     }
     rows
+}
+
+/// The servers' CPU while no client calls (connections open): what the
+/// cluster costs its machine between bursts, from heartbeats and timers.
+async fn idle(system: &str, pids: &[u32]) -> Row {
+    const SECONDS: f64 = 3.0;
+    // Let connection set-up and the first heartbeats settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_seconds(pids);
+    tokio::time::sleep(Duration::from_secs_f64(SECONDS)).await;
+    let percent = (cpu_seconds(pids) - before) / SECONDS * 100.0;
+    eprintln!("{system} idle: {percent:.2}% of a core");
+    Row::system(system, "idle").with("cpu_percent", percent)
 }
 
 /// CPU seconds (user and system) the processes `pids` have used so far.
