@@ -180,7 +180,11 @@ fn readable(followers: &[TcpStream]) -> Vec<usize> {
             break;
         }
         let error = std::io::Error::last_os_error();
-        assert_eq!(error.kind(), std::io::ErrorKind::Interrupted, "poll: {error}");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::Interrupted,
+            "poll: {error}"
+        );
     }
     fds.iter()
         .enumerate()

@@ -60,7 +60,9 @@ pub(crate) struct Prompt {
     pub slot: Duration,
     /// Each attempt waits a further random pause below this.
     pub jitter: Duration,
-    /// How often silence is checked.
+    /// How often silence is checked while the followed leader has never
+    /// been heard from; otherwise the task sleeps until a campaign could
+    /// be due, or the vote, the leader or the state changes.
     pub tick: Duration,
 }
 
@@ -76,9 +78,16 @@ impl Prompt {
     }
 }
 
+/// A sleep with nothing due: only a change of the server metrics ends it.
+const FOREVER: Duration = Duration::from_secs(3600);
+
 /// Runs until the node stops (the caller aborts it).
 pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, prompt: Prompt) {
     let metrics = raft.metrics();
+    // Vote, leader, state and membership: what wakes this task besides its
+    // own deadlines (openraft's full metrics change several times a write).
+    let mut server = raft.server_metrics();
+    let mut wake = Some(Instant::now() + prompt.tick);
     // The leader whose silence is timed: the last one this node followed
     // (openraft forgets the leader once an election starts).
     let mut followed: Option<NodeId> = None;
@@ -88,7 +97,15 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
     // The newest term in which this node voted for another candidate.
     let mut voted_in = 0;
     loop {
-        tokio::time::sleep(prompt.tick).await;
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
+            wake.unwrap_or_else(|| Instant::now() + FOREVER),
+        ));
+        tokio::select! {
+            _ = sleep => {}
+            changed = server.changed() => if changed.is_err() {
+                return; // Raft stopped.
+            },
+        }
         let (leader, state, voter, term, vote, rank) = {
             let m = metrics.borrow_watched();
             let voters = || m.membership_config.membership().voter_ids();
@@ -103,6 +120,7 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
         if state.is_leader() || !voter {
             followed = None;
             next_attempt = None;
+            wake = None;
             continue;
         }
         if let Some(leader) = leader {
@@ -121,17 +139,22 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
             }
         }
         let Some(silence_from) = followed.and_then(|l| contact.last_from(l)) else {
+            // No leader yet: one will change the server metrics.
+            wake = followed.map(|_| Instant::now() + prompt.tick);
             continue;
         };
         let silent = silence_from.elapsed();
         if silent < prompt.lease + prompt.margin {
             next_attempt = None;
+            // The leader's next message moves this on; it is checked then.
+            wake = Some(silence_from + prompt.lease + prompt.margin);
             continue;
         }
         let now = Instant::now();
         let due =
             *next_attempt.get_or_insert_with(|| now + prompt.slot * rank.0 + jitter(prompt.jitter));
         if now < due {
+            wake = Some(due);
             continue;
         }
         tracing::info!(
@@ -147,6 +170,7 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
         }
         // The next attempt, if this one does not end the silence.
         next_attempt = Some(now + prompt.slot * rank.1 + jitter(prompt.jitter));
+        wake = next_attempt;
     }
 }
 

@@ -63,8 +63,8 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use node::{
-    CasOutcome, Consistency, FollowerProgress, MetricsWatch, Node, NodeConfig, PageLimit,
-    RaftOptions, Read, Staleness, NODE_STOP_BOUND,
+    CasOutcome, Consistency, FollowerProgress, Leadership, LeadershipWatch, Node, NodeConfig,
+    PageLimit, RaftOptions, Read, Staleness, NODE_STOP_BOUND,
 };
 pub use retention::RetentionOptions;
 pub use snapshot::transfer::TransferOptions;

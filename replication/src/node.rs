@@ -189,23 +189,72 @@ pub struct CasOutcome {
     pub current: Option<Vec<u8>>,
 }
 
-/// See [`Node::metrics_watch`].
-pub struct MetricsWatch(
-    openraft::alias::WatchReceiverOf<
+/// See [`Node::leadership_watch`].
+///
+/// It follows openraft's server metrics, which change with the vote, the
+/// leader and the membership only, and its data metrics (the applied
+/// entry) only when asked: openraft publishes its full metrics at every
+/// turn of its loop, several times per write, and a watcher of those would
+/// wake and copy them (membership and per-peer maps) that often.
+pub struct LeadershipWatch {
+    server: openraft::alias::WatchReceiverOf<
         crate::types::TypeConfig,
-        RaftMetrics<crate::types::TypeConfig>,
+        openraft::metrics::RaftServerMetrics<crate::types::TypeConfig>,
     >,
-);
+    data: openraft::alias::WatchReceiverOf<
+        crate::types::TypeConfig,
+        openraft::metrics::RaftDataMetrics<crate::types::TypeConfig>,
+    >,
+}
 
-impl MetricsWatch {
-    /// The metrics now, marked as seen.
-    pub fn current(&mut self) -> RaftMetrics<crate::types::TypeConfig> {
-        self.0.borrow_and_update().clone()
+/// Who leads, as one node knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    /// The leader, once this node's vote for it is on disk.
+    pub leader: Option<NodeId>,
+    /// The term of the node's vote on disk (the leader's term, once known).
+    pub term: u64,
+    /// The term of the last entry the node applied.
+    pub applied_term: Option<u64>,
+}
+
+impl LeadershipWatch {
+    /// The leadership now, marked as seen.
+    pub fn current(&mut self) -> Leadership {
+        let (leader, term) = {
+            let m = self.server.borrow_and_update();
+            let voted = m.vote.leader_id();
+            // `current_leader` comes from the vote in memory, `vote` is the
+            // one on disk: a leader is named once its term is known with it.
+            let leader = m
+                .current_leader
+                .filter(|&l| m.vote.is_committed() && voted.node_id == l);
+            (leader, voted.term)
+        };
+        let applied_term = self
+            .data
+            .borrow_and_update()
+            .last_applied
+            .map(|l| l.leader_id.term);
+        Leadership {
+            leader,
+            term,
+            applied_term,
+        }
     }
 
-    /// Waits for a change; false once the node has stopped.
-    pub async fn changed(&mut self) -> bool {
-        self.0.changed().await.is_ok()
+    /// Waits until the leader or the term changes, or, with `applied`,
+    /// also until the node applies an entry. False once the node has
+    /// stopped.
+    pub async fn changed(&mut self, applied: bool) -> bool {
+        if applied {
+            tokio::select! {
+                changed = self.server.changed() => changed.is_ok(),
+                changed = self.data.changed() => changed.is_ok(),
+            }
+        } else {
+            self.server.changed().await.is_ok()
+        }
     }
 }
 
@@ -459,10 +508,13 @@ impl Node {
         &self.sm
     }
 
-    /// The node's Raft metrics as they change, for watchers outside this
-    /// crate (which do not name openraft's runtime traits).
-    pub fn metrics_watch(&self) -> MetricsWatch {
-        MetricsWatch(self.raft.metrics())
+    /// Who leads, as it changes, for watchers outside this crate (which do
+    /// not name openraft's runtime traits).
+    pub fn leadership_watch(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            server: self.raft.server_metrics(),
+            data: self.raft.data_metrics(),
+        }
     }
 
     /// When this node last heard from `peer`.

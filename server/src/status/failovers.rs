@@ -68,7 +68,7 @@ impl Failovers {
 
     /// Takes in what the node knows now: `leader` and `term`, and the term
     /// of the last applied entry. `lost_contact` is when this member last
-    /// heard from a given leader.
+    /// heard from a given leader. Whether a failover is under way.
     fn observe(
         &self,
         me: u64,
@@ -76,7 +76,7 @@ impl Failovers {
         term: u64,
         applied_term: Option<u64>,
         lost_contact: impl Fn(u64) -> Option<Instant>,
-    ) {
+    ) -> bool {
         let mut state = self.state.lock();
         let now = Instant::now();
         if leader != state.leader {
@@ -120,29 +120,26 @@ impl Failovers {
             }
             state.done.push_back(failover);
         }
+        state.pending.is_some()
     }
 
-    /// Follows `node`'s Raft metrics until `stopped` turns true.
+    /// Follows who leads `node` until `stopped` turns true.
     pub async fn run(
         self: Arc<Self>,
         node: Arc<Node>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut metrics = node.metrics_watch();
+        let mut watch = node.leadership_watch();
         loop {
-            {
-                let m = metrics.current();
-                self.observe(
-                    node.id(),
-                    m.current_leader,
-                    m.current_term,
-                    m.last_applied.map(|l| l.leader_id.term),
-                    |peer| node.last_contact(peer),
-                );
-            }
+            let now = watch.current();
+            let pending = self.observe(node.id(), now.leader, now.term, now.applied_term, |peer| {
+                node.last_contact(peer)
+            });
+            // Applied entries matter only while a failover lasts: its end
+            // is the first entry of the new term applied here.
             tokio::select! {
                 _ = stopped.wait_for(|s| *s) => return,
-                changed = metrics.changed() => if !changed { return },
+                changed = watch.changed(pending) => if !changed { return },
             }
         }
     }
