@@ -83,9 +83,9 @@ const FOREVER: Duration = Duration::from_secs(3600);
 
 /// Runs until the node stops (the caller aborts it).
 pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, prompt: Prompt) {
-    let metrics = raft.metrics();
-    // Vote, leader, state and membership: what wakes this task besides its
-    // own deadlines (openraft's full metrics change several times a write).
+    // Vote, leader, state and membership: what this task reads, and what
+    // wakes it besides its own deadlines (openraft's full metrics change
+    // several times a write).
     let mut server = raft.server_metrics();
     let mut wake = Some(Instant::now() + prompt.tick);
     // The leader whose silence is timed: the last one this node followed
@@ -106,8 +106,11 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
                 return; // Raft stopped.
             },
         }
+        // Read from the channel that woke this task: openraft publishes its
+        // full metrics after the server metrics, so at this point they may
+        // still hold the old leader or state.
         let (leader, state, voter, term, vote, rank) = {
-            let m = metrics.borrow_watched();
+            let m = server.borrow_and_update();
             let voters = || m.membership_config.membership().voter_ids();
             let voter = voters().any(|v| v == id);
             let rank = rank(voters(), followed, id);
@@ -115,7 +118,8 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
                 let candidate = m.vote.leader_id();
                 (candidate.term(), *candidate.node_id())
             });
-            (m.current_leader, m.state, voter, m.current_term, vote, rank)
+            let term = m.vote.leader_id().term();
+            (m.current_leader, m.state, voter, term, vote, rank)
         };
         if state.is_leader() || !voter {
             followed = None;
