@@ -296,17 +296,33 @@ fn engine_sync_put(args: &Args) -> Row {
             .record(put.elapsed().as_micros() as u64)
             .expect("record");
     }
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "engine sync put x1: p50 {} us, p99 {} us",
+    one_client_row(
+        Row::new("ferry-engine", "sync put"),
+        "engine sync put x1",
+        &histogram,
+        PUTS,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// `row` with the figures of one client's `ops` operations in `seconds`
+/// and their latencies in `histogram` (µs); printed as progress too.
+pub(crate) fn one_client_row(
+    row: Row,
+    progress: &str,
+    histogram: &Histogram<u64>,
+    ops: u64,
+    seconds: f64,
+) -> Row {
+    let (p50, p99) = (
         histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99)
+        histogram.value_at_quantile(0.99),
     );
-    Row::new("ferry-engine", "sync put")
-        .with("clients", 1.0)
-        .with("ops_per_sec", PUTS as f64 / seconds)
-        .with("p50_us", histogram.value_at_quantile(0.5) as f64)
-        .with("p99_us", histogram.value_at_quantile(0.99) as f64)
+    eprintln!("{progress}: p50 {p50} us, p99 {p99} us");
+    row.with("clients", 1.0)
+        .with("ops_per_sec", ops as f64 / seconds)
+        .with("p50_us", p50 as f64)
+        .with("p99_us", p99 as f64)
 }
 
 /// A 3-node Ferry cluster under the workloads; `secure`: with TLS and

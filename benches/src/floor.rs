@@ -83,16 +83,13 @@ pub fn replicated_put(dir: &Path, puts: u64) -> Row {
     for thread in threads {
         thread.join().expect("a member panicked");
     }
-    eprintln!(
-        "floor replicated put x1: p50 {} us, p99 {} us",
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99)
-    );
-    Row::system("floor", "replicated put")
-        .with("clients", 1.0)
-        .with("ops_per_sec", puts as f64 / seconds)
-        .with("p50_us", histogram.value_at_quantile(0.5) as f64)
-        .with("p99_us", histogram.value_at_quantile(0.99) as f64)
+    crate::cluster::one_client_row(
+        Row::system("floor", "replicated put"),
+        "floor replicated put x1",
+        &histogram,
+        puts,
+        seconds,
+    )
 }
 
 /// A log file of `bytes` zeros, synced, so that an append's `fdatasync`
