@@ -78,9 +78,6 @@ impl Prompt {
     }
 }
 
-/// A sleep with nothing due: only a change of the server metrics ends it.
-const FOREVER: Duration = Duration::from_secs(3600);
-
 /// Runs until the node stops (the caller aborts it).
 pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, prompt: Prompt) {
     // Vote, leader, state and membership: what this task reads, and what
@@ -97,11 +94,15 @@ pub(crate) async fn run(raft: Raft, id: NodeId, contact: Arc<PeerContact>, promp
     // The newest term in which this node voted for another candidate.
     let mut voted_in = 0;
     loop {
-        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
-            wake.unwrap_or_else(|| Instant::now() + FOREVER),
-        ));
+        // With nothing due, only a change of the server metrics wakes it.
+        let due = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = sleep => {}
+            () = due => {}
             changed = server.changed() => if changed.is_err() {
                 return; // Raft stopped.
             },

@@ -28,24 +28,13 @@ fn entry(term: u64, index: u64) -> Entry {
     )
 }
 
-/// Waits until the log store dropped last has let `path` go: its IO
-/// thread finishes the last segment (cutting off its reserved space) and
-/// then releases the directory's lock.
-fn closed(path: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match OsFs.lock(&path.join("LOCK")) {
-            Ok(_) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the log was never closed"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+/// Drops `log` and waits until it has let `path` go: its IO thread
+/// finishes the last segment (cutting off its reserved space) and then
+/// releases the directory's lock.
+fn close(log: LogStore, path: &Path) {
+    drop(log);
+    OsFs.lock_waiting(&path.join("LOCK"), std::time::Duration::from_secs(10))
+        .expect("the log was closed");
 }
 
 fn options() -> LogStoreOptions {
@@ -156,8 +145,7 @@ async fn a_torn_tail_is_cut_and_reported() {
     let path = dir.path().join("raft");
     let mut log = LogStore::open(&path, options()).unwrap();
     append(&mut log, (0..100).map(|i| entry(1, i)).collect()).await;
-    drop(log);
-    closed(&path);
+    close(log, &path);
     let last = segments(&path).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
     // Half of a record header: a write cut short by a crash.
@@ -180,8 +168,7 @@ async fn damage_inside_the_log_is_an_error_naming_file_and_offset() {
     let path = dir.path().join("raft");
     let mut log = LogStore::open(&path, options()).unwrap();
     append(&mut log, (0..200).map(|i| entry(1, i)).collect()).await;
-    drop(log);
-    closed(&path);
+    close(log, &path);
     let first = segments(&path).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[100] ^= 0x40;
@@ -270,8 +257,7 @@ async fn a_directory_has_one_log_store_at_a_time() {
     assert_eq!(log.torn_tail_bytes(), 0);
     assert_eq!(read_all(&mut log).await.len(), 10);
     let last = segments(&path).pop().unwrap();
-    drop(log);
-    closed(&path);
+    close(log, &path);
     let outcome = ferry_engine::wal::read_segment(
         &OsFs,
         &last,

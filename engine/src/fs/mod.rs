@@ -101,6 +101,28 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Takes an exclusive lock on `path`, failing with `WouldBlock` if it is held.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
 
+    /// Takes an exclusive lock on `path`, waiting up to `wait` for its
+    /// holder to let it go; then fails with `WouldBlock`. For a lock held
+    /// briefly, or by an owner that is shutting down.
+    fn lock_waiting(
+        &self,
+        path: &Path,
+        wait: std::time::Duration,
+    ) -> io::Result<Box<dyn FileLock>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.lock(path) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Removes a directory and everything in it (no symbolic link is
     /// followed). Durable after `sync_dir` of the parent.
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {

@@ -209,25 +209,19 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// directory.
 pub(crate) fn lock(fs: &dyn FileSystem, dir: &Path) -> io::Result<Box<dyn FileLock>> {
     let path = dir.join("LOCK");
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match fs.lock(&path) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!(
-                            "raft log {} is in use: {} is held by another log store",
-                            dir.display(),
-                            path.display()
-                        ),
-                    ));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
+    fs.lock_waiting(&path, LOCK_WAIT).map_err(|e| {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return e;
         }
-    }
+        io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "raft log {} is in use: {} is held by another log store",
+                dir.display(),
+                path.display()
+            ),
+        )
+    })
 }
 
 impl IoThread {

@@ -5,7 +5,7 @@ use ferry_engine::fs::{FileSystem, OsFs};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A backup target in a local directory (put it on another disk, or a
 /// mounted remote file system, to survive the loss of the node's disk).
@@ -165,16 +165,8 @@ impl BackupTarget for LocalDir {
 
 impl LocalDir {
     fn lock_records(&self) -> io::Result<Box<dyn ferry_engine::fs::FileLock>> {
-        let path = self.root.join(".records.lock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.fs.lock(&path) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                other => return other,
-            }
-        }
+        self.fs
+            .lock_waiting(&self.root.join(".records.lock"), Duration::from_secs(10))
     }
 }
 
