@@ -172,7 +172,7 @@ async fn drive<C: KvClient>(
         Workload::Overwrite => "overwrite",
         Workload::Get => "get",
     };
-    let row = Row::system(system, name)
+    let row = Row::new(system, name)
         .with("clients", clients as f64)
         .with("ops_per_sec", latency.len() as f64 / elapsed)
         .with("p50_us", latency.value_at_quantile(0.5) as f64)
@@ -223,7 +223,7 @@ async fn idle(system: &str, pids: &[u32]) -> Row {
     tokio::time::sleep(Duration::from_secs_f64(SECONDS)).await;
     let percent = (cpu_seconds(pids) - before) / SECONDS * 100.0;
     eprintln!("{system} idle: {percent:.2}% of a core");
-    Row::system(system, "idle").with("cpu_percent", percent)
+    Row::new(system, "idle").with("cpu_percent", percent)
 }
 
 /// CPU seconds (user and system) the processes `pids` have used so far.

@@ -92,7 +92,7 @@ fn row(
         ops as f64 / seconds,
         latency.value_at_quantile(0.99)
     );
-    Row::system(system, workload)
+    Row::new(system, workload)
         .with("clients", clients as f64)
         .with("ops_per_sec", ops as f64 / seconds)
         .with("p50_us", latency.value_at_quantile(0.5) as f64)

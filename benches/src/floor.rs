@@ -84,7 +84,7 @@ pub fn replicated_put(dir: &Path, puts: u64) -> Row {
         thread.join().expect("a member panicked");
     }
     crate::cluster::one_client_row(
-        Row::system("floor", "replicated put"),
+        Row::new("floor", "replicated put"),
         "floor replicated put x1",
         &histogram,
         puts,

@@ -86,7 +86,7 @@ where
 }
 
 fn row(system: &str, workload: &str) -> Row {
-    Row::system(system, workload)
+    Row::new(system, workload)
 }
 
 pub fn run(args: &Args) -> Vec<Row> {

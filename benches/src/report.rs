@@ -1,4 +1,4 @@
-//! Results of a suite: one row per engine and workload, printed as aligned
+//! Results of a suite: one row per system and workload, printed as aligned
 //! text tables for people and written as flat JSON objects for tooling.
 
 use serde::Serialize;
@@ -15,37 +15,26 @@ const SECURE_BASELINE: &str = "ferry-tls";
 /// same client in a third ratio table.
 const ETCD_CLIENT_BASELINE: &str = "ferry-etcd-client";
 
-/// The result of one workload on one engine (or system).
+/// The result of one workload on one system (a storage engine, a cluster,
+/// a floor).
 ///
-/// Serialized flat (no nesting): `engine`, `workload`, then every figure
+/// Serialized flat (no nesting): `system`, `workload`, then every figure
 /// under its own name, which carries its unit (`ops_per_sec`, `p99_us`,
 /// `seconds`, `bytes`…), so that a JSON array of rows loads directly into a
 /// dataframe or a spreadsheet.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// `"engine"` for storage engines, `"system"` for whole systems (the
-    /// JSON key of `engine`).
-    pub label: &'static str,
-    pub engine: String,
+    pub system: String,
     pub workload: String,
     pub figures: Vec<(&'static str, f64)>,
 }
 
 impl Row {
-    pub fn new(engine: &str, workload: &str) -> Self {
+    pub fn new(system: &str, workload: &str) -> Self {
         Row {
-            label: "engine",
-            engine: engine.to_owned(),
+            system: system.to_owned(),
             workload: workload.to_owned(),
             figures: Vec::new(),
-        }
-    }
-
-    /// A row of a whole system (a cluster), keyed `system` in JSON.
-    pub fn system(system: &str, workload: &str) -> Self {
-        Row {
-            label: "system",
-            ..Row::new(system, workload)
         }
     }
 
@@ -68,7 +57,7 @@ impl Serialize for Row {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(Some(2 + self.figures.len()))?;
-        map.serialize_entry(self.label, &self.engine)?;
+        map.serialize_entry("system", &self.system)?;
         map.serialize_entry("workload", &self.workload)?;
         for (name, value) in &self.figures {
             // Counts are whole numbers; keep them integers in JSON.
@@ -89,12 +78,11 @@ pub fn print_table(rows: &[Row]) {
         rows.iter()
             .flat_map(|row| row.figures.iter().map(|(n, _)| *n)),
     );
-    let label = rows.first().map_or("engine", |row| row.label);
-    let mut header = cells(&[label, "workload"]);
+    let mut header = cells(&["system", "workload"]);
     header.extend(names.iter().map(|n| (*n).to_owned()));
     let mut lines = vec![header];
     lines.extend(rows.iter().map(|row| {
-        let mut line = vec![row.engine.clone(), row.workload.clone()];
+        let mut line = vec![row.system.clone(), row.workload.clone()];
         line.extend(names.iter().map(|name| match row.get(name) {
             None => "-".to_owned(),
             Some(value) if value.abs() >= 1000.0 || value.fract() == 0.0 => format!("{value:.0}"),
@@ -122,7 +110,7 @@ const COSTS: &[&str] = &["bytes_per_change", "seconds"];
 /// Where `ferry-tls` ran, a second table compares it with each peer that
 /// also ran with TLS (the first shows `ferry/ferry-tls`: what TLS costs).
 pub fn print_ratios(rows: &[Row]) {
-    let engines = distinct(rows.iter().map(|row| row.engine.as_str()));
+    let engines = distinct(rows.iter().map(|row| row.system.as_str()));
     let peers: Vec<&str> = engines.iter().copied().filter(|&e| e != BASELINE).collect();
     print_ratios_against(rows, BASELINE, &peers);
     let secure_peers: Vec<&str> = engines
@@ -137,7 +125,7 @@ pub fn print_ratios(rows: &[Row]) {
 }
 
 fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
-    if peers.is_empty() || !rows.iter().any(|row| row.engine == baseline) {
+    if peers.is_empty() || !rows.iter().any(|row| row.system == baseline) {
         return;
     }
     let case = |row: &Row| match row.get("clients") {
@@ -159,7 +147,7 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
         .collect();
     let figure = |engine: &str, name: &str, figure: &str| {
         rows.iter()
-            .find(|row| row.engine == engine && case(row) == name)
+            .find(|row| row.system == engine && case(row) == name)
             .and_then(|row| row.get(figure))
     };
     // A case the baseline did not measure, or a peer that measured none
@@ -167,7 +155,7 @@ fn print_ratios_against(rows: &[Row], baseline: &str, peers: &[&str]) {
     // floor), would only add empty rows and columns.
     let measured = |engine: &str, name: &String| {
         rows.iter()
-            .any(|row| row.engine == engine && &case(row) == name)
+            .any(|row| row.system == engine && &case(row) == name)
     };
     let cases: Vec<String> = cases
         .into_iter()

@@ -197,7 +197,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
             log / 1e6
         );
         rows.push(
-            Row::system("ferry", &format!("replace-{old}-by-{new}"))
+            Row::new("ferry", &format!("replace-{old}-by-{new}"))
                 .with("seconds", seconds)
                 .with("catch_up_seconds", caught_up)
                 .with("snapshot_bytes", snapshot)
@@ -245,7 +245,7 @@ async fn run_async(args: &Args) -> Vec<Row> {
         "rolling: all three replaced in {total:.1} s; {acked} writes acknowledged, {failed} failed"
     );
     rows.push(
-        Row::system("ferry", "rolling-replacement")
+        Row::new("ferry", "rolling-replacement")
             .with("seconds", total)
             .with(
                 "snapshot_bytes",
