@@ -235,6 +235,47 @@ impl KvService {
         Ok(())
     }
 
+    /// A put with `ignore_value` or `ignore_lease`: reads the current value
+    /// and lease, then writes only if the key did not change meanwhile.
+    async fn put_keeping_current(
+        &self,
+        request: rpc::PutRequest,
+    ) -> Result<ferry_replication::types::Response, Status> {
+        let etcd = &self.etcd;
+        let node = &etcd.context.node;
+        let mut attempts = 0;
+        loop {
+            let current = node
+                .get(&request.key, Consistency::ReadIndex)
+                .await
+                .map_err(|e| etcd.status(e))?
+                .value;
+            let op = Self::put_op(request.clone(), current.as_ref())?;
+            let mod_revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            let response = node
+                .txn_anywhere(Command::Txn(Txn {
+                    compares: vec![Compare {
+                        key: request.key.clone(),
+                        op: CompareOp::Equal,
+                        target: CompareTarget::ModRevision(mod_revision),
+                    }],
+                    success: vec![op],
+                    ..Txn::default()
+                }))
+                .await
+                .map_err(|e| etcd.status(e))?;
+            attempts += 1;
+            if response.succeeded {
+                return Ok(response);
+            }
+            if attempts == IGNORE_ATTEMPTS {
+                return Err(Status::aborted(format!(
+                    "the key changed during each of {IGNORE_ATTEMPTS} attempts"
+                )));
+            }
+        }
+    }
+
     pub(crate) async fn put_call(
         &self,
         credential: &Credential,
@@ -247,38 +288,10 @@ impl KvService {
             .check(credential, &Access::key(AccessKind::Write, &request.key))?;
         let node = &etcd.context.node;
         let response = if request.ignore_value || request.ignore_lease {
-            // Read, then write only if the key did not change meanwhile.
-            let mut attempts = 0;
-            loop {
-                let current = node
-                    .get(&request.key, Consistency::ReadIndex)
-                    .await
-                    .map_err(|e| etcd.status(e))?
-                    .value;
-                let op = Self::put_op(request.clone(), current.as_ref())?;
-                let mod_revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
-                let response = node
-                    .txn_anywhere(Command::Txn(Txn {
-                        compares: vec![Compare {
-                            key: request.key.clone(),
-                            op: CompareOp::Equal,
-                            target: CompareTarget::ModRevision(mod_revision),
-                        }],
-                        success: vec![op],
-                        ..Txn::default()
-                    }))
-                    .await
-                    .map_err(|e| etcd.status(e))?;
-                attempts += 1;
-                if response.succeeded {
-                    break response;
-                }
-                if attempts == IGNORE_ATTEMPTS {
-                    return Err(Status::aborted(format!(
-                        "the key changed during each of {IGNORE_ATTEMPTS} attempts"
-                    )));
-                }
-            }
+            // Boxed: its read and its retries would otherwise make every
+            // put's future (copied whole into the box tonic keeps each
+            // call in) several KiB larger.
+            Box::pin(self.put_keeping_current(request)).await?
         } else {
             let op = Self::put_op(request, None)?;
             node.txn_anywhere(Command::batch(vec![op]))
