@@ -702,30 +702,24 @@ impl Node {
     async fn on_leader(&self, request: ForwardRequest) -> Result<ForwardReply, ForwardError> {
         let deadline = Instant::now() + self.lease_wait;
         loop {
-            // Each way is boxed when taken: inline, the larger of them (a
-            // lease call holding a proposal) made every call's future over
-            // 4 KiB, copied whole into the box tonic puts each call in.
+            // Each way is boxed when taken: inline, both made every call's
+            // future over 4 KiB, copied whole into the box tonic puts each
+            // call in.
             let answer = match self.leader() {
                 Some((leader, node)) if leader != self.id => {
                     Box::pin(self.forwarder.send(leader, &node, request.clone())).await
                 }
                 // This node leads, or no leader is known: `txn` waits for
                 // one, or names it.
-                _ => match &request {
-                    ForwardRequest::Txn(command) => Box::pin(self.txn(command.clone()))
-                        .await
-                        .map(ForwardReply::Txn)
-                        .map_err(ForwardError::from),
-                    _ => {
-                        let txn = |c| self.txn(c);
-                        Box::pin(crate::network::forward::serve(
-                            &self.leases,
-                            request.clone(),
-                            &txn,
-                        ))
-                        .await
-                    }
-                },
+                _ => {
+                    let txn = |c| self.txn(c);
+                    Box::pin(crate::network::forward::serve(
+                        &self.leases,
+                        request.clone(),
+                        &txn,
+                    ))
+                    .await
+                }
             };
             match answer {
                 Err(ForwardError::NotLeader { leader_id })

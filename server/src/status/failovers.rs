@@ -68,7 +68,7 @@ impl Failovers {
 
     /// Takes in what the node knows now: `leader` and `term`, and the term
     /// of the last applied entry. `lost_contact` is when this member last
-    /// heard from a given leader. Whether a failover is under way.
+    /// heard from a given leader. Returns whether a failover is under way.
     fn observe(
         &self,
         me: u64,
