@@ -8,7 +8,8 @@
 //!
 //! A write is appended to the [WAL](wal) (CRC32-framed records, group
 //! commit, fsync per [`Durability`]), then inserted into the memtable (a
-//! concurrent skip list with an in-memory bloom filter of its keys) and
+//! skip list in an arena, one writer and lock-free readers, with an
+//! in-memory bloom filter of its keys) and
 //! made visible by publishing its sequence number. A full memtable is sealed and flushed by a background thread to
 //! a level-0 [table](sst) (lz4 blocks with CRCs, bloom filter, mmap reads);
 //! [leveled compaction](compaction) merges tables down the levels. The

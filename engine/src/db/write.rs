@@ -427,17 +427,20 @@ impl Inner {
                 (bytes + group.len() * crate::wal::record::RECORD_HEADER_LEN) as u64,
             );
         }
-        let mut sequence = first;
+        // The whole group at once: the memtable searches for the places of
+        // several entries together (see `Memtable::insert_all`).
+        let mut entries = Vec::with_capacity((next - first) as usize);
         for job in group {
             let Job::Write { batch, .. } = job else {
                 continue;
             };
             for op in batch.ops().flatten() {
-                memtable.insert(op.key, sequence, op.kind, op.value);
-                sequence += 1;
+                let sequence = first + entries.len() as u64;
+                entries.push((op.key, sequence, op.kind, op.value));
             }
         }
-        debug_assert_eq!(sequence, next);
+        memtable.insert_all(&entries);
+        debug_assert_eq!(first + entries.len() as u64, next);
         self.last_sequence.store(next - 1, Ordering::Relaxed);
         self.publish_sequence(next - 1);
         Counters::add(&self.counters.user_bytes_written, user_bytes);
