@@ -23,6 +23,7 @@ enum Op {
     TakeSnapshot,
     CheckSnapshot(usize),
     Range(u8, u8, bool),
+    GetMany(Vec<u8>),
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -49,6 +50,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::TakeSnapshot),
         4 => any::<usize>().prop_map(Op::CheckSnapshot),
         6 => (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(a, b, r)| Op::Range(a, b, r)),
+        5 => prop::collection::vec(any::<u8>(), 0..20).prop_map(Op::GetMany),
     ]
 }
 
@@ -130,6 +132,11 @@ fn run(ops: Vec<Op>, background: bool) {
                 model.get(&key(k)).cloned(),
                 "get {k}"
             ),
+            Op::GetMany(ks) => {
+                let keys: Vec<Vec<u8>> = ks.iter().map(|&k| key(k)).collect();
+                let expected: Vec<_> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                assert_eq!(db.get_many(&keys).unwrap(), expected, "get_many {ks:?}");
+            }
             Op::Flush => db.flush().unwrap(),
             Op::Compact(range) => {
                 let (low, high) = range.map(|(a, b)| (key(a.min(b)), key(a.max(b)))).unzip();

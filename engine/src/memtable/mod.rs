@@ -172,14 +172,39 @@ impl Memtable {
             return Lookup::Absent;
         }
         let target = MemKey::new(user_key, (sequence << 8) | 0xff);
-        let Some(entry) = self.list.at_or_after(&target) else {
+        Self::lookup(self.list.at_or_after(&target), user_key)
+    }
+
+    /// [`Memtable::get`] of each query, their searches run together.
+    pub(crate) fn get_all(&self, queries: &[&PointQuery]) -> Vec<Lookup> {
+        let mut lookups = vec![Lookup::Absent; queries.len()];
+        // Only the keys the filter lets through are searched for.
+        let (mut searched, mut targets) = (Vec::new(), Vec::new());
+        for (at, query) in queries.iter().enumerate() {
+            if self.filter.may_contain(query.hash) {
+                searched.push(at);
+                targets.push(MemKey::new(query.user_key, (query.sequence << 8) | 0xff));
+            }
+        }
+        for (at, node) in searched
+            .into_iter()
+            .zip(self.list.at_or_after_all(&targets))
+        {
+            lookups[at] = Self::lookup(node, queries[at].user_key);
+        }
+        lookups
+    }
+
+    fn lookup(node: Option<NodeRef>, user_key: &[u8]) -> Lookup {
+        let Some(node) = node else {
             return Lookup::Absent;
         };
-        if !entry.key().user_key_is(user_key) {
+        let key = node.key();
+        if !key.user_key_is(user_key) {
             return Lookup::Absent;
         }
-        match entry.key().kind() {
-            Some(ValueKind::Put) => Lookup::Found(entry.value().to_vec()),
+        match key.kind() {
+            Some(ValueKind::Put) => Lookup::Found(node.value().to_vec()),
             _ => Lookup::Deleted,
         }
     }

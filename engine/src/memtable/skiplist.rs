@@ -276,6 +276,26 @@ impl SkipList {
         }
     }
 
+    /// For each target, the first node at or after it; their searches run
+    /// together, as in [`SkipList::insert_all`].
+    pub(super) fn at_or_after_all<'a>(
+        &'a self,
+        targets: &[MemKey<'a>],
+    ) -> Vec<Option<NodeRef<'a>>> {
+        let mut found = Vec::with_capacity(targets.len());
+        for group in targets.chunks(SEARCHES) {
+            let mut searches: Vec<Search> =
+                group.iter().map(|key| Search::new(self, *key)).collect();
+            while searches
+                .iter_mut()
+                .fold(false, |busy, search| search.step() | busy)
+            {}
+            // A finished search's `next` is the first node at or after its key.
+            found.extend(searches.iter().map(|search| search.next));
+        }
+        found
+    }
+
     /// Links a new node for `key` and `value`, its place found from
     /// `before`: at each level, a node at or before its place.
     fn link(
@@ -332,6 +352,7 @@ struct Search<'a> {
     at: NodeRef<'a>,
     level: usize,
     /// The node after `at` at `level`, prefetched; `None` at the end.
+    /// Once done, the first node at or after `key`.
     next: Option<NodeRef<'a>>,
     done: bool,
 }
@@ -497,6 +518,17 @@ mod tests {
             prop_assert_eq!(&forward, &expected);
             prop_assert_eq!(list.is_empty(), expected.is_empty());
             prop_assert_eq!(list.last().map(owned), expected.last().cloned());
+            let targets: Vec<Vec<u8>> = probes.iter().filter(|_| !expected.is_empty()).map(|p| {
+                let mut key = expected[p.index(expected.len())].0.clone();
+                // Just after the entry: its trailer one lower.
+                let last = key.len() - 1;
+                key[last] = key[last].wrapping_sub(1);
+                key
+            }).collect();
+            let keys: Vec<MemKey> = targets.iter().map(|t| MemKey::from_internal(t)).collect();
+            let found: Vec<_> = list.at_or_after_all(&keys).into_iter().map(|n| n.map(owned).map(|o| o.0)).collect();
+            let one_by_one: Vec<_> = keys.iter().map(|k| list.at_or_after(k).map(owned).map(|o| o.0)).collect();
+            prop_assert_eq!(found, one_by_one);
             for probe in probes {
                 if expected.is_empty() {
                     break;
