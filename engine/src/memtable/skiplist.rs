@@ -2,18 +2,21 @@
 //! lock-free readers, its nodes in an [`Arena`].
 //!
 //! Why its own: with crossbeam-skiplist, a random overwrite's inserts spent
-//! 10–16% of the servers' CPU in the skip list's descent (`ferry-bench
-//! cluster`, overwrite x64), almost all of it waiting on memory: each node
-//! was a separate allocation whose links and key lay in different cache
-//! lines, and every step also paid for epoch pinning and reference counts.
-//! A memtable needs none of that: it never removes an entry (a newer
-//! version is a new entry), it has one writer at a time, and it is freed
-//! whole. So, as in LevelDB and RocksDB:
+//! 10–12% of the servers' CPU in the skip list's descent (`ferry-bench
+//! cluster`, overwrite x64), almost all of it waiting on memory. Every step
+//! of a search visits a new node, and each node is a cache miss, whatever
+//! its layout (this list's layout alone measured the same). What helps is
+//! overlapping the misses: a write group inserts many entries, and
+//! [`SkipList::insert_all`] searches for eight places at once, a step of
+//! each in turn, prefetching the node each compares next
+//! ([`SkipList::at_or_after_all`] does the same for lookups). That needs
+//! control of the search, which crossbeam's API does not give. The rest
+//! follows LevelDB and RocksDB, since a memtable never removes an entry
+//! (a newer version is a new entry), has one writer at a time, and is
+//! freed whole:
 //!
 //! - a node is one arena allocation: its key's first 16 bytes, trailer and
-//!   lengths, then its links, then the rest of its key and its value. A
-//!   step of a search reads the header and the link it follows, usually
-//!   one cache line;
+//!   lengths, then its links, then the rest of its key and its value;
 //! - a node reaches the next level with probability 1/4 (half the links of
 //!   1/2, and about as many comparisons per search);
 //! - there is no per-entry reference count or epoch: a reader's node stays
