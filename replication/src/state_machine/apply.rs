@@ -260,11 +260,12 @@ impl<'a> Overlay<'a> {
     }
 
     /// Reads the latest values of the keys the run's puts, deletes and
-    /// exactly-once records will read, all at once (up to the run's end, as [`apply_run`] finds it):
-    /// searched for together, the engine's memtable lookups overlap their
-    /// waits on memory, which one after another dominate a run of random
-    /// overwrites. Nothing writes the engine during a run but the run
-    /// itself, at its end, so these stay the values before the run.
+    /// exactly-once records will read (up to the run's end, as
+    /// [`apply_run`] finds it), all at once: searched for together, the
+    /// engine's memtable lookups overlap their waits on memory, which one
+    /// after another weigh on a run of random overwrites. Nothing writes
+    /// the engine during a run but the run itself, at its end, so these
+    /// stay the values before the run.
     fn read_ahead(&mut self, entries: &[Entry]) -> io::Result<()> {
         let mut wanted = Vec::new();
         let mut clients = BTreeSet::new();
