@@ -50,7 +50,10 @@ impl Arena {
     /// `bytes` of uninitialised memory, [`ALIGN`]ed, valid until the arena
     /// is dropped.
     pub(super) fn allocate(&mut self, bytes: usize) -> *mut u8 {
-        let bytes = bytes.max(1).next_multiple_of(ALIGN);
+        let bytes = bytes
+            .max(1)
+            .checked_next_multiple_of(ALIGN)
+            .expect("an allocation under the address space");
         if bytes > CHUNK_BYTES / 4 {
             return self.chunk(bytes);
         }

@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn mem_key_order_matches_internal_key_order() {
         use proptest::prelude::*;
-        // Up to 60 bytes: across the 40 kept inside the key itself.
+        // Up to 60 bytes: across the 16 of the prefix.
         let key = prop::collection::vec(prop::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..60);
         proptest!(|(a in key.clone(), b in key, sa in 1u64..5, sb in 1u64..5)| {
             let (ia, ib) = (key::encode(&a, sa, ValueKind::Put), key::encode(&b, sb, ValueKind::Delete));

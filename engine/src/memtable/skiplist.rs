@@ -168,6 +168,12 @@ unsafe impl Sync for SkipList {}
 
 impl SkipList {
     pub(super) fn new() -> SkipList {
+        SkipList::with_seed(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A list whose node heights come from `seed` (not 0).
+    fn with_seed(seed: u64) -> SkipList {
+        debug_assert_ne!(seed, 0, "xorshift stays at 0");
         let mut arena = Arena::new();
         let head = allocate(
             &mut arena,
@@ -182,13 +188,40 @@ impl SkipList {
             len: AtomicUsize::new(0),
             writer: parking_lot::Mutex::new(Writer {
                 arena,
-                random: 0x2545_f491_4f6c_dd1d,
+                random: seed,
             }),
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Asserts the levels' invariants: each level is in key order, and a
+    /// sublist of the level below.
+    #[cfg(test)]
+    fn check_levels(&self) {
+        let walk = |level: usize| {
+            let mut nodes = Vec::new();
+            let mut at = self.head().next_at(level);
+            while let Some(node) = at {
+                nodes.push(node.node);
+                at = node.next_at(level);
+            }
+            nodes
+        };
+        let mut below = walk(0);
+        for pair in below.windows(2) {
+            assert!(NodeRef::new(pair[0]).key() < NodeRef::new(pair[1]).key());
+        }
+        for level in 1..MAX_HEIGHT {
+            let nodes = walk(level);
+            let mut rest = below.iter();
+            for node in &nodes {
+                assert!(rest.any(|b| b == node), "level {level} is not a sublist");
+            }
+            below = nodes;
+        }
     }
 
     /// Bytes the list holds from the allocator.
@@ -443,7 +476,11 @@ fn allocate(
     after: &[Option<NonNull<Node>>; MAX_HEIGHT],
 ) -> NonNull<Node> {
     let value_len = u32::try_from(value.len()).expect("value under 4 GiB");
-    let at = arena.allocate(HEADER + height * LINK + key.rest.len() + value.len());
+    let bytes = (HEADER + height * LINK)
+        .checked_add(key.rest.len())
+        .and_then(|bytes| bytes.checked_add(value.len()))
+        .expect("an entry under the address space");
+    let at = arena.allocate(bytes);
     // SAFETY: `at` is the start of fresh, aligned arena memory of the size
     // allocated above, which holds the header, `height` links, the key's
     // rest and the value; nothing else refers to it yet.
@@ -471,7 +508,9 @@ fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
+    use std::ops::Bound;
     use std::sync::Arc;
 
     fn owned(node: NodeRef) -> (Vec<u8>, Vec<u8>) {
@@ -482,14 +521,24 @@ mod tests {
 
     #[test]
     fn agrees_with_a_sorted_map() {
-        use proptest::prelude::*;
         // Keys around the 16 bytes kept in a node's header, with repeats
         // (told apart by their trailers).
         let key = prop::collection::vec(prop::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..40);
-        let entries =
-            prop::collection::vec((key, prop::collection::vec(any::<u8>(), 0..20)), 0..200);
-        proptest!(|(entries in entries, probes in prop::collection::vec(any::<prop::sample::Index>(), 0..20))| {
-            let list = SkipList::new();
+        let entries = prop::collection::vec(
+            (key.clone(), prop::collection::vec(any::<u8>(), 0..20)),
+            0..200,
+        );
+        // Targets: entries' own keys, their neighbours, and keys that may
+        // fall between entries, before the first or after the last.
+        let target = prop_oneof![
+            any::<prop::sample::Index>().prop_map(Target::Entry),
+            any::<prop::sample::Index>().prop_map(Target::Beside),
+            (key.clone(), any::<u64>()).prop_map(|(k, t)| Target::Any(k, t)),
+        ];
+        let targets = prop::collection::vec(target, 0..20);
+        proptest!(|(entries in entries, targets in targets, seed in 1u64..)| {
+            // Node heights vary with the seed.
+            let list = SkipList::with_seed(seed);
             let mut model = BTreeMap::new();
             // In groups of 1 to 11 (the searches of a group run together).
             let keyed: Vec<(MemKey, &[u8])> = entries
@@ -506,6 +555,7 @@ mod tests {
                     }
                 }
             }
+            list.check_levels();
             for (trailer, (user_key, value)) in entries.iter().enumerate() {
                 let mut encoded = Vec::new();
                 MemKey::new(user_key, trailer as u64).encode_into(&mut encoded);
@@ -521,30 +571,58 @@ mod tests {
             prop_assert_eq!(&forward, &expected);
             prop_assert_eq!(list.is_empty(), expected.is_empty());
             prop_assert_eq!(list.last().map(owned), expected.last().cloned());
-            let targets: Vec<Vec<u8>> = probes.iter().filter(|_| !expected.is_empty()).map(|p| {
-                let mut key = expected[p.index(expected.len())].0.clone();
-                // Just after the entry: its trailer one lower.
-                let last = key.len() - 1;
-                key[last] = key[last].wrapping_sub(1);
-                key
-            }).collect();
+            let targets: Vec<Vec<u8>> = targets
+                .iter()
+                .filter_map(|target| match target {
+                    Target::Entry(i) if !expected.is_empty() => Some(expected[i.index(expected.len())].0.clone()),
+                    Target::Beside(i) if !expected.is_empty() => {
+                        // The entry's trailer's last byte one lower: just
+                        // after it (or, when that byte was 0, before it).
+                        let mut key = expected[i.index(expected.len())].0.clone();
+                        let last = key.len() - 1;
+                        key[last] = key[last].wrapping_sub(1);
+                        Some(key)
+                    }
+                    Target::Any(user_key, trailer) => {
+                        let mut key = Vec::new();
+                        MemKey::new(user_key, *trailer).encode_into(&mut key);
+                        Some(key)
+                    }
+                    _ => None,
+                })
+                .collect();
             let keys: Vec<MemKey> = targets.iter().map(|t| MemKey::from_internal(t)).collect();
-            let found: Vec<_> = list.at_or_after_all(&keys).into_iter().map(|n| n.map(owned).map(|o| o.0)).collect();
-            let one_by_one: Vec<_> = keys.iter().map(|k| list.at_or_after(k).map(owned).map(|o| o.0)).collect();
-            prop_assert_eq!(found, one_by_one);
-            for probe in probes {
-                if expected.is_empty() {
-                    break;
-                }
-                let (key, _) = &expected[probe.index(expected.len())];
-                let target = MemKey::from_internal(key);
-                let at = |node: Option<NodeRef>| node.map(owned).map(|o| o.0);
-                let position = expected.iter().position(|e| &e.0 == key).unwrap();
-                prop_assert_eq!(at(list.at_or_after(&target)), Some(key.clone()));
-                prop_assert_eq!(at(list.at_or_before(&target)), Some(key.clone()));
-                prop_assert_eq!(at(list.before(&target)), position.checked_sub(1).map(|p| expected[p].0.clone()));
+            let at = |node: Option<NodeRef>| node.map(owned).map(|o| o.0);
+            let first_key = |range: (Bound<MemKeyOwned>, Bound<MemKeyOwned>), last: bool| {
+                let mut found = model.range(range).map(|(k, _)| k.0.clone());
+                if last { found.next_back() } else { found.next() }
+            };
+            let mut all = Vec::new();
+            for target in &targets {
+                let owned_target = || MemKeyOwned(target.clone());
+                let key = MemKey::from_internal(target);
+                let at_or_after = first_key((Bound::Included(owned_target()), Bound::Unbounded), false);
+                prop_assert_eq!(at(list.at_or_after(&key)), at_or_after.clone());
+                prop_assert_eq!(
+                    at(list.at_or_before(&key)),
+                    first_key((Bound::Unbounded, Bound::Included(owned_target())), true)
+                );
+                prop_assert_eq!(
+                    at(list.before(&key)),
+                    first_key((Bound::Unbounded, Bound::Excluded(owned_target())), true)
+                );
+                all.push(at_or_after);
             }
+            let grouped: Vec<_> = list.at_or_after_all(&keys).into_iter().map(at).collect();
+            prop_assert_eq!(grouped, all);
         });
+    }
+
+    #[derive(Debug, Clone)]
+    enum Target {
+        Entry(prop::sample::Index),
+        Beside(prop::sample::Index),
+        Any(Vec<u8>, u64),
     }
 
     /// An encoded internal key ordered as the memtable orders it.
@@ -565,18 +643,29 @@ mod tests {
 
     #[test]
     fn readers_see_whole_nodes_while_one_writer_inserts() {
+        // Scattered keys, some longer than the 16 bytes in the header.
+        fn key(i: u64) -> String {
+            format!(
+                "{:x}-{}",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                "k".repeat(i as usize % 30)
+            )
+        }
         let list = Arc::new(SkipList::new());
         let count = 20_000u64;
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Entries below this are inserted (stored after their group is).
+        let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (list, done) = (list.clone(), done.clone());
+            .map(|reader| {
+                let (list, published) = (list.clone(), published.clone());
                 std::thread::spawn(move || {
-                    let mut passes = 0;
-                    while !done.load(Ordering::Acquire) || passes == 0 {
+                    let mut passes = 0u64;
+                    loop {
+                        let upto = published.load(Ordering::Acquire);
                         // Every node seen is whole, and in order.
                         let mut previous: Option<Vec<u8>> = None;
                         let mut node = list.first();
+                        let mut seen = 0;
                         while let Some(at) = node {
                             let (key, value) = owned(at);
                             assert_eq!(value, key[..key.len() - 8].repeat(2));
@@ -588,26 +677,37 @@ mod tests {
                             }
                             previous = Some(key);
                             node = at.next();
+                            seen += 1;
+                        }
+                        assert!(seen >= upto, "{seen} nodes seen, {upto} published before");
+                        // Searches (through every level) find what was
+                        // published, alone and grouped.
+                        let picks: Vec<u64> = (0..16)
+                            .filter(|_| upto > 0)
+                            .map(|n| (passes * 31 + n * 977 + reader) % upto)
+                            .collect();
+                        let keys: Vec<String> = picks.iter().map(|&i| key(i)).collect();
+                        let targets: Vec<MemKey> = picks
+                            .iter()
+                            .zip(&keys)
+                            .map(|(i, k)| MemKey::new(k.as_bytes(), (i << 8) | 1))
+                            .collect();
+                        let grouped = list.at_or_after_all(&targets);
+                        for (target, found) in targets.iter().zip(grouped) {
+                            assert_eq!(found.map(|n| n.key()), Some(*target));
+                            assert_eq!(list.at_or_after(target).map(|n| n.key()), Some(*target));
                         }
                         passes += 1;
+                        if upto == count {
+                            break;
+                        }
                     }
                 })
             })
             .collect();
         for group in (0..count).collect::<Vec<_>>().chunks(13) {
-            // Scattered keys, some longer than the 16 bytes in the header.
-            let keys: Vec<(String, String)> = group
-                .iter()
-                .map(|i| {
-                    let key = format!(
-                        "{:x}-{}",
-                        i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                        "k".repeat(*i as usize % 30)
-                    );
-                    let value = key.repeat(2);
-                    (key, value)
-                })
-                .collect();
+            let keys: Vec<(String, String)> =
+                group.iter().map(|&i| (key(i), key(i).repeat(2))).collect();
             let entries: Vec<(MemKey, &[u8])> = group
                 .iter()
                 .zip(&keys)
@@ -616,11 +716,12 @@ mod tests {
                 })
                 .collect();
             list.insert_all(&entries);
+            published.store(group[group.len() - 1] + 1, Ordering::Release);
         }
-        done.store(true, Ordering::Release);
         for reader in readers {
             reader.join().expect("reader");
         }
+        list.check_levels();
         let mut seen = 0;
         let mut node = list.first();
         while let Some(at) = node {

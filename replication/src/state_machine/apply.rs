@@ -908,42 +908,68 @@ mod tests {
         db.snapshot().iter().map(|item| item.unwrap()).collect()
     }
 
+    /// A generated txn: its ops (key, delete, guard), and its client.
+    type GeneratedTxn = (Vec<(u8, bool, u8)>, u8);
+
     #[test]
     fn a_run_answers_and_writes_as_its_entries_one_by_one() {
         use proptest::prelude::*;
-        // Puts, deletes and guarded puts over a few keys, some retried by
-        // their clients: what a run reads ahead must never hide what an
-        // earlier entry of the same run wrote.
-        let op = (0u8..4, any::<bool>(), 0u8..3, 0u8..3);
-        let entries = prop::collection::vec(op, 1..40);
-        proptest!(ProptestConfig::with_cases(64), |(ops in entries)| {
-            let entries: Vec<Entry> = ops
-                .iter()
-                .enumerate()
-                .map(|(at, &(key, delete, client, guard))| {
-                    let key = format!("k{key}");
-                    let op = if delete { Op::delete(key.clone()) } else { Op::put(key.clone(), vec![at as u8]) };
-                    let sequence = at as u64 / 2; // pairs: a retry of the same request
-                    let txn = Txn {
-                        compares: match guard {
-                            0 => Vec::new(),
-                            _ => vec![Compare {
-                                key: key.into_bytes(),
-                                op: CompareOp::Greater,
-                                target: CompareTarget::Version(u64::from(guard)),
-                            }],
-                        },
-                        request: Some(crate::types::RequestId { client: u64::from(client) + 1, sequence, first_incomplete: sequence }),
-                        ..Txn::batch(vec![op])
-                    };
-                    Entry::new_normal(log_id(at as u64 + 1), Command::Txn(txn).into())
-                })
-                .collect();
+        // Txns of one or two puts, deletes and guarded puts over a few
+        // keys, some retried by their clients, after a history both
+        // databases share: what a run reads ahead must never hide what an
+        // earlier entry of the same run wrote (or deleted, or a client
+        // sweep removed).
+        let op = (0u8..4, any::<bool>(), 0u8..3);
+        let txn = (prop::collection::vec(op, 1..3), 0u8..3);
+        let txns = || prop::collection::vec(txn.clone(), 0..40);
+        proptest!(ProptestConfig::with_cases(64), |(history in txns(), ops in txns(), across_a_sweep in any::<bool>())| {
+            let entries = |txns: &[GeneratedTxn], first: u64| -> Vec<Entry> {
+                txns.iter()
+                    .enumerate()
+                    .map(|(at, (generated, client))| {
+                        let index = first + at as u64;
+                        // The first op's key, guarded (0: no guard).
+                        let (guarded, _, guard) = generated[0];
+                        let ops: Vec<Op> = generated
+                            .iter()
+                            .map(|&(key, delete, _)| {
+                                let key = format!("k{key}");
+                                if delete { Op::delete(key) } else { Op::put(key, index.to_le_bytes().to_vec()) }
+                            })
+                            .collect();
+                        let sequence = index / 2; // pairs: a retry of the same request
+                        let txn = Txn {
+                            compares: match guard {
+                                0 => Vec::new(),
+                                _ => vec![Compare {
+                                    key: format!("k{guarded}").into_bytes(),
+                                    op: CompareOp::Greater,
+                                    target: CompareTarget::Version(u64::from(guard)),
+                                }],
+                            },
+                            request: Some(crate::types::RequestId { client: u64::from(*client) + 1, sequence, first_incomplete: sequence }),
+                            ..Txn::batch(ops)
+                        };
+                        Entry::new_normal(log_id(index), Command::Txn(txn).into())
+                    })
+                    .collect()
+            };
             let (together, apart) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let (together, apart) = (
                 Db::open(together.path(), Default::default()).unwrap(),
                 Db::open(apart.path(), Default::default()).unwrap(),
             );
+            let history = entries(&history, 1);
+            apply(&together, &history);
+            apply(&apart, &history);
+            // Across a sweep point, the history's clients are forgotten in
+            // the middle of the run.
+            let first = if across_a_sweep {
+                CLIENT_EXPIRY_REVISIONS + 2 * CLIENT_SWEEP_EVERY - ops.len() as u64 / 2
+            } else {
+                history.len() as u64 + 1
+            };
+            let entries = entries(&ops, first);
             let run = apply(&together, &entries);
             let one_by_one: Vec<Response> = entries
                 .iter()
