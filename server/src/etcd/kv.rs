@@ -110,7 +110,36 @@ impl KvService {
         }
     }
 
+    /// A range, its permission checked before and, for a linearizable
+    /// read, again after it.
+    ///
+    /// The check before uses the auth state this member has applied, which
+    /// may lag the leader's: right after an auth change commits, a lagging
+    /// follower would still judge by the old rules. A linearizable read
+    /// waits until this member has applied everything committed before it
+    /// began, so a second check then sees every such change (etcd, too,
+    /// checks permissions after a read's wait).
     pub(crate) async fn range_call(
+        &self,
+        credential: &Credential,
+        request: rpc::RangeRequest,
+    ) -> Result<rpc::RangeResponse, Status> {
+        let after = (!request.serializable).then(|| {
+            let (start, end) = key_range(&request.key, &request.range_end);
+            Access::Keys {
+                kind: AccessKind::Read,
+                start,
+                end,
+            }
+        });
+        let response = self.range_read(credential, request).await?;
+        if let Some(access) = after {
+            self.etcd.context.gate.check(credential, &access)?;
+        }
+        Ok(response)
+    }
+
+    async fn range_read(
         &self,
         credential: &Credential,
         request: rpc::RangeRequest,

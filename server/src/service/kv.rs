@@ -8,7 +8,7 @@ use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::types::{
     Command, Compare, CompareOp, CompareTarget, Op, OpResult, RequestId, Txn,
 };
-use ferry_replication::PageLimit;
+use ferry_replication::{Consistency, PageLimit};
 use tonic::{Request, Response, Status};
 
 /// Keys counted by one count-only range at most.
@@ -98,15 +98,20 @@ impl KvService {
     ) -> Result<pb::GetResponse, Status> {
         timed(&self.context, "Get", async {
             self.context.check_key(&request.key)?;
-            self.context
-                .gate
-                .check(credential, &Access::key(AccessKind::Read, &request.key))?;
+            let access = Access::key(AccessKind::Read, &request.key);
+            self.context.gate.check(credential, &access)?;
+            let consistency = consistency(request.consistency)?;
             let read = self
                 .context
                 .node
-                .get(&request.key, consistency(request.consistency)?)
+                .get(&request.key, consistency)
                 .await
                 .map_err(|e| self.context.status(e))?;
+            // Again, against the auth state the read waited for (see
+            // `range_call`).
+            if !matches!(consistency, Consistency::Stale) {
+                self.context.gate.check(credential, &access)?;
+            }
             Ok(pb::GetResponse {
                 header: self.context.header(read.revision),
                 kv: read.value.map(key_value),
@@ -204,7 +209,37 @@ impl KvService {
         .await
     }
 
+    /// A range, its permission checked before and, unless the read may be
+    /// stale, again after it: the check before uses the auth state this
+    /// member has applied, which may lag the leader's, and a read that is
+    /// not stale waits until the member has applied everything committed
+    /// before it began, auth changes included.
     pub(crate) async fn range_call(
+        &self,
+        credential: &Credential,
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, Status> {
+        let after = match consistency(request.consistency)? {
+            Consistency::Stale => None,
+            _ if request.prefix.is_empty() => Some(Access::Keys {
+                kind: AccessKind::Read,
+                start: request.start.clone(),
+                end: (!request.end.is_empty()).then(|| request.end.clone()),
+            }),
+            _ => Some(Access::Keys {
+                kind: AccessKind::Read,
+                start: request.prefix.clone(),
+                end: prefix_end(&request.prefix),
+            }),
+        };
+        let response = self.range_read(credential, request).await?;
+        if let Some(access) = after {
+            self.context.gate.check(credential, &access)?;
+        }
+        Ok(response)
+    }
+
+    async fn range_read(
         &self,
         credential: &Credential,
         request: pb::RangeRequest,
