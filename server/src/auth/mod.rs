@@ -13,7 +13,7 @@ pub mod token;
 
 use ferry_replication::auth::{Access, AuthState, ROOT};
 use ferry_replication::types::now_ms;
-use ferry_replication::Node;
+use ferry_replication::{Consistency, Node};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -162,6 +162,30 @@ impl Gate {
                 Access::Any => format!("user {user:?} may not call"),
             },
         )
+    }
+
+    /// `check` for a read, and again once `read` is done unless it may be
+    /// stale.
+    ///
+    /// The first check judges by the auth state this member has applied,
+    /// which may lag the leader's: right after an auth change commits, a
+    /// lagging follower would still use the old rules. A read that is not
+    /// stale waits until this member has applied everything committed
+    /// before it began, so the second check sees every such change (etcd,
+    /// too, checks permissions after a read's wait).
+    pub async fn check_read<T>(
+        &self,
+        credential: &Credential,
+        access: &Access,
+        consistency: Consistency,
+        read: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        self.check(credential, access)?;
+        let value = read.await?;
+        if consistency != Consistency::Stale {
+            self.check(credential, access)?;
+        }
+        Ok(value)
     }
 
     /// Whether the caller presenting `credential` may read the status page:

@@ -110,36 +110,7 @@ impl KvService {
         }
     }
 
-    /// A range, its permission checked before and, for a linearizable
-    /// read, again after it.
-    ///
-    /// The check before uses the auth state this member has applied, which
-    /// may lag the leader's: right after an auth change commits, a lagging
-    /// follower would still judge by the old rules. A linearizable read
-    /// waits until this member has applied everything committed before it
-    /// began, so a second check then sees every such change (etcd, too,
-    /// checks permissions after a read's wait).
     pub(crate) async fn range_call(
-        &self,
-        credential: &Credential,
-        request: rpc::RangeRequest,
-    ) -> Result<rpc::RangeResponse, Status> {
-        let after = (!request.serializable).then(|| {
-            let (start, end) = key_range(&request.key, &request.range_end);
-            Access::Keys {
-                kind: AccessKind::Read,
-                start,
-                end,
-            }
-        });
-        let response = self.range_read(credential, request).await?;
-        if let Some(access) = after {
-            self.etcd.context.gate.check(credential, &access)?;
-        }
-        Ok(response)
-    }
-
-    async fn range_read(
         &self,
         credential: &Credential,
         request: rpc::RangeRequest,
@@ -147,18 +118,31 @@ impl KvService {
         let etcd = &self.etcd;
         etcd.check_key(&request.key)?;
         let (start, end) = key_range(&request.key, &request.range_end);
-        etcd.context.gate.check(
-            credential,
-            &Access::Keys {
-                kind: AccessKind::Read,
-                start: start.clone(),
-                end: end.clone(),
-            },
-        )?;
+        let access = Access::Keys {
+            kind: AccessKind::Read,
+            start: start.clone(),
+            end: end.clone(),
+        };
+        let consistency = Self::consistency(request.serializable);
+        let read = self.range_read(request, start, end, consistency);
+        etcd.context
+            .gate
+            .check_read(credential, &access, consistency, read)
+            .await
+    }
+
+    /// The range `[start, end)` of `request`, read with `consistency`.
+    async fn range_read(
+        &self,
+        request: rpc::RangeRequest,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<rpc::RangeResponse, Status> {
+        let etcd = &self.etcd;
         let shape = Shape::of(&request)?;
         let limit = to_u64(request.limit, "limit")?;
         let revision = to_u64(request.revision, "revision")?;
-        let consistency = Self::consistency(request.serializable);
         let node = &etcd.context.node;
         let status = |e| etcd.status(e);
         if request.count_only {

@@ -99,19 +99,19 @@ impl KvService {
         timed(&self.context, "Get", async {
             self.context.check_key(&request.key)?;
             let access = Access::key(AccessKind::Read, &request.key);
-            self.context.gate.check(credential, &access)?;
             let consistency = consistency(request.consistency)?;
+            let read = async {
+                self.context
+                    .node
+                    .get(&request.key, consistency)
+                    .await
+                    .map_err(|e| self.context.status(e))
+            };
             let read = self
                 .context
-                .node
-                .get(&request.key, consistency)
-                .await
-                .map_err(|e| self.context.status(e))?;
-            // Again, against the auth state the read waited for (see
-            // `range_call`).
-            if !matches!(consistency, Consistency::Stale) {
-                self.context.gate.check(credential, &access)?;
-            }
+                .gate
+                .check_read(credential, &access, consistency, read)
+                .await?;
             Ok(pb::GetResponse {
                 header: self.context.header(read.revision),
                 kv: read.value.map(key_value),
@@ -209,37 +209,7 @@ impl KvService {
         .await
     }
 
-    /// A range, its permission checked before and, unless the read may be
-    /// stale, again after it: the check before uses the auth state this
-    /// member has applied, which may lag the leader's, and a read that is
-    /// not stale waits until the member has applied everything committed
-    /// before it began, auth changes included.
     pub(crate) async fn range_call(
-        &self,
-        credential: &Credential,
-        request: pb::RangeRequest,
-    ) -> Result<pb::RangeResponse, Status> {
-        let after = match consistency(request.consistency)? {
-            Consistency::Stale => None,
-            _ if request.prefix.is_empty() => Some(Access::Keys {
-                kind: AccessKind::Read,
-                start: request.start.clone(),
-                end: (!request.end.is_empty()).then(|| request.end.clone()),
-            }),
-            _ => Some(Access::Keys {
-                kind: AccessKind::Read,
-                start: request.prefix.clone(),
-                end: prefix_end(&request.prefix),
-            }),
-        };
-        let response = self.range_read(credential, request).await?;
-        if let Some(access) = after {
-            self.context.gate.check(credential, &access)?;
-        }
-        Ok(response)
-    }
-
-    async fn range_read(
         &self,
         credential: &Credential,
         request: pb::RangeRequest,
@@ -252,100 +222,114 @@ impl KvService {
                     request.limit
                 )));
             }
-            let limit = if request.limit == 0 {
-                max_page
-            } else {
-                request.limit
-            } as usize;
-            let (mut start, end) = if request.prefix.is_empty() {
+            let (start, end) = if request.prefix.is_empty() {
                 let end = (!request.end.is_empty()).then(|| request.end.clone());
                 (request.start.clone(), end)
             } else {
                 (request.prefix.clone(), prefix_end(&request.prefix))
             };
-            self.context.gate.check(
-                credential,
-                &Access::Keys {
-                    kind: AccessKind::Read,
-                    start: start.clone(),
-                    end: end.clone(),
-                },
-            )?;
-            let mut revision = request.revision;
-            if !request.continuation.is_empty() {
-                let token = Continuation::decode(&request.continuation)?;
-                if token.next < start || end.as_ref().is_some_and(|e| token.next >= *e) {
-                    return Err(Status::invalid_argument(
-                        "the continuation token is outside the range",
-                    ));
-                }
-                if revision != 0 && revision != token.revision {
-                    return Err(Status::invalid_argument(format!(
-                        "the continuation token is of revision {}, the request asks for {revision}",
-                        token.revision
-                    )));
-                }
-                start = token.next;
-                revision = token.revision;
-            }
-            let consistency = consistency(request.consistency)?;
-            let node = &self.context.node;
-            if request.count_only {
-                let read = node
-                    .count_at(&start, end.as_deref(), MAX_COUNT, revision, consistency)
-                    .await
-                    .map_err(|e| self.context.status(e))?;
-                return Ok(pb::RangeResponse {
-                    header: self.context.header(read.revision),
-                    count: read.value,
-                    staleness: staleness(read.staleness),
-                    ..pb::RangeResponse::default()
-                });
-            }
-            let max_bytes = self.context.limits.max_range_bytes;
-            let page = PageLimit {
-                keys: limit + 1,
-                bytes: max_bytes,
+            let access = Access::Keys {
+                kind: AccessKind::Read,
+                start: start.clone(),
+                end: end.clone(),
             };
-            let read = node
-                .range_at(&start, end.as_deref(), page, revision, consistency)
+            let consistency = consistency(request.consistency)?;
+            let read = self.range_read(request, start, end, consistency);
+            self.context
+                .gate
+                .check_read(credential, &access, consistency, read)
                 .await
-                .map_err(|e| self.context.status(e))?;
-            let bytes: usize = read
-                .value
-                .iter()
-                .map(|kv| kv.key.len() + kv.value.len())
-                .sum();
-            let mut kvs: Vec<pb::KeyValue> = read.value.into_iter().map(key_value).collect();
-            let mut continuation = Vec::new();
-            // Cut by the key limit (one more was read to know there is
-            // more) or by bytes (the read stopped at the budget; there may
-            // be nothing after, then the next page is empty).
-            let full = kvs.len() > limit || (bytes >= max_bytes && !kvs.is_empty());
-            if full {
-                kvs.truncate(limit);
-                if let Some(last) = kvs.last() {
-                    continuation = Continuation {
-                        revision: read.revision,
-                        next: [last.key.as_slice(), &[0]].concat(),
-                    }
-                    .encode();
-                }
-            }
-            if request.keys_only {
-                for kv in &mut kvs {
-                    kv.value.clear();
-                }
-            }
-            Ok(pb::RangeResponse {
-                header: self.context.header(read.revision),
-                count: kvs.len() as u64,
-                kvs,
-                continuation,
-                staleness: staleness(read.staleness),
-            })
         })
         .await
+    }
+
+    /// The range `[start, end)` of `request` (from its continuation, if it
+    /// has one), read with `consistency`.
+    async fn range_read(
+        &self,
+        request: pb::RangeRequest,
+        mut start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<pb::RangeResponse, Status> {
+        let max_page = self.context.limits.max_range_page;
+        let limit = if request.limit == 0 {
+            max_page
+        } else {
+            request.limit
+        } as usize;
+        let mut revision = request.revision;
+        if !request.continuation.is_empty() {
+            let token = Continuation::decode(&request.continuation)?;
+            if token.next < start || end.as_ref().is_some_and(|e| token.next >= *e) {
+                return Err(Status::invalid_argument(
+                    "the continuation token is outside the range",
+                ));
+            }
+            if revision != 0 && revision != token.revision {
+                return Err(Status::invalid_argument(format!(
+                    "the continuation token is of revision {}, the request asks for {revision}",
+                    token.revision
+                )));
+            }
+            start = token.next;
+            revision = token.revision;
+        }
+        let node = &self.context.node;
+        if request.count_only {
+            let read = node
+                .count_at(&start, end.as_deref(), MAX_COUNT, revision, consistency)
+                .await
+                .map_err(|e| self.context.status(e))?;
+            return Ok(pb::RangeResponse {
+                header: self.context.header(read.revision),
+                count: read.value,
+                staleness: staleness(read.staleness),
+                ..pb::RangeResponse::default()
+            });
+        }
+        let max_bytes = self.context.limits.max_range_bytes;
+        let page = PageLimit {
+            keys: limit + 1,
+            bytes: max_bytes,
+        };
+        let read = node
+            .range_at(&start, end.as_deref(), page, revision, consistency)
+            .await
+            .map_err(|e| self.context.status(e))?;
+        let bytes: usize = read
+            .value
+            .iter()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        let mut kvs: Vec<pb::KeyValue> = read.value.into_iter().map(key_value).collect();
+        let mut continuation = Vec::new();
+        // Cut by the key limit (one more was read to know there is
+        // more) or by bytes (the read stopped at the budget; there may
+        // be nothing after, then the next page is empty).
+        let full = kvs.len() > limit || (bytes >= max_bytes && !kvs.is_empty());
+        if full {
+            kvs.truncate(limit);
+            if let Some(last) = kvs.last() {
+                continuation = Continuation {
+                    revision: read.revision,
+                    next: [last.key.as_slice(), &[0]].concat(),
+                }
+                .encode();
+            }
+        }
+        if request.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(pb::RangeResponse {
+            header: self.context.header(read.revision),
+            count: kvs.len() as u64,
+            kvs,
+            continuation,
+            staleness: staleness(read.staleness),
+        })
     }
 
     pub(crate) async fn txn_call(
