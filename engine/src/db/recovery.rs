@@ -157,6 +157,8 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
                     format!("batch at sequence {sequence} has no header"),
                 )
             })?;
+            // The record's ops go in together, as a write group's do.
+            let mut entries = Vec::new();
             for (offset, op) in ops.enumerate() {
                 let op = op.ok_or_else(|| {
                     Error::corruption(
@@ -169,9 +171,10 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
                 if op_sequence <= flushed_sequence {
                     continue;
                 }
-                memtable.insert(op.key, op_sequence, op.kind, op.value);
+                entries.push((op.key, op_sequence, op.kind, op.value));
                 last_sequence = last_sequence.max(op_sequence);
             }
+            memtable.insert_all(&entries);
             report.wal_records += 1;
             if memtable.approximate_bytes() >= options.write_buffer_bytes {
                 // The segment held more than one memtable (e.g. the write

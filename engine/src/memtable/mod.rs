@@ -139,8 +139,9 @@ impl Memtable {
         }
     }
 
-    /// Inserts one entry. Only the write leader calls this.
-    pub(crate) fn insert(&self, user_key: &[u8], sequence: SeqNo, kind: ValueKind, value: &[u8]) {
+    /// Inserts one entry.
+    #[cfg(test)]
+    fn insert(&self, user_key: &[u8], sequence: SeqNo, kind: ValueKind, value: &[u8]) {
         self.insert_all(&[(user_key, sequence, kind, value)]);
     }
 

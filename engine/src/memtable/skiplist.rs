@@ -297,15 +297,9 @@ impl SkipList {
     /// memory at almost every step, and this way the waits overlap.
     pub(super) fn insert_all(&self, entries: &[(MemKey, &[u8])]) {
         let mut writer = self.writer.lock();
+        let mut searches = Vec::with_capacity(SEARCHES);
         for group in entries.chunks(SEARCHES) {
-            let mut searches: Vec<Search> = group
-                .iter()
-                .map(|(key, _)| Search::new(self, *key))
-                .collect();
-            while searches
-                .iter_mut()
-                .fold(false, |busy, search| search.step() | busy)
-            {}
+            self.search_together(group.iter().map(|(key, _)| *key), &mut searches);
             for (search, (key, value)) in searches.iter().zip(group) {
                 self.link(&mut writer, &search.before, *key, value);
             }
@@ -319,17 +313,28 @@ impl SkipList {
         targets: &[MemKey<'a>],
     ) -> Vec<Option<NodeRef<'a>>> {
         let mut found = Vec::with_capacity(targets.len());
+        let mut searches = Vec::with_capacity(SEARCHES);
         for group in targets.chunks(SEARCHES) {
-            let mut searches: Vec<Search> =
-                group.iter().map(|key| Search::new(self, *key)).collect();
-            while searches
-                .iter_mut()
-                .fold(false, |busy, search| search.step() | busy)
-            {}
+            self.search_together(group.iter().copied(), &mut searches);
             // A finished search's `next` is the first node at or after its key.
             found.extend(searches.iter().map(|search| search.next));
         }
         found
+    }
+
+    /// Runs the searches for `keys` (at most [`SEARCHES`]) to their ends
+    /// together, a step of each in turn, leaving them in `searches`.
+    fn search_together<'a>(
+        &'a self,
+        keys: impl Iterator<Item = MemKey<'a>>,
+        searches: &mut Vec<Search<'a>>,
+    ) {
+        searches.clear();
+        searches.extend(keys.map(|key| Search::new(self, key)));
+        while searches
+            .iter_mut()
+            .fold(false, |busy, search| search.step() | busy)
+        {}
     }
 
     /// Links a new node for `key` and `value`, its place found from

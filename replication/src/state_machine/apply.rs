@@ -97,16 +97,20 @@ pub(crate) fn apply_and_write(
 /// bookkeeping, so that writing it moves the state and its description
 /// together.
 fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
+    // The run: up to the next barrier after the first entry.
+    let end = entries
+        .iter()
+        .skip(1)
+        .position(is_barrier)
+        .map_or(entries.len(), |at| at + 1);
+    let run = &entries[..end];
     let mut overlay = Overlay::new(db)?;
-    overlay.read_ahead(entries)?;
+    overlay.read_ahead(run)?;
     let time_before = overlay.time;
     let mut membership = None;
     let mut applied = None;
     let mut responses = Vec::new();
-    for (at, entry) in entries.iter().enumerate() {
-        if at > 0 && is_barrier(entry) {
-            break;
-        }
+    for entry in run {
         let log_id = entry.log_id();
         let done = |revision| Response {
             revision,
@@ -260,19 +264,15 @@ impl<'a> Overlay<'a> {
     }
 
     /// Reads the latest values of the keys the run's puts, deletes and
-    /// exactly-once records will read (up to the run's end, as
-    /// [`apply_run`] finds it), all at once: searched for together, the
+    /// exactly-once records will read, all at once: searched for together, the
     /// engine's memtable lookups overlap their waits on memory, which one
     /// after another weigh on a run of random overwrites. Nothing writes
     /// the engine during a run but the run itself, at its end, so these
     /// stay the values before the run.
-    fn read_ahead(&mut self, entries: &[Entry]) -> io::Result<()> {
+    fn read_ahead(&mut self, run: &[Entry]) -> io::Result<()> {
         let mut wanted = Vec::new();
         let mut clients = BTreeSet::new();
-        for (at, entry) in entries.iter().enumerate() {
-            if at > 0 && is_barrier(entry) {
-                break;
-            }
+        for entry in run {
             let EntryPayload::Normal(command) = &entry.payload else {
                 continue;
             };
