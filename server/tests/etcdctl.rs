@@ -37,6 +37,10 @@ fn debian_program(program: &str, package: &str) -> PathBuf {
                 .find(|path| path.is_file())
         })
     };
+    // One install at a time: this binary's tests run in parallel, and a
+    // second apt-get fails on the first one's dpkg lock.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = found(program) {
         return path;
     }
