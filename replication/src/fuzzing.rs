@@ -282,6 +282,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             first_incomplete: 3,
         }),
         time_ms: 1_700_000_000_000,
+        auth_revision: Some(5),
     });
     let lease = Command::Lease(crate::lease::LeaseCommand::Checkpoint {
         remaining: vec![(1, 500), (2, 9000)],

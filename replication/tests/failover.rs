@@ -39,6 +39,7 @@ async fn writer(client: u64, nodes: Directory, stop: Arc<AtomicBool>) -> Acked {
                 first_incomplete: sequence,
             }),
             time_ms: 0,
+            auth_revision: None,
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -38,6 +38,7 @@ fn entry(i: u64) -> Entry {
                 first_incomplete: i,
             }),
             time_ms: 0,
+            auth_revision: None,
         })
         .into(),
     )
@@ -116,6 +117,7 @@ fn request(client: u64, sequence: u64, first_incomplete: u64, key: &str) -> Entr
                 first_incomplete,
             }),
             time_ms: 0,
+            auth_revision: None,
         })
         .into(),
     )

@@ -9,6 +9,7 @@ use crate::service::watch::WatchService;
 use crate::service::Context;
 use ferry_client::pb;
 use ferry_replication::backup::BackupShipper;
+use ferry_replication::network::NetworkControl;
 use ferry_replication::types::FerryNode;
 use ferry_replication::{Node, NodeConfig};
 use std::collections::BTreeMap;
@@ -60,6 +61,16 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
 impl Server {
     /// Opens the node and serves until [`Server::shutdown`].
     pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
+        Self::start_with_network(config, NetworkControl::default()).await
+    }
+
+    /// [`Server::start`] with the node's links to its peers switched by
+    /// `network`: tests cut and delay them to stage partitions and lagging
+    /// members.
+    pub async fn start_with_network(
+        config: ServeConfig,
+        network: NetworkControl,
+    ) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let peers = config.parsed_peers().map_err(StartError::Config)?;
         let client_listener = bind(&config.client_addr).await?;
@@ -79,6 +90,7 @@ impl Server {
             .map_err(|e| StartError::Config(format!("raft address {}: {e}", config.raft_addr)))?;
         let mut node_config = NodeConfig::new(config.id, &config.data_dir, raft_listen);
         node_config.advertise_addr = config.advertise_raft_addr.clone();
+        node_config.network = network;
         node_config.raft = config.raft_options();
         node_config.retention = config.retention_options();
         node_config.transfer.max_bytes_per_sec = config.snapshot_max_bytes_per_sec;

@@ -1053,3 +1053,171 @@ async fn lease_calls_are_authenticated_and_a_revoke_needs_write_on_every_key() {
     assert!(root.get("jobs/1").await.unwrap().is_none());
     assert!(root.get("admin/2").await.unwrap().is_none());
 }
+
+/// One unary call of etcd's API (the server builds no etcd client stubs).
+async fn etcd_call<Req, Resp>(
+    addr: &str,
+    path: &'static str,
+    request: Req,
+    token: Option<&str>,
+) -> Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(request);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("token", token.parse().unwrap());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(request, path, tonic_prost::ProstCodec::default())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn etcd_put(addr: &str, token: &str, key: &str) -> Result<(), tonic::Status> {
+    use ferry_server::etcd::pb::etcdserverpb::{PutRequest, PutResponse};
+    let request = PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        ..PutRequest::default()
+    };
+    etcd_call::<_, PutResponse>(addr, "/etcdserverpb.KV/Put", request, Some(token))
+        .await
+        .map(drop)
+}
+
+/// A member judges a write by the auth state it has applied, which can lag
+/// the leader's. A write a lagging follower lets through after its user
+/// lost the permission is refused when applied (it was checked under an
+/// older auth revision), and the follower, once caught up, refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
+    use ferry_replication::network::NetworkControl;
+    use ferry_server::config::ServeConfig;
+    use ferry_server::etcd::pb::etcdserverpb::{AuthenticateRequest, AuthenticateResponse};
+    use ferry_server::server::Server;
+
+    let dir = tempfile::tempdir().unwrap();
+    let network = NetworkControl::default();
+    let addrs: Vec<(String, String)> = (0..3)
+        .map(|_| (common::free_addr(), common::free_addr()))
+        .collect();
+    let mut servers = Vec::new();
+    for id in 1..=3u64 {
+        let (raft, client) = &addrs[id as usize - 1];
+        let peers = if id == 1 {
+            (2..=3u64)
+                .map(|p| {
+                    let (raft, client) = &addrs[p as usize - 1];
+                    format!("{p}={raft}@{client}")
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let config = ServeConfig {
+            id,
+            data_dir: dir.path().join(format!("node-{id}")),
+            client_addr: client.clone(),
+            raft_addr: raft.clone(),
+            metrics_addr: "127.0.0.1:0".into(),
+            init: id == 1,
+            join: id != 1,
+            peers,
+            // A follower cut off from the leader for a second must not
+            // campaign meanwhile.
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 4_000,
+            election_timeout_max_ms: 8_000,
+            ..ServeConfig::default()
+        };
+        servers.push(
+            Server::start_with_network(config, network.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let endpoints: Vec<String> = addrs.iter().map(|(_, client)| client.clone()).collect();
+    let setup = common::connect(endpoints.clone()).await;
+    secure::enable_auth(&setup).await;
+    let root = secure::connect(
+        endpoints.clone(),
+        ClientOptions {
+            credentials: Some(ferry_client::Credentials {
+                user: "root".into(),
+                password: ROOT_PASSWORD.into(),
+            }),
+            ..common::options()
+        },
+    )
+    .await;
+    add_user(&root, "alice", "alice-pw-1", &[(READWRITE, b"a/", b"a0")]).await;
+
+    let leader = servers
+        .iter()
+        .position(|s| s.node.is_leader())
+        .expect("a leader");
+    let follower = (leader + 1) % 3;
+    let (leader_id, follower_id) = (leader as u64 + 1, follower as u64 + 1);
+    let at_follower = &endpoints[follower];
+    let token = etcd_call::<_, AuthenticateResponse>(
+        at_follower,
+        "/etcdserverpb.Auth/Authenticate",
+        AuthenticateRequest {
+            name: "alice".into(),
+            password: "alice-pw-1".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap()
+    .token;
+    etcd_put(at_follower, &token, "a/1").await.unwrap();
+
+    // What the leader sends the follower (not the answers to the
+    // follower's own calls) arrives late; then alice loses her role, and
+    // the follower still holds the auth state that allowed her.
+    network.delay(leader_id, follower_id, Duration::from_millis(1_500));
+    admin(&root)
+        .await
+        .user_revoke_role(pb::UserRoleRequest {
+            user: "alice".into(),
+            role: "alice".into(),
+        })
+        .await
+        .unwrap();
+    let follower_auth = servers[follower].node.auth();
+    assert!(
+        follower_auth.users["alice"].roles.contains("alice"),
+        "the follower must not have applied the revoke yet"
+    );
+    // Later messages go at once again (those on their way still arrive
+    // late): the refused write waits for the follower to catch up before
+    // it checks again.
+    let heal = {
+        let network = network.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            network.heal();
+        })
+    };
+    let refused = etcd_put(at_follower, &token, "a/2").await;
+    heal.await.unwrap();
+    let refused = refused.expect_err("a write after the revoke was accepted");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(root.get("a/2").await.unwrap().is_none());
+    assert!(root.get("a/1").await.unwrap().is_some());
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}

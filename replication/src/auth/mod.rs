@@ -22,6 +22,18 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The name of the role (and of the user) that may do everything.
 pub const ROOT: &str = "root";
 
+/// Why apply refused a transaction whose permissions were checked under an
+/// auth state older than the one it is applied in (see
+/// [`crate::types::Txn::auth_revision`]). Nothing was changed, and the
+/// refusal is not remembered for the request's retries: the proposer
+/// checks again under the newer state and proposes again.
+pub const STALE_CHECK: &str = "the permissions were checked under an older auth state; check again";
+
+/// Whether a refusal (`Error::Rejected`) is [`STALE_CHECK`].
+pub fn is_stale_check(reason: &str) -> bool {
+    reason == STALE_CHECK
+}
+
 /// What a permission lets its holder do with keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PermissionKind {
@@ -148,6 +160,18 @@ impl Access {
                 end: end.clone(),
             },
         }
+    }
+
+    /// What a transaction needs: a read of every key it compares and what
+    /// each op of either branch needs (which branch runs is known only
+    /// when apply evaluates the compares).
+    pub fn txn(txn: &crate::types::Txn) -> Vec<Access> {
+        let compares = txn
+            .compares
+            .iter()
+            .map(|compare| Access::key(AccessKind::Read, &compare.key));
+        let ops = txn.success.iter().chain(&txn.failure).map(Access::op);
+        compares.chain(ops).collect()
     }
 }
 

@@ -54,12 +54,7 @@ pub(crate) fn load(view: &Snapshot) -> io::Result<AuthState> {
             None => None,
             Some(key) => Some(key.as_slice().try_into().map_err(|_| bad("token key"))?),
         },
-        revision: match get(REVISION)? {
-            None => 0,
-            Some(bytes) => {
-                u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| bad("revision"))?)
-            }
-        },
+        revision: revision(get(REVISION)?)?,
         ..AuthState::default()
     };
     for item in view.prefix(USER_PREFIX) {
@@ -75,6 +70,28 @@ pub(crate) fn load(view: &Snapshot) -> io::Result<AuthState> {
         state.roles.insert(name, decode::<Role>(&value, "role")?);
     }
     Ok(state)
+}
+
+/// The auth revision if auth is on (`None`: off), read with `get`: the two
+/// records apply needs to judge a checked transaction, without the users
+/// and roles.
+pub(crate) fn enabled_revision(
+    get: impl Fn(&[u8]) -> io::Result<Option<Vec<u8>>>,
+) -> io::Result<Option<u64>> {
+    if !get(ENABLED)?.is_some_and(|v| v == [1]) {
+        return Ok(None);
+    }
+    revision(get(REVISION)?).map(Some)
+}
+
+/// The stored revision (absent: 0).
+fn revision(bytes: Option<Vec<u8>>) -> io::Result<u64> {
+    match bytes {
+        None => Ok(0),
+        Some(bytes) => Ok(u64::from_le_bytes(
+            bytes.as_slice().try_into().map_err(|_| bad("revision"))?,
+        )),
+    }
 }
 
 /// The writes that turn `before` into `after` (engine key, `None` to

@@ -198,6 +198,9 @@ pub(crate) struct Overlay<'a> {
     history_dirty: bool,
     /// An auth change was applied in this run.
     auth_changed: bool,
+    /// The auth revision if auth is on, as of the entries applied so far;
+    /// read when a checked transaction first needs it.
+    auth_gate: Option<Option<u64>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -226,6 +229,7 @@ impl<'a> Overlay<'a> {
             purge,
             history_dirty: false,
             auth_changed: false,
+            auth_gate: None,
         })
     }
 
@@ -375,6 +379,18 @@ impl<'a> Overlay<'a> {
                         "request {} of client {} was already answered and forgotten",
                         request.sequence, request.client
                     )),
+                });
+            }
+        }
+        if let Some(checked) = txn.auth_revision {
+            if self.auth_gate()?.is_some_and(|current| checked < current) {
+                // Not remembered as the request's answer: its retry, checked
+                // again, is a new attempt.
+                return Ok(Response {
+                    revision,
+                    succeeded: false,
+                    results: Vec::new(),
+                    rejected: Some(crate::auth::STALE_CHECK.to_owned()),
                 });
             }
         }
@@ -742,11 +758,23 @@ impl<'a> Overlay<'a> {
             writes.insert(key, value);
         })?;
         self.auth_changed = true;
+        self.auth_gate = None;
         Ok(Response {
             revision,
             succeeded: true,
             ..Response::default()
         })
+    }
+
+    /// The auth revision if auth is on (`None`: off), as of the entries
+    /// applied so far.
+    fn auth_gate(&mut self) -> io::Result<Option<u64>> {
+        if let Some(gate) = self.auth_gate {
+            return Ok(gate);
+        }
+        let gate = crate::auth::store::enabled_revision(|key| self.get(key))?;
+        self.auth_gate = Some(gate);
+        Ok(gate)
     }
 
     /// The client's record as of the entries applied so far.
@@ -978,6 +1006,80 @@ mod tests {
             prop_assert_eq!(run, one_by_one);
             prop_assert_eq!(contents(&together), contents(&apart));
         });
+    }
+
+    /// Client `client`'s put of `k<client>`, checked under `auth_revision`.
+    fn checked(index: u64, client: u64, auth_revision: u64) -> Entry {
+        let mut entry = put(index, client, 1);
+        if let EntryPayload::Normal(command) = &mut entry.payload {
+            if let Command::Txn(txn) = std::sync::Arc::make_mut(command) {
+                txn.auth_revision = Some(auth_revision);
+            }
+        }
+        entry
+    }
+
+    fn auth(index: u64, change: crate::auth::AuthChange) -> Entry {
+        Entry::new_normal(log_id(index), Command::Auth(change).into())
+    }
+
+    fn written(db: &Db, client: u64) -> bool {
+        db.get(keys::user_key(format!("k{client}").as_bytes()))
+            .unwrap()
+            .is_some()
+    }
+
+    #[test]
+    fn a_txn_checked_under_an_older_auth_state_changes_nothing_and_its_retry_is_applied() {
+        use crate::auth::{AuthChange, STALE_CHECK};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        // Auth off: no stamp is too old.
+        apply(&db, &[auth(1, AuthChange::RoleAdd { name: "r".into() })]);
+        assert!(apply(&db, &[checked(2, 1, 0)])[0].rejected.is_none());
+        assert!(written(&db, 1));
+        // Auth on at revision 4 (four changes).
+        apply(
+            &db,
+            &[
+                auth(
+                    3,
+                    AuthChange::UserAdd {
+                        name: "root".into(),
+                        password_hash: None,
+                    },
+                ),
+                auth(
+                    4,
+                    AuthChange::UserGrantRole {
+                        user: "root".into(),
+                        role: "root".into(),
+                    },
+                ),
+                auth(5, AuthChange::Enable { token_key: [1; 32] }),
+            ],
+        );
+        let refused = apply(&db, &[checked(6, 2, 3)]);
+        assert_eq!(refused[0].rejected.as_deref(), Some(STALE_CHECK));
+        assert!(!written(&db, 2));
+        assert!(record(&db, 2).is_none(), "the refusal is not its answer");
+        // Its retry, checked under the current state, is applied; unchecked
+        // commands always are.
+        let retried = apply(&db, &[checked(7, 2, 4), put(8, 3, 1)]);
+        assert!(retried.iter().all(|r| r.rejected.is_none()), "{retried:?}");
+        assert!(written(&db, 2) && written(&db, 3));
+        // A change earlier in the same run counts.
+        let run = apply(
+            &db,
+            &[
+                auth(9, AuthChange::RoleAdd { name: "s".into() }),
+                checked(10, 4, 4),
+                checked(11, 5, 5),
+            ],
+        );
+        assert_eq!(run[1].rejected.as_deref(), Some(STALE_CHECK));
+        assert!(run[2].rejected.is_none());
+        assert!(!written(&db, 4) && written(&db, 5));
     }
 
     #[test]

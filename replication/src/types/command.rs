@@ -14,6 +14,9 @@
 //!   tag 2  PurgeHistory
 //!   tag 3  Auth(AuthChange)        (see `crate::auth`)
 //!   tag 4  Lease(LeaseCommand)     (see `crate::lease`)
+//!   tag 5  CheckedTxn { txn (tag 0's fields), auth_revision }
+//!          a transaction whose permissions were checked under the auth
+//!          state of `auth_revision` (see `Txn::auth_revision`)
 //! op = varint(tag) | fields
 //!   tag 0  Put { key, value, lease, prev_kv }
 //!   tag 1  Delete { key, prev_kv }
@@ -180,6 +183,15 @@ pub struct Txn {
     /// is 0). Apply stores it with the history; point-in-time restore cuts
     /// the log by it.
     pub time_ms: u64,
+    /// The revision of the auth state the proposing member checked the
+    /// caller's permissions under (`None`: unchecked, the system's own
+    /// writes and commands of earlier releases). The member's state may
+    /// lag the leader's, so apply refuses the transaction, changing
+    /// nothing, when auth is on and its revision has moved past this one
+    /// ([`crate::auth::STALE_CHECK`]); the member then catches up, checks
+    /// again and retries. Encoded as the kind `CheckedTxn` (see the format).
+    #[serde(skip)]
+    pub auth_revision: Option<u64>,
 }
 
 impl Txn {
@@ -271,6 +283,7 @@ enum KindRef<'a> {
     PurgeHistory,
     Auth(&'a AuthChange),
     Lease(&'a LeaseCommand),
+    CheckedTxn(&'a Txn, u64),
 }
 
 #[derive(Deserialize)]
@@ -280,12 +293,16 @@ enum Kind {
     PurgeHistory,
     Auth(AuthChange),
     Lease(LeaseCommand),
+    CheckedTxn(Txn, u64),
 }
 
 impl Serialize for Command {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let kind = match self {
-            Command::Txn(txn) => KindRef::Txn(txn),
+            Command::Txn(txn) => match txn.auth_revision {
+                None => KindRef::Txn(txn),
+                Some(revision) => KindRef::CheckedTxn(txn, revision),
+            },
             Command::Compact { revision, time_ms } => KindRef::Compact {
                 revision: *revision,
                 time_ms: *time_ms,
@@ -366,6 +383,10 @@ impl<'de> Visitor<'de> for CommandVisitor {
                 Kind::PurgeHistory => Command::PurgeHistory,
                 Kind::Auth(change) => Command::Auth(change),
                 Kind::Lease(change) => Command::Lease(change),
+                Kind::CheckedTxn(txn, revision) => Command::Txn(Txn {
+                    auth_revision: Some(revision),
+                    ..txn
+                }),
             });
         }
         // Release 0.1.0: `first` is the compares' count. Never allocate by
@@ -384,6 +405,7 @@ impl<'de> Visitor<'de> for CommandVisitor {
             failure: legacy_ops(failure),
             request,
             time_ms,
+            auth_revision: None,
         }))
     }
 }
@@ -424,6 +446,7 @@ mod tests {
                     first_incomplete: 1,
                 }),
                 time_ms: 1_700_000_000_000,
+                auth_revision: None,
             }),
             Command::Compact {
                 revision: 1 << 40,
@@ -537,6 +560,19 @@ mod tests {
             }],
             request: None,
             time_ms: 7,
+            auth_revision: None,
+        }));
+        // Added with the permission check at apply.
+        all.push(Command::Txn(Txn {
+            success: vec![Op::put("jobs/1", "queued")],
+            request: Some(RequestId {
+                client: 3,
+                sequence: 4,
+                first_incomplete: 4,
+            }),
+            time_ms: 8,
+            auth_revision: Some(12),
+            ..Txn::default()
         }));
         all
     }
@@ -585,7 +621,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_the_envelope() {
-        for command in sample() {
+        for command in every_kind() {
             let bytes = postcard::to_stdvec(&command).unwrap();
             assert_eq!(&bytes[..4], &[0x81, 0xF4, 0x9D, 0x7F], "the magic varint");
             assert_eq!(bytes[4], ENVELOPE_VERSION);
@@ -637,6 +673,7 @@ mod tests {
                 failure: vec![Op::Get { key: b"g".to_vec() }],
                 request: None,
                 time_ms: 9,
+                auth_revision: None,
             })
         );
     }

@@ -74,6 +74,7 @@ pub fn script() -> Vec<Command> {
             failure,
             request: request(sequence),
             time_ms: 0,
+            auth_revision: None,
         })
     };
     commands.push(txn(

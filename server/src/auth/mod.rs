@@ -11,8 +11,8 @@
 pub mod password;
 pub mod token;
 
-use ferry_replication::auth::{Access, AuthState, ROOT};
-use ferry_replication::types::now_ms;
+use ferry_replication::auth::{is_stale_check, Access, AuthState, ROOT};
+use ferry_replication::types::{now_ms, Command, Response, Txn};
 use ferry_replication::{Consistency, Node};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,21 @@ pub const TOKEN_METADATA: &str = "token";
 /// Why a call without a credential is refused while auth is on.
 pub const NO_CREDENTIAL: &str =
     "auth is enabled: a call needs a token (Auth.Authenticate) or a client certificate";
+
+/// Checks and proposals a write makes at most, when auth keeps changing
+/// under it (see [`Gate::write`]).
+pub const WRITE_CHECKS: usize = 3;
+
+/// Where [`Gate::write`] proposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propose {
+    /// On this member, which answers "not the leader" unless it leads
+    /// (Ferry's API: its SDK finds the leader).
+    Here,
+    /// On the leader, forwarded there if need be (etcd's API: its clients
+    /// send anything to any member).
+    OnLeader,
+}
 
 /// Password checks running at once at most: argon2id costs tens of
 /// milliseconds and MiBs each, and `Authenticate` is open to anyone.
@@ -124,22 +139,33 @@ impl Gate {
     }
 
     /// Who `credential` is and whether `allowed` lets them in (`refusal`
-    /// says why not); with auth off, everyone is root.
+    /// says why not), under this member's auth state; with auth off,
+    /// everyone is root.
     fn admit(
         &self,
         credential: &Credential,
         allowed: impl Fn(&AuthState, &str) -> bool,
         refusal: impl Fn(&str) -> String,
     ) -> Result<Principal, Status> {
-        let state = self.node.auth();
+        self.admit_in(&self.node.auth(), credential, allowed, refusal)
+    }
+
+    /// `admit` under `state`.
+    fn admit_in(
+        &self,
+        state: &AuthState,
+        credential: &Credential,
+        allowed: impl Fn(&AuthState, &str) -> bool,
+        refusal: impl Fn(&str) -> String,
+    ) -> Result<Principal, Status> {
         if !state.enabled {
             return Ok(Principal {
                 user: None,
                 root: true,
             });
         }
-        let user = self.user(&state, credential)?;
-        if !allowed(&state, &user) {
+        let user = self.user(state, credential)?;
+        if !allowed(state, &user) {
             return Err(Status::permission_denied(refusal(&user)));
         }
         Ok(Principal {
@@ -150,7 +176,18 @@ impl Gate {
 
     /// Whether the caller presenting `credential` may do `access`.
     pub fn check(&self, credential: &Credential, access: &Access) -> Result<Principal, Status> {
-        self.admit(
+        self.check_in(&self.node.auth(), credential, access)
+    }
+
+    /// `check` under `state`.
+    fn check_in(
+        &self,
+        state: &AuthState,
+        credential: &Credential,
+        access: &Access,
+    ) -> Result<Principal, Status> {
+        self.admit_in(
+            state,
             credential,
             |state, user| state.allows(user, access),
             |user| match access {
@@ -186,6 +223,53 @@ impl Gate {
             self.check(credential, access)?;
         }
         Ok(value)
+    }
+
+    /// Writes `txn` if the caller presenting `credential` may do every one
+    /// of `accesses`, proposing it `how`; `status` says what a failure of
+    /// the node is to the caller.
+    ///
+    /// The check judges by the auth state this member has applied, which
+    /// may lag the one the write is applied in (a follower's lags the
+    /// leader's; even a leader applies a committed auth change a moment
+    /// after it commits). So the transaction carries the auth revision it
+    /// was checked under, and apply refuses it, changing nothing, if auth
+    /// changed since (etcd refuses such a request likewise, as "revision
+    /// of auth store is old"). Then this member catches up with the
+    /// leader, checks again under the newer state and proposes again, up to
+    /// [`WRITE_CHECKS`] times in all.
+    pub async fn write(
+        &self,
+        credential: &Credential,
+        accesses: &[Access],
+        txn: Txn,
+        how: Propose,
+        status: impl Fn(ferry_replication::Error) -> Status,
+    ) -> Result<Response, Status> {
+        let mut checks = 0;
+        loop {
+            let state = self.node.auth();
+            for access in accesses {
+                self.check_in(&state, credential, access)?;
+            }
+            checks += 1;
+            let command = Command::Txn(Txn {
+                auth_revision: Some(state.revision),
+                ..txn.clone()
+            });
+            let written = match how {
+                Propose::Here => self.node.txn(command).await,
+                Propose::OnLeader => self.node.txn_anywhere(command).await,
+            };
+            match written {
+                Err(ferry_replication::Error::Rejected(reason))
+                    if is_stale_check(&reason) && checks < WRITE_CHECKS =>
+                {
+                    self.node.catch_up().await.map_err(&status)?;
+                }
+                written => return written.map_err(status),
+            }
+        }
     }
 
     /// Whether the caller presenting `credential` may read the status page:

@@ -90,13 +90,16 @@ impl AuthService {
         self.etcd
             .timed(method, async {
                 context.gate.authorize(request, &Access::Root)?;
-                // Checked on a state that holds every change acknowledged
-                // before (this member may be a follower a step behind).
+                // Checked again, with the change itself, on a state that
+                // holds every change acknowledged before (this member may
+                // be a follower a step behind, or a leader that has not
+                // applied a revoke it committed).
                 context
                     .node
                     .catch_up()
                     .await
                     .map_err(|e| self.etcd.status(e))?;
+                context.gate.authorize(request, &Access::Root)?;
                 check(&context.node.auth())?;
                 let change = make.await?;
                 let revision = context
@@ -132,6 +135,8 @@ impl AuthService {
                     .catch_up()
                     .await
                     .map_err(|e| self.etcd.status(e))?;
+                // Again on the caught-up state, as `change` does.
+                context.gate.authorize(request, &Access::Root)?;
                 read(&context.node.auth(), self.etcd.header(context.applied())).map(Response::new)
             })
             .await

@@ -6,9 +6,10 @@
 use super::pb::v3electionpb::{self as pb, election_server::Election};
 use super::recipe;
 use super::{to_i64, to_u64, Etcd};
+use crate::auth::Credential;
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
-use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, Op, Txn};
+use ferry_replication::types::{Compare, CompareOp, CompareTarget, Op, Txn};
 use ferry_replication::WatchOptions;
 use std::pin::Pin;
 use tokio::sync::mpsc;
@@ -54,24 +55,25 @@ impl ElectionService {
         Ok(leader.clone())
     }
 
-    /// A txn on the leader's key, done only if it is still the key the
-    /// leader created (`rev`).
-    async fn as_leader(&self, leader: &pb::LeaderKey, op: Op) -> Result<u64, Status> {
-        let etcd = &self.etcd;
-        let response = etcd
-            .context
-            .node
-            .txn_anywhere(Command::Txn(Txn {
-                compares: vec![Compare {
-                    key: leader.key.clone(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::CreateRevision(to_u64(leader.rev, "rev")?),
-                }],
-                success: vec![op],
-                ..Txn::default()
-            }))
-            .await
-            .map_err(|e| etcd.status(e))?;
+    /// A txn on the leader's key for the caller presenting `credential`,
+    /// done only if it is still the key the leader created (`rev`).
+    async fn as_leader(
+        &self,
+        credential: &Credential,
+        leader: &pb::LeaderKey,
+        op: Op,
+    ) -> Result<u64, Status> {
+        let txn = Txn {
+            compares: vec![Compare {
+                key: leader.key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::CreateRevision(to_u64(leader.rev, "rev")?),
+            }],
+            success: vec![op],
+            ..Txn::default()
+        };
+        let access = Access::key(AccessKind::Write, &leader.key);
+        let response = recipe::write(&self.etcd, credential, &[access], txn).await?;
         if !response.succeeded {
             return Err(Status::failed_precondition(NOT_LEADER));
         }
@@ -89,12 +91,11 @@ impl Election for ElectionService {
         etcd.timed("etcd.Campaign", async {
             etcd.check_key(&request.get_ref().name)?;
             let prefix = recipe::queue_prefix(&request.get_ref().name);
-            self.check(&request, AccessKind::Read, &prefix)?;
-            self.check(&request, AccessKind::Write, &prefix)?;
+            let credential = etcd.context.gate.credential(&request);
             let request = request.into_inner();
             etcd.context.check_value(&request.value)?;
             let (mut mine, mut abandon) =
-                recipe::enqueue(etcd, &prefix, request.lease, &request.value).await?;
+                recipe::enqueue(etcd, &credential, &prefix, request.lease, &request.value).await?;
             let (key, lease) = (mine.key.clone(), mine.lease);
             // A campaign again on the same lease keeps its place and
             // proclaims the new value, as etcd's does.
@@ -111,7 +112,7 @@ impl Election for ElectionService {
                     lease,
                     prev_kv: false,
                 };
-                self.as_leader(&leader, op).await?;
+                self.as_leader(&credential, &leader, op).await?;
                 mine.value = request.value.clone();
             }
             let revision = recipe::wait_for_head(etcd, &prefix, &mine).await?;
@@ -136,6 +137,7 @@ impl Election for ElectionService {
         let etcd = &self.etcd;
         etcd.timed("etcd.Proclaim", async {
             let leader = self.leader_key(&request, request.get_ref().leader.as_ref())?;
+            let credential = etcd.context.gate.credential(&request);
             let value = request.into_inner().value;
             etcd.context.check_value(&value)?;
             let op = Op::Put {
@@ -144,7 +146,7 @@ impl Election for ElectionService {
                 lease: to_u64(leader.lease, "lease")?,
                 prev_kv: false,
             };
-            let revision = self.as_leader(&leader, op).await?;
+            let revision = self.as_leader(&credential, &leader, op).await?;
             Ok(Response::new(pb::ProclaimResponse {
                 header: etcd.header(revision),
             }))
@@ -252,7 +254,9 @@ impl Election for ElectionService {
         etcd.timed("etcd.Resign", async {
             let leader = self.leader_key(&request, request.get_ref().leader.as_ref())?;
             // Resigning a leadership already lost is not an error in etcd.
-            let revision = recipe::leave(etcd, &leader.key, to_u64(leader.rev, "rev")?).await?;
+            let credential = etcd.context.gate.credential(&request);
+            let rev = to_u64(leader.rev, "rev")?;
+            let revision = recipe::leave(etcd, Some(&credential), &leader.key, rev).await?;
             Ok(Response::new(pb::ResignResponse {
                 header: etcd.header(revision),
             }))

@@ -12,10 +12,10 @@ use super::pb::etcdserverpb::{
     self as rpc, compare, kv_server::Kv, range_request, request_op, response_op,
 };
 use super::{key_range, key_value, message, to_i64, to_u64, Etcd};
-use crate::auth::Credential;
+use crate::auth::{Credential, Propose};
 use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::types::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, RangeOrder, SortBy, Txn,
+    Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, RangeOrder, SortBy, Txn,
 };
 use ferry_replication::{Consistency, PageLimit};
 use std::cmp::Ordering;
@@ -252,6 +252,7 @@ impl KvService {
     /// and lease, then writes only if the key did not change meanwhile.
     async fn put_keeping_current(
         &self,
+        credential: &Credential,
         request: rpc::PutRequest,
     ) -> Result<ferry_replication::types::Response, Status> {
         let etcd = &self.etcd;
@@ -265,18 +266,26 @@ impl KvService {
                 .value;
             let op = Self::put_op(request.clone(), current.as_ref())?;
             let mod_revision = current.as_ref().map_or(0, |kv| kv.mod_revision);
-            let response = node
-                .txn_anywhere(Command::Txn(Txn {
-                    compares: vec![Compare {
-                        key: request.key.clone(),
-                        op: CompareOp::Equal,
-                        target: CompareTarget::ModRevision(mod_revision),
-                    }],
-                    success: vec![op],
-                    ..Txn::default()
-                }))
-                .await
-                .map_err(|e| etcd.status(e))?;
+            let txn = Txn {
+                compares: vec![Compare {
+                    key: request.key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(mod_revision),
+                }],
+                success: vec![op],
+                ..Txn::default()
+            };
+            let response = etcd
+                .context
+                .gate
+                .write(
+                    credential,
+                    &Access::txn(&txn),
+                    txn,
+                    Propose::OnLeader,
+                    |e| etcd.status(e),
+                )
+                .await?;
             attempts += 1;
             if response.succeeded {
                 return Ok(response);
@@ -296,20 +305,22 @@ impl KvService {
     ) -> Result<rpc::PutResponse, Status> {
         let etcd = &self.etcd;
         self.check_put(&request)?;
-        etcd.context
-            .gate
-            .check(credential, &Access::key(AccessKind::Write, &request.key))?;
-        let node = &etcd.context.node;
+        let access = Access::key(AccessKind::Write, &request.key);
+        // Before the read of a put that keeps the current value or lease.
+        etcd.context.gate.check(credential, &access)?;
         let response = if request.ignore_value || request.ignore_lease {
             // Boxed: its read and its retries would otherwise make every
             // put's future (copied whole into the box tonic keeps each
             // call in) several KiB larger.
-            Box::pin(self.put_keeping_current(request)).await?
+            Box::pin(self.put_keeping_current(credential, request)).await?
         } else {
-            let op = Self::put_op(request, None)?;
-            node.txn_anywhere(Command::batch(vec![op]))
-                .await
-                .map_err(|e| etcd.status(e))?
+            let txn = Txn::batch(vec![Self::put_op(request, None)?]);
+            etcd.context
+                .gate
+                .write(credential, &[access], txn, Propose::OnLeader, |e| {
+                    etcd.status(e)
+                })
+                .await?
         };
         let prev_kv = response.results.into_iter().find_map(|r| match r {
             OpResult::Put { prev } => prev.map(key_value),
@@ -346,13 +357,18 @@ impl KvService {
     ) -> Result<rpc::DeleteRangeResponse, Status> {
         let etcd = &self.etcd;
         let op = self.delete_op(&request)?;
-        etcd.context.gate.check(credential, &Access::op(&op))?;
+        let access = Access::op(&op);
         let response = etcd
             .context
-            .node
-            .txn_anywhere(Command::batch(vec![op]))
-            .await
-            .map_err(|e| etcd.status(e))?;
+            .gate
+            .write(
+                credential,
+                &[access],
+                Txn::batch(vec![op]),
+                Propose::OnLeader,
+                |e| etcd.status(e),
+            )
+            .await?;
         let header = etcd.header(response.revision);
         let result = response.results.into_iter().next();
         Ok(delete_response(header, result))
@@ -505,15 +521,6 @@ impl KvService {
         };
         let (success, success_answers) = branch(request.success)?;
         let (failure, failure_answers) = branch(request.failure)?;
-        // Every key either branch touches: which branch runs is known only
-        // when the compares are evaluated, in apply.
-        let gate = &etcd.context.gate;
-        for compare in &compares {
-            gate.check(credential, &Access::key(AccessKind::Read, &compare.key))?;
-        }
-        for op in success.iter().chain(&failure) {
-            gate.check(credential, &Access::op(op))?;
-        }
         // etcd fails every value compare of an absent key (it has no value
         // to be equal, unequal or ordered); Ferry orders absence first.
         // Guard each with "the key exists". Other targets agree: both
@@ -529,17 +536,24 @@ impl KvService {
             }
             guarded.push(compare);
         }
+        let txn = Txn {
+            compares: guarded,
+            success,
+            failure,
+            ..Txn::default()
+        };
         let response = etcd
             .context
-            .node
-            .txn_anywhere(Command::Txn(Txn {
-                compares: guarded,
-                success,
-                failure,
-                ..Txn::default()
-            }))
-            .await
-            .map_err(|e| etcd.status(e))?;
+            .gate
+            // The guards read only keys a compare reads already.
+            .write(
+                credential,
+                &Access::txn(&txn),
+                txn,
+                Propose::OnLeader,
+                |e| etcd.status(e),
+            )
+            .await?;
         let answers = if response.succeeded {
             success_answers
         } else {

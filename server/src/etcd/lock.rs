@@ -5,6 +5,7 @@ use super::pb::v3lockpb::{self, lock_server::Lock};
 use super::recipe;
 use super::Etcd;
 use ferry_replication::auth::{Access, AccessKind};
+use ferry_replication::types::{Op, Txn};
 use tonic::{Request, Response, Status};
 
 pub struct LockService {
@@ -24,9 +25,8 @@ impl Lock for LockService {
             etcd.check_key(&request.name)?;
             let prefix = recipe::queue_prefix(&request.name);
             // What the queue does: read and write under the prefix.
-            recipe::check(etcd, &credential, AccessKind::Read, &prefix)?;
-            recipe::check(etcd, &credential, AccessKind::Write, &prefix)?;
-            let (mine, mut abandon) = recipe::enqueue(etcd, &prefix, request.lease, b"").await?;
+            let (mine, mut abandon) =
+                recipe::enqueue(etcd, &credential, &prefix, request.lease, b"").await?;
             let revision = recipe::wait_for_head(etcd, &prefix, &mine).await?;
             abandon.armed = false;
             Ok(Response::new(v3lockpb::LockResponse {
@@ -46,18 +46,10 @@ impl Lock for LockService {
             let credential = etcd.context.gate.credential(&request);
             let key = request.into_inner().key;
             etcd.check_key(&key)?;
-            etcd.context
-                .gate
-                .check(&credential, &Access::key(AccessKind::Write, &key))?;
+            let access = Access::key(AccessKind::Write, &key);
             // etcd deletes the key whatever holds it now.
-            let response = etcd
-                .context
-                .node
-                .txn_anywhere(ferry_replication::types::Command::batch(vec![
-                    ferry_replication::types::Op::delete(key),
-                ]))
-                .await
-                .map_err(|e| etcd.status(e))?;
+            let txn = Txn::batch(vec![Op::delete(key)]);
+            let response = recipe::write(etcd, &credential, &[access], txn).await?;
             Ok(Response::new(v3lockpb::UnlockResponse {
                 header: etcd.header(response.revision),
             }))

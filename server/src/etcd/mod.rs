@@ -145,6 +145,7 @@ pub(crate) mod message {
     pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
     pub const INVALID_AUTH_TOKEN: &str = "etcdserver: invalid auth token";
     pub const USER_EMPTY: &str = "etcdserver: user name is empty";
+    pub const AUTH_OLD_REVISION: &str = "etcdserver: revision of auth store is old";
 }
 
 /// The etcd view of a node: the shared context plus etcd's header.
@@ -190,6 +191,10 @@ impl Etcd {
             Error::LearnerBehind { .. } => Status::failed_precondition(message::LEARNER_NOT_READY),
             Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
                 Status::not_found(message::LEASE_NOT_FOUND)
+            }
+            // etcd's clients get a new token and try again on this.
+            Error::Rejected(reason) if ferry_replication::auth::is_stale_check(&reason) => {
+                Status::invalid_argument(message::AUTH_OLD_REVISION)
             }
             other => self.context.status(other),
         }

@@ -13,11 +13,14 @@
 //! fences its writes with the key's create revision.
 
 use super::{key_value, message, to_u64, Etcd};
+use crate::auth::{Credential, Propose};
 use crate::service::Context;
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::state_machine::history::ChangeKind;
-use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, KeyValue, Op, Txn};
+use ferry_replication::types::{
+    Command, Compare, CompareOp, CompareTarget, KeyValue, Op, Response, Txn,
+};
 use ferry_replication::{Consistency, PageLimit, WatchError, WatchOptions};
 use tonic::Status;
 
@@ -33,22 +36,48 @@ pub fn queue_prefix(name: &[u8]) -> Vec<u8> {
     [name, b"/"].concat()
 }
 
+/// `kind` on every key under `prefix`.
+fn under(kind: AccessKind, prefix: &[u8]) -> Access {
+    Access::Keys {
+        kind,
+        start: prefix.to_vec(),
+        end: prefix_end(prefix),
+    }
+}
+
+/// What a contender does: read and write every key under `prefix`.
+pub fn contender_accesses(prefix: &[u8]) -> [Access; 2] {
+    [
+        under(AccessKind::Read, prefix),
+        under(AccessKind::Write, prefix),
+    ]
+}
+
 /// Whether `credential` may do `kind` on every key under `prefix`.
 pub fn check(
     etcd: &Etcd,
-    credential: &crate::auth::Credential,
+    credential: &Credential,
     kind: AccessKind,
     prefix: &[u8],
 ) -> Result<(), Status> {
-    etcd.context.gate.check(
-        credential,
-        &Access::Keys {
-            kind,
-            start: prefix.to_vec(),
-            end: prefix_end(prefix),
-        },
-    )?;
+    etcd.context.gate.check(credential, &under(kind, prefix))?;
     Ok(())
+}
+
+/// Writes `txn` for the caller presenting `credential`, if they may do
+/// `accesses` (see [`crate::auth::Gate::write`]).
+pub async fn write(
+    etcd: &Etcd,
+    credential: &Credential,
+    accesses: &[Access],
+    txn: Txn,
+) -> Result<Response, Status> {
+    etcd.context
+        .gate
+        .write(credential, accesses, txn, Propose::OnLeader, |e| {
+            etcd.status(e)
+        })
+        .await
 }
 
 /// A contender's key: `prefix` and its lease in hex, as etcd names it.
@@ -110,10 +139,19 @@ fn watch_status(error: WatchError) -> Status {
 
 /// Joins the queue under `prefix` as `key` (with `value`, on `lease`), or
 /// finds the key already there (a retry); returns the key as it stands.
-pub async fn join(etcd: &Etcd, key: &[u8], value: &[u8], lease: u64) -> Result<KeyValue, Status> {
-    let node = &etcd.context.node;
-    let response = node
-        .txn_anywhere(Command::Txn(Txn {
+async fn join(
+    etcd: &Etcd,
+    credential: &Credential,
+    prefix: &[u8],
+    key: &[u8],
+    value: &[u8],
+    lease: u64,
+) -> Result<KeyValue, Status> {
+    let response = write(
+        etcd,
+        credential,
+        &contender_accesses(prefix),
+        Txn {
             compares: vec![Compare {
                 key: key.to_vec(),
                 op: CompareOp::Equal,
@@ -127,9 +165,9 @@ pub async fn join(etcd: &Etcd, key: &[u8], value: &[u8], lease: u64) -> Result<K
             }],
             failure: vec![Op::Get { key: key.to_vec() }],
             ..Txn::default()
-        }))
-        .await
-        .map_err(|e| etcd.status(e))?;
+        },
+    )
+    .await?;
     if response.succeeded {
         return Ok(KeyValue {
             key: key.to_vec(),
@@ -170,22 +208,36 @@ pub async fn wait_for_head(etcd: &Etcd, prefix: &[u8], mine: &KeyValue) -> Resul
     }
 }
 
-/// Deletes `key` if it is still the one created at `create_revision`.
-pub async fn leave(etcd: &Etcd, key: &[u8], create_revision: u64) -> Result<u64, Status> {
-    let response = etcd
-        .context
-        .node
-        .txn_anywhere(Command::Txn(Txn {
-            compares: vec![Compare {
-                key: key.to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(create_revision),
-            }],
-            success: vec![Op::delete(key.to_vec())],
-            ..Txn::default()
-        }))
-        .await
-        .map_err(|e| etcd.status(e))?;
+/// Deletes `key` if it is still the one created at `create_revision`, for
+/// the caller presenting `credential` (`None`: for the server, undoing a
+/// join whose call was dropped).
+pub async fn leave(
+    etcd: &Etcd,
+    credential: Option<&Credential>,
+    key: &[u8],
+    create_revision: u64,
+) -> Result<u64, Status> {
+    let txn = Txn {
+        compares: vec![Compare {
+            key: key.to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(create_revision),
+        }],
+        success: vec![Op::delete(key.to_vec())],
+        ..Txn::default()
+    };
+    let response = match credential {
+        Some(credential) => {
+            let access = Access::key(AccessKind::Write, key);
+            write(etcd, credential, &[access], txn).await?
+        }
+        None => etcd
+            .context
+            .node
+            .txn_anywhere(Command::Txn(txn))
+            .await
+            .map_err(|e| etcd.status(e))?,
+    };
     Ok(response.revision)
 }
 
@@ -204,7 +256,7 @@ impl Drop for Abandon {
         if self.armed {
             let (etcd, key, revision) = (self.etcd.clone(), self.key.clone(), self.create_revision);
             tokio::spawn(async move {
-                if let Err(error) = leave(&etcd, &key, revision).await {
+                if let Err(error) = leave(&etcd, None, &key, revision).await {
                     tracing::warn!(%error, "could not leave a lock queue after a cancelled call");
                 }
             });
@@ -217,6 +269,7 @@ impl Drop for Abandon {
 /// guard that leaves the queue if the call is dropped before it answers.
 pub async fn enqueue(
     etcd: &Etcd,
+    credential: &Credential,
     prefix: &[u8],
     lease: i64,
     value: &[u8],
@@ -224,7 +277,7 @@ pub async fn enqueue(
     let lease = self::lease(lease)?;
     let key = contender_key(prefix, lease);
     etcd.check_key(&key)?;
-    let mine = join(etcd, &key, value, lease).await?;
+    let mine = join(etcd, credential, prefix, &key, value, lease).await?;
     let abandon = Abandon {
         etcd: etcd.clone(),
         key,

@@ -86,6 +86,14 @@ impl AuthService {
     ) -> Result<Response<pb::AuthChangeResponse>, Status> {
         timed(&self.context, method, async {
             self.context.gate.authorize(request, &Access::Root)?;
+            // Again on a state that holds every change committed before:
+            // even a leader applies a revoke a moment after committing it.
+            self.context
+                .node
+                .catch_up()
+                .await
+                .map_err(|e| self.context.status(e))?;
+            self.context.gate.authorize(request, &Access::Root)?;
             let revision =
                 self.context
                     .node

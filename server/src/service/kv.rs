@@ -1,13 +1,11 @@
 //! The KV service: Get, Put, Delete, Range, Txn.
 
 use super::{consistency, key_value, staleness, timed, Context};
-use crate::auth::Credential;
+use crate::auth::{Credential, Propose};
 use ferry_client::pb::{self, kv_server::Kv};
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
-use ferry_replication::types::{
-    Command, Compare, CompareOp, CompareTarget, Op, OpResult, RequestId, Txn,
-};
+use ferry_replication::types::{Compare, CompareOp, CompareTarget, Op, OpResult, RequestId, Txn};
 use ferry_replication::{Consistency, PageLimit};
 use tonic::{Request, Response, Status};
 
@@ -129,10 +127,8 @@ impl KvService {
         timed(&self.context, "Put", async {
             self.context.check_key(&request.key)?;
             self.context.check_value(&request.value)?;
-            self.context
-                .gate
-                .check(credential, &Access::key(AccessKind::Write, &request.key))?;
-            let command = Command::Txn(Txn {
+            let access = Access::key(AccessKind::Write, &request.key);
+            let txn = Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Put {
                     key: request.key,
@@ -140,13 +136,14 @@ impl KvService {
                     lease: request.lease,
                     prev_kv: request.prev_kv,
                 }])
-            });
+            };
             let response = self
                 .context
-                .node
-                .txn(command)
-                .await
-                .map_err(|e| self.context.status(e))?;
+                .gate
+                .write(credential, &[access], txn, Propose::Here, |e| {
+                    self.context.status(e)
+                })
+                .await?;
             let prev_kv = response
                 .results
                 .into_iter()
@@ -169,22 +166,21 @@ impl KvService {
     ) -> Result<pb::DeleteResponse, Status> {
         timed(&self.context, "Delete", async {
             self.context.check_key(&request.key)?;
-            self.context
-                .gate
-                .check(credential, &Access::key(AccessKind::Write, &request.key))?;
-            let command = Command::Txn(Txn {
+            let access = Access::key(AccessKind::Write, &request.key);
+            let txn = Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Delete {
                     key: request.key,
                     prev_kv: request.prev_kv,
                 }])
-            });
+            };
             let response = self
                 .context
-                .node
-                .txn(command)
-                .await
-                .map_err(|e| self.context.status(e))?;
+                .gate
+                .write(credential, &[access], txn, Propose::Here, |e| {
+                    self.context.status(e)
+                })
+                .await?;
             let (mut deleted, mut prev_kv) = (false, None);
             for result in response.results {
                 match result {
@@ -345,7 +341,7 @@ impl KvService {
                     self.context.limits.max_txn_ops
                 )));
             }
-            let command = Command::Txn(Txn {
+            let txn = Txn {
                 compares: request
                     .compares
                     .into_iter()
@@ -362,25 +358,15 @@ impl KvService {
                     .map(|o| self.op(o))
                     .collect::<Result<_, _>>()?,
                 request: request_id(request.request),
-                time_ms: 0,
-            });
-            // Every key either branch touches: which branch runs is known
-            // only when the compares are evaluated, in apply.
-            if let Command::Txn(txn) = &command {
-                let gate = &self.context.gate;
-                for compare in &txn.compares {
-                    gate.check(credential, &Access::key(AccessKind::Read, &compare.key))?;
-                }
-                for op in txn.success.iter().chain(&txn.failure) {
-                    gate.check(credential, &Access::op(op))?;
-                }
-            }
+                ..Txn::default()
+            };
             let response = self
                 .context
-                .node
-                .txn(command)
-                .await
-                .map_err(|e| self.context.status(e))?;
+                .gate
+                .write(credential, &Access::txn(&txn), txn, Propose::Here, |e| {
+                    self.context.status(e)
+                })
+                .await?;
             Ok(pb::TxnResponse {
                 header: self.context.header(response.revision),
                 succeeded: response.succeeded,

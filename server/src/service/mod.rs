@@ -94,6 +94,11 @@ impl Context {
             Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
                 Status::not_found(reason)
             }
+            // Auth kept changing under the write (see `Gate::write`); nothing
+            // was written, so the SDK's retry is safe.
+            Error::Rejected(reason) if ferry_replication::auth::is_stale_check(&reason) => {
+                Status::unavailable(reason)
+            }
             Error::Rejected(reason) => Status::already_exists(reason),
             Error::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),
             Error::FutureRevision { requested, current } => {
