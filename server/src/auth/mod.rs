@@ -265,7 +265,9 @@ impl Gate {
                 Err(ferry_replication::Error::Rejected(reason))
                     if is_stale_check(&reason) && checks < WRITE_CHECKS =>
                 {
-                    self.node.catch_up().await.map_err(&status)?;
+                    // Boxed: rare, and inline it would make every write's
+                    // future larger by its size.
+                    Box::pin(self.node.catch_up()).await.map_err(&status)?;
                 }
                 written => return written.map_err(status),
             }

@@ -203,14 +203,14 @@ impl Etcd {
     /// Runs a handler under the request metrics, with the auth gate's
     /// refusals in etcd's words: its clients match on them (they
     /// re-authenticate on an invalid token).
-    pub(crate) async fn timed<T>(
-        &self,
+    /// (Not an `async fn`, for the reason `service::timed` gives.)
+    pub(crate) fn timed<'a, T>(
+        &'a self,
         method: &'static str,
-        handler: impl std::future::Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
-        crate::service::timed(&self.context, method, handler)
-            .await
-            .map_err(gate_status)
+        handler: impl std::future::Future<Output = Result<T, Status>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, Status>> + 'a {
+        use futures_util::FutureExt;
+        crate::service::timed(&self.context, method, handler).map(|r| r.map_err(gate_status))
     }
 
     /// Checks a key's length against the server's limits.

@@ -27,6 +27,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,24 +192,32 @@ async fn answer(
 ) -> (pb::BatchReply, usize) {
     use batch_reply::Response;
     let credential = &*credential;
-    let handled = async {
+    // Each call's future is boxed where it is made: inline, this future
+    // was the largest of the four (several KiB), copied whole into the
+    // stream's `FuturesUnordered` and again into the timeout, which took
+    // 3.5% of the servers' CPU under 64 writers (`perf record`, overwrite
+    // x64).
+    let handled: Pin<Box<dyn Future<Output = Result<Response, Status>> + Send + '_>> =
         match call.request {
             Some(batch_call::Request::Get(r)) => {
-                service.get_call(credential, r).await.map(Response::Get)
+                Box::pin(async move { service.get_call(credential, r).await.map(Response::Get) })
             }
             Some(batch_call::Request::Put(r)) => {
-                service.put_call(credential, r).await.map(Response::Put)
+                Box::pin(async move { service.put_call(credential, r).await.map(Response::Put) })
             }
-            Some(batch_call::Request::Delete(r)) => service
-                .delete_call(credential, r)
-                .await
-                .map(Response::Delete),
+            Some(batch_call::Request::Delete(r)) => Box::pin(async move {
+                service
+                    .delete_call(credential, r)
+                    .await
+                    .map(Response::Delete)
+            }),
             Some(batch_call::Request::Txn(r)) => {
-                service.txn_call(credential, r).await.map(Response::Txn)
+                Box::pin(async move { service.txn_call(credential, r).await.map(Response::Txn) })
             }
-            None => Err(Status::invalid_argument("a batch call without a request")),
-        }
-    };
+            None => Box::pin(std::future::ready(Err(Status::invalid_argument(
+                "a batch call without a request",
+            )))),
+        };
     // A unary call is dropped when its client gives up (the HTTP/2 stream
     // is reset); a batched one stops at the deadline its client sent, so
     // calls nobody waits for do not pile up against `max_batch_calls`.

@@ -168,13 +168,19 @@ pub(crate) fn key_value(kv: ferry_replication::types::KeyValue) -> pb::KeyValue 
 }
 
 /// Runs a handler under the request metrics.
-pub(crate) async fn timed<T>(
-    context: &Context,
+///
+/// Not an `async fn`: one would hold `handler` twice (as its argument, and
+/// again as the future it awaits), and the handlers are the largest
+/// futures of the write path.
+pub(crate) fn timed<'a, T>(
+    context: &'a Context,
     method: &'static str,
-    handler: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
+    handler: impl std::future::Future<Output = Result<T, Status>> + 'a,
+) -> impl std::future::Future<Output = Result<T, Status>> + 'a {
+    use futures_util::FutureExt;
     let timer = context.metrics.start(method);
-    let result = handler.await;
-    timer.finish(&result);
-    result
+    handler.map(move |result| {
+        timer.finish(&result);
+        result
+    })
 }
