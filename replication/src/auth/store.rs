@@ -78,7 +78,7 @@ pub(crate) fn load(view: &Snapshot) -> io::Result<AuthState> {
 pub(crate) fn enabled_revision(
     get: impl Fn(&[u8]) -> io::Result<Option<Vec<u8>>>,
 ) -> io::Result<Option<u64>> {
-    if !get(ENABLED)?.is_some_and(|v| v == [1]) {
+    if get(ENABLED)?.is_none_or(|v| v != [1]) {
         return Ok(None);
     }
     revision(get(REVISION)?).map(Some)

@@ -73,7 +73,7 @@ impl ElectionService {
             ..Txn::default()
         };
         let access = Access::key(AccessKind::Write, &leader.key);
-        let response = recipe::write(&self.etcd, credential, &[access], txn).await?;
+        let response = self.etcd.write(credential, &[access], txn).await?;
         if !response.succeeded {
             return Err(Status::failed_precondition(NOT_LEADER));
         }

@@ -12,7 +12,7 @@ use super::pb::etcdserverpb::{
     self as rpc, compare, kv_server::Kv, range_request, request_op, response_op,
 };
 use super::{key_range, key_value, message, to_i64, to_u64, Etcd};
-use crate::auth::{Credential, Propose};
+use crate::auth::Credential;
 use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::types::{
     Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, RangeOrder, SortBy, Txn,
@@ -275,17 +275,7 @@ impl KvService {
                 success: vec![op],
                 ..Txn::default()
             };
-            let response = etcd
-                .context
-                .gate
-                .write(
-                    credential,
-                    &Access::txn(&txn),
-                    txn,
-                    Propose::OnLeader,
-                    |e| etcd.status(e),
-                )
-                .await?;
+            let response = etcd.write(credential, &Access::txn(&txn), txn).await?;
             attempts += 1;
             if response.succeeded {
                 return Ok(response);
@@ -315,12 +305,7 @@ impl KvService {
             Box::pin(self.put_keeping_current(credential, request)).await?
         } else {
             let txn = Txn::batch(vec![Self::put_op(request, None)?]);
-            etcd.context
-                .gate
-                .write(credential, &[access], txn, Propose::OnLeader, |e| {
-                    etcd.status(e)
-                })
-                .await?
+            etcd.write(credential, &[access], txn).await?
         };
         let prev_kv = response.results.into_iter().find_map(|r| match r {
             OpResult::Put { prev } => prev.map(key_value),
@@ -359,15 +344,7 @@ impl KvService {
         let op = self.delete_op(&request)?;
         let access = Access::op(&op);
         let response = etcd
-            .context
-            .gate
-            .write(
-                credential,
-                &[access],
-                Txn::batch(vec![op]),
-                Propose::OnLeader,
-                |e| etcd.status(e),
-            )
+            .write(credential, &[access], Txn::batch(vec![op]))
             .await?;
         let header = etcd.header(response.revision);
         let result = response.results.into_iter().next();
@@ -542,18 +519,8 @@ impl KvService {
             failure,
             ..Txn::default()
         };
-        let response = etcd
-            .context
-            .gate
-            // The guards read only keys a compare reads already.
-            .write(
-                credential,
-                &Access::txn(&txn),
-                txn,
-                Propose::OnLeader,
-                |e| etcd.status(e),
-            )
-            .await?;
+        // The guards read only keys a compare reads already.
+        let response = etcd.write(credential, &Access::txn(&txn), txn).await?;
         let answers = if response.succeeded {
             success_answers
         } else {

@@ -49,7 +49,7 @@ impl Lock for LockService {
             let access = Access::key(AccessKind::Write, &key);
             // etcd deletes the key whatever holds it now.
             let txn = Txn::batch(vec![Op::delete(key)]);
-            let response = recipe::write(etcd, &credential, &[access], txn).await?;
+            let response = etcd.write(&credential, &[access], txn).await?;
             Ok(Response::new(v3lockpb::UnlockResponse {
                 header: etcd.header(response.revision),
             }))

@@ -29,6 +29,7 @@ pub mod snapshot;
 pub mod watch;
 
 use crate::service::Context;
+use ferry_replication::auth::Access;
 use ferry_replication::Error;
 use tonic::Status;
 
@@ -211,6 +212,21 @@ impl Etcd {
     ) -> impl std::future::Future<Output = Result<T, Status>> + 'a {
         use futures_util::FutureExt;
         crate::service::timed(&self.context, method, handler).map(|r| r.map_err(gate_status))
+    }
+
+    /// Writes `txn` for the caller presenting `credential`, if they may do
+    /// `accesses`, on the leader (see [`crate::auth::Gate::write`]).
+    pub(crate) async fn write(
+        &self,
+        credential: &crate::auth::Credential,
+        accesses: &[Access],
+        txn: ferry_replication::types::Txn,
+    ) -> Result<ferry_replication::types::Response, Status> {
+        let propose = crate::auth::Propose::OnLeader;
+        self.context
+            .gate
+            .write(credential, accesses, txn, propose, |e| self.status(e))
+            .await
     }
 
     /// Checks a key's length against the server's limits.

@@ -13,14 +13,12 @@
 //! fences its writes with the key's create revision.
 
 use super::{key_value, message, to_u64, Etcd};
-use crate::auth::{Credential, Propose};
+use crate::auth::Credential;
 use crate::service::Context;
 use ferry_engine::prefix_end;
 use ferry_replication::auth::{Access, AccessKind};
 use ferry_replication::state_machine::history::ChangeKind;
-use ferry_replication::types::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, Op, Response, Txn,
-};
+use ferry_replication::types::{Command, Compare, CompareOp, CompareTarget, KeyValue, Op, Txn};
 use ferry_replication::{Consistency, PageLimit, WatchError, WatchOptions};
 use tonic::Status;
 
@@ -62,22 +60,6 @@ pub fn check(
 ) -> Result<(), Status> {
     etcd.context.gate.check(credential, &under(kind, prefix))?;
     Ok(())
-}
-
-/// Writes `txn` for the caller presenting `credential`, if they may do
-/// `accesses` (see [`crate::auth::Gate::write`]).
-pub async fn write(
-    etcd: &Etcd,
-    credential: &Credential,
-    accesses: &[Access],
-    txn: Txn,
-) -> Result<Response, Status> {
-    etcd.context
-        .gate
-        .write(credential, accesses, txn, Propose::OnLeader, |e| {
-            etcd.status(e)
-        })
-        .await
 }
 
 /// A contender's key: `prefix` and its lease in hex, as etcd names it.
@@ -147,27 +129,27 @@ async fn join(
     value: &[u8],
     lease: u64,
 ) -> Result<KeyValue, Status> {
-    let response = write(
-        etcd,
-        credential,
-        &contender_accesses(prefix),
-        Txn {
-            compares: vec![Compare {
-                key: key.to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            success: vec![Op::Put {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease,
-                prev_kv: false,
-            }],
-            failure: vec![Op::Get { key: key.to_vec() }],
-            ..Txn::default()
-        },
-    )
-    .await?;
+    let response = etcd
+        .write(
+            credential,
+            &contender_accesses(prefix),
+            Txn {
+                compares: vec![Compare {
+                    key: key.to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::CreateRevision(0),
+                }],
+                success: vec![Op::Put {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    lease,
+                    prev_kv: false,
+                }],
+                failure: vec![Op::Get { key: key.to_vec() }],
+                ..Txn::default()
+            },
+        )
+        .await?;
     if response.succeeded {
         return Ok(KeyValue {
             key: key.to_vec(),
@@ -229,7 +211,7 @@ pub async fn leave(
     let response = match credential {
         Some(credential) => {
             let access = Access::key(AccessKind::Write, key);
-            write(etcd, credential, &[access], txn).await?
+            etcd.write(credential, &[access], txn).await?
         }
         None => etcd
             .context
