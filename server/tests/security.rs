@@ -1183,6 +1183,21 @@ async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
     .unwrap()
     .token;
     etcd_put(at_follower, &token, "a/1").await.unwrap();
+    // A transaction that touches no key still needs a user.
+    let empty = etcd_call::<_, ferry_server::etcd::pb::etcdserverpb::TxnResponse>(
+        at_follower,
+        "/etcdserverpb.KV/Txn",
+        ferry_server::etcd::pb::etcdserverpb::TxnRequest::default(),
+        None,
+    )
+    .await;
+    // etcd's words for a call without a user.
+    let empty = empty.unwrap_err();
+    assert_eq!(
+        empty.message(),
+        "etcdserver: user name is empty",
+        "{empty:?}"
+    );
 
     // What the leader sends the follower (not the answers to the
     // follower's own calls) arrives late; then alice loses her role, and
