@@ -303,6 +303,24 @@ impl Gate {
         self.check(&self.credential(request), access)
     }
 
+    /// `authorize`, then again once this member has caught up with the
+    /// leader: for the rare calls that must judge by every auth change
+    /// committed before them (auth changes, reads of the auth state),
+    /// where a follower a step behind, or a leader that has not applied a
+    /// revoke it committed, would judge by an older state. The first check
+    /// refuses the obvious cases without a round trip; `status` says what
+    /// a failure of the catch-up is to the caller.
+    pub async fn authorize_caught_up<T>(
+        &self,
+        request: &Request<T>,
+        access: &Access,
+        status: impl Fn(ferry_replication::Error) -> Status,
+    ) -> Result<Principal, Status> {
+        self.authorize(request, access)?;
+        self.node.catch_up().await.map_err(status)?;
+        self.authorize(request, access)
+    }
+
     /// A token for `name` if `password` is theirs.
     pub async fn authenticate(
         &self,

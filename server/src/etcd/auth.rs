@@ -89,17 +89,11 @@ impl AuthService {
         let context = &self.etcd.context;
         self.etcd
             .timed(method, async {
-                context.gate.authorize(request, &Access::Root)?;
-                // Checked again, with the change itself, on a state that
-                // holds every change acknowledged before (this member may
-                // be a follower a step behind, or a leader that has not
-                // applied a revoke it committed).
+                // The change is checked on the caught-up state too.
                 context
-                    .node
-                    .catch_up()
-                    .await
-                    .map_err(|e| self.etcd.status(e))?;
-                context.gate.authorize(request, &Access::Root)?;
+                    .gate
+                    .authorize_caught_up(request, &Access::Root, |e| self.etcd.status(e))
+                    .await?;
                 check(&context.node.auth())?;
                 let change = make.await?;
                 let revision = context
@@ -129,14 +123,10 @@ impl AuthService {
         let context = &self.etcd.context;
         self.etcd
             .timed(method, async {
-                context.gate.authorize(request, &Access::Root)?;
                 context
-                    .node
-                    .catch_up()
-                    .await
-                    .map_err(|e| self.etcd.status(e))?;
-                // Again on the caught-up state, as `change` does.
-                context.gate.authorize(request, &Access::Root)?;
+                    .gate
+                    .authorize_caught_up(request, &Access::Root, |e| self.etcd.status(e))
+                    .await?;
                 read(&context.node.auth(), self.etcd.header(context.applied())).map(Response::new)
             })
             .await

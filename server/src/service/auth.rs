@@ -85,15 +85,10 @@ impl AuthService {
         change: impl std::future::Future<Output = Result<AuthChange, Status>>,
     ) -> Result<Response<pb::AuthChangeResponse>, Status> {
         timed(&self.context, method, async {
-            self.context.gate.authorize(request, &Access::Root)?;
-            // Again on a state that holds every change committed before:
-            // even a leader applies a revoke a moment after committing it.
             self.context
-                .node
-                .catch_up()
-                .await
-                .map_err(|e| self.context.status(e))?;
-            self.context.gate.authorize(request, &Access::Root)?;
+                .gate
+                .authorize_caught_up(request, &Access::Root, |e| self.context.status(e))
+                .await?;
             let revision =
                 self.context
                     .node
