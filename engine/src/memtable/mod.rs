@@ -173,7 +173,7 @@ impl Memtable {
             return Lookup::Absent;
         }
         let target = MemKey::new(user_key, (sequence << 8) | 0xff);
-        Self::lookup(self.list.at_or_after(&target), user_key)
+        Self::lookup(self.list.at_or_after(&target), query)
     }
 
     /// [`Memtable::get`] of each query, their searches run together.
@@ -191,19 +191,26 @@ impl Memtable {
             .into_iter()
             .zip(self.list.at_or_after_all(&targets))
         {
-            lookups[at] = Self::lookup(node, queries[at].user_key);
+            lookups[at] = Self::lookup(node, queries[at]);
         }
         lookups
     }
 
-    fn lookup(node: Option<NodeRef>, user_key: &[u8]) -> Lookup {
+    /// The answer to `query` from the first node at or after its target.
+    fn lookup(node: Option<NodeRef>, query: &PointQuery) -> Lookup {
         let Some(node) = node else {
             return Lookup::Absent;
         };
         let key = node.key();
-        if !key.user_key_is(user_key) {
+        if !key.user_key_is(query.user_key) {
             return Lookup::Absent;
         }
+        // A search answers a node at or after its target, so never a
+        // version newer than the query's (one not yet published).
+        debug_assert!(
+            key.trailer >> 8 <= query.sequence,
+            "a version newer than the read"
+        );
         match key.kind() {
             Some(ValueKind::Put) => Lookup::Found(node.value().to_vec()),
             _ => Lookup::Deleted,

@@ -236,8 +236,12 @@ impl SkipList {
 
     /// Walks down from the top level, moving right while `right` holds for
     /// the next node's key. Returns the last node at level 0 it reached
-    /// (maybe the head).
-    fn descend(&self, right: impl Fn(&MemKey) -> bool) -> NodeRef<'_> {
+    /// (maybe the head), and the node after it that stopped the walk (`None`
+    /// at the end).
+    ///
+    /// The second is the node the walk compared, not the link read again: a
+    /// node the writer links in between may be before the target.
+    fn descend(&self, right: impl Fn(&MemKey) -> bool) -> (NodeRef<'_>, Option<NodeRef<'_>>) {
         let mut at = self.head();
         let mut level = self.height.load(Ordering::Relaxed) - 1;
         loop {
@@ -251,7 +255,7 @@ impl SkipList {
                 Some(next) if right(&next.key()) => at = next,
                 _ => {
                     if level == 0 {
-                        return at;
+                        return (at, next);
                     }
                     level -= 1;
                 }
@@ -270,22 +274,28 @@ impl SkipList {
 
     /// The last node.
     pub(super) fn last(&self) -> Option<NodeRef<'_>> {
-        self.not_head(self.descend(|_| true))
+        self.not_head(self.descend(|_| true).0)
     }
 
     /// The first node at or after `target`.
     pub(super) fn at_or_after(&self, target: &MemKey) -> Option<NodeRef<'_>> {
-        self.descend(|key| key < target).next()
+        self.first_not(|key| key < target)
+    }
+
+    /// The first node whose key `before` does not hold for (`before` holds
+    /// for a prefix of the list).
+    fn first_not(&self, before: impl Fn(&MemKey) -> bool) -> Option<NodeRef<'_>> {
+        self.descend(before).1
     }
 
     /// The last node at or before `target`.
     pub(super) fn at_or_before(&self, target: &MemKey) -> Option<NodeRef<'_>> {
-        self.not_head(self.descend(|key| key <= target))
+        self.not_head(self.descend(|key| key <= target).0)
     }
 
     /// The last node before `target`.
     pub(super) fn before(&self, target: &MemKey) -> Option<NodeRef<'_>> {
-        self.not_head(self.descend(|key| key < target))
+        self.not_head(self.descend(|key| key < target).0)
     }
 
     /// Inserts each `(key, value)`. No key may be in the list already, or
@@ -644,6 +654,38 @@ mod tests {
         fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
             Some(self.cmp(other))
         }
+    }
+
+    #[test]
+    fn a_search_answers_the_node_it_compared_not_one_linked_after() {
+        // The writer links a node just before the target while a search
+        // compares the target: the search must answer the target (found
+        // once in CI, when `at_or_after` read the link again).
+        let list = SkipList::new();
+        let (a, c) = (MemKey::new(b"a", 1), MemKey::new(b"c", 1));
+        list.insert_all(&[(a, b"1"), (c, b"3")]);
+        // The search compares `c` once per level it meets it on; the last
+        // comparison is at level 0, where the new node goes in between.
+        let compared = std::cell::Cell::new(0);
+        list.descend(|key| {
+            compared.set(compared.get() + usize::from(*key == c));
+            *key < c
+        });
+        let b = MemKey::new(b"b", 1);
+        let left = std::cell::Cell::new(compared.get());
+        let found = list.first_not(|key| {
+            if *key == c {
+                left.set(left.get() - 1);
+                if left.get() == 0 {
+                    list.insert_all(&[(b, b"2")]);
+                }
+            }
+            *key < c
+        });
+        assert_eq!(left.get(), 0);
+        assert_eq!(list.before(&c).map(|n| n.key()), Some(b));
+        assert_eq!(found.map(|n| n.key()), Some(c));
+        assert_eq!(list.at_or_after(&c).map(|n| n.key()), Some(c));
     }
 
     #[test]
