@@ -287,6 +287,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let lease = Command::Lease(crate::lease::LeaseCommand::Checkpoint {
         remaining: vec![(1, 500), (2, 9000)],
     });
+    let revoke = Command::Lease(crate::lease::LeaseCommand::RevokeBy {
+        id: 3,
+        time_ms: 1_700_000_000_000,
+        user: Some("alice".into()),
+    });
     let auth = Command::Auth(crate::auth::AuthChange::UserGrantRole {
         user: "root".into(),
         role: "root".into(),
@@ -419,6 +424,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = vec![
         ("command", encode(&txn)),
         ("command", encode(&lease)),
+        ("command", encode(&revoke)),
         ("command", encode(&auth)),
         ("raft_message", message(encode(&append))),
         (

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::lease::keeper::LeaseCall;
-use crate::lease::LeaseStatus;
+use crate::lease::{LeaseStatus, RevokeAs};
 use crate::log_store::{LogReader, LogStats, LogStatsSnapshot, LogStore, LogStoreOptions};
 use crate::network::forward::{ForwardError, ForwardReply, ForwardRequest, Forwarder};
 use crate::network::pb::raft_transport_server::RaftTransportServer;
@@ -765,8 +765,12 @@ impl Node {
     }
 
     /// [`Node::lease_revoke`] on any member.
-    pub async fn lease_revoke_anywhere(&self, id: u64) -> Result<u64, LeaseCall> {
-        match self.on_leader(ForwardRequest::LeaseRevoke { id }).await? {
+    pub async fn lease_revoke_anywhere(&self, id: u64, by: RevokeAs) -> Result<u64, LeaseCall> {
+        let request = match by {
+            RevokeAs::Node => ForwardRequest::LeaseRevoke { id },
+            RevokeAs::Client { user } => ForwardRequest::LeaseRevokeBy { id, user },
+        };
+        match self.on_leader(request).await? {
             ForwardReply::Lease(revision) => Ok(revision),
             other => Err(unexpected(other).into()),
         }
@@ -1188,9 +1192,10 @@ impl Node {
     }
 
     /// Revokes lease `id` (on the leader), deleting its keys at one
-    /// revision, which it returns.
-    pub async fn lease_revoke(&self, id: u64) -> Result<u64, LeaseCall> {
-        self.leases.revoke(id, &|c| self.txn(c)).await
+    /// revision, which it returns. A client's revoke (`by`) is checked when
+    /// applied: see [`RevokeAs`].
+    pub async fn lease_revoke(&self, id: u64, by: RevokeAs) -> Result<u64, LeaseCall> {
+        self.leases.revoke(id, by, &|c| self.txn(c)).await
     }
 
     /// Renews lease `id` for its whole TTL (on the leader); returns the TTL.

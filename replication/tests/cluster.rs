@@ -3,6 +3,7 @@
 mod common;
 
 use common::{fast_raft, Cluster};
+use ferry_replication::lease::RevokeAs;
 use ferry_replication::types::{Command, Op};
 use ferry_replication::{Consistency, Error};
 use std::time::{Duration, Instant};
@@ -291,7 +292,11 @@ async fn a_follower_forwards_writes_leases_and_read_indexes_in_batches() {
     follower.lease_keep_alive_anywhere(lease).await.unwrap();
     let status = follower.lease_status_anywhere(lease, 10).await.unwrap();
     assert_eq!(status.ttl, Duration::from_secs(30));
-    follower.lease_revoke_anywhere(lease).await.unwrap();
+    // A client's revoke, checked at apply (auth is off: allowed).
+    follower
+        .lease_revoke_anywhere(lease, RevokeAs::Client { user: None })
+        .await
+        .unwrap();
     assert!(follower.lease_keep_alive_anywhere(lease).await.is_err());
     cluster.assert_converged(Duration::from_secs(5)).await;
     cluster.shutdown().await;

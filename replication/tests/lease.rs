@@ -6,7 +6,7 @@ mod common;
 
 use common::{fast_raft, Cluster};
 use ferry_replication::lease::LeaseCall;
-use ferry_replication::lease::{LeaseError, LeaseOptions};
+use ferry_replication::lease::{LeaseError, LeaseOptions, RevokeAs};
 use ferry_replication::state_machine::history::ChangeKind;
 use ferry_replication::types::{Command, Op};
 use ferry_replication::{Consistency, Error, Node, WatchOptions};
@@ -83,9 +83,11 @@ async fn a_revoked_lease_takes_its_keys_in_one_revision_that_watches_see() {
             start + 1,
         ))
         .unwrap();
-    let revoked = leader.lease_revoke(lease).await.unwrap();
+    let revoked = leader.lease_revoke(lease, RevokeAs::Node).await.unwrap();
     assert!(matches!(
-        leader.lease_revoke(lease).await,
+        leader
+            .lease_revoke(lease, RevokeAs::Client { user: None })
+            .await,
         Err(LeaseCall::Lease(LeaseError::NotFound(_)))
     ));
     for key in ["job/a", "job/b"] {

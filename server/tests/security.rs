@@ -1099,12 +1099,17 @@ async fn etcd_put(addr: &str, token: &str, key: &str) -> Result<(), tonic::Statu
 /// A member judges a write by the auth state it has applied, which can lag
 /// the leader's. A write a lagging follower lets through after its user
 /// lost the permission is refused when applied (it was checked under an
-/// older auth revision), and the follower, once caught up, refuses it.
+/// older auth revision), and the follower, once caught up, refuses it. A
+/// lease revoke it lets through is refused when applied (judged there as
+/// its user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
     use ferry_replication::network::NetworkControl;
     use ferry_server::config::ServeConfig;
     use ferry_server::etcd::pb::etcdserverpb::{AuthenticateRequest, AuthenticateResponse};
+    use ferry_server::etcd::pb::etcdserverpb::{LeaseGrantRequest, LeaseGrantResponse};
+    use ferry_server::etcd::pb::etcdserverpb::{LeaseRevokeRequest, LeaseRevokeResponse};
+    use ferry_server::etcd::pb::etcdserverpb::{PutRequest, PutResponse};
     use ferry_server::server::Server;
 
     let dir = tempfile::tempdir().unwrap();
@@ -1183,6 +1188,32 @@ async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
     .unwrap()
     .token;
     etcd_put(at_follower, &token, "a/1").await.unwrap();
+    // alice's lease, holding a key of hers.
+    let lease = etcd_call::<_, LeaseGrantResponse>(
+        at_follower,
+        "/etcdserverpb.Lease/LeaseGrant",
+        LeaseGrantRequest {
+            ttl: 600,
+            ..LeaseGrantRequest::default()
+        },
+        Some(&token),
+    )
+    .await
+    .unwrap()
+    .id;
+    etcd_call::<_, PutResponse>(
+        at_follower,
+        "/etcdserverpb.KV/Put",
+        PutRequest {
+            key: b"a/leased".to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..PutRequest::default()
+        },
+        Some(&token),
+    )
+    .await
+    .unwrap();
     // A transaction that touches no key still needs a user.
     let empty = etcd_call::<_, ferry_server::etcd::pb::etcdserverpb::TxnResponse>(
         at_follower,
@@ -1216,6 +1247,24 @@ async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
         follower_auth.users["alice"].roles.contains("alice"),
         "the follower must not have applied the revoke yet"
     );
+    // Her revoke of the lease (which would delete her key) passes the
+    // follower's check, and is refused where it is applied.
+    let refused = etcd_call::<_, LeaseRevokeResponse>(
+        at_follower,
+        "/etcdserverpb.Lease/LeaseRevoke",
+        LeaseRevokeRequest { id: lease },
+        Some(&token),
+    )
+    .await
+    .expect_err("a lease revoke after the role revoke was accepted");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.message(), "etcdserver: permission denied");
+    assert!(
+        servers[follower].node.auth().users["alice"]
+            .roles
+            .contains("alice"),
+        "the follower let the revoke through on its own older state"
+    );
     // Later messages go at once again (those on their way still arrive
     // late): the refused write waits for the follower to catch up before
     // it checks again.
@@ -1232,6 +1281,12 @@ async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(root.get("a/2").await.unwrap().is_none());
     assert!(root.get("a/1").await.unwrap().is_some());
+    assert!(root.get("a/leased").await.unwrap().is_some());
+    assert!(servers[leader]
+        .node
+        .lease_status(lease as u64, 1)
+        .await
+        .is_ok());
     for server in servers {
         server.shutdown().await.unwrap();
     }

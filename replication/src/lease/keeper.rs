@@ -15,7 +15,7 @@
 //! a new leader loads, the deadline it sets is no earlier than the one the
 //! old leader had promised (etcd-io/etcd#13508 fixed the same gap).
 
-use super::{store, LeaseCommand, LeaseError, LeaseOptions, LeaseRecord};
+use super::{store, LeaseCommand, LeaseError, LeaseOptions, LeaseRecord, RevokeAs};
 use crate::state_machine::SmShared;
 use crate::types::{now_ms, Command, Raft};
 use crate::{Error, Result};
@@ -235,15 +235,31 @@ impl Keeper {
 
     /// Revokes lease `id`, deleting its keys at one revision (proposed with
     /// `propose`), which it returns.
-    pub(crate) async fn revoke<F, Fut>(&self, id: u64, propose: &F) -> Result<u64, LeaseCall>
+    pub(crate) async fn revoke<F, Fut>(
+        &self,
+        id: u64,
+        by: RevokeAs,
+        propose: &F,
+    ) -> Result<u64, LeaseCall>
     where
         F: Fn(Command) -> Fut,
         Fut: std::future::Future<Output = Result<crate::types::Response>>,
     {
-        match propose(Command::Lease(LeaseCommand::Revoke { id, time_ms: 0 })).await {
+        let change = match by {
+            RevokeAs::Node => LeaseCommand::Revoke { id, time_ms: 0 },
+            RevokeAs::Client { user } => LeaseCommand::RevokeBy {
+                id,
+                time_ms: 0,
+                user,
+            },
+        };
+        match propose(Command::Lease(change)).await {
             Ok(response) => {
                 self.revoked(id);
                 Ok(response.revision)
+            }
+            Err(Error::Rejected(reason)) if reason == LeaseError::Denied(id).to_string() => {
+                Err(LeaseError::Denied(id).into())
             }
             Err(Error::Rejected(_)) => Err(LeaseError::NotFound(id).into()),
             Err(error) => Err(error.into()),

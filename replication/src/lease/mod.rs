@@ -31,7 +31,17 @@
 //! ```
 //!
 //! In the Raft log, lease changes are `Command::Lease(LeaseCommand)`
-//! (command tag 4, see `types::command`).
+//! (command tag 4, see `types::command`):
+//!
+//! ```text
+//! lease command = varint(tag) | fields
+//!   tag 0  Grant { id, ttl_ms }
+//!   tag 1  Revoke { id, time_ms }               the leader's, at expiry
+//!   tag 2  Checkpoint { remaining: [(id, remaining_ms)] }
+//!   tag 3  RevokeBy { id, time_ms, user (option) }  a client's, checked at apply
+//! ```
+//!
+//! Tags are only appended, as for commands.
 
 pub(crate) mod keeper;
 pub(crate) mod store;
@@ -54,6 +64,28 @@ pub enum LeaseCommand {
     /// The leader's remaining TTL of leases, as `(id, remaining_ms)`; ids
     /// that no longer exist are skipped.
     Checkpoint { remaining: Vec<(u64, u64)> },
+    /// A client's revoke, asked as `user` (`None`: asked while auth was off
+    /// on the member that took it). Apply judges it as etcd does, by the
+    /// auth state it is applied in: while auth is on, it is refused,
+    /// changing nothing ([`LeaseError::Denied`]), unless the user may write
+    /// every key attached at that moment. (The member's own check judged
+    /// by the keys and auth state it had seen, which may be older.)
+    /// Otherwise as [`LeaseCommand::Revoke`].
+    RevokeBy {
+        id: u64,
+        time_ms: u64,
+        user: Option<String>,
+    },
+}
+
+/// Whose revoke it is, which decides whether apply checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeAs {
+    /// The node's own (or the embedding program's): not checked.
+    Node,
+    /// A client's, checked at apply as `user` ([`LeaseCommand::RevokeBy`];
+    /// `None`: no user, as when auth was off on the member that took it).
+    Client { user: Option<String> },
 }
 
 /// A lease as the replicated state holds it.
@@ -133,4 +165,8 @@ pub enum LeaseError {
     },
     #[error("{0} leases exist, the limit (max_leases)")]
     TooMany(usize),
+    /// A revoke's user may not write every key attached to the lease (or
+    /// no user asked while auth is on).
+    #[error("permission denied: lease {0} holds keys the user may not write")]
+    Denied(u64),
 }

@@ -18,7 +18,7 @@
 
 use super::client::{NetworkFactory, PeerClient};
 use crate::lease::keeper::{Keeper, LeaseCall};
-use crate::lease::{LeaseError, LeaseStatus};
+use crate::lease::{LeaseError, LeaseStatus, RevokeAs};
 use crate::types::{Command, FerryNode, NodeId, Raft, Response};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,12 @@ pub enum ForwardRequest {
     /// in order. A follower sends what its clients asked while its
     /// previous batches were on their way in one message.
     Batch(Vec<ForwardRequest>),
+    /// A client's revoke, checked at apply as its user
+    /// ([`crate::lease::LeaseCommand::RevokeBy`]).
+    LeaseRevokeBy {
+        id: u64,
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,8 +171,11 @@ where
             Box::pin(leases.grant(id, Duration::from_millis(ttl_ms), propose)).await?,
         ),
         ForwardRequest::LeaseRevoke { id } => {
-            ForwardReply::Lease(Box::pin(leases.revoke(id, propose)).await?)
+            ForwardReply::Lease(Box::pin(leases.revoke(id, RevokeAs::Node, propose)).await?)
         }
+        ForwardRequest::LeaseRevokeBy { id, user } => ForwardReply::Lease(
+            Box::pin(leases.revoke(id, RevokeAs::Client { user }, propose)).await?,
+        ),
         ForwardRequest::LeaseKeepAlive { id } => {
             ForwardReply::Lease(Box::pin(leases.keep_alive(id)).await?.as_millis() as u64)
         }

@@ -58,7 +58,9 @@ fn is_barrier(entry: &Entry) -> bool {
     match &**command {
         Command::PurgeHistory
         | Command::Auth(_)
-        | Command::Lease(crate::lease::LeaseCommand::Revoke { .. }) => true,
+        | Command::Lease(
+            crate::lease::LeaseCommand::Revoke { .. } | crate::lease::LeaseCommand::RevokeBy { .. },
+        ) => true,
         // A range delete lists the range's keys from the engine.
         Command::Txn(txn) => txn
             .success
@@ -655,7 +657,7 @@ impl<'a> Overlay<'a> {
                 self.put(key, lease::store::encode(&record));
                 Ok(done)
             }
-            LeaseCommand::Revoke { id, time_ms } => {
+            LeaseCommand::Revoke { id, time_ms } | LeaseCommand::RevokeBy { id, time_ms, .. } => {
                 // A barrier: the engine holds every entry before this one.
                 debug_assert!(self.writes.is_empty(), "a revoke starts its run");
                 let view = self.db.snapshot();
@@ -663,6 +665,24 @@ impl<'a> Overlay<'a> {
                     return Ok(refused(LeaseError::NotFound(*id)));
                 }
                 let (attached, _) = lease::store::attached(&view, *id, usize::MAX)?;
+                if let LeaseCommand::RevokeBy { user, .. } = change {
+                    // By the keys attached and the auth state now, which
+                    // every member applies alike (the barrier above makes
+                    // both whole).
+                    let auth = crate::auth::store::load(&view)?;
+                    let allowed = |user: &str| {
+                        auth.users.contains_key(user)
+                            && attached.iter().all(|key| {
+                                auth.allows(
+                                    user,
+                                    &crate::auth::Access::key(crate::auth::AccessKind::Write, key),
+                                )
+                            })
+                    };
+                    if auth.enabled && !user.as_deref().is_some_and(allowed) {
+                        return Ok(refused(LeaseError::Denied(*id)));
+                    }
+                }
                 let mut index = 0u32;
                 for key in attached {
                     match self.record(&key)? {
@@ -1080,6 +1100,154 @@ mod tests {
         assert_eq!(run[1].rejected.as_deref(), Some(STALE_CHECK));
         assert!(run[2].rejected.is_none());
         assert!(!written(&db, 4) && written(&db, 5));
+    }
+
+    #[test]
+    fn a_clients_revoke_is_judged_at_apply_by_the_keys_and_auth_state_of_then() {
+        use crate::auth::{AuthChange, Permission, PermissionKind};
+        use crate::lease::{LeaseCommand, LeaseError};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let lease = |index: u64, change: LeaseCommand| {
+            Entry::new_normal(log_id(index), Command::Lease(change).into())
+        };
+        let revoke_by = |index: u64, id: u64, user: Option<&str>| {
+            lease(
+                index,
+                LeaseCommand::RevokeBy {
+                    id,
+                    time_ms: 0,
+                    user: user.map(str::to_owned),
+                },
+            )
+        };
+        let attach = |index: u64, id: u64, key: &str| {
+            Entry::new_normal(
+                log_id(index),
+                Command::batch(vec![Op::Put {
+                    key: key.into(),
+                    value: b"v".to_vec(),
+                    lease: id,
+                    prev_kv: false,
+                }])
+                .into(),
+            )
+        };
+        let present = |key: &str| db.get(keys::user_key(key.as_bytes())).unwrap().is_some();
+        let denied = Some(LeaseError::Denied(1).to_string());
+        // Auth off: a client's revoke needs no user.
+        let run = apply(
+            &db,
+            &[
+                lease(
+                    1,
+                    LeaseCommand::Grant {
+                        id: 9,
+                        ttl_ms: 60_000,
+                    },
+                ),
+                attach(2, 9, "b/1"),
+            ],
+        );
+        assert!(run.iter().all(|r| r.rejected.is_none()), "{run:?}");
+        assert!(apply(&db, &[revoke_by(3, 9, None)])[0].rejected.is_none());
+        assert!(!present("b/1"));
+        // Auth on; alice may write a/ only.
+        let user = |name: &str| AuthChange::UserAdd {
+            name: name.into(),
+            password_hash: None,
+        };
+        let grant_role = |user: &str, role: &str| AuthChange::UserGrantRole {
+            user: user.into(),
+            role: role.into(),
+        };
+        let run = apply(
+            &db,
+            &[
+                auth(4, user("root")),
+                auth(5, grant_role("root", "root")),
+                auth(6, user("alice")),
+                auth(7, AuthChange::RoleAdd { name: "a".into() }),
+                auth(
+                    8,
+                    AuthChange::RoleGrant {
+                        role: "a".into(),
+                        permission: Permission {
+                            kind: PermissionKind::ReadWrite,
+                            key: b"a/".to_vec(),
+                            range_end: b"a0".to_vec(),
+                        },
+                    },
+                ),
+                auth(9, grant_role("alice", "a")),
+                auth(10, AuthChange::Enable { token_key: [1; 32] }),
+                lease(
+                    11,
+                    LeaseCommand::Grant {
+                        id: 1,
+                        ttl_ms: 60_000,
+                    },
+                ),
+                attach(12, 1, "a/1"),
+            ],
+        );
+        assert!(run.iter().all(|r| r.rejected.is_none()), "{run:?}");
+        // alice may revoke a lease of her keys alone; once a key she may
+        // not write is attached (whatever her member saw), she may not,
+        // nor may no one, nor a user that does not exist.
+        let run = apply(
+            &db,
+            &[
+                attach(13, 1, "b/2"),
+                revoke_by(14, 1, Some("alice")),
+                revoke_by(15, 1, None),
+                revoke_by(16, 1, Some("mallory")),
+            ],
+        );
+        assert_eq!(run[1].rejected, denied);
+        assert_eq!(run[2].rejected, denied);
+        assert_eq!(run[3].rejected, denied);
+        assert!(
+            present("a/1") && present("b/2"),
+            "a refused revoke changes nothing"
+        );
+        assert!(db.get(lease::store::record_key(1)).unwrap().is_some());
+        // Root may; and the node's own revoke is not checked.
+        assert!(apply(&db, &[revoke_by(17, 1, Some("root"))])[0]
+            .rejected
+            .is_none());
+        assert!(!present("a/1") && !present("b/2"));
+        let run = apply(
+            &db,
+            &[
+                lease(
+                    18,
+                    LeaseCommand::Grant {
+                        id: 2,
+                        ttl_ms: 60_000,
+                    },
+                ),
+                attach(19, 2, "b/3"),
+                lease(20, LeaseCommand::Revoke { id: 2, time_ms: 0 }),
+            ],
+        );
+        assert!(run.iter().all(|r| r.rejected.is_none()), "{run:?}");
+        assert!(!present("b/3"));
+        // A revoke of a lease with no keys by alice is allowed.
+        let run = apply(
+            &db,
+            &[
+                lease(
+                    21,
+                    LeaseCommand::Grant {
+                        id: 3,
+                        ttl_ms: 60_000,
+                    },
+                ),
+                revoke_by(22, 3, Some("alice")),
+            ],
+        );
+        assert!(run.iter().all(|r| r.rejected.is_none()), "{run:?}");
     }
 
     #[test]

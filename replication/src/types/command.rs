@@ -235,7 +235,9 @@ impl Command {
         match self {
             Command::Txn(txn) => txn.time_ms,
             Command::Compact { time_ms, .. } => *time_ms,
-            Command::Lease(LeaseCommand::Revoke { time_ms, .. }) => *time_ms,
+            Command::Lease(
+                LeaseCommand::Revoke { time_ms, .. } | LeaseCommand::RevokeBy { time_ms, .. },
+            ) => *time_ms,
             Command::PurgeHistory | Command::Auth(_) | Command::Lease(_) => 0,
         }
     }
@@ -245,9 +247,9 @@ impl Command {
         match self {
             Command::Txn(txn) if txn.time_ms == 0 => txn.time_ms = now_ms,
             Command::Compact { time_ms, .. } if *time_ms == 0 => *time_ms = now_ms,
-            Command::Lease(LeaseCommand::Revoke { time_ms, .. }) if *time_ms == 0 => {
-                *time_ms = now_ms
-            }
+            Command::Lease(
+                LeaseCommand::Revoke { time_ms, .. } | LeaseCommand::RevokeBy { time_ms, .. },
+            ) if *time_ms == 0 => *time_ms = now_ms,
             _ => {}
         }
     }
@@ -267,7 +269,9 @@ impl fmt::Display for Command {
             Command::PurgeHistory => write!(f, "purge-history"),
             Command::Auth(_) => write!(f, "auth-change"),
             Command::Lease(LeaseCommand::Grant { id, .. }) => write!(f, "lease-grant({id})"),
-            Command::Lease(LeaseCommand::Revoke { id, .. }) => write!(f, "lease-revoke({id})"),
+            Command::Lease(LeaseCommand::Revoke { id, .. } | LeaseCommand::RevokeBy { id, .. }) => {
+                write!(f, "lease-revoke({id})")
+            }
             Command::Lease(LeaseCommand::Checkpoint { remaining }) => {
                 write!(f, "lease-checkpoint({} leases)", remaining.len())
             }
@@ -574,6 +578,22 @@ mod tests {
             auth_revision: Some(12),
             ..Txn::default()
         }));
+        // Added with the revoke checked at apply.
+        all.extend(
+            [
+                LeaseCommand::RevokeBy {
+                    id: 43,
+                    time_ms: 1_700_000_000_001,
+                    user: Some("alice".into()),
+                },
+                LeaseCommand::RevokeBy {
+                    id: 44,
+                    time_ms: 9,
+                    user: None,
+                },
+            ]
+            .map(Command::Lease),
+        );
         all
     }
 

@@ -40,6 +40,9 @@ impl LeaseService {
             LeaseCall::Lease(error @ LeaseError::TooMany(_)) => {
                 Status::resource_exhausted(error.to_string())
             }
+            LeaseCall::Lease(LeaseError::Denied(_)) => {
+                Status::permission_denied(message::PERMISSION_DENIED)
+            }
         }
     }
 }
@@ -80,12 +83,12 @@ impl Lease for LeaseService {
         self.etcd
             .timed("etcd.LeaseRevoke", async {
                 let id = to_u64(request.get_ref().id, "lease id")?;
-                check_revoke(context, &request, id)
+                let by = check_revoke(context, &request, id)
                     .await
                     .map_err(|e| e.into_status(|e| self.status(e)))?;
                 let revision = context
                     .node
-                    .lease_revoke_anywhere(id)
+                    .lease_revoke_anywhere(id, by)
                     .await
                     .map_err(|e| self.status(e))?;
                 Ok(Response::new(rpc::LeaseRevokeResponse {

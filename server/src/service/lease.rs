@@ -8,7 +8,7 @@
 use super::{timed, Context};
 use ferry_client::pb::{self, lease_server::Lease};
 use ferry_replication::auth::{Access, AccessKind};
-use ferry_replication::lease::{LeaseCall, LeaseError};
+use ferry_replication::lease::{LeaseCall, LeaseError, RevokeAs};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -42,6 +42,9 @@ impl LeaseService {
             LeaseCall::Lease(error @ LeaseError::TooMany(_)) => {
                 Status::resource_exhausted(error.to_string())
             }
+            LeaseCall::Lease(error @ LeaseError::Denied(_)) => {
+                Status::permission_denied(error.to_string())
+            }
         }
     }
 }
@@ -63,18 +66,24 @@ impl RevokeRefused {
 
 /// Whether the caller of `request` may revoke lease `id`: root may; anyone
 /// else needs write permission on every key attached to it, since the
-/// revoke deletes them.
+/// revoke deletes them. This member's answer refuses early; apply decides,
+/// by the keys and auth state of that moment (which may have moved since
+/// this member looked), so the revoke is to be proposed as the returned
+/// [`RevokeAs`].
 pub(crate) async fn check_revoke<T>(
     context: &Context,
     request: &Request<T>,
     id: u64,
-) -> Result<(), RevokeRefused> {
+) -> Result<RevokeAs, RevokeRefused> {
     let caller = context
         .gate
         .authorize(request, &Access::Any)
         .map_err(RevokeRefused::Denied)?;
+    let revoke_as = RevokeAs::Client {
+        user: caller.user.clone(),
+    };
     if caller.root {
-        return Ok(());
+        return Ok(revoke_as);
     }
     let status = context
         .node
@@ -92,7 +101,7 @@ pub(crate) async fn check_revoke<T>(
             .authorize(request, &Access::key(AccessKind::Write, key))
             .map_err(RevokeRefused::Denied)?;
     }
-    Ok(())
+    Ok(revoke_as)
 }
 
 #[tonic::async_trait]
@@ -126,13 +135,13 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         timed(&self.context, "LeaseRevoke", async {
             let id = request.get_ref().id;
-            check_revoke(&self.context, &request, id)
+            let by = check_revoke(&self.context, &request, id)
                 .await
                 .map_err(|e| e.into_status(|e| self.status(e)))?;
             let revision = self
                 .context
                 .node
-                .lease_revoke(id)
+                .lease_revoke(id, by)
                 .await
                 .map_err(|e| self.status(e))?;
             Ok(Response::new(pb::LeaseRevokeResponse {
