@@ -29,6 +29,8 @@
 //!   `Release` stores, bottom level first, and readers follow links with
 //!   `Acquire` loads. Level `i`'s list is always a sublist of level `i-1`'s.
 //! - One writer at a time (the writer's mutex); readers never wait.
+//! - A search answers the nodes it compared, never a link read again
+//!   after: the writer may link a node in between at any moment.
 //! - Keys are unique: the engine gives every entry its own sequence number.
 
 use super::arena::{Arena, ALIGN};
