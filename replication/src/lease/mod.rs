@@ -79,7 +79,7 @@ pub enum LeaseCommand {
 }
 
 /// Whose revoke it is, which decides whether apply checks it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeAs {
     /// The node's own (or the embedding program's): not checked.
     Node,
