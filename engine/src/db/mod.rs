@@ -45,6 +45,14 @@ pub(crate) struct SuperVersion {
     pub(crate) version: Arc<Version>,
 }
 
+impl SuperVersion {
+    /// The memtables in the order a point read asks them: newest first, so
+    /// the first that knows a key has its newest version.
+    fn memtables(&self) -> impl Iterator<Item = &Arc<Memtable>> {
+        std::iter::once(&self.mem).chain(self.imm.iter())
+    }
+}
+
 /// State guarded by `Inner::state`.
 pub(crate) struct State {
     pub(crate) mem: Arc<Memtable>,
@@ -193,7 +201,7 @@ impl Inner {
         let mut found: Vec<Option<Vec<u8>>> = vec![None; queries.len()];
         // Queries no memtable has decided yet.
         let mut open: Vec<usize> = (0..queries.len()).collect();
-        for memtable in std::iter::once(&source.mem).chain(source.imm.iter()) {
+        for memtable in source.memtables() {
             if open.is_empty() {
                 break;
             }
@@ -224,8 +232,7 @@ impl Inner {
         sequence: SeqNo,
     ) -> Result<Option<Vec<u8>>> {
         let query = PointQuery::new(user_key, sequence);
-        let lookups = std::iter::once(&source.mem).chain(source.imm.iter());
-        for memtable in lookups {
+        for memtable in source.memtables() {
             match memtable.get(&query) {
                 Lookup::Found(value) => return Ok(Some(value)),
                 Lookup::Deleted => return Ok(None),
