@@ -14,8 +14,9 @@ mod common;
 
 use common::ProcessCluster;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, LockOptions,
-    PutOptions, ResignOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    LeaseTimeToLiveOptions, LockOptions, PutOptions, ResignOptions, SortOrder, SortTarget, Txn,
+    TxnOp, WatchFilterType, WatchOptions,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -452,6 +453,25 @@ async fn members_status_and_auth() {
     .unwrap();
     etcd.user_add("alice", "alicepw", None).await.unwrap();
     etcd.user_grant_role("alice", "reader").await.unwrap();
+    // bob may write jobs/ but not read it.
+    etcd.role_add("writer").await.unwrap();
+    etcd.role_grant_permission(
+        "writer",
+        etcd_client::Permission::write("jobs/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    etcd.user_add("bob", "bobpw", None).await.unwrap();
+    etcd.user_grant_role("bob", "writer").await.unwrap();
+    etcd.put("jobs/secret", "s3cret", None).await.unwrap();
+    let lease = etcd.lease_grant(60, None).await.unwrap().id();
+    etcd.put(
+        "jobs/leased",
+        "x",
+        Some(PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
     etcd.auth_enable().await.unwrap();
 
     let error = etcd.get("via/", None).await.unwrap_err();
@@ -468,11 +488,63 @@ async fn members_status_and_auth() {
     assert_eq!(read.kvs().len(), 3);
     let error = alice.put("via/x", "y", None).await.unwrap_err();
     assert!(error.to_string().contains("permission denied"), "{error}");
+    // A lease's key names are for those who may read the keys.
+    let error = alice
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("permission denied"), "{error}");
+    let ttl = alice.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0 && ttl.keys().is_empty());
+
+    // A write-only user may write, but not see the values it replaces.
+    let mut bob = client(
+        &cluster.endpoints(),
+        Some(ConnectOptions::new().with_user("bob", "bobpw")),
+    )
+    .await;
+    for denied in [
+        bob.put("jobs/secret", "y", Some(PutOptions::new().with_prev_key()))
+            .await
+            .map(drop),
+        bob.delete("jobs/secret", Some(DeleteOptions::new().with_prev_key()))
+            .await
+            .map(drop),
+        bob.delete(
+            "jobs/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .map(drop),
+        bob.txn(Txn::new().and_then([TxnOp::put(
+            "jobs/secret",
+            "y",
+            Some(PutOptions::new().with_prev_key()),
+        )]))
+        .await
+        .map(drop),
+    ] {
+        let error = denied.unwrap_err();
+        assert!(error.to_string().contains("permission denied"), "{error}");
+    }
     let mut root = client(
         &cluster.endpoints(),
         Some(ConnectOptions::new().with_user("root", "rootpw")),
     )
     .await;
+    let secret = root.get("jobs/secret", None).await.unwrap();
+    assert_eq!(
+        secret.kvs()[0].value(),
+        b"s3cret",
+        "a refused write changed nothing"
+    );
+    bob.put("jobs/secret", "y", None).await.unwrap();
+    bob.delete("jobs/secret", None).await.unwrap();
+    let ttl = root
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys(), [b"jobs/leased".to_vec()]);
     root.auth_disable().await.unwrap();
 }
 

@@ -91,6 +91,7 @@ async fn add_user(root: &Client, user: &str, password: &str, permissions: &[(i32
 }
 
 const READ: i32 = pb::permission::Kind::Read as i32;
+const WRITE: i32 = pb::permission::Kind::Write as i32;
 const READWRITE: i32 = pb::permission::Kind::Readwrite as i32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1047,11 +1048,46 @@ async fn lease_calls_are_authenticated_and_a_revoke_needs_write_on_every_key() {
         worker.lease_revoke(lease).await,
         Err(Error::PermissionDenied(_))
     ));
+    // Nor may it learn that key's name from the lease.
+    assert!(matches!(
+        worker.lease_time_to_live(lease, true).await,
+        Err(Error::PermissionDenied(_))
+    ));
+    let info = worker.lease_time_to_live(lease, false).await.unwrap();
+    assert!(info.keys.is_empty());
+    let info = root.lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(info.keys, [b"admin/2".to_vec(), b"jobs/1".to_vec()]);
     assert!(root.get("jobs/1").await.unwrap().is_some());
     assert!(root.get("admin/2").await.unwrap().is_some());
     root.lease_revoke(lease).await.unwrap();
     assert!(root.get("jobs/1").await.unwrap().is_none());
     assert!(root.get("admin/2").await.unwrap().is_none());
+
+    // A write-only user may write, but not see the values it replaces.
+    add_user(
+        &root,
+        "scribe",
+        "scribe-pw-1",
+        &[(WRITE, b"jobs/", b"jobs0")],
+    )
+    .await;
+    let scribe = secure::connect(
+        cluster.endpoints(),
+        secure::options(pki.tls(), Some(("scribe", "scribe-pw-1"))),
+    )
+    .await;
+    root.put("jobs/2", "secret").await.unwrap();
+    assert!(matches!(
+        scribe.replace("jobs/2", "x").await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        scribe.remove("jobs/2").await,
+        Err(Error::PermissionDenied(_))
+    ));
+    assert_eq!(root.get("jobs/2").await.unwrap().unwrap().value, b"secret");
+    scribe.put("jobs/2", "x").await.unwrap();
+    assert!(scribe.delete("jobs/2").await.unwrap());
 }
 
 /// One unary call of etcd's API (the server builds no etcd client stubs).

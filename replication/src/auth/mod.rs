@@ -142,23 +142,45 @@ impl Access {
         }
     }
 
+    /// A put or delete of `key`: a write, and a read as well when it
+    /// returns the key's previous value (`prev_kv`), which a write-only
+    /// user must not see (etcd checks the same).
+    pub fn write_key(key: &[u8], prev_kv: bool) -> Vec<Access> {
+        let write = Access::key(AccessKind::Write, key);
+        if prev_kv {
+            vec![Access::key(AccessKind::Read, key), write]
+        } else {
+            vec![write]
+        }
+    }
+
     /// What a transaction's `op` needs: a read or write of the keys it
-    /// touches.
-    pub fn op(op: &crate::types::Op) -> Access {
+    /// touches, and a read too of those whose previous values it returns.
+    pub fn op(op: &crate::types::Op) -> Vec<Access> {
         use crate::types::Op;
+        let keys = |kind, start: &Vec<u8>, end: &Option<Vec<u8>>| Access::Keys {
+            kind,
+            start: start.clone(),
+            end: end.clone(),
+        };
         match op {
-            Op::Get { key } => Access::key(AccessKind::Read, key),
-            Op::Put { key, .. } | Op::Delete { key, .. } => Access::key(AccessKind::Write, key),
-            Op::DeleteRange { start, end, .. } => Access::Keys {
-                kind: AccessKind::Write,
-                start: start.clone(),
-                end: end.clone(),
-            },
-            Op::Range { start, end, .. } => Access::Keys {
-                kind: AccessKind::Read,
-                start: start.clone(),
-                end: end.clone(),
-            },
+            Op::Get { key } => vec![Access::key(AccessKind::Read, key)],
+            Op::Put { key, prev_kv, .. } | Op::Delete { key, prev_kv } => {
+                Access::write_key(key, *prev_kv)
+            }
+            Op::DeleteRange {
+                start,
+                end,
+                prev_kv,
+            } => {
+                let write = keys(AccessKind::Write, start, end);
+                if *prev_kv {
+                    vec![keys(AccessKind::Read, start, end), write]
+                } else {
+                    vec![write]
+                }
+            }
+            Op::Range { start, end, .. } => vec![keys(AccessKind::Read, start, end)],
         }
     }
 
@@ -170,7 +192,7 @@ impl Access {
             .compares
             .iter()
             .map(|compare| Access::key(AccessKind::Read, &compare.key));
-        let ops = txn.success.iter().chain(&txn.failure).map(Access::op);
+        let ops = txn.success.iter().chain(&txn.failure).flat_map(Access::op);
         compares.chain(ops).collect()
     }
 }

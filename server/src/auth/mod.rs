@@ -11,7 +11,7 @@
 pub mod password;
 pub mod token;
 
-use ferry_replication::auth::{is_stale_check, Access, AuthState, ROOT};
+use ferry_replication::auth::{is_stale_check, Access, AccessKind, AuthState, ROOT};
 use ferry_replication::types::{now_ms, Command, Response, Txn};
 use ferry_replication::{Consistency, Node};
 use std::sync::Arc;
@@ -199,6 +199,17 @@ impl Gate {
                 Access::Any => format!("user {user:?} may not call"),
             },
         )
+    }
+
+    /// Whether the caller presenting `credential` may read every one of
+    /// `keys`: a lease's attached keys, whose names a user who may not
+    /// read them must not learn (etcd checks the same for `keys`).
+    pub fn check_readable(&self, credential: &Credential, keys: &[Vec<u8>]) -> Result<(), Status> {
+        let state = self.node.auth();
+        for key in keys {
+            self.check_in(&state, credential, &Access::key(AccessKind::Read, key))?;
+        }
+        Ok(())
     }
 
     /// `check` for a read, and again once `read` is done unless it may be

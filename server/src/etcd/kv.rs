@@ -295,9 +295,11 @@ impl KvService {
     ) -> Result<rpc::PutResponse, Status> {
         let etcd = &self.etcd;
         self.check_put(&request)?;
-        let access = Access::key(AccessKind::Write, &request.key);
+        let accesses = Access::write_key(&request.key, request.prev_kv);
         // Before the read of a put that keeps the current value or lease.
-        etcd.context.gate.check(credential, &access)?;
+        for access in &accesses {
+            etcd.context.gate.check(credential, access)?;
+        }
         let response = if request.ignore_value || request.ignore_lease {
             // Boxed: its read and its retries would otherwise make every
             // put's future (copied whole into the box tonic keeps each
@@ -305,7 +307,7 @@ impl KvService {
             Box::pin(self.put_keeping_current(credential, request)).await?
         } else {
             let txn = Txn::batch(vec![Self::put_op(request, None)?]);
-            etcd.write(credential, &[access], txn).await?
+            etcd.write(credential, &accesses, txn).await?
         };
         let prev_kv = response.results.into_iter().find_map(|r| match r {
             OpResult::Put { prev } => prev.map(key_value),
@@ -342,9 +344,9 @@ impl KvService {
     ) -> Result<rpc::DeleteRangeResponse, Status> {
         let etcd = &self.etcd;
         let op = self.delete_op(&request)?;
-        let access = Access::op(&op);
+        let accesses = Access::op(&op);
         let response = etcd
-            .write(credential, &[access], Txn::batch(vec![op]))
+            .write(credential, &accesses, Txn::batch(vec![op]))
             .await?;
         let header = etcd.header(response.revision);
         let result = response.results.into_iter().next();

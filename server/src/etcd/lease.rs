@@ -159,6 +159,7 @@ impl Lease for LeaseService {
         self.etcd
             .timed("etcd.LeaseTimeToLive", async {
                 context.gate.authorize(&request, &Access::Any)?;
+                let credential = context.gate.credential(&request);
                 let request = request.into_inner();
                 let id = to_u64(request.id, "lease id")?;
                 let limit = if request.keys {
@@ -168,14 +169,17 @@ impl Lease for LeaseService {
                 };
                 let header = self.etcd.header(context.applied());
                 match context.node.lease_status_anywhere(id, limit).await {
-                    Ok(status) => Ok(Response::new(rpc::LeaseTimeToLiveResponse {
-                        header,
-                        id: request.id,
-                        // etcd rounds the remaining time up to whole seconds.
-                        ttl: to_i64(status.remaining.as_millis().div_ceil(1000) as u64),
-                        granted_ttl: to_i64(status.ttl.as_secs()),
-                        keys: status.keys,
-                    })),
+                    Ok(status) => {
+                        context.gate.check_readable(&credential, &status.keys)?;
+                        Ok(Response::new(rpc::LeaseTimeToLiveResponse {
+                            header,
+                            id: request.id,
+                            // etcd rounds the remaining time up to whole seconds.
+                            ttl: to_i64(status.remaining.as_millis().div_ceil(1000) as u64),
+                            granted_ttl: to_i64(status.ttl.as_secs()),
+                            keys: status.keys,
+                        }))
+                    }
                     Err(LeaseCall::Lease(LeaseError::NotFound(_))) => {
                         Ok(Response::new(rpc::LeaseTimeToLiveResponse {
                             header,

@@ -127,7 +127,7 @@ impl KvService {
         timed(&self.context, "Put", async {
             self.context.check_key(&request.key)?;
             self.context.check_value(&request.value)?;
-            let access = Access::key(AccessKind::Write, &request.key);
+            let accesses = Access::write_key(&request.key, request.prev_kv);
             let txn = Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Put {
@@ -140,7 +140,7 @@ impl KvService {
             let response = self
                 .context
                 .gate
-                .write(credential, &[access], txn, Propose::Here, |e| {
+                .write(credential, &accesses, txn, Propose::Here, |e| {
                     self.context.status(e)
                 })
                 .await?;
@@ -166,7 +166,7 @@ impl KvService {
     ) -> Result<pb::DeleteResponse, Status> {
         timed(&self.context, "Delete", async {
             self.context.check_key(&request.key)?;
-            let access = Access::key(AccessKind::Write, &request.key);
+            let accesses = Access::write_key(&request.key, request.prev_kv);
             let txn = Txn {
                 request: request_id(request.request),
                 ..Txn::batch(vec![Op::Delete {
@@ -177,7 +177,7 @@ impl KvService {
             let response = self
                 .context
                 .gate
-                .write(credential, &[access], txn, Propose::Here, |e| {
+                .write(credential, &accesses, txn, Propose::Here, |e| {
                     self.context.status(e)
                 })
                 .await?;

@@ -207,6 +207,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         timed(&self.context, "LeaseTimeToLive", async {
             self.context.gate.authorize(&request, &Access::Any)?;
+            let credential = self.context.gate.credential(&request);
             let request = request.into_inner();
             let limit = if request.keys {
                 self.context.limits.max_range_page as usize
@@ -219,6 +220,9 @@ impl Lease for LeaseService {
                 .lease_status(request.id, limit)
                 .await
                 .map_err(|e| self.status(e))?;
+            self.context
+                .gate
+                .check_readable(&credential, &status.keys)?;
             Ok(Response::new(pb::LeaseTimeToLiveResponse {
                 header: self.context.header(self.context.applied()),
                 id: status.id,
