@@ -754,7 +754,9 @@ impl Node {
 
     /// [`Node::lease_grant`] on any member.
     pub async fn lease_grant_anywhere(&self, id: u64, ttl: Duration) -> Result<u64, LeaseCall> {
-        let ttl_ms = ttl.as_millis() as u64;
+        // Saturating: a TTL from the wire may be any u64 of seconds, and a
+        // wrapped one could land inside the allowed range.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         match self
             .on_leader(ForwardRequest::LeaseGrant { id, ttl_ms })
             .await?

@@ -262,3 +262,76 @@ async fn a_lease_granted_behind_the_clock_s_back_still_expires() {
     }
     cluster.shutdown().await;
 }
+
+/// A grant naming a lease that exists is refused, and the refused grant's
+/// TTL does not reach the leader's clock of that lease (it would make the
+/// lease expire at the refused TTL). A TTL too large for milliseconds is
+/// refused, not wrapped into the allowed range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_grant_leaves_the_lease_it_names_alone() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let follower = cluster
+        .nodes
+        .values()
+        .find(|n| !n.is_leader())
+        .unwrap()
+        .clone();
+    let ttl = Duration::from_secs(60);
+    assert_eq!(leader.lease_grant(7, ttl).await.unwrap(), 7);
+    for refused in [
+        leader.lease_grant(7, Duration::from_secs(2)).await,
+        follower
+            .lease_grant_anywhere(7, Duration::from_secs(2))
+            .await,
+    ] {
+        assert!(
+            matches!(refused, Err(LeaseCall::Lease(LeaseError::Exists(7)))),
+            "{refused:?}"
+        );
+    }
+    let status = leader.lease_status(7, 0).await.unwrap();
+    assert_eq!(status.ttl, ttl);
+    assert!(
+        status.remaining > Duration::from_secs(50),
+        "{:?}",
+        status.remaining
+    );
+    // 2^64 ms + 2 384 ms, in seconds: wrapped, it would be 2.4 s.
+    let huge = Duration::from_secs(18_446_744_073_709_554);
+    let refused = follower.lease_grant_anywhere(0, huge).await;
+    assert!(
+        matches!(refused, Err(LeaseCall::Lease(LeaseError::Ttl { .. }))),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// A leader cut off from the others keeps its role until it hears of a
+/// newer term, while the majority elects another whose clock will expire
+/// the lease: it must not renew the lease (a lock holder would go on
+/// believing its lock safe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_quorum_does_not_renew_a_lease() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&old].clone();
+    let lease = leader.lease_grant(0, Duration::from_secs(5)).await.unwrap();
+    leader.lease_keep_alive(lease).await.unwrap();
+    cluster.network.isolate(old, cluster.nodes.keys().copied());
+    let new_leader = cluster.wait_new_leader(old, Duration::from_secs(10)).await;
+    assert_ne!(new_leader, old);
+    let renewed =
+        tokio::time::timeout(Duration::from_secs(5), leader.lease_keep_alive(lease)).await;
+    assert!(
+        !matches!(renewed, Ok(Ok(_))),
+        "a leader cut off from its quorum renewed a lease: {renewed:?}"
+    );
+    cluster.network.heal();
+    // The lease lives on under the new leader.
+    cluster.nodes[&new_leader]
+        .lease_keep_alive(lease)
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}

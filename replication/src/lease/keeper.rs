@@ -141,6 +141,11 @@ impl Keeper {
             return Err(LeaseCall::Lease(LeaseError::TooMany(clock.held.len())));
         }
         if id != 0 {
+            // A grant of a lease that exists would be refused at apply; its
+            // TTL must not reach the clock of the lease that exists.
+            if clock.held.contains_key(&id) {
+                return Err(LeaseCall::Lease(LeaseError::Exists(id)));
+            }
             return Ok(id);
         }
         // Positive as an i64, for etcd's clients.
@@ -152,16 +157,21 @@ impl Keeper {
         }
     }
 
-    /// Lease `id` was granted with `ttl` (its command applied).
-    pub(crate) fn granted(&self, id: u64, ttl: Duration) {
-        self.clock.lock().held.insert(
-            id,
-            Held {
-                ttl,
-                deadline: Instant::now() + ttl,
-                stored_low: false,
-            },
-        );
+    /// Puts lease `id`, about to be granted with `ttl`, on the clock;
+    /// false if the clock already holds it (a concurrent grant of the same
+    /// id, or a lease that exists): then the clock keeps what it holds.
+    fn granting(&self, id: u64, ttl: Duration) -> bool {
+        match self.clock.lock().held.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Held {
+                    ttl,
+                    deadline: Instant::now() + ttl,
+                    stored_low: false,
+                });
+                true
+            }
+        }
     }
 
     /// Puts on the clock every lease of the replicated state it lacks (at
@@ -225,10 +235,20 @@ impl Keeper {
         // the grant applied (its client went away), the lease still
         // expires; if the grant never applies, the revoke at its deadline
         // finds no lease and the clock forgets it.
-        self.granted(id, ttl);
+        if !self.granting(id, ttl) {
+            return Err(LeaseError::Exists(id).into());
+        }
         match propose(Command::Lease(LeaseCommand::Grant { id, ttl_ms })).await {
             Ok(_) => Ok(id),
-            Err(Error::Rejected(_)) => Err(LeaseError::Exists(id).into()),
+            Err(Error::Rejected(_)) => {
+                // The lease exists in the state but was not on the clock
+                // (it is put there from the state at the next checkpoint
+                // round): take this grant's deadline off again, so that
+                // the clock learns the lease's own.
+                self.revoked(id);
+                self.reconcile()?;
+                Err(LeaseError::Exists(id).into())
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -267,14 +287,27 @@ impl Keeper {
     }
 
     /// Renews lease `id` for its whole TTL; returns the TTL.
+    ///
+    /// Only once this node has confirmed with a quorum that it still leads
+    /// (as etcd's `LeaseRenew` does): a leader cut off from the others
+    /// keeps its role until it hears of a newer term, and meanwhile the
+    /// new leader's clock expires the lease, so a renewal it answered would
+    /// tell a lock holder its lock is safe when another client may hold it.
     pub(crate) async fn keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
         self.ready().await?;
+        self.read_index().await?;
         let (ttl, stored_low) = {
             let mut clock = self.clock.lock();
             let Some(held) = clock.held.get_mut(&id) else {
                 return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
             };
-            held.deadline = Instant::now() + held.ttl;
+            let now = Instant::now();
+            if held.deadline <= now {
+                // Expired: its revoke is due or on its way, and will
+                // delete the keys whatever this renewal says.
+                return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
+            }
+            held.deadline = now + held.ttl;
             (held.ttl, held.stored_low)
         };
         if stored_low {
