@@ -19,6 +19,7 @@ use crate::state_machine::history::{self, Change, Compacted};
 use crate::state_machine::SmShared;
 use crate::types::KeyValue;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -90,6 +91,8 @@ pub struct Watcher {
     delivered: u64,
     /// Reading the engine, not the feed.
     catching_up: bool,
+    /// See [`Watcher::progress`].
+    progress: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -122,6 +125,7 @@ impl Watcher {
             feed,
             delivered,
             catching_up,
+            progress: Arc::new(AtomicU64::new(delivered)),
         })
     }
 
@@ -129,6 +133,16 @@ impl Watcher {
     /// revision a progress notification reports.
     pub fn revision(&self) -> u64 {
         self.delivered
+    }
+
+    /// A revision another task may read while this watcher waits in
+    /// [`Watcher::next`] (to answer a request for progress): the watcher
+    /// raises it when it has read past changes of which none matched, so
+    /// that nothing at or below it is still to come. It is not raised
+    /// when a batch is returned: the batch's owner raises it (`fetch_max`)
+    /// once the batch is sent, or a progress answer could overtake it.
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        self.progress.clone()
     }
 
     fn matches(options: &WatchOptions, key: &[u8]) -> bool {
@@ -158,8 +172,10 @@ impl Watcher {
             };
             // Taken into locals and kept only once the batch is whole: if
             // this future is dropped at the await below, the items it took
-            // from the feed are lost, and the next call sees the gap and
-            // reads them from the engine.
+            // from the feed are lost, so the watcher is marked as catching
+            // up meanwhile and the next call reads them from the engine
+            // (waiting for a later feed item to show the gap could wait
+            // for ever on a quiet cluster).
             let mut delivered = self.delivered;
             let mut catch_up = false;
             let mut events = Vec::new();
@@ -206,6 +222,7 @@ impl Watcher {
                     }
                 }
             }
+            self.catching_up = true;
             let events = self.with_prev(events).await?;
             self.delivered = delivered;
             self.catching_up = catch_up;
@@ -215,6 +232,7 @@ impl Watcher {
                     revision: self.delivered,
                 });
             }
+            self.progress.fetch_max(self.delivered, Ordering::AcqRel);
         }
     }
 
@@ -258,6 +276,7 @@ impl Watcher {
             self.catching_up = false;
         }
         if page.changes.is_empty() {
+            self.progress.fetch_max(self.delivered, Ordering::AcqRel);
             return Ok(None);
         }
         let events = page

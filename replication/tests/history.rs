@@ -516,3 +516,46 @@ async fn a_key_unchanged_since_before_a_compaction_keeps_its_version_when_it_cha
     drop(node);
     cluster.shutdown().await;
 }
+
+/// `Watcher::next` is cancel-safe where it reads the previous values of
+/// changes it has taken from the live feed: dropped there (a progress
+/// timer won the `select!` it sits in), the next call still returns those
+/// changes, without waiting for another write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_dropped_while_reading_previous_values_loses_nothing() {
+    use futures_util::FutureExt;
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.leader().unwrap().clone();
+    node.put("k", "v0").await.unwrap();
+    let mut options = WatchOptions::range(b"k".to_vec(), Some(b"l".to_vec()), 0);
+    options.prev_kv = true;
+    let mut watcher = node.watch(options).unwrap();
+    let mut dropped = 0;
+    for round in 1..=20u32 {
+        let value = format!("v{round}");
+        node.put("k", value.as_str()).await.unwrap();
+        // One poll: it takes the change from the feed, then (almost
+        // always) waits for the read of the previous value, and is
+        // dropped there. If the read was done at once, try again.
+        let batch = match watcher.next().now_or_never() {
+            Some(batch) => batch.unwrap(),
+            None => {
+                dropped += 1;
+                tokio::time::timeout(Duration::from_secs(10), watcher.next())
+                    .await
+                    .expect("the change taken before the drop never came")
+                    .unwrap()
+            }
+        };
+        assert_eq!(batch.events.len(), 1);
+        let event = &batch.events[0];
+        assert_eq!(event.change.value, value.as_bytes());
+        let prev = event.prev.as_ref().expect("a previous value");
+        assert_eq!(prev.value, format!("v{}", round - 1).as_bytes());
+        if dropped >= 3 {
+            break;
+        }
+    }
+    assert!(dropped > 0, "no poll was ever left waiting");
+    cluster.shutdown().await;
+}

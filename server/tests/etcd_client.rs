@@ -268,6 +268,31 @@ async fn watches_from_a_revision_with_filters_progress_and_cancel() {
         .unwrap();
     assert!(progress.events().is_empty());
     assert!(progress.header().unwrap().revision() >= live);
+    // Writes the watch does not match move its progress too (once the
+    // watch has read past them).
+    let mut quiet = 0;
+    for value in ["5", "6", "7"] {
+        quiet = put_revision(&mut etcd, "other/x", value).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        stream.request_progress().await.unwrap();
+        let progress = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(progress.events().is_empty(), "nothing matched");
+        let revision = progress.header().unwrap().revision();
+        if revision >= quiet {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "progress stuck at {revision}, the cluster is at {quiet}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     stream
         .cancel(watch_id.expect("a created answer first"))

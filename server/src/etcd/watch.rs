@@ -196,7 +196,9 @@ impl WatchService {
         if !stream.send(Ok(created)).await {
             return false;
         }
-        let revision = Arc::new(AtomicU64::new(watcher.revision()));
+        // Raised by the watcher as it reads past changes that do not match,
+        // and by the pump once it has sent a batch.
+        let revision = watcher.progress();
         let task = tokio::spawn(pump(
             Pump {
                 etcd: self.etcd.clone(),
@@ -246,9 +248,11 @@ async fn pump(pump: Pump, mut watcher: ferry_replication::Watcher, _permit: Owne
             watch_id: pump.id,
             ..rpc::WatchResponse::default()
         };
+        let mut sent = watcher.revision();
         match next {
             None => answer.header = pump.etcd.header(watcher.revision()),
             Some(Ok(batch)) => {
+                sent = batch.revision;
                 answer.header = pump.etcd.header(batch.revision);
                 answer.events = batch
                     .events
@@ -259,10 +263,10 @@ async fn pump(pump: Pump, mut watcher: ferry_replication::Watcher, _permit: Owne
                     })
                     .map(event)
                     .collect();
-                pump.revision.store(batch.revision, Ordering::Release);
                 // A batch whose changes were all filtered out says nothing
                 // the client asked for.
                 if answer.events.is_empty() {
+                    pump.revision.fetch_max(sent, Ordering::AcqRel);
                     continue;
                 }
             }
@@ -297,6 +301,8 @@ async fn pump(pump: Pump, mut watcher: ferry_replication::Watcher, _permit: Owne
         if !context.send(&pump.answers, Ok(answer)).await {
             return;
         }
+        // Only now: a progress answer must not overtake these events.
+        pump.revision.fetch_max(sent, Ordering::AcqRel);
     }
 }
 
