@@ -28,8 +28,10 @@ pub struct LeaseInfo {
 pub enum LeaseState {
     /// Renewed `ttl` ago at most (the last renewal succeeded).
     Alive,
-    /// The cluster says the lease is gone (expired or revoked): its keys
-    /// are deleted, and renewing stopped.
+    /// The cluster says the lease is gone (expired or revoked), or no
+    /// renewal succeeded for a whole TTL, so it may have expired (as
+    /// etcd's client decides): its keys are or may be deleted, and
+    /// renewing stopped.
     Lost,
 }
 
@@ -177,18 +179,31 @@ impl Client {
         let client = self.clone();
         let every = (ttl / 3).max(Duration::from_millis(100));
         let task = tokio::spawn(async move {
+            // The lease was granted or renewed just before this handle was
+            // asked for; from then on, a renewal that succeeds moves it.
+            let mut renewed = tokio::time::Instant::now();
             loop {
-                match client.lease_renew(id).await {
-                    Ok(_) => {
+                // Nothing may confirm the lease for a whole TTL (the cluster
+                // is unreachable, or no member can confirm it leads): then
+                // the lease may be gone, and another client may hold what
+                // it guarded.
+                let left = ttl.saturating_sub(renewed.elapsed());
+                match tokio::time::timeout(left, client.lease_renew(id)).await {
+                    Ok(Ok(_)) => {
+                        renewed = tokio::time::Instant::now();
                         report.send_replace(LeaseState::Alive);
                         tokio::time::sleep(every).await;
                     }
-                    Err(Error::LeaseNotFound(_)) => {
+                    Ok(Err(Error::LeaseNotFound(_))) | Err(_) => {
+                        report.send_replace(LeaseState::Lost);
+                        return;
+                    }
+                    Ok(Err(_)) if renewed.elapsed() >= ttl => {
                         report.send_replace(LeaseState::Lost);
                         return;
                     }
                     // No member answered in time: keep trying, sooner.
-                    Err(_) => tokio::time::sleep(every.min(Duration::from_millis(200))).await,
+                    Ok(Err(_)) => tokio::time::sleep(every.min(Duration::from_millis(200))).await,
                 }
             }
         });

@@ -169,6 +169,16 @@ async fn run(
                     let _ = sender.send(Err(error)).await;
                     return;
                 }
+                // The request itself is refused (an empty or too long key):
+                // every member would refuse it again.
+                Code::InvalidArgument => {
+                    let error = Error::Server {
+                        code: Code::InvalidArgument,
+                        message: status.message().into(),
+                    };
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
                 _ => {}
             }
         }

@@ -110,3 +110,27 @@ async fn the_cli_grants_attaches_lists_and_revokes() {
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");
 }
+
+/// A kept lease whose renewals stop reaching any member is reported lost
+/// once a whole TTL has passed without one (it may have expired, and what
+/// it guarded may be someone else's), as etcd's client decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_nobody_can_renew_for_a_ttl_is_reported_lost() {
+    let mut cluster = ProcessCluster::start(1);
+    let client = connect(cluster.endpoints()).await;
+    let ttl = Duration::from_secs(3);
+    let lease = client.lease_grant(ttl).await.unwrap();
+    let mut keep = client.lease_keep_alive(lease, ttl);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keep.state(), ferry_client::LeaseState::Alive);
+    cluster.sigkill(1);
+    let cut = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), keep.lost())
+        .await
+        .expect("still reported alive 30 s after the cluster went away");
+    assert!(
+        cut.elapsed() <= ttl + Duration::from_secs(5),
+        "reported lost only {:?} after the cluster went away",
+        cut.elapsed()
+    );
+}

@@ -137,3 +137,25 @@ async fn a_watch_below_a_compaction_ends_naming_the_compacted_revision() {
     ));
     assert!(client.get_at("w/0", cut).await.unwrap().is_some());
 }
+
+/// A watch the server refuses as invalid (an empty key) ends with that
+/// error: every member would refuse it again, so retrying would only hide
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_refused_as_invalid_ends_with_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) =
+        common::single_node(dir.path(), ferry_server::config::Limits::default()).await;
+    let mut watch = client.watch_key("", 0);
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the refusal within 10 s");
+    match first {
+        Some(Err(Error::Server { code, message })) => {
+            assert_eq!(code, tonic::Code::InvalidArgument);
+            assert!(message.contains("empty"), "{message}");
+        }
+        other => panic!("not the refusal: {other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
