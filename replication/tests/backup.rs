@@ -367,6 +367,40 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
         "{error}"
     );
 
+    // The newest log chunk lost leaves no gap before a later one: the
+    // head, committed past it, shows it to restore and to verify.
+    let catalog = Catalog::read(&*chain).unwrap();
+    let newest = *catalog.log.last().unwrap();
+    let kept = scratch.join("newest-chunk");
+    chain.get(&newest.name(), &kept).unwrap();
+    chain.delete(&newest.name()).unwrap();
+    let error = restore_to(&chain, RestorePoint::Latest, &scratch.join("lost-tail"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+    assert!(!scratch.join("lost-tail").exists());
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    let reaches = report.restorable.unwrap().last_index;
+    assert!(reaches < last, "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.name == "log/" && p.what.contains(&format!("{}..={last}", reaches + 1))),
+        "{report:?}"
+    );
+    // Restoring to an index the chain still reaches works.
+    restore_to(
+        &chain,
+        RestorePoint::Index(reaches),
+        &scratch.join("before-lost-tail"),
+    )
+    .await
+    .unwrap();
+    chain.put(&newest.name(), &kept).unwrap();
+    let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+
     // Damage in a log chunk or an object is reported by name, by restore
     // and by verify; so is a missing object.
     let catalog = Catalog::read(&*chain).unwrap();

@@ -209,6 +209,17 @@ fn rebuild(
             },
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("backup {name}: {e}")))?;
+        if !replay.done && replay.next_index() <= chunk.last {
+            // Cut at a record boundary, so the framing found nothing wrong.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "backup {name}: ends at entry {}, its name says {}",
+                    replay.next_index() - 1,
+                    chunk.last
+                ),
+            ));
+        }
         let _ = std::fs::remove_file(&local);
         progress.log_replayed += 1;
         on_progress(progress);
@@ -228,6 +239,20 @@ fn rebuild(
                  {missing}, or from a later checkpoint",
                 target.describe(),
                 record.index()
+            ),
+        ));
+    }
+    // A chain whose newest log chunks are lost has no hole before them to
+    // show it; its head says how far it is committed.
+    let committed = catalog.head.as_ref().map_or(0, |head| head.shipped);
+    if !satisfied && reached < committed {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{}: the chain is committed to index {committed}, but its log reaches only                  {reached} from checkpoint {}: entries {}..={committed} are missing; restore to                  an index at or before {reached}",
+                target.describe(),
+                record.index(),
+                reached + 1
             ),
         ));
     }

@@ -219,6 +219,19 @@ fn verify_listed(
             last = chunk.last;
             last_time = last_time.max(*time);
         }
+        // Lost newest chunks leave no gap before a later one; the head
+        // says how far the chain is committed.
+        let committed = catalog.head.as_ref().map_or(0, |head| head.shipped);
+        if last < committed {
+            problem(
+                &mut report,
+                "log/",
+                format!(
+                    "log entries {}..={committed} are missing or damaged: the chain is committed                      to {committed}, restores reach {last}",
+                    last + 1
+                ),
+            );
+        }
         report.restorable = Some(Restorable {
             first_index: oldest.index(),
             first_time_ms: oldest.time_ms,
