@@ -53,6 +53,11 @@ pub(crate) struct Keeper {
     shared: Arc<SmShared>,
     pub(crate) options: LeaseOptions,
     clock: Mutex<Clock>,
+    /// Held from computing a checkpoint of remaining TTLs until it is
+    /// committed, and by a renewal that records a whole TTL: so a
+    /// checkpoint computed before a renewal never commits after the
+    /// renewal's whole TTL (the state would say less than the clock).
+    checkpoints: tokio::sync::Mutex<()>,
 }
 
 impl Keeper {
@@ -62,6 +67,7 @@ impl Keeper {
             shared,
             options,
             clock: Mutex::new(Clock::default()),
+            checkpoints: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -311,7 +317,9 @@ impl Keeper {
             (held.ttl, held.stored_low)
         };
         if stored_low {
-            // Record the whole TTL before answering (see the module docs).
+            // Record the whole TTL before answering (see the module docs),
+            // after any checkpoint already computed has committed.
+            let _order = self.checkpoints.lock().await;
             let whole = Command::Lease(LeaseCommand::Checkpoint {
                 remaining: vec![(id, ttl.as_millis() as u64)],
             });
@@ -386,26 +394,56 @@ impl Keeper {
             .is_some_and(|held| held.deadline <= Instant::now())
     }
 
-    /// The remaining TTL of the leases nobody renewed for half their TTL,
-    /// in checkpoint-sized chunks. They are marked as possibly recorded
-    /// low before the checkpoint is proposed, so a renewal from now on
-    /// records the whole TTL again.
-    fn remaining(&self) -> Vec<Vec<(u64, u64)>> {
+    /// The leases nobody renewed for half their TTL, in checkpoint-sized
+    /// chunks of ids.
+    fn due(&self) -> Vec<Vec<u64>> {
+        let now = Instant::now();
+        let clock = self.clock.lock();
+        let mut due: Vec<u64> = clock
+            .held
+            .iter()
+            .filter(|(_, held)| held.deadline.saturating_duration_since(now) < held.ttl / 2)
+            .map(|(id, _)| *id)
+            .collect();
+        due.sort_unstable();
+        due.chunks(CHECKPOINT_CHUNK).map(<[_]>::to_vec).collect()
+    }
+
+    /// The remaining TTL, now, of those of `ids` still due. They are
+    /// marked as possibly recorded low before the checkpoint is proposed,
+    /// so a renewal from now on records the whole TTL again (after this
+    /// checkpoint commits: the caller holds `checkpoints`).
+    fn remaining(&self, ids: &[u64]) -> Vec<(u64, u64)> {
         let now = Instant::now();
         let mut clock = self.clock.lock();
-        let mut all: Vec<(u64, u64)> = clock
-            .held
-            .iter_mut()
-            .filter_map(|(id, held)| {
+        ids.iter()
+            .filter_map(|id| {
+                let held = clock.held.get_mut(id)?;
                 let left = held.deadline.saturating_duration_since(now);
                 (left < held.ttl / 2).then(|| {
                     held.stored_low = true;
                     (*id, left.as_millis() as u64)
                 })
             })
-            .collect();
-        all.sort_unstable();
-        all.chunks(CHECKPOINT_CHUNK).map(<[_]>::to_vec).collect()
+            .collect()
+    }
+
+    /// Proposes the checkpoints of the leases due one, each chunk computed
+    /// just before it is proposed and committed before a renewal may
+    /// record a whole TTL.
+    async fn checkpoint(&self) {
+        for ids in self.due() {
+            let _order = self.checkpoints.lock().await;
+            let remaining = self.remaining(&ids);
+            if remaining.is_empty() {
+                continue;
+            }
+            let checkpoint = Command::Lease(LeaseCommand::Checkpoint { remaining });
+            if let Err(error) = self.raft.client_write(checkpoint.into()).await {
+                tracing::debug!(%error, "lease checkpoint not proposed");
+                break;
+            }
+        }
     }
 }
 
@@ -466,13 +504,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>) {
             if let Err(error) = keeper.reconcile() {
                 tracing::warn!(%error, "reading the leases");
             }
-            for remaining in keeper.remaining() {
-                let checkpoint = Command::Lease(LeaseCommand::Checkpoint { remaining });
-                if let Err(error) = keeper.raft.client_write(checkpoint.into()).await {
-                    tracing::debug!(%error, "lease checkpoint not proposed");
-                    break;
-                }
-            }
+            keeper.checkpoint().await;
         }
     }
 }
