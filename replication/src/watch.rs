@@ -256,7 +256,7 @@ impl Watcher {
             let prevs = if options.prev_kv {
                 page.changes
                     .iter()
-                    .map(|c| history::version_before(&view, &c.key, c.revision))
+                    .map(|c| history::version_before(&view, c))
                     .collect::<io::Result<Vec<_>>>()?
             } else {
                 vec![None; page.changes.len()]
@@ -305,7 +305,7 @@ impl Watcher {
             changes
                 .into_iter()
                 .map(|change| {
-                    let prev = history::version_before(&view, &change.key, change.revision)?;
+                    let prev = history::version_before(&view, &change)?;
                     Ok(WatchEvent { change, prev })
                 })
                 .collect::<Result<Vec<_>, WatchError>>()

@@ -559,3 +559,59 @@ async fn a_watch_dropped_while_reading_previous_values_loses_nothing() {
     assert!(dropped > 0, "no poll was ever left waiting");
     cluster.shutdown().await;
 }
+
+/// A transaction that changes one key twice: each change's previous value
+/// is the one just before it, the earlier change of the same revision
+/// included, from the live feed and from the engine alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_twice_in_one_revision_has_each_previous_value() {
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.leader().unwrap().clone();
+    let first = node.put("k", "v0").await.unwrap();
+    let watch = |from| {
+        let mut options = WatchOptions::range(b"k".to_vec(), Some(b"l".to_vec()), from);
+        options.prev_kv = true;
+        node.watch(options).unwrap()
+    };
+    let mut live = watch(first + 1);
+    let put = |value: &str| Op::put(b"k".to_vec(), value.as_bytes().to_vec());
+    let twice = node
+        .txn(Command::batch(vec![
+            put("v1"),
+            put("v2"),
+            Op::delete(b"k".to_vec()),
+        ]))
+        .await
+        .unwrap()
+        .revision;
+    let expected = [
+        (twice, ChangeKind::Put, "v0"),
+        (twice, ChangeKind::Put, "v1"),
+        (twice, ChangeKind::Delete, "v2"),
+    ];
+    let mut from_engine = watch(first + 1);
+    for watcher in [&mut live, &mut from_engine] {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let seen: Vec<_> = batch
+            .events
+            .iter()
+            .map(|e| {
+                let prev = e.prev.as_ref().expect("a previous value");
+                (
+                    e.change.revision,
+                    e.change.kind,
+                    String::from_utf8(prev.value.clone()).unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(r, k, v)| (*r, *k, v.to_string()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+    cluster.shutdown().await;
+}

@@ -338,29 +338,15 @@ fn resolve(
     }
 }
 
-/// The newest version entry of the key whose versions start with `group`,
-/// at or before `revision`: `(revision, index, value)`.
-fn newest_version_at(
+/// `key` as it was just before the change at `(revision, index)`: made by
+/// the newest change ordered before that position. Both reads at a
+/// revision and a change's previous value are this one lookup.
+fn before_change(
     view: &Snapshot,
-    group: &[u8],
+    key: &[u8],
     revision: u64,
-) -> io::Result<Option<(u64, u32, Vec<u8>)>> {
-    let mut high = group.to_vec();
-    high.extend_from_slice(&revision.to_be_bytes());
-    high.extend_from_slice(&u32::MAX.to_be_bytes());
-    let mut iter = view.range(group.to_vec()..=high);
-    match iter.next_back().transpose().map_err(engine)? {
-        None => Ok(None),
-        Some((key, value)) => {
-            let (_, revision, index) =
-                parse_version_key(&key).ok_or_else(|| corrupt("version key", &key))?;
-            Ok(Some((revision, index, value)))
-        }
-    }
-}
-
-/// `key` as of `revision` (which the caller checked is not compacted).
-pub(crate) fn get_at(view: &Snapshot, key: &[u8], revision: u64) -> io::Result<Option<KeyValue>> {
+    index: u32,
+) -> io::Result<Option<KeyValue>> {
     let latest = match view.get(keys::user_key(key)).map_err(engine)? {
         None => None,
         Some(bytes) => {
@@ -368,17 +354,30 @@ pub(crate) fn get_at(view: &Snapshot, key: &[u8], revision: u64) -> io::Result<O
         }
     };
     if let Some(latest) = &latest {
-        if latest.mod_revision <= revision {
+        if (latest.mod_revision, latest.mod_index) < (revision, index) {
             return Ok(Some(latest.clone().into_key_value(key.to_vec())));
         }
     }
+    // The newest version entry before the position.
     let group = versions_of(key);
-    Ok(match newest_version_at(view, &group, revision)? {
-        Some((at, index, value)) => {
+    let mut below = group.clone();
+    below.extend_from_slice(&revision.to_be_bytes());
+    below.extend_from_slice(&index.to_be_bytes());
+    let newest = view.range(group..below).next_back();
+    Ok(match newest.transpose().map_err(engine)? {
+        None => None,
+        Some((version, value)) => {
+            let (_, at, index) =
+                parse_version_key(&version).ok_or_else(|| corrupt("version key", &version))?;
             resolve(view, key, at, index, &value)?.map(|record| record.into_key_value(key.to_vec()))
         }
-        None => None,
     })
+}
+
+/// `key` as of `revision` (which the caller checked is not compacted).
+pub(crate) fn get_at(view: &Snapshot, key: &[u8], revision: u64) -> io::Result<Option<KeyValue>> {
+    // At `revision`: after every change of it, before any of the next.
+    before_change(view, key, revision.saturating_add(1), 0)
 }
 
 /// The keys of `[start, end)` as of `revision`, in order, to `visit`
@@ -522,16 +521,11 @@ pub(crate) fn scan_changes(
     Ok(page)
 }
 
-/// The version of `key` just before `revision` (for a watch's `prev_kv`).
-pub(crate) fn version_before(
-    view: &Snapshot,
-    key: &[u8],
-    revision: u64,
-) -> io::Result<Option<KeyValue>> {
-    match revision.checked_sub(1) {
-        Some(before) => get_at(view, key, before),
-        None => Ok(None),
-    }
+/// The version of `key` just before `change` (a watch's `prev_kv`): an
+/// earlier change of the same revision (a transaction writing the key
+/// twice) counts.
+pub(crate) fn version_before(view: &Snapshot, change: &Change) -> io::Result<Option<KeyValue>> {
+    before_change(view, &change.key, change.revision, change.index)
 }
 
 /// The first revision in `[from, until]` whose changes were proposed after
