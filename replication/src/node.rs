@@ -1077,7 +1077,35 @@ impl Node {
         revision: u64,
         consistency: Consistency,
     ) -> Result<Read<Vec<KeyValue>>> {
-        let limit = limit.into();
+        self.range_with(start, end, limit.into(), revision, consistency, true)
+            .await
+    }
+
+    /// [`Node::range_at`] without the values (each `value` is empty), for
+    /// a caller that needs keys and revisions only: a range of large
+    /// values then holds one value at a time, and `limit.bytes` counts
+    /// keys alone.
+    pub async fn range_keys_at(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: impl Into<PageLimit>,
+        revision: u64,
+        consistency: Consistency,
+    ) -> Result<Read<Vec<KeyValue>>> {
+        self.range_with(start, end, limit.into(), revision, consistency, false)
+            .await
+    }
+
+    async fn range_with(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: PageLimit,
+        revision: u64,
+        consistency: Consistency,
+        values: bool,
+    ) -> Result<Read<Vec<KeyValue>>> {
         let (view, past) = self.read_view_at(revision, consistency).await?;
         let (start, end) = (start.to_vec(), end.map(<[u8]>::to_vec));
         Self::blocking_read(view, move |view| {
@@ -1086,7 +1114,10 @@ impl Node {
                 return Ok(out);
             }
             let mut bytes = 0;
-            let mut more = |out: &mut Vec<KeyValue>, kv: KeyValue| {
+            let mut more = |out: &mut Vec<KeyValue>, mut kv: KeyValue| {
+                if !values {
+                    kv.value = Vec::new();
+                }
                 bytes += kv.key.len() + kv.value.len();
                 out.push(kv);
                 out.len() < limit.keys && bytes < limit.bytes

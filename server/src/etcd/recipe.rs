@@ -67,13 +67,15 @@ pub fn contender_key(prefix: &[u8], lease: u64) -> Vec<u8> {
     [prefix, format!("{lease:x}").as_bytes()].concat()
 }
 
-/// The queue under `prefix` in create order, and the revision read at.
+/// The queue under `prefix` in create order, and the revision read at:
+/// keys and revisions, without values (a queue is read whole each time
+/// its head may have changed, and values may be large).
 pub async fn queue(etcd: &Etcd, prefix: &[u8]) -> Result<(Vec<KeyValue>, u64), Status> {
     let end = prefix_end(prefix);
     let read = etcd
         .context
         .node
-        .range_at(
+        .range_keys_at(
             prefix,
             end.as_deref(),
             PageLimit::from(MAX_CONTENDERS + 1),
@@ -284,5 +286,16 @@ pub async fn head(
     prefix: &[u8],
 ) -> Result<(Option<super::pb::mvccpb::KeyValue>, u64), Status> {
     let (queue, revision) = queue(etcd, prefix).await?;
-    Ok((queue.into_iter().next().map(key_value), revision))
+    let Some(first) = queue.into_iter().next() else {
+        return Ok((None, revision));
+    };
+    // Its value, as of the revision the queue was read at (this member
+    // has applied it: it just read there).
+    let read = etcd
+        .context
+        .node
+        .get_at(&first.key, revision, Consistency::Stale)
+        .await
+        .map_err(|e| etcd.status(e))?;
+    Ok((read.value.map(key_value), revision))
 }
