@@ -729,3 +729,35 @@ async fn revision_gaps_are_invisible_to_reads_and_watches() {
         }
     }
 }
+
+/// An election's Observe stream is a watch: it takes a place among
+/// `max_watch_streams`, and gives it back when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observe_stream_counts_as_a_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ferry_server::config::Limits {
+        max_watch_streams: 1,
+        ..ferry_server::config::Limits::default()
+    };
+    let (server, _sdk) = common::single_node(dir.path(), limits).await;
+    let mut etcd = client(&[server.client_addr.to_string()], None).await;
+    let observing = etcd.observe("e").await.unwrap();
+    let refused = etcd.observe("f").await.map(drop).unwrap_err();
+    assert!(
+        refused.to_string().contains("max_watch_streams"),
+        "{refused}"
+    );
+    drop(observing);
+    // Given back once the stream ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match etcd.observe("f").await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "never given back: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    server.shutdown().await.unwrap();
+}

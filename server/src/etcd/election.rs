@@ -19,6 +19,9 @@ use tonic::{Request, Response, Status};
 
 pub struct ElectionService {
     pub etcd: Etcd,
+    /// Watches open at once, shared with the Watch services: an Observe
+    /// stream is one.
+    pub watches: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// etcd's `concurrency.ErrElectionNotLeader` and `ErrElectionNoLeader`.
@@ -178,11 +181,25 @@ impl Election for ElectionService {
         let prefix = recipe::queue_prefix(&request.get_ref().name);
         self.check(&request, AccessKind::Read, &prefix)
             .map_err(super::gate_status)?;
+        let credential = etcd.context.gate.credential(&request);
+        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
+            let limit = etcd.context.limits.max_watch_streams;
+            return Err(Status::resource_exhausted(format!(
+                "max_watch_streams = {limit} watches are open"
+            )));
+        };
         let (sender, receiver) = mpsc::channel(OBSERVE_QUEUE);
         tokio::spawn(async move {
+            let _permit = permit;
             let context = &etcd.context;
             let mut last = None;
             loop {
+                // Checked again at each change, as a watch is: a user who
+                // lost the permission, or whose token expired, loses it.
+                if let Err(status) = recipe::check(&etcd, &credential, AccessKind::Read, &prefix) {
+                    let _ = context.send(&sender, Err(super::gate_status(status))).await;
+                    return;
+                }
                 let (head, revision) = match recipe::head(&etcd, &prefix).await {
                     Ok(found) => found,
                     Err(status) => {

@@ -83,7 +83,7 @@ pub fn serve(
         .add_service(
             rpc::watch_server::WatchServer::new(watch::WatchService {
                 etcd: etcd.clone(),
-                watches: settings.watches,
+                watches: settings.watches.clone(),
                 progress_interval: settings.progress_interval,
             })
             .max_decoding_message_size(max),
@@ -117,6 +117,7 @@ pub fn serve(
         )
         .add_service(
             pb::v3electionpb::election_server::ElectionServer::new(election::ElectionService {
+                watches: settings.watches,
                 etcd,
             })
             .max_decoding_message_size(max),
