@@ -158,6 +158,45 @@ async fn keys_transactions_and_compaction() {
         other => panic!("{other:?}"),
     }
 
+    // A branch may not put a key twice, nor put a key one of its deletes
+    // covers; deletes may overlap. The op limit is on each list, as etcd's.
+    for refused in [
+        Txn::new().and_then([
+            TxnOp::delete("dup/", Some(DeleteOptions::new().with_prefix())),
+            TxnOp::put("dup/b", "x", None),
+        ]),
+        Txn::new().and_then([
+            TxnOp::put("dup/a", "x", None),
+            TxnOp::put("dup/a", "y", None),
+        ]),
+        Txn::new().or_else([TxnOp::delete("dup/a", None), TxnOp::put("dup/a", "y", None)]),
+    ] {
+        let error = etcd.txn(refused).await.unwrap_err();
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+    }
+    etcd.txn(Txn::new().and_then([
+        TxnOp::delete("dup/a", None),
+        TxnOp::delete("dup/", Some(DeleteOptions::new().with_prefix())),
+        TxnOp::put("dup0", "outside", None),
+    ]))
+    .await
+    .unwrap();
+    let puts = |n: usize| -> Vec<TxnOp> {
+        (0..n)
+            .map(|i| TxnOp::put(format!("many/{i}"), "x", None))
+            .collect()
+    };
+    etcd.txn(
+        Txn::new()
+            .when([Compare::version("many/0", CompareOp::Equal, 0)])
+            .and_then(puts(128))
+            .or_else(puts(128)),
+    )
+    .await
+    .unwrap();
+    let error = etcd.txn(Txn::new().and_then(puts(129))).await.unwrap_err();
+    assert!(error.to_string().contains("too many operations"), "{error}");
+
     // A range delete with the previous values.
     let deleted = etcd
         .delete(

@@ -479,7 +479,12 @@ impl KvService {
         request: rpc::TxnRequest,
     ) -> Result<rpc::TxnResponse, Status> {
         let etcd = &self.etcd;
-        let ops = request.compare.len() + request.success.len() + request.failure.len();
+        // etcd bounds the largest of the three lists, not their sum.
+        let ops = request
+            .compare
+            .len()
+            .max(request.success.len())
+            .max(request.failure.len());
         if ops > etcd.context.limits.max_txn_ops {
             return Err(Status::invalid_argument(message::TOO_MANY_OPS));
         }
@@ -564,16 +569,31 @@ impl KvService {
     }
 }
 
-/// etcd refuses a branch that writes one key twice.
+/// etcd refuses a branch that puts one key twice, or puts a key one of
+/// its deletes covers (its `checkIntervals`); deletes may overlap.
 fn check_duplicates(ops: &[Op]) -> Result<(), Status> {
-    let mut written: Vec<&[u8]> = ops
+    // What each delete covers: `[start, end)`, `end = None` to the end of
+    // the key space.
+    let deleted: Vec<(&[u8], Option<Vec<u8>>)> = ops
         .iter()
-        .filter(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }))
-        .map(Op::key)
+        .filter_map(|op| match op {
+            Op::Delete { key, .. } => Some((key.as_slice(), Some([key.as_slice(), &[0]].concat()))),
+            Op::DeleteRange { start, end, .. } => Some((start.as_slice(), end.clone())),
+            _ => None,
+        })
         .collect();
-    written.sort_unstable();
-    if written.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Status::invalid_argument(message::DUPLICATE_KEY));
+    let mut put: Vec<&[u8]> = Vec::new();
+    for op in ops {
+        let Op::Put { key, .. } = op else {
+            continue;
+        };
+        let in_a_delete = deleted.iter().any(|(start, end)| {
+            key.as_slice() >= *start && end.as_ref().is_none_or(|end| key < end)
+        });
+        if in_a_delete || put.contains(&key.as_slice()) {
+            return Err(Status::invalid_argument(message::DUPLICATE_KEY));
+        }
+        put.push(key);
     }
     Ok(())
 }
