@@ -642,3 +642,52 @@ async fn a_partitioned_old_leader_cannot_extend_the_chain_in_s3() {
     cluster.network.heal();
     cluster.shutdown().await;
 }
+
+/// A log chunk stays within `max_chunk_bytes` unless its first entry alone
+/// is larger (an object store takes a chunk in one conditional put, up to
+/// a size): the bound is checked before an entry goes in, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_chunks_stay_within_their_byte_bound() {
+    let scratch = tempfile::tempdir().unwrap();
+    let chain: Arc<dyn BackupTarget> =
+        Arc::new(LocalDir::new(scratch.path().join("chain")).unwrap());
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let max = 16 << 10;
+    let shipper = BackupShipper::new(
+        leader.clone(),
+        chain.clone(),
+        BackupOptions {
+            max_chunk_bytes: max,
+            ..BackupOptions::default()
+        },
+    );
+    shipper.ship(true).await.unwrap();
+    // 3 KiB entries: five fill a chunk to 15 KiB, and the sixth would
+    // take it past 16.
+    for i in 0..40 {
+        leader
+            .put(format!("k{i}"), vec![b'v'; 3 << 10])
+            .await
+            .unwrap();
+    }
+    // And one entry larger than the bound, which goes alone.
+    leader.put("big", vec![b'b'; 40 << 10]).await.unwrap();
+    leader.put("after", "x").await.unwrap();
+    shipper.ship(false).await.unwrap();
+    let catalog = Catalog::read(&*chain).unwrap();
+    let chunks = catalog.log.clone();
+    assert!(chunks.len() > 5, "{chunks:?}");
+    let mut alone = 0;
+    for chunk in &chunks {
+        let file = scratch.path().join("chunk");
+        let size = chain.get(&chunk.name(), &file).unwrap();
+        if chunk.first == chunk.last && size > max {
+            alone += 1;
+        } else {
+            assert!(size <= max, "{} holds {size} bytes", chunk.name());
+        }
+    }
+    assert_eq!(alone, 1, "{chunks:?}");
+    cluster.shutdown().await;
+}

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The largest `max_request_bytes` accepted: a log entry must fit in one
+/// backup chunk ([`ferry_replication::backup::MAX_CHUNK_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = ferry_replication::backup::MAX_CHUNK_BYTES as usize;
+
 /// Request limits; a request over one is refused with INVALID_ARGUMENT or
 /// RESOURCE_EXHAUSTED naming the limit, and changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +333,13 @@ impl ServeConfig {
         if self.watch_progress_ms == 0 {
             return Err("watch_progress_ms must be at least 1".into());
         }
+        // A log entry then fits in one backup chunk, which goes up to object
+        // storage in one conditional put (at most 80 MiB).
+        if self.limits.max_request_bytes > MAX_REQUEST_BYTES {
+            return Err(format!(
+                "max_request_bytes must be at most {MAX_REQUEST_BYTES}: a log entry must fit in one backup chunk"
+            ));
+        }
         if self.limits.max_request_bytes < ferry_client::MAX_BATCH_REQUEST_BYTES {
             return Err(format!(
                 "max_request_bytes must be at least {}: the SDK's batch messages reach that size",
@@ -412,13 +423,19 @@ mod tests {
     }
 
     #[test]
-    fn a_request_limit_below_the_sdks_batch_size_is_refused() {
+    fn a_request_limit_below_the_sdks_batch_size_or_above_a_backup_chunk_is_refused() {
         assert!(ServeConfig::default().validate().is_ok());
         let mut config = ServeConfig::default();
         config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES - 1;
         let error = config.validate().unwrap_err();
         assert!(error.contains("max_request_bytes"), "{error}");
         config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES;
+        assert!(config.validate().is_ok());
+        // Above a backup chunk's size, an entry could not ship.
+        config.limits.max_request_bytes = MAX_REQUEST_BYTES + 1;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("backup chunk"), "{error}");
+        config.limits.max_request_bytes = MAX_REQUEST_BYTES;
         assert!(config.validate().is_ok());
     }
 

@@ -75,6 +75,7 @@ pub use restore::{
 pub use retention::Retention;
 pub use shipper::{
     BackupOptions, BackupShipper, BackupStatus, ChainSummary, ShipReport, ShippedCheckpoint,
+    MAX_CHUNK_BYTES,
 };
 pub use target::{open, BackupTarget, LocalDir, ObjectTarget, S3Options, Version};
 pub use verify::{verify, Problem, Restorable, VerifyReport};

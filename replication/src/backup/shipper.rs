@@ -445,7 +445,7 @@ impl BackupShipper {
 /// Ships entries from `want.first` on, up to `want.last`, as one chunk of at most
 /// `max_bytes` (the first entry always goes in); returns the last index it
 /// holds and the chunk's size. The chunk is built in memory, bounded by
-/// [`MAX_CHUNK_BYTES`] plus one entry, and goes up in one put. Entries the
+/// [`MAX_CHUNK_BYTES`] (or one entry, if larger), and goes up in one put. Entries the
 /// log no longer holds are an error (the next round ships a checkpoint).
 fn ship_log(
     target: &dyn BackupTarget,
@@ -462,7 +462,9 @@ fn ship_log(
     let (mut next, mut full) = (first, false);
     let visited = reader.visit_records(first, |index, record| {
         assert_eq!(index, next, "records come in order");
-        full = index > first && chunk.len() as u64 >= max_bytes;
+        // Full before the record that would take it past `max_bytes`: a
+        // chunk is larger only when its first record alone is.
+        full = index > first && (chunk.len() + record.len()) as u64 > max_bytes;
         if index > last || full {
             return Ok(false);
         }
