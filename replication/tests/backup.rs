@@ -330,6 +330,19 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
         "{report:?}"
     );
 
+    // Two leaders' records of one checkpoint (the same state): the later
+    // term's is used, and the other must not outlive it.
+    let catalog = Catalog::read(&*chain).unwrap();
+    let used = catalog.checkpoint_name(checkpoint_1);
+    let twin = format!("checkpoints/{checkpoint_1:020}-{term:020}.ckpt");
+    assert_ne!(used, twin);
+    let file = scratch.join("twin");
+    chain.get(&used, &file).unwrap();
+    chain.put(&twin, &file).unwrap();
+    let catalog = Catalog::read(&*chain).unwrap();
+    assert_eq!(catalog.checkpoint_name(checkpoint_1), twin);
+    assert_eq!(catalog.shadowed, vec![(checkpoint_1, used)]);
+
     // Retention keeps the newest chain, removes the rest (and the orphan),
     // and what it keeps still restores.
     let keep_one = Retention {
@@ -342,6 +355,8 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
     assert!(removed > 3, "{removed}");
     let catalog = Catalog::read(&*chain).unwrap();
     assert_eq!(catalog.checkpoints, vec![checkpoint_3]);
+    assert!(catalog.shadowed.is_empty(), "{catalog:?}");
+    assert_eq!(chain.list("checkpoints").unwrap().len(), 1);
     assert!(catalog.orphans.is_empty() && catalog.log_gaps().is_empty());
     assert!(catalog.log.iter().all(|c| c.last > checkpoint_3));
     let report = verify(&fs, &*chain, &scratch.join("verify")).unwrap();

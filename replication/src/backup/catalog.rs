@@ -118,6 +118,9 @@ pub struct Catalog {
     pub orphans: Vec<(String, u64)>,
     /// The term of each checkpoint's name, by index.
     terms: std::collections::BTreeMap<u64, u64>,
+    /// Records the chain holds at an index where a later term's record is
+    /// used instead (two leaders shipped the same state): by index.
+    pub shadowed: Vec<(u64, String)>,
 }
 
 impl Catalog {
@@ -155,9 +158,15 @@ impl Catalog {
                 continue;
             }
             // Two leaders may both have shipped a checkpoint of one index
-            // (the same state); one is enough.
+            // (the same state); one is enough: the later term's.
             let kept = catalog.terms.entry(index).or_insert(term);
-            *kept = (*kept).max(term);
+            if *kept != term {
+                let older = (*kept).min(term);
+                *kept = (*kept).max(term);
+                catalog
+                    .shadowed
+                    .push((index, checkpoint_name(index, older)));
+            }
         }
         catalog.checkpoints = catalog.terms.keys().copied().collect();
         for name in target.list("log")? {

@@ -10,7 +10,10 @@
 //! chain restores.
 //!
 //! Only the leader that holds the chain's head prunes, right after it
-//! committed a round (see `head`), and it re-reads the chain first.
+//! committed a round (see `head`), and it re-reads the chain first. It
+//! lists the objects before it reads the chain, so an object uploaded
+//! meanwhile is never swept, and it checks the head again before the
+//! sweep: a leader that claimed the chain since stops it.
 
 use super::catalog::{object_name, Catalog};
 use super::target::BackupTarget;
@@ -69,6 +72,10 @@ impl Retention {
         scratch: &Path,
         now_ms: u64,
     ) -> io::Result<u64> {
+        // Listed before anything else: an object uploaded after this (by a
+        // leader that claimed the chain meanwhile, for a record not yet
+        // written) is never taken for one nothing needs.
+        let objects = target.list("objects")?;
         let catalog = Catalog::read(target)?;
         if let Some(head) = &catalog.head {
             if head.term() != term {
@@ -94,13 +101,25 @@ impl Retention {
             removed += 1;
             Ok(())
         };
+        // A record another one shadows names objects no kept record may
+        // need: it goes too, or it would show once the other went.
+        for (_, name) in &catalog.shadowed {
+            remove(name)?;
+        }
         for &(index, _) in records.iter().filter(|(index, _)| *index < oldest) {
             remove(&catalog.checkpoint_name(index))?;
         }
         for chunk in catalog.log.iter().filter(|c| c.last <= oldest) {
             remove(&chunk.name())?;
         }
-        for name in target.list("objects")? {
+        // Checked again before the objects go: a leader that claimed the
+        // chain since may be shipping a checkpoint that names some.
+        if let Some((head, _)) = super::head::read(target)? {
+            if head.term() != term {
+                return Err(super::head::fenced(term, &head));
+            }
+        }
+        for name in objects {
             if !needed.contains(&name) {
                 remove(&name)?;
             }
