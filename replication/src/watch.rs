@@ -206,7 +206,7 @@ impl Watcher {
                             delivered = *applied;
                         }
                     }
-                    FeedItem::Reset { applied } => {
+                    FeedItem::Skipped { applied } => {
                         if *applied > delivered {
                             catch_up = true;
                             break;

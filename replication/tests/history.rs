@@ -615,3 +615,34 @@ async fn a_key_changed_twice_in_one_revision_has_each_previous_value() {
     }
     cluster.shutdown().await;
 }
+
+/// A run too large for the live feed (its changes are in the engine only)
+/// still reaches a live watch, in order, with the runs around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_too_large_for_the_live_feed_reaches_a_live_watch() {
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.leader().unwrap().clone();
+    let mut options = WatchOptions::range(b"big/".to_vec(), Some(b"big0".to_vec()), 0);
+    options.batch_bytes = 64 << 10;
+    let mut watcher = node.watch(options).unwrap();
+    let large = vec![b'x'; ferry_replication::state_machine::changes::MAX_RUN_BYTES + 1];
+    let mut written = Vec::new();
+    written.push(node.put("big/a", "small").await.unwrap());
+    written.push(node.put("big/b", large.clone()).await.unwrap());
+    written.push(node.put("big/c", "small").await.unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .expect("every change within 10 s")
+            .unwrap();
+        for event in batch.events {
+            if event.change.key == b"big/b" {
+                assert_eq!(event.change.value, large);
+            }
+            seen.push(event.change.revision);
+        }
+    }
+    assert_eq!(seen, written);
+    cluster.shutdown().await;
+}

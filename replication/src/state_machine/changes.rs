@@ -2,10 +2,12 @@
 //! watches following the state as it is applied.
 //!
 //! The history itself is in the engine (see `history`); the feed only
-//! spares a watch that keeps up the engine reads. It is bounded: a watch
-//! that falls behind it (or meets a snapshot install, which no change
-//! explains) reads the engine from where it stands instead, so no change is
-//! ever lost to the feed's size.
+//! spares a watch that keeps up the engine reads. It is bounded, in runs
+//! and in bytes: it keeps the last `capacity` runs, and a run whose changes
+//! are larger than [`MAX_RUN_BYTES`] goes as a [`FeedItem::Skipped`]
+//! marker. A watch that falls behind the feed, or meets a marker, reads
+//! the engine from where it stands instead, so no change is ever lost to
+//! the feed's bounds.
 
 use super::history::Change;
 use std::sync::Arc;
@@ -22,9 +24,15 @@ pub enum FeedItem {
         applied: u64,
         changes: Vec<Change>,
     },
-    /// The state was replaced (a snapshot install) up to `applied`.
-    Reset { applied: u64 },
+    /// The feed does not carry what entries up to `applied` changed: the
+    /// state was replaced (a snapshot install), or a run's changes were
+    /// too large to hold here (they are in the engine).
+    Skipped { applied: u64 },
 }
+
+/// The most bytes of changes ([`Change::size`]) one feed item holds: the
+/// feed keeps at most its capacity times this, whatever the values.
+pub const MAX_RUN_BYTES: usize = 256 << 10;
 
 /// See the module docs.
 pub struct ChangeFeed {
@@ -41,17 +49,23 @@ impl ChangeFeed {
 
     pub(crate) fn publish(&self, first: u64, applied: u64, changes: Vec<Change>) {
         debug_assert!(first <= applied);
+        let bytes: usize = changes.iter().map(Change::size).sum();
+        let item = if bytes > MAX_RUN_BYTES {
+            FeedItem::Skipped { applied }
+        } else {
+            FeedItem::Applied {
+                first,
+                applied,
+                changes,
+            }
+        };
         // No receiver is no error: nobody watches.
-        let _ = self.sender.send(Arc::new(FeedItem::Applied {
-            first,
-            applied,
-            changes,
-        }));
+        let _ = self.sender.send(Arc::new(item));
     }
 
     /// After a snapshot install: the state jumped, no change explains it.
     pub(crate) fn reset(&self, applied: u64) {
-        let _ = self.sender.send(Arc::new(FeedItem::Reset { applied }));
+        let _ = self.sender.send(Arc::new(FeedItem::Skipped { applied }));
     }
 
     /// Everything published from now on.
