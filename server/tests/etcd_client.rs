@@ -552,6 +552,17 @@ async fn members_status_and_auth() {
     assert_eq!(read.kvs().len(), 3);
     let error = alice.put("via/x", "y", None).await.unwrap_err();
     assert!(error.to_string().contains("permission denied"), "{error}");
+    // A user may read itself and its roles, not others'.
+    assert_eq!(alice.user_get("alice").await.unwrap().roles(), ["reader"]);
+    alice.role_get("reader").await.unwrap();
+    for denied in [
+        alice.user_get("bob").await.map(drop),
+        alice.role_get("writer").await.map(drop),
+        alice.user_list().await.map(drop),
+    ] {
+        let error = denied.unwrap_err();
+        assert!(error.to_string().contains("permission denied"), "{error}");
+    }
     // A lease's key names are for those who may read the keys.
     let error = alice
         .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))

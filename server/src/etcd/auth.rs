@@ -6,7 +6,8 @@
 //! half-done: passwords are hashed with argon2id by the server, so
 //! `hashed_password` (a bcrypt hash made by etcd's client) is not
 //! accepted; every call but Authenticate and AuthStatus needs root, as in
-//! etcd 3.4. A change is checked against the current state first, for
+//! etcd 3.4, except that a user may get itself and its own roles (etcd's
+//! `authApplierV3.UserGet` and `RoleGet` allow the same). A change is checked against the current state first, for
 //! etcd's error messages; apply checks it again, for races.
 
 use super::pb::{authpb, etcdserverpb as rpc};
@@ -120,14 +121,34 @@ impl AuthService {
         request: &Request<T>,
         read: impl FnOnce(&AuthState, Option<rpc::ResponseHeader>) -> Result<R, Status>,
     ) -> Result<Response<R>, Status> {
+        self.read_if(method, request, |_, _| false, read).await
+    }
+
+    /// `read` for root, or for a user `mine` says the read is about (its
+    /// own user, or one of its roles: etcd lets a user read those).
+    async fn read_if<T, R>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        mine: impl FnOnce(&AuthState, &str) -> bool,
+        read: impl FnOnce(&AuthState, Option<rpc::ResponseHeader>) -> Result<R, Status>,
+    ) -> Result<Response<R>, Status> {
         let context = &self.etcd.context;
         self.etcd
             .timed(method, async {
-                context
+                let caller = context
                     .gate
-                    .authorize_caught_up(request, &Access::Root, |e| self.etcd.status(e))
+                    .authorize_caught_up(request, &Access::Any, |e| self.etcd.status(e))
                     .await?;
-                read(&context.node.auth(), self.etcd.header(context.applied())).map(Response::new)
+                let state = context.node.auth();
+                let allowed =
+                    caller.root || caller.user.as_deref().is_some_and(|u| mine(&state, u));
+                if !allowed {
+                    return Err(Status::permission_denied(format!(
+                        "only {ROOT} may do this, or a user about itself"
+                    )));
+                }
+                read(&state, self.etcd.header(context.applied())).map(Response::new)
             })
             .await
     }
@@ -271,7 +292,8 @@ impl rpc::auth_server::Auth for AuthService {
         request: Request<rpc::AuthUserGetRequest>,
     ) -> Result<Response<rpc::AuthUserGetResponse>, Status> {
         let name = request.get_ref().name.clone();
-        self.read("etcd.UserGet", &request, |state, header| {
+        let own = |_: &AuthState, user: &str| user == name;
+        self.read_if("etcd.UserGet", &request, own, |state, header| {
             let user = state
                 .users
                 .get(&name)
@@ -421,7 +443,13 @@ impl rpc::auth_server::Auth for AuthService {
         request: Request<rpc::AuthRoleGetRequest>,
     ) -> Result<Response<rpc::AuthRoleGetResponse>, Status> {
         let name = request.get_ref().role.clone();
-        self.read("etcd.RoleGet", &request, |state, header| {
+        let held = |state: &AuthState, user: &str| {
+            state
+                .users
+                .get(user)
+                .is_some_and(|u| u.roles.contains(&name))
+        };
+        self.read_if("etcd.RoleGet", &request, held, |state, header| {
             role_exists(state, &name)?;
             Ok(rpc::AuthRoleGetResponse {
                 header,
