@@ -31,6 +31,13 @@ use tokio::time::Instant;
 const TICK: Duration = Duration::from_millis(50);
 /// Leases per checkpoint command.
 const CHECKPOINT_CHUNK: usize = 1_000;
+/// A renewal may rely on a quorum's confirmation of this node's leadership
+/// started at most this long ago. Safe while it is well under openraft's
+/// leader lease (the election timeout maximum, 300 ms by default: no other
+/// leader is elected sooner after a quorum's last answer) and the
+/// failover extension a new leader adds to every lease (2 s); it spares
+/// a heartbeat round per renewal under many renewals.
+const CONFIRMATION_REUSE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy)]
 struct Held {
@@ -58,6 +65,10 @@ pub(crate) struct Keeper {
     /// checkpoint computed before a renewal never commits after the
     /// renewal's whole TTL (the state would say less than the clock).
     checkpoints: tokio::sync::Mutex<()>,
+    /// The term and start of the last quorum confirmation of leadership
+    /// (see [`CONFIRMATION_REUSE`]); held while one runs, so renewals
+    /// arriving meanwhile wait for it and share it.
+    confirmed: tokio::sync::Mutex<Option<(u64, Instant)>>,
 }
 
 impl Keeper {
@@ -68,6 +79,7 @@ impl Keeper {
             options,
             clock: Mutex::new(Clock::default()),
             checkpoints: tokio::sync::Mutex::new(()),
+            confirmed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -206,6 +218,23 @@ impl Keeper {
         self.clock.lock().held.remove(&id);
     }
 
+    /// Confirms with a quorum that this node still leads, or relies on a
+    /// confirmation of this term started less than [`CONFIRMATION_REUSE`]
+    /// ago.
+    async fn confirm_leadership(&self) -> Result<()> {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let mut confirmed = self.confirmed.lock().await;
+        if let Some((at_term, started)) = *confirmed {
+            if at_term == term && started.elapsed() < CONFIRMATION_REUSE {
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
+        self.read_index().await?;
+        *confirmed = Some((term, started));
+        Ok(())
+    }
+
     /// The index a linearizable read must see, once this leader has
     /// confirmed its leadership with a quorum.
     pub(crate) async fn read_index(&self) -> Result<u64> {
@@ -301,7 +330,7 @@ impl Keeper {
     /// tell a lock holder its lock is safe when another client may hold it.
     pub(crate) async fn keep_alive(&self, id: u64) -> Result<Duration, LeaseCall> {
         self.ready().await?;
-        self.read_index().await?;
+        self.confirm_leadership().await?;
         let (ttl, stored_low) = {
             let mut clock = self.clock.lock();
             let Some(held) = clock.held.get_mut(&id) else {
