@@ -31,13 +31,6 @@ use tokio::time::Instant;
 const TICK: Duration = Duration::from_millis(50);
 /// Leases per checkpoint command.
 const CHECKPOINT_CHUNK: usize = 1_000;
-/// A renewal may rely on a quorum's confirmation of this node's leadership
-/// started at most this long ago. Safe while it is well under openraft's
-/// leader lease (the election timeout maximum, 300 ms by default: no other
-/// leader is elected sooner after a quorum's last answer) and the
-/// failover extension a new leader adds to every lease (2 s); it spares
-/// a heartbeat round per renewal under many renewals.
-const CONFIRMATION_REUSE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy)]
 struct Held {
@@ -65,10 +58,6 @@ pub(crate) struct Keeper {
     /// checkpoint computed before a renewal never commits after the
     /// renewal's whole TTL (the state would say less than the clock).
     checkpoints: tokio::sync::Mutex<()>,
-    /// The term and start of the last quorum confirmation of leadership
-    /// (see [`CONFIRMATION_REUSE`]); held while one runs, so renewals
-    /// arriving meanwhile wait for it and share it.
-    confirmed: tokio::sync::Mutex<Option<(u64, Instant)>>,
 }
 
 impl Keeper {
@@ -79,7 +68,6 @@ impl Keeper {
             options,
             clock: Mutex::new(Clock::default()),
             checkpoints: tokio::sync::Mutex::new(()),
-            confirmed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -218,21 +206,17 @@ impl Keeper {
         self.clock.lock().held.remove(&id);
     }
 
-    /// Confirms with a quorum that this node still leads, or relies on a
-    /// confirmation of this term started less than [`CONFIRMATION_REUSE`]
-    /// ago.
+    /// Fails unless a quorum acknowledged this node as leader within
+    /// openraft's leader lease (its election timeout maximum): no other
+    /// leader can have been elected since, and a new one adds the failover
+    /// extension to every lease anyway. No round trip: the lease is kept
+    /// by the heartbeats and appends the leader sends regardless.
     async fn confirm_leadership(&self) -> Result<()> {
-        let term = self.raft.metrics().borrow_watched().current_term;
-        let mut confirmed = self.confirmed.lock().await;
-        if let Some((at_term, started)) = *confirmed {
-            if at_term == term && started.elapsed() < CONFIRMATION_REUSE {
-                return Ok(());
-            }
-        }
-        let started = Instant::now();
-        self.read_index().await?;
-        *confirmed = Some((term, started));
-        Ok(())
+        self.raft
+            .get_read_linearizer(ReadPolicy::LeaseRead)
+            .await
+            .map(drop)
+            .map_err(|_| self.not_leader())
     }
 
     /// The index a linearizable read must see, once this leader has
