@@ -363,6 +363,13 @@ impl Gate {
         let (Some(key), Some(user)) = (state.token_key, state.users.get(name)) else {
             return Err(refused());
         };
+        if name.len() > token::MAX_USER_BYTES {
+            // Only an earlier release allowed such a name.
+            return Err(Status::unauthenticated(format!(
+                "a user name longer than {} bytes cannot hold a token; rename the user",
+                token::MAX_USER_BYTES
+            )));
+        }
         let claims = token::Claims {
             user: name.to_owned(),
             epoch: user.epoch,

@@ -60,11 +60,17 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A signed token for `claims`.
+/// The longest user name a token carries (its length is one byte). A
+/// longer one is never cut to fit: a cut name could be another user's.
+pub const MAX_USER_BYTES: usize = 255;
+
+/// A signed token for `claims`, whose user name has at most
+/// [`MAX_USER_BYTES`] bytes (the caller checks).
 pub fn issue(token_key: &[u8; 32], claims: &Claims) -> String {
     let user = claims.user.as_bytes();
-    let mut body = vec![VERSION, user.len().min(255) as u8];
-    body.extend_from_slice(&user[..user.len().min(255)]);
+    let length = u8::try_from(user.len()).expect("a user name of at most MAX_USER_BYTES");
+    let mut body = vec![VERSION, length];
+    body.extend_from_slice(user);
     body.extend_from_slice(&claims.epoch.to_be_bytes());
     body.extend_from_slice(&claims.expires_ms.to_be_bytes());
     let tag = hmac::sign(&key(token_key), &body);
@@ -105,11 +111,21 @@ mod tests {
             expires_ms: 1_700_000_000_000,
         };
         let token = issue(&[7; 32], &claims);
-        assert_eq!(verify(&[7; 32], &token), Ok(claims));
+        assert_eq!(verify(&[7; 32], &token), Ok(claims.clone()));
         assert_eq!(verify(&[8; 32], &token), Err(TokenError::BadSignature));
         let mut tampered = token.clone().into_bytes();
         tampered[6] = if tampered[6] == b'0' { b'1' } else { b'0' };
         assert!(verify(&[7; 32], std::str::from_utf8(&tampered).unwrap()).is_err());
+        // The longest name a token carries goes whole; a user may not have
+        // a longer one (a token cut it once, and a cut name could be
+        // another user's).
+        let longest = Claims {
+            user: "u".repeat(MAX_USER_BYTES),
+            ..claims.clone()
+        };
+        assert_eq!(verify(&[7; 32], &issue(&[7; 32], &longest)), Ok(longest));
+        assert!(crate::service::auth::check_name("user", &"u".repeat(MAX_USER_BYTES)).is_ok());
+        assert!(crate::service::auth::check_name("user", &"u".repeat(MAX_USER_BYTES + 1)).is_err());
         let upper = token.to_uppercase();
         for bad in ["", "zz", "01", &token[..token.len() - 2], &upper, "+1"] {
             assert_eq!(verify(&[7; 32], bad), Err(TokenError::Malformed), "{bad:?}");

@@ -14,8 +14,8 @@ pub struct AuthService {
 /// Longest password hashed: argon2's time grows with it, and the request
 /// comes from anyone who may add users.
 const MAX_PASSWORD_BYTES: usize = 1024;
-/// Longest user or role name.
-const MAX_NAME_BYTES: usize = 256;
+/// Longest user or role name: what a token carries whole.
+const MAX_NAME_BYTES: usize = crate::auth::token::MAX_USER_BYTES;
 
 pub(crate) fn check_name(what: &str, name: &str) -> Result<(), Status> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
