@@ -218,6 +218,39 @@ fn flipped_bit_in_the_manifest_fails_open() {
     expect_corruption(Db::open(dir.path(), options()), &manifest);
 }
 
+/// A manifest of one record (a checkpoint's, or one just rolled) whose
+/// record is damaged: the damage is not taken for a torn tail, which would
+/// open an empty database and delete every table.
+#[test]
+fn a_damaged_manifest_of_one_record_fails_open_and_keeps_the_tables() {
+    let (dir, _) = tables_only(100);
+    let checkpoint = dir.path().join("checkpoint");
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        db.checkpoint(&checkpoint).unwrap();
+        db.close().unwrap();
+    }
+    let tables = files_with_suffix(&checkpoint, ".sst");
+    assert!(!tables.is_empty());
+    let manifest = files_with_suffix(&checkpoint, "")
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
+        .unwrap();
+    // A bit of the record's CRC, then (a fresh copy) of its length.
+    let pristine = fs::read(&manifest).unwrap();
+    for offset in [16 + 2, 16 + 10] {
+        fs::write(&manifest, &pristine).unwrap();
+        flip(&manifest, offset);
+        expect_corruption(Db::open(&checkpoint, options()), &manifest);
+        assert_eq!(files_with_suffix(&checkpoint, ".sst"), tables);
+    }
+}
+
 #[test]
 fn missing_current_with_data_present_is_reported() {
     let (dir, _) = tables_only(10);

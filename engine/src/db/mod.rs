@@ -281,9 +281,7 @@ impl Inner {
         {
             let mut versions = self.versions.lock();
             let opened = versions.open_added(&edit)?;
-            let version = versions.log_and_apply(edit, opened, &|| {
-                self.next_file_number.load(Ordering::SeqCst)
-            })?;
+            let version = versions.log_and_apply(edit, opened, &self.next_file_number)?;
             let mut state = self.state.lock();
             with_state(&mut state);
             state.version = version;

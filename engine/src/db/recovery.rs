@@ -278,7 +278,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
 
 fn apply(versions: &mut VersionSet, edit: VersionEdit, next_file_number: &AtomicU64) -> Result<()> {
     let opened = versions.open_added(&edit)?;
-    versions.log_and_apply(edit, opened, &|| next_file_number.load(Ordering::SeqCst))?;
+    versions.log_and_apply(edit, opened, next_file_number)?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use crate::{Error, Result};
 use edit::{TableMeta, VersionEdit};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use version::{TableFile, Version};
 
@@ -52,6 +53,9 @@ pub(crate) struct VersionSet {
     pub(crate) last_sequence: u64,
     /// Set when a manifest write failed; no edit is accepted afterwards.
     poisoned: Option<String>,
+    /// Size past which the manifest is rolled ([`MANIFEST_ROLL_BYTES`];
+    /// tests make it small).
+    roll_bytes: u64,
 }
 
 /// What recovery of the manifest found.
@@ -91,7 +95,7 @@ impl VersionSet {
         let mut edits = Vec::new();
         let mut decode_error = None;
         // A torn last edit was never synced, so nothing acted on it.
-        read_segment(
+        let outcome = read_segment(
             &**fs,
             &path,
             LogKind::Manifest,
@@ -107,6 +111,19 @@ impl VersionSet {
                 Ok(())
             },
         )?;
+        // The first edit is synced before CURRENT names the manifest: it
+        // cannot be torn. Taken for a torn tail, its damage would open an
+        // empty database, and every table would be deleted as obsolete.
+        if edits.is_empty() {
+            let (at, why) = outcome.damage.unwrap_or((0, "no record".to_string()));
+            return Err(Error::corruption(
+                &path,
+                at,
+                format!(
+                    "the manifest's first edit, synced before CURRENT named it, is damaged: {why}"
+                ),
+            ));
+        }
 
         let mut recovered = Recovered {
             version: Version::default(),
@@ -188,6 +205,7 @@ impl VersionSet {
             log_number,
             last_sequence,
             poisoned: None,
+            roll_bytes: MANIFEST_ROLL_BYTES,
         })
     }
 
@@ -226,13 +244,15 @@ impl VersionSet {
 
     /// Makes an edit durable and installs the resulting version. Tables the
     /// edit deletes are marked obsolete: their files go away with the last
-    /// version or iterator that holds them. `next_file_number` is recorded so
-    /// a later open never reuses a number.
+    /// version or iterator that holds them. `next_file_number` is the
+    /// database's file number counter: a rolled manifest takes its number
+    /// from it, and its value is recorded so a later open never reuses a
+    /// number.
     pub(crate) fn log_and_apply(
         &mut self,
         mut edit: VersionEdit,
         mut opened: HashMap<u64, Arc<TableFile>>,
-        next_file_number: &dyn Fn() -> u64,
+        next_file_number: &AtomicU64,
     ) -> Result<Arc<Version>> {
         if let Some(reason) = &self.poisoned {
             return Err(Error::Background(format!(
@@ -244,16 +264,19 @@ impl VersionSet {
         let log_number = edit.log_number.unwrap_or(self.log_number);
         debug_assert!(log_number >= self.log_number, "log number went backwards");
         let last_sequence = self.last_sequence.max(edit.last_sequence.unwrap_or(0));
-        edit.next_file_number = Some(next_file_number());
-        let written = if self.manifest.len() > MANIFEST_ROLL_BYTES {
-            let number = next_file_number();
+        let written = if self.manifest.len() > self.roll_bytes {
+            // Allocated, not just read: two rolls with no file made between
+            // them would otherwise both take the live manifest's number,
+            // and the second would truncate, then delete it.
+            let number = next_file_number.fetch_add(1, Ordering::SeqCst);
+            debug_assert_ne!(number, self.manifest_number);
             write_snapshot(
                 &*self.fs,
                 &self.dir,
                 number,
                 &next,
                 log_number,
-                number + 1,
+                next_file_number.load(Ordering::SeqCst),
                 last_sequence,
             )
             .map(|manifest| {
@@ -262,6 +285,7 @@ impl VersionSet {
                 let _ = self.fs.remove_file(&self.dir.join(manifest_name(old)));
             })
         } else {
+            edit.next_file_number = Some(next_file_number.load(Ordering::SeqCst));
             self.edit_count += 1;
             let manifest = &mut self.manifest;
             manifest
@@ -354,4 +378,50 @@ pub(crate) fn write_snapshot(
     fs.write_atomic(&current, format!("{}\n", manifest_name(number)).as_bytes())
         .at(&current)?;
     Ok(writer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::OsFs;
+
+    /// Two rolls with no file made between them: each takes a number of
+    /// its own (the second once took the live manifest's, truncated it,
+    /// then deleted it), and the database's manifest recovers.
+    #[test]
+    fn rolls_in_a_row_each_take_a_new_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn FileSystem> = Arc::new(OsFs);
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        let counters = Arc::new(Counters::default());
+        let counter = AtomicU64::new(10);
+        let mut set = VersionSet::create(
+            fs.clone(),
+            dir.path(),
+            cache.clone(),
+            counters.clone(),
+            Version::default(),
+            1,
+            0,
+            counter.load(Ordering::SeqCst),
+            0,
+        )
+        .unwrap();
+        set.roll_bytes = 0;
+        let mut numbers = vec![set.manifest_number()];
+        for sequence in 1..=3 {
+            let edit = VersionEdit {
+                last_sequence: Some(sequence),
+                ..VersionEdit::default()
+            };
+            set.log_and_apply(edit, HashMap::new(), &counter).unwrap();
+            numbers.push(set.manifest_number());
+        }
+        let mut distinct = numbers.clone();
+        distinct.dedup();
+        assert_eq!(distinct, numbers, "a roll reused a number: {numbers:?}");
+        let recovered = VersionSet::recover(&fs, dir.path(), &cache, &counters).unwrap();
+        assert_eq!(recovered.last_sequence, 3);
+        assert!(recovered.next_file_number > *numbers.last().unwrap());
+    }
 }
