@@ -86,6 +86,19 @@ fn expect_corruption(result: Result<Db, Error>, file: &Path) -> (PathBuf, u64) {
     }
 }
 
+/// A damaged length field in the middle of the last segment that now runs
+/// past the end of the file: whole records follow it, so it is corruption,
+/// not a torn write (which would drop them, acknowledged as they were).
+#[test]
+fn a_damaged_record_length_with_records_after_it_fails_open() {
+    let (dir, wal) = wal_only(100);
+    let record = 16 + (4 + 1 + 1 + 9 + 1 + value(0).len()) as u64;
+    // The length is bytes 4..8 of the header: its top byte.
+    flip(&wal, 16 + 10 * record + 7);
+    let (_, offset) = expect_corruption(Db::open(dir.path(), options()), &wal);
+    assert_eq!(offset, 16 + 10 * record, "offset of the damaged record");
+}
+
 #[test]
 fn flipped_bit_in_the_middle_of_the_wal_fails_open_with_offset() {
     let (dir, wal) = wal_only(100);

@@ -161,6 +161,7 @@ pub fn read_segment(
                 file_len,
                 reason,
                 &header_bytes,
+                last_sequence,
                 &mut reader,
             );
         }
@@ -220,13 +221,16 @@ fn damaged_after_header(
     file_len: u64,
     reason: String,
     header_bytes: &[u8],
+    last_sequence: Option<u64>,
     reader: &mut Box<dyn Read + Send>,
 ) -> Result<SegmentOutcome> {
     if all_zero(header_bytes) {
         return damaged_tail(path, policy, outcome, offset, file_len, reason, reader);
     }
     // A non-zero header whose length runs past the end of the file is a
-    // record whose write was interrupted.
+    // record whose write was interrupted, unless a whole record follows
+    // it: then its length field is damaged, and taking it for a torn tail
+    // would drop that record and every later one.
     let declared_past_end = {
         let header: [u8; RECORD_HEADER_LEN] =
             header_bytes.try_into().unwrap_or([0; RECORD_HEADER_LEN]);
@@ -234,10 +238,53 @@ fn damaged_after_header(
         offset + RECORD_HEADER_LEN as u64 + length > file_len
     };
     if declared_past_end {
+        let remaining = file_len - offset - RECORD_HEADER_LEN as u64;
+        if record_follows(reader, remaining, last_sequence).at(path)? {
+            let reason = format!("{reason}, but whole records follow: a damaged length");
+            return damaged_strict(path, policy, outcome, offset, file_len, reason);
+        }
         // Whatever follows the header is the record's own partial payload.
         return torn_or_strict(path, policy, outcome, offset, file_len, reason, true);
     }
     damaged_strict(path, policy, outcome, offset, file_len, reason)
+}
+
+/// Whether the `remaining` bytes of `reader` hold, at any offset, a whole
+/// record with a good checksum and a sequence just after `last` (within
+/// 2^32: sequences grow by batch sizes). A torn write leaves only its own
+/// partial payload there. The search reads everything left (a log segment
+/// is bounded) and checks the checksum only where the sequence fits.
+fn record_follows(
+    reader: &mut Box<dyn Read + Send>,
+    remaining: u64,
+    last: Option<u64>,
+) -> std::io::Result<bool> {
+    /// Beyond this, damage is not taken for a torn write at all.
+    const SEARCHED: u64 = 1 << 30;
+    let Some(last) = last else {
+        // Nothing to tell a following record by: the first record's own.
+        return Ok(false);
+    };
+    if remaining > SEARCHED {
+        return Ok(true);
+    }
+    let mut rest = Vec::with_capacity(remaining as usize);
+    reader.take(remaining).read_to_end(&mut rest)?;
+    let fits = |sequence: u64| sequence > last && sequence - last <= 1 << 32;
+    for at in 0..rest.len().saturating_sub(RECORD_HEADER_LEN) {
+        let bytes: [u8; RECORD_HEADER_LEN] = rest[at..at + RECORD_HEADER_LEN]
+            .try_into()
+            .expect("a header's length");
+        let header = decode_header(&bytes);
+        let start = at + RECORD_HEADER_LEN;
+        if !fits(header.sequence) || header.length > rest.len() - start {
+            continue;
+        }
+        if record_crc(&bytes, &rest[start..start + header.length]) == header.crc {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Damage in a region that runs to the end of the file: a torn tail if
