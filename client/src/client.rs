@@ -94,6 +94,10 @@ pub(crate) struct Inner {
     /// Bumped with every new token: a batch stream carries the token it
     /// was opened with, so connections start a new one.
     token_generation: AtomicU64,
+    /// Contender keys being withdrawn (see `recipe::withdraw`), each with
+    /// what tells when it is done: a contender joining with the same key
+    /// waits, or the withdrawal would delete the key it joined with.
+    pub(crate) withdrawals: Mutex<HashMap<Vec<u8>, tokio::sync::watch::Receiver<bool>>>,
 }
 
 /// A new write's sequence stays within this distance of the oldest write
@@ -204,6 +208,7 @@ impl Client {
                 token: Arc::new(TokenSlot::default()),
                 renewing: tokio::sync::Mutex::new(()),
                 token_generation: AtomicU64::new(0),
+                withdrawals: Mutex::new(HashMap::new()),
             }),
         };
         client.refresh_members().await?;

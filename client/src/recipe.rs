@@ -63,35 +63,87 @@ pub(crate) fn prefix_of(name: &[u8]) -> Vec<u8> {
     [name, b"/"].concat()
 }
 
-/// Deletes `key` if it is still the one created at `revision`, from a task
-/// of its own: for a contender whose wait was cancelled, so that it does
-/// not block the others until its lease expires.
-pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: u64) {
+/// Deletes contender `key` from a task of its own, if it is still the one
+/// created at `revision`: for a contender whose call was cancelled, so
+/// that it does not block the others until its lease expires. A later
+/// [`contend`] with the same key waits for it.
+///
+/// `None`: the join's answer never came, and it may still apply. The key
+/// names the lease, so it is deleted whoever wrote it. This write is
+/// numbered after the dropped join, whose number this client no longer
+/// waits for: applied before it, the join is undone by it; arriving
+/// after it, the join is refused as an old request (exactly-once).
+pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: Option<u64>) {
     // Outside a runtime (dropped after it shut down) the lease ends it.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let (done, finished) = tokio::sync::watch::channel(false);
+    client
+        .inner
+        .withdrawals
+        .lock()
+        .expect("lock")
+        .insert(key.clone(), finished.clone());
     let client = client.clone();
     runtime.spawn(async move {
-        let txn = crate::Txn::new()
-            .when_create_revision(key.clone(), revision)
-            .then_delete(key);
-        let _ = client.txn(txn).await;
+        let txn = match revision {
+            Some(revision) => crate::Txn::new().when_create_revision(key.clone(), revision),
+            None => crate::Txn::new(),
+        };
+        let _ = client.txn(txn.then_delete(key.clone())).await;
+        let mut withdrawals = client.inner.withdrawals.lock().expect("lock");
+        if withdrawals
+            .get(&key)
+            .is_some_and(|r| r.same_channel(&finished))
+        {
+            withdrawals.remove(&key);
+        }
+        let _ = done.send(true);
     });
+}
+
+/// Waits until no withdrawal of `key` is under way.
+async fn withdrawn(client: &Client, key: &[u8]) {
+    let pending = client
+        .inner
+        .withdrawals
+        .lock()
+        .expect("lock")
+        .get(key)
+        .cloned();
+    if let Some(mut finished) = pending {
+        // Ended (sender dropped) counts as done too.
+        let _ = finished.wait_for(|done| *done).await;
+    }
 }
 
 /// Withdraws a contender when dropped, unless disarmed.
 pub(crate) struct Withdraw<'a> {
     pub(crate) client: &'a Client,
     pub(crate) key: Vec<u8>,
-    pub(crate) revision: Option<u64>,
+    pub(crate) state: Contending,
+}
+
+/// How far a contender got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contending {
+    /// Its join was sent; whether it applied is unknown.
+    Joining,
+    /// In the queue since `revision`.
+    Joined(u64),
+    /// Nothing to undo.
+    Done,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        if let Some(revision) = self.revision {
-            withdraw(self.client, std::mem::take(&mut self.key), revision);
-        }
+        let revision = match self.state {
+            Contending::Done => return,
+            Contending::Joining => None,
+            Contending::Joined(revision) => Some(revision),
+        };
+        withdraw(self.client, std::mem::take(&mut self.key), revision);
     }
 }
 
@@ -109,6 +161,14 @@ pub(crate) async fn contend(
     value: Vec<u8>,
 ) -> Result<(Vec<u8>, u64)> {
     let key = contender_key(prefix, lease);
+    withdrawn(client, &key).await;
+    // Armed before the join: dropped while it is on its way, the key it
+    // may have written is withdrawn too.
+    let mut guard = Withdraw {
+        client,
+        key: key.clone(),
+        state: Contending::Joining,
+    };
     let joined = client
         .txn(
             crate::Txn::new()
@@ -124,21 +184,20 @@ pub(crate) async fn contend(
         // This lease already contends (a retry, or a second call).
         match joined.gets.first().cloned().flatten() {
             Some(kv) => kv.create_revision,
-            None => return Err(Error::NotHeld("the key vanished".into())),
+            None => {
+                guard.state = Contending::Done;
+                return Err(Error::NotHeld("the key vanished".into()));
+            }
         }
     };
-    let mut guard = Withdraw {
-        client,
-        key: key.clone(),
-        revision: Some(revision),
-    };
+    guard.state = Contending::Joined(revision);
     loop {
         let (kvs, read_at) = under(client, prefix).await?;
         if !kvs
             .iter()
             .any(|kv| kv.key == key && kv.create_revision == revision)
         {
-            guard.revision = None;
+            guard.state = Contending::Done;
             return Err(Error::LeaseNotFound(lease));
         }
         let before = kvs
@@ -147,7 +206,7 @@ pub(crate) async fn contend(
             .max_by_key(|kv| kv.create_revision);
         match before {
             None => {
-                guard.revision = None;
+                guard.state = Contending::Done;
                 return Ok((key, revision));
             }
             Some(predecessor) => deleted(client, &predecessor.key, read_at + 1).await?,

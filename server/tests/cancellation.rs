@@ -108,6 +108,51 @@ async fn calls_dropped_at_every_await_point_wedge_nothing_and_apply_at_most_once
     server.shutdown().await.unwrap();
 }
 
+/// A lock call dropped at any point, its join included, leaves no
+/// contender behind, and a retry with the same lease right after a drop
+/// holds the lock for real (the dropped call's withdrawal never deletes
+/// the key the retry joined with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_call_dropped_at_any_point_leaves_no_contender_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = single_node(dir.path(), Limits::default()).await;
+    let other = connect(vec![server.client_addr.to_string()]).await;
+    let ttl = Duration::from_secs(60);
+    let (lease, other_lease) = (
+        client.lease_grant(ttl).await.unwrap(),
+        other.lease_grant(ttl).await.unwrap(),
+    );
+    let within = Duration::from_secs(10);
+    for polls in 1..30 {
+        poll_then_drop(client.lock("locks/retried", lease), polls).await;
+        let guard = tokio::time::timeout(within, client.lock("locks/retried", lease))
+            .await
+            .expect("the retry got the lock")
+            .unwrap();
+        // Let a withdrawal of the dropped call land, were it still coming.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let held = client.get(guard.key().to_vec()).await.unwrap();
+        assert_eq!(
+            held.map(|kv| kv.create_revision),
+            Some(guard.token()),
+            "the retry's key was deleted under it ({polls} polls)"
+        );
+        client.unlock(&guard).await.unwrap();
+    }
+    // Dropped with no retry, the lease still alive: the next contender
+    // gets the lock at once.
+    for polls in 1..30 {
+        poll_then_drop(client.lock("locks/dropped", lease), polls).await;
+        let guard = tokio::time::timeout(within, other.lock("locks/dropped", other_lease))
+            .await
+            .unwrap_or_else(|_| panic!("a dropped call ({polls} polls) left its key behind"))
+            .unwrap();
+        other.unlock(&guard).await.unwrap();
+    }
+    drop((client, other));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_place_counts_against_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
