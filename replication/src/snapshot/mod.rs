@@ -370,7 +370,10 @@ impl SnapshotStore {
     }
 
     /// Removes every complete snapshot older than `keep` that nothing pins.
+    /// A newer one stays: a build that started before an install may seal
+    /// after it, and its collection must not remove what was installed.
     pub fn collect_garbage(&self, keep: &SnapshotHandle) -> io::Result<()> {
+        let kept = sort_key(&keep.manifest.meta);
         let pins = self.pins.lock();
         for name in self.fs.list(&self.dir)? {
             let path = self.dir.join(name);
@@ -380,8 +383,55 @@ impl SnapshotStore {
             if pins.get(&path).is_some_and(|w| w.strong_count() > 0) {
                 continue;
             }
+            if sort_key(&read_manifest(&*self.fs, &path)?.meta) >= kept {
+                continue;
+            }
             self.fs.remove_dir_all(&path)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{log_id, StoredMembership};
+    use ferry_engine::fs::OsFs;
+
+    /// A snapshot of `index`, sealed in `store` from a real checkpoint.
+    fn snapshot_at(store: &SnapshotStore, index: u64) -> SnapshotHandle {
+        let engine = store
+            .dir()
+            .parent()
+            .unwrap()
+            .join(format!("engine-{index}"));
+        let db = ferry_engine::Db::open(&engine, ferry_engine::Options::default()).unwrap();
+        db.put(format!("k{index}"), b"v").unwrap();
+        let staging = store.scratch_dir("build");
+        db.checkpoint(&staging).unwrap();
+        db.close().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        };
+        store.seal(&staging, meta, None).unwrap()
+    }
+
+    /// A build sealed after an install (it started before) collects only
+    /// what is older than itself: the newer, installed snapshot stays.
+    #[test]
+    fn garbage_is_only_what_is_older_than_the_snapshot_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(Arc::new(OsFs), dir.path().join("snapshots")).unwrap();
+        let old = snapshot_at(&store, 50);
+        let installed = snapshot_at(&store, 200);
+        let built = snapshot_at(&store, 100);
+        let (old_dir, installed_dir) = (old.dir.clone(), installed.dir.clone());
+        drop((old, installed));
+        store.collect_garbage(&built).unwrap();
+        assert!(!store.fs().exists(&old_dir), "older than the kept one");
+        assert!(store.fs().exists(&installed_dir), "newer: kept");
+        let current = store.current().unwrap().unwrap();
+        assert_eq!(current.dir, installed_dir);
     }
 }
