@@ -231,6 +231,45 @@ async fn a_follower_refuses_every_lie_by_name_and_keeps_its_state() {
         reason.contains("000002.sst: none of its 4 bytes"),
         "{reason}"
     );
+    // A whole, intact engine checkpoint whose state is not the one the
+    // meta names (it was applied to nothing): refused before it is sealed
+    // (openraft would install it by the meta).
+    let scratch = tempfile::tempdir().unwrap();
+    let other = scratch.path().join("checkpoint");
+    {
+        let db = ferry_replication::engine::Db::open(
+            scratch.path().join("engine"),
+            ferry_replication::engine::Options::default(),
+        )
+        .unwrap();
+        db.put(b"\x01k", b"not this cluster's").unwrap();
+        db.checkpoint(&other).unwrap();
+        db.close().unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let contents: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(other.join(n)).unwrap())
+        .collect();
+    let files = names
+        .iter()
+        .zip(&contents)
+        .map(|(n, c)| file(n, c))
+        .collect();
+    let mut frames = vec![offer(&follower, "other-state", files)];
+    for (at, content) in contents.iter().enumerate() {
+        if !content.is_empty() {
+            frames.push(chunk(at as u32, 0, content));
+        }
+    }
+    frames.push(done());
+    let reason = refused(&mut client, frames).await;
+    assert!(reason.contains("its meta says"), "{reason}");
+
     // A frame before the offer, a second offer, and an offer for another node.
     let reason = refused(&mut client, vec![chunk(0, 0, a)]).await;
     assert!(reason.contains("first frame must be an offer"), "{reason}");

@@ -85,7 +85,7 @@ fn engine_err(error: ferry_engine::Error) -> io::Error {
     io::Error::other(error)
 }
 
-fn read_point(db: &Db) -> io::Result<AppliedPoint> {
+pub(crate) fn read_point(db: &Db) -> io::Result<AppliedPoint> {
     let decode = |bytes: Vec<u8>, what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,

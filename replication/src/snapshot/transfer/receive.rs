@@ -296,6 +296,32 @@ async fn receive_inner(
             ));
         }
     }
+    // Not part of the snapshot.
+    let _ = fs.remove_file(&staging.join(super::plan::REUSED_LOCAL));
+    // The state must be the one the meta names: openraft installs by the
+    // meta (and, refused, the node could not even restart: the sealed
+    // snapshot would be its newest).
+    {
+        let (check_fs, dir) = (fs.clone(), staging.clone());
+        let point = blocking(move || {
+            crate::snapshot::read_checkpoint(&check_fs, &dir, crate::state_machine::read_point)
+        })
+        .await
+        .map_err(|e| failed(format!("received snapshot unreadable: {e}"), false))?;
+        if point.0 != meta.last_log_id || point.1 != meta.last_membership {
+            let _ = fs.remove_dir_all(&staging);
+            return Err(failed(
+                format!(
+                    "the snapshot's state was applied to {:?} with membership {:?}, \
+                     its meta says {:?} and {:?}",
+                    point.0, point.1, meta.last_log_id, meta.last_membership
+                ),
+                false,
+            ));
+        }
+    }
+    // Kept only if checked here: a later transfer from this node trusts it.
+    let state_hash = if reused_local { state_hash } else { None };
     let handle = {
         let sm = context.sm.clone();
         let staging = staging.clone();
