@@ -8,6 +8,11 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// In a staging directory: some of its files were linked from this node's
+/// own state (not received), so the assembled state must be checked
+/// against the leader's state hash, in whatever later attempt it ends.
+pub(super) const REUSED_LOCAL: &str = "REUSED-LOCAL";
+
 pub(super) struct Plan {
     pub(super) have: Vec<u64>,
     pub(super) reused_local: bool,
@@ -52,7 +57,8 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
     }
     let mut plan = Plan {
         have: Vec::with_capacity(offer.files.len()),
-        reused_local: false,
+        // An earlier attempt linked local files into this directory.
+        reused_local: fs.exists(&staging.join(REUSED_LOCAL)),
         reused_bytes: 0,
     };
     for file in &offer.files {
@@ -73,6 +79,10 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
                 Some(crc) => *crc,
                 None => fs.file_crc(path)?,
             };
+            if !plan.reused_local {
+                // Synced with the links, by the directory sync below.
+                fs.create(&staging.join(REUSED_LOCAL))?.sync()?;
+            }
             if crc == file.crc && crate::snapshot::link_or_copy(fs, path, &target).is_ok() {
                 have = file.size;
                 plan.reused_local = true;
