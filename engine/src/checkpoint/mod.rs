@@ -253,7 +253,7 @@ pub(crate) fn build_and_switch<T>(
     let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         Error::InvalidOptions(format!("restore target {} has no name", target.display()))
     })?;
-    fs.create_dir_all(parent).at(parent)?;
+    fs.create_dir_durable(parent).at(parent)?;
     let staging = parent.join(format!("{name}.restoring"));
     if fs.exists(&staging) {
         remove_dir_all(fs, &staging)?;

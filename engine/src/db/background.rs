@@ -165,7 +165,7 @@ fn checkpoint_loop(db: &Inner, settings: &PeriodicCheckpoints) {
         let target = chain_dir.join(format!("{next:06}"));
         let base = (next > 0).then(|| chain_dir.join(format!("{:06}", next - 1)));
         let taken = fs
-            .create_dir_all(&chain_dir)
+            .create_dir_durable(&chain_dir)
             .map_err(|e| crate::Error::io(&chain_dir, e))
             .and_then(|()| db.create_checkpoint(&target, base.as_deref(), &mut |_| {}));
         match taken {

@@ -131,7 +131,7 @@ impl Inner {
             (versions.current(), versions.last_sequence)
         };
 
-        fs.create_dir_all(&parent).at(&parent)?;
+        fs.create_dir_durable(&parent).at(&parent)?;
         let staging = parent.join(format!("{name}.partial"));
         if fs.exists(&staging) {
             crate::checkpoint::remove_dir_all(fs, &staging)?;

@@ -62,7 +62,7 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
             dir.display()
         )));
     }
-    fs.create_dir_all(dir).at(dir)?;
+    fs.create_dir_durable(dir).at(dir)?;
     let lock_path = dir.join("LOCK");
     let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => Error::Locked {

@@ -58,6 +58,25 @@ pub trait FileLock: Send + Sync + Debug {}
 pub trait FileSystem: Send + Sync + Debug {
     /// Creates a directory and its parents.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// [`FileSystem::create_dir_all`], then each directory it created made
+    /// durable in its parent: a new directory's entry survives a power
+    /// loss only once its parent is synced, and what is synced inside it
+    /// is lost with it otherwise.
+    fn create_dir_durable(&self, path: &Path) -> io::Result<()> {
+        let mut created = Vec::new();
+        let mut at = Some(path);
+        while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty() && !self.exists(d)) {
+            created.push(dir.to_path_buf());
+            at = dir.parent();
+        }
+        self.create_dir_all(path)?;
+        for dir in created.iter().rev() {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
     /// Creates (or truncates) a file for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Creates (or truncates) a log segment for appending. Unlike
