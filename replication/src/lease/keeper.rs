@@ -14,6 +14,14 @@
 //! the whole TTL again (one proposal), and only then answers. So whatever
 //! a new leader loads, the deadline it sets is no earlier than the one the
 //! old leader had promised (etcd-io/etcd#13508 fixed the same gap).
+//!
+//! Why a cut-off leader renews nothing: openraft leaves a leader that
+//! lost its quorum in the Leader state, while the majority elects
+//! another whose clock expires the lease. A renewal is answered only
+//! while openraft's leader lease holds (a quorum acknowledged this leader
+//! within the election timeout maximum, so no other can have been
+//! elected), and never past the lease's own deadline (its revoke is
+//! coming).
 
 use super::{store, LeaseCommand, LeaseError, LeaseOptions, LeaseRecord, RevokeAs};
 use crate::state_machine::SmShared;
