@@ -247,6 +247,12 @@ pub struct SnapshotStore {
     pins: Mutex<HashMap<PathBuf, Weak<Pin>>>,
 }
 
+/// Whether `name` is a sealed snapshot's (`seal` names them by index
+/// first), not a build's or an import's scratch directory.
+fn is_sealed_name(name: &str) -> bool {
+    name.len() > 20 && name.as_bytes()[..20].iter().all(u8::is_ascii_digit)
+}
+
 fn sort_key(meta: &SnapshotMeta) -> (u64, u64) {
     meta.last_log_id
         .as_ref()
@@ -305,6 +311,9 @@ impl SnapshotStore {
     pub fn current(&self) -> io::Result<Option<SnapshotHandle>> {
         let mut best: Option<(PathBuf, SnapshotManifest)> = None;
         for name in self.fs.list(&self.dir)? {
+            if !is_sealed_name(&name) {
+                continue;
+            }
             let path = self.dir.join(name);
             if !self.fs.exists(&path.join(MANIFEST_FILE)) {
                 continue;
@@ -372,10 +381,15 @@ impl SnapshotStore {
     /// Removes every complete snapshot older than `keep` that nothing pins.
     /// A newer one stays: a build that started before an install may seal
     /// after it, and its collection must not remove what was installed.
+    /// Only sealed snapshots are looked at: a build or import being sealed
+    /// meanwhile (its manifest written, its rename to come) is not one.
     pub fn collect_garbage(&self, keep: &SnapshotHandle) -> io::Result<()> {
         let kept = sort_key(&keep.manifest.meta);
         let pins = self.pins.lock();
         for name in self.fs.list(&self.dir)? {
+            if !is_sealed_name(&name) {
+                continue;
+            }
             let path = self.dir.join(name);
             if path == keep.dir || !self.fs.exists(&path.join(MANIFEST_FILE)) {
                 continue;
@@ -383,10 +397,15 @@ impl SnapshotStore {
             if pins.get(&path).is_some_and(|w| w.strong_count() > 0) {
                 continue;
             }
-            if sort_key(&read_manifest(&*self.fs, &path)?.meta) >= kept {
-                continue;
+            match read_manifest(&*self.fs, &path) {
+                Ok(manifest) if sort_key(&manifest.meta) < kept => {}
+                // Newer, or unreadable: not this collection's to remove.
+                _ => continue,
             }
-            self.fs.remove_dir_all(&path)?;
+            match self.fs.remove_dir_all(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         Ok(())
     }
