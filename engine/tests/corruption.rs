@@ -31,6 +31,19 @@ fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     files
 }
 
+/// The manifest of the database or checkpoint in `dir`.
+fn manifest_in(dir: &Path) -> PathBuf {
+    files_with_suffix(dir, "")
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
+        .unwrap()
+}
+
 fn flip(path: &Path, offset: u64) {
     let mut bytes = fs::read(path).unwrap();
     bytes[offset as usize] ^= 0x10;
@@ -218,15 +231,7 @@ fn flipped_bit_in_the_manifest_fails_open() {
         db.flush().unwrap();
         db.close().unwrap();
     }
-    let manifest = files_with_suffix(dir.path(), "")
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST-")
-        })
-        .unwrap();
+    let manifest = manifest_in(dir.path());
     flip(&manifest, 16 + 16 + 2);
     expect_corruption(Db::open(dir.path(), options()), &manifest);
 }
@@ -245,15 +250,7 @@ fn a_damaged_manifest_of_one_record_fails_open_and_keeps_the_tables() {
     }
     let tables = files_with_suffix(&checkpoint, ".sst");
     assert!(!tables.is_empty());
-    let manifest = files_with_suffix(&checkpoint, "")
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST-")
-        })
-        .unwrap();
+    let manifest = manifest_in(&checkpoint);
     // A bit of the record's CRC, then (a fresh copy) of its length.
     let pristine = fs::read(&manifest).unwrap();
     for offset in [16 + 2, 16 + 10] {

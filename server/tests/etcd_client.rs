@@ -526,25 +526,28 @@ async fn members_status_and_auth() {
 
     etcd.user_add("root", "rootpw", None).await.unwrap();
     etcd.user_grant_role("root", "root").await.unwrap();
-    etcd.role_add("reader").await.unwrap();
-    etcd.role_grant_permission(
-        "reader",
-        etcd_client::Permission::read("via/").with_prefix(),
-    )
-    .await
-    .unwrap();
-    etcd.user_add("alice", "alicepw", None).await.unwrap();
-    etcd.user_grant_role("alice", "reader").await.unwrap();
-    // bob may write jobs/ but not read it.
-    etcd.role_add("writer").await.unwrap();
-    etcd.role_grant_permission(
-        "writer",
-        etcd_client::Permission::write("jobs/").with_prefix(),
-    )
-    .await
-    .unwrap();
-    etcd.user_add("bob", "bobpw", None).await.unwrap();
-    etcd.user_grant_role("bob", "writer").await.unwrap();
+    // alice may read via/; bob may write jobs/ but not read it.
+    for (user, password, role, permission) in [
+        (
+            "alice",
+            "alicepw",
+            "reader",
+            etcd_client::Permission::read("via/"),
+        ),
+        (
+            "bob",
+            "bobpw",
+            "writer",
+            etcd_client::Permission::write("jobs/"),
+        ),
+    ] {
+        etcd.role_add(role).await.unwrap();
+        etcd.role_grant_permission(role, permission.with_prefix())
+            .await
+            .unwrap();
+        etcd.user_add(user, password, None).await.unwrap();
+        etcd.user_grant_role(user, role).await.unwrap();
+    }
     etcd.put("jobs/secret", "s3cret", None).await.unwrap();
     let lease = etcd.lease_grant(60, None).await.unwrap().id();
     etcd.put(
