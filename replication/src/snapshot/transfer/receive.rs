@@ -107,38 +107,6 @@ pub(crate) fn check_offer(offer: &pb::Offer, budget: u64) -> Result<(), String> 
     Ok(())
 }
 
-/// Bytes of `offer` this node holds already (names checked): a prefix of
-/// each file staged by an earlier attempt, or a file of the same name and
-/// size in its newest snapshot (which a differential transfer links).
-fn held_toward(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> u64 {
-    let fs = sm.fs();
-    let local: std::collections::HashMap<String, u64> = match sm.snapshots().current() {
-        Ok(Some(current)) if !offer.full_only => current
-            .manifest()
-            .files
-            .iter()
-            .map(|f| (f.name.clone(), f.size))
-            .collect(),
-        _ => Default::default(),
-    };
-    offer
-        .files
-        .iter()
-        .map(|file| {
-            let staged = fs
-                .file_size(&staging.join(&file.name))
-                .unwrap_or(0)
-                .min(file.size);
-            let linked = if local.get(&file.name) == Some(&file.size) {
-                file.size
-            } else {
-                0
-            };
-            staged.max(linked)
-        })
-        .fold(0u64, u64::saturating_add)
-}
-
 /// A plain file name: the offer comes from the network and must not name
 /// anything outside the staging directory.
 pub(crate) fn valid_name(name: &str) -> bool {
@@ -181,16 +149,6 @@ async fn receive_inner(
     check_offer(&offer, u64::MAX).map_err(|reason| failed(reason, false))?;
     let incoming = context.sm.data_dir().join("incoming");
     let staging = incoming.join(&offer.snapshot_id);
-    // What an interrupted attempt staged, or local state will lend, takes
-    // no new space: a resume after a cut must not be refused for ever
-    // because the first attempt used the room it needs.
-    let held = {
-        let (sm, staging, offer) = (context.sm.clone(), staging.clone(), offer.clone());
-        blocking(move || Ok(held_toward(&sm, &staging, &offer)))
-            .await
-            .map_err(|e| failed(e, false))?
-    };
-    check_offer(&offer, budget.saturating_add(held)).map_err(|reason| failed(reason, false))?;
     let plan = {
         let sm = context.sm.clone();
         let dir = staging.clone();
@@ -199,6 +157,14 @@ async fn receive_inner(
             .await
             .map_err(|e| failed(format!("preparing {}: {e}", staging.display()), false))?
     };
+    // What an interrupted attempt staged, or local state lent, takes no
+    // new space: a resume after a cut must not be refused for ever
+    // because the first attempt used the room it needs.
+    let held = plan
+        .have
+        .iter()
+        .fold(0u64, |sum, &have| sum.saturating_add(have));
+    check_offer(&offer, budget.saturating_add(held)).map_err(|reason| failed(reason, false))?;
     let reused: u64 = plan.reused_bytes;
     TransferStats::add(&context.stats.bytes_reused, reused);
     let reused_local = plan.reused_local;
