@@ -238,6 +238,22 @@ async fn keys_transactions_and_compaction() {
     );
 }
 
+/// Asks `stream` for progress: the revision of the answer, which holds no
+/// event.
+async fn progress_revision(stream: &mut etcd_client::WatchStream) -> i64 {
+    stream.request_progress().await.unwrap();
+    let progress = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        progress.events().is_empty(),
+        "a progress answer holds no event"
+    );
+    progress.header().unwrap().revision()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_from_a_revision_with_filters_progress_and_cancel() {
     let cluster = ProcessCluster::start(1);
@@ -299,14 +315,7 @@ async fn watches_from_a_revision_with_filters_progress_and_cancel() {
         .unwrap()
         .unwrap();
     assert_eq!(message.events()[0].kv().unwrap().mod_revision(), live);
-    stream.request_progress().await.unwrap();
-    let progress = tokio::time::timeout(Duration::from_secs(30), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(progress.events().is_empty());
-    assert!(progress.header().unwrap().revision() >= live);
+    assert!(progress_revision(&mut stream).await >= live);
     // Writes the watch does not match move its progress too (once the
     // watch has read past them).
     let mut quiet = 0;
@@ -315,14 +324,7 @@ async fn watches_from_a_revision_with_filters_progress_and_cancel() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        stream.request_progress().await.unwrap();
-        let progress = tokio::time::timeout(Duration::from_secs(30), stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(progress.events().is_empty(), "nothing matched");
-        let revision = progress.header().unwrap().revision();
+        let revision = progress_revision(&mut stream).await;
         if revision >= quiet {
             break;
         }
