@@ -37,6 +37,14 @@ pub struct WriteBatch {
     user_bytes: u64,
 }
 
+/// A place in a [`WriteBatch`] to roll back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavePoint {
+    ops: usize,
+    count: u32,
+    user_bytes: u64,
+}
+
 /// One decoded operation of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchOp<'a> {
@@ -133,6 +141,38 @@ impl WriteBatch {
         self.ops.clear();
         self.count = 0;
         self.user_bytes = 0;
+    }
+
+    /// Marks the batch as it is now, for [`WriteBatch::rollback_to`].
+    ///
+    /// ```
+    /// let mut batch = ferry_engine::WriteBatch::new();
+    /// batch.put(b"kept", b"1");
+    /// let mark = batch.savepoint();
+    /// batch.put(b"undone", b"2");
+    /// batch.rollback_to(mark);
+    /// assert_eq!(batch.len(), 1);
+    /// ```
+    pub fn savepoint(&self) -> SavePoint {
+        SavePoint {
+            ops: self.ops.len(),
+            count: self.count,
+            user_bytes: self.user_bytes,
+        }
+    }
+
+    /// Removes every operation added since `mark` was taken.
+    ///
+    /// # Panics
+    /// If the batch was rolled back or cleared to before `mark` since.
+    pub fn rollback_to(&mut self, mark: SavePoint) {
+        assert!(
+            mark.ops <= self.ops.len() && mark.count <= self.count,
+            "rolling a batch forward to a savepoint it no longer reaches"
+        );
+        self.ops.truncate(mark.ops);
+        self.count = mark.count;
+        self.user_bytes = mark.user_bytes;
     }
 
     /// Bytes of keys and values the user asked to write.

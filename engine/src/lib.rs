@@ -63,7 +63,7 @@ mod stats;
 mod varint;
 pub mod wal;
 
-pub use batch::WriteBatch;
+pub use batch::{SavePoint, WriteBatch};
 
 pub use db::{prefix_end, BulkLoader, BulkReport, Db, DbIterator, RecoveryReport, Snapshot};
 pub use error::{Error, Result};

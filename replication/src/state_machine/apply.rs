@@ -12,19 +12,14 @@ use super::keys::{self, Record};
 use crate::lease;
 use crate::types::{
     Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, RangeOrder, Response,
-    SortBy, StoredMembership, Txn, MAX_TXN_RANGE_KEYS,
+    SortBy, StoredMembership, Txn, MAX_TXN_ANSWER_BYTES, MAX_TXN_RANGE_KEYS,
 };
-use ferry_engine::{Db, SeqNo, WriteBatch};
+use ferry_engine::{Db, SavePoint, SeqNo, WriteBatch};
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 
-/// Answers kept per client at most. A client that keeps its sequences
-/// within a smaller window of its oldest unanswered write (the SDK keeps
-/// 512) never has an answer it may still retry dropped; past the cap the
-/// oldest go, which only a client breaking that rule can notice.
-const MAX_ANSWERS_PER_CLIENT: usize = 1024;
 /// A client silent for this many revisions is forgotten; its later retries
 /// of old writes would be applied again.
 pub(crate) const CLIENT_EXPIRY_REVISIONS: u64 = 1_000_000;
@@ -203,6 +198,38 @@ pub(crate) struct Overlay<'a> {
     /// The auth revision if auth is on, as of the entries applied so far;
     /// read when a checked transaction first needs it.
     auth_gate: Option<Option<u64>>,
+    /// While a transaction that may be refused part-way is applied: what
+    /// each of its writes replaced in `writes` (see [`Overlay::roll_back`]).
+    undo: Option<Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>>,
+}
+
+/// Where a transaction began, to roll back to.
+struct TxnMark {
+    history: SavePoint,
+    changes: usize,
+}
+
+/// Whether `op`'s result holds key-values (which count against
+/// [`MAX_TXN_ANSWER_BYTES`]).
+fn answers_with_values(op: &Op) -> bool {
+    match op {
+        Op::Put { prev_kv, .. } | Op::Delete { prev_kv, .. } | Op::DeleteRange { prev_kv, .. } => {
+            *prev_kv
+        }
+        Op::Get { .. } | Op::Range { .. } => true,
+    }
+}
+
+/// Takes `kv`'s bytes from what is `left` of a transaction's answer; false
+/// once the answer would hold more than [`MAX_TXN_ANSWER_BYTES`].
+fn spend(left: &mut usize, kv: &crate::types::KeyValue) -> bool {
+    match left.checked_sub(kv.answer_bytes()) {
+        Some(rest) => {
+            *left = rest;
+            true
+        }
+        None => false,
+    }
 }
 
 impl<'a> Overlay<'a> {
@@ -232,6 +259,7 @@ impl<'a> Overlay<'a> {
             history_dirty: false,
             auth_changed: false,
             auth_gate: None,
+            undo: None,
         })
     }
 
@@ -320,11 +348,46 @@ impl<'a> Overlay<'a> {
     }
 
     pub(crate) fn put(&mut self, engine_key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(engine_key, Some(value));
+        self.set(engine_key, Some(value));
     }
 
     fn delete(&mut self, engine_key: Vec<u8>) {
-        self.writes.insert(engine_key, None);
+        self.set(engine_key, None);
+    }
+
+    fn set(&mut self, engine_key: Vec<u8>, value: Option<Vec<u8>>) {
+        match &mut self.undo {
+            Some(undo) => {
+                let before = self.writes.insert(engine_key.clone(), value);
+                undo.push((engine_key, before));
+            }
+            None => {
+                self.writes.insert(engine_key, value);
+            }
+        }
+    }
+
+    /// Starts keeping what a transaction changes, so that it can be undone.
+    fn mark(&mut self) -> TxnMark {
+        debug_assert!(self.undo.is_none(), "transactions do not nest");
+        self.undo = Some(Vec::new());
+        TxnMark {
+            history: self.history.savepoint(),
+            changes: self.changes.len(),
+        }
+    }
+
+    /// Undoes everything since `mark`: the overlay's writes, the history's
+    /// entries and the feed's changes.
+    fn roll_back(&mut self, mark: TxnMark) {
+        self.history.rollback_to(mark.history);
+        self.changes.truncate(mark.changes);
+        for (key, before) in self.undo.take().unwrap_or_default().into_iter().rev() {
+            match before {
+                Some(value) => self.writes.insert(key, value),
+                None => self.writes.remove(&key),
+            };
+        }
     }
 
     fn record(&self, key: &[u8]) -> io::Result<Option<Record>> {
@@ -424,6 +487,11 @@ impl<'a> Overlay<'a> {
                 }
             }
         }
+        // A transaction whose answer holds values may be refused part-way,
+        // when the answer grows past its bound: only then is what it
+        // changes kept for undoing (puts alone never are).
+        let mark = ops.iter().any(answers_with_values).then(|| self.mark());
+        let mut left = MAX_TXN_ANSWER_BYTES;
         let mut results = Vec::with_capacity(ops.len());
         let mut index = 0u32;
         let as_kv = |key: &[u8], record: Record| record.into_key_value(key.to_vec());
@@ -504,7 +572,12 @@ impl<'a> Overlay<'a> {
                         index += 1;
                         deleted += 1;
                         if *prev_kv {
-                            prev.push(as_kv(&key, previous));
+                            let kv = as_kv(&key, previous);
+                            // Counted here, to stop before reading on.
+                            if !spend(&mut left, &kv) {
+                                return self.refuse_too_large(txn, revision, mark);
+                            }
+                            prev.push(kv);
                         }
                     }
                     OpResult::DeleteRange { deleted, prev }
@@ -517,27 +590,75 @@ impl<'a> Overlay<'a> {
                 } => {
                     let (keys, truncated) =
                         self.keys_in(start, end.as_deref(), MAX_TXN_RANGE_KEYS)?;
-                    let mut kvs = Vec::with_capacity(keys.len());
-                    for key in keys {
-                        if let Some(record) = self.record(&key)? {
-                            kvs.push(as_kv(&key, record));
-                        }
-                    }
-                    let count = kvs.len() as u64;
-                    sort_range(&mut kvs, *order);
+                    // Every key listed exists (see `keys_in`).
+                    let count = keys.len() as u64;
                     let limit = if *limit == 0 { u64::MAX } else { *limit };
                     let more = truncated || count > limit;
-                    kvs.truncate(limit.min(count) as usize);
+                    let take = limit.min(count) as usize;
+                    // In key order, only the keys the answer holds are read;
+                    // in any other, every key is, to sort them.
+                    let read: Vec<Vec<u8>> = match (order.by, order.descending) {
+                        (SortBy::Key, false) => keys.into_iter().take(take).collect(),
+                        (SortBy::Key, true) => keys.into_iter().rev().take(take).collect(),
+                        _ => keys.into_iter().collect(),
+                    };
+                    let mut kvs = Vec::with_capacity(read.len());
+                    for key in read {
+                        let Some(record) = self.record(&key)? else {
+                            continue;
+                        };
+                        let kv = as_kv(&key, record);
+                        if !spend(&mut left, &kv) {
+                            return self.refuse_too_large(txn, revision, mark);
+                        }
+                        kvs.push(kv);
+                    }
+                    sort_range(&mut kvs, *order);
+                    kvs.truncate(take);
                     OpResult::Range { kvs, more, count }
                 }
             };
+            // A range and a range delete spent their bytes as they read.
+            if mark.is_some()
+                && !matches!(
+                    result,
+                    OpResult::Range { .. } | OpResult::DeleteRange { .. }
+                )
+                && !result.key_values().all(|kv| spend(&mut left, kv))
+            {
+                return self.refuse_too_large(txn, revision, mark);
+            }
             results.push(result);
         }
+        self.undo = None;
         let response = Response {
             revision,
             succeeded,
             results,
             rejected: None,
+        };
+        self.answered(txn, revision, &response)?;
+        Ok(response)
+    }
+
+    /// Refuses `txn`, whose answer grew past [`MAX_TXN_ANSWER_BYTES`]:
+    /// undoes what it changed so far and answers why.
+    fn refuse_too_large(
+        &mut self,
+        txn: &Txn,
+        revision: u64,
+        mark: Option<TxnMark>,
+    ) -> io::Result<Response> {
+        self.roll_back(mark.expect("only a transaction whose answer holds values is counted"));
+        let response = Response {
+            revision,
+            succeeded: false,
+            results: Vec::new(),
+            rejected: Some(format!(
+                "the transaction's answer would hold more than {MAX_TXN_ANSWER_BYTES} bytes of \
+                 keys and values; read large values or ranges outside a transaction (a range \
+                 pages)"
+            )),
         };
         self.answered(txn, revision, &response)?;
         Ok(response)
@@ -610,15 +731,7 @@ impl<'a> Overlay<'a> {
     fn answered(&mut self, txn: &Txn, revision: u64, response: &Response) -> io::Result<()> {
         if let Some(request) = txn.request {
             let record = self.client_record(request.client)?;
-            record.first_incomplete = record.first_incomplete.max(request.first_incomplete);
-            let floor = record.first_incomplete;
-            record.answers.retain(|sequence, _| *sequence >= floor);
-            record.answers.insert(request.sequence, response.clone());
-            // A client that never reports progress cannot grow its record
-            // without bound: the oldest answers go first.
-            while record.answers.len() > MAX_ANSWERS_PER_CLIENT {
-                record.answers.pop_first();
-            }
+            record.keep(request.sequence, request.first_incomplete, response.clone());
             record.last_revision = revision;
             self.dirty.insert(request.client);
         }
@@ -1326,6 +1439,182 @@ mod tests {
                 (3, 2, ChangeKind::Delete),
             ]
         );
+    }
+
+    fn txn_entry(index: u64, client: u64, sequence: u64, ops: Vec<Op>) -> Entry {
+        Entry::new_normal(
+            log_id(index),
+            Command::Txn(Txn {
+                request: Some(RequestId {
+                    client,
+                    sequence,
+                    first_incomplete: 0,
+                }),
+                ..Txn::batch(ops)
+            })
+            .into(),
+        )
+    }
+
+    /// What the keys under `big/` are: their latest values and their
+    /// versions; and how many changes the history holds.
+    fn big_state(db: &Db) -> (Vec<(Vec<u8>, Vec<u8>)>, usize) {
+        let under = |prefix: u8| {
+            db.prefix([prefix, b'b', b'i', b'g'])
+                .map(|item| item.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut state = under(keys::USER_PREFIX);
+        state.extend(under(keys::VERSION_PREFIX));
+        (state, db.prefix([keys::CHANGE_PREFIX]).count())
+    }
+
+    #[test]
+    fn a_txn_whose_answer_would_be_too_large_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let big = vec![7u8; 1 << 20];
+        let fill: Vec<Op> = (0..4)
+            .map(|i| Op::put(format!("big/{i}"), big.clone()))
+            .collect();
+        apply(&db, &[txn_entry(1, 1, 0, fill)]);
+        let (before, mut changes) = big_state(&db);
+        let get = |i: u32| Op::Get {
+            key: format!("big/{i}").into_bytes(),
+        };
+        let range = |limit: u64, by: SortBy| Op::Range {
+            start: b"big/".to_vec(),
+            end: Some(b"big0".to_vec()),
+            limit,
+            order: RangeOrder {
+                by,
+                descending: false,
+            },
+        };
+        let refusals = [
+            // Writes first, then reads past the bound.
+            vec![
+                Op::put("x", "1"),
+                get(0),
+                get(1),
+                Op::delete("big/3"),
+                get(2),
+                get(3),
+            ],
+            vec![Op::put("x", "1"), range(0, SortBy::Key)],
+            // Sorted by value, a range reads every key it sorts.
+            vec![range(1, SortBy::Value)],
+            vec![Op::DeleteRange {
+                start: b"big/".to_vec(),
+                end: Some(b"big0".to_vec()),
+                prev_kv: true,
+            }],
+        ];
+        let mut index = 2;
+        for (sequence, ops) in refusals.into_iter().enumerate() {
+            // In one run with a write after it, which is applied.
+            let entries = [
+                txn_entry(index, 2, sequence as u64, ops),
+                txn_entry(index + 1, 3, sequence as u64, vec![Op::put("y", "2")]),
+            ];
+            let answers = apply(&db, &entries);
+            assert!(
+                answers[0]
+                    .rejected
+                    .as_deref()
+                    .is_some_and(|why| why.contains("answer would hold more")),
+                "{:?}",
+                answers[0].rejected
+            );
+            assert!(answers[1].rejected.is_none());
+            assert!(db.get(keys::user_key(b"x")).unwrap().is_none());
+            // Only y's put changed anything.
+            changes += 1;
+            assert_eq!(big_state(&db), (before.clone(), changes));
+            // Its retry gets the same refusal.
+            let retried = apply(&db, &[txn_entry(index + 2, 2, sequence as u64, Vec::new())]);
+            assert_eq!(retried[0], answers[0]);
+            index += 3;
+        }
+        // Within the bound: two values, and a range in key order that
+        // reads only what its limit keeps.
+        let answers = apply(
+            &db,
+            &[
+                txn_entry(index, 4, 0, vec![get(0), get(1)]),
+                txn_entry(index + 1, 4, 1, vec![range(2, SortBy::Key)]),
+            ],
+        );
+        assert!(answers.iter().all(|a| a.rejected.is_none()), "{answers:?}");
+        match &answers[1].results[0] {
+            OpResult::Range { kvs, more, count } => {
+                assert_eq!((kvs.len(), *more, *count), (2, true, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answer_a_full_record_dropped_is_refused_on_retry_never_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let put_k =
+            |index: u64, sequence: u64| txn_entry(index, 1, sequence, vec![Op::put("k", "v")]);
+        // A client that never reports progress: more answers than are kept.
+        let entries: Vec<Entry> = (0..=clients::MAX_ANSWERS_PER_CLIENT as u64)
+            .map(|sequence| put_k(sequence + 1, sequence))
+            .collect();
+        apply(&db, &entries);
+        let version = |db: &Db| {
+            Record::decode_owned(db.get(keys::user_key(b"k")).unwrap().unwrap())
+                .unwrap()
+                .version
+        };
+        let versions = version(&db);
+        let retry = apply(&db, &[put_k(5000, 0)]);
+        assert!(
+            retry[0]
+                .rejected
+                .as_deref()
+                .is_some_and(|why| why.contains("forgotten")),
+            "{retry:?}"
+        );
+        assert_eq!(version(&db), versions, "the retry was not applied again");
+        // The same by bytes: each answer holds two 1 MiB values.
+        let big = vec![1u8; 1 << 20];
+        apply(
+            &db,
+            &[txn_entry(
+                5001,
+                2,
+                0,
+                vec![Op::put("b/1", big.clone()), Op::put("b/2", big)],
+            )],
+        );
+        let reads = |index: u64, sequence: u64| {
+            txn_entry(
+                index,
+                3,
+                sequence,
+                vec![
+                    Op::put("r", sequence.to_le_bytes().to_vec()),
+                    Op::Get {
+                        key: b"b/1".to_vec(),
+                    },
+                    Op::Get {
+                        key: b"b/2".to_vec(),
+                    },
+                ],
+            )
+        };
+        let first = apply(&db, &(0..5).map(|s| reads(5002 + s, s)).collect::<Vec<_>>());
+        assert!(first.iter().all(|a| a.rejected.is_none()));
+        let kept = record(&db, 3).unwrap();
+        let bytes: usize = kept.answers.values().map(Response::answer_bytes).sum();
+        assert!(bytes <= clients::MAX_ANSWER_BYTES_PER_CLIENT, "{bytes}");
+        assert!(kept.first_incomplete > 0 && !kept.answers.contains_key(&0));
+        let retry = apply(&db, &[reads(6000, 0)]);
+        assert!(retry[0].rejected.is_some(), "{retry:?}");
     }
 
     #[test]

@@ -32,6 +32,38 @@ pub(crate) struct ClientRecord {
     pub(crate) last_revision: u64,
 }
 
+/// Answers kept per client at most. A client that keeps its sequences
+/// within a smaller window of its oldest unanswered write (the SDK keeps
+/// 512) never has an answer it may still retry dropped.
+pub(crate) const MAX_ANSWERS_PER_CLIENT: usize = 1024;
+/// Bytes of key-values a client's kept answers hold at most (each answer
+/// holds up to [`MAX_TXN_ANSWER_BYTES`](crate::types::MAX_TXN_ANSWER_BYTES)):
+/// the record is one engine value, rewritten whenever the client writes.
+pub(crate) const MAX_ANSWER_BYTES_PER_CLIENT: usize = 8 << 20;
+
+impl ClientRecord {
+    /// Keeps `answer` as the answer to the client's `sequence`; the client
+    /// has seen every answer below `first_incomplete`. Past
+    /// [`MAX_ANSWERS_PER_CLIENT`] answers or [`MAX_ANSWER_BYTES_PER_CLIENT`]
+    /// bytes the oldest go, and `first_incomplete` rises past each one that
+    /// goes: a retry of it is then refused as forgotten, never applied
+    /// again.
+    pub(crate) fn keep(&mut self, sequence: u64, first_incomplete: u64, answer: Response) {
+        self.first_incomplete = self.first_incomplete.max(first_incomplete);
+        let floor = self.first_incomplete;
+        self.answers.retain(|kept, _| *kept >= floor);
+        self.answers.insert(sequence, answer);
+        let mut bytes: usize = self.answers.values().map(Response::answer_bytes).sum();
+        while self.answers.len() > MAX_ANSWERS_PER_CLIENT
+            || (bytes > MAX_ANSWER_BYTES_PER_CLIENT && self.answers.len() > 1)
+        {
+            let (oldest, dropped) = self.answers.pop_first().expect("more than one answer");
+            bytes -= dropped.answer_bytes();
+            self.first_incomplete = self.first_incomplete.max(oldest + 1);
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct LegacyClientRecord {
     first_incomplete: u64,

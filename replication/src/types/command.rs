@@ -111,6 +111,17 @@ pub enum Op {
 /// where every write waits for it.
 pub const MAX_TXN_RANGE_KEYS: usize = 10_000;
 
+/// Bytes of key-values one transaction's answer may hold at most (its
+/// reads, ranges and previous values, each counted by
+/// [`KeyValue::answer_bytes`](crate::types::KeyValue::answer_bytes)). Apply
+/// refuses a transaction whose answer would hold more, changing nothing:
+/// every member builds the answer in memory, and the answer is kept for
+/// the client's retries in the replicated state. Below the 4 MiB of a
+/// gRPC message with room to spare, so that every answer apply gives can
+/// reach its client. Part of what apply does, so the same on every member
+/// (this release on; earlier releases had no bound).
+pub const MAX_TXN_ANSWER_BYTES: usize = 3 << 20;
+
 /// The order of a range's answer inside a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOrder {

@@ -22,6 +22,33 @@ pub struct KeyValue {
     pub lease: u64,
 }
 
+/// Bytes a key-value counts for in an answer beyond its key and value: more
+/// than its revisions, version, lease and framing take in any of the
+/// answer's encodings (postcard, the native and the etcd protobuf).
+const KEY_VALUE_OVERHEAD: usize = 64;
+
+impl KeyValue {
+    /// What this key-value counts for against
+    /// [`MAX_TXN_ANSWER_BYTES`](crate::types::MAX_TXN_ANSWER_BYTES).
+    pub fn answer_bytes(&self) -> usize {
+        self.key.len() + self.value.len() + KEY_VALUE_OVERHEAD
+    }
+}
+
+impl OpResult {
+    /// The key-values this result returns.
+    pub fn key_values(&self) -> impl Iterator<Item = &KeyValue> {
+        let (one, many): (Option<&KeyValue>, &[KeyValue]) = match self {
+            OpResult::Put { prev } | OpResult::Delete { prev, .. } | OpResult::Get(prev) => {
+                (prev.as_ref(), &[])
+            }
+            OpResult::DeleteRange { prev, .. } => (None, prev),
+            OpResult::Range { kvs, .. } => (None, kvs),
+        };
+        one.into_iter().chain(many)
+    }
+}
+
 /// What one op of the branch a transaction took did, in op order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
@@ -59,6 +86,16 @@ pub struct Response {
 }
 
 impl Response {
+    /// Bytes of key-values the answer holds, as counted against
+    /// [`MAX_TXN_ANSWER_BYTES`](crate::types::MAX_TXN_ANSWER_BYTES).
+    pub fn answer_bytes(&self) -> usize {
+        self.results
+            .iter()
+            .flat_map(OpResult::key_values)
+            .map(KeyValue::answer_bytes)
+            .sum()
+    }
+
     /// The results of the branch's `Get` ops, in order.
     pub fn reads(&self) -> impl Iterator<Item = Option<&KeyValue>> {
         self.results.iter().filter_map(|result| match result {
