@@ -272,3 +272,35 @@ async fn a_directory_has_one_log_store_at_a_time() {
         "a closed log ends at its last record"
     );
 }
+
+/// A snapshot installed past the end of a lagging follower's log purges
+/// past its last entry. The purge records its point, then removes the
+/// segments it covers: a crash in between must not leave a segment that
+/// the next append (after the purge point) would not follow.
+#[tokio::test]
+async fn a_purge_past_the_log_cut_short_before_its_removals_leaves_a_log_that_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let mut log = LogStore::open(&path, options()).unwrap();
+    append(&mut log, (100..150).map(|i| entry(1, i)).collect()).await;
+    close(log, &path);
+    // The purge point of a purge to 200 that removed nothing yet: written
+    // by another store, as the crashed purge wrote it.
+    let other = dir.path().join("other");
+    let mut purged = LogStore::open(&other, options()).unwrap();
+    append(&mut purged, vec![entry(1, 200)]).await;
+    purged.purge(log_id(1, 200)).await.unwrap();
+    close(purged, &other);
+    std::fs::copy(other.join("PURGED"), path.join("PURGED")).unwrap();
+
+    let mut log = LogStore::open(&path, options()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 200)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 200)));
+    assert!(segments(&path).is_empty(), "{:?}", segments(&path));
+    append(&mut log, (201..=210).map(|i| entry(1, i)).collect()).await;
+    close(log, &path);
+    let mut log = LogStore::open(&path, options()).unwrap();
+    let expected: Vec<Entry> = (201..=210).map(|i| entry(1, i)).collect();
+    assert_eq!(read_all(&mut log).await, expected);
+}

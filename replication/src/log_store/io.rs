@@ -155,6 +155,21 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> io::Result<Recovered> 
         }
         segments.insert(first, Segment { path, offsets });
     }
+    if let Some(purged) = &last_purged {
+        // A purge records its point before it removes the segments it
+        // covers: a crash (or a failed removal) in between leaves segments
+        // whose every entry is purged. Left in place, the last of them
+        // would take the next append, which follows the purge point and not
+        // that segment: a hole, refused on every start.
+        let covered = covered_by_purge(&segments, purged.index);
+        for first in &covered {
+            let segment = segments.remove(first).expect("listed");
+            fs.remove_file(&segment.path)?;
+        }
+        if !covered.is_empty() {
+            fs.sync_dir(dir)?;
+        }
+    }
     if let (Some(purged), Some((first, ..))) = (&last_purged, entries.first()) {
         if *first != purged.index + 1 {
             return Err(io::Error::new(
@@ -174,6 +189,25 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> io::Result<Recovered> 
         last_purged,
         torn_tail_bytes,
     })
+}
+
+/// The segments (by first index) holding nothing after `upto`, oldest
+/// first.
+fn covered_by_purge(segments: &BTreeMap<u64, Segment>, upto: u64) -> Vec<u64> {
+    let firsts: Vec<u64> = segments.keys().copied().collect();
+    let mut covered = Vec::new();
+    for (position, &first) in firsts.iter().enumerate() {
+        // The segment holds [first, end).
+        let end = match firsts.get(position + 1) {
+            Some(&next) => next,
+            None => first + segments[&first].offsets.len() as u64,
+        };
+        if end > upto + 1 {
+            break;
+        }
+        covered.push(first);
+    }
+    covered
 }
 
 pub(crate) fn engine_io(error: ferry_engine::Error) -> io::Error {
@@ -439,26 +473,17 @@ impl IoThread {
     /// nothing after it.
     fn purge(&mut self, upto: &LogId) -> io::Result<()> {
         files::write(&*self.fs, &purged_path(&self.dir), &files::PURGED, upto)?;
-        let firsts: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = false;
-        for (position, first) in firsts.iter().enumerate() {
-            let end = match firsts.get(position + 1) {
-                Some(next) => *next,
-                None => first + self.segments[first].offsets.len() as u64,
-            };
-            // The segment holds [first, end); it can go if end - 1 <= upto.
-            if end > upto.index + 1 {
-                break;
-            }
-            let segment = self.segments.remove(first).expect("present");
-            if position + 1 == firsts.len() {
+        let covered = covered_by_purge(&self.segments, upto.index);
+        for first in &covered {
+            let segment = self.segments.remove(first).expect("listed");
+            if self.segments.is_empty() {
+                // The last segment went: the next append starts a new one.
                 self.writer = None;
             }
             self.fs.remove_file(&segment.path)?;
             self.shared.forget_segment(*first);
-            removed = true;
         }
-        if removed {
+        if !covered.is_empty() {
             self.fs.sync_dir(&self.dir)?;
         }
         Ok(())
