@@ -27,12 +27,11 @@ use crate::snapshot::{link_tree, SnapshotHandle, SnapshotStore, MANIFEST_FILE};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use changes::ChangeFeed;
 use ferry_engine::fs::FileSystem;
-use ferry_engine::{Db, Durability, Options, SeqNo, WriteBatch};
+use ferry_engine::{Db, Durability, Options, WriteBatch};
 use futures_util::StreamExt;
 use openraft::alias::SnapshotOf;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,16 +44,8 @@ const FEED_CAPACITY: usize = 1024;
 const MAX_APPLY_RUN: usize = 1024;
 pub(crate) const ENGINE_POINTER: &str = "ENGINE";
 
-/// Applied log id and membership, as of some engine sequence.
+/// Applied log id and membership.
 type AppliedPoint = (Option<LogId>, StoredMembership);
-
-/// What concurrent snapshot builds need to learn which applied state a
-/// checkpoint (cut at an engine sequence) holds.
-#[derive(Default)]
-struct History {
-    builds: usize,
-    points: BTreeMap<SeqNo, AppliedPoint>,
-}
 
 /// State shared by the state machine, its snapshot builders and readers.
 pub struct SmShared {
@@ -64,7 +55,6 @@ pub struct SmShared {
     engine_dir: Mutex<PathBuf>,
     applied: RwLock<AppliedPoint>,
     snapshots: SnapshotStore,
-    history: Mutex<History>,
     changes: ChangeFeed,
     /// Users, roles and whether auth is on, as applied (for the server's
     /// per-request checks).
@@ -191,7 +181,6 @@ impl StateMachine {
                 engine_dir: Mutex::new(engine_dir),
                 applied: RwLock::new(point),
                 snapshots,
-                history: Mutex::new(History::default()),
                 changes,
                 auth: RwLock::new(Arc::new(auth)),
             }),
@@ -260,7 +249,7 @@ impl SmShared {
         let (entries, responders): (Vec<_>, Vec<_>) = run.into_iter().unzip();
         let mut responders = responders.into_iter();
         let mut first = entries.first().map_or(0, |e| e.log_id.index);
-        apply::apply_and_write(&db, &entries, |run, sequence| {
+        apply::apply_and_write(&db, &entries, |run, _| {
             if run.auth_changed {
                 self.reload_auth(&db)?;
             }
@@ -269,14 +258,7 @@ impl SmShared {
             let last = applied.map_or(first, |l| l.index);
             self.changes.publish(first, last, run.changes);
             first = last + 1;
-            let point = (applied, membership);
-            {
-                let mut history = self.history.lock();
-                if history.builds > 0 {
-                    history.points.insert(sequence, point.clone());
-                }
-            }
-            *self.applied.write() = point;
+            *self.applied.write() = (applied, membership);
             for (responder, response) in responders.by_ref().zip(run.responses) {
                 if let Some(responder) = responder {
                     responder.send(response);
@@ -298,44 +280,24 @@ impl SmShared {
     }
 
     fn start_build(self: &Arc<Self>) -> SnapshotBuilder {
-        let db = self.db();
-        let mut history = self.history.lock();
-        history.builds += 1;
-        let point = self.applied();
-        history.points.insert(db.latest_sequence(), point);
         SnapshotBuilder {
             shared: self.clone(),
         }
     }
 
     /// Checkpoints the live engine and seals it as a snapshot. Writers are
-    /// held up only by the memtable switch inside the checkpoint; the
-    /// applied state the checkpoint holds is looked up by its sequence.
+    /// held up only by the memtable switch inside the checkpoint. The
+    /// applied state the snapshot claims is read from the checkpoint
+    /// itself, where apply wrote it in the same batch as the data: applies
+    /// go on during the build, and nothing else says exactly where the
+    /// checkpoint cut them.
     fn build_snapshot(&self) -> io::Result<SnapshotHandle> {
-        struct Done<'a>(&'a Mutex<History>);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                let mut history = self.0.lock();
-                history.builds -= 1;
-                if history.builds == 0 {
-                    history.points.clear();
-                }
-            }
-        }
-        let _done = Done(&self.history);
         let started = std::time::Instant::now();
         let staging = self.snapshots.scratch_dir("build");
         let db = self.db();
-        let checkpoint = db.checkpoint(&staging).map_err(engine_err)?;
-        let (applied, membership) = {
-            let history = self.history.lock();
-            history
-                .points
-                .range(..=checkpoint.sequence)
-                .next_back()
-                .map(|(_, point)| point.clone())
-                .ok_or_else(|| io::Error::other("no applied point at or below the checkpoint"))?
-        };
+        db.checkpoint(&staging).map_err(engine_err)?;
+        let (applied, membership) =
+            crate::snapshot::read_checkpoint(self.snapshots.fs(), &staging, read_point)?;
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
