@@ -918,8 +918,10 @@ async fn a_range_over_huge_values_is_paged_by_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counting_ten_million_keys_does_not_delay_writes() {
-    const KEYS: u64 = 10_000_000;
+async fn counting_millions_of_keys_does_not_delay_writes() {
+    // Enough for each count to take seconds in a debug build (the test
+    // checks it did), few enough to load quickly.
+    const KEYS: u64 = 3_000_000;
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ProcessCluster {
         root: dir,
@@ -1326,4 +1328,78 @@ async fn a_write_let_through_by_a_lagging_member_after_a_revoke_is_refused() {
     for server in servers {
         server.shutdown().await.unwrap();
     }
+}
+
+/// `Authenticate` is open to anyone and each check costs an argon2id hash:
+/// a flood of wrong passwords is refused past a bounded queue, an unknown
+/// user is refused as a wrong password is, and the right password still
+/// works once the flood has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_is_refused_past_a_bounded_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let (_cluster, root) = secure_node(&pki, &[]).await;
+    let channel = root.leader_channel().await.unwrap();
+    let login = |name: &'static str, password: &'static str| {
+        let mut auth = AuthClient::new(channel.clone());
+        async move {
+            auth.authenticate(pb::AuthenticateRequest {
+                name: name.into(),
+                password: password.into(),
+            })
+            .await
+        }
+    };
+    let flood: Vec<_> = (0..600)
+        .map(|i| tokio::spawn(login(if i % 2 == 0 { "root" } else { "nobody" }, "wrong")))
+        .collect();
+    let (mut wrong, mut busy) = (0, 0);
+    for call in flood {
+        let status = call.await.unwrap().unwrap_err();
+        match status.code() {
+            Code::Unauthenticated => {
+                assert_eq!(status.message(), "wrong user name or password");
+                wrong += 1;
+            }
+            Code::ResourceExhausted => busy += 1,
+            other => panic!("{other:?}: {status:?}"),
+        }
+    }
+    assert!(busy > 0, "600 logins at once were all queued");
+    assert!(wrong > 0);
+    let token = login("root", ROOT_PASSWORD).await.unwrap().into_inner();
+    assert!(!token.token.is_empty());
+}
+
+/// Connections that never speak TLS must not keep real clients out: the
+/// TLS port drops its oldest handshake for a new one when all its places
+/// are taken, instead of leaving new connections unaccepted for the
+/// handshake timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_keep_clients_out_of_the_tls_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path());
+    let (cluster, _root) = secure_node(&pki, &[]).await;
+    let addr = cluster.client_addr(1);
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Let the server accept them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let written = async {
+        let client = secure::connect(
+            cluster.endpoints(),
+            secure::options(pki.tls(), Some(("root", ROOT_PASSWORD))),
+        )
+        .await;
+        client.put("k", "v").await
+    };
+    tokio::time::timeout(Duration::from_secs(8), written)
+        .await
+        .expect("a client waited behind silent connections")
+        .unwrap();
+    eprintln!("connected and wrote in {:?}", started.elapsed());
+    drop(silent);
 }

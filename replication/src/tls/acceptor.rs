@@ -4,11 +4,12 @@
 use super::{load_certs, load_key, load_roots, provider, Reloading, TlsError};
 use crate::log_limit::LogLimit;
 use futures_util::Stream;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
@@ -17,8 +18,8 @@ use tokio_rustls::TlsAcceptor;
 /// A handshake not done by then is dropped: a client that opens a TCP
 /// connection and says nothing holds a task and a socket only this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once at most; more connections wait in the
-/// listen backlog.
+/// Handshakes in progress at once at most; a connection past it drops the
+/// oldest handshake (see `accept`).
 const MAX_HANDSHAKES: usize = 256;
 
 /// Whether clients present certificates.
@@ -120,12 +121,15 @@ async fn accept(
     port: &'static str,
     sender: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    // Handshakes under way, oldest first. The loop never waits for a place:
+    // connections that never speak (an attacker's, or a client's that
+    // died) would otherwise hold every place for the handshake timeout
+    // while real clients wait unaccepted. When all places are taken, the
+    // oldest handshake is dropped for the newest, so a client that
+    // completes its handshake in time always gets through.
+    let mut pending: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
     let refusals = Arc::new(LogLimit::new(Duration::from_secs(10)));
     loop {
-        let Ok(place) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             // The server stopped: nobody takes connections any more.
@@ -143,13 +147,25 @@ async fn accept(
                 continue;
             }
         };
+        pending.retain(|handshake| !handshake.is_finished());
+        if pending.len() >= MAX_HANDSHAKES {
+            if let Some(oldest) = pending.pop_front() {
+                oldest.abort();
+            }
+            if let Some(suppressed) = refusals.admit("full") {
+                tracing::warn!(
+                    port,
+                    suppressed,
+                    "{MAX_HANDSHAKES} TLS handshakes under way: dropping the oldest"
+                );
+            }
+        }
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(config.current());
         let sender = sender.clone();
         let allowed_cn = allowed_cn.clone();
         let refusals = refusals.clone();
-        tokio::spawn(async move {
-            let _place = place;
+        pending.push_back(tokio::spawn(async move {
             let refused = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(stream)) => match admitted(&stream, &allowed_cn) {
@@ -165,6 +181,6 @@ async fn accept(
             if let Some(suppressed) = refusals.admit(&remote.ip().to_string()) {
                 tracing::warn!(%remote, port, reason = %refused, suppressed, "TLS connection refused");
             }
-        });
+        }));
     }
 }

@@ -48,6 +48,20 @@ pub enum Propose {
 /// Password checks running at once at most: argon2id costs tens of
 /// milliseconds and MiBs each, and `Authenticate` is open to anyone.
 const PASSWORD_CHECKS: usize = 2;
+/// Logins waiting for a password check at most. Past it a login is refused
+/// at once (RESOURCE_EXHAUSTED), so that a flood of wrong passwords costs
+/// a bounded queue, and a client sees a clear refusal, not a hang.
+const PASSWORD_WAITERS: usize = 64;
+
+/// A hash no password matches in practice, checked for a user that does not
+/// exist or has no password: every refusal then costs the same time, so the
+/// time of an answer does not tell which user names exist.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        password::hash("a decoy: no user has this password").expect("hashing a constant")
+    })
+}
 
 /// What a call presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +85,8 @@ pub struct Gate {
     client_cert_auth: bool,
     token_ttl: Duration,
     password_checks: Semaphore,
+    /// Places for logins waiting for or running a check.
+    password_queue: Semaphore,
 }
 
 impl Gate {
@@ -80,6 +96,7 @@ impl Gate {
             client_cert_auth,
             token_ttl,
             password_checks: Semaphore::new(PASSWORD_CHECKS),
+            password_queue: Semaphore::new(PASSWORD_CHECKS + PASSWORD_WAITERS),
         }
     }
 
@@ -343,20 +360,23 @@ impl Gate {
             return Err(Status::failed_precondition("auth is not enabled"));
         }
         let refused = || Status::unauthenticated("wrong user name or password");
-        let hash = state
-            .users
-            .get(name)
-            .and_then(|u| u.password_hash.clone())
-            .ok_or_else(refused)?;
+        let hash = state.users.get(name).and_then(|u| u.password_hash.clone());
+        let _queued = self.password_queue.try_acquire().map_err(|_| {
+            Status::resource_exhausted("too many logins in progress on this member; retry later")
+        })?;
         let _place = self
             .password_checks
             .acquire()
             .await
             .map_err(|_| Status::unavailable("stopping"))?;
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let known = hash.is_some();
+        let matches = tokio::task::spawn_blocking(move || {
+            let checked = password::verify(&password, hash.as_deref().unwrap_or(decoy_hash()));
+            checked && known
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         if !matches {
             return Err(refused());
         }
