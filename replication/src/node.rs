@@ -1463,10 +1463,30 @@ impl Node {
     /// election timeout. Until then, writes go on as usual; a target that
     /// does not catch up within `timeout` is an error and nothing changes.
     pub async fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<()> {
+        use openraft::async_runtime::Instant as _;
         let deadline = Instant::now() + timeout;
         let mut metrics = self.raft.metrics();
+        // openraft stops the leader's heartbeats and lease once a transfer
+        // is triggered, and forgets the target only when another node
+        // leads: a target that cannot win (itself, a learner, a stranger)
+        // would leave the cluster without a leader until an election, or
+        // for good with one voter.
+        if to == self.id {
+            return Err(Error::Rejected(format!("member {to} already leads")));
+        }
+        if !self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to)
+        {
+            return Err(Error::Rejected(format!(
+                "member {to} is not a voter of the cluster: only a voter can lead"
+            )));
+        }
         loop {
-            let (matched, last) = {
+            let (matched, last, answered) = {
                 let m = metrics.borrow_watched();
                 if m.state != ServerState::Leader {
                     return Err(Error::NotLeader {
@@ -1474,19 +1494,30 @@ impl Node {
                         leader_addr: None,
                     });
                 }
+                let since_ack = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(&to).cloned().flatten())
+                    .map(|t| t.elapsed());
                 (
                     matched_index(&m, to).unwrap_or(0),
                     m.last_log_index.unwrap_or(0),
+                    since_ack.is_some_and(|since| since <= self.lease_wait),
                 )
             };
-            if matched + TRANSFER_CAUGHT_UP_ENTRIES >= last {
+            if answered && matched + TRANSFER_CAUGHT_UP_ENTRIES >= last {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Raft(format!(
-                    "not handing leadership to {to}: it holds the log up to {matched} of {last} \
-                     and did not catch up in {timeout:?}"
+                    "not handing leadership to {to}: it holds the log up to {matched} of {last}{} \
+                     and did not catch up in {timeout:?}",
+                    if answered {
+                        ""
+                    } else {
+                        ", has not answered lately"
+                    }
                 )));
             }
             let _ = tokio::time::timeout(left, metrics.changed()).await;
@@ -1642,4 +1673,48 @@ fn decode(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
     keys::Record::decode(bytes)
         .map(|r| r.into_key_value(key.to_vec()))
         .ok_or_else(|| Error::Storage(keys::undecodable("record", key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseError;
+
+    /// A grant whose first attempt failed before it applied (the leader
+    /// refused it, or its entry was discarded) left the lease's id on the
+    /// leader's clock; the retry must be granted, not told the lease exists
+    /// (the SDK takes that as its first attempt having applied).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_retried_after_a_first_attempt_that_never_applied_is_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig::new(1, dir.path().join("node"), "127.0.0.1:0".parse().unwrap());
+        let node = Node::open(config).await.unwrap();
+        let addr = node.raft_addr().to_owned();
+        node.initialize(BTreeMap::from([(1, addr)])).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.put("ready", "1").await.is_err() {
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let failed = node
+            .leases
+            .grant(9, ttl, |_| async {
+                Err(Error::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                })
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(node.lease_grant(9, ttl).await.unwrap(), 9);
+        assert_eq!(node.lease_status(9, 0).await.unwrap().ttl, ttl);
+        // Now that it exists, a grant of it is refused.
+        let again = node.lease_grant(9, ttl).await;
+        assert!(
+            matches!(again, Err(LeaseCall::Lease(LeaseError::Exists(9)))),
+            "{again:?}"
+        );
+        node.shutdown().await.unwrap();
+    }
 }

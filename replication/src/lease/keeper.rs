@@ -156,8 +156,15 @@ impl Keeper {
         }
         if id != 0 {
             // A grant of a lease that exists would be refused at apply; its
-            // TTL must not reach the clock of the lease that exists.
-            if clock.held.contains_key(&id) {
+            // TTL must not reach the clock of the lease that exists. On the
+            // clock alone, it is a grant under way or one that failed
+            // before it applied (a retry's first attempt): proposed again,
+            // apply decides.
+            if clock.held.contains_key(&id)
+                && store::get(&self.shared.db().snapshot(), id)
+                    .map_err(|e| LeaseCall::Node(e.into()))?
+                    .is_some()
+            {
                 return Err(LeaseCall::Lease(LeaseError::Exists(id)));
             }
             return Ok(id);
@@ -173,7 +180,7 @@ impl Keeper {
 
     /// Puts lease `id`, about to be granted with `ttl`, on the clock;
     /// false if the clock already holds it (a concurrent grant of the same
-    /// id, or a lease that exists): then the clock keeps what it holds.
+    /// id, or an earlier attempt): then the clock keeps what it holds.
     fn granting(&self, id: u64, ttl: Duration) -> bool {
         match self.clock.lock().held.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
@@ -262,11 +269,24 @@ impl Keeper {
         // the grant applied (its client went away), the lease still
         // expires; if the grant never applies, the revoke at its deadline
         // finds no lease and the clock forgets it.
-        if !self.granting(id, ttl) {
-            return Err(LeaseError::Exists(id).into());
-        }
+        let first_on_clock = self.granting(id, ttl);
         match propose(Command::Lease(LeaseCommand::Grant { id, ttl_ms })).await {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                if !first_on_clock {
+                    // The clock held an earlier attempt's deadline: this
+                    // grant is the one that applied, and its TTL runs from
+                    // now (as etcd's lessor starts it at apply).
+                    self.clock.lock().held.insert(
+                        id,
+                        Held {
+                            ttl,
+                            deadline: Instant::now() + ttl,
+                            stored_low: false,
+                        },
+                    );
+                }
+                Ok(id)
+            }
             Err(Error::Rejected(_)) => {
                 // The lease exists in the state but was not on the clock
                 // (it is put there from the state at the next checkpoint
