@@ -316,6 +316,13 @@ impl Client {
         let channel = endpoint_of(addr, self.inner.options.tls.as_ref())?
             .connect_timeout(self.inner.options.connect_timeout)
             .tcp_nodelay(true)
+            // A member that loses power or is cut off sends no FIN: a
+            // connection waiting on it (a watch, the batch stream) hears
+            // nothing, forever, unless it asks. HTTP/2 pings, also while
+            // idle, find it gone within an interval and a timeout.
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let channel = intercepted(channel, &self.inner.token);
         let connection = Connection {
@@ -1142,6 +1149,11 @@ impl Connection {
 }
 
 /// The endpoint of the member at `addr` (`host:port`), over TLS if `tls`.
+/// How often a connection pings its member, and how long it waits for
+/// the answer before it counts the member as gone.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn endpoint_of(addr: &str, tls: Option<&TlsOptions>) -> Result<Endpoint> {
     let bad = |e: &dyn std::fmt::Display| Error::Endpoint(format!("{addr}: {e}"));
     match tls {

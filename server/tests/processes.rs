@@ -481,3 +481,40 @@ async fn a_sigterm_of_a_leader_whose_peers_froze_exits_within_its_bound() {
         cluster.log(leader)
     );
 }
+
+/// A member that stops answering without closing its connections (power
+/// lost, cut off, frozen here) must not hold a watch on it forever: the
+/// SDK finds the connection dead and resumes the watch on another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_member_that_goes_silent_resumes_on_another() {
+    let cluster = ProcessCluster::start(3);
+    let client = connect(cluster.endpoints()).await;
+    let revision = client.put("k", "0").await.unwrap();
+    let leader = client.status().await.unwrap().leader_id;
+    // The SDK watches on the leader.
+    let mut watch = client.watch_key("k", revision);
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the first event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kv.unwrap().value, b"0");
+    cluster.signal(leader, libc::SIGSTOP);
+    let written = async {
+        loop {
+            if client.put("k", "1").await.is_ok() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), written)
+        .await
+        .expect("the two others took the write");
+    let next = tokio::time::timeout(Duration::from_secs(40), watch.next()).await;
+    cluster.signal(leader, libc::SIGCONT);
+    let next = next
+        .expect("the watch never heard of the write: it waits on the silent member")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.kv.unwrap().value, b"1");
+}
