@@ -11,6 +11,8 @@ use std::time::Duration;
 /// The largest `max_request_bytes` accepted: a log entry must fit in one
 /// backup chunk ([`ferry_replication::backup::MAX_CHUNK_BYTES`]).
 pub const MAX_REQUEST_BYTES: usize = ferry_replication::backup::MAX_CHUNK_BYTES as usize;
+/// Longest an auth token may stay valid.
+pub const MAX_AUTH_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// Request limits; a request over one is refused with INVALID_ARGUMENT or
 /// RESOURCE_EXHAUSTED naming the limit, and changes nothing.
@@ -134,7 +136,7 @@ pub struct ServeConfig {
     pub history_keep_secs: u64,
     /// A quiet watch gets a progress notification this often.
     pub watch_progress_ms: u64,
-    /// Seconds an auth token stays valid.
+    /// Seconds an auth token stays valid (at most a year).
     pub auth_token_ttl_secs: u64,
     /// TLS of the client API and the peer port (see `Tls`).
     pub tls: Tls,
@@ -333,6 +335,12 @@ impl ServeConfig {
         if self.watch_progress_ms == 0 {
             return Err("watch_progress_ms must be at least 1".into());
         }
+        // A token's expiry is now plus the TTL, in milliseconds.
+        if self.auth_token_ttl_secs > MAX_AUTH_TOKEN_TTL_SECS {
+            return Err(format!(
+                "auth_token_ttl_secs must be at most {MAX_AUTH_TOKEN_TTL_SECS} (a year)"
+            ));
+        }
         // A log entry then fits in one backup chunk, which goes up to object
         // storage in one conditional put (at most 80 MiB).
         if self.limits.max_request_bytes > MAX_REQUEST_BYTES {
@@ -436,6 +444,18 @@ mod tests {
         let error = config.validate().unwrap_err();
         assert!(error.contains("backup chunk"), "{error}");
         config.limits.max_request_bytes = MAX_REQUEST_BYTES;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_token_ttl_whose_expiry_would_overflow_is_refused() {
+        let mut config = ServeConfig {
+            auth_token_ttl_secs: u64::MAX / 1000,
+            ..ServeConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("auth_token_ttl_secs"), "{error}");
+        config.auth_token_ttl_secs = MAX_AUTH_TOKEN_TTL_SECS;
         assert!(config.validate().is_ok());
     }
 
