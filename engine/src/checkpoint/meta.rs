@@ -173,15 +173,28 @@ impl CheckpointMeta {
             })
         })()
         .ok_or_else(|| bad(body_at, "checkpoint metadata does not decode"))?;
-        // File names come from disk: refuse anything that could escape the
-        // checkpoint directory.
-        for file in &meta.files {
-            if crate::fs::check_file_name(&file.name).is_err() {
-                return Err(bad(
-                    body_at,
-                    "checkpoint names a file outside its directory",
-                ));
-            }
+        // Names come from disk: refuse anything that could escape the
+        // checkpoint directory (its files) or the chain's (its base, a
+        // sibling).
+        let base = meta.base.as_ref().map(|base| base.id.as_str());
+        let names = meta.files.iter().map(|file| file.name.as_str());
+        if names
+            .chain(base)
+            .any(|name| crate::fs::check_file_name(name).is_err())
+        {
+            return Err(bad(
+                body_at,
+                "checkpoint names a file outside its directory",
+            ));
+        }
+        // Sizes come from disk too: their sum must not overflow.
+        if meta
+            .files
+            .iter()
+            .try_fold(0u64, |total, file| total.checked_add(file.size))
+            .is_none()
+        {
+            return Err(bad(body_at, "checkpoint file sizes overflow"));
         }
         Ok((meta, crc))
     }
@@ -232,9 +245,24 @@ mod tests {
             CheckpointMeta::decode(&version_1, path).unwrap(),
             (meta.clone(), crc)
         );
-        let mut escaping = meta;
+        let mut escaping = meta.clone();
         escaping.files[0].name = "../x".into();
         let (bytes, _) = escaping.encode();
+        assert!(CheckpointMeta::decode(&bytes, path).is_err());
+        // The base is a sibling directory, named the same way.
+        for id in ["../x", "/", "a/b", ""] {
+            let mut escaping = meta.clone();
+            escaping.base.as_mut().unwrap().id = id.into();
+            let (bytes, _) = escaping.encode();
+            assert!(CheckpointMeta::decode(&bytes, path).is_err(), "{id:?}");
+        }
+        let mut huge = meta;
+        huge.files.push(CheckpointFile {
+            size: u64::MAX,
+            ..huge.files[0].clone()
+        });
+        huge.files[1].name = "000006.sst".into();
+        let (bytes, _) = huge.encode();
         assert!(CheckpointMeta::decode(&bytes, path).is_err());
     }
 }

@@ -136,7 +136,10 @@ impl Block {
                 let at = at - 4;
                 u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize
             });
-            restart <= entries_end && previous.is_none_or(|p| p < restart)
+            // The first entry starts a restart: a reader stepping back
+            // from any entry finds a restart at or before it.
+            let first_ok = index > 0 || restart == 0;
+            first_ok && restart <= entries_end && previous.is_none_or(|p| p < restart)
         });
         if !restarts_ok {
             return Err(bad("restart points out of order"));
@@ -444,8 +447,20 @@ mod tests {
         bytes.extend_from_slice(&[0, 200, 0]);
         bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes.extend_from_slice(&1u32.to_le_bytes());
-        let mut iter = BlockIter::new(Arc::new(Block::new(bytes, path, 7).unwrap()));
+        let mut iter = BlockIter::new(Arc::new(Block::new(bytes, path.clone(), 7).unwrap()));
         iter.seek_to_first().unwrap();
         assert!(iter.next().unwrap_err().is_corruption());
+        // A first restart after the first entry: stepping back to that
+        // entry would find no restart before it.
+        let mut builder = BlockBuilder::new(16);
+        for i in 0..3u64 {
+            let k = key::encode(format!("k{i}").as_bytes(), 1, ValueKind::Put);
+            builder.add(&k, b"v");
+        }
+        let mut bytes = builder.finish();
+        // One restart, the count after it.
+        let restarts_at = bytes.len() - 8;
+        bytes[restarts_at..restarts_at + 4].copy_from_slice(&1u32.to_le_bytes());
+        assert!(Block::new(bytes, path, 7).unwrap_err().is_corruption());
     }
 }
