@@ -104,6 +104,10 @@ impl Db {
     /// })?;
     /// assert_eq!(report.rows, 2);
     /// assert_eq!(db.get(b"b")?.as_deref(), Some(&b"2"[..]));
+    /// // Sequences have 56 bits: a load past them is refused.
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = ferry_engine::Db::open(dir.path(), Default::default())?;
+    /// assert!(db.bulk_load(1 << 56, |rows| rows.add(b"a", b"1", 1)).is_err());
     /// # Ok::<(), ferry_engine::Error>(())
     /// ```
     pub fn bulk_load(
@@ -122,6 +126,12 @@ impl Inner {
         sequence: SeqNo,
         load: impl FnOnce(&mut BulkLoader<'_>) -> Result<()>,
     ) -> Result<BulkReport> {
+        if sequence > crate::key::MAX_SEQUENCE {
+            return Err(Error::InvalidOptions(format!(
+                "bulk load sequence {sequence} is past the largest, {}",
+                crate::key::MAX_SEQUENCE
+            )));
+        }
         {
             let state = self.state.lock();
             let empty = self.visible_sequence() == 0

@@ -167,7 +167,14 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
                         format!("batch at sequence {sequence} does not decode"),
                     )
                 })?;
-                let op_sequence = sequence + offset as u64;
+                let op_sequence = sequence.saturating_add(offset as u64);
+                if op_sequence > crate::key::MAX_SEQUENCE {
+                    return Err(Error::corruption(
+                        &path,
+                        0,
+                        format!("batch at sequence {sequence} passes the largest sequence"),
+                    ));
+                }
                 if op_sequence <= flushed_sequence {
                     continue;
                 }

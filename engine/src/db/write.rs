@@ -381,6 +381,22 @@ impl Inner {
     fn commit_writes(&self, group: &[Job], bytes: usize) -> Result<Vec<SeqNo>> {
         let memtable = self.make_room(bytes, false)?;
         let first = self.last_sequence.load(Ordering::Relaxed) + 1;
+        // A key's trailer holds 56 bits of sequence: past that, a new
+        // version would sort as an old one.
+        let count: u64 = group
+            .iter()
+            .map(|job| match job {
+                Job::Write { batch, .. } => batch.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if first.saturating_add(count) > crate::key::MAX_SEQUENCE {
+            return Err(Error::InvalidOptions(format!(
+                "sequence numbers exhausted: {count} writes after sequence {} would pass {}",
+                first - 1,
+                crate::key::MAX_SEQUENCE
+            )));
+        }
         let mut next = first;
         let mut sequences = Vec::with_capacity(group.len());
         let mut need_sync = false;
