@@ -43,7 +43,15 @@ struct StreamFile {
 }
 
 impl io::Write for StreamFile {
+    /// Takes at most what fills the current chunk (`write_all` comes back
+    /// for the rest): a page of one large value arrives in one write, and
+    /// a chunk must stay under the client's message limit.
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        debug_assert!(
+            self.buffer.len() < CHUNK_BYTES,
+            "a full chunk is sent at once"
+        );
+        let bytes = &bytes[..bytes.len().min(CHUNK_BYTES - self.buffer.len())];
         self.crc.update(bytes);
         self.size += bytes.len() as u64;
         self.buffer.extend_from_slice(bytes);
@@ -153,4 +161,27 @@ fn export_status(error: io::Error) -> Status {
         return ferry_client::compacted_status(compacted.requested, compacted.compacted);
     }
     Status::internal(format!("export: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_write_goes_out_in_chunks_of_the_bound() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let mut file = StreamSink { sender }.create("part").unwrap();
+        let large: Vec<u8> = (0..CHUNK_BYTES * 3 + 5).map(|i| i as u8).collect();
+        io::Write::write_all(&mut file, &large).unwrap();
+        io::Write::flush(&mut file).unwrap();
+        drop(file);
+        let mut received = Vec::new();
+        while let Ok(chunk) = receiver.try_recv() {
+            if let Some(Chunk::Data(data)) = chunk.unwrap().chunk {
+                assert!(data.len() <= CHUNK_BYTES, "{}", data.len());
+                received.extend(data);
+            }
+        }
+        assert_eq!(received, large);
+    }
 }
