@@ -63,8 +63,8 @@ pub mod watch;
 
 pub use error::{Error, Result};
 pub use node::{
-    CasOutcome, Consistency, FollowerProgress, Leadership, LeadershipWatch, Node, NodeConfig,
-    PageLimit, RaftOptions, Read, Staleness, NODE_STOP_BOUND,
+    is_outcome_unknown, CasOutcome, Consistency, FollowerProgress, Leadership, LeadershipWatch,
+    Node, NodeConfig, PageLimit, RaftOptions, Read, Staleness, NODE_STOP_BOUND, OUTCOME_UNKNOWN,
 };
 pub use retention::RetentionOptions;
 pub use snapshot::transfer::TransferOptions;

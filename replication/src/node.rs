@@ -306,6 +306,31 @@ pub struct Node {
     election_task: tokio::task::JoinHandle<()>,
 }
 
+/// Prefix of the [`Error::Raft`] of a write whose entry this leader
+/// appended and then discarded (a new leader's log replaced it, or a
+/// snapshot covered it): it may have committed, or may still.
+pub const OUTCOME_UNKNOWN: &str = "the write's outcome is unknown";
+
+/// Whether a node error is a write of unknown outcome ([`OUTCOME_UNKNOWN`]).
+pub fn is_outcome_unknown(error: &Error) -> bool {
+    // Forwarded from the leader, it arrives with a prefix of its own.
+    matches!(error, Error::Raft(reason) if reason.contains(OUTCOME_UNKNOWN))
+}
+
+/// A client write's failure that leaves its outcome unknown, as a node
+/// error; `None` for the others (refused before anything was appended).
+pub(crate) fn outcome_unknown(
+    error: &RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+) -> Option<Error> {
+    match error.api_error() {
+        Some(ClientWriteError::LogEntryDiscarded(_)) => Some(Error::Raft(format!(
+            "{OUTCOME_UNKNOWN}: its entry was appended, then discarded by a change of leader; \
+             it may still commit"
+        ))),
+        _ => None,
+    }
+}
+
 /// A forwarded call's failure as a node error.
 fn forward_error(error: ForwardError) -> Error {
     match error {
@@ -659,6 +684,13 @@ impl Node {
             match self.raft.client_write(command.clone()).await {
                 Ok(written) => break written.data,
                 Err(error) => {
+                    // Appended, then dropped from this log: it may still
+                    // commit through another leader. Proposed again, it
+                    // could apply twice; the caller must decide (the SDK
+                    // retries with its request id, which dedups).
+                    if let Some(unknown) = outcome_unknown(&error) {
+                        return Err(unknown);
+                    }
                     let forward = error.forward_to_leader();
                     let reason = forward.map(|f| f.reason);
                     // The rare waits are boxed: inline, they made every

@@ -268,3 +268,34 @@ async fn five_nodes_survive_partitions_and_lost_answers() {
     cluster.assert_converged(Duration::from_secs(10)).await;
     cluster.shutdown().await;
 }
+
+/// A write the old leader appended and a new leader's log then replaced
+/// may still commit elsewhere in general: it is reported as of unknown
+/// outcome (the SDK retries it under its request id), never as "not the
+/// leader", which tells a caller nothing was written and invites a resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_a_new_leaders_log_replaced_is_of_unknown_outcome() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let old = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&old].clone();
+    leader.put("a", "1").await.unwrap();
+    cluster.network.isolate(old, cluster.nodes.keys().copied());
+    // Proposed at once, while the cut-off leader's lease still runs: it is
+    // appended there and never reaches a quorum.
+    let pending = tokio::spawn({
+        let leader = leader.clone();
+        async move { leader.put("b", "2").await }
+    });
+    let new = cluster.wait_new_leader(old, Duration::from_secs(10)).await;
+    cluster.nodes[&new].put("c", "3").await.unwrap();
+    cluster.network.heal();
+    let result = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("the discarded write was answered")
+        .unwrap();
+    assert!(
+        matches!(&result, Err(error) if ferry_replication::is_outcome_unknown(error)),
+        "{result:?}"
+    );
+    cluster.shutdown().await;
+}

@@ -119,12 +119,15 @@ pub(crate) async fn propose(raft: &Raft, command: Command) -> crate::Result<Resp
             Some(reason) => Err(crate::Error::Rejected(reason)),
             None => Ok(written.data),
         },
-        Err(error) => Err(match error.forward_to_leader() {
-            Some(forward) => crate::Error::NotLeader {
-                leader_id: forward.leader_id,
-                leader_addr: None,
+        Err(error) => Err(match crate::node::outcome_unknown(&error) {
+            Some(unknown) => unknown,
+            None => match error.forward_to_leader() {
+                Some(forward) => crate::Error::NotLeader {
+                    leader_id: forward.leader_id,
+                    leader_addr: None,
+                },
+                None => crate::Error::Raft(error.to_string()),
             },
-            None => crate::Error::Raft(error.to_string()),
         }),
     }
 }

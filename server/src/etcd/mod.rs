@@ -130,6 +130,8 @@ pub(crate) mod message {
     pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
     pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
     pub const NO_LEADER: &str = "etcdserver: no leader";
+    pub const LEADER_FAIL: &str =
+        "etcdserver: request timed out, possibly due to previous leader failure";
     pub const NOT_LEADER: &str = "etcdserver: not leader";
     pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
     pub const LEASE_EXIST: &str = "etcdserver: lease already exists";
@@ -190,6 +192,11 @@ impl Etcd {
                 leader_id: None, ..
             } => Status::unavailable(message::NO_LEADER),
             Error::NotLeader { .. } => Status::unavailable(message::NOT_LEADER),
+            // What etcd answers when a leader change leaves a proposal's fate
+            // open; its clients do not resend a write on it.
+            ref unknown if ferry_replication::is_outcome_unknown(unknown) => {
+                Status::unavailable(message::LEADER_FAIL)
+            }
             Error::LearnerBehind { .. } => Status::failed_precondition(message::LEARNER_NOT_READY),
             Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
                 Status::not_found(message::LEASE_NOT_FOUND)
