@@ -929,15 +929,27 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn compact(&self, revision: u64) -> Result<u64> {
-        let response = self
-            .call(true, |connection| async move {
-                pb::maintenance_client::MaintenanceClient::new(connection.channel)
-                    .compact(pb::CompactRequest { revision })
-                    .await
-                    .map(tonic::Response::into_inner)
+        let mut attempts = 0u32;
+        let answer = self
+            .call(true, |connection| {
+                attempts += 1;
+                async move {
+                    pb::maintenance_client::MaintenanceClient::new(connection.channel)
+                        .compact(pb::CompactRequest { revision })
+                        .await
+                        .map(|response| response.into_inner().compacted)
+                }
             })
-            .await?;
-        Ok(response.compacted)
+            .await;
+        match answer {
+            // A retry finds the history compacted at or past `revision`:
+            // an earlier attempt (or another caller) did what was asked.
+            Err(Error::Compacted {
+                requested,
+                compacted,
+            }) if attempts > 1 && compacted >= requested => Ok(compacted),
+            answer => answer,
+        }
     }
 
     /// A watch as described by a raw request (a key, a range or a prefix,
