@@ -28,6 +28,8 @@
 //!            ferry.applied         JSON: the Raft log id applied at that revision
 //!            ferry.membership      JSON: the membership at that revision
 //!            ferry.time_ms         the latest proposal time in the state
+//!            ferry.leases          JSON [[id, ttl_ms], …]: the leases the state holds
+//!                                  (absent from exports of earlier releases)
 //!   history: ferry.from_revision, ferry.to_revision   the revisions it covers
 //! ```
 //!
@@ -53,6 +55,7 @@ pub(crate) const META_REVISION: &str = "ferry.revision";
 pub(crate) const META_APPLIED: &str = "ferry.applied";
 pub(crate) const META_MEMBERSHIP: &str = "ferry.membership";
 pub(crate) const META_TIME: &str = "ferry.time_ms";
+pub(crate) const META_LEASES: &str = "ferry.leases";
 pub(crate) const META_FROM: &str = "ferry.from_revision";
 pub(crate) const META_TO: &str = "ferry.to_revision";
 pub(crate) const FORMAT_VERSION: &str = "1";

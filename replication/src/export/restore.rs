@@ -8,7 +8,9 @@
 //! watches start after it.
 
 use super::state::KIND;
-use super::{FORMAT_VERSION, META_APPLIED, META_EXPORT, META_REVISION, META_TIME, META_VERSION};
+use super::{
+    FORMAT_VERSION, META_APPLIED, META_EXPORT, META_LEASES, META_REVISION, META_TIME, META_VERSION,
+};
 use crate::recovery::{aside, make_single_node, move_into_place, Recovered};
 use crate::state_machine::keys::{self, Record};
 use crate::types::{FerryNode, LogId, NodeId};
@@ -195,6 +197,9 @@ fn load(
     let manifest = read_manifest(fs, export_dir).map_err(io::Error::other)?;
     let mut applied = None;
     let mut time_ms = 0;
+    // The leases the export names, and whether a row is on one.
+    let mut leases: Vec<(u64, u64)> = Vec::new();
+    let mut leased_rows = false;
     let db = Db::open(engine_dir, ferry_engine::Options::default()).map_err(io::Error::other)?;
     let mut total = ContentChecksum::new();
     let bulk = db
@@ -225,6 +230,11 @@ fn load(
                         return Err(reader.corrupt("applied log id and revision differ"));
                     }
                     time_ms = meta(META_TIME).and_then(|t| t.parse().ok()).unwrap_or(0);
+                    if let Some(json) = meta(META_LEASES) {
+                        leases = serde_json::from_str(&json).map_err(|_| {
+                            reader.corrupt("the leases in the metadata do not decode")
+                        })?;
+                    }
                     applied = Some(log_id);
                     // System records first: they sort before every user key.
                     for (key, value) in
@@ -255,6 +265,7 @@ fn load(
                                 checksum.rows()
                             )));
                         }
+                        leased_rows |= record.lease != 0;
                         let canonical = record.state_bytes();
                         checksum.add(key, &canonical);
                         total.add(key, &canonical);
@@ -289,8 +300,75 @@ fn load(
         )));
     };
     debug_assert!(bulk.rows >= total.rows());
+    restore_leases(&db, &leases, leased_rows)?;
     db.close().map_err(io::Error::other)?;
     Ok((total.rows(), applied.index, total.value()))
+}
+
+/// TTL of a lease a restored key names that the export does not list (an
+/// export of an earlier release listed none).
+pub const RESTORED_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes the lease records of `leases` (`(id, ttl_ms)`) and, when a row is
+/// on a lease, the leases' key indexes, after the bulk load: each lease
+/// starts its whole TTL when the restored cluster starts, and its keys go
+/// with it, as in the cluster exported. A lease a key names that the
+/// export does not list gets [`RESTORED_LEASE_TTL`]. Reads the restored
+/// user state back in key order and writes in bounded batches.
+fn restore_leases(db: &Db, leases: &[(u64, u64)], leased_rows: bool) -> io::Result<()> {
+    use crate::lease::{store, LeaseRecord};
+    use std::collections::BTreeSet;
+    const BATCH_OPS: usize = 4096;
+    let write = |batch: &mut ferry_engine::WriteBatch| -> io::Result<()> {
+        if !batch.is_empty() {
+            db.write(std::mem::take(batch)).map_err(io::Error::other)?;
+        }
+        Ok(())
+    };
+    let record = |ttl_ms| {
+        store::encode(&LeaseRecord {
+            ttl_ms,
+            remaining_ms: None,
+        })
+    };
+    let mut batch = ferry_engine::WriteBatch::new();
+    let mut listed = BTreeSet::new();
+    for &(id, ttl_ms) in leases {
+        if id == 0 || !listed.insert(id) {
+            return Err(invalid(format!(
+                "the export lists lease {id} twice or as 0"
+            )));
+        }
+        batch.put(store::record_key(id), record(ttl_ms));
+        if batch.len() >= BATCH_OPS {
+            write(&mut batch)?;
+        }
+    }
+    if leased_rows {
+        let mut unlisted = BTreeSet::new();
+        let (from, to) = keys::user_bounds(&[], None);
+        for item in db.snapshot().range(from..to) {
+            let (engine_key, value) = item.map_err(io::Error::other)?;
+            let key = &engine_key[1..];
+            let lease = Record::decode(&value)
+                .ok_or_else(|| keys::undecodable("record", key))?
+                .lease;
+            if lease == 0 {
+                continue;
+            }
+            if !listed.contains(&lease) && unlisted.insert(lease) {
+                batch.put(
+                    store::record_key(lease),
+                    record(RESTORED_LEASE_TTL.as_millis() as u64),
+                );
+            }
+            batch.put(store::index_key(lease, key), []);
+            if batch.len() >= BATCH_OPS {
+                write(&mut batch)?;
+            }
+        }
+    }
+    write(&mut batch)
 }
 
 fn add_user_row(
@@ -299,4 +377,103 @@ fn add_user_row(
     stored: &[u8],
 ) -> ferry_engine::Result<()> {
     loader.add(&keys::user_key(key), stored, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{store, LeaseCommand};
+    use crate::types::{Command, Entry, Op, Txn};
+    use ferry_engine::columnar::{DirSink, ExportOptions};
+    use openraft::entry::RaftEntry;
+
+    fn entry(index: u64, command: Command) -> Entry {
+        let leader = openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        };
+        Entry::new_normal(LogId::new(leader, index), command.into())
+    }
+
+    #[test]
+    fn a_restored_state_keeps_its_leases_and_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Db::open(dir.path().join("source"), Default::default()).unwrap();
+        let leased = |key: &str| Op::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: 7,
+            prev_kv: false,
+        };
+        let entries = [
+            entry(
+                1,
+                Command::Lease(LeaseCommand::Grant {
+                    id: 7,
+                    ttl_ms: 30_000,
+                }),
+            ),
+            entry(
+                2,
+                Command::Lease(LeaseCommand::Grant {
+                    id: 8,
+                    ttl_ms: 5_000,
+                }),
+            ),
+            entry(
+                3,
+                Command::Txn(Txn::batch(vec![
+                    leased("lock/a"),
+                    Op::put("plain", "v"),
+                    leased("lock/b"),
+                ])),
+            ),
+        ];
+        crate::state_machine::apply::apply_and_write(&source, &entries, |_, _| Ok(())).unwrap();
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).unwrap();
+        super::super::state::export(
+            &source.snapshot(),
+            &ExportOptions::default(),
+            DirSink::new(&OsFs, &export),
+            &mut |_| {},
+        )
+        .unwrap();
+        let restored = dir.path().join("restored");
+        load(&export, &restored, &mut |_| {}).unwrap();
+        let db = Db::open(&restored, Default::default()).unwrap();
+        let view = db.snapshot();
+        let ttls: Vec<(u64, u64)> = store::all(&view)
+            .unwrap()
+            .into_iter()
+            .map(|(id, record)| (id, record.ttl_ms))
+            .collect();
+        assert_eq!(ttls, [(7, 30_000), (8, 5_000)]);
+        for key in ["lock/a", "lock/b"] {
+            assert!(view
+                .get(store::index_key(7, key.as_bytes()))
+                .unwrap()
+                .is_some());
+        }
+        assert!(view.get(store::index_key(7, b"plain")).unwrap().is_none());
+        // A lease a key names that the export does not list gets the
+        // restore's TTL.
+        let other = Db::open(dir.path().join("other"), Default::default()).unwrap();
+        let record = Record {
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 9,
+            mod_index: 0,
+            value: b"v".to_vec(),
+        };
+        other.put(keys::user_key(b"k"), record.encode()).unwrap();
+        restore_leases(&other, &[], true).unwrap();
+        let view = other.snapshot();
+        assert_eq!(
+            store::get(&view, 9).unwrap().unwrap().ttl_ms,
+            RESTORED_LEASE_TTL.as_millis() as u64
+        );
+        assert!(view.get(store::index_key(9, b"k")).unwrap().is_some());
+    }
 }

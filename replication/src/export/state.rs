@@ -2,7 +2,7 @@
 
 use super::{
     export_error, write_manifest, ExportReport, FORMAT_VERSION, META_APPLIED, META_EXPORT,
-    META_MEMBERSHIP, META_REVISION, META_TIME, META_VERSION,
+    META_LEASES, META_MEMBERSHIP, META_REVISION, META_TIME, META_VERSION,
 };
 use crate::state_machine::keys::{self, Record};
 use crate::types::{LogId, StoredMembership};
@@ -128,6 +128,7 @@ pub fn export<S: PartSink>(
         (META_APPLIED.to_owned(), json(&point.applied)?),
         (META_MEMBERSHIP.to_owned(), json(&point.membership)?),
         (META_TIME.to_owned(), point.time_ms.to_string()),
+        (META_LEASES.to_owned(), json(&leases(view)?)?),
     ];
     let mut writer = PartWriter::new(schema(), options, metadata, sink).map_err(export_error)?;
     let mut rows = Rows::default();
@@ -157,6 +158,15 @@ pub fn export<S: PartSink>(
     write_manifest(&mut sink, &manifest)?;
     progress(total.rows());
     Ok((ExportReport { manifest, bytes }, sink))
+}
+
+/// The leases `view` holds, as `(id, ttl_ms)`: a restore grants them anew,
+/// each for its whole TTL, from when the restored cluster starts.
+fn leases(view: &Snapshot) -> io::Result<Vec<(u64, u64)>> {
+    Ok(crate::lease::store::all(view)?
+        .into_iter()
+        .map(|(id, record)| (id, record.ttl_ms))
+        .collect())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> io::Result<String> {
