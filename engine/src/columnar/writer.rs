@@ -171,12 +171,7 @@ impl<S: PartSink> PartWriter<S> {
             return Ok(());
         }
         if self.part.is_none() {
-            let name = part_name(self.parts.len());
-            let file = self.sink.create(&name).at(Path::new(&name))?;
-            let writer =
-                ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
-                    .map_err(|e| parquet_error(&name, e))?;
-            self.part = Some(OpenPart { name, writer });
+            self.open_part()?;
         }
         let part = self.part.as_mut().expect("opened above");
         part.writer
@@ -192,6 +187,15 @@ impl<S: PartSink> PartWriter<S> {
         {
             self.finish_part()?;
         }
+        Ok(())
+    }
+
+    fn open_part(&mut self) -> Result<()> {
+        let name = part_name(self.parts.len());
+        let file = self.sink.create(&name).at(Path::new(&name))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.properties.clone()))
+            .map_err(|e| parquet_error(&name, e))?;
+        self.part = Some(OpenPart { name, writer });
         Ok(())
     }
 
@@ -227,6 +231,11 @@ impl<S: PartSink> PartWriter<S> {
     /// Closes the last part; returns the parts, the bytes written and the
     /// sink.
     pub fn finish(mut self) -> Result<(Vec<ExportPart>, u64, S)> {
+        // An export of no rows still has one part: its metadata is what a
+        // restore reads (the applied point of an empty state, say).
+        if self.parts.is_empty() && self.part.is_none() {
+            self.open_part()?;
+        }
         self.finish_part()?;
         Ok((self.parts, self.bytes, self.sink))
     }

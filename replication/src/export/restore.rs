@@ -476,4 +476,27 @@ mod tests {
         );
         assert!(view.get(store::index_key(9, b"k")).unwrap().is_some());
     }
+
+    #[test]
+    fn an_export_of_an_empty_state_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Db::open(dir.path().join("source"), Default::default()).unwrap();
+        let entries = [
+            entry(1, Command::Txn(Txn::batch(vec![Op::put("k", "v")]))),
+            entry(2, Command::Txn(Txn::batch(vec![Op::delete("k")]))),
+        ];
+        crate::state_machine::apply::apply_and_write(&source, &entries, |_, _| Ok(())).unwrap();
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).unwrap();
+        let (report, _) = super::super::state::export(
+            &source.snapshot(),
+            &ExportOptions::default(),
+            DirSink::new(&OsFs, &export),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((report.manifest.rows, report.manifest.parts.len()), (0, 1));
+        let (rows, revision, _) = load(&export, &dir.path().join("restored"), &mut |_| {}).unwrap();
+        assert_eq!((rows, revision), (0, 2));
+    }
 }
