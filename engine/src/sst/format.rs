@@ -25,8 +25,10 @@ pub(crate) const BLOCK_TRAILER_LEN: usize = 5;
 pub(crate) const FOOTER_LEN: usize = 64;
 pub(crate) const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"FERRYSST");
 pub(crate) const TABLE_FORMAT_VERSION: u32 = 1;
-/// Decompressed blocks larger than this are damage (a block holds at most
-/// one entry beyond its target size, and entries are bounded by the limits).
+/// A compressed block declaring more than this is damage: the writer
+/// compresses no block larger (see [`encode_block`]), so a reader never
+/// allocates more for one on the word of a file. (Options may make larger
+/// blocks: one large value, or a large `block_bytes`. They are kept raw.)
 const MAX_BLOCK_LEN: usize = 256 << 20;
 
 const COMPRESSION_NONE: u8 = 0;
@@ -59,7 +61,7 @@ impl BlockHandle {
 pub(crate) fn encode_block(raw: &[u8], compress: bool, out: &mut Vec<u8>) {
     let start = out.len();
     let mut kind = COMPRESSION_NONE;
-    if compress {
+    if compress && raw.len() <= MAX_BLOCK_LEN {
         let compressed = lz4_flex::compress_prepend_size(raw);
         // Keep the raw form unless lz4 saves at least 1/8.
         if compressed.len() < raw.len() - raw.len() / 8 {
@@ -229,5 +231,22 @@ impl TableProperties {
                 || (p.smallest.len() >= crate::key::TRAILER_LEN
                     && p.largest.len() >= crate::key::TRAILER_LEN)
         })
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn a_block_too_large_to_read_compressed_is_written_raw_and_reads_back() {
+        let raw = vec![b'a'; MAX_BLOCK_LEN + 1];
+        let mut file = Vec::new();
+        encode_block(&raw, true, &mut file);
+        let handle = BlockHandle {
+            offset: 0,
+            size: (file.len() - BLOCK_TRAILER_LEN) as u64,
+        };
+        assert_eq!(decode_block(&file, handle, Path::new("t")).unwrap(), raw);
     }
 }
