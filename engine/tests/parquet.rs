@@ -266,3 +266,38 @@ fn duckdb_reads_every_row_of_the_export() {
     assert_eq!(rows.len(), 19_999);
     assert_eq!(rows, expected);
 }
+
+/// A part is a file from outside the engine: another process may cut it
+/// short while it is read (a copy still under way). That is an error
+/// naming the file; a memory map of it would fault the whole process.
+#[test]
+fn a_part_cut_short_while_it_is_read_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let db = Db::open(root.path().join("db"), options()).unwrap();
+    fill(&db, 20_000);
+    let export = root.path().join("export");
+    let layout = ExportOptions {
+        row_group_bytes: 4 << 10,
+        file_bytes: 64 << 20,
+        ..small_parts()
+    };
+    db.export_parquet(&db.snapshot(), &export, &layout, &mut |_| {})
+        .unwrap();
+    let part = export.join("part-000000.parquet");
+    let mut reader = columnar::PartReader::open(&ferry_engine::fs::OsFs, &part).unwrap();
+    let size = reader.size();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .unwrap()
+        .set_len(size / 4)
+        .unwrap();
+    let error = loop {
+        match reader.next_batch() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("every row read from a part cut to a quarter"),
+            Err(error) => break error,
+        }
+    };
+    assert!(error.to_string().contains("part-000000.parquet"), "{error}");
+}

@@ -3,7 +3,7 @@
 //! errors, and even its panics, become errors naming the file.
 
 use crate::error::IoContext;
-use crate::fs::{FileSystem, RandomAccessFile};
+use crate::fs::{FileSystem, PositionedFile};
 use crate::{Error, Result};
 use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -14,12 +14,66 @@ use std::sync::Arc;
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8192;
 
-/// Lets parquet read straight from the mapped file.
-struct MappedBytes(Arc<dyn RandomAccessFile>);
+/// The part as parquet reads it: positioned reads, never a mapping (the
+/// file is not the engine's; see [`FileSystem::open_positioned`]).
+struct Source(Arc<dyn PositionedFile>);
 
-impl AsRef<[u8]> for MappedBytes {
-    fn as_ref(&self) -> &[u8] {
-        self.0.bytes()
+/// A [`std::io::Read`] from an offset of a [`Source`].
+struct SourceReader {
+    file: Arc<dyn PositionedFile>,
+    at: u64,
+}
+
+impl std::io::Read for SourceReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(self.at, buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl parquet::file::reader::Length for Source {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Source {
+    type T = std::io::BufReader<SourceReader>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(std::io::BufReader::new(SourceReader {
+            file: self.0.clone(),
+            at: start,
+        }))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        // The length comes from the file's own metadata: bounded by the
+        // file before it is allocated.
+        let end = start
+            .checked_add(length as u64)
+            .filter(|&end| end <= self.0.len());
+        if end.is_none() {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "{length} bytes at {start} reach past the file's {} bytes",
+                self.0.len()
+            )));
+        }
+        let mut buffer = vec![0; length];
+        let mut filled = 0;
+        while filled < length {
+            let n = self
+                .0
+                .read_at(start + filled as u64, &mut buffer[filled..])?;
+            if n == 0 {
+                return Err(parquet::errors::ParquetError::EOF(
+                    "the file was cut short while it was read".into(),
+                ));
+            }
+            filled += n;
+        }
+        Ok(buffer.into())
     }
 }
 
@@ -48,11 +102,11 @@ fn guarded<T>(
 }
 
 impl PartReader {
-    /// Opens the part at `path` through `fs` (memory-mapped).
+    /// Opens the part at `path` through `fs` (read by offsets, not mapped).
     pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<PartReader> {
-        let file = fs.open_random(path).at(path)?;
-        let size = file.bytes().len() as u64;
-        let bytes = bytes::Bytes::from_owner(MappedBytes(file));
+        let file = fs.open_positioned(path).at(path)?;
+        let size = file.len();
+        let bytes = Source(file);
         let (metadata, reader) = guarded(
             path,
             "not a readable parquet file",

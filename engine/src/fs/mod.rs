@@ -51,6 +51,37 @@ pub trait RandomAccessFile: Send + Sync + Debug {
     fn bytes(&self) -> &[u8];
 }
 
+/// A file read at any offset, without a mapping (see
+/// [`FileSystem::open_positioned`]).
+pub trait PositionedFile: Send + Sync + Debug {
+    /// The file's length when it was opened.
+    fn len(&self) -> u64;
+    /// True for an empty file.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A [`PositionedFile`] over a file read whole or mapped.
+#[derive(Debug)]
+struct WholeFile(Arc<dyn RandomAccessFile>);
+
+impl PositionedFile for WholeFile {
+    fn len(&self) -> u64 {
+        self.0.bytes().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let bytes = self.0.bytes();
+        let from = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+        let n = buf.len().min(bytes.len() - from);
+        buf[..n].copy_from_slice(&bytes[from..from + n]);
+        Ok(n)
+    }
+}
+
 /// A held exclusive lock on a file; released when dropped.
 pub trait FileLock: Send + Sync + Debug {}
 
@@ -95,6 +126,13 @@ pub trait FileSystem: Send + Sync + Debug {
     fn open_sequential(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
     /// Opens an immutable file for random reads.
     fn open_random(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
+    /// Opens a file for reads at any offset, never mapped: for files from
+    /// outside the engine (an import's), which another process may cut
+    /// short while they are read. A cut mapping faults the process; a read
+    /// past the end only comes back short.
+    fn open_positioned(&self, path: &Path) -> io::Result<Arc<dyn PositionedFile>> {
+        Ok(Arc::new(WholeFile(self.open_random(path)?)))
+    }
     /// Cuts a file to `len` bytes and makes the new length durable.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Renames a file, replacing any file at `to`, or a directory to a name

@@ -141,6 +141,12 @@ impl FileSystem for OsFs {
         Ok(Arc::new(MmapFile { map }))
     }
 
+    fn open_positioned(&self, path: &Path) -> io::Result<Arc<dyn super::PositionedFile>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(PreadFile { file, len }))
+    }
+
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(len)?;
@@ -218,5 +224,22 @@ impl FileSystem for OsFs {
             Err(fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// A file read with `pread`.
+#[derive(Debug)]
+struct PreadFile {
+    file: File,
+    len: u64,
+}
+
+impl super::PositionedFile for PreadFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
     }
 }
