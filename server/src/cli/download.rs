@@ -1,8 +1,10 @@
 //! Files streamed by a server into a new local directory (snapshot
 //! downloads, Parquet exports): every name is checked by the engine's one
 //! rule for names from outside, every file's size and CRC32 at its end,
-//! and the files are written under `<dir>.partial`, renamed to `<dir>`
-//! only once everything arrived (a failed download leaves nothing).
+//! and the files are written into a staging directory of the download's
+//! own (`.<name>.partial-<pid>-<nanos>` beside it, so two downloads never
+//! share one), renamed to `<dir>` only once everything arrived and was
+//! counted, and made durable there (a failed download leaves nothing).
 
 use super::exit;
 use std::io::Write;
@@ -39,19 +41,21 @@ impl Download {
             eprintln!("error: {} exists", dir.display());
             return Err(exit::USAGE);
         }
-        let partial = dir.with_extension("partial");
-        // `symlink_metadata`: a symlink there (dangling or not) is removed
-        // itself, never followed (`remove_dir_all` does not follow one).
-        if let Ok(meta) = std::fs::symlink_metadata(&partial) {
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir_all(&partial)
-            } else {
-                std::fs::remove_file(&partial)
-            };
-            removed.map_err(|e| failed(format!("{}: {e}", partial.display())))?;
-        }
-        std::fs::create_dir_all(&partial)
-            .map_err(|e| failed(format!("{}: {e}", partial.display())))?;
+        let Some(name) = dir.file_name() else {
+            eprintln!("error: {} names no directory", dir.display());
+            return Err(exit::USAGE);
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let partial = dir.with_file_name(format!(
+            ".{}.partial-{}-{nanos}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        // `create_dir`, not `_all`: it fails if the name exists (a symlink
+        // planted there included), so nothing of another's is reused.
+        std::fs::create_dir(&partial).map_err(|e| failed(format!("{}: {e}", partial.display())))?;
         let bar = if progress {
             indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
         } else {
@@ -143,16 +147,37 @@ impl Download {
         Ok(())
     }
 
-    /// Everything arrived: moves the files into place; returns the files
-    /// and bytes received.
-    pub fn finish(mut self) -> Result<(u32, u64), i32> {
+    /// Everything arrived, `files` files (and `bytes` bytes, when the
+    /// server said): moves them into place, durably; returns the files and
+    /// bytes received. A count that differs fails, leaving nothing.
+    pub fn finish(mut self, files: u32, bytes: Option<u64>) -> Result<(u32, u64), i32> {
         if let Some(open) = &self.current {
             return Err(failed(format!("the stream ended inside {}", open.name)));
         }
+        if self.files != files || bytes.is_some_and(|bytes| bytes != self.bytes) {
+            return Err(failed(format!(
+                "{} files of {} bytes arrived, the server announced {files}{}",
+                self.files,
+                self.bytes,
+                bytes.map_or(String::new(), |b| format!(" of {b} bytes"))
+            )));
+        }
         self.bar.finish_and_clear();
+        use ferry_engine::fs::FileSystem;
+        let sync = |dir: &Path| {
+            ferry_engine::fs::OsFs
+                .sync_dir(dir)
+                .map_err(|e| failed(format!("{}: {e}", dir.display())))
+        };
+        sync(&self.partial)?;
         std::fs::rename(&self.partial, &self.dir)
             .map_err(|e| failed(format!("{}: {e}", self.dir.display())))?;
         self.done = true;
+        let parent = match self.dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync(parent)?;
         Ok((self.files, self.bytes))
     }
 }
@@ -163,5 +188,45 @@ impl Drop for Download {
             self.bar.finish_and_clear();
             let _ = std::fs::remove_dir_all(&self.partial);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_file(download: &mut Download, name: &str, data: &[u8]) {
+        download.start(name).unwrap();
+        download.data(data).unwrap();
+        download
+            .end(data.len() as u64, crc32fast::hash(data))
+            .unwrap();
+    }
+
+    #[test]
+    fn downloads_side_by_side_keep_apart_and_a_short_count_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        // Once `<dir>.partial`, both of these staged in `x.partial`.
+        let (jan, feb) = (root.path().join("x.jan"), root.path().join("x.feb"));
+        let mut first = Download::new(&jan, false).unwrap();
+        let mut second = Download::new(&feb, false).unwrap();
+        one_file(&mut first, "a", b"january");
+        one_file(&mut second, "a", b"february");
+        one_file(&mut first, "b", b"more");
+        assert_eq!(first.finish(2, Some(11)).unwrap(), (2, 11));
+        assert_eq!(second.finish(1, None).unwrap(), (1, 8));
+        assert_eq!(std::fs::read(jan.join("a")).unwrap(), b"january");
+        assert_eq!(std::fs::read(feb.join("a")).unwrap(), b"february");
+        // A stream that ends between files, short of what it announced.
+        let short = root.path().join("short");
+        let mut download = Download::new(&short, false).unwrap();
+        one_file(&mut download, "a", b"x");
+        assert!(download.finish(2, None).is_err());
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!short.exists());
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 }

@@ -226,8 +226,12 @@ impl SnapshotFiles {
         if let Some((size, crc)) = self.expected.take() {
             self.download.end(size, crc)?;
         }
-        self.download.finish()?;
-        Ok(self.info.unwrap_or_default())
+        let Some(info) = self.info.take() else {
+            eprintln!("error: the stream never said what the snapshot holds");
+            return Err(exit::FAILED);
+        };
+        self.download.finish(info.files, Some(info.total_bytes))?;
+        Ok(info)
     }
 }
 
@@ -279,14 +283,7 @@ pub(super) async fn receive_export(
             None => {}
         }
     };
-    let (files, _) = download.finish()?;
-    if files != summary.files {
-        eprintln!(
-            "error: {files} files arrived, the server sent {}",
-            summary.files
-        );
-        return Err(exit::FAILED);
-    }
+    download.finish(summary.files, None)?;
     Ok((info, summary))
 }
 
