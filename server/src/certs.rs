@@ -181,3 +181,38 @@ impl Ca {
         write(&client_cert(dir, user), &cert, false, overwrite)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    /// A subject of one common name names its user; one of two names
+    /// none (readers disagree on which counts).
+    #[test]
+    fn a_certificate_with_two_common_names_names_no_user() {
+        let der = |names: &[&str]| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut subject = DistinguishedName::new();
+            for (at, name) in names.iter().enumerate() {
+                // rcgen keeps one attribute per type: a second common name
+                // goes in under its OID (2.5.4.3) as a type of its own.
+                let kind = match at {
+                    0 => DnType::CommonName,
+                    _ => DnType::CustomDnType(vec![2, 5, 4, 3]),
+                };
+                subject.push(kind, *name);
+            }
+            params.distinguished_name = subject;
+            let key = KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(
+            ferry_replication::tls::common_name(&der(&["alice"])).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            ferry_replication::tls::common_name(&der(&["alice", "root"])),
+            None
+        );
+    }
+}

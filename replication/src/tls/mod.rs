@@ -104,15 +104,16 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The common name of a DER certificate's subject, if it has one.
+/// The common name of a DER certificate's subject, if it has exactly one.
+/// A subject with several names none: tools disagree on which one counts
+/// (Go, and so etcd, takes the last; others the first), and a name that
+/// maps to a user or an allowed peer must not depend on the reader.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let name = certificate
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
+    let mut names = certificate.subject().iter_common_name();
+    let name = names.next()?.as_str().ok()?.to_owned();
+    if names.next().is_some() {
+        return None;
+    }
     Some(name)
 }
