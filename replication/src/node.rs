@@ -1306,8 +1306,15 @@ impl Node {
 
     async fn compact(&self, revision: u64, anywhere: bool) -> Result<u64> {
         // The state machine's own position: Raft's metrics may lag behind
-        // a write that was just answered.
-        let applied = self.sm.applied().0.map_or(0, |l| l.index);
+        // a write that was just answered. Ahead of it, the revision may
+        // still be committed (a follower behind, a leader just elected
+        // that has not applied its predecessor's last writes): only what
+        // the leader committed decides.
+        let applied = || self.sm.applied().0.map_or(0, |l| l.index);
+        if revision > applied() {
+            self.catch_up().await?;
+        }
+        let applied = applied();
         if revision > applied {
             return Err(Error::FutureRevision {
                 requested: revision,

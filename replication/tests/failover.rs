@@ -299,3 +299,30 @@ async fn a_write_a_new_leaders_log_replaced_is_of_unknown_outcome() {
     );
     cluster.shutdown().await;
 }
+
+/// A compaction sent to a member behind the leader, of a revision the
+/// leader committed, waits until that member has applied it: the revision
+/// is not "in the future" for the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compaction_on_a_member_behind_waits_for_the_revision_it_names() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    let (&behind, follower) = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != leader_id)
+        .unwrap();
+    leader.put("a", "1").await.unwrap();
+    cluster
+        .network
+        .isolate(behind, cluster.nodes.keys().copied());
+    let mut revision = 0;
+    for i in 0..20 {
+        revision = leader.put("a", i.to_string()).await.unwrap();
+    }
+    cluster.network.heal();
+    let compacted = follower.compact_history_anywhere(revision).await;
+    assert_eq!(compacted.unwrap(), revision);
+    cluster.shutdown().await;
+}
