@@ -41,6 +41,9 @@ pub enum Error {
         lag_entries: u64,
         never_answered: bool,
     },
+    /// Leadership can go only to a voter (not a learner, nor a stranger).
+    #[error("member {0} is not a voter of the cluster: only a voter can lead")]
+    NotVoter(NodeId),
     /// Any other Raft failure (a stopped node, a membership conflict…).
     #[error("raft: {0}")]
     Raft(String),

@@ -1510,8 +1510,8 @@ impl Node {
         // leads: a target that cannot win (itself, a learner, a stranger)
         // would leave the cluster without a leader until an election, or
         // for good with one voter.
-        if to == self.id {
-            return Err(Error::Rejected(format!("member {to} already leads")));
+        if to == self.id && self.is_leader() {
+            return Ok(());
         }
         if !self
             .metrics()
@@ -1520,9 +1520,7 @@ impl Node {
             .voter_ids()
             .any(|v| v == to)
         {
-            return Err(Error::Rejected(format!(
-                "member {to} is not a voter of the cluster: only a voter can lead"
-            )));
+            return Err(Error::NotVoter(to));
         }
         loop {
             let (matched, last, answered) = {

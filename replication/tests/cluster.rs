@@ -69,17 +69,23 @@ async fn leadership_transfer_promotion_and_removal() {
         .membership()
         .learner_ids()
         .any(|id| id == 4));
-    // Leadership goes to a voter only: handing it to a learner, to the
-    // leader itself or to a stranger is refused, and writes go on.
-    for to in [4, target, 77] {
+    // Leadership goes to a voter only: handing it to a learner or to a
+    // stranger is refused; to the leader itself, there is nothing to do.
+    // Writes go on.
+    for to in [4, 77] {
         let refused = new_leader
             .transfer_leadership(to, Duration::from_secs(1))
             .await;
         assert!(
-            matches!(refused, Err(ferry_replication::Error::Rejected(_))),
+            matches!(refused, Err(ferry_replication::Error::NotVoter(id)) if id == to),
             "{to}: {refused:?}"
         );
     }
+    new_leader
+        .transfer_leadership(target, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(new_leader.is_leader());
     new_leader.put("c", "3").await.unwrap();
     new_leader.promote(4).await.unwrap();
     let metrics = new_leader.metrics();

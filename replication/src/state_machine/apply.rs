@@ -12,7 +12,7 @@ use super::keys::{self, Record};
 use crate::lease;
 use crate::types::{
     Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, RangeOrder, Response,
-    SortBy, StoredMembership, Txn, MAX_TXN_ANSWER_BYTES, MAX_TXN_RANGE_KEYS,
+    SortBy, StoredMembership, Txn, ANSWER_REFUSED, MAX_TXN_ANSWER_BYTES, MAX_TXN_RANGE_KEYS,
 };
 use ferry_engine::{Db, SavePoint, SeqNo, WriteBatch};
 use openraft::entry::RaftEntry;
@@ -218,6 +218,15 @@ fn answers_with_values(op: &Op) -> bool {
         }
         Op::Get { .. } | Op::Range { .. } => true,
     }
+}
+
+/// Why a transaction whose answer passed [`MAX_TXN_ANSWER_BYTES`] is refused.
+fn too_large() -> String {
+    format!(
+        "{ANSWER_REFUSED}: the transaction's answer would hold more than \
+         {MAX_TXN_ANSWER_BYTES} bytes of keys and values; read large values or ranges outside \
+         a transaction (a range pages)"
+    )
 }
 
 /// Takes `kv`'s bytes from what is `left` of a transaction's answer; false
@@ -575,7 +584,7 @@ impl<'a> Overlay<'a> {
                             let kv = as_kv(&key, previous);
                             // Counted here, to stop before reading on.
                             if !spend(&mut left, &kv) {
-                                return self.refuse_too_large(txn, revision, mark);
+                                return self.refuse(txn, revision, mark, too_large());
                             }
                             prev.push(kv);
                         }
@@ -595,26 +604,43 @@ impl<'a> Overlay<'a> {
                     let limit = if *limit == 0 { u64::MAX } else { *limit };
                     let more = truncated || count > limit;
                     let take = limit.min(count) as usize;
-                    // In key order, only the keys the answer holds are read;
-                    // in any other, every key is, to sort them.
+                    // In key order, only the keys the answer holds are read.
+                    // Sorted by revisions or version, every key's record is
+                    // read for them and its value dropped until the sort
+                    // has chosen the answer's; sorted by value, every value
+                    // is kept, and counts against the bound.
                     let read: Vec<Vec<u8>> = match (order.by, order.descending) {
                         (SortBy::Key, false) => keys.into_iter().take(take).collect(),
                         (SortBy::Key, true) => keys.into_iter().rev().take(take).collect(),
                         _ => keys.into_iter().collect(),
                     };
+                    let keep_values = matches!(order.by, SortBy::Key | SortBy::Value);
                     let mut kvs = Vec::with_capacity(read.len());
                     for key in read {
                         let Some(record) = self.record(&key)? else {
                             continue;
                         };
-                        let kv = as_kv(&key, record);
+                        let mut kv = as_kv(&key, record);
+                        if !keep_values {
+                            kv.value = Vec::new();
+                        }
                         if !spend(&mut left, &kv) {
-                            return self.refuse_too_large(txn, revision, mark);
+                            return self.refuse(txn, revision, mark, too_large());
                         }
                         kvs.push(kv);
                     }
                     sort_range(&mut kvs, *order);
                     kvs.truncate(take);
+                    if !keep_values {
+                        for kv in &mut kvs {
+                            let record = self.record(&kv.key)?.expect("read above in this op");
+                            kv.value = record.value;
+                            if left.checked_sub(kv.value.len()).is_none() {
+                                return self.refuse(txn, revision, mark, too_large());
+                            }
+                            left -= kv.value.len();
+                        }
+                    }
                     OpResult::Range { kvs, more, count }
                 }
             };
@@ -626,9 +652,30 @@ impl<'a> Overlay<'a> {
                 )
                 && !result.key_values().all(|kv| spend(&mut left, kv))
             {
-                return self.refuse_too_large(txn, revision, mark);
+                return self.refuse(txn, revision, mark, too_large());
             }
             results.push(result);
+        }
+        // The client keeps its answers until it acknowledges them: a
+        // client with large answers outstanding gets no more until it has.
+        if let (Some(_), Some(request)) = (&mark, txn.request) {
+            let kept = self
+                .client_record(request.client)?
+                .kept_bytes(request.first_incomplete);
+            let answer = MAX_TXN_ANSWER_BYTES - left;
+            if kept + answer > clients::MAX_ANSWER_BYTES_PER_CLIENT {
+                return self.refuse(
+                    txn,
+                    revision,
+                    mark,
+                    format!(
+                        "{ANSWER_REFUSED}: this client has {kept} bytes of answers it has not \
+                         acknowledged, and this one would pass {}; retry once earlier calls \
+                         have returned",
+                        clients::MAX_ANSWER_BYTES_PER_CLIENT
+                    ),
+                );
+            }
         }
         self.undo = None;
         let response = Response {
@@ -641,24 +688,22 @@ impl<'a> Overlay<'a> {
         Ok(response)
     }
 
-    /// Refuses `txn`, whose answer grew past [`MAX_TXN_ANSWER_BYTES`]:
-    /// undoes what it changed so far and answers why.
-    fn refuse_too_large(
+    /// Refuses `txn` for the size of its answer, with `reason`: undoes
+    /// what it changed so far.
+    fn refuse(
         &mut self,
         txn: &Txn,
         revision: u64,
         mark: Option<TxnMark>,
+        reason: String,
     ) -> io::Result<Response> {
+        debug_assert!(crate::types::is_answer_refused(&reason));
         self.roll_back(mark.expect("only a transaction whose answer holds values is counted"));
         let response = Response {
             revision,
             succeeded: false,
             results: Vec::new(),
-            rejected: Some(format!(
-                "the transaction's answer would hold more than {MAX_TXN_ANSWER_BYTES} bytes of \
-                 keys and values; read large values or ranges outside a transaction (a range \
-                 pages)"
-            )),
+            rejected: Some(reason),
         };
         self.answered(txn, revision, &response)?;
         Ok(response)
@@ -1543,12 +1588,22 @@ mod tests {
             &[
                 txn_entry(index, 4, 0, vec![get(0), get(1)]),
                 txn_entry(index + 1, 4, 1, vec![range(2, SortBy::Key)]),
+                // Sorted by revision, the values of the keys the sort
+                // passes over are not held.
+                txn_entry(index + 2, 5, 0, vec![range(1, SortBy::CreateRevision)]),
             ],
         );
         assert!(answers.iter().all(|a| a.rejected.is_none()), "{answers:?}");
         match &answers[1].results[0] {
             OpResult::Range { kvs, more, count } => {
                 assert_eq!((kvs.len(), *more, *count), (2, true, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &answers[2].results[0] {
+            OpResult::Range { kvs, .. } => {
+                assert_eq!(kvs.len(), 1);
+                assert_eq!(kvs[0].value, big);
             }
             other => panic!("{other:?}"),
         }
@@ -1580,7 +1635,10 @@ mod tests {
             "{retry:?}"
         );
         assert_eq!(version(&db), versions, "the retry was not applied again");
-        // The same by bytes: each answer holds two 1 MiB values.
+        // By bytes, nothing is dropped: a client whose unacknowledged
+        // answers would pass the bound gets its next large answer refused,
+        // without effect, until it acknowledges. Each answer holds two
+        // 1 MiB values.
         let big = vec![1u8; 1 << 20];
         apply(
             &db,
@@ -1591,30 +1649,59 @@ mod tests {
                 vec![Op::put("b/1", big.clone()), Op::put("b/2", big)],
             )],
         );
-        let reads = |index: u64, sequence: u64| {
-            txn_entry(
-                index,
-                3,
-                sequence,
-                vec![
-                    Op::put("r", sequence.to_le_bytes().to_vec()),
-                    Op::Get {
-                        key: b"b/1".to_vec(),
-                    },
-                    Op::Get {
-                        key: b"b/2".to_vec(),
-                    },
-                ],
+        let reads = |index: u64, sequence: u64, first_incomplete: u64| {
+            Entry::new_normal(
+                log_id(index),
+                Command::Txn(Txn {
+                    request: Some(RequestId {
+                        client: 3,
+                        sequence,
+                        first_incomplete,
+                    }),
+                    ..Txn::batch(vec![
+                        Op::put("r", sequence.to_le_bytes().to_vec()),
+                        Op::Get {
+                            key: b"b/1".to_vec(),
+                        },
+                        Op::Get {
+                            key: b"b/2".to_vec(),
+                        },
+                    ])
+                })
+                .into(),
             )
         };
-        let first = apply(&db, &(0..5).map(|s| reads(5002 + s, s)).collect::<Vec<_>>());
-        assert!(first.iter().all(|a| a.rejected.is_none()));
+        let answers = apply(
+            &db,
+            &(0..4).map(|s| reads(5002 + s, s, 0)).collect::<Vec<_>>(),
+        );
+        assert!(answers[..3].iter().all(|a| a.rejected.is_none()));
+        assert!(
+            answers[3]
+                .rejected
+                .as_deref()
+                .is_some_and(crate::types::is_answer_refused),
+            "{:?}",
+            answers[3].rejected
+        );
+        let r = |db: &Db| {
+            db.get(keys::user_key(b"r"))
+                .unwrap()
+                .map(|bytes| Record::decode_owned(bytes).unwrap().value)
+        };
+        assert_eq!(
+            r(&db),
+            Some(2u64.to_le_bytes().to_vec()),
+            "the refused put changed nothing"
+        );
         let kept = record(&db, 3).unwrap();
-        let bytes: usize = kept.answers.values().map(Response::answer_bytes).sum();
-        assert!(bytes <= clients::MAX_ANSWER_BYTES_PER_CLIENT, "{bytes}");
-        assert!(kept.first_incomplete > 0 && !kept.answers.contains_key(&0));
-        let retry = apply(&db, &[reads(6000, 0)]);
-        assert!(retry[0].rejected.is_some(), "{retry:?}");
+        assert_eq!(kept.first_incomplete, 0, "no answer was dropped");
+        // Every kept answer is still its request's, on retry.
+        let retry = apply(&db, &[reads(6000, 0, 0)]);
+        assert_eq!(retry[0], answers[0]);
+        // Acknowledged, the earlier answers go and a new one fits.
+        let later = apply(&db, &[reads(6001, 4, 3)]);
+        assert!(later[0].rejected.is_none(), "{later:?}");
     }
 
     #[test]

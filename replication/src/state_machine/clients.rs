@@ -36,31 +36,45 @@ pub(crate) struct ClientRecord {
 /// within a smaller window of its oldest unanswered write (the SDK keeps
 /// 512) never has an answer it may still retry dropped.
 pub(crate) const MAX_ANSWERS_PER_CLIENT: usize = 1024;
-/// Bytes of key-values a client's kept answers hold at most (each answer
-/// holds up to [`MAX_TXN_ANSWER_BYTES`](crate::types::MAX_TXN_ANSWER_BYTES)):
-/// the record is one engine value, rewritten whenever the client writes.
+/// Bytes of key-values the answers a client has not acknowledged may
+/// hold at most (each holds up to
+/// [`MAX_TXN_ANSWER_BYTES`](crate::types::MAX_TXN_ANSWER_BYTES)): the record
+/// is one engine value, rewritten whenever the client writes. Apply refuses
+/// a transaction whose answer would pass it (see `Overlay::apply`), and
+/// never drops an answer for room: a dropped one could only be refused on
+/// retry, which would also refuse lower sequences that never applied.
 pub(crate) const MAX_ANSWER_BYTES_PER_CLIENT: usize = 8 << 20;
 
 impl ClientRecord {
     /// Keeps `answer` as the answer to the client's `sequence`; the client
     /// has seen every answer below `first_incomplete`. Past
-    /// [`MAX_ANSWERS_PER_CLIENT`] answers or [`MAX_ANSWER_BYTES_PER_CLIENT`]
-    /// bytes the oldest go, and `first_incomplete` rises past each one that
-    /// goes: a retry of it is then refused as forgotten, never applied
+    /// [`MAX_ANSWERS_PER_CLIENT`] answers (a client outside the SDK's
+    /// window) the oldest go, and `first_incomplete` rises past each one
+    /// that goes: a retry of it is then refused as forgotten, never applied
     /// again.
     pub(crate) fn keep(&mut self, sequence: u64, first_incomplete: u64, answer: Response) {
+        self.forget_below(first_incomplete);
+        self.answers.insert(sequence, answer);
+        while self.answers.len() > MAX_ANSWERS_PER_CLIENT {
+            let (oldest, _) = self.answers.pop_first().expect("more than the cap");
+            self.first_incomplete = self.first_incomplete.max(oldest + 1);
+        }
+    }
+
+    /// Bytes of key-values in the answers kept once the client has seen
+    /// those below `first_incomplete`.
+    pub(crate) fn kept_bytes(&self, first_incomplete: u64) -> usize {
+        let floor = self.first_incomplete.max(first_incomplete);
+        self.answers
+            .range(floor..)
+            .map(|(_, answer)| answer.answer_bytes())
+            .sum()
+    }
+
+    fn forget_below(&mut self, first_incomplete: u64) {
         self.first_incomplete = self.first_incomplete.max(first_incomplete);
         let floor = self.first_incomplete;
         self.answers.retain(|kept, _| *kept >= floor);
-        self.answers.insert(sequence, answer);
-        let mut bytes: usize = self.answers.values().map(Response::answer_bytes).sum();
-        while self.answers.len() > MAX_ANSWERS_PER_CLIENT
-            || (bytes > MAX_ANSWER_BYTES_PER_CLIENT && self.answers.len() > 1)
-        {
-            let (oldest, dropped) = self.answers.pop_first().expect("more than one answer");
-            bytes -= dropped.answer_bytes();
-            self.first_incomplete = self.first_incomplete.max(oldest + 1);
-        }
     }
 }
 

@@ -122,6 +122,15 @@ pub const MAX_TXN_RANGE_KEYS: usize = 10_000;
 /// (this release on; earlier releases had no bound).
 pub const MAX_TXN_ANSWER_BYTES: usize = 3 << 20;
 
+/// How the reason of a transaction refused for the size of its answer
+/// begins (see [`MAX_TXN_ANSWER_BYTES`]).
+pub const ANSWER_REFUSED: &str = "the answer is too large";
+
+/// Whether a refusal (`Error::Rejected`) is one for the size of an answer.
+pub fn is_answer_refused(reason: &str) -> bool {
+    reason.starts_with(ANSWER_REFUSED)
+}
+
 /// The order of a range's answer inside a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOrder {

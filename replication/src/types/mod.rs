@@ -7,7 +7,10 @@
 mod command;
 mod response;
 
-pub use command::{Command, Op, RangeOrder, SortBy, Txn, MAX_TXN_ANSWER_BYTES, MAX_TXN_RANGE_KEYS};
+pub use command::{
+    is_answer_refused, Command, Op, RangeOrder, SortBy, Txn, ANSWER_REFUSED, MAX_TXN_ANSWER_BYTES,
+    MAX_TXN_RANGE_KEYS,
+};
 pub(crate) use response::LegacyResponse;
 pub use response::{KeyValue, OpResult, Response};
 

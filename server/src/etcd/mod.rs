@@ -198,6 +198,7 @@ impl Etcd {
                 Status::unavailable(message::LEADER_FAIL)
             }
             Error::LearnerBehind { .. } => Status::failed_precondition(message::LEARNER_NOT_READY),
+            Error::NotVoter(_) => Status::failed_precondition(message::BAD_LEADER_TRANSFEREE),
             Error::Rejected(reason) if ferry_replication::lease::is_not_found(&reason) => {
                 Status::not_found(message::LEASE_NOT_FOUND)
             }

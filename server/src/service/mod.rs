@@ -99,6 +99,11 @@ impl Context {
             Error::Rejected(reason) if ferry_replication::auth::is_stale_check(&reason) => {
                 Status::unavailable(reason)
             }
+            // Nothing was written: a call the client must make smaller or
+            // later, never a conflict.
+            Error::Rejected(reason) if ferry_replication::types::is_answer_refused(&reason) => {
+                Status::resource_exhausted(reason)
+            }
             Error::Rejected(reason) => Status::already_exists(reason),
             Error::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),
             Error::FutureRevision { requested, current } => {
@@ -106,7 +111,9 @@ impl Context {
             }
             Error::Storage(e) => Status::internal(format!("storage: {e}")),
             Error::Tls(e) => Status::internal(format!("TLS: {e}")),
-            error @ Error::LearnerBehind { .. } => Status::failed_precondition(error.to_string()),
+            error @ (Error::LearnerBehind { .. } | Error::NotVoter(_)) => {
+                Status::failed_precondition(error.to_string())
+            }
             Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
         }
     }
