@@ -22,10 +22,11 @@ pub struct LeaseService {
 
 /// Keep-alive answers a stream may have queued for a slow reader.
 const KEEP_ALIVE_QUEUE: usize = 16;
-/// Keys of a lease this member looks at before proposing a revoke, at
-/// most: enough to refuse most denied revokes early, few enough that any
-/// user's revoke costs the leader little. Apply checks every key.
-const MAX_CHECKED_KEYS: usize = 1_000;
+/// Keys a revoke by a user other than root may delete at most: this member
+/// lists and checks them all before proposing (apply checks them again),
+/// and a larger lease is refused at once rather than listed on every
+/// member for each attempt. Root may revoke any lease.
+const MAX_CHECKED_KEYS: usize = 10_000;
 
 impl LeaseService {
     fn status(&self, error: LeaseCall) -> Status {
@@ -67,10 +68,10 @@ impl RevokeRefused {
 
 /// Whether the caller of `request` may revoke lease `id`: root may; anyone
 /// else needs write permission on every key attached to it, since the
-/// revoke deletes them. This member looks at the first
-/// [`MAX_CHECKED_KEYS`] keys and refuses early; apply decides, by every
-/// key and the auth state of that moment (which may have moved since this
-/// member looked), so the revoke is to be proposed as the returned
+/// revoke deletes them, and the lease may hold at most
+/// [`MAX_CHECKED_KEYS`]. This member's answer refuses early; apply decides,
+/// by the keys and auth state of that moment (which may have moved since
+/// this member looked), so the revoke is to be proposed as the returned
 /// [`RevokeAs`].
 pub(crate) async fn check_revoke<T>(
     context: &Context,
@@ -92,6 +93,11 @@ pub(crate) async fn check_revoke<T>(
         .lease_status_anywhere(id, MAX_CHECKED_KEYS)
         .await
         .map_err(RevokeRefused::Lease)?;
+    if status.keys_truncated {
+        return Err(RevokeRefused::Denied(Status::permission_denied(format!(
+            "lease {id} holds more than {MAX_CHECKED_KEYS} keys: only root may revoke it"
+        ))));
+    }
     for key in &status.keys {
         context
             .gate
