@@ -1380,10 +1380,16 @@ async fn silent_connections_do_not_keep_clients_out_of_the_tls_port() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::create(dir.path());
     let (cluster, _root) = secure_node(&pki, &[]).await;
-    let addr = cluster.client_addr(1);
+    let addr: std::net::SocketAddr = cluster.client_addr(1).parse().unwrap();
+    // From six addresses, 60 each (a port holds at most 64 handshakes from
+    // one address): 360 together, more than the port's 256 places.
     let mut silent = Vec::new();
-    for _ in 0..300 {
-        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    for source in 2..8u8 {
+        for _ in 0..60 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(([127, 0, 0, source], 0).into()).unwrap();
+            silent.push(socket.connect(addr).await.unwrap());
+        }
     }
     // Let the server accept them all.
     tokio::time::sleep(Duration::from_millis(500)).await;

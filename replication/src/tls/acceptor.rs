@@ -5,7 +5,9 @@ use super::{load_certs, load_key, load_roots, provider, Reloading, TlsError};
 use crate::log_limit::LogLimit;
 use futures_util::Stream;
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +23,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once at most; a connection past it drops the
 /// oldest handshake (see `accept`).
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress from one address at most; a connection past it
+/// is closed at once.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 
 /// Whether clients present certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +126,16 @@ async fn accept(
     port: &'static str,
     sender: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
 ) {
-    // Handshakes under way, oldest first. The loop never waits for a place:
-    // connections that never speak (an attacker's, or a client's that
-    // died) would otherwise hold every place for the handshake timeout
-    // while real clients wait unaccepted. When all places are taken, the
-    // oldest handshake is dropped for the newest, so a client that
-    // completes its handshake in time always gets through.
-    let mut pending: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
+    // Handshakes under way, oldest first, each with a flag set once its
+    // handshake is done (it may still wait to hand the connection over).
+    // The loop never waits for a place: connections that never speak (an
+    // attacker's, or a client's that died) would otherwise hold every place
+    // for the handshake timeout while real clients wait unaccepted. When
+    // all places are taken, the oldest handshake not yet done is dropped
+    // for the newest; one address holds at most `MAX_HANDSHAKES_PER_ADDRESS`
+    // places, so a single source cannot push out everyone else's.
+    let mut pending: VecDeque<(tokio::task::JoinHandle<()>, Arc<AtomicBool>, IpAddr)> =
+        VecDeque::new();
     let refusals = Arc::new(LogLimit::new(Duration::from_secs(10)));
     loop {
         let accepted = tokio::select! {
@@ -147,10 +155,23 @@ async fn accept(
                 continue;
             }
         };
-        pending.retain(|handshake| !handshake.is_finished());
+        pending.retain(|(handshake, ..)| !handshake.is_finished());
+        let from_here = pending
+            .iter()
+            .filter(|(_, done, ip)| *ip == remote.ip() && !done.load(Ordering::Acquire))
+            .count();
+        if from_here >= MAX_HANDSHAKES_PER_ADDRESS {
+            if let Some(suppressed) = refusals.admit(&remote.ip().to_string()) {
+                tracing::warn!(%remote, port, suppressed, "too many TLS handshakes from one address");
+            }
+            continue;
+        }
         if pending.len() >= MAX_HANDSHAKES {
-            if let Some(oldest) = pending.pop_front() {
-                oldest.abort();
+            let oldest = pending
+                .iter()
+                .position(|(_, done, _)| !done.load(Ordering::Acquire));
+            if let Some((handshake, ..)) = oldest.and_then(|at| pending.remove(at)) {
+                handshake.abort();
             }
             if let Some(suppressed) = refusals.admit("full") {
                 tracing::warn!(
@@ -165,11 +186,14 @@ async fn accept(
         let sender = sender.clone();
         let allowed_cn = allowed_cn.clone();
         let refusals = refusals.clone();
-        pending.push_back(tokio::spawn(async move {
+        let done = Arc::new(AtomicBool::new(false));
+        let handshake_done = done.clone();
+        let task = tokio::spawn(async move {
             let refused = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(stream)) => match admitted(&stream, &allowed_cn) {
                     Ok(()) => {
+                        handshake_done.store(true, Ordering::Release);
                         let _ = sender.send(Ok(stream)).await;
                         return;
                     }
@@ -181,6 +205,7 @@ async fn accept(
             if let Some(suppressed) = refusals.admit(&remote.ip().to_string()) {
                 tracing::warn!(%remote, port, reason = %refused, suppressed, "TLS connection refused");
             }
-        }));
+        });
+        pending.push_back((task, done, remote.ip()));
     }
 }
