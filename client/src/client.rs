@@ -378,6 +378,12 @@ impl Client {
                 self.inner.token.set_unneeded(Duration::from_secs(60));
                 Ok(())
             }
+            // The member's login queue is full (many clients logging in at
+            // once, after a failover say): back off and try again, as for
+            // a member that cannot answer.
+            Err(status) if status.code() == Code::ResourceExhausted => Err(Status::unavailable(
+                format!("logging in: {}", status.message()),
+            )),
             Err(status) => Err(status),
         }
     }

@@ -101,8 +101,10 @@ impl TokenSlot {
             .parse()
             .map_err(|_| Error::Endpoint("the server sent a token that is not ASCII".into()))?;
         // Renewed at two thirds of its life: calls never carry one about
-        // to expire.
-        let renew_at = Instant::now() + ttl * 2 / 3;
+        // to expire. (The TTL is the server's word: bounded before the
+        // arithmetic, which would overflow on a huge one.)
+        let life = ttl.min(Duration::from_secs(365 * 24 * 3600));
+        let renew_at = Instant::now() + life * 2 / 3;
         *self.lock() = Some(Held {
             value: Some(value),
             renew_at,
@@ -163,4 +165,16 @@ pub type AuthChannel = InterceptedService<Channel, TokenInterceptor>;
 
 pub(crate) fn intercepted(channel: Channel, slot: &Arc<TokenSlot>) -> AuthChannel {
     InterceptedService::new(channel, TokenInterceptor { slot: slot.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_ttl_from_the_server_is_bounded_not_overflowed() {
+        let slot = TokenSlot::default();
+        slot.set("token", Duration::from_secs(u64::MAX)).unwrap();
+        assert!(!slot.stale());
+    }
 }

@@ -81,8 +81,8 @@ pub(crate) fn not_found(id: u64) -> impl Fn(Error) -> Error {
 }
 
 impl Client {
-    /// Grants a lease of `ttl` (whole seconds, within the server's
-    /// bounds); returns its id.
+    /// Grants a lease of `ttl` (in whole seconds, a fraction rounded up;
+    /// within the server's bounds); returns its id.
     ///
     /// The id is chosen here, so a retried grant whose first attempt did
     /// apply is recognised (the lease exists) instead of granting a
@@ -98,7 +98,9 @@ impl Client {
     pub async fn lease_grant(&self, ttl: Duration) -> Result<u64> {
         // Positive as an i64, for etcd's clients.
         let id = rand::rng().random_range(1..=u64::MAX >> 1);
-        let ttl_secs = ttl.as_secs();
+        // Whole seconds on the wire, rounded up: a lease never lives
+        // shorter than asked (a keep-alive counts the TTL asked).
+        let ttl_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let mut attempts = 0u32;
         self.call(true, |connection| {
             attempts += 1;
@@ -178,6 +180,7 @@ impl Client {
         let (report, state) = watch::channel(LeaseState::Alive);
         let client = self.clone();
         let every = (ttl / 3).max(Duration::from_millis(100));
+        let mut ttl = ttl;
         let task = tokio::spawn(async move {
             // The lease was granted or renewed just before this handle was
             // asked for; from then on, a renewal that succeeds moves it.
@@ -188,9 +191,16 @@ impl Client {
                 // the lease may be gone, and another client may hold what
                 // it guarded.
                 let left = ttl.saturating_sub(renewed.elapsed());
+                // The leader restarts the TTL when it takes the renewal, at
+                // the earliest when it is sent: counting from the answer
+                // would let this handle say "alive" after the lease ran out.
+                let sent = tokio::time::Instant::now();
                 match tokio::time::timeout(left, client.lease_renew(id)).await {
-                    Ok(Ok(_)) => {
-                        renewed = tokio::time::Instant::now();
+                    Ok(Ok(granted)) => {
+                        renewed = sent;
+                        // The lease's own TTL may be shorter than the one
+                        // the caller named.
+                        ttl = ttl.min(granted);
                         report.send_replace(LeaseState::Alive);
                         tokio::time::sleep(every).await;
                     }

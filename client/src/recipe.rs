@@ -178,18 +178,18 @@ pub(crate) async fn contend(
         )
         .await
         .map_err(crate::lease::not_found(lease))?;
-    let revision = if joined.succeeded {
-        joined.revision
-    } else {
-        // This lease already contends (a retry, or a second call).
-        match joined.gets.first().cloned().flatten() {
-            Some(kv) => kv.create_revision,
-            None => {
-                guard.state = Contending::Done;
-                return Err(Error::NotHeld("the key vanished".into()));
-            }
-        }
-    };
+    // A retry of the join gets its first answer (exactly-once): a key that
+    // was already there is another call's, with the same lease. Taking it
+    // as ours would make two holders; and it is not ours to withdraw.
+    if !joined.succeeded {
+        guard.state = Contending::Done;
+        return Err(Error::InvalidArgument(format!(
+            "lease {lease} already contends under {}: one contender per lease and name \
+             (use another lease, or wait for the other call)",
+            String::from_utf8_lossy(prefix)
+        )));
+    }
+    let revision = joined.revision;
     guard.state = Contending::Joined(revision);
     loop {
         let (kvs, read_at) = under(client, prefix).await?;

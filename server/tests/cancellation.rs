@@ -153,6 +153,27 @@ async fn a_lock_call_dropped_at_any_point_leaves_no_contender_behind() {
     server.shutdown().await.unwrap();
 }
 
+/// A second lock call with the lease that holds the lock is refused: two
+/// holders of one lock would be two holders, and the key is not the second
+/// call's to withdraw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_lock_call_with_the_holders_lease_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = single_node(dir.path(), Limits::default()).await;
+    let lease = client.lease_grant(Duration::from_secs(60)).await.unwrap();
+    let guard = client.lock("locks/shared", lease).await.unwrap();
+    let second = client.lock("locks/shared", lease).await;
+    assert!(
+        matches!(second, Err(Error::InvalidArgument(_))),
+        "{second:?}"
+    );
+    let held = client.get(guard.key().to_vec()).await.unwrap();
+    assert_eq!(held.map(|kv| kv.create_revision), Some(guard.token()));
+    client.unlock(&guard).await.unwrap();
+    drop(client);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_place_counts_against_the_deadline() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,8 +53,13 @@ impl Download {
             name.to_string_lossy(),
             std::process::id()
         ));
-        // `create_dir`, not `_all`: it fails if the name exists (a symlink
-        // planted there included), so nothing of another's is reused.
+        // The parent may be new; the staging directory itself must be:
+        // `create_dir` fails if the name exists (a symlink planted there
+        // included), so nothing of another's is reused.
+        if let Some(parent) = partial.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
+        }
         std::fs::create_dir(&partial).map_err(|e| failed(format!("{}: {e}", partial.display())))?;
         let bar = if progress {
             indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
@@ -217,6 +222,12 @@ mod tests {
         assert_eq!(second.finish(1, None).unwrap(), (1, 8));
         assert_eq!(std::fs::read(jan.join("a")).unwrap(), b"january");
         assert_eq!(std::fs::read(feb.join("a")).unwrap(), b"february");
+        // Into a directory that does not exist yet.
+        let nested = root.path().join("new/deeper/x");
+        let mut third = Download::new(&nested, false).unwrap();
+        one_file(&mut third, "a", b"m");
+        third.finish(1, Some(1)).unwrap();
+        assert!(nested.join("a").exists());
         // A stream that ends between files, short of what it announced.
         let short = root.path().join("short");
         let mut download = Download::new(&short, false).unwrap();
@@ -227,6 +238,6 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!short.exists());
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left.len(), 3, "{left:?}");
     }
 }
