@@ -200,8 +200,12 @@ pub(crate) struct Overlay<'a> {
     auth_gate: Option<Option<u64>>,
     /// While a transaction that may be refused part-way is applied: what
     /// each of its writes replaced in `writes` (see [`Overlay::roll_back`]).
-    undo: Option<Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>>,
+    undo: Option<Vec<Undo>>,
 }
+
+/// An engine key and what `Overlay::writes` held for it before a write of
+/// the transaction being applied (`None`: nothing).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// Where a transaction began, to roll back to.
 struct TxnMark {
@@ -1501,9 +1505,11 @@ mod tests {
         )
     }
 
+    type KeyAndValue = (Vec<u8>, Vec<u8>);
+
     /// What the keys under `big/` are: their latest values and their
     /// versions; and how many changes the history holds.
-    fn big_state(db: &Db) -> (Vec<(Vec<u8>, Vec<u8>)>, usize) {
+    fn big_state(db: &Db) -> (Vec<KeyAndValue>, usize) {
         let under = |prefix: u8| {
             db.prefix([prefix, b'b', b'i', b'g'])
                 .map(|item| item.unwrap())
