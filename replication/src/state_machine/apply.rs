@@ -1082,19 +1082,32 @@ mod tests {
         LogId::new(leader, index)
     }
 
-    fn put(index: u64, client: u64, sequence: u64) -> Entry {
+    /// A txn of `ops` by `client` as its request `sequence`, the client
+    /// having seen every answer below `first_incomplete`.
+    fn request(
+        index: u64,
+        client: u64,
+        sequence: u64,
+        first_incomplete: u64,
+        ops: Vec<Op>,
+    ) -> Entry {
         Entry::new_normal(
             log_id(index),
             Command::Txn(Txn {
                 request: Some(RequestId {
                     client,
                     sequence,
-                    first_incomplete: sequence,
+                    first_incomplete,
                 }),
-                ..Txn::batch(vec![Op::put(format!("k{client}"), vec![1])])
+                ..Txn::batch(ops)
             })
             .into(),
         )
+    }
+
+    fn put(index: u64, client: u64, sequence: u64) -> Entry {
+        let ops = vec![Op::put(format!("k{client}"), vec![1])];
+        request(index, client, sequence, sequence, ops)
     }
 
     fn record(db: &Db, client: u64) -> Option<ClientRecord> {
@@ -1491,18 +1504,7 @@ mod tests {
     }
 
     fn txn_entry(index: u64, client: u64, sequence: u64, ops: Vec<Op>) -> Entry {
-        Entry::new_normal(
-            log_id(index),
-            Command::Txn(Txn {
-                request: Some(RequestId {
-                    client,
-                    sequence,
-                    first_incomplete: 0,
-                }),
-                ..Txn::batch(ops)
-            })
-            .into(),
-        )
+        request(index, client, sequence, 0, ops)
     }
 
     type KeyAndValue = (Vec<u8>, Vec<u8>);
@@ -1656,26 +1658,16 @@ mod tests {
             )],
         );
         let reads = |index: u64, sequence: u64, first_incomplete: u64| {
-            Entry::new_normal(
-                log_id(index),
-                Command::Txn(Txn {
-                    request: Some(RequestId {
-                        client: 3,
-                        sequence,
-                        first_incomplete,
-                    }),
-                    ..Txn::batch(vec![
-                        Op::put("r", sequence.to_le_bytes().to_vec()),
-                        Op::Get {
-                            key: b"b/1".to_vec(),
-                        },
-                        Op::Get {
-                            key: b"b/2".to_vec(),
-                        },
-                    ])
-                })
-                .into(),
-            )
+            let ops = vec![
+                Op::put("r", sequence.to_le_bytes().to_vec()),
+                Op::Get {
+                    key: b"b/1".to_vec(),
+                },
+                Op::Get {
+                    key: b"b/2".to_vec(),
+                },
+            ];
+            request(index, 3, sequence, first_incomplete, ops)
         };
         let answers = apply(
             &db,
