@@ -620,7 +620,6 @@ impl Node {
 
     /// Replication progress of every other member; empty unless this node leads.
     pub fn followers(&self) -> Vec<FollowerProgress> {
-        use openraft::async_runtime::Instant as _;
         let metrics = self.metrics();
         let last = metrics.last_log_index.unwrap_or(0);
         let Some(replication) = &metrics.replication else {
@@ -630,11 +629,7 @@ impl Node {
             .iter()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, matched)| {
-                let since_ack = metrics
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(id).cloned().flatten())
-                    .map(|t| t.elapsed());
+                let since_ack = since_ack(&metrics, *id);
                 let matched_index = matched.map(|l| l.index);
                 FollowerProgress {
                     id: *id,
@@ -1502,7 +1497,6 @@ impl Node {
     /// election timeout. Until then, writes go on as usual; a target that
     /// does not catch up within `timeout` is an error and nothing changes.
     pub async fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<()> {
-        use openraft::async_runtime::Instant as _;
         let deadline = Instant::now() + timeout;
         let mut metrics = self.raft.metrics();
         // openraft stops the leader's heartbeats and lease once a transfer
@@ -1531,15 +1525,10 @@ impl Node {
                         leader_addr: None,
                     });
                 }
-                let since_ack = m
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(&to).cloned().flatten())
-                    .map(|t| t.elapsed());
                 (
                     matched_index(&m, to).unwrap_or(0),
                     m.last_log_index.unwrap_or(0),
-                    since_ack.is_some_and(|since| since <= self.lease_wait),
+                    since_ack(&m, to).is_some_and(|since| since <= self.lease_wait),
                 )
             };
             if answered && matched + TRANSFER_CAUGHT_UP_ENTRIES >= last {
@@ -1662,6 +1651,17 @@ impl Node {
         }
         result
     }
+}
+
+/// How long since `id` last acknowledged this leader, as its metrics show
+/// (`None`: never, or this node does not lead).
+fn since_ack(metrics: &RaftMetrics<crate::types::TypeConfig>, id: NodeId) -> Option<Duration> {
+    use openraft::async_runtime::Instant as _;
+    metrics
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&id).cloned().flatten())
+        .map(|t| t.elapsed())
 }
 
 /// The log index a leader's metrics show `id` holding (`None`: unknown,

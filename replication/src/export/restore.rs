@@ -388,11 +388,7 @@ mod tests {
     use openraft::entry::RaftEntry;
 
     fn entry(index: u64, command: Command) -> Entry {
-        let leader = openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        };
-        Entry::new_normal(LogId::new(leader, index), command.into())
+        Entry::new_normal(crate::types::log_id(1, 1, index), command.into())
     }
 
     #[test]

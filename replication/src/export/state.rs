@@ -176,7 +176,7 @@ fn json<T: serde::Serialize>(value: &T) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Command, Entry, LogId, Op, Txn};
+    use crate::types::{Command, Entry, Op, Txn};
     use ferry_engine::columnar::DirSink;
     use ferry_engine::fs::OsFs;
     use ferry_engine::Db;
@@ -186,10 +186,7 @@ mod tests {
     fn a_replicas_checksum_is_the_checksum_of_its_export() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("db"), Default::default()).unwrap();
-        let leader = openraft::impls::leader_id_adv::LeaderId {
-            term: 1,
-            node_id: 1,
-        };
+
         // Two puts in one command (the second at index 1 of its revision),
         // then an overwrite.
         let entries = [
@@ -199,7 +196,10 @@ mod tests {
         .into_iter()
         .enumerate()
         .map(|(at, txn)| {
-            Entry::new_normal(LogId::new(leader, at as u64 + 1), Command::Txn(txn).into())
+            Entry::new_normal(
+                crate::types::log_id(1, 1, at as u64 + 1),
+                Command::Txn(txn).into(),
+            )
         })
         .collect::<Vec<_>>();
         crate::state_machine::apply::apply_and_write(&db, &entries, |_, _| Ok(())).unwrap();

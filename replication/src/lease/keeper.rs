@@ -49,6 +49,17 @@ struct Held {
     stored_low: bool,
 }
 
+impl Held {
+    /// A lease granted or renewed now, for its whole `ttl`.
+    fn whole(ttl: Duration) -> Held {
+        Held {
+            ttl,
+            deadline: Instant::now() + ttl,
+            stored_low: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Clock {
     /// The term the deadlines were loaded for (0: none loaded).
@@ -185,11 +196,7 @@ impl Keeper {
         match self.clock.lock().held.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(Held {
-                    ttl,
-                    deadline: Instant::now() + ttl,
-                    stored_low: false,
-                });
+                vacant.insert(Held::whole(ttl));
                 true
             }
         }
@@ -276,14 +283,7 @@ impl Keeper {
                     // The clock held an earlier attempt's deadline: this
                     // grant is the one that applied, and its TTL runs from
                     // now (as etcd's lessor starts it at apply).
-                    self.clock.lock().held.insert(
-                        id,
-                        Held {
-                            ttl,
-                            deadline: Instant::now() + ttl,
-                            stored_low: false,
-                        },
-                    );
+                    self.clock.lock().held.insert(id, Held::whole(ttl));
                 }
                 Ok(id)
             }

@@ -236,7 +236,12 @@ fn too_large() -> String {
 /// Takes `kv`'s bytes from what is `left` of a transaction's answer; false
 /// once the answer would hold more than [`MAX_TXN_ANSWER_BYTES`].
 fn spend(left: &mut usize, kv: &crate::types::KeyValue) -> bool {
-    match left.checked_sub(kv.answer_bytes()) {
+    spend_bytes(left, kv.answer_bytes())
+}
+
+/// [`spend`] of `bytes`.
+fn spend_bytes(left: &mut usize, bytes: usize) -> bool {
+    match left.checked_sub(bytes) {
         Some(rest) => {
             *left = rest;
             true
@@ -639,10 +644,9 @@ impl<'a> Overlay<'a> {
                         for kv in &mut kvs {
                             let record = self.record(&kv.key)?.expect("read above in this op");
                             kv.value = record.value;
-                            if left.checked_sub(kv.value.len()).is_none() {
+                            if !spend_bytes(&mut left, kv.value.len()) {
                                 return self.refuse(txn, revision, mark, too_large());
                             }
-                            left -= kv.value.len();
                         }
                     }
                     OpResult::Range { kvs, more, count }
