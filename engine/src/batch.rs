@@ -180,8 +180,16 @@ impl WriteBatch {
         self.user_bytes
     }
 
-    /// Size of the encoded payload.
-    pub(crate) fn encoded_len(&self) -> usize {
+    /// Size of the encoded payload: the bytes its WAL record holds (a
+    /// record holds at most [`crate::wal::MAX_PAYLOAD_LEN`]).
+    ///
+    /// ```
+    /// let mut batch = ferry_engine::WriteBatch::new();
+    /// let empty = batch.encoded_len();
+    /// batch.put(b"key", b"value");
+    /// assert!(batch.encoded_len() >= empty + 8);
+    /// ```
+    pub fn encoded_len(&self) -> usize {
         4 + self.ops.len()
     }
 

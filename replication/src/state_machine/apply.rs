@@ -13,6 +13,7 @@ use crate::lease;
 use crate::types::{
     Command, Compare, CompareOp, CompareTarget, Entry, LogId, Op, OpResult, RangeOrder, Response,
     SortBy, StoredMembership, Txn, ANSWER_REFUSED, MAX_TXN_ANSWER_BYTES, MAX_TXN_RANGE_KEYS,
+    MAX_TXN_WRITE_BYTES, WRITES_REFUSED,
 };
 use ferry_engine::{Db, SavePoint, SeqNo, WriteBatch};
 use openraft::entry::RaftEntry;
@@ -24,6 +25,34 @@ use std::io;
 /// of old writes would be applied again.
 pub(crate) const CLIENT_EXPIRY_REVISIONS: u64 = 1_000_000;
 const CLIENT_SWEEP_EVERY: u64 = 10_000;
+/// A run ends after the entry that takes its writes past this many bytes
+/// (see [`Overlay::written`]): a run is held in memory and written as one
+/// engine batch, one WAL record. With a transaction's own bound
+/// ([`MAX_TXN_WRITE_BYTES`]) a batch stays far below the WAL's record
+/// limit.
+const MAX_RUN_WRITE_BYTES: usize = 32 << 20;
+
+/// The byte bounds apply works within; tests shrink them.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// See [`MAX_TXN_WRITE_BYTES`]: part of what apply does.
+    txn_write_bytes: usize,
+    /// See [`MAX_RUN_WRITE_BYTES`]: only how entries are grouped.
+    run_write_bytes: usize,
+}
+
+impl Bounds {
+    const RELEASE: Bounds = Bounds {
+        txn_write_bytes: MAX_TXN_WRITE_BYTES,
+        run_write_bytes: MAX_RUN_WRITE_BYTES,
+    };
+}
+/// What listing a key for a range delete counts against
+/// [`MAX_TXN_WRITE_BYTES`] beyond the key's own bytes: deleting a key
+/// writes its tombstone, a change and two version entries, each naming
+/// the key, so more than its bytes plus this. The listing stops, and the
+/// delete is refused, before its keys alone fill memory.
+const LISTED_KEY_BYTES: usize = 32;
 
 /// The effects of a run of entries, ready to be written as one batch.
 pub(crate) struct AppliedRun {
@@ -74,11 +103,20 @@ fn is_barrier(entry: &Entry) -> bool {
 pub(crate) fn apply_and_write(
     db: &Db,
     entries: &[Entry],
+    written: impl FnMut(AppliedRun, SeqNo) -> io::Result<()>,
+) -> io::Result<()> {
+    apply_and_write_within(db, entries, Bounds::RELEASE, written)
+}
+
+fn apply_and_write_within(
+    db: &Db,
+    entries: &[Entry],
+    bounds: Bounds,
     mut written: impl FnMut(AppliedRun, SeqNo) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut rest = entries;
     while !rest.is_empty() {
-        let (mut run, used) = apply_run(db, rest)?;
+        let (mut run, used) = apply_run(db, rest, bounds)?;
         debug_assert!(used > 0 && used <= rest.len());
         let batch = std::mem::replace(&mut run.batch, WriteBatch::new());
         let sequence = db.write(batch).map_err(io::Error::other)?;
@@ -93,7 +131,7 @@ pub(crate) fn apply_and_write(
 /// marker, the new membership, the latest command time and the history's
 /// bookkeeping, so that writing it moves the state and its description
 /// together.
-fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
+fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedRun, usize)> {
     // The run: up to the next barrier after the first entry.
     let end = entries
         .iter()
@@ -102,6 +140,7 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
         .map_or(entries.len(), |at| at + 1);
     let run = &entries[..end];
     let mut overlay = Overlay::new(db)?;
+    overlay.bounds = bounds;
     overlay.read_ahead(run)?;
     let time_before = overlay.time;
     let mut membership = None;
@@ -137,6 +176,10 @@ fn apply_run(db: &Db, entries: &[Entry]) -> io::Result<(AppliedRun, usize)> {
         overlay.sweep_clients(log_id.index)?;
         applied = Some(log_id);
         responses.push(response);
+        if overlay.written() >= bounds.run_write_bytes {
+            // The rest starts a run of its own, on top of this one.
+            break;
+        }
     }
     let used = responses.len();
     overlay.put(keys::APPLIED.to_vec(), encode(&applied)?);
@@ -201,6 +244,10 @@ pub(crate) struct Overlay<'a> {
     /// While a transaction that may be refused part-way is applied: what
     /// each of its writes replaced in `writes` (see [`Overlay::roll_back`]).
     undo: Option<Vec<Undo>>,
+    /// Bytes of keys and values put in `writes` in this run, and of the
+    /// exactly-once records it will rewrite (see [`Overlay::written`]).
+    written: usize,
+    bounds: Bounds,
 }
 
 /// An engine key and what `Overlay::writes` held for it before a write of
@@ -211,6 +258,7 @@ type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 struct TxnMark {
     history: SavePoint,
     changes: usize,
+    written: usize,
 }
 
 /// Whether `op`'s result holds key-values (which count against
@@ -222,6 +270,15 @@ fn answers_with_values(op: &Op) -> bool {
         }
         Op::Get { .. } | Op::Range { .. } => true,
     }
+}
+
+/// Why a transaction that would write more than `bound` bytes
+/// ([`MAX_TXN_WRITE_BYTES`]) is refused.
+fn writes_too_large(bound: usize) -> String {
+    format!(
+        "{WRITES_REFUSED}: it would write more than {bound} bytes of keys, values and \
+         history; delete a large range in smaller ranges"
+    )
 }
 
 /// Why a transaction whose answer passed [`MAX_TXN_ANSWER_BYTES`] is refused.
@@ -278,6 +335,8 @@ impl<'a> Overlay<'a> {
             auth_changed: false,
             auth_gate: None,
             undo: None,
+            written: 0,
+            bounds: Bounds::RELEASE,
         })
     }
 
@@ -374,6 +433,7 @@ impl<'a> Overlay<'a> {
     }
 
     fn set(&mut self, engine_key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.written += engine_key.len() + value.as_ref().map_or(0, Vec::len);
         match &mut self.undo {
             Some(undo) => {
                 let before = self.writes.insert(engine_key.clone(), value);
@@ -392,7 +452,16 @@ impl<'a> Overlay<'a> {
         TxnMark {
             history: self.history.savepoint(),
             changes: self.changes.len(),
+            written: self.written(),
         }
+    }
+
+    /// Bytes the run writes so far: its overlay's keys and values (a key
+    /// written twice counts twice), its history entries, and the
+    /// exactly-once records it will rewrite. What a run and a transaction
+    /// are bounded by.
+    fn written(&self) -> usize {
+        self.written + self.history.encoded_len()
     }
 
     /// Undoes everything since `mark`: the overlay's writes, the history's
@@ -400,6 +469,8 @@ impl<'a> Overlay<'a> {
     fn roll_back(&mut self, mark: TxnMark) {
         self.history.rollback_to(mark.history);
         self.changes.truncate(mark.changes);
+        // `written` only grows: what was undone still counts for the run,
+        // which is conservative.
         for (key, before) in self.undo.take().unwrap_or_default().into_iter().rev() {
             match before {
                 Some(value) => self.writes.insert(key, value),
@@ -506,9 +577,13 @@ impl<'a> Overlay<'a> {
             }
         }
         // A transaction whose answer holds values may be refused part-way,
-        // when the answer grows past its bound: only then is what it
-        // changes kept for undoing (puts alone never are).
-        let mark = ops.iter().any(answers_with_values).then(|| self.mark());
+        // when the answer grows past its bound, and one with a range delete
+        // when its writes do: only then is what it changes kept for undoing
+        // (puts alone never are).
+        let mark = ops
+            .iter()
+            .any(|op| answers_with_values(op) || matches!(op, Op::DeleteRange { .. }))
+            .then(|| self.mark());
         let mut left = MAX_TXN_ANSWER_BYTES;
         let mut results = Vec::with_capacity(ops.len());
         let mut index = 0u32;
@@ -582,13 +657,28 @@ impl<'a> Overlay<'a> {
                 } => {
                     let mut prev = Vec::new();
                     let mut deleted = 0;
-                    for key in self.keys_in(start, end.as_deref(), usize::MAX)?.0 {
+                    let (keys, truncated) = self.keys_in(
+                        start,
+                        end.as_deref(),
+                        usize::MAX,
+                        self.bounds.txn_write_bytes,
+                    )?;
+                    if truncated {
+                        let why = writes_too_large(self.bounds.txn_write_bytes);
+                        return self.refuse(txn, revision, mark, why);
+                    }
+                    let began = mark.as_ref().expect("a range delete is marked").written;
+                    for key in keys {
                         let Some(previous) = self.record(&key)? else {
                             continue;
                         };
                         self.delete_key(&key, &previous, revision, index, txn.time_ms);
                         index += 1;
                         deleted += 1;
+                        if self.written() - began > self.bounds.txn_write_bytes {
+                            let why = writes_too_large(self.bounds.txn_write_bytes);
+                            return self.refuse(txn, revision, mark, why);
+                        }
                         if *prev_kv {
                             let kv = as_kv(&key, previous);
                             // Counted here, to stop before reading on.
@@ -607,7 +697,7 @@ impl<'a> Overlay<'a> {
                     order,
                 } => {
                     let (keys, truncated) =
-                        self.keys_in(start, end.as_deref(), MAX_TXN_RANGE_KEYS)?;
+                        self.keys_in(start, end.as_deref(), MAX_TXN_RANGE_KEYS, usize::MAX)?;
                     // Every key listed exists (see `keys_in`).
                     let count = keys.len() as u64;
                     let limit = if *limit == 0 { u64::MAX } else { *limit };
@@ -705,8 +795,8 @@ impl<'a> Overlay<'a> {
         mark: Option<TxnMark>,
         reason: String,
     ) -> io::Result<Response> {
-        debug_assert!(crate::types::is_answer_refused(&reason));
-        self.roll_back(mark.expect("only a transaction whose answer holds values is counted"));
+        debug_assert!(crate::types::is_too_large(&reason));
+        self.roll_back(mark.expect("only a marked transaction is counted"));
         let response = Response {
             revision,
             succeeded: false,
@@ -718,21 +808,26 @@ impl<'a> Overlay<'a> {
     }
 
     /// The user keys in `[start, end)`: the engine's, merged with this
-    /// run's writes; at most `cap` of the engine's, and whether there were
-    /// more. Only a transaction that starts its run calls it (see
-    /// [`is_barrier`]), so the writes are its own earlier ops'.
+    /// run's writes; at most `cap` of the engine's, and of their bytes
+    /// (each counted with [`LISTED_KEY_BYTES`] more) at most `cap_bytes`;
+    /// and whether there were more. Only a transaction that starts its run
+    /// calls it (see [`is_barrier`]), so the writes are its own earlier
+    /// ops'.
     fn keys_in(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         cap: usize,
+        cap_bytes: usize,
     ) -> io::Result<(BTreeSet<Vec<u8>>, bool)> {
         let (from, mut to) = keys::user_bounds(start, end);
         let mut found = BTreeSet::new();
         let mut truncated = false;
+        let mut bytes = 0usize;
         for item in self.db.snapshot().range(from.as_slice()..to.as_slice()) {
             let (key, _) = item.map_err(io::Error::other)?;
-            if found.len() == cap {
+            bytes = bytes.saturating_add(key.len() - 1 + LISTED_KEY_BYTES);
+            if found.len() == cap || bytes > cap_bytes {
                 // The answer covers the keys before this one.
                 truncated = true;
                 to = key.to_vec();
@@ -783,10 +878,17 @@ impl<'a> Overlay<'a> {
     /// Keeps `response` as the answer to `txn`'s request, if it has one.
     fn answered(&mut self, txn: &Txn, revision: u64, response: &Response) -> io::Result<()> {
         if let Some(request) = txn.request {
+            let first = !self.dirty.contains(&request.client);
             let record = self.client_record(request.client)?;
             record.keep(request.sequence, request.first_incomplete, response.clone());
             record.last_revision = revision;
+            // The run rewrites the whole record at its end.
+            let grew = match first {
+                true => record.kept_bytes(0),
+                false => response.answer_bytes(),
+            };
             self.dirty.insert(request.client);
+            self.written += grew;
         }
         Ok(())
     }
@@ -1621,6 +1723,132 @@ mod tests {
         }
     }
 
+    /// Applies `entries` within `bounds`; the answers and the number of
+    /// engine batches written.
+    fn apply_within(db: &Db, entries: &[Entry], bounds: Bounds) -> (Vec<Response>, usize) {
+        let (mut responses, mut batches) = (Vec::new(), 0);
+        apply_and_write_within(db, entries, bounds, |run, _| {
+            responses.extend(run.responses);
+            batches += 1;
+            Ok(())
+        })
+        .unwrap();
+        (responses, batches)
+    }
+
+    #[test]
+    fn a_range_delete_that_would_write_too_much_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let bounds = Bounds {
+            txn_write_bytes: 4096,
+            ..Bounds::RELEASE
+        };
+        let fill: Vec<Op> = (0..100)
+            .map(|i| Op::put(format!("big/{i:03}"), "v"))
+            .collect();
+        apply_within(&db, &[txn_entry(1, 1, 0, fill)], bounds);
+        let (before, mut changes) = big_state(&db);
+        let range = |end: &str| Op::DeleteRange {
+            start: b"big/".to_vec(),
+            end: Some(end.as_bytes().to_vec()),
+            prev_kv: false,
+        };
+        let refusals = [
+            // 100 keys of 7 bytes: listed, more than the bound.
+            vec![range("big0")],
+            // 80 keys: listed within it (80 * (7 + 32) = 3 120), but
+            // deleting them writes more; after a write of its own.
+            vec![Op::put("x", "1"), range("big/080")],
+        ];
+        let mut index = 2;
+        for (sequence, ops) in refusals.into_iter().enumerate() {
+            // In one run with a write after it, which is applied.
+            let entries = [
+                txn_entry(index, 2, sequence as u64, ops),
+                txn_entry(index + 1, 3, sequence as u64, vec![Op::put("y", "2")]),
+            ];
+            let (answers, _) = apply_within(&db, &entries, bounds);
+            let why = answers[0].rejected.as_deref().unwrap_or_default();
+            assert!(why.starts_with(WRITES_REFUSED), "{answers:?}");
+            assert!(crate::types::is_too_large(why));
+            assert!(answers[1].rejected.is_none());
+            assert!(db.get(keys::user_key(b"x")).unwrap().is_none());
+            changes += 1;
+            assert_eq!(big_state(&db), (before.clone(), changes));
+            // Its retry gets the same refusal.
+            let (retried, _) = apply_within(
+                &db,
+                &[txn_entry(index + 2, 2, sequence as u64, Vec::new())],
+                bounds,
+            );
+            assert_eq!(retried[0], answers[0]);
+            index += 3;
+        }
+        // Within the bound, in smaller ranges.
+        for sequence in 0..10u64 {
+            let end = match sequence {
+                9 => "big0".to_owned(),
+                _ => format!("big/{:03}", (sequence + 1) * 10),
+            };
+            let (answers, _) = apply_within(
+                &db,
+                &[txn_entry(index, 4, sequence, vec![range(&end)])],
+                bounds,
+            );
+            assert!(answers[0].rejected.is_none(), "{answers:?}");
+            index += 1;
+        }
+        assert!(big_state(&db)
+            .0
+            .iter()
+            .all(|(key, _)| key[0] != keys::USER_PREFIX));
+    }
+
+    #[test]
+    fn listing_a_key_for_a_range_delete_counts_less_than_deleting_it_writes() {
+        // What makes refusing a range delete whose listing passed the
+        // bound right: its deletes would have passed it too.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        apply(&db, &[txn_entry(1, 1, 0, vec![Op::put("a", "")])]);
+        let mut overlay = Overlay::new(&db).unwrap();
+        let before = overlay.written();
+        let txn = Txn::batch(vec![Op::DeleteRange {
+            start: b"a".to_vec(),
+            end: None,
+            prev_kv: false,
+        }]);
+        let answer = overlay.apply(&txn, 2).unwrap();
+        assert!(matches!(
+            answer.results[0],
+            OpResult::DeleteRange { deleted: 1, .. }
+        ));
+        assert!(overlay.written() - before >= 1 + LISTED_KEY_BYTES);
+    }
+
+    #[test]
+    fn a_run_that_writes_much_is_written_as_several_batches_with_the_same_result() {
+        let entries: Vec<Entry> = (1..=6)
+            .map(|i| txn_entry(i, 1, i, vec![Op::put(format!("k{i}"), vec![7u8; 100])]))
+            .collect();
+        let (whole, cut) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (whole, cut) = (
+            Db::open(whole.path(), Default::default()).unwrap(),
+            Db::open(cut.path(), Default::default()).unwrap(),
+        );
+        let (answers, batches) = apply_within(&whole, &entries, Bounds::RELEASE);
+        assert_eq!(batches, 1);
+        let small = Bounds {
+            run_write_bytes: 300,
+            ..Bounds::RELEASE
+        };
+        let (cut_answers, cut_batches) = apply_within(&cut, &entries, small);
+        assert!(cut_batches >= 3, "{cut_batches} batches");
+        assert_eq!(cut_answers, answers);
+        assert_eq!(contents(&cut), contents(&whole));
+    }
+
     #[test]
     fn an_answer_a_full_record_dropped_is_refused_on_retry_never_applied_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -1682,7 +1910,7 @@ mod tests {
             answers[3]
                 .rejected
                 .as_deref()
-                .is_some_and(crate::types::is_answer_refused),
+                .is_some_and(crate::types::is_too_large),
             "{:?}",
             answers[3].rejected
         );

@@ -126,9 +126,25 @@ pub const MAX_TXN_ANSWER_BYTES: usize = 3 << 20;
 /// begins (see [`MAX_TXN_ANSWER_BYTES`]).
 pub const ANSWER_REFUSED: &str = "the answer is too large";
 
-/// Whether a refusal (`Error::Rejected`) is one for the size of an answer.
-pub fn is_answer_refused(reason: &str) -> bool {
-    reason.starts_with(ANSWER_REFUSED)
+/// Bytes one transaction may write to the engine at most: the keys and
+/// values of its writes and of the history entries they add, as apply
+/// counts them. Only a range delete can come near it (a request's own
+/// size bounds the rest). Apply refuses a transaction that would write
+/// more, changing nothing: a transaction is applied in memory on every
+/// member and written as part of one engine batch, and one batch is one
+/// record of the engine's WAL. Part of what apply does (this release on;
+/// earlier releases had no bound).
+pub const MAX_TXN_WRITE_BYTES: usize = 64 << 20;
+
+/// How the reason of a transaction refused for what it would write begins
+/// (see [`MAX_TXN_WRITE_BYTES`]).
+pub const WRITES_REFUSED: &str = "the transaction writes too much";
+
+/// Whether a refusal (`Error::Rejected`) is one for the size of an answer
+/// or of a transaction's writes: nothing was written, and the call must be
+/// made smaller (or, for kept answers, later).
+pub fn is_too_large(reason: &str) -> bool {
+    reason.starts_with(ANSWER_REFUSED) || reason.starts_with(WRITES_REFUSED)
 }
 
 /// The order of a range's answer inside a transaction.

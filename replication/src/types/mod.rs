@@ -8,8 +8,8 @@ mod command;
 mod response;
 
 pub use command::{
-    is_answer_refused, Command, Op, RangeOrder, SortBy, Txn, ANSWER_REFUSED, MAX_TXN_ANSWER_BYTES,
-    MAX_TXN_RANGE_KEYS,
+    is_too_large, Command, Op, RangeOrder, SortBy, Txn, ANSWER_REFUSED, MAX_TXN_ANSWER_BYTES,
+    MAX_TXN_RANGE_KEYS, MAX_TXN_WRITE_BYTES, WRITES_REFUSED,
 };
 pub(crate) use response::LegacyResponse;
 pub use response::{KeyValue, OpResult, Response};

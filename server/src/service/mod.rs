@@ -101,7 +101,7 @@ impl Context {
             }
             // Nothing was written: a call the client must make smaller or
             // later, never a conflict.
-            Error::Rejected(reason) if ferry_replication::types::is_answer_refused(&reason) => {
+            Error::Rejected(reason) if ferry_replication::types::is_too_large(&reason) => {
                 Status::resource_exhausted(reason)
             }
             Error::Rejected(reason) => Status::already_exists(reason),
