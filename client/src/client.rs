@@ -98,6 +98,13 @@ pub(crate) struct Inner {
     /// what tells when it is done: a contender joining with the same key
     /// waits, or the withdrawal would delete the key it joined with.
     pub(crate) withdrawals: Mutex<HashMap<Vec<u8>, tokio::sync::watch::Receiver<bool>>>,
+    /// Contender keys whose join is on its way (see `recipe::contend`):
+    /// one join of a key at a time.
+    pub(crate) joining: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// The highest revision a recipe's join was answered at: a key created
+    /// at or before it is not the key of a join sent after (see
+    /// `recipe::withdraw`).
+    pub(crate) joins_answered: AtomicU64,
 }
 
 /// A new write's sequence stays within this distance of the oldest write
@@ -209,6 +216,8 @@ impl Client {
                 renewing: tokio::sync::Mutex::new(()),
                 token_generation: AtomicU64::new(0),
                 withdrawals: Mutex::new(HashMap::new()),
+                joining: Mutex::new(Default::default()),
+                joins_answered: AtomicU64::new(0),
             }),
         };
         client.refresh_members().await?;

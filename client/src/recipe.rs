@@ -6,6 +6,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::pb::{event::Kind, KeyValue};
 use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
 
 /// Runs `txn`, whose compares say the caller still holds something (a
 /// lock, a leadership, a claim); `Error::NotHeld(what())` if it no longer
@@ -63,17 +64,30 @@ pub(crate) fn prefix_of(name: &[u8]) -> Vec<u8> {
     [name, b"/"].concat()
 }
 
+/// Which contender key a withdrawal deletes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The one created at this revision.
+    At(u64),
+    /// The join's answer never came, and it may still apply: one created
+    /// after this revision, the highest this client's joins had been
+    /// answered at when it was sent. A key created before was another
+    /// call's: a holder with the same lease, whose key this call's join
+    /// would not have replaced (a join writes only an absent key), and
+    /// which its answer would have named, were it this client's.
+    After(u64),
+}
+
 /// Deletes contender `key` from a task of its own, if it is still the one
-/// created at `revision`: for a contender whose call was cancelled, so
-/// that it does not block the others until its lease expires. A later
-/// [`contend`] with the same key waits for it.
+/// `written` names: for a contender whose call was cancelled, so that it
+/// does not block the others until its lease expires. A later [`contend`]
+/// with the same key waits for it.
 ///
-/// `None`: the join's answer never came, and it may still apply. The key
-/// names the lease, so it is deleted whoever wrote it. This write is
-/// numbered after the dropped join, whose number this client no longer
-/// waits for: applied before it, the join is undone by it; arriving
-/// after it, the join is refused as an old request (exactly-once).
-pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: Option<u64>) {
+/// This write is numbered after the dropped join, whose number this
+/// client no longer waits for: applied before it, the join is undone by
+/// it; arriving after it, the join is refused as an old request
+/// (exactly-once).
+pub(crate) fn withdraw(client: &Client, key: Vec<u8>, written: Written) {
     // Outside a runtime (dropped after it shut down) the lease ends it.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -87,9 +101,13 @@ pub(crate) fn withdraw(client: &Client, key: Vec<u8>, revision: Option<u64>) {
         .insert(key.clone(), finished.clone());
     let client = client.clone();
     runtime.spawn(async move {
-        let txn = match revision {
-            Some(revision) => crate::Txn::new().when_create_revision(key.clone(), revision),
-            None => crate::Txn::new(),
+        let txn = match written {
+            Written::At(revision) => crate::Txn::new().when_create_revision(key.clone(), revision),
+            Written::After(revision) => crate::Txn::new().when(crate::pb::Compare {
+                key: key.clone(),
+                op: crate::pb::compare::Op::Greater as i32,
+                target: Some(crate::pb::compare::Target::CreateRevision(revision)),
+            }),
         };
         let _ = client.txn(txn.then_delete(key.clone())).await;
         let mut withdrawals = client.inner.withdrawals.lock().expect("lock");
@@ -128,22 +146,40 @@ pub(crate) struct Withdraw<'a> {
 /// How far a contender got.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Contending {
-    /// Its join was sent; whether it applied is unknown.
-    Joining,
+    /// Its join was sent, when this client's joins had been answered up
+    /// to the revision given; whether it applied is unknown.
+    Joining(u64),
     /// In the queue since `revision`.
     Joined(u64),
     /// Nothing to undo.
     Done,
 }
 
+impl Withdraw<'_> {
+    /// The join was answered at `revision`: the contender is `state` now.
+    fn answered(&mut self, revision: u64, state: Contending) {
+        debug_assert!(matches!(self.state, Contending::Joining(_)));
+        let inner = &self.client.inner;
+        inner.joins_answered.fetch_max(revision, Ordering::SeqCst);
+        inner.joining.lock().expect("lock").remove(&self.key);
+        self.state = state;
+    }
+}
+
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        let revision = match self.state {
+        let written = match self.state {
             Contending::Done => return,
-            Contending::Joining => None,
-            Contending::Joined(revision) => Some(revision),
+            Contending::Joining(floor) => Written::After(floor),
+            Contending::Joined(revision) => Written::At(revision),
         };
-        withdraw(self.client, std::mem::take(&mut self.key), revision);
+        let key = std::mem::take(&mut self.key);
+        withdraw(self.client, key.clone(), written);
+        // After `withdraw` has registered the withdrawal, which the next
+        // join of the key waits for.
+        if matches!(written, Written::After(_)) {
+            self.client.inner.joining.lock().expect("lock").remove(&key);
+        }
     }
 }
 
@@ -162,12 +198,31 @@ pub(crate) async fn contend(
 ) -> Result<(Vec<u8>, u64)> {
     let key = contender_key(prefix, lease);
     withdrawn(client, &key).await;
+    let already = || {
+        Error::InvalidArgument(format!(
+            "lease {lease} already contends under {}: one contender per lease and name \
+             (use another lease, or wait for the other call)",
+            String::from_utf8_lossy(prefix)
+        ))
+    };
+    // One join of a key at a time: a withdrawal of a join whose answer
+    // never came could not tell its key from another's sent meanwhile.
+    if !client
+        .inner
+        .joining
+        .lock()
+        .expect("lock")
+        .insert(key.clone())
+    {
+        return Err(already());
+    }
     // Armed before the join: dropped while it is on its way, the key it
     // may have written is withdrawn too.
+    let floor = client.inner.joins_answered.load(Ordering::SeqCst);
     let mut guard = Withdraw {
         client,
         key: key.clone(),
-        state: Contending::Joining,
+        state: Contending::Joining(floor),
     };
     let joined = client
         .txn(
@@ -182,15 +237,11 @@ pub(crate) async fn contend(
     // was already there is another call's, with the same lease. Taking it
     // as ours would make two holders; and it is not ours to withdraw.
     if !joined.succeeded {
-        guard.state = Contending::Done;
-        return Err(Error::InvalidArgument(format!(
-            "lease {lease} already contends under {}: one contender per lease and name \
-             (use another lease, or wait for the other call)",
-            String::from_utf8_lossy(prefix)
-        )));
+        guard.answered(joined.revision, Contending::Done);
+        return Err(already());
     }
     let revision = joined.revision;
-    guard.state = Contending::Joined(revision);
+    guard.answered(revision, Contending::Joined(revision));
     loop {
         let (kvs, read_at) = under(client, prefix).await?;
         if !kvs

@@ -155,7 +155,8 @@ async fn a_lock_call_dropped_at_any_point_leaves_no_contender_behind() {
 
 /// A second lock call with the lease that holds the lock is refused: two
 /// holders of one lock would be two holders, and the key is not the second
-/// call's to withdraw.
+/// call's to withdraw, not even when the second call is dropped before
+/// its join is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_lock_call_with_the_holders_lease_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +170,37 @@ async fn a_second_lock_call_with_the_holders_lease_is_refused() {
     );
     let held = client.get(guard.key().to_vec()).await.unwrap();
     assert_eq!(held.map(|kv| kv.create_revision), Some(guard.token()));
+    for polls in 1..30 {
+        poll_then_drop(client.lock("locks/shared", lease), polls).await;
+        // Let a withdrawal of the dropped call land, were it coming.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let held = client.get(guard.key().to_vec()).await.unwrap();
+        assert_eq!(
+            held.map(|kv| kv.create_revision),
+            Some(guard.token()),
+            "a dropped second call ({polls} polls) deleted the holder's key"
+        );
+    }
+    // While one call's join is on its way, a second with the same lease
+    // is refused at once.
+    let other = client.lease_grant(Duration::from_secs(60)).await.unwrap();
+    let mut refused = false;
+    for _ in 0..20 {
+        let mut first = Box::pin(client.lock("locks/joining", other));
+        if let Some(done) = (&mut first).now_or_never() {
+            // Answered within one poll (a preempted poller): again.
+            client.unlock(&done.unwrap()).await.unwrap();
+            continue;
+        }
+        let second = client.lock("locks/joining", other).now_or_never();
+        assert!(
+            matches!(second, Some(Err(Error::InvalidArgument(_)))),
+            "{second:?}"
+        );
+        refused = true;
+        break;
+    }
+    assert!(refused, "every first call finished within one poll");
     client.unlock(&guard).await.unwrap();
     drop(client);
     server.shutdown().await.unwrap();
