@@ -32,6 +32,11 @@ const CLIENT_SWEEP_EVERY: u64 = 10_000;
 /// limit.
 const MAX_RUN_WRITE_BYTES: usize = 32 << 20;
 
+/// A run reads ahead the values of at most about this many bytes (see
+/// [`Overlay::read_ahead`]), in groups of [`READ_AHEAD_GROUP`] keys.
+const MAX_READ_AHEAD_BYTES: usize = 16 << 20;
+const READ_AHEAD_GROUP: usize = 256;
+
 /// The byte bounds apply works within; tests shrink them.
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
@@ -39,12 +44,15 @@ struct Bounds {
     txn_write_bytes: usize,
     /// See [`MAX_RUN_WRITE_BYTES`]: only how entries are grouped.
     run_write_bytes: usize,
+    /// See [`MAX_READ_AHEAD_BYTES`]: only how values are read.
+    read_ahead_bytes: usize,
 }
 
 impl Bounds {
     const RELEASE: Bounds = Bounds {
         txn_write_bytes: MAX_TXN_WRITE_BYTES,
         run_write_bytes: MAX_RUN_WRITE_BYTES,
+        read_ahead_bytes: MAX_READ_AHEAD_BYTES,
     };
 }
 /// What listing a key for a range delete counts against
@@ -141,6 +149,8 @@ fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedR
     let run = &entries[..end];
     let mut overlay = Overlay::new(db)?;
     overlay.bounds = bounds;
+    // The answers the run holds until it is written.
+    let mut answers = 0;
     overlay.read_ahead(run)?;
     let time_before = overlay.time;
     let mut membership = None;
@@ -175,8 +185,9 @@ fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedR
         };
         overlay.sweep_clients(log_id.index)?;
         applied = Some(log_id);
+        answers += response.answer_bytes();
         responses.push(response);
-        if overlay.written() >= bounds.run_write_bytes {
+        if overlay.written() + answers >= bounds.run_write_bytes {
             // The rest starts a run of its own, on top of this one.
             break;
         }
@@ -380,8 +391,12 @@ impl<'a> Overlay<'a> {
     /// after another weigh on a run of random overwrites. Nothing writes
     /// the engine during a run but the run itself, at its end, so these
     /// stay the values before the run.
+    ///
+    /// Each key is read once, and reading ahead stops once the values read
+    /// pass [`MAX_READ_AHEAD_BYTES`]: the rest are read as they are needed.
     fn read_ahead(&mut self, run: &[Entry]) -> io::Result<()> {
         let mut wanted = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut clients = BTreeSet::new();
         for entry in run {
             let EntryPayload::Normal(command) = &entry.payload else {
@@ -395,7 +410,9 @@ impl<'a> Overlay<'a> {
             }
             for op in txn.success.iter().chain(&txn.failure) {
                 if let Op::Put { key, .. } | Op::Delete { key, .. } = op {
-                    wanted.push(keys::user_key(key));
+                    if seen.insert(key.as_slice()) {
+                        wanted.push(keys::user_key(key));
+                    }
                 }
             }
         }
@@ -407,9 +424,17 @@ impl<'a> Overlay<'a> {
                 wanted.push(clients::legacy_key(client));
             }
         }
-        if wanted.len() > 1 {
-            let values = self.db.get_many(&wanted).map_err(io::Error::other)?;
-            self.read.extend(wanted.into_iter().zip(values));
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        let mut bytes = 0;
+        for group in wanted.chunks(READ_AHEAD_GROUP) {
+            let values = self.db.get_many(group).map_err(io::Error::other)?;
+            bytes += values.iter().flatten().map(Vec::len).sum::<usize>();
+            self.read.extend(group.iter().cloned().zip(values));
+            if bytes > self.bounds.read_ahead_bytes {
+                break;
+            }
         }
         Ok(())
     }
@@ -1847,6 +1872,43 @@ mod tests {
         let (cut_answers, cut_batches) = apply_within(&cut, &entries, small);
         assert!(cut_batches >= 3, "{cut_batches} batches");
         assert_eq!(cut_answers, answers);
+        assert_eq!(contents(&cut), contents(&whole));
+        // Overwrites (twice in a transaction, with previous values) of 384
+        // keys, read ahead one group of values at most: the rest are read
+        // as needed, with the same result.
+        let key = |k: u64| format!("r{k:03}");
+        let fill: Vec<Entry> = (0..3u64)
+            .map(|t| {
+                let ops = (t * 128..(t + 1) * 128)
+                    .map(|k| Op::put(key(k), "0"))
+                    .collect();
+                txn_entry(7 + t, 2, t, ops)
+            })
+            .collect();
+        apply(&whole, &fill);
+        apply(&cut, &fill);
+        let overwrite = |prev_kv| {
+            (0..384u64).map(move |k| Op::Put {
+                key: key(k).into_bytes(),
+                value: vec![1; 10],
+                lease: 0,
+                prev_kv,
+            })
+        };
+        let entries: Vec<Entry> = (0..6u64)
+            .map(|t| {
+                let ops = overwrite(t % 2 == 0).skip(t as usize * 64).take(64);
+                let ops = ops.clone().chain(ops).collect();
+                txn_entry(10 + t, 3, t, ops)
+            })
+            .collect();
+        let (answers, _) = apply_within(&whole, &entries, Bounds::RELEASE);
+        let little = Bounds {
+            read_ahead_bytes: 1,
+            ..Bounds::RELEASE
+        };
+        let (little_answers, _) = apply_within(&cut, &entries, little);
+        assert_eq!(little_answers, answers);
         assert_eq!(contents(&cut), contents(&whole));
     }
 
