@@ -1040,8 +1040,9 @@ impl<'a> Overlay<'a> {
             return Ok(());
         };
         let view = self.db.snapshot();
-        let writes = &mut self.writes;
+        let (writes, written) = (&mut self.writes, &mut self.written);
         self.purge = history::purge_step(&view, cursor, PURGE_STEP_ENTRIES, &mut |key, value| {
+            *written += key.len() + value.as_ref().map_or(0, Vec::len);
             writes.insert(key, value);
         })?;
         self.history_dirty = true;
@@ -2023,5 +2024,60 @@ mod tests {
         assert_eq!(runs, vec![2, 2]);
         let view = db.snapshot();
         assert_eq!(history::compacted(&view).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_purge_step_over_large_kept_values_stops_early() {
+        // 40 values of 1 MiB, each replaced after the compacted revision:
+        // a purge keeps each one, inline, so a step that kept all 40 would
+        // write 40 MiB.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let key = |k: u32| format!("big/{k:02}");
+        let big: Vec<Op> = (0..40)
+            .map(|k| Op::put(key(k), vec![7u8; 1 << 20]))
+            .collect();
+        let small: Vec<Op> = (0..40).map(|k| Op::put(key(k), "small")).collect();
+        let purge = |index| Entry::new_normal(log_id(index), Command::PurgeHistory.into());
+        apply(
+            &db,
+            &[
+                txn_entry(1, 1, 0, big),
+                txn_entry(2, 1, 1, small),
+                Entry::new_normal(
+                    log_id(3),
+                    Command::Compact {
+                        revision: 2,
+                        time_ms: 0,
+                    }
+                    .into(),
+                ),
+                purge(4),
+            ],
+        );
+        let cursor = |db: &Db| -> Option<history::PurgeCursor> {
+            db.get(keys::PURGE)
+                .unwrap()
+                .map(|bytes| postcard::from_bytes(&bytes).unwrap())
+        };
+        assert!(
+            matches!(
+                cursor(&db).map(|c| c.phase),
+                Some(history::PurgePhase::Versions { after: Some(_) })
+            ),
+            "{:?}",
+            cursor(&db)
+        );
+        // Later steps finish it, and every change at the compacted
+        // revision still has its previous value (a watch's prev_kv).
+        apply(&db, &[purge(5), purge(6), purge(7), purge(8)]);
+        assert!(cursor(&db).is_none(), "{:?}", cursor(&db));
+        let view = db.snapshot();
+        let page = history::scan_changes(&view, 2, 3, &|_| true, usize::MAX).unwrap();
+        assert_eq!(page.changes.len(), 40);
+        for change in &page.changes {
+            let before = history::version_before(&view, change).unwrap();
+            assert_eq!(before.map(|kv| kv.value.len()), Some(1 << 20));
+        }
     }
 }

@@ -593,6 +593,10 @@ impl PurgeCursor {
 /// stops in): bounds the step's engine batch and the time it holds up
 /// apply.
 pub(crate) const PURGE_STEP_ENTRIES: usize = 20_000;
+/// Bytes one purge step writes, at most (plus the rest of the key it stops
+/// in): a version kept below the compacted revision takes its value
+/// inline, so a step over large values writes them.
+const PURGE_STEP_BYTES: usize = 16 << 20;
 
 /// One step of purging `view` (the state before the step) below
 /// `cursor.below`: writes (engine key, `None` to delete) go to `write`;
@@ -616,7 +620,7 @@ pub(crate) fn purge_step(
                 None => vec![keys::VERSION_PREFIX],
             };
             let mut iter = view.range(from..vec![keys::VERSION_PREFIX + 1]).peekable();
-            let mut looked = 0;
+            let (mut looked, mut bytes) = (0, 0);
             while let Some(item) = iter.next() {
                 let (first, value) = item.map_err(engine)?;
                 let (group, _, _) =
@@ -641,8 +645,8 @@ pub(crate) fn purge_step(
                             .mod_revision,
                     ),
                 };
-                purge_key(view, &entries, latest, below, write)?;
-                if looked >= limit {
+                bytes += purge_key(view, &entries, latest, below, write)?;
+                if looked >= limit || bytes >= PURGE_STEP_BYTES {
                     return Ok(Some(PurgeCursor {
                         below,
                         phase: PurgePhase::Versions { after: Some(group) },
@@ -675,13 +679,19 @@ pub(crate) fn purge_step(
 /// Purges one key's version entries below `below` (see the module docs);
 /// `latest` is the mod revision of its latest value, if it has one (the
 /// version that superseded its last entry, when no later entry did).
+/// Returns the bytes of keys and values it wrote.
 fn purge_key(
     view: &Snapshot,
     entries: &[(Vec<u8>, Vec<u8>)],
     latest: Option<u64>,
     below: u64,
     write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
-) -> io::Result<()> {
+) -> io::Result<usize> {
+    let mut bytes = 0;
+    let mut write = |key: Vec<u8>, value: Option<Vec<u8>>| {
+        bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        write(key, value);
+    };
     let parsed: Vec<(u64, u32)> = entries
         .iter()
         .map(|(key, _)| {
@@ -695,7 +705,7 @@ fn purge_key(
         .take_while(|(revision, _)| *revision < below)
         .count();
     if old == 0 {
-        return Ok(());
+        return Ok(0);
     }
     // Superseded at or after `below`: by a later entry, or by the latest
     // value.
@@ -717,7 +727,7 @@ fn purge_key(
             write(key.clone(), None);
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 #[cfg(test)]
