@@ -140,6 +140,12 @@ pub struct LeaseStatus {
     pub keys_truncated: bool,
 }
 
+/// Keys a revoke by a user other than root may delete at most: apply lists
+/// and checks each against the user's permissions, on every member, and a
+/// larger lease is refused at once. Root may revoke any lease. Part of
+/// what apply does.
+pub const MAX_CHECKED_KEYS: usize = 10_000;
+
 /// Whether a refusal (`Error::Rejected`) says a write named a lease that
 /// does not exist.
 pub fn is_not_found(reason: &str) -> bool {

@@ -957,25 +957,39 @@ impl<'a> Overlay<'a> {
                 if lease::store::get(&view, *id)?.is_none() {
                     return Ok(refused(LeaseError::NotFound(*id)));
                 }
-                let (attached, _) = lease::store::attached(&view, *id, usize::MAX)?;
                 if let LeaseCommand::RevokeBy { user, .. } = change {
                     // By the keys attached and the auth state now, which
                     // every member applies alike (the barrier above makes
-                    // both whole).
+                    // both whole). Root may; anyone else only a lease of at
+                    // most `MAX_CHECKED_KEYS` keys, each theirs to write.
                     let auth = crate::auth::store::load(&view)?;
-                    let allowed = |user: &str| {
-                        auth.users.contains_key(user)
-                            && attached.iter().all(|key| {
+                    let allowed = |user: &str| -> io::Result<bool> {
+                        if !auth.users.contains_key(user) {
+                            return Ok(false);
+                        }
+                        if auth.is_root(user) {
+                            return Ok(true);
+                        }
+                        let (keys, more) =
+                            lease::store::attached(&view, *id, lease::MAX_CHECKED_KEYS)?;
+                        Ok(!more
+                            && keys.iter().all(|key| {
                                 auth.allows(
                                     user,
                                     &crate::auth::Access::key(crate::auth::AccessKind::Write, key),
                                 )
-                            })
+                            }))
                     };
-                    if auth.enabled && !user.as_deref().is_some_and(allowed) {
+                    let allowed = match (auth.enabled, user.as_deref()) {
+                        (false, _) => true,
+                        (true, Some(user)) => allowed(user)?,
+                        (true, None) => false,
+                    };
+                    if !allowed {
                         return Ok(refused(LeaseError::Denied(*id)));
                     }
                 }
+                let (attached, _) = lease::store::attached(&view, *id, usize::MAX)?;
                 let mut index = 0u32;
                 for key in attached {
                     match self.record(&key)? {
@@ -1555,6 +1569,36 @@ mod tests {
             ],
         );
         assert!(run.iter().all(|r| r.rejected.is_none()), "{run:?}");
+        // A lease of more than MAX_CHECKED_KEYS keys, every one hers: not
+        // alice's to revoke (apply would list and check them all), root's.
+        let many: Vec<Op> = (0..=lease::MAX_CHECKED_KEYS)
+            .map(|k| Op::Put {
+                key: format!("a/{k:05}").into_bytes(),
+                value: Vec::new(),
+                lease: 4,
+                prev_kv: false,
+            })
+            .collect();
+        let run = apply(
+            &db,
+            &[
+                lease(
+                    23,
+                    LeaseCommand::Grant {
+                        id: 4,
+                        ttl_ms: 60_000,
+                    },
+                ),
+                Entry::new_normal(log_id(24), Command::batch(many).into()),
+                revoke_by(25, 4, Some("alice")),
+            ],
+        );
+        assert_eq!(run[2].rejected, Some(LeaseError::Denied(4).to_string()));
+        assert!(present("a/00000"));
+        assert!(apply(&db, &[revoke_by(26, 4, Some("root"))])[0]
+            .rejected
+            .is_none());
+        assert!(!present("a/00000"));
     }
 
     #[test]

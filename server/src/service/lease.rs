@@ -22,11 +22,10 @@ pub struct LeaseService {
 
 /// Keep-alive answers a stream may have queued for a slow reader.
 const KEEP_ALIVE_QUEUE: usize = 16;
-/// Keys a revoke by a user other than root may delete at most: this member
-/// lists and checks them all before proposing (apply checks them again),
-/// and a larger lease is refused at once rather than listed on every
-/// member for each attempt. Root may revoke any lease.
-const MAX_CHECKED_KEYS: usize = 10_000;
+/// This member checks a revoke before proposing it, as apply does after:
+/// a lease with more keys than this is refused at once rather than listed
+/// on every member for each attempt.
+use ferry_replication::lease::MAX_CHECKED_KEYS;
 
 impl LeaseService {
     fn status(&self, error: LeaseCall) -> Status {
