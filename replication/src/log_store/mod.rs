@@ -394,7 +394,9 @@ impl LogStore {
         dir: &Path,
         options: LogStoreOptions,
     ) -> Result<Self, IoError> {
-        fs.create_dir_all(dir)?;
+        // Durably: a vote saved in a directory whose own entry a power loss
+        // takes away is a vote forgotten, and a second vote in its term.
+        fs.create_dir_durable(dir)?;
         let lock = io::lock(&*fs, dir)?;
         let recovered = io::recover(&*fs, dir)?;
         let first = recovered
