@@ -345,3 +345,98 @@ async fn a_leader_cut_off_from_its_quorum_does_not_renew_a_lease() {
     }
     cluster.shutdown().await;
 }
+
+/// A revoke whose deletes would not fit in one transaction's bound
+/// (`MAX_TXN_WRITE_BYTES`) ends the lease at once and deletes its keys in
+/// steps the leader proposes: every key goes exactly once, the id stays
+/// taken until the last one is gone, and every member ends up alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_too_large_for_one_revision_is_revoked_in_steps_and_every_key_goes() {
+    let cluster = Cluster::start(3, fast_raft()).await;
+    let leader = cluster.leader().unwrap().clone();
+    let lease = leader
+        .lease_grant(5, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // 5 000 keys of 4 KiB: deleting one writes some 20 KiB (its tombstone,
+    // change, versions and index entry), 100 MB in all.
+    let key = |k: usize| format!("big/{k:05}/{}", "x".repeat(4000));
+    const KEYS: usize = 5_000;
+    let mut start = 0;
+    for first in (0..KEYS).step_by(50) {
+        let ops = (first..first + 50)
+            .map(|k| Op::Put {
+                key: key(k).into_bytes(),
+                value: b"v".to_vec(),
+                lease,
+                prev_kv: false,
+            })
+            .collect();
+        start = leader.txn(Command::batch(ops)).await.unwrap().revision;
+    }
+    let mut watch = leader
+        .watch(WatchOptions::range(
+            b"big/".to_vec(),
+            Some(b"big0".to_vec()),
+            start + 1,
+        ))
+        .unwrap();
+    let revoked = leader.lease_revoke(lease, RevokeAs::Node).await.unwrap();
+    // Each step applies some 60 MB on every member, which on a busy
+    // machine may cost the leader its role: calls go to whoever leads.
+    let grant = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match leader
+                .lease_grant_anywhere(5, Duration::from_secs(60))
+                .await
+            {
+                Err(LeaseCall::Node(error)) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "grant retried");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    // The lease is gone at once: no put may name it, and its id is taken
+    // while its keys drain (refused unless the drain has finished).
+    let refused = leader.txn_anywhere(put_with("big/late", lease)).await;
+    assert!(matches!(refused, Err(Error::Rejected(_))), "{refused:?}");
+    let mut regranted = grant().await;
+    if let Err(error) = &regranted {
+        assert!(
+            matches!(error, LeaseCall::Lease(LeaseError::Exists(5))),
+            "{error:?}"
+        );
+    }
+    let mut deleted = std::collections::BTreeSet::new();
+    let mut revisions = std::collections::BTreeSet::new();
+    while deleted.len() < KEYS {
+        let batch = tokio::time::timeout(Duration::from_secs(60), watch.next())
+            .await
+            .expect("the drain goes on")
+            .unwrap();
+        for event in batch.events {
+            assert_eq!(event.change.kind, ChangeKind::Delete);
+            assert!(event.change.revision >= revoked);
+            revisions.insert(event.change.revision);
+            assert!(deleted.insert(event.change.key), "a key deleted twice");
+        }
+    }
+    assert_eq!(revisions.first(), Some(&revoked));
+    assert!(revisions.len() >= 2, "one revision: {revisions:?}");
+    // Once drained, the id may be granted again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = &regranted {
+        assert!(
+            matches!(error, LeaseCall::Lease(LeaseError::Exists(5))) && Instant::now() < deadline,
+            "the drained id stays taken: {error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        regranted = grant().await;
+    }
+    assert_eq!(regranted.unwrap(), 5);
+    cluster.assert_converged(Duration::from_secs(30)).await;
+    cluster.shutdown().await;
+}

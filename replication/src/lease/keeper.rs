@@ -503,8 +503,32 @@ impl From<std::io::Error> for LeaseCall {
     }
 }
 
-/// Revokes expired leases and checkpoints the rest, while this node
-/// leads; runs until aborted.
+impl Keeper {
+    /// Proposes the next step of every revoked lease that still has keys
+    /// (see [`LeaseCommand::Drain`]).
+    async fn drain(&self) {
+        let ids = match store::draining(&self.shared.db().snapshot()) {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(%error, "reading the draining leases");
+                return;
+            }
+        };
+        for id in ids {
+            let drain = Command::Lease(LeaseCommand::Drain {
+                id,
+                time_ms: now_ms(),
+            });
+            if let Err(error) = self.raft.client_write(drain.into()).await {
+                tracing::debug!(%error, lease = id, "lease drain not proposed");
+                return;
+            }
+        }
+    }
+}
+
+/// Revokes expired leases, finishes revoked ones and checkpoints the
+/// rest, while this node leads; runs until aborted.
 pub(crate) async fn run(keeper: Arc<Keeper>) {
     let mut next_checkpoint = Instant::now() + keeper.options.checkpoint_interval;
     loop {
@@ -540,6 +564,7 @@ pub(crate) async fn run(keeper: Arc<Keeper>) {
                 }
             }
         }
+        keeper.drain().await;
         if Instant::now() >= next_checkpoint {
             next_checkpoint = Instant::now() + keeper.options.checkpoint_interval;
             if let Err(error) = keeper.reconcile() {

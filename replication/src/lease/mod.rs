@@ -9,6 +9,16 @@
 //! deletes). This is etcd's design, for the same reason: renewals are
 //! frequent and need no consensus, expiry is rare and must be agreed.
 //!
+//! Unlike etcd, a revoke is bounded: one whose deletes would write more
+//! than [`MAX_TXN_WRITE_BYTES`](crate::types::MAX_TXN_WRITE_BYTES) (some
+//! 300,000 keys of 30 bytes) deletes the lease and as many keys as fit,
+//! and leaves a drain marker; the leader then proposes
+//! [`LeaseCommand::Drain`] until no key is left, each at a revision of its
+//! own. A revoke is one entry of the Raft log and one engine batch on
+//! every member, and an unbounded one could pass the engine's limit on a
+//! batch, which would stop every member at that entry. While a lease
+//! drains, its id cannot be granted again.
+//!
 //! Invariants:
 //! - A key is attached to at most one lease, and a lease's key index
 //!   (`\x00lease-key/`) holds exactly the keys whose record names it: both
@@ -23,11 +33,13 @@
 //!   TTL are checkpointed every [`LeaseOptions::checkpoint_interval`], so
 //!   such a lease cannot live for ever across leader changes either.
 //!
-//! ## Format (version 1)
+//! ## Format (version 2)
 //!
 //! ```text
 //! engine key = 0x00 "lease/" ‖ id u64 BE              1 | postcard(LeaseRecord)
 //! engine key = 0x00 "lease-key/" ‖ id u64 BE ‖ key    empty: `key` is attached to `id`
+//! engine key = 0x00 "lease-drain/" ‖ id u64 BE        empty: revoked lease `id` still
+//!                                                      has keys to delete (version 2)
 //! ```
 //!
 //! In the Raft log, lease changes are `Command::Lease(LeaseCommand)`
@@ -39,9 +51,13 @@
 //!   tag 1  Revoke { id, time_ms }               the leader's, at expiry
 //!   tag 2  Checkpoint { remaining: [(id, remaining_ms)] }
 //!   tag 3  RevokeBy { id, time_ms, user (option) }  a client's, checked at apply
+//!   tag 4  Drain { id, time_ms }                the leader's, while a revoked
+//!                                               lease has keys left
 //! ```
 //!
-//! Tags are only appended, as for commands.
+//! Tags are only appended, as for commands. Version 1 had no drain
+//! markers and no tag 4; its state is version 2 state with no lease
+//! draining.
 
 pub(crate) mod keeper;
 pub(crate) mod store;
@@ -76,6 +92,10 @@ pub enum LeaseCommand {
         time_ms: u64,
         user: Option<String>,
     },
+    /// Deletes the next keys of revoked lease `id` whose keys did not all
+    /// fit in its revoke (see [`store`]'s drain markers); nothing if none
+    /// are left. The leader proposes it while a lease drains.
+    Drain { id: u64, time_ms: u64 },
 }
 
 /// Whose revoke it is, which decides whether apply checks it.

@@ -6,6 +6,7 @@ use std::io;
 
 const RECORD_PREFIX: &[u8] = b"\x00lease/";
 const INDEX_PREFIX: &[u8] = b"\x00lease-key/";
+const DRAIN_PREFIX: &[u8] = b"\x00lease-drain/";
 const VERSION: u8 = 1;
 
 fn bad(what: &str) -> io::Error {
@@ -22,6 +23,26 @@ pub(crate) fn record_key(id: u64) -> Vec<u8> {
 /// The index entry saying `key` is attached to lease `id`.
 pub(crate) fn index_key(id: u64, key: &[u8]) -> Vec<u8> {
     [INDEX_PREFIX, &id.to_be_bytes(), key].concat()
+}
+
+/// The marker of revoked lease `id` whose keys are not all deleted yet.
+pub(crate) fn drain_key(id: u64) -> Vec<u8> {
+    [DRAIN_PREFIX, &id.to_be_bytes()].concat()
+}
+
+/// The revoked leases whose keys are not all deleted yet (one marker per
+/// revoke that did not fit, so no more than leases were ever granted at
+/// once).
+pub(crate) fn draining(view: &Snapshot) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for item in view.prefix(DRAIN_PREFIX) {
+        let (key, _) = item.map_err(io::Error::other)?;
+        let id: [u8; 8] = key[DRAIN_PREFIX.len()..]
+            .try_into()
+            .map_err(|_| bad("draining lease id"))?;
+        ids.push(u64::from_be_bytes(id));
+    }
+    Ok(ids)
 }
 
 fn index_prefix(id: u64) -> Vec<u8> {
@@ -65,14 +86,29 @@ pub(crate) fn all(view: &Snapshot) -> io::Result<Vec<(u64, LeaseRecord)>> {
 /// The user keys attached to lease `id`, in order: at most `limit`, and
 /// whether there are more.
 pub(crate) fn attached(view: &Snapshot, id: u64, limit: usize) -> io::Result<(Vec<Vec<u8>>, bool)> {
+    attached_within(view, id, limit, usize::MAX, 0)
+}
+
+/// As [`attached`], also stopping before the keys' bytes, each counted
+/// with `per_key` more, pass `max_bytes`.
+pub(crate) fn attached_within(
+    view: &Snapshot,
+    id: u64,
+    limit: usize,
+    max_bytes: usize,
+    per_key: usize,
+) -> io::Result<(Vec<Vec<u8>>, bool)> {
     let prefix = index_prefix(id);
     let mut keys = Vec::new();
+    let mut bytes = 0usize;
     for item in view.prefix(&prefix) {
         let (key, _) = item.map_err(io::Error::other)?;
-        if keys.len() == limit {
+        let key = &key[prefix.len()..];
+        bytes = bytes.saturating_add(key.len() + per_key);
+        if keys.len() == limit || (bytes > max_bytes && !keys.is_empty()) {
             return Ok((keys, true));
         }
-        keys.push(key[prefix.len()..].to_vec());
+        keys.push(key.to_vec());
     }
     Ok((keys, false))
 }

@@ -91,7 +91,9 @@ fn is_barrier(entry: &Entry) -> bool {
         Command::PurgeHistory
         | Command::Auth(_)
         | Command::Lease(
-            crate::lease::LeaseCommand::Revoke { .. } | crate::lease::LeaseCommand::RevokeBy { .. },
+            crate::lease::LeaseCommand::Revoke { .. }
+            | crate::lease::LeaseCommand::RevokeBy { .. }
+            | crate::lease::LeaseCommand::Drain { .. },
         ) => true,
         // A range delete lists the range's keys from the engine.
         Command::Txn(txn) => txn
@@ -940,7 +942,12 @@ impl<'a> Overlay<'a> {
         match change {
             LeaseCommand::Grant { id, ttl_ms } => {
                 let key = lease::store::record_key(*id);
-                if *id == 0 || self.get(&key)?.is_some() {
+                // A lease still draining keeps its id: a grant of it would
+                // have its keys deleted by the drain.
+                if *id == 0
+                    || self.get(&key)?.is_some()
+                    || self.get(&lease::store::drain_key(*id))?.is_some()
+                {
                     return Ok(refused(LeaseError::Exists(*id)));
                 }
                 let record = LeaseRecord {
@@ -989,26 +996,17 @@ impl<'a> Overlay<'a> {
                         return Ok(refused(LeaseError::Denied(*id)));
                     }
                 }
-                let (attached, _) = lease::store::attached(&view, *id, usize::MAX)?;
-                let mut index = 0u32;
-                for key in attached {
-                    match self.record(&key)? {
-                        Some(record) if record.lease == *id => {
-                            self.delete_key(&key, &record, revision, index, *time_ms);
-                            index += 1;
-                        }
-                        // The index and the records change together, so
-                        // this is damage; drop the stale index entry.
-                        _ => {
-                            tracing::warn!(
-                                lease = id,
-                                "lease index names a key not attached to it"
-                            );
-                            self.delete(lease::store::index_key(*id, &key));
-                        }
-                    }
-                }
+                // Gone at once: from here on a put naming it is refused, so
+                // its keys only get fewer.
                 self.delete(lease::store::record_key(*id));
+                self.drain(*id, revision, *time_ms)?;
+                Ok(done)
+            }
+            LeaseCommand::Drain { id, time_ms } => {
+                debug_assert!(self.writes.is_empty(), "a drain starts its run");
+                if self.get(&lease::store::drain_key(*id))?.is_some() {
+                    self.drain(*id, revision, *time_ms)?;
+                }
                 Ok(done)
             }
             LeaseCommand::Checkpoint { remaining } => {
@@ -1023,6 +1021,46 @@ impl<'a> Overlay<'a> {
                 Ok(done)
             }
         }
+    }
+
+    /// Deletes the keys attached to revoked lease `id` at `revision`, as
+    /// many as [`Bounds::txn_write_bytes`] allows, and marks the lease as
+    /// draining if keys are left (unmarks it if none are). Each call
+    /// deletes at least one key. Only an entry that starts its run calls
+    /// it (see [`is_barrier`]): it lists the keys from the engine.
+    fn drain(&mut self, id: u64, revision: u64, time_ms: u64) -> io::Result<()> {
+        let view = self.db.snapshot();
+        let budget = self.bounds.txn_write_bytes;
+        let (attached, mut more) =
+            lease::store::attached_within(&view, id, usize::MAX, budget, LISTED_KEY_BYTES)?;
+        let began = self.written();
+        let mut index = 0u32;
+        let mut keys = attached.into_iter();
+        for key in keys.by_ref() {
+            match self.record(&key)? {
+                Some(record) if record.lease == id => {
+                    self.delete_key(&key, &record, revision, index, time_ms);
+                    index += 1;
+                }
+                // The index and the records change together, so this is
+                // damage; drop the stale index entry.
+                _ => {
+                    tracing::warn!(lease = id, "lease index names a key not attached to it");
+                    self.delete(lease::store::index_key(id, &key));
+                }
+            }
+            if self.written() - began > budget {
+                break;
+            }
+        }
+        more |= keys.next().is_some();
+        let marker = lease::store::drain_key(id);
+        if more {
+            self.put(marker, Vec::new());
+        } else if self.get(&marker)?.is_some() {
+            self.delete(marker);
+        }
+        Ok(())
     }
 
     /// Raises the compacted revision to `revision` (at most `index`, the
@@ -1599,6 +1637,111 @@ mod tests {
             .rejected
             .is_none());
         assert!(!present("a/00000"));
+    }
+
+    #[test]
+    fn a_revoke_too_large_for_one_revision_drains_in_steps() {
+        use crate::lease::{LeaseCommand, LeaseError};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let bounds = Bounds {
+            txn_write_bytes: 4096,
+            ..Bounds::RELEASE
+        };
+        let lease = |index: u64, change: LeaseCommand| {
+            Entry::new_normal(log_id(index), Command::Lease(change).into())
+        };
+        let grant = |index| {
+            lease(
+                index,
+                LeaseCommand::Grant {
+                    id: 7,
+                    ttl_ms: 60_000,
+                },
+            )
+        };
+        let attach: Vec<Op> = (0..100)
+            .map(|k| Op::Put {
+                key: format!("l/{k:03}").into_bytes(),
+                value: b"v".to_vec(),
+                lease: 7,
+                prev_kv: false,
+            })
+            .collect();
+        apply_within(&db, &[grant(1), txn_entry(2, 1, 0, attach)], bounds);
+        let user_keys = |db: &Db| db.prefix([keys::USER_PREFIX, b'l']).count();
+        let draining = |db: &Db| lease::store::draining(&db.snapshot()).unwrap();
+        let (answers, _) = apply_within(
+            &db,
+            &[
+                lease(3, LeaseCommand::Revoke { id: 7, time_ms: 0 }),
+                // Gone at once: a put naming it is refused, a grant of its
+                // id too, while it drains.
+                txn_entry(
+                    4,
+                    1,
+                    1,
+                    vec![Op::Put {
+                        key: b"l/late".to_vec(),
+                        value: Vec::new(),
+                        lease: 7,
+                        prev_kv: false,
+                    }],
+                ),
+                grant(5),
+                // Detached while it drains: kept.
+                txn_entry(6, 1, 2, vec![Op::put("l/099", "kept")]),
+            ],
+            bounds,
+        );
+        assert!(answers[0].rejected.is_none());
+        assert!(answers[1].rejected.is_some());
+        assert_eq!(answers[2].rejected, Some(LeaseError::Exists(7).to_string()));
+        let left = user_keys(&db);
+        assert!(left > 1 && left < 100, "{left} keys left");
+        assert_eq!(draining(&db), vec![7]);
+        let mut index = 7;
+        while !draining(&db).is_empty() {
+            assert!(index < 200, "the drain does not end");
+            let before = user_keys(&db);
+            apply_within(
+                &db,
+                &[lease(index, LeaseCommand::Drain { id: 7, time_ms: 0 })],
+                bounds,
+            );
+            assert!(user_keys(&db) < before || draining(&db).is_empty());
+            index += 1;
+        }
+        assert_eq!(user_keys(&db), 1, "only the detached key is left");
+        // Each key deleted once, at the revoke's revision or a drain's.
+        let page = history::scan_changes(&db.snapshot(), 3, index, &|_| true, usize::MAX).unwrap();
+        let deletes: BTreeSet<_> = page
+            .changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Delete)
+            .map(|c| c.key.clone())
+            .collect();
+        assert_eq!(deletes.len(), 99);
+        // A drain with nothing left changes nothing; the id is free again.
+        let before = contents(&db);
+        apply_within(
+            &db,
+            &[lease(index, LeaseCommand::Drain { id: 7, time_ms: 0 })],
+            bounds,
+        );
+        let after = contents(&db);
+        assert_eq!(
+            before
+                .iter()
+                .filter(|(k, _)| k.as_slice() != keys::APPLIED)
+                .count(),
+            after
+                .iter()
+                .filter(|(k, _)| k.as_slice() != keys::APPLIED)
+                .count()
+        );
+        let (answers, _) = apply_within(&db, &[grant(index + 1)], bounds);
+        assert!(answers[0].rejected.is_none(), "{answers:?}");
     }
 
     #[test]

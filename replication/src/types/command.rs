@@ -272,7 +272,9 @@ impl Command {
             Command::Txn(txn) => txn.time_ms,
             Command::Compact { time_ms, .. } => *time_ms,
             Command::Lease(
-                LeaseCommand::Revoke { time_ms, .. } | LeaseCommand::RevokeBy { time_ms, .. },
+                LeaseCommand::Revoke { time_ms, .. }
+                | LeaseCommand::RevokeBy { time_ms, .. }
+                | LeaseCommand::Drain { time_ms, .. },
             ) => *time_ms,
             Command::PurgeHistory | Command::Auth(_) | Command::Lease(_) => 0,
         }
@@ -284,7 +286,9 @@ impl Command {
             Command::Txn(txn) if txn.time_ms == 0 => txn.time_ms = now_ms,
             Command::Compact { time_ms, .. } if *time_ms == 0 => *time_ms = now_ms,
             Command::Lease(
-                LeaseCommand::Revoke { time_ms, .. } | LeaseCommand::RevokeBy { time_ms, .. },
+                LeaseCommand::Revoke { time_ms, .. }
+                | LeaseCommand::RevokeBy { time_ms, .. }
+                | LeaseCommand::Drain { time_ms, .. },
             ) if *time_ms == 0 => *time_ms = now_ms,
             _ => {}
         }
@@ -311,6 +315,7 @@ impl fmt::Display for Command {
             Command::Lease(LeaseCommand::Checkpoint { remaining }) => {
                 write!(f, "lease-checkpoint({} leases)", remaining.len())
             }
+            Command::Lease(LeaseCommand::Drain { id, .. }) => write!(f, "lease-drain({id})"),
         }
     }
 }
@@ -630,6 +635,11 @@ mod tests {
             ]
             .map(Command::Lease),
         );
+        // Added with bounded revokes.
+        all.push(Command::Lease(LeaseCommand::Drain {
+            id: 45,
+            time_ms: 1_700_000_000_002,
+        }));
         all
     }
 
