@@ -29,6 +29,20 @@ pub const ROOT: &str = "root";
 /// checks again under the newer state and proposes again.
 pub const STALE_CHECK: &str = "the permissions were checked under an older auth state; check again";
 
+/// Bounds of the auth state, checked when a change is applied (a change
+/// past one is refused without effect). Every member keeps the whole state
+/// in memory, reloads it at each change, and a role or a user is one engine
+/// value: unbounded, a role could pass the engine's limit on a value, and
+/// the write's failure would stop every member. Part of what apply does.
+pub const MAX_USERS: usize = 65_536;
+pub const MAX_ROLES: usize = 65_536;
+pub const MAX_ROLES_PER_USER: usize = 1024;
+pub const MAX_PERMISSIONS_PER_ROLE: usize = 1024;
+/// Bytes of a name (user or role) at most.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Bytes of a role's permissions' keys and range ends, together, at most.
+pub const MAX_PERMISSION_BYTES_PER_ROLE: usize = 4 << 20;
+
 /// Whether a refusal (`Error::Rejected`) is [`STALE_CHECK`].
 pub fn is_stale_check(reason: &str) -> bool {
     reason == STALE_CHECK
@@ -320,11 +334,16 @@ impl AuthChange {
                 name,
                 password_hash,
             } => {
-                if name.is_empty() {
-                    return Err("a user needs a name".into());
+                if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                    return Err(format!("a user name must have 1 to {MAX_NAME_BYTES} bytes"));
                 }
                 if state.users.contains_key(name) {
                     return Err(format!("user {name:?} already exists"));
+                }
+                if state.users.len() >= MAX_USERS {
+                    return Err(format!(
+                        "there are {MAX_USERS} users, the most there may be"
+                    ));
                 }
                 state.users.insert(
                     name.clone(),
@@ -358,7 +377,13 @@ impl AuthChange {
                 if role != ROOT && !state.roles.contains_key(role) {
                     return Err(format!("role {role:?} does not exist"));
                 }
-                user_mut(state, user)?.roles.insert(role.clone());
+                let record = user_mut(state, user)?;
+                if !record.roles.contains(role) && record.roles.len() >= MAX_ROLES_PER_USER {
+                    return Err(format!(
+                        "user {user:?} has {MAX_ROLES_PER_USER} roles, the most a user may have"
+                    ));
+                }
+                record.roles.insert(role.clone());
             }
             AuthChange::UserRevokeRole { user, role } => {
                 if user == ROOT && role == ROOT && state.enabled {
@@ -369,11 +394,16 @@ impl AuthChange {
                 }
             }
             AuthChange::RoleAdd { name } => {
-                if name.is_empty() {
-                    return Err("a role needs a name".into());
+                if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                    return Err(format!("a role name must have 1 to {MAX_NAME_BYTES} bytes"));
                 }
                 if name == ROOT || state.roles.contains_key(name) {
                     return Err(format!("role {name:?} already exists"));
+                }
+                if state.roles.len() >= MAX_ROLES {
+                    return Err(format!(
+                        "there are {MAX_ROLES} roles, the most there may be"
+                    ));
                 }
                 state.roles.insert(name.clone(), Role::default());
             }
@@ -397,6 +427,20 @@ impl AuthChange {
                 record
                     .permissions
                     .retain(|p| (&p.key, &p.range_end) != (&permission.key, &permission.range_end));
+                let bytes: usize = record
+                    .permissions
+                    .iter()
+                    .chain([permission])
+                    .map(|p| p.key.len() + p.range_end.len())
+                    .sum();
+                if record.permissions.len() >= MAX_PERMISSIONS_PER_ROLE
+                    || bytes > MAX_PERMISSION_BYTES_PER_ROLE
+                {
+                    return Err(format!(
+                        "role {role:?} may hold at most {MAX_PERMISSIONS_PER_ROLE} permissions \
+                         of {MAX_PERMISSION_BYTES_PER_ROLE} bytes of keys"
+                    ));
+                }
                 record.permissions.push(permission.clone());
             }
             AuthChange::RoleRevoke {
@@ -552,5 +596,89 @@ mod tests {
         .apply(&mut state)
         .unwrap();
         assert!(state.users["reader"].roles.is_empty());
+    }
+
+    #[test]
+    fn the_auth_state_is_bounded_where_a_record_could_grow() {
+        let mut state = AuthState::default();
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        for change in [
+            AuthChange::UserAdd {
+                name: long.clone(),
+                password_hash: None,
+            },
+            AuthChange::RoleAdd { name: long },
+        ] {
+            assert!(change.apply(&mut state).is_err());
+        }
+        AuthChange::UserAdd {
+            name: "u".into(),
+            password_hash: None,
+        }
+        .apply(&mut state)
+        .unwrap();
+        AuthChange::RoleAdd { name: "r".into() }
+            .apply(&mut state)
+            .unwrap();
+        let grant = |key: Vec<u8>| AuthChange::RoleGrant {
+            role: "r".into(),
+            permission: Permission {
+                kind: PermissionKind::Read,
+                key,
+                range_end: Vec::new(),
+            },
+        };
+        for k in 0..MAX_PERMISSIONS_PER_ROLE {
+            grant(format!("k{k}").into_bytes())
+                .apply(&mut state)
+                .unwrap();
+        }
+        assert!(grant(b"one more".to_vec()).apply(&mut state).is_err());
+        // Granted again, a permission replaces itself.
+        grant(b"k0".to_vec()).apply(&mut state).unwrap();
+        assert_eq!(state.roles["r"].permissions.len(), MAX_PERMISSIONS_PER_ROLE);
+        // By bytes: permissions of a third of the bound and a byte each;
+        // the third passes it with the keys already there.
+        AuthChange::RoleAdd {
+            name: "wide".into(),
+        }
+        .apply(&mut state)
+        .unwrap();
+        let wide = |k: u8| AuthChange::RoleGrant {
+            role: "wide".into(),
+            permission: Permission {
+                kind: PermissionKind::Read,
+                key: vec![k; MAX_PERMISSION_BYTES_PER_ROLE / 3 + 1],
+                range_end: Vec::new(),
+            },
+        };
+        wide(0).apply(&mut state).unwrap();
+        wide(1).apply(&mut state).unwrap();
+        assert!(wide(2).apply(&mut state).is_err());
+        for r in 0..MAX_ROLES_PER_USER {
+            let name = format!("role{r}");
+            AuthChange::RoleAdd { name: name.clone() }
+                .apply(&mut state)
+                .unwrap();
+            AuthChange::UserGrantRole {
+                user: "u".into(),
+                role: name,
+            }
+            .apply(&mut state)
+            .unwrap();
+        }
+        assert!(AuthChange::UserGrantRole {
+            user: "u".into(),
+            role: "r".into(),
+        }
+        .apply(&mut state)
+        .is_err());
+        // Granted again, a role the user has is no more.
+        AuthChange::UserGrantRole {
+            user: "u".into(),
+            role: "role0".into(),
+        }
+        .apply(&mut state)
+        .unwrap();
     }
 }
