@@ -18,12 +18,13 @@
 use crate::log_store::{LogStore, LogStoreOptions};
 use crate::state_machine::keys;
 use crate::types::{FerryNode, LogId, NodeId, StoredMembership, Vote};
-use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::fs::FileSystem;
 use openraft::storage::RaftLogStorage;
 use openraft::Membership;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What a recovery produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +33,11 @@ pub struct Recovered {
     pub applied: Option<LogId>,
 }
 
-/// Builds `data_dir` (which must not exist) as node `id` of a new
+/// Builds `data_dir` (which must not exist) on `fs` as node `id` of a new
 /// single-node cluster holding the state of the engine checkpoint
 /// `checkpoint` (a downloaded snapshot, or a checkpoint of a replica).
 pub async fn restore_as_single_node(
+    fs: &Arc<dyn FileSystem>,
     checkpoint: &Path,
     data_dir: &Path,
     id: NodeId,
@@ -43,19 +45,32 @@ pub async fn restore_as_single_node(
 ) -> io::Result<Recovered> {
     // Built beside the target and renamed into place last, so that a
     // recovery killed part-way leaves no data directory that would start.
-    let staged = aside(data_dir, "partial")?;
+    let staged = aside(&**fs, data_dir, "partial")?;
     let result = async {
-        ferry_engine::checkpoint::restore(checkpoint, &staged.join("engine-0"), &mut |_| {})
-            .map_err(io::Error::other)?;
-        let recovered = make_single_node(&staged, id, node).await?;
-        move_into_place(&staged, data_dir)?;
+        ferry_engine::checkpoint::restore_with(
+            &**fs,
+            checkpoint,
+            &staged.join("engine-0"),
+            &mut |_| {},
+        )
+        .map_err(io::Error::other)?;
+        let recovered = make_single_node(fs, &staged, id, node).await?;
+        move_into_place(&**fs, &staged, data_dir)?;
         Ok(recovered)
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staged);
+        let _ = fs.remove_dir_all(&staged);
     }
     result
+}
+
+/// Engine options that open a directory on `fs`.
+pub(crate) fn engine_options(fs: &Arc<dyn FileSystem>) -> ferry_engine::Options {
+    ferry_engine::Options {
+        fs: fs.clone(),
+        ..ferry_engine::Options::default()
+    }
 }
 
 /// A fresh hidden sibling of `data_dir` (`.<name>.<tag>-<unique>`) to build
@@ -63,8 +78,8 @@ pub async fn restore_as_single_node(
 /// named from the last component, so a trailing slash cannot put it inside.
 /// Refuses a `data_dir` that exists: recovery, restores and imports write
 /// a fresh data directory, never over one.
-pub(crate) fn aside(data_dir: &Path, tag: &str) -> io::Result<PathBuf> {
-    if data_dir.exists() {
+pub(crate) fn aside(fs: &dyn FileSystem, data_dir: &Path, tag: &str) -> io::Result<PathBuf> {
+    if fs.exists(data_dir) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!(
@@ -87,10 +102,14 @@ pub(crate) fn aside(data_dir: &Path, tag: &str) -> io::Result<PathBuf> {
 }
 
 /// Renames the completed directory `staged` to `data_dir`, durably.
-pub(crate) fn move_into_place(staged: &Path, data_dir: &Path) -> io::Result<()> {
-    std::fs::rename(staged, data_dir)?;
+pub(crate) fn move_into_place(
+    fs: &dyn FileSystem,
+    staged: &Path,
+    data_dir: &Path,
+) -> io::Result<()> {
+    fs.rename(staged, data_dir)?;
     match data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => OsFs.sync_dir(parent),
+        Some(parent) => fs.sync_dir(parent),
         None => Ok(()),
     }
 }
@@ -98,13 +117,13 @@ pub(crate) fn move_into_place(staged: &Path, data_dir: &Path) -> io::Result<()> 
 /// Makes `data_dir`, whose `engine-0` holds the state (and nothing else
 /// yet), a new single-node cluster as described in the module docs.
 pub(crate) async fn make_single_node(
+    fs: &Arc<dyn FileSystem>,
     data_dir: &Path,
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<Recovered> {
     let engine_dir = data_dir.join("engine-0");
-    let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
-        .map_err(io::Error::other)?;
+    let db = ferry_engine::Db::open(&engine_dir, engine_options(fs)).map_err(io::Error::other)?;
     let applied: Option<LogId> = match db.get(keys::APPLIED).map_err(io::Error::other)? {
         None => None,
         Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
@@ -120,12 +139,16 @@ pub(crate) async fn make_single_node(
     )
     .map_err(io::Error::other)?;
     db.close().map_err(io::Error::other)?;
-    OsFs.write_atomic(
+    fs.write_atomic(
         &data_dir.join(crate::state_machine::ENGINE_POINTER),
         b"engine-0",
     )?;
 
-    let mut log = LogStore::open(data_dir.join("raft"), LogStoreOptions::default())?;
+    let mut log = LogStore::open_with_fs(
+        fs.clone(),
+        &data_dir.join("raft"),
+        LogStoreOptions::default(),
+    )?;
     if let Some(applied) = applied {
         log.save_vote(&Vote::new(applied.leader_id.term, id))
             .await?;
@@ -143,12 +166,13 @@ pub(crate) async fn make_single_node(
 /// that it had not applied are not carried over. See the module docs for
 /// the risks.
 pub async fn force_new_cluster(
+    fs: &Arc<dyn FileSystem>,
     data_dir: &Path,
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<Recovered> {
     let pointer = data_dir.join(crate::state_machine::ENGINE_POINTER);
-    let engine_name = std::fs::read_to_string(&pointer).map_err(|e| {
+    let engine_name = read_pointer(&**fs, &pointer).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("{}: {e} (not a Ferry data directory?)", pointer.display()),
@@ -158,8 +182,8 @@ pub async fn force_new_cluster(
     let checkpoint = data_dir.join("recovery-checkpoint");
     {
         // Opening takes the engine's lock: a running member fails here.
-        let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
-            .map_err(io::Error::other)?;
+        let db =
+            ferry_engine::Db::open(&engine_dir, engine_options(fs)).map_err(io::Error::other)?;
         db.checkpoint(&checkpoint).map_err(io::Error::other)?;
         db.close().map_err(io::Error::other)?;
     }
@@ -169,21 +193,31 @@ pub async fn force_new_cluster(
     let mut aside = data_dir.as_os_str().to_owned();
     aside.push(format!(".before-recovery-{stamp}"));
     let aside = std::path::PathBuf::from(aside);
-    std::fs::rename(data_dir, &aside)?;
-    restore_as_single_node(&aside.join("recovery-checkpoint"), data_dir, id, node).await
+    fs.rename(data_dir, &aside)?;
+    restore_as_single_node(fs, &aside.join("recovery-checkpoint"), data_dir, id, node).await
+}
+
+/// The engine pointer file's contents.
+fn read_pointer(fs: &dyn FileSystem, pointer: &Path) -> io::Result<String> {
+    String::from_utf8(fs.read_all(pointer)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not UTF-8", pointer.display()),
+        )
+    })
 }
 
 /// The user keys of a stopped member's data directory (or of one a
 /// restore or recovery wrote), read offline: for inspection and checks,
 /// without starting a node.
-pub fn user_state(data_dir: &Path) -> io::Result<BTreeMap<Vec<u8>, crate::types::KeyValue>> {
+pub fn user_state(
+    fs: &Arc<dyn FileSystem>,
+    data_dir: &Path,
+) -> io::Result<BTreeMap<Vec<u8>, crate::types::KeyValue>> {
     let pointer = data_dir.join(crate::state_machine::ENGINE_POINTER);
-    let engine_name = std::fs::read_to_string(&pointer)?;
-    let db = ferry_engine::Db::open(
-        data_dir.join(engine_name.trim()),
-        ferry_engine::Options::default(),
-    )
-    .map_err(io::Error::other)?;
+    let engine_name = read_pointer(&**fs, &pointer)?;
+    let db = ferry_engine::Db::open(data_dir.join(engine_name.trim()), engine_options(fs))
+        .map_err(io::Error::other)?;
     let mut state = BTreeMap::new();
     let (from, to) = keys::user_bounds(&[], None);
     for item in db.range(from..to) {

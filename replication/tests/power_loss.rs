@@ -215,7 +215,9 @@ async fn backup_rounds_cut_by_power_loss_leave_a_chain_that_lists_and_restores()
         let copy = scratch.path().join(format!("chain-{n}"));
         copy_out(image, Path::new("/backup"), &copy);
         let data = scratch.path().join(format!("restored-{n}"));
+        let disk: Arc<dyn FileSystem> = Arc::new(ferry_engine::fs::OsFs);
         let report = backup::restore(
+            &disk,
             Arc::new(LocalDir::new(&copy).unwrap()),
             backup::RestorePoint::Latest,
             &data,
@@ -262,4 +264,90 @@ fn copy_out(fs: &FaultInjectionFs, from: &Path, to: &Path) {
             std::fs::write(to.join(&name), fs.read_all(&path).unwrap()).unwrap();
         }
     }
+}
+
+/// A restore from a snapshot, cut by power loss at any point, leaves no
+/// data directory, or a whole one: the source's state, the log empty up to
+/// its applied entry, and the vote of that term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_cut_by_power_loss_leaves_no_data_directory_or_a_whole_one() {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let fault = FaultInjectionFs::new();
+    let fs: Arc<dyn FileSystem> = Arc::new(fault.clone());
+    let mut config = NodeConfig::new(1, "/node", "127.0.0.1:0".parse().unwrap());
+    config.raft = fast_raft();
+    config.engine.fs = fs.clone();
+    let node = Arc::new(Node::open(config).await.unwrap());
+    node.initialize(std::collections::BTreeMap::from([(
+        1,
+        node.raft_addr().to_owned(),
+    )]))
+    .await
+    .unwrap();
+    while !node.is_leader() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..2000 {
+        node.put(format!("k/{i:05}"), vec![b'v'; 100])
+            .await
+            .unwrap();
+    }
+    node.snapshot().await.unwrap().expect("a snapshot");
+    let source = node.user_checksum().unwrap();
+    let snapshot = node.raft().get_snapshot().await.unwrap().unwrap();
+    let from = snapshot.snapshot.dir().to_path_buf();
+    node.shutdown().await.unwrap();
+
+    let restored = Path::new("/restored");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample(fault.clone(), stop.clone(), 400);
+    let recovered = ferry_replication::recovery::restore_as_single_node(
+        &fs,
+        &from,
+        restored,
+        9,
+        "127.0.0.1:0".to_owned().into(),
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut images = sampler.join().unwrap();
+    images.push(fault.durable_image());
+    assert_eq!(recovered.applied.map(|l| l.index), Some(source.0));
+
+    let (mut absent, mut whole, mut mid_restore) = (0, 0, 0);
+    for image in images {
+        let staged = image.list(Path::new("/")).unwrap_or_default();
+        if staged
+            .iter()
+            .any(|name| name.starts_with(".restored.partial-"))
+        {
+            mid_restore += 1;
+        }
+        if !image.exists(restored) {
+            absent += 1;
+            continue;
+        }
+        assert_eq!(state_of(image.clone(), restored), source);
+        let mut log = ferry_replication::log_store::LogStore::open_with_fs(
+            Arc::new(image),
+            &restored.join("raft"),
+            Default::default(),
+        )
+        .expect("the restored log opens");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, recovered.applied);
+        let vote = log.read_vote().await.unwrap().expect("a vote");
+        assert_eq!(
+            vote.leader_id().term,
+            recovered.applied.unwrap().leader_id.term
+        );
+        whole += 1;
+    }
+    eprintln!(
+        "images: {absent} without the data directory ({mid_restore} of them mid-restore), \
+         {whole} with it whole"
+    );
+    assert!(whole > 0);
+    assert!(mid_restore > 0, "no image cut the restore itself");
 }

@@ -142,6 +142,8 @@ async fn restores_to_each_point(fixture: &str) {
     ] {
         let out = scratch.path().join(format!("{point:?}"));
         restore(
+            &(std::sync::Arc::new(ferry_engine::fs::OsFs)
+                as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
             chain.clone(),
             point,
             &out,

@@ -217,7 +217,8 @@ pub fn restore(
     restore_with(&OsFs, checkpoint, target, progress)
 }
 
-pub(crate) fn restore_with(
+/// [`restore`] through `fs`.
+pub fn restore_with(
     fs: &dyn FileSystem,
     checkpoint: &Path,
     target: &Path,

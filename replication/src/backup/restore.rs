@@ -6,7 +6,7 @@ use crate::recovery::{aside, make_single_node, move_into_place};
 use crate::snapshot::blocking;
 use crate::state_machine::apply::apply_and_write;
 use crate::types::{Entry, FerryNode, LogId, NodeId};
-use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::fs::FileSystem;
 use ferry_engine::wal::{read_segment, LogKind, TailPolicy};
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
@@ -70,20 +70,25 @@ pub type OnProgress = Arc<dyn Fn(RestoreProgress) + Send + Sync>;
 /// Restores the state at `point` from `target` into `data_dir` (which
 /// must not exist) as node `id` of a new single-node cluster (see
 /// [`crate::recovery`] for what that writes and its risks).
+///
+/// `data_dir` is written on `fs`, which must be the file system `target`
+/// fetches its objects onto (see the targets' `with_fs`).
 pub async fn restore(
+    fs: &Arc<dyn FileSystem>,
     target: Arc<dyn BackupTarget>,
     point: RestorePoint,
     data_dir: &Path,
     id: NodeId,
     node: FerryNode,
 ) -> io::Result<RestoreReport> {
-    restore_with_progress(target, point, data_dir, id, node, Arc::new(|_| {})).await
+    restore_with_progress(fs, target, point, data_dir, id, node, Arc::new(|_| {})).await
 }
 
 /// [`restore`], calling `progress` after each file it fetches. Files are
 /// streamed from the target one at a time and replayed in bounded batches,
 /// so memory stays bounded whatever the chain's size.
 pub async fn restore_with_progress(
+    fs: &Arc<dyn FileSystem>,
     target: Arc<dyn BackupTarget>,
     point: RestorePoint,
     data_dir: &Path,
@@ -91,11 +96,11 @@ pub async fn restore_with_progress(
     node: FerryNode,
     progress: OnProgress,
 ) -> io::Result<RestoreReport> {
-    let work = aside(data_dir, "restore")?;
-    std::fs::create_dir_all(&work)?;
+    let work = aside(&**fs, data_dir, "restore")?;
+    fs.create_dir_all(&work)?;
     let built = {
-        let work = work.clone();
-        blocking(move || rebuild(&*target, point, &work, &*progress)).await
+        let (fs, work) = (fs.clone(), work.clone());
+        blocking(move || rebuild(&fs, &*target, point, &work, &*progress)).await
     };
     // The new data directory is completed inside the work directory and
     // renamed into place last, so a restore killed at any point leaves no
@@ -104,24 +109,25 @@ pub async fn restore_with_progress(
         Ok(report) => {
             async {
                 let staged = work.join("data");
-                std::fs::create_dir_all(&staged)?;
-                std::fs::rename(work.join("engine"), staged.join("engine-0"))?;
-                OsFs.sync_dir(&staged)?;
-                make_single_node(&staged, id, node).await?;
-                move_into_place(&staged, data_dir)?;
+                fs.create_dir_all(&staged)?;
+                fs.rename(&work.join("engine"), &staged.join("engine-0"))?;
+                fs.sync_dir(&staged)?;
+                make_single_node(fs, &staged, id, node).await?;
+                move_into_place(&**fs, &staged, data_dir)?;
                 Ok(report)
             }
             .await
         }
         Err(error) => Err(error),
     };
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = fs.remove_dir_all(&work);
     result
 }
 
 /// Fetches the checkpoint, replays the log up to `point` and leaves the
 /// result as a closed, flushed engine in `work/engine`.
 fn rebuild(
+    fs: &Arc<dyn FileSystem>,
     target: &dyn BackupTarget,
     point: RestorePoint,
     work: &Path,
@@ -129,7 +135,7 @@ fn rebuild(
 ) -> io::Result<RestoreReport> {
     let catalog = Catalog::read(target)?;
     let scratch = work.join("scratch");
-    let record = choose_checkpoint(target, &catalog, point, &scratch)?;
+    let record = choose_checkpoint(&**fs, target, &catalog, point, &scratch)?;
     let started = Instant::now();
     let engine_dir = work.join("engine");
     let mut progress = RestoreProgress {
@@ -139,14 +145,14 @@ fn rebuild(
         log_chunks: chunks_after(&catalog, record.index()).count() as u64,
     };
     on_progress(progress);
-    let mut bytes_fetched = fetch_checkpoint(target, &record, &engine_dir, |fetched| {
+    let mut bytes_fetched = fetch_checkpoint(&**fs, target, &record, &engine_dir, |fetched| {
         progress.checkpoint_fetched = fetched;
         on_progress(progress);
     })?;
     let fetch_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let db = ferry_engine::Db::open(&engine_dir, ferry_engine::Options::default())
+    let db = ferry_engine::Db::open(&engine_dir, crate::recovery::engine_options(fs))
         .map_err(io::Error::other)?;
     // A checkpoint of an earlier release: the replay records history from it on.
     crate::state_machine::upgrade_layout(&db)?;
@@ -174,7 +180,7 @@ fn rebuild(
         let local = work.join("chunk");
         bytes_fetched += target.get(&name, &local)?;
         read_segment(
-            &OsFs,
+            &**fs,
             &local,
             LogKind::Raft,
             TailPolicy::Strict,
@@ -220,7 +226,7 @@ fn rebuild(
                 ),
             ));
         }
-        let _ = std::fs::remove_file(&local);
+        let _ = fs.remove_file(&local);
         progress.log_replayed += 1;
         on_progress(progress);
     }
@@ -284,6 +290,7 @@ fn rebuild(
 
 /// The newest checkpoint at or before `point`.
 fn choose_checkpoint(
+    fs: &dyn FileSystem,
     target: &dyn BackupTarget,
     catalog: &Catalog,
     point: RestorePoint,
@@ -302,7 +309,7 @@ fn choose_checkpoint(
                 continue;
             }
         }
-        let record = catalog.checkpoint(&OsFs, target, index, scratch)?;
+        let record = catalog.checkpoint(fs, target, index, scratch)?;
         if let RestorePoint::Time(wanted) = point {
             if record.time_ms > wanted {
                 continue;
@@ -325,12 +332,13 @@ fn choose_checkpoint(
 /// Copies the checkpoint's objects into `dir`, checking each one's size
 /// and CRC32; returns the bytes fetched.
 fn fetch_checkpoint(
+    fs: &dyn FileSystem,
     target: &dyn BackupTarget,
     record: &CheckpointRecord,
     dir: &Path,
     mut fetched: impl FnMut(u64),
 ) -> io::Result<u64> {
-    std::fs::create_dir_all(dir)?;
+    fs.create_dir_all(dir)?;
     let mut bytes = 0;
     for file in &record.files {
         if !crate::snapshot::transfer::valid_name(&file.name) {
@@ -346,8 +354,8 @@ fn fetch_checkpoint(
         let name = object_name(file);
         let local = dir.join(&file.name);
         target.get(&name, &local)?;
-        let size = std::fs::metadata(&local)?.len();
-        let crc = OsFs.file_crc(&local)?;
+        let size = fs.file_size(&local)?;
+        let crc = fs.file_crc(&local)?;
         if size != file.size || crc != file.crc {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -362,7 +370,7 @@ fn fetch_checkpoint(
         bytes += size;
         fetched(bytes);
     }
-    OsFs.sync_dir(dir)?;
+    fs.sync_dir(dir)?;
     Ok(bytes)
 }
 

@@ -11,17 +11,18 @@ use super::state::KIND;
 use super::{
     FORMAT_VERSION, META_APPLIED, META_EXPORT, META_LEASES, META_REVISION, META_TIME, META_VERSION,
 };
-use crate::recovery::{aside, make_single_node, move_into_place, Recovered};
+use crate::recovery::{aside, engine_options, make_single_node, move_into_place, Recovered};
 use crate::state_machine::keys::{self, Record};
 use crate::types::{FerryNode, LogId, NodeId};
 use arrow_array::{Array, BinaryArray, RecordBatch, UInt64Array};
 use ferry_engine::columnar::{
     read_manifest, ContentChecksum, PartReader, META_CHECKSUM, META_ROWS,
 };
-use ferry_engine::fs::{FileSystem, OsFs};
+use ferry_engine::fs::FileSystem;
 use ferry_engine::{BulkLoader, Db};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a restore from a state export loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,20 +99,21 @@ fn system_rows(applied: LogId, time_ms: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>
     Ok(rows)
 }
 
-/// Builds `data_dir` (which must not exist) as node `id` of a new
+/// Builds `data_dir` (which must not exist) on `fs` as node `id` of a new
 /// single-node cluster holding the state export in `export_dir`.
 pub async fn from_state_export(
+    fs: &Arc<dyn FileSystem>,
     export_dir: &Path,
     data_dir: &Path,
     id: NodeId,
     node: FerryNode,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> io::Result<RestoreReport> {
-    let staged = aside(data_dir, "parquet")?;
+    let staged = aside(&**fs, data_dir, "parquet")?;
     let result = async {
-        let (rows, revision, checksum) = load(export_dir, &staged.join("engine-0"), progress)?;
-        let recovered = make_single_node(&staged, id, node).await?;
-        move_into_place(&staged, data_dir)?;
+        let (rows, revision, checksum) = load(fs, export_dir, &staged.join("engine-0"), progress)?;
+        let recovered = make_single_node(fs, &staged, id, node).await?;
+        move_into_place(&**fs, &staged, data_dir)?;
         Ok(RestoreReport {
             rows,
             revision,
@@ -121,7 +123,7 @@ pub async fn from_state_export(
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staged);
+        let _ = fs.remove_dir_all(&staged);
     }
     result
 }
@@ -131,16 +133,16 @@ pub async fn from_state_export(
 /// order, with their values), all created at revision 1: an initial
 /// import through the bulk loader, with no Raft and no per-key writes.
 pub async fn from_rows(
+    fs: &Arc<dyn FileSystem>,
     data_dir: &Path,
     id: NodeId,
     node: FerryNode,
     rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
 ) -> io::Result<RestoreReport> {
-    let staged = aside(data_dir, "import")?;
+    let staged = aside(&**fs, data_dir, "import")?;
     let result = async {
         let applied = crate::types::log_id(1, id, 1);
-        let db = Db::open(staged.join("engine-0"), ferry_engine::Options::default())
-            .map_err(io::Error::other)?;
+        let db = Db::open(staged.join("engine-0"), engine_options(fs)).map_err(io::Error::other)?;
         let mut total = ContentChecksum::new();
         let system = system_rows(applied, crate::types::now_ms())?;
         db.bulk_load(1, |loader| {
@@ -170,8 +172,8 @@ pub async fn from_rows(
         })
         .map_err(io::Error::other)?;
         db.close().map_err(io::Error::other)?;
-        let recovered = make_single_node(&staged, id, node).await?;
-        move_into_place(&staged, data_dir)?;
+        let recovered = make_single_node(fs, &staged, id, node).await?;
+        move_into_place(&**fs, &staged, data_dir)?;
         Ok(RestoreReport {
             rows: total.rows(),
             revision: 1,
@@ -181,7 +183,7 @@ pub async fn from_rows(
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staged);
+        let _ = fs.remove_dir_all(&staged);
     }
     result
 }
@@ -189,18 +191,19 @@ pub async fn from_rows(
 /// Loads the export into a new engine at `engine_dir`; returns its rows,
 /// revision and checksum.
 fn load(
+    fs_arc: &Arc<dyn FileSystem>,
     export_dir: &Path,
     engine_dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<(u64, u64, u64)> {
-    let fs = &OsFs as &dyn FileSystem;
+    let fs = &**fs_arc;
     let manifest = read_manifest(fs, export_dir).map_err(io::Error::other)?;
     let mut applied = None;
     let mut time_ms = 0;
     // The leases the export names, and whether a row is on one.
     let mut leases: Vec<(u64, u64)> = Vec::new();
     let mut leased_rows = false;
-    let db = Db::open(engine_dir, ferry_engine::Options::default()).map_err(io::Error::other)?;
+    let db = Db::open(engine_dir, engine_options(fs_arc)).map_err(io::Error::other)?;
     let mut total = ContentChecksum::new();
     let bulk = db
         .bulk_load(1, |loader| {
@@ -382,6 +385,10 @@ fn add_user_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn os() -> Arc<dyn FileSystem> {
+        Arc::new(ferry_engine::fs::OsFs)
+    }
     use crate::lease::{store, LeaseCommand};
     use crate::types::{Command, Entry, Op, Txn};
     use ferry_engine::columnar::{DirSink, ExportOptions};
@@ -431,12 +438,12 @@ mod tests {
         super::super::state::export(
             &source.snapshot(),
             &ExportOptions::default(),
-            DirSink::new(&OsFs, &export),
+            DirSink::new(&ferry_engine::fs::OsFs, &export),
             &mut |_| {},
         )
         .unwrap();
         let restored = dir.path().join("restored");
-        load(&export, &restored, &mut |_| {}).unwrap();
+        load(&os(), &export, &restored, &mut |_| {}).unwrap();
         let db = Db::open(&restored, Default::default()).unwrap();
         let view = db.snapshot();
         let ttls: Vec<(u64, u64)> = store::all(&view)
@@ -487,12 +494,13 @@ mod tests {
         let (report, _) = super::super::state::export(
             &source.snapshot(),
             &ExportOptions::default(),
-            DirSink::new(&OsFs, &export),
+            DirSink::new(&ferry_engine::fs::OsFs, &export),
             &mut |_| {},
         )
         .unwrap();
         assert_eq!((report.manifest.rows, report.manifest.parts.len()), (0, 1));
-        let (rows, revision, _) = load(&export, &dir.path().join("restored"), &mut |_| {}).unwrap();
+        let (rows, revision, _) =
+            load(&os(), &export, &dir.path().join("restored"), &mut |_| {}).unwrap();
         assert_eq!((rows, revision), (0, 2));
     }
 }

@@ -310,10 +310,17 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
                     p.log_replayed, p.log_chunks
                 ));
             });
-            let report =
-                backup::restore_with_progress(target, point, &data_dir, id, node, progress)
-                    .await
-                    .map_err(failed)?;
+            let report = backup::restore_with_progress(
+                &super::os_fs(),
+                target,
+                point,
+                &data_dir,
+                id,
+                node,
+                progress,
+            )
+            .await
+            .map_err(failed)?;
             bar.finish_and_clear();
             let index = report.applied.map_or(0, |l| l.index);
             if common.json {

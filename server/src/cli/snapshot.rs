@@ -91,8 +91,14 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
         };
         let recovered = match (from, from_parquet) {
             (Some(from), _) => {
-                ferry_replication::recovery::restore_as_single_node(&from, &data_dir, id, node)
-                    .await
+                ferry_replication::recovery::restore_as_single_node(
+                    &super::os_fs(),
+                    &from,
+                    &data_dir,
+                    id,
+                    node,
+                )
+                .await
             }
             (None, Some(export)) => {
                 let bar = indicatif::ProgressBar::with_draw_target(
@@ -108,6 +114,7 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
                         .expect("static template"),
                 );
                 let restored = ferry_replication::export::restore::from_state_export(
+                    &super::os_fs(),
                     &export,
                     &data_dir,
                     id,
