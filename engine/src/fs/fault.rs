@@ -595,4 +595,19 @@ mod tests {
         fs.power_loss();
         assert_eq!(fs.read_all(&dir.join("CURRENT")).unwrap(), b"one");
     }
+
+    #[test]
+    fn tree_bytes_counts_every_file_below() {
+        let fs = FaultInjectionFs::new();
+        fs.create_dir_all(Path::new("/d/sub/deeper")).unwrap();
+        for (path, bytes) in [("/d/a", 3), ("/d/sub/b", 5), ("/d/sub/deeper/c", 7)] {
+            fs.create(Path::new(path))
+                .unwrap()
+                .append(&vec![0; bytes])
+                .unwrap();
+        }
+        assert_eq!(fs.tree_bytes(Path::new("/d")), 15);
+        assert_eq!(fs.tree_bytes(Path::new("/d/sub")), 12);
+        assert_eq!(fs.tree_bytes(Path::new("/missing")), 0);
+    }
 }

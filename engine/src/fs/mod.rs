@@ -194,6 +194,24 @@ pub trait FileSystem: Send + Sync + Debug {
         self.remove_dir(path)
     }
 
+    /// Bytes of the files under `dir`, recursively; what cannot be listed
+    /// or sized counts 0 (a figure for status pages, not an inventory).
+    fn tree_bytes(&self, dir: &Path) -> u64 {
+        let Ok(names) = self.list(dir) else {
+            return 0;
+        };
+        names
+            .into_iter()
+            .map(|name| {
+                let path = dir.join(name);
+                match self.is_dir(&path) {
+                    true => self.tree_bytes(&path),
+                    false => self.file_size(&path).unwrap_or(0),
+                }
+            })
+            .sum()
+    }
+
     /// Bytes an unprivileged writer may still add to the file system
     /// holding `dir`. File systems that cannot tell answer `u64::MAX`.
     fn available_space(&self, _dir: &Path) -> io::Result<u64> {

@@ -89,6 +89,11 @@ impl SnapshotHandle {
         &self.dir
     }
 
+    /// The file system the snapshot's files are on.
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
     pub fn manifest(&self) -> &SnapshotManifest {
         &self.manifest
     }

@@ -44,21 +44,6 @@ fn fold(hash: u64) -> u32 {
     (hash ^ (hash >> 32)) as u32
 }
 
-/// Bytes under `dir`, recursively (what etcd's `db_size` stands for).
-fn tree_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(m) if m.is_dir() => tree_bytes(&entry.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// Sends Ferry's snapshot `chunks` in etcd's stream shape (see
 /// [`super::snapshot`]), one chunk per message.
 async fn archive(
@@ -134,10 +119,12 @@ impl Maintenance for MaintenanceService {
         self.etcd
             .timed("etcd.Status", async {
                 context.gate.authorize(&request, &Access::Any)?;
-                let dir = context.node.state().data_dir().to_path_buf();
-                let size = tokio::task::spawn_blocking(move || tree_bytes(&dir))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                // The data directory's bytes: what etcd's `db_size` stands for.
+                let state = context.node.state().clone();
+                let size =
+                    tokio::task::spawn_blocking(move || state.fs().tree_bytes(state.data_dir()))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?;
                 let metrics = context.node.metrics();
                 let id = context.node.id();
                 let is_learner = !metrics

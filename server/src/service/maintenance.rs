@@ -7,7 +7,6 @@ use super::{timed, Context};
 use ferry_client::pb::{self, maintenance_server::Maintenance};
 use ferry_replication::auth::Access;
 use std::io::Read;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -21,20 +20,6 @@ pub struct MaintenanceService {
 }
 
 const CHUNK: usize = 1 << 20;
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
-}
 
 type ChunkStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
@@ -114,7 +99,7 @@ pub(crate) async fn snapshot_chunks(
             if sender.blocking_send(Ok(header)).is_err() {
                 return;
             }
-            let mut source = match std::fs::File::open(handle.dir().join(&file.name)) {
+            let mut source = match handle.fs().open_sequential(&handle.dir().join(&file.name)) {
                 Ok(source) => source,
                 Err(e) => {
                     let _ = sender.blocking_send(Err(Status::internal(e.to_string())));
@@ -290,10 +275,11 @@ impl Maintenance for MaintenanceService {
                 let data = state.data_dir();
                 let engine = state.db();
                 let statistics = engine.statistics();
+                let fs = state.fs();
                 (
-                    dir_bytes(engine.path()),
-                    dir_bytes(&data.join("snapshots")),
-                    dir_bytes(&data.join("raft")),
+                    fs.tree_bytes(engine.path()),
+                    fs.tree_bytes(&data.join("snapshots")),
+                    fs.tree_bytes(&data.join("raft")),
                     statistics.level_bytes.iter().sum::<u64>(),
                 )
             })
