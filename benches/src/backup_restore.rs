@@ -150,8 +150,7 @@ async fn run_async(bytes: u64, log_entries: u64, output: &crate::report::Output)
     {
         let started = Instant::now();
         let report = restore(
-            &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-                as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
+            &ferry_engine::fs::OsFs::shared(),
             chain,
             RestorePoint::Latest,
             &root.path().join(format!("restored-{system}")),

@@ -259,8 +259,7 @@ async fn node(args: &Args) -> Vec<Row> {
         let data_dir = root.path().join(format!("from-export-{run}"));
         let started = Instant::now();
         let restored = ferry_replication::export::restore::from_state_export(
-            &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-                as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
+            &ferry_engine::fs::OsFs::shared(),
             &export_dir,
             &data_dir,
             1,

@@ -78,15 +78,11 @@ async fn churn(node: &Node, model: &mut Model, count: u64, seed: u64) {
 
 /// The user keys of a restored data directory, read from its engine.
 fn restored_state(data_dir: &Path) -> State {
-    ferry_replication::recovery::user_state(
-        &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-            as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
-        data_dir,
-    )
-    .unwrap()
-    .into_iter()
-    .map(|(key, kv)| (key, kv.value))
-    .collect()
+    ferry_replication::recovery::user_state(&ferry_engine::fs::OsFs::shared(), data_dir)
+        .unwrap()
+        .into_iter()
+        .map(|(key, kv)| (key, kv.value))
+        .collect()
 }
 
 async fn restore_to(
@@ -95,7 +91,7 @@ async fn restore_to(
     out: &Path,
 ) -> std::io::Result<ferry_replication::backup::RestoreReport> {
     restore(
-        &(Arc::new(ferry_engine::fs::OsFs) as Arc<dyn ferry_engine::fs::FileSystem>),
+        &ferry_engine::fs::OsFs::shared(),
         chain.clone(),
         point,
         out,

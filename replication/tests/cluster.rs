@@ -185,8 +185,7 @@ async fn a_snapshot_restores_as_a_new_single_node_cluster() {
     let restored = tempfile::tempdir().unwrap();
     let data = restored.path().join("node-9");
     let recovered = ferry_replication::recovery::restore_as_single_node(
-        &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-            as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
+        &ferry_engine::fs::OsFs::shared(),
         snapshot.snapshot.dir(),
         &data,
         9,

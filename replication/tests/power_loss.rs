@@ -215,7 +215,7 @@ async fn backup_rounds_cut_by_power_loss_leave_a_chain_that_lists_and_restores()
         let copy = scratch.path().join(format!("chain-{n}"));
         copy_out(image, Path::new("/backup"), &copy);
         let data = scratch.path().join(format!("restored-{n}"));
-        let disk: Arc<dyn FileSystem> = Arc::new(ferry_engine::fs::OsFs);
+        let disk = ferry_engine::fs::OsFs::shared();
         let report = backup::restore(
             &disk,
             Arc::new(LocalDir::new(&copy).unwrap()),

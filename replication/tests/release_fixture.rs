@@ -142,8 +142,7 @@ async fn restores_to_each_point(fixture: &str) {
     ] {
         let out = scratch.path().join(format!("{point:?}"));
         restore(
-            &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-                as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
+            &ferry_engine::fs::OsFs::shared(),
             chain.clone(),
             point,
             &out,

@@ -8,9 +8,14 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The largest `max_request_bytes` accepted: a log entry must fit in one
-/// backup chunk ([`ferry_replication::backup::MAX_CHUNK_BYTES`]).
-pub const MAX_REQUEST_BYTES: usize = ferry_replication::backup::MAX_CHUNK_BYTES as usize;
+/// The largest `max_request_bytes` accepted. A log entry must fit in one
+/// backup chunk ([`ferry_replication::backup::MAX_CHUNK_BYTES`]), and a
+/// transaction writes its values twice (the record and the change) and
+/// may keep as many previous values inline, so this is also a quarter of
+/// what apply lets one transaction write
+/// ([`ferry_replication::types::MAX_TXN_WRITE_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = ferry_replication::types::MAX_TXN_WRITE_BYTES / 4;
+const _: () = assert!(MAX_REQUEST_BYTES as u64 <= ferry_replication::backup::MAX_CHUNK_BYTES);
 /// Longest an auth token may stay valid.
 pub const MAX_AUTH_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
 
@@ -345,7 +350,8 @@ impl ServeConfig {
         // storage in one conditional put (at most 80 MiB).
         if self.limits.max_request_bytes > MAX_REQUEST_BYTES {
             return Err(format!(
-                "max_request_bytes must be at most {MAX_REQUEST_BYTES}: a log entry must fit in one backup chunk"
+                "max_request_bytes must be at most {MAX_REQUEST_BYTES}: what a request may write \
+                 must fit in what one transaction may write"
             ));
         }
         if self.limits.max_request_bytes < ferry_client::MAX_BATCH_REQUEST_BYTES {

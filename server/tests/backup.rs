@@ -38,15 +38,11 @@ async fn write(client: &Client, model: &mut Model, count: usize, tag: &str) {
 
 /// The user keys of a restored data directory, read from its engine.
 fn restored_state(data_dir: &Path) -> State {
-    ferry_replication::recovery::user_state(
-        &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-            as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
-        data_dir,
-    )
-    .unwrap()
-    .into_iter()
-    .map(|(key, kv)| (key, kv.value))
-    .collect()
+    ferry_replication::recovery::user_state(&ferry_engine::fs::OsFs::shared(), data_dir)
+        .unwrap()
+        .into_iter()
+        .map(|(key, kv)| (key, kv.value))
+        .collect()
 }
 
 async fn ferry_blocking(args: Vec<String>) -> (i32, String, String) {

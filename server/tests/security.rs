@@ -936,8 +936,7 @@ async fn counting_millions_of_keys_does_not_delay_writes() {
         client_addr: cluster.client_addr(1),
     };
     let loaded = ferry_replication::export::restore::from_rows(
-        &(std::sync::Arc::new(ferry_engine::fs::OsFs)
-            as std::sync::Arc<dyn ferry_engine::fs::FileSystem>),
+        &ferry_engine::fs::OsFs::shared(),
         &data_dir,
         1,
         member,

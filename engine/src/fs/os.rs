@@ -11,6 +11,13 @@ use std::sync::Arc;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsFs;
 
+impl OsFs {
+    /// The disk, as the shared handle that options and restores take.
+    pub fn shared() -> Arc<dyn FileSystem> {
+        Arc::new(OsFs)
+    }
+}
+
 /// Appends go to a user-space buffer first so that many small appends (block
 /// by block, record by record) become few `write` calls.
 struct OsWritableFile {

@@ -386,9 +386,6 @@ fn add_user_row(
 mod tests {
     use super::*;
 
-    fn os() -> Arc<dyn FileSystem> {
-        Arc::new(ferry_engine::fs::OsFs)
-    }
     use crate::lease::{store, LeaseCommand};
     use crate::types::{Command, Entry, Op, Txn};
     use ferry_engine::columnar::{DirSink, ExportOptions};
@@ -443,7 +440,13 @@ mod tests {
         )
         .unwrap();
         let restored = dir.path().join("restored");
-        load(&os(), &export, &restored, &mut |_| {}).unwrap();
+        load(
+            &ferry_engine::fs::OsFs::shared(),
+            &export,
+            &restored,
+            &mut |_| {},
+        )
+        .unwrap();
         let db = Db::open(&restored, Default::default()).unwrap();
         let view = db.snapshot();
         let ttls: Vec<(u64, u64)> = store::all(&view)
@@ -499,8 +502,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!((report.manifest.rows, report.manifest.parts.len()), (0, 1));
-        let (rows, revision, _) =
-            load(&os(), &export, &dir.path().join("restored"), &mut |_| {}).unwrap();
+        let (rows, revision, _) = load(
+            &ferry_engine::fs::OsFs::shared(),
+            &export,
+            &dir.path().join("restored"),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!((rows, revision), (0, 2));
     }
 }

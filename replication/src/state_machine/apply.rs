@@ -55,6 +55,12 @@ impl Bounds {
         read_ahead_bytes: MAX_READ_AHEAD_BYTES,
     };
 }
+/// What a put or a delete counts against [`MAX_TXN_WRITE_BYTES`] before it
+/// is applied, beyond its key (counted eight times: its record, change and
+/// version entries name it, escaped), its value (twice: the record and the
+/// change) and the previous value it may keep inline: more than it writes.
+const OP_WRITE_BYTES: usize = 256;
+
 /// What listing a key for a range delete counts against
 /// [`MAX_TXN_WRITE_BYTES`] beyond the key's own bytes: deleting a key
 /// writes its tombstone, a change and two version entries, each naming
@@ -603,6 +609,13 @@ impl<'a> Overlay<'a> {
                 }
             }
         }
+        // Puts and deletes that could write more than the bound (large
+        // previous values kept inline, past a compaction) refuse the
+        // transaction before it changes anything.
+        if self.could_write(ops)? > self.bounds.txn_write_bytes {
+            let why = writes_too_large(self.bounds.txn_write_bytes);
+            return self.refuse(txn, revision, None, why);
+        }
         // A transaction whose answer holds values may be refused part-way,
         // when the answer grows past its bound, and one with a range delete
         // when its writes do: only then is what it changes kept for undoing
@@ -813,8 +826,8 @@ impl<'a> Overlay<'a> {
         Ok(response)
     }
 
-    /// Refuses `txn` for the size of its answer, with `reason`: undoes
-    /// what it changed so far.
+    /// Refuses `txn` for the size of its answer or writes, with `reason`:
+    /// undoes what it changed since `mark` (`None`: nothing yet).
     fn refuse(
         &mut self,
         txn: &Txn,
@@ -823,7 +836,9 @@ impl<'a> Overlay<'a> {
         reason: String,
     ) -> io::Result<Response> {
         debug_assert!(crate::types::is_too_large(&reason));
-        self.roll_back(mark.expect("only a marked transaction is counted"));
+        if let Some(mark) = mark {
+            self.roll_back(mark);
+        }
         let response = Response {
             revision,
             succeeded: false,
@@ -1023,10 +1038,41 @@ impl<'a> Overlay<'a> {
         }
     }
 
+    /// At most what the puts and deletes of `ops` write (see
+    /// [`OP_WRITE_BYTES`]); read from the overlay and the engine without
+    /// copying values.
+    fn could_write(&self, ops: &[Op]) -> io::Result<usize> {
+        let mut total = 0usize;
+        for op in ops {
+            let (key, value) = match op {
+                Op::Put { key, value, .. } => (key, value.len()),
+                Op::Delete { key, .. } => (key, 0),
+                _ => continue,
+            };
+            let engine_key = keys::user_key(key);
+            let peek = |bytes: Option<&[u8]>| match bytes.and_then(Record::peek) {
+                Some((mod_revision, len)) if mod_revision < self.compacted => len,
+                _ => 0,
+            };
+            let inline = match (self.writes.get(&engine_key), self.read.get(&engine_key)) {
+                (Some(bytes), _) | (None, Some(bytes)) => peek(bytes.as_deref()),
+                (None, None) => peek(
+                    self.db
+                        .get(&engine_key)
+                        .map_err(io::Error::other)?
+                        .as_deref(),
+                ),
+            };
+            total = total.saturating_add(8 * key.len() + 2 * value + inline + OP_WRITE_BYTES);
+        }
+        Ok(total)
+    }
+
     /// Deletes the keys attached to revoked lease `id` at `revision`, as
     /// many as [`Bounds::txn_write_bytes`] allows, and marks the lease as
     /// draining if keys are left (unmarks it if none are). Each call
-    /// deletes at least one key. Only an entry that starts its run calls
+    /// removes at least one index entry (deleting its key, or dropping it
+    /// as stale), so a drain ends. Only an entry that starts its run calls
     /// it (see [`is_barrier`]): it lists the keys from the engine.
     fn drain(&mut self, id: u64, revision: u64, time_ms: u64) -> io::Result<()> {
         let view = self.db.snapshot();
@@ -1668,7 +1714,7 @@ mod tests {
                 prev_kv: false,
             })
             .collect();
-        apply_within(&db, &[grant(1), txn_entry(2, 1, 0, attach)], bounds);
+        apply(&db, &[grant(1), txn_entry(2, 1, 0, attach)]);
         let user_keys = |db: &Db| db.prefix([keys::USER_PREFIX, b'l']).count();
         let draining = |db: &Db| lease::store::draining(&db.snapshot()).unwrap();
         let (answers, _) = apply_within(
@@ -1960,7 +2006,7 @@ mod tests {
         let fill: Vec<Op> = (0..100)
             .map(|i| Op::put(format!("big/{i:03}"), "v"))
             .collect();
-        apply_within(&db, &[txn_entry(1, 1, 0, fill)], bounds);
+        apply(&db, &[txn_entry(1, 1, 0, fill)]);
         let (before, mut changes) = big_state(&db);
         let range = |end: &str| Op::DeleteRange {
             start: b"big/".to_vec(),
@@ -2016,6 +2062,38 @@ mod tests {
             .0
             .iter()
             .all(|(key, _)| key[0] != keys::USER_PREFIX));
+    }
+
+    #[test]
+    fn deletes_that_would_keep_large_values_inline_past_the_bound_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let bounds = Bounds {
+            txn_write_bytes: 4096,
+            ..Bounds::RELEASE
+        };
+        let fill: Vec<Op> = (0..10)
+            .map(|i| Op::put(format!("big/{i}"), vec![7u8; 1000]))
+            .collect();
+        let compact = Entry::new_normal(
+            log_id(2),
+            Command::Compact {
+                revision: 2,
+                time_ms: 0,
+            }
+            .into(),
+        );
+        apply(&db, &[txn_entry(1, 1, 0, fill), compact]);
+        let (before, changes) = big_state(&db);
+        // Each delete keeps its 1 000-byte value inline (it was written
+        // below the compacted revision): ten would pass 4 096 bytes.
+        let deletes = |n: usize| (0..n).map(|i| Op::delete(format!("big/{i}"))).collect();
+        let (answers, _) = apply_within(&db, &[txn_entry(3, 2, 0, deletes(10))], bounds);
+        let why = answers[0].rejected.as_deref().unwrap_or_default();
+        assert!(why.starts_with(WRITES_REFUSED), "{answers:?}");
+        assert_eq!(big_state(&db), (before, changes));
+        let (answers, _) = apply_within(&db, &[txn_entry(4, 2, 1, deletes(2))], bounds);
+        assert!(answers[0].rejected.is_none(), "{answers:?}");
     }
 
     #[test]
@@ -2221,27 +2299,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Default::default()).unwrap();
         let key = |k: u32| format!("big/{k:02}");
-        let big: Vec<Op> = (0..40)
-            .map(|k| Op::put(key(k), vec![7u8; 1 << 20]))
+        // Written 10 at a time (a transaction writes each value twice).
+        let big = |k: u32| Op::put(key(k), vec![7u8; 1 << 20]);
+        let mut entries: Vec<Entry> = (0..4u32)
+            .map(|t| {
+                let ops = (t * 10..t * 10 + 10).map(big).collect();
+                txn_entry(1 + u64::from(t), 1, t.into(), ops)
+            })
             .collect();
         let small: Vec<Op> = (0..40).map(|k| Op::put(key(k), "small")).collect();
         let purge = |index| Entry::new_normal(log_id(index), Command::PurgeHistory.into());
-        apply(
-            &db,
-            &[
-                txn_entry(1, 1, 0, big),
-                txn_entry(2, 1, 1, small),
-                Entry::new_normal(
-                    log_id(3),
-                    Command::Compact {
-                        revision: 2,
-                        time_ms: 0,
-                    }
-                    .into(),
-                ),
-                purge(4),
-            ],
-        );
+        entries.extend([
+            txn_entry(5, 1, 4, small),
+            Entry::new_normal(
+                log_id(6),
+                Command::Compact {
+                    revision: 5,
+                    time_ms: 0,
+                }
+                .into(),
+            ),
+            purge(7),
+        ]);
+        apply(&db, &entries);
         let cursor = |db: &Db| -> Option<history::PurgeCursor> {
             db.get(keys::PURGE)
                 .unwrap()
@@ -2257,10 +2337,10 @@ mod tests {
         );
         // Later steps finish it, and every change at the compacted
         // revision still has its previous value (a watch's prev_kv).
-        apply(&db, &[purge(5), purge(6), purge(7), purge(8)]);
+        apply(&db, &[purge(8), purge(9), purge(10), purge(11)]);
         assert!(cursor(&db).is_none(), "{:?}", cursor(&db));
         let view = db.snapshot();
-        let page = history::scan_changes(&view, 2, 3, &|_| true, usize::MAX).unwrap();
+        let page = history::scan_changes(&view, 5, 6, &|_| true, usize::MAX).unwrap();
         assert_eq!(page.changes.len(), 40);
         for change in &page.changes {
             let before = history::version_before(&view, change).unwrap();

@@ -149,6 +149,18 @@ impl Record {
 
     /// [`Record::decode`] of a value read into its own buffer, which keeps
     /// the value (no second allocation and copy).
+    /// The mod revision and value length of an encoded record, without
+    /// copying its value.
+    pub(crate) fn peek(bytes: &[u8]) -> Option<(u64, usize)> {
+        let header = match *bytes.first()? {
+            RECORD_V2 => RECORD_V2_HEADER,
+            RECORD_V1 => RECORD_V1_HEADER,
+            _ => return None,
+        };
+        let record = Record::decode(bytes.get(..header)?)?;
+        Some((record.mod_revision, bytes.len() - header))
+    }
+
     pub(crate) fn decode_owned(mut bytes: Vec<u8>) -> Option<Record> {
         let header = match *bytes.first()? {
             RECORD_V2 => RECORD_V2_HEADER,

@@ -311,7 +311,7 @@ async fn backup_inner(common: &Common, command: BackupCommand) -> Result<i32, i3
                 ));
             });
             let report = backup::restore_with_progress(
-                &super::os_fs(),
+                &ferry_engine::fs::OsFs::shared(),
                 target,
                 point,
                 &data_dir,

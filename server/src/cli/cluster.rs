@@ -169,9 +169,13 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
             raft_addr: raft_addr.clone(),
             client_addr: client_addr.clone(),
         };
-        let recovered =
-            ferry_replication::recovery::force_new_cluster(&super::os_fs(), &data_dir, id, node)
-                .await;
+        let recovered = ferry_replication::recovery::force_new_cluster(
+            &ferry_engine::fs::OsFs::shared(),
+            &data_dir,
+            id,
+            node,
+        )
+        .await;
         return report_new_cluster(common, recovered, &data_dir, id, &raft_addr, &client_addr);
     }
     let client = connect(common).await?;

@@ -112,11 +112,6 @@ impl Common {
 }
 
 /// Prints an error and returns the exit code for it.
-/// The file system the CLI writes data directories on: the disk.
-fn os_fs() -> std::sync::Arc<dyn ferry_engine::fs::FileSystem> {
-    std::sync::Arc::new(ferry_engine::fs::OsFs)
-}
-
 pub fn fail(error: &Error) -> i32 {
     eprintln!("error: {error}");
     match error {

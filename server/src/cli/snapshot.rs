@@ -92,7 +92,7 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
         let recovered = match (from, from_parquet) {
             (Some(from), _) => {
                 ferry_replication::recovery::restore_as_single_node(
-                    &super::os_fs(),
+                    &ferry_engine::fs::OsFs::shared(),
                     &from,
                     &data_dir,
                     id,
@@ -114,7 +114,7 @@ async fn snapshot_inner(common: &Common, command: SnapshotCommand) -> Result<i32
                         .expect("static template"),
                 );
                 let restored = ferry_replication::export::restore::from_state_export(
-                    &super::os_fs(),
+                    &ferry_engine::fs::OsFs::shared(),
                     &export,
                     &data_dir,
                     id,
