@@ -42,6 +42,10 @@ pub const MAX_PERMISSIONS_PER_ROLE: usize = 1024;
 pub const MAX_NAME_BYTES: usize = 255;
 /// Bytes of a role's permissions' keys and range ends, together, at most.
 pub const MAX_PERMISSION_BYTES_PER_ROLE: usize = 4 << 20;
+/// Bytes of the whole auth state at most (as [`AuthState::bytes`] counts
+/// them): what each change loads and copies, and what a role's deletion
+/// may rewrite in one batch.
+pub const MAX_AUTH_STATE_BYTES: usize = 64 << 20;
 
 /// Whether a refusal (`Error::Rejected`) is [`STALE_CHECK`].
 pub fn is_stale_check(reason: &str) -> bool {
@@ -122,6 +126,37 @@ pub struct AuthState {
     pub roles: BTreeMap<String, Role>,
     /// Bumped by every change.
     pub revision: u64,
+}
+
+impl AuthState {
+    /// About the bytes the state takes in the engine: its names, hashes
+    /// and permission keys, and a little for each record.
+    pub fn bytes(&self) -> usize {
+        let users: usize = self
+            .users
+            .iter()
+            .map(|(name, user)| {
+                name.len()
+                    + user.password_hash.as_ref().map_or(0, String::len)
+                    + user.roles.iter().map(|r| r.len() + 1).sum::<usize>()
+                    + 16
+            })
+            .sum();
+        let roles: usize = self
+            .roles
+            .iter()
+            .map(|(name, role)| {
+                name.len()
+                    + role
+                        .permissions
+                        .iter()
+                        .map(|p| p.key.len() + p.range_end.len() + 4)
+                        .sum::<usize>()
+                    + 8
+            })
+            .sum();
+        users + roles
+    }
 }
 
 /// What an access does to keys.

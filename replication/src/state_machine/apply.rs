@@ -46,6 +46,8 @@ struct Bounds {
     run_write_bytes: usize,
     /// See [`MAX_READ_AHEAD_BYTES`]: only how values are read.
     read_ahead_bytes: usize,
+    /// See [`crate::auth::MAX_AUTH_STATE_BYTES`]: part of what apply does.
+    auth_state_bytes: usize,
 }
 
 impl Bounds {
@@ -53,6 +55,7 @@ impl Bounds {
         txn_write_bytes: MAX_TXN_WRITE_BYTES,
         run_write_bytes: MAX_RUN_WRITE_BYTES,
         read_ahead_bytes: MAX_READ_AHEAD_BYTES,
+        auth_state_bytes: crate::auth::MAX_AUTH_STATE_BYTES,
     };
 }
 /// What a put or a delete counts against [`MAX_TXN_WRITE_BYTES`] before it
@@ -1157,7 +1160,17 @@ impl<'a> Overlay<'a> {
         debug_assert!(self.writes.is_empty(), "an auth change starts its run");
         let before = crate::auth::store::load(&self.db.snapshot())?;
         let mut after = before.clone();
-        if let Err(reason) = change.apply(&mut after) {
+        let applied = change.apply(&mut after).and_then(|()| {
+            // Only a change that grows the state is held to the bound.
+            let (bytes, max) = (after.bytes(), self.bounds.auth_state_bytes);
+            match bytes > max && bytes > before.bytes() {
+                true => Err(format!(
+                    "the auth state would take {bytes} bytes, more than the {max} it may"
+                )),
+                false => Ok(()),
+            }
+        });
+        if let Err(reason) = applied {
             return Ok(Response {
                 revision,
                 succeeded: false,
@@ -1165,8 +1178,9 @@ impl<'a> Overlay<'a> {
                 ..Response::default()
             });
         }
-        let writes = &mut self.writes;
+        let (writes, written) = (&mut self.writes, &mut self.written);
         crate::auth::store::diff(&before, &after, &mut |key, value| {
+            *written += key.len() + value.as_ref().map_or(0, Vec::len);
             writes.insert(key, value);
         })?;
         self.auth_changed = true;
@@ -2093,6 +2107,48 @@ mod tests {
         assert!(why.starts_with(WRITES_REFUSED), "{answers:?}");
         assert_eq!(big_state(&db), (before, changes));
         let (answers, _) = apply_within(&db, &[txn_entry(4, 2, 1, deletes(2))], bounds);
+        assert!(answers[0].rejected.is_none(), "{answers:?}");
+    }
+
+    #[test]
+    fn the_auth_state_grows_no_further_than_its_bound() {
+        use crate::auth::AuthChange;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let bounds = Bounds {
+            auth_state_bytes: 1000,
+            ..Bounds::RELEASE
+        };
+        let add = |index: u64, name: String| {
+            let change = AuthChange::UserAdd {
+                name,
+                password_hash: None,
+            };
+            Entry::new_normal(log_id(index), Command::Auth(change).into())
+        };
+        // Users of 100-byte names, until the state would pass 1 000 bytes.
+        let mut index = 1;
+        let added = loop {
+            let (answers, _) = apply_within(&db, &[add(index, format!("{index:0100}"))], bounds);
+            if let Some(why) = &answers[0].rejected {
+                assert!(why.contains("auth state"), "{why}");
+                break index - 1;
+            }
+            index += 1;
+            assert!(index < 100, "the bound never held");
+        };
+        assert!((8..=9).contains(&added), "{added} users");
+        let users = crate::auth::store::load(&db.snapshot())
+            .unwrap()
+            .users
+            .len();
+        assert_eq!(users as u64, added);
+        // Shrinking is always allowed.
+        let delete = AuthChange::UserDelete {
+            name: format!("{:0100}", 1),
+        };
+        let entry = Entry::new_normal(log_id(index + 1), Command::Auth(delete).into());
+        let (answers, _) = apply_within(&db, &[entry], bounds);
         assert!(answers[0].rejected.is_none(), "{answers:?}");
     }
 
