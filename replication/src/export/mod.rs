@@ -30,6 +30,9 @@
 //!            ferry.time_ms         the latest proposal time in the state
 //!            ferry.leases          JSON [[id, ttl_ms], …]: the leases the state holds
 //!                                  (absent from exports of earlier releases)
+//!            ferry.draining        JSON [id, …]: revoked leases whose keys are still
+//!                                  being deleted (absent from exports of earlier
+//!                                  releases, and when there are none)
 //!   history: ferry.from_revision, ferry.to_revision   the revisions it covers
 //! ```
 //!
@@ -56,6 +59,7 @@ pub(crate) const META_APPLIED: &str = "ferry.applied";
 pub(crate) const META_MEMBERSHIP: &str = "ferry.membership";
 pub(crate) const META_TIME: &str = "ferry.time_ms";
 pub(crate) const META_LEASES: &str = "ferry.leases";
+pub(crate) const META_DRAINING: &str = "ferry.draining";
 pub(crate) const META_FROM: &str = "ferry.from_revision";
 pub(crate) const META_TO: &str = "ferry.to_revision";
 pub(crate) const FORMAT_VERSION: &str = "1";

@@ -9,7 +9,8 @@
 
 use super::state::KIND;
 use super::{
-    FORMAT_VERSION, META_APPLIED, META_EXPORT, META_LEASES, META_REVISION, META_TIME, META_VERSION,
+    FORMAT_VERSION, META_APPLIED, META_DRAINING, META_EXPORT, META_LEASES, META_REVISION,
+    META_TIME, META_VERSION,
 };
 use crate::recovery::{aside, engine_options, make_single_node, move_into_place, Recovered};
 use crate::state_machine::keys::{self, Record};
@@ -202,6 +203,7 @@ fn load(
     let mut time_ms = 0;
     // The leases the export names, and whether a row is on one.
     let mut leases: Vec<(u64, u64)> = Vec::new();
+    let mut draining: Vec<u64> = Vec::new();
     let mut leased_rows = false;
     let db = Db::open(engine_dir, engine_options(fs_arc)).map_err(io::Error::other)?;
     let mut total = ContentChecksum::new();
@@ -236,6 +238,11 @@ fn load(
                     if let Some(json) = meta(META_LEASES) {
                         leases = serde_json::from_str(&json).map_err(|_| {
                             reader.corrupt("the leases in the metadata do not decode")
+                        })?;
+                    }
+                    if let Some(json) = meta(META_DRAINING) {
+                        draining = serde_json::from_str(&json).map_err(|_| {
+                            reader.corrupt("the draining leases in the metadata do not decode")
                         })?;
                     }
                     applied = Some(log_id);
@@ -303,7 +310,7 @@ fn load(
         )));
     };
     debug_assert!(bulk.rows >= total.rows());
-    restore_leases(&db, &leases, leased_rows)?;
+    restore_leases(&db, &leases, &draining, leased_rows)?;
     db.close().map_err(io::Error::other)?;
     Ok((total.rows(), applied.index, total.value()))
 }
@@ -318,7 +325,12 @@ pub const RESTORED_LEASE_TTL: std::time::Duration = std::time::Duration::from_se
 /// with it, as in the cluster exported. A lease a key names that the
 /// export does not list gets [`RESTORED_LEASE_TTL`]. Reads the restored
 /// user state back in key order and writes in bounded batches.
-fn restore_leases(db: &Db, leases: &[(u64, u64)], leased_rows: bool) -> io::Result<()> {
+fn restore_leases(
+    db: &Db,
+    leases: &[(u64, u64)],
+    draining: &[u64],
+    leased_rows: bool,
+) -> io::Result<()> {
     use crate::lease::{store, LeaseRecord};
     use std::collections::BTreeSet;
     const BATCH_OPS: usize = 4096;
@@ -347,6 +359,16 @@ fn restore_leases(db: &Db, leases: &[(u64, u64)], leased_rows: bool) -> io::Resu
             write(&mut batch)?;
         }
     }
+    // Revoked leases whose keys were still being deleted: their keys stay
+    // attached, with no record, and the restored leader goes on deleting.
+    for &id in draining {
+        if id == 0 || !listed.insert(id) {
+            return Err(invalid(format!(
+                "the export lists lease {id} as draining and as a lease, twice, or as 0"
+            )));
+        }
+        batch.put(store::drain_key(id), []);
+    }
     if leased_rows {
         let mut unlisted = BTreeSet::new();
         let (from, to) = keys::user_bounds(&[], None);
@@ -360,6 +382,7 @@ fn restore_leases(db: &Db, leases: &[(u64, u64)], leased_rows: bool) -> io::Resu
                 continue;
             }
             if !listed.contains(&lease) && unlisted.insert(lease) {
+                // Named by a key only: an export of an earlier release.
                 batch.put(
                     store::record_key(lease),
                     record(RESTORED_LEASE_TTL.as_millis() as u64),
@@ -430,6 +453,22 @@ mod tests {
             ),
         ];
         crate::state_machine::apply::apply_and_write(&source, &entries, |_, _| Ok(())).unwrap();
+        // Lease 9 revoked with a key still to delete, as a drain leaves it.
+        let draining = Record {
+            create_revision: 3,
+            mod_revision: 3,
+            version: 1,
+            lease: 9,
+            mod_index: 9,
+            value: b"v".to_vec(),
+        };
+        source
+            .put(keys::user_key(b"drained/later"), draining.encode())
+            .unwrap();
+        source
+            .put(store::index_key(9, b"drained/later"), [])
+            .unwrap();
+        source.put(store::drain_key(9), []).unwrap();
         let export = dir.path().join("export");
         std::fs::create_dir(&export).unwrap();
         super::super::state::export(
@@ -462,6 +501,13 @@ mod tests {
                 .is_some());
         }
         assert!(view.get(store::index_key(7, b"plain")).unwrap().is_none());
+        // A draining lease stays one: no record, its key attached, marked.
+        assert!(store::get(&view, 9).unwrap().is_none());
+        assert_eq!(store::draining(&view).unwrap(), [9]);
+        assert!(view
+            .get(store::index_key(9, b"drained/later"))
+            .unwrap()
+            .is_some());
         // A lease a key names that the export does not list gets the
         // restore's TTL.
         let other = Db::open(dir.path().join("other"), Default::default()).unwrap();
@@ -474,7 +520,7 @@ mod tests {
             value: b"v".to_vec(),
         };
         other.put(keys::user_key(b"k"), record.encode()).unwrap();
-        restore_leases(&other, &[], true).unwrap();
+        restore_leases(&other, &[], &[], true).unwrap();
         let view = other.snapshot();
         assert_eq!(
             store::get(&view, 9).unwrap().unwrap().ttl_ms,

@@ -1,8 +1,8 @@
 //! The state export: one row per user key, as of one revision.
 
 use super::{
-    export_error, write_manifest, ExportReport, FORMAT_VERSION, META_APPLIED, META_EXPORT,
-    META_LEASES, META_MEMBERSHIP, META_REVISION, META_TIME, META_VERSION,
+    export_error, write_manifest, ExportReport, FORMAT_VERSION, META_APPLIED, META_DRAINING,
+    META_EXPORT, META_LEASES, META_MEMBERSHIP, META_REVISION, META_TIME, META_VERSION,
 };
 use crate::state_machine::keys::{self, Record};
 use crate::types::{LogId, StoredMembership};
@@ -121,7 +121,7 @@ pub fn export<S: PartSink>(
 ) -> io::Result<(ExportReport, S)> {
     let point = point(view)?;
     let revision = point.applied.map_or(0, |l| l.index);
-    let metadata = vec![
+    let mut metadata = vec![
         (META_EXPORT.to_owned(), KIND.to_owned()),
         (META_VERSION.to_owned(), FORMAT_VERSION.to_owned()),
         (META_REVISION.to_owned(), revision.to_string()),
@@ -130,6 +130,10 @@ pub fn export<S: PartSink>(
         (META_TIME.to_owned(), point.time_ms.to_string()),
         (META_LEASES.to_owned(), json(&leases(view)?)?),
     ];
+    let draining = crate::lease::store::draining(view)?;
+    if !draining.is_empty() {
+        metadata.push((META_DRAINING.to_owned(), json(&draining)?));
+    }
     let mut writer = PartWriter::new(schema(), options, metadata, sink).map_err(export_error)?;
     let mut rows = Rows::default();
     let mut total = ContentChecksum::new();
