@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Watch streams open at once.
     pub max_watch_streams: usize,
+    /// Watch streams one user may have open at once (with auth on): one
+    /// user cannot take every place.
+    pub max_watch_streams_per_user: usize,
     /// Calls in flight at once on one `KV.Batch` stream.
     pub max_batch_calls: usize,
     /// Snapshot downloads and Parquet exports running at once.
@@ -64,6 +67,7 @@ impl Default for Limits {
             max_range_bytes: 2 << 20,
             max_streams_per_connection: 1024,
             max_watch_streams: 1024,
+            max_watch_streams_per_user: 256,
             max_batch_calls: 4096,
             max_transfers: 2,
             max_leases: 100_000,
@@ -340,6 +344,9 @@ impl ServeConfig {
         if self.watch_progress_ms == 0 {
             return Err("watch_progress_ms must be at least 1".into());
         }
+        if self.limits.max_watch_streams_per_user == 0 {
+            return Err("max_watch_streams_per_user must be at least 1".into());
+        }
         // A token's expiry is now plus the TTL, in milliseconds.
         if self.auth_token_ttl_secs > MAX_AUTH_TOKEN_TTL_SECS {
             return Err(format!(
@@ -347,7 +354,8 @@ impl ServeConfig {
             ));
         }
         // A log entry then fits in one backup chunk, which goes up to object
-        // storage in one conditional put (at most 80 MiB).
+        // storage in one conditional put (at most 80 MiB), and a transaction
+        // in what apply lets one write.
         if self.limits.max_request_bytes > MAX_REQUEST_BYTES {
             return Err(format!(
                 "max_request_bytes must be at most {MAX_REQUEST_BYTES}: what a request may write \

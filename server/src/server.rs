@@ -160,8 +160,8 @@ impl Server {
             .build_v1()
             .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
         let max = config.limits.max_request_bytes;
-        // One limit for the watches of both APIs.
-        let watches = Arc::new(Semaphore::new(config.limits.max_watch_streams));
+        // One set of places for the watches of both APIs.
+        let watches = crate::watch_slots::WatchSlots::new(&config.limits);
         let transfers = Arc::new(Semaphore::new(config.limits.max_transfers));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -1410,3 +1410,62 @@ async fn silent_connections_do_not_keep_clients_out_of_the_tls_port() {
     eprintln!("connected and wrote in {:?}", started.elapsed());
     drop(silent);
 }
+
+/// With auth on, one user holds at most `max_watch_streams_per_user`
+/// watches: a user opening more waits for a place (its SDK retries), while
+/// another user still gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_watch_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ferry_server::config::Limits {
+        max_watch_streams: 10,
+        max_watch_streams_per_user: 2,
+        ..Default::default()
+    };
+    let (server, setup) = common::single_node(dir.path(), limits).await;
+    let metrics = server.metrics_addr.unwrap().to_string();
+    let endpoints = vec![server.client_addr.to_string()];
+    secure::enable_auth(&setup).await;
+    let as_user = |user: &str, password: &str| ClientOptions {
+        credentials: Some(ferry_client::Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        ..common::options()
+    };
+    let root = secure::connect(endpoints.clone(), as_user("root", ROOT_PASSWORD)).await;
+    for user in ["alice", "bob"] {
+        add_user(&root, user, "pw", &[(READ, b"w/", b"w0")]).await;
+    }
+    let alice = secure::connect(endpoints.clone(), as_user("alice", "pw")).await;
+    let bob = secure::connect(endpoints, as_user("bob", "pw")).await;
+    let open = || common::metric(&metrics, r#"ferry_open_streams{kind="watch"}"#);
+    let until = |what: &'static str, wanted: f64| {
+        let open = &open;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while open().await != wanted {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // From a revision, so that a watch opened late still sees what came after.
+    let from = root.put("w/start", "v").await.unwrap() + 1;
+    let mut alices: Vec<_> = (0..3).map(|_| alice.watch_prefix("w/", from)).collect();
+    until("alice's first two watches open", 2.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open().await, 2.0, "alice's third watch got a place");
+    let _bobs = bob.watch_prefix("w/", from);
+    until("bob's watch opens beside alice's", 3.0).await;
+    // Alice gives one back: her waiting watch takes it, and sees a write.
+    alices.remove(0);
+    let mut waiting = alices.pop().unwrap();
+    root.put("w/after", "v").await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(20), waiting.next())
+        .await
+        .expect("alice's waiting watch never opened");
+    assert_eq!(seen.unwrap().unwrap().kv.unwrap().key, b"w/after");
+    drop((alices, waiting, alice, bob, root, setup));
+    server.shutdown().await.unwrap();
+}

@@ -21,7 +21,7 @@ pub struct ElectionService {
     pub etcd: Etcd,
     /// Watches open at once, shared with the Watch services: an Observe
     /// stream is one.
-    pub watches: std::sync::Arc<tokio::sync::Semaphore>,
+    pub watches: std::sync::Arc<crate::watch_slots::WatchSlots>,
 }
 
 /// etcd's `concurrency.ErrElectionNotLeader` and `ErrElectionNoLeader`.
@@ -37,7 +37,7 @@ impl ElectionService {
         request: &Request<T>,
         kind: AccessKind,
         prefix: &[u8],
-    ) -> Result<(), Status> {
+    ) -> Result<crate::auth::Principal, Status> {
         let credential = self.etcd.context.gate.credential(request);
         recipe::check(&self.etcd, &credential, kind, prefix)
     }
@@ -179,15 +179,14 @@ impl Election for ElectionService {
         etcd.check_key(&request.get_ref().name)
             .map_err(super::gate_status)?;
         let prefix = recipe::queue_prefix(&request.get_ref().name);
-        self.check(&request, AccessKind::Read, &prefix)
+        let principal = self
+            .check(&request, AccessKind::Read, &prefix)
             .map_err(super::gate_status)?;
         let credential = etcd.context.gate.credential(&request);
-        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
-            let limit = etcd.context.limits.max_watch_streams;
-            return Err(Status::resource_exhausted(format!(
-                "max_watch_streams = {limit} watches are open"
-            )));
-        };
+        let permit = self
+            .watches
+            .take(principal.user.as_deref())
+            .map_err(Status::resource_exhausted)?;
         let (sender, receiver) = mpsc::channel(OBSERVE_QUEUE);
         tokio::spawn(async move {
             let _permit = permit;

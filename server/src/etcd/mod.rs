@@ -59,7 +59,7 @@ use pb::etcdserverpb as rpc;
 pub struct Settings {
     pub max_request_bytes: usize,
     /// Watches open at once, shared with Ferry's own Watch service.
-    pub watches: std::sync::Arc<tokio::sync::Semaphore>,
+    pub watches: std::sync::Arc<crate::watch_slots::WatchSlots>,
     pub progress_interval: std::time::Duration,
     pub client_tls: bool,
     pub peer_tls: bool,

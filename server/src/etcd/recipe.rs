@@ -57,9 +57,8 @@ pub fn check(
     credential: &Credential,
     kind: AccessKind,
     prefix: &[u8],
-) -> Result<(), Status> {
-    etcd.context.gate.check(credential, &under(kind, prefix))?;
-    Ok(())
+) -> Result<crate::auth::Principal, Status> {
+    etcd.context.gate.check(credential, &under(kind, prefix))
 }
 
 /// A contender's key: `prefix` and its lease in hex, as etcd names it.

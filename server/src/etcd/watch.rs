@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -40,7 +40,7 @@ const PROGRESS_WATCH_ID: i64 = -1;
 pub struct WatchService {
     pub etcd: Etcd,
     /// Watches open at once, over all streams and both APIs.
-    pub watches: Arc<Semaphore>,
+    pub watches: Arc<crate::watch_slots::WatchSlots>,
     /// A watch that asked for progress notifications and sent nothing for
     /// this long gets one.
     pub progress_interval: Duration,
@@ -163,23 +163,22 @@ impl WatchService {
             Ok(create) => create,
             Err(status) => return stream.send(Ok(refuse(status.message().to_owned()))).await,
         };
-        if let Err(status) = self
+        let principal = match self
             .etcd
             .context
             .gate
             .check(&stream.credential, &create.access)
         {
-            return stream
-                .send(Ok(refuse(super::gate_status(status).message().to_owned())))
-                .await;
-        }
-        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
-            let limit = self.etcd.context.limits.max_watch_streams;
-            return stream
-                .send(Ok(refuse(format!(
-                    "max_watch_streams = {limit} watches are open"
-                ))))
-                .await;
+            Ok(principal) => principal,
+            Err(status) => {
+                return stream
+                    .send(Ok(refuse(super::gate_status(status).message().to_owned())))
+                    .await;
+            }
+        };
+        let permit = match self.watches.take(principal.user.as_deref()) {
+            Ok(permit) => permit,
+            Err(why) => return stream.send(Ok(refuse(why))).await,
         };
         let watcher = match self.etcd.context.node.watch(create.options.clone()) {
             Ok(watcher) => watcher,
@@ -231,7 +230,11 @@ struct Pump {
 
 /// Sends one watch's events until it ends: cancelled (the task is
 /// aborted), the stream closed, the server stopping, or an error.
-async fn pump(pump: Pump, mut watcher: ferry_replication::Watcher, _permit: OwnedSemaphorePermit) {
+async fn pump(
+    pump: Pump,
+    mut watcher: ferry_replication::Watcher,
+    _permit: crate::watch_slots::WatchSlot,
+) {
     let context = &pump.etcd.context;
     let _open = context.metrics.open_stream("etcd.watch");
     let mut checked = tokio::time::Instant::now();

@@ -18,13 +18,13 @@ use ferry_replication::{WatchError, WatchEvent, WatchOptions};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub struct WatchService {
     pub context: Context,
-    pub streams: Arc<Semaphore>,
+    pub streams: Arc<crate::watch_slots::WatchSlots>,
     /// A watch that sent nothing for this long gets a progress
     /// notification (a message without events naming its revision).
     pub progress_interval: Duration,
@@ -95,13 +95,11 @@ impl Watch for WatchService {
                 start: options.start.clone(),
                 end: options.end.clone(),
             };
-            self.context.gate.check(&credential, &access)?;
-            let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "max_watch_streams = {} watches are open",
-                    self.context.limits.max_watch_streams
-                ))
-            })?;
+            let principal = self.context.gate.check(&credential, &access)?;
+            let permit = self
+                .streams
+                .take(principal.user.as_deref())
+                .map_err(Status::resource_exhausted)?;
             let mut watcher = self.context.node.watch(options).map_err(watch_status)?;
             let (sender, receiver) = mpsc::channel(BUFFERED_MESSAGES);
             let context = self.context.clone();
