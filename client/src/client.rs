@@ -784,7 +784,11 @@ impl Client {
             .kv)
     }
 
-    async fn get_with(&self, key: Vec<u8>, consistency: Consistency) -> Result<pb::GetResponse> {
+    pub(crate) async fn get_with(
+        &self,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<pb::GetResponse> {
         let to_leader = consistency != Consistency::Stale;
         self.call(to_leader, |connection| {
             let message = GetRequest {

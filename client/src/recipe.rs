@@ -70,11 +70,11 @@ pub(crate) enum Written {
     /// The one created at this revision.
     At(u64),
     /// The join's answer never came, and it may still apply: one created
-    /// after this revision, the highest this client's joins had been
-    /// answered at when it was sent. A key created before was another
-    /// call's: a holder with the same lease, whose key this call's join
-    /// would not have replaced (a join writes only an absent key), and
-    /// which its answer would have named, were it this client's.
+    /// after this revision, the highest of the read that found the key
+    /// absent before the join and of this client's joins answered then. A
+    /// key created before was another call's: a holder with the same lease,
+    /// whose key this call's join would not have replaced (a join writes
+    /// only an absent key).
     After(u64),
 }
 
@@ -205,6 +205,17 @@ pub(crate) async fn contend(
             String::from_utf8_lossy(prefix)
         ))
     };
+    // A key already there is another call's with the same lease (of this
+    // client, or of another): refused before anything is written. The
+    // read's revision bounds what a withdrawal may delete: a key created
+    // at or before it is not this call's join.
+    let read = client
+        .get_with(key.clone(), crate::pb::Consistency::Linearizable)
+        .await?;
+    if read.kv.is_some() {
+        return Err(already());
+    }
+    let read_at = read.header.map_or(0, |h| h.revision);
     // One join of a key at a time: a withdrawal of a join whose answer
     // never came could not tell its key from another's sent meanwhile.
     if !client
@@ -218,7 +229,11 @@ pub(crate) async fn contend(
     }
     // Armed before the join: dropped while it is on its way, the key it
     // may have written is withdrawn too.
-    let floor = client.inner.joins_answered.load(Ordering::SeqCst);
+    let floor = client
+        .inner
+        .joins_answered
+        .load(Ordering::SeqCst)
+        .max(read_at);
     let mut guard = Withdraw {
         client,
         key: key.clone(),

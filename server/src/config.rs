@@ -445,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_limit_below_the_sdks_batch_size_or_above_a_backup_chunk_is_refused() {
+    fn a_request_limit_below_the_sdks_batch_size_or_above_a_transactions_bound_is_refused() {
         assert!(ServeConfig::default().validate().is_ok());
         let mut config = ServeConfig::default();
         config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES - 1;
@@ -453,10 +453,11 @@ mod tests {
         assert!(error.contains("max_request_bytes"), "{error}");
         config.limits.max_request_bytes = ferry_client::MAX_BATCH_REQUEST_BYTES;
         assert!(config.validate().is_ok());
-        // Above a backup chunk's size, an entry could not ship.
+        // Above a quarter of what a transaction may write, a request could
+        // be refused at apply for its size.
         config.limits.max_request_bytes = MAX_REQUEST_BYTES + 1;
         let error = config.validate().unwrap_err();
-        assert!(error.contains("backup chunk"), "{error}");
+        assert!(error.contains("one transaction may write"), "{error}");
         config.limits.max_request_bytes = MAX_REQUEST_BYTES;
         assert!(config.validate().is_ok());
     }

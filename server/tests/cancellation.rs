@@ -170,17 +170,23 @@ async fn a_second_lock_call_with_the_holders_lease_is_refused() {
     );
     let held = client.get(guard.key().to_vec()).await.unwrap();
     assert_eq!(held.map(|kv| kv.create_revision), Some(guard.token()));
+    // Nor when the second call is another client's (another process
+    // sharing the lease), which never saw the holder's join.
+    let other = connect(vec![server.client_addr.to_string()]).await;
     for polls in 1..30 {
-        poll_then_drop(client.lock("locks/shared", lease), polls).await;
-        // Let a withdrawal of the dropped call land, were it coming.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let held = client.get(guard.key().to_vec()).await.unwrap();
-        assert_eq!(
-            held.map(|kv| kv.create_revision),
-            Some(guard.token()),
-            "a dropped second call ({polls} polls) deleted the holder's key"
-        );
+        for caller in [&client, &other] {
+            poll_then_drop(caller.lock("locks/shared", lease), polls).await;
+            // Let a withdrawal of the dropped call land, were it coming.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let held = client.get(guard.key().to_vec()).await.unwrap();
+            assert_eq!(
+                held.map(|kv| kv.create_revision),
+                Some(guard.token()),
+                "a dropped second call ({polls} polls) deleted the holder's key"
+            );
+        }
     }
+    drop(other);
     // While one call's join is on its way, a second with the same lease
     // is refused at once.
     let other = client.lease_grant(Duration::from_secs(60)).await.unwrap();
