@@ -40,6 +40,24 @@ fn sample(
     })
 }
 
+/// A single-node cluster at `/node` on `fs`, once it leads.
+async fn leading_node_on(fs: &Arc<dyn FileSystem>) -> Arc<Node> {
+    let mut config = NodeConfig::new(1, "/node", "127.0.0.1:0".parse().unwrap());
+    config.raft = fast_raft();
+    config.engine.fs = fs.clone();
+    let node = Arc::new(Node::open(config).await.unwrap());
+    node.initialize(std::collections::BTreeMap::from([(
+        1,
+        node.raft_addr().to_owned(),
+    )]))
+    .await
+    .unwrap();
+    while !node.is_leader() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node
+}
+
 /// The applied index and user checksum of the state in `data_dir` on `fs`.
 fn state_of(fs: FaultInjectionFs, data_dir: &Path) -> (u64, u64) {
     let options = ferry_engine::Options {
@@ -155,19 +173,7 @@ async fn backup_rounds_cut_by_power_loss_leave_a_chain_that_lists_and_restores()
     // system: staging, checkpoint objects, log chunks and records.
     let fault = FaultInjectionFs::new();
     let fs: Arc<dyn FileSystem> = Arc::new(fault.clone());
-    let mut config = NodeConfig::new(1, "/node", "127.0.0.1:0".parse().unwrap());
-    config.raft = fast_raft();
-    config.engine.fs = fs.clone();
-    let node = Arc::new(Node::open(config).await.unwrap());
-    node.initialize(std::collections::BTreeMap::from([(
-        1,
-        node.raft_addr().to_owned(),
-    )]))
-    .await
-    .unwrap();
-    while !node.is_leader() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let node = leading_node_on(&fs).await;
     let target = Arc::new(LocalDir::with_fs(fs.clone(), "/backup").unwrap());
     let shipper = BackupShipper::new(
         node.clone(),
@@ -274,19 +280,7 @@ async fn a_restore_cut_by_power_loss_leaves_no_data_directory_or_a_whole_one() {
     use openraft::storage::{RaftLogReader, RaftLogStorage};
     let fault = FaultInjectionFs::new();
     let fs: Arc<dyn FileSystem> = Arc::new(fault.clone());
-    let mut config = NodeConfig::new(1, "/node", "127.0.0.1:0".parse().unwrap());
-    config.raft = fast_raft();
-    config.engine.fs = fs.clone();
-    let node = Arc::new(Node::open(config).await.unwrap());
-    node.initialize(std::collections::BTreeMap::from([(
-        1,
-        node.raft_addr().to_owned(),
-    )]))
-    .await
-    .unwrap();
-    while !node.is_leader() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let node = leading_node_on(&fs).await;
     for i in 0..2000 {
         node.put(format!("k/{i:05}"), vec![b'v'; 100])
             .await

@@ -25,6 +25,12 @@ pub(crate) fn index_key(id: u64, key: &[u8]) -> Vec<u8> {
     [INDEX_PREFIX, &id.to_be_bytes(), key].concat()
 }
 
+/// The lease id that follows `prefix` in `key` (which starts with it).
+fn id_after(prefix: &[u8], key: &[u8], what: &str) -> io::Result<u64> {
+    let id: [u8; 8] = key[prefix.len()..].try_into().map_err(|_| bad(what))?;
+    Ok(u64::from_be_bytes(id))
+}
+
 /// The marker of revoked lease `id` whose keys are not all deleted yet.
 pub(crate) fn drain_key(id: u64) -> Vec<u8> {
     [DRAIN_PREFIX, &id.to_be_bytes()].concat()
@@ -37,10 +43,7 @@ pub(crate) fn draining(view: &Snapshot) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for item in view.prefix(DRAIN_PREFIX) {
         let (key, _) = item.map_err(io::Error::other)?;
-        let id: [u8; 8] = key[DRAIN_PREFIX.len()..]
-            .try_into()
-            .map_err(|_| bad("draining lease id"))?;
-        ids.push(u64::from_be_bytes(id));
+        ids.push(id_after(DRAIN_PREFIX, &key, "draining lease id")?);
     }
     Ok(ids)
 }
@@ -75,10 +78,7 @@ pub(crate) fn all(view: &Snapshot) -> io::Result<Vec<(u64, LeaseRecord)>> {
     let mut leases = Vec::new();
     for item in view.prefix(RECORD_PREFIX) {
         let (key, value) = item.map_err(io::Error::other)?;
-        let id: [u8; 8] = key[RECORD_PREFIX.len()..]
-            .try_into()
-            .map_err(|_| bad("lease id"))?;
-        leases.push((u64::from_be_bytes(id), decode(&value)?));
+        leases.push((id_after(RECORD_PREFIX, &key, "lease id")?, decode(&value)?));
     }
     Ok(leases)
 }
