@@ -440,3 +440,34 @@ async fn a_lease_too_large_for_one_revision_is_revoked_in_steps_and_every_key_go
     cluster.assert_converged(Duration::from_secs(30)).await;
     cluster.shutdown().await;
 }
+
+/// Grants at once cannot pass `max_leases` together: the leader counts
+/// and takes a place on its clock under one lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_grants_stay_within_max_leases() {
+    let options = LeaseOptions {
+        max_leases: 5,
+        ..LeaseOptions::default()
+    };
+    let cluster = Cluster::start_with(1, fast_raft(), options).await;
+    let leader = cluster.leader().unwrap().clone();
+    let grants: Vec<_> = (0..40)
+        .map(|_| {
+            let leader = leader.clone();
+            tokio::spawn(async move { leader.lease_grant(0, Duration::from_secs(60)).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for grant in grants {
+        match grant.await.unwrap() {
+            Ok(_) => granted += 1,
+            Err(error) => assert!(
+                matches!(error, LeaseCall::Lease(LeaseError::TooMany(_))),
+                "{error:?}"
+            ),
+        }
+    }
+    assert_eq!(granted, 5);
+    assert_eq!(leader.leases().unwrap().len(), 5);
+    cluster.shutdown().await;
+}

@@ -192,12 +192,19 @@ impl Keeper {
     /// Puts lease `id`, about to be granted with `ttl`, on the clock;
     /// false if the clock already holds it (a concurrent grant of the same
     /// id, or an earlier attempt): then the clock keeps what it holds.
-    fn granting(&self, id: u64, ttl: Duration) -> bool {
-        match self.clock.lock().held.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
+    /// Refused if the clock holds `max_leases` others: counted and taken
+    /// under one lock, so concurrent grants cannot pass the bound together.
+    fn granting(&self, id: u64, ttl: Duration) -> Result<bool, LeaseCall> {
+        let mut clock = self.clock.lock();
+        let held = clock.held.len();
+        match clock.held.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(_) if held >= self.options.max_leases => {
+                Err(LeaseCall::Lease(LeaseError::TooMany(held)))
+            }
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 vacant.insert(Held::whole(ttl));
-                true
+                Ok(true)
             }
         }
     }
@@ -276,7 +283,7 @@ impl Keeper {
         // the grant applied (its client went away), the lease still
         // expires; if the grant never applies, the revoke at its deadline
         // finds no lease and the clock forgets it.
-        let first_on_clock = self.granting(id, ttl);
+        let first_on_clock = self.granting(id, ttl)?;
         match propose(Command::Lease(LeaseCommand::Grant { id, ttl_ms })).await {
             Ok(_) => {
                 if !first_on_clock {
