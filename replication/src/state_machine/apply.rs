@@ -451,13 +451,25 @@ impl<'a> Overlay<'a> {
     }
 
     pub(crate) fn get(&self, engine_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.with_value(engine_key, |value| value.map(<[u8]>::to_vec))
+    }
+
+    /// `f` of the value `engine_key` has as of the entries applied so far:
+    /// this run's writes, then what it read ahead, then the engine. Only a
+    /// value read from the engine is copied.
+    fn with_value<T>(
+        &self,
+        engine_key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> io::Result<T> {
         if let Some(value) = self.writes.get(engine_key) {
-            return Ok(value.clone());
+            return Ok(f(value.as_deref()));
         }
         if let Some(value) = self.read.get(engine_key) {
-            return Ok(value.clone());
+            return Ok(f(value.as_deref()));
         }
-        self.db.get(engine_key).map_err(io::Error::other)
+        let value = self.db.get(engine_key).map_err(io::Error::other)?;
+        Ok(f(value.as_deref()))
     }
 
     pub(crate) fn put(&mut self, engine_key: Vec<u8>, value: Vec<u8>) {
@@ -1052,20 +1064,12 @@ impl<'a> Overlay<'a> {
                 Op::Delete { key, .. } => (key, 0),
                 _ => continue,
             };
-            let engine_key = keys::user_key(key);
-            let peek = |bytes: Option<&[u8]>| match bytes.and_then(Record::peek) {
-                Some((mod_revision, len)) if mod_revision < self.compacted => len,
-                _ => 0,
-            };
-            let inline = match (self.writes.get(&engine_key), self.read.get(&engine_key)) {
-                (Some(bytes), _) | (None, Some(bytes)) => peek(bytes.as_deref()),
-                (None, None) => peek(
-                    self.db
-                        .get(&engine_key)
-                        .map_err(io::Error::other)?
-                        .as_deref(),
-                ),
-            };
+            let inline = self.with_value(&keys::user_key(key), |bytes| {
+                match bytes.and_then(Record::peek) {
+                    Some((mod_revision, len)) if mod_revision < self.compacted => len,
+                    _ => 0,
+                }
+            })?;
             total = total.saturating_add(8 * key.len() + 2 * value + inline + OP_WRITE_BYTES);
         }
         Ok(total)
