@@ -108,6 +108,23 @@ async fn calls_dropped_at_every_await_point_wedge_nothing_and_apply_at_most_once
     server.shutdown().await.unwrap();
 }
 
+/// Once a withdrawal of a dropped call would have landed, `guard`'s key is
+/// still the one it was granted with (`what` says otherwise).
+async fn assert_still_held(
+    client: &Client,
+    guard: &ferry_client::LockGuard,
+    what: impl FnOnce() -> String,
+) {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let held = client.get(guard.key().to_vec()).await.unwrap();
+    assert_eq!(
+        held.map(|kv| kv.create_revision),
+        Some(guard.token()),
+        "{}",
+        what()
+    );
+}
+
 /// A lock call dropped at any point, its join included, leaves no
 /// contender behind, and a retry with the same lease right after a drop
 /// holds the lock for real (the dropped call's withdrawal never deletes
@@ -129,14 +146,10 @@ async fn a_lock_call_dropped_at_any_point_leaves_no_contender_behind() {
             .await
             .expect("the retry got the lock")
             .unwrap();
-        // Let a withdrawal of the dropped call land, were it still coming.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let held = client.get(guard.key().to_vec()).await.unwrap();
-        assert_eq!(
-            held.map(|kv| kv.create_revision),
-            Some(guard.token()),
-            "the retry's key was deleted under it ({polls} polls)"
-        );
+        assert_still_held(&client, &guard, || {
+            format!("the retry's key was deleted under it ({polls} polls)")
+        })
+        .await;
         client.unlock(&guard).await.unwrap();
     }
     // Dropped with no retry, the lease still alive: the next contender
@@ -176,14 +189,10 @@ async fn a_second_lock_call_with_the_holders_lease_is_refused() {
     for polls in 1..30 {
         for caller in [&client, &other] {
             poll_then_drop(caller.lock("locks/shared", lease), polls).await;
-            // Let a withdrawal of the dropped call land, were it coming.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let held = client.get(guard.key().to_vec()).await.unwrap();
-            assert_eq!(
-                held.map(|kv| kv.create_revision),
-                Some(guard.token()),
-                "a dropped second call ({polls} polls) deleted the holder's key"
-            );
+            assert_still_held(&client, &guard, || {
+                format!("a dropped second call ({polls} polls) deleted the holder's key")
+            })
+            .await;
         }
     }
     drop(other);
