@@ -401,7 +401,15 @@ async fn a_lease_too_large_for_one_revision_is_revoked_in_steps_and_every_key_go
     };
     // The lease is gone at once: no put may name it, and its id is taken
     // while its keys drain (refused unless the drain has finished).
-    let refused = leader.txn_anywhere(put_with("big/late", lease)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match leader.txn_anywhere(put_with("big/late", lease)).await {
+            Err(Error::NotLeader { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
     assert!(matches!(refused, Err(Error::Rejected(_))), "{refused:?}");
     let mut regranted = grant().await;
     if let Err(error) = &regranted {
