@@ -41,6 +41,17 @@ pub enum Error {
         lag_entries: u64,
         never_answered: bool,
     },
+    /// A member cannot join a cluster whose apply version is above what
+    /// it implements (see [`crate::apply_version`]): it would stop at once.
+    #[error(
+        "member {id} implements apply versions up to {implemented}, but the cluster follows \
+         {cluster}: run a release on it that implements {cluster}"
+    )]
+    ApplyVersionBehind {
+        id: NodeId,
+        implemented: u32,
+        cluster: u32,
+    },
     /// Leadership can go only to a voter (not a learner, nor a stranger).
     #[error("member {0} is not a voter of the cluster: only a voter can lead")]
     NotVoter(NodeId),

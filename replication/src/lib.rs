@@ -26,21 +26,26 @@
 //! - Every file a node writes (engine, Raft log and its side files,
 //!   snapshots, transfer staging, backup staging) goes through one
 //!   [`ferry_engine::fs::FileSystem`], the engine options' `fs`, so the
-//!   fault-injecting one covers them all in power-loss tests. (Offline
-//!   tools, `recovery` and backup restore, write a new data directory on
-//!   the OS file system.)
+//!   fault-injecting one covers them all in power-loss tests. The offline
+//!   tools (`recovery`, backup and export restores) take the file system
+//!   they write through as an argument, for the same reason.
 //! - Nothing a peer sends is trusted: a snapshot offer is checked (file
 //!   count, names, total size against free space) before anything is
 //!   staged, every chunk against the offer, every file against its size
 //!   and CRC at `Done`; undecodable Raft messages are refused; a message
 //!   for another node id is refused and reported. Every decoder of foreign
 //!   bytes has a fuzz target ([`fuzzing`]).
+//! - Every member applies an entry by the same rules: those of the
+//!   cluster's apply version ([`apply_version`]), which rises by a
+//!   replicated command only once every member implements the new one. A
+//!   member never applies past the version it implements; it stops instead.
 //! - Users, roles and the auth switch ([`auth`]) are replicated state,
 //!   changed only by Raft commands; no password is ever in a command, the
 //!   log or the engine, only its argon2id hash.
 
 pub use ferry_engine as engine;
 
+pub mod apply_version;
 pub mod auth;
 pub mod backup;
 mod election;

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub peer_tls: Option<crate::tls::PeerTls>,
     /// Lease limits and timing (see [`crate::lease`]).
     pub lease: crate::lease::LeaseOptions,
+    /// The apply versions this member implements (see
+    /// [`crate::apply_version`]); only tests change the default.
+    pub apply_version: crate::apply_version::ApplyVersionOptions,
 }
 
 impl NodeConfig {
@@ -116,6 +119,7 @@ impl NodeConfig {
             network: NetworkControl::default(),
             peer_tls: None,
             lease: crate::lease::LeaseOptions::default(),
+            apply_version: Default::default(),
         }
     }
 
@@ -304,6 +308,8 @@ pub struct Node {
     lease_task: tokio::task::JoinHandle<()>,
     /// Campaigns once a silent leader's lease has run out ([`crate::election`]).
     election_task: tokio::task::JoinHandle<()>,
+    /// Raises the cluster's apply version as leader ([`crate::apply_version`]).
+    apply_version_task: tokio::task::JoinHandle<()>,
 }
 
 /// Prefix of the [`Error::Raft`] of a write whose entry this leader
@@ -415,7 +421,11 @@ impl Node {
             LogStore::open_with_fs(fs, &config.data_dir.join("raft"), config.log.clone())?;
         let log_stats = log.stats();
         let log_reader = log.get_log_reader().await;
-        let sm = StateMachine::open(&config.data_dir, config.engine.clone())?;
+        let sm = StateMachine::open_implementing(
+            &config.data_dir,
+            config.engine.clone(),
+            config.apply_version.implemented,
+        )?;
         let shared = sm.shared();
         let stats = Arc::new(TransferStats::default());
         let tls = match &config.peer_tls {
@@ -498,6 +508,13 @@ impl Node {
                 config.raft.election_timeout_max,
             ),
         ));
+        let apply_version_task = tokio::spawn(crate::apply_version::run(
+            raft.clone(),
+            shared.clone(),
+            forwarder.factory().clone(),
+            config.id,
+            config.apply_version.check_interval,
+        ));
         Ok(Node {
             id: config.id,
             raft,
@@ -516,6 +533,7 @@ impl Node {
             leases,
             lease_task,
             election_task,
+            apply_version_task,
         })
     }
 
@@ -1375,9 +1393,27 @@ impl Node {
         node: impl Into<FerryNode>,
         wait: bool,
     ) -> Result<u64> {
+        let node = node.into();
+        // Every release implements version 1; past it, a member that says
+        // it implements less is refused here rather than stopping at its
+        // first entry. One that does not answer (not started yet: etcd's
+        // `member add` comes first) is added, and stops by itself if it is
+        // behind (see `crate::apply_version`).
+        let cluster = self.sm.apply_version()?;
+        if cluster > 1 {
+            let asked =
+                crate::apply_version::implemented_by(self.forwarder.factory(), id, &node).await;
+            if let Some(implemented) = asked.filter(|&v| v < cluster) {
+                return Err(Error::ApplyVersionBehind {
+                    id,
+                    implemented,
+                    cluster,
+                });
+            }
+        }
         let response = self
             .raft
-            .add_learner(id, node.into(), false)
+            .add_learner(id, node, false)
             .await
             .map_err(raft_error)?;
         let index = response.log_id.index;
@@ -1386,6 +1422,15 @@ impl Node {
             self.wait_replicated(id, index).await?;
         }
         Ok(index)
+    }
+
+    /// The apply version the cluster follows, as this member has applied
+    /// it, and the highest it implements (see [`crate::apply_version`]).
+    pub fn apply_version(&self) -> Result<(u32, u32)> {
+        Ok((
+            self.sm.apply_version()?,
+            self.sm.implemented_apply_version(),
+        ))
     }
 
     /// Waits until this node's metrics show the membership of entry `index`
@@ -1616,6 +1661,7 @@ impl Node {
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();
+        self.apply_version_task.abort();
         // Raft first, so nothing applies while the engine flushes. Bounded:
         // a core stuck on a peer that never answers must not hold the stop
         // (what it did not finish is in the fsynced log or was never
@@ -1697,6 +1743,7 @@ impl Drop for Node {
         self.retention.abort();
         self.lease_task.abort();
         self.election_task.abort();
+        self.apply_version_task.abort();
         if let Some(stop) = self.stop_server.get_mut().take() {
             let _ = stop.send(());
         }

@@ -90,6 +90,12 @@ impl Keeper {
         }
     }
 
+    /// The state machine's shared state (the forward service answers a
+    /// few calls about this member from it).
+    pub(crate) fn shared(&self) -> &Arc<SmShared> {
+        &self.shared
+    }
+
     fn not_leader(&self) -> Error {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let leader_addr = metrics.current_leader.and_then(|leader| {

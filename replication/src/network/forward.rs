@@ -61,6 +61,10 @@ pub enum ForwardRequest {
         id: u64,
         user: Option<String>,
     },
+    /// Which apply version the receiver implements (see
+    /// [`crate::apply_version`]): answered by any member about itself,
+    /// never forwarded.
+    ApplyVersion,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +79,8 @@ pub enum ForwardReply {
     Lease(u64),
     LeaseStatus(LeaseStatus),
     Batch(Vec<Result<ForwardReply, ForwardError>>),
+    /// The highest apply version the answering member implements.
+    ApplyVersion(u32),
 }
 
 /// Why the leader did not do a forwarded request.
@@ -185,10 +191,46 @@ where
         ForwardRequest::LeaseStatus { id, key_limit } => ForwardReply::LeaseStatus(
             Box::pin(leases.status(id, usize::try_from(key_limit).unwrap_or(usize::MAX))).await?,
         ),
+        ForwardRequest::ApplyVersion => {
+            ForwardReply::ApplyVersion(leases.shared().implemented_apply_version())
+        }
         ForwardRequest::Batch(_) => {
             return Err(ForwardError::Failed("a batch inside a batch".into()))
         }
     })
+}
+
+/// Asks `request` of member `id` (at `node`) itself, outside the
+/// follower's batches: for the calls every member answers about itself.
+pub(crate) async fn ask(
+    factory: &NetworkFactory,
+    id: NodeId,
+    node: &FerryNode,
+    request: &ForwardRequest,
+) -> Result<ForwardReply, ForwardError> {
+    let mut peer = factory.clone().new_client(id, node).await;
+    call(&mut peer, id, request).await
+}
+
+/// One forward call to `to` over `peer`.
+async fn call(
+    peer: &mut PeerClient,
+    to: NodeId,
+    request: &ForwardRequest,
+) -> Result<ForwardReply, ForwardError> {
+    let answer: Result<Result<ForwardReply, ForwardError>, _> = peer
+        .call(
+            request,
+            &RPCOption::new(FORWARD_DEADLINE),
+            |mut c, m| async move { c.forward(m).await },
+        )
+        .await;
+    match answer {
+        Ok(answer) => answer,
+        Err(error) => Err(ForwardError::Failed(format!(
+            "forwarding to member {to}: {error}"
+        ))),
+    }
 }
 
 /// Batches a follower sends to the leader at once at most: more requests
@@ -230,6 +272,11 @@ impl Forwarder {
             peer: parking_lot::Mutex::new(None),
             queue: parking_lot::Mutex::new(Queue::default()),
         }
+    }
+
+    /// How this member reaches its peers.
+    pub(crate) fn factory(&self) -> &NetworkFactory {
+        &self.factory
     }
 
     /// Sends `request` to `leader` (at `node`), in a batch.
@@ -329,18 +376,6 @@ impl Forwarder {
                 peer
             }
         };
-        let answer: Result<Result<ForwardReply, ForwardError>, _> = peer
-            .call(
-                request,
-                &RPCOption::new(FORWARD_DEADLINE),
-                |mut c, m| async move { c.forward(m).await },
-            )
-            .await;
-        match answer {
-            Ok(answer) => answer,
-            Err(error) => Err(ForwardError::Failed(format!(
-                "forwarding to the leader {leader}: {error}"
-            ))),
-        }
+        call(&mut peer, leader, request).await
     }
 }

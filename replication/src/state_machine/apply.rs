@@ -48,6 +48,10 @@ struct Bounds {
     read_ahead_bytes: usize,
     /// See [`crate::auth::MAX_AUTH_STATE_BYTES`]: part of what apply does.
     auth_state_bytes: usize,
+    /// The highest apply version this member implements (see
+    /// [`crate::apply_version`]): an entry raising the cluster's past it
+    /// stops apply.
+    implemented_apply_version: u32,
 }
 
 impl Bounds {
@@ -56,6 +60,7 @@ impl Bounds {
         run_write_bytes: MAX_RUN_WRITE_BYTES,
         read_ahead_bytes: MAX_READ_AHEAD_BYTES,
         auth_state_bytes: crate::auth::MAX_AUTH_STATE_BYTES,
+        implemented_apply_version: crate::apply_version::APPLY_VERSION,
     };
 }
 /// What a put or a delete counts against [`MAX_TXN_WRITE_BYTES`] before it
@@ -127,6 +132,21 @@ pub(crate) fn apply_and_write(
     apply_and_write_within(db, entries, Bounds::RELEASE, written)
 }
 
+/// [`apply_and_write`] on a member that implements apply versions up to
+/// `implemented` (see [`crate::apply_version::ApplyVersionOptions`]).
+pub(crate) fn apply_and_write_implementing(
+    db: &Db,
+    entries: &[Entry],
+    implemented: u32,
+    written: impl FnMut(AppliedRun, SeqNo) -> io::Result<()>,
+) -> io::Result<()> {
+    let bounds = Bounds {
+        implemented_apply_version: implemented,
+        ..Bounds::RELEASE
+    };
+    apply_and_write_within(db, entries, bounds, written)
+}
+
 fn apply_and_write_within(
     db: &Db,
     entries: &[Entry],
@@ -186,6 +206,9 @@ fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedR
                     }
                     Command::Auth(change) => overlay.change_auth(change, log_id.index)?,
                     Command::Lease(change) => overlay.change_lease(change, log_id.index)?,
+                    Command::SetApplyVersion { version } => {
+                        overlay.set_apply_version(*version, log_id.index)?
+                    }
                 }
             }
             EntryPayload::Blank => done(log_id.index),
@@ -258,6 +281,10 @@ pub(crate) struct Overlay<'a> {
     compacted: u64,
     purge: Option<PurgeCursor>,
     history_dirty: bool,
+    /// The apply version the entries follow, as of the entries applied so
+    /// far (see [`crate::apply_version`]). Every rule that differs between
+    /// versions reads it here.
+    apply_version: u32,
     /// An auth change was applied in this run.
     auth_changed: bool,
     /// The auth revision if auth is on, as of the entries applied so far;
@@ -341,6 +368,11 @@ impl<'a> Overlay<'a> {
             Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(io::Error::other)?),
             None => None,
         };
+        let apply_version = crate::apply_version::decode(
+            view.get(keys::APPLY_VERSION)
+                .map_err(io::Error::other)?
+                .as_deref(),
+        )?;
         Ok(Overlay {
             db,
             writes: HashMap::new(),
@@ -354,6 +386,7 @@ impl<'a> Overlay<'a> {
             compacted,
             purge,
             history_dirty: false,
+            apply_version,
             auth_changed: false,
             auth_gate: None,
             undo: None,
@@ -1120,6 +1153,30 @@ impl<'a> Overlay<'a> {
     /// command's own: the future has no history to remove) and starts
     /// purging below it. Not raising it (a revision at or below the
     /// current one) is not an error; the answer says whether it moved.
+    /// Raises the apply version the entries after this one follow. A
+    /// version this member does not implement stops apply (an error, fatal
+    /// to openraft) before anything of the run is written: applying on by
+    /// the old rules would diverge from the members that follow the new.
+    fn set_apply_version(&mut self, version: u32, index: u64) -> io::Result<Response> {
+        if version > self.bounds.implemented_apply_version {
+            return Err(crate::apply_version::too_new(
+                version,
+                self.bounds.implemented_apply_version,
+                &format!("log entry {index}"),
+            ));
+        }
+        let raised = version > self.apply_version;
+        if raised {
+            self.apply_version = version;
+            self.put(keys::APPLY_VERSION.to_vec(), version.to_le_bytes().to_vec());
+        }
+        Ok(Response {
+            revision: index,
+            succeeded: raised,
+            ..Response::default()
+        })
+    }
+
     fn compact(&mut self, revision: u64, index: u64) -> Response {
         let revision = revision.min(index);
         let raised = revision > self.compacted;
@@ -2406,5 +2463,37 @@ mod tests {
             let before = history::version_before(&view, change).unwrap();
             assert_eq!(before.map(|kv| kv.value.len()), Some(1 << 20));
         }
+    }
+
+    #[test]
+    fn the_apply_version_rises_only_and_never_past_what_the_member_implements() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
+        let set = |index, version| {
+            Entry::new_normal(log_id(index), Command::SetApplyVersion { version }.into())
+        };
+        let version = |db: &Db| Overlay::new(db).unwrap().apply_version;
+        assert_eq!(version(&db), 1, "absent: 1");
+        let implementing = |db: &Db, entries: &[Entry], implemented| {
+            apply_and_write_implementing(db, entries, implemented, |_, _| Ok(()))
+        };
+        implementing(&db, &[put(1, 1, 0), set(2, 2)], 2).unwrap();
+        assert_eq!(version(&db), 2);
+        // Never lowered: an old proposal applied late changes nothing.
+        let answers = apply(&db, &[set(3, 1)]);
+        assert!(!answers[0].succeeded);
+        assert_eq!(version(&db), 2);
+        // Past what this member implements: apply stops, and nothing of
+        // the run is written (not even the entries before it).
+        let before = contents(&db);
+        let error = implementing(&db, &[put(4, 2, 0), set(5, 3)], 2).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("log entry 5 follows apply version 3"),
+            "{error}"
+        );
+        assert_eq!(contents(&db), before);
+        assert_eq!(version(&db), 2);
     }
 }

@@ -14,6 +14,8 @@
 //!                                   (absent: 0, all of it)
 //!   "purge"                         where removing history below "compacted" stands
 //!                                   (see `history`; absent: nothing to remove)
+//!   "apply_version"                 u32 LE: the apply version entries follow (see
+//!                                   `crate::apply_version`; absent: 1)
 //!   "clients/" ‖ BE u64             exactly-once record (see `clients`)
 //!   "client/" ‖ BE u64              layout 1's exactly-once record, replaced when next written
 //! engine key = 0x01 ‖ user key    the latest value: a record
@@ -41,6 +43,7 @@ pub(crate) const TIME: &[u8] = b"\x00time";
 pub(crate) const LAYOUT: &[u8] = b"\x00layout";
 pub(crate) const COMPACTED: &[u8] = b"\x00compacted";
 pub(crate) const PURGE: &[u8] = b"\x00purge";
+pub(crate) const APPLY_VERSION: &[u8] = b"\x00apply_version";
 pub(crate) const USER_PREFIX: u8 = 0x01;
 pub(crate) const CHANGE_PREFIX: u8 = 0x02;
 pub(crate) const VERSION_PREFIX: u8 = 0x03;

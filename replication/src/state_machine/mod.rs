@@ -59,6 +59,8 @@ pub struct SmShared {
     /// Users, roles and whether auth is on, as applied (for the server's
     /// per-request checks).
     auth: RwLock<Arc<crate::auth::AuthState>>,
+    /// The highest apply version this member implements.
+    implemented_apply_version: u32,
 }
 
 /// The state machine handed to openraft.
@@ -108,6 +110,21 @@ pub fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
     Ok(applied.map_or(0, |l| l.index))
 }
 
+/// The apply version `db`'s state follows, refused if it is above
+/// `implemented` (a state applied by a later release's rules).
+fn check_apply_version(db: &Db, implemented: u32) -> io::Result<u32> {
+    let version =
+        crate::apply_version::decode(db.get(keys::APPLY_VERSION).map_err(engine_err)?.as_deref())?;
+    if version > implemented {
+        return Err(crate::apply_version::too_new(
+            version,
+            implemented,
+            &format!("the state in {}", db.path().display()),
+        ));
+    }
+    Ok(version)
+}
+
 /// Brings a state written by an earlier release to this release's layout
 /// (see `keys`): a state of layout 1 holds no history, so its history
 /// starts just after what it had applied.
@@ -143,7 +160,21 @@ pub(crate) fn upgrade_layout(db: &Db) -> io::Result<()> {
 impl StateMachine {
     /// Opens the state machine in `data_dir` (creating it if needed). The
     /// engine options' durability is overridden to `Buffered`.
-    pub fn open(data_dir: impl AsRef<Path>, mut engine_options: Options) -> io::Result<Self> {
+    pub fn open(data_dir: impl AsRef<Path>, engine_options: Options) -> io::Result<Self> {
+        Self::open_implementing(
+            data_dir,
+            engine_options,
+            crate::apply_version::APPLY_VERSION,
+        )
+    }
+
+    /// [`StateMachine::open`] for a member that implements apply versions
+    /// up to `implemented`: a state that follows a later one is refused.
+    pub fn open_implementing(
+        data_dir: impl AsRef<Path>,
+        mut engine_options: Options,
+        implemented: u32,
+    ) -> io::Result<Self> {
         let data_dir = data_dir.as_ref().to_path_buf();
         let fs = engine_options.fs.clone();
         fs.create_dir_all(&data_dir)?;
@@ -169,6 +200,7 @@ impl StateMachine {
         let engine_dir = data_dir.join(&engine_name);
         let db = Db::open(&engine_dir, engine_options.clone()).map_err(engine_err)?;
         upgrade_layout(&db)?;
+        check_apply_version(&db, implemented)?;
         let point = read_point(&db)?;
         let snapshots = SnapshotStore::open(fs, data_dir.join("snapshots"))?;
         let changes = ChangeFeed::new(FEED_CAPACITY);
@@ -183,6 +215,7 @@ impl StateMachine {
                 snapshots,
                 changes,
                 auth: RwLock::new(Arc::new(auth)),
+                implemented_apply_version: implemented,
             }),
         })
     }
@@ -249,7 +282,8 @@ impl SmShared {
         let (entries, responders): (Vec<_>, Vec<_>) = run.into_iter().unzip();
         let mut responders = responders.into_iter();
         let mut first = entries.first().map_or(0, |e| e.log_id.index);
-        apply::apply_and_write(&db, &entries, |run, _| {
+        let implemented = self.implemented_apply_version;
+        apply::apply_and_write_implementing(&db, &entries, implemented, |run, _| {
             if run.auth_changed {
                 self.reload_auth(&db)?;
             }
@@ -271,6 +305,22 @@ impl SmShared {
     /// The first revision whose history is served (0: all of it).
     pub fn compacted(&self) -> io::Result<u64> {
         history::compacted(&self.db().snapshot())
+    }
+
+    /// The apply version the applied state follows (see
+    /// [`crate::apply_version`]).
+    pub fn apply_version(&self) -> io::Result<u32> {
+        crate::apply_version::decode(
+            self.db()
+                .get(keys::APPLY_VERSION)
+                .map_err(engine_err)?
+                .as_deref(),
+        )
+    }
+
+    /// The highest apply version this member implements.
+    pub fn implemented_apply_version(&self) -> u32 {
+        self.implemented_apply_version
     }
 
     /// Whether history below the compacted revision remains to be removed
@@ -338,6 +388,11 @@ impl SmShared {
         link_tree(fs, &ours.dir, &new_dir, |name| name != MANIFEST_FILE)?;
         let db = Db::open(&new_dir, self.engine_options.clone()).map_err(engine_err)?;
         upgrade_layout(&db)?;
+        if let Err(error) = check_apply_version(&db, self.implemented_apply_version) {
+            drop(db);
+            let _ = fs.remove_dir_all(&new_dir);
+            return Err(error);
+        }
         let point = read_point(&db)?;
         if point.0 != meta.last_log_id {
             drop(db);

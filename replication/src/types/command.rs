@@ -17,6 +17,7 @@
 //!   tag 5  CheckedTxn { txn (tag 0's fields), auth_revision }
 //!          a transaction whose permissions were checked under the auth
 //!          state of `auth_revision` (see `Txn::auth_revision`)
+//!   tag 6  SetApplyVersion { version: u32 }  (see `crate::apply_version`)
 //! op = varint(tag) | fields
 //!   tag 0  Put { key, value, lease, prev_kv }
 //!   tag 1  Delete { key, prev_kv }
@@ -258,6 +259,10 @@ pub enum Command {
     Auth(AuthChange),
     /// A lease granted, revoked (with its keys) or checkpointed.
     Lease(LeaseCommand),
+    /// The cluster applies by the rules of apply version `version` from
+    /// here on (see [`crate::apply_version`]); a version at or below the
+    /// current one changes nothing.
+    SetApplyVersion { version: u32 },
 }
 
 impl Command {
@@ -276,7 +281,10 @@ impl Command {
                 | LeaseCommand::RevokeBy { time_ms, .. }
                 | LeaseCommand::Drain { time_ms, .. },
             ) => *time_ms,
-            Command::PurgeHistory | Command::Auth(_) | Command::Lease(_) => 0,
+            Command::PurgeHistory
+            | Command::Auth(_)
+            | Command::Lease(_)
+            | Command::SetApplyVersion { .. } => 0,
         }
     }
 
@@ -316,6 +324,7 @@ impl fmt::Display for Command {
                 write!(f, "lease-checkpoint({} leases)", remaining.len())
             }
             Command::Lease(LeaseCommand::Drain { id, .. }) => write!(f, "lease-drain({id})"),
+            Command::SetApplyVersion { version } => write!(f, "apply-version({version})"),
         }
     }
 }
@@ -329,6 +338,7 @@ enum KindRef<'a> {
     Auth(&'a AuthChange),
     Lease(&'a LeaseCommand),
     CheckedTxn(&'a Txn, u64),
+    SetApplyVersion { version: u32 },
 }
 
 #[derive(Deserialize)]
@@ -339,6 +349,7 @@ enum Kind {
     Auth(AuthChange),
     Lease(LeaseCommand),
     CheckedTxn(Txn, u64),
+    SetApplyVersion { version: u32 },
 }
 
 impl Serialize for Command {
@@ -355,6 +366,7 @@ impl Serialize for Command {
             Command::PurgeHistory => KindRef::PurgeHistory,
             Command::Auth(change) => KindRef::Auth(change),
             Command::Lease(change) => KindRef::Lease(change),
+            Command::SetApplyVersion { version } => KindRef::SetApplyVersion { version: *version },
         };
         let mut tuple = serializer.serialize_tuple(3)?;
         tuple.serialize_element(&MAGIC)?;
@@ -432,6 +444,7 @@ impl<'de> Visitor<'de> for CommandVisitor {
                     auth_revision: Some(revision),
                     ..txn
                 }),
+                Kind::SetApplyVersion { version } => Command::SetApplyVersion { version },
             });
         }
         // Release 0.1.0: `first` is the compares' count. Never allocate by
@@ -640,6 +653,8 @@ mod tests {
             id: 45,
             time_ms: 1_700_000_000_002,
         }));
+        // Added with the apply version.
+        all.push(Command::SetApplyVersion { version: 2 });
         all
     }
 

@@ -20,6 +20,10 @@ pub struct Cluster {
     pub transfer: TransferOptions,
     /// Lease options every node starts with.
     pub lease: ferry_replication::lease::LeaseOptions,
+    /// The apply version a node implements, where it is not this
+    /// release's (a member of another release); such nodes check every
+    /// 100 ms whether the cluster's may rise.
+    pub apply_versions: BTreeMap<u64, u32>,
 }
 
 pub fn fast_raft() -> RaftOptions {
@@ -48,6 +52,12 @@ impl Cluster {
         config.network = self.network.clone();
         config.transfer = self.transfer.clone();
         config.lease = self.lease.clone();
+        if let Some(&implemented) = self.apply_versions.get(&id) {
+            config.apply_version = ferry_replication::apply_version::ApplyVersionOptions {
+                implemented,
+                check_interval: Duration::from_millis(100),
+            };
+        }
         config
     }
 
@@ -85,6 +95,7 @@ impl Cluster {
                 ..TransferOptions::default()
             },
             lease,
+            apply_versions: BTreeMap::new(),
         };
         configure(&mut cluster);
         for id in 1..=n {

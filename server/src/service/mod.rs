@@ -111,9 +111,9 @@ impl Context {
             }
             Error::Storage(e) => Status::internal(format!("storage: {e}")),
             Error::Tls(e) => Status::internal(format!("TLS: {e}")),
-            error @ (Error::LearnerBehind { .. } | Error::NotVoter(_)) => {
-                Status::failed_precondition(error.to_string())
-            }
+            error @ (Error::LearnerBehind { .. }
+            | Error::NotVoter(_)
+            | Error::ApplyVersionBehind { .. }) => Status::failed_precondition(error.to_string()),
             Error::Node(reason) | Error::Raft(reason) => Status::unavailable(reason),
         }
     }
