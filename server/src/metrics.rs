@@ -49,6 +49,8 @@ pub struct Metrics {
     is_leader: Gauge,
     commit_index: Gauge,
     applied_index: Gauge,
+    apply_version: Gauge,
+    implemented_apply_version: Gauge,
     last_log_index: Gauge,
     lag_entries: Family<PeerLabels, Gauge>,
     lag_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -97,6 +99,8 @@ impl Metrics {
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            apply_version: Gauge::default(),
+            implemented_apply_version: Gauge::default(),
             last_log_index: Gauge::default(),
             lag_entries: Family::default(),
             lag_seconds: Family::default(),
@@ -139,6 +143,16 @@ impl Metrics {
             "raft_applied_index",
             "Highest applied log index",
             metrics.applied_index.clone(),
+        );
+        registry.register(
+            "apply_version",
+            "The apply version the cluster follows, as applied here",
+            metrics.apply_version.clone(),
+        );
+        registry.register(
+            "apply_version_implemented",
+            "The highest apply version this node's release implements",
+            metrics.implemented_apply_version.clone(),
         );
         registry.register(
             "raft_last_log_index",
@@ -297,6 +311,10 @@ impl Metrics {
             .set(m.last_applied.map_or(0, |l| l.index) as i64);
         self.last_log_index
             .set(m.last_log_index.unwrap_or(0) as i64);
+        if let Ok((version, implemented)) = node.apply_version() {
+            self.apply_version.set(i64::from(version));
+            self.implemented_apply_version.set(i64::from(implemented));
+        }
         self.lag_entries.clear();
         self.lag_seconds.clear();
         for follower in node.followers() {

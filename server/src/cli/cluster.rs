@@ -185,14 +185,18 @@ async fn cluster_inner(common: &Common, command: ClusterCommand) -> Result<i32, 
             "leader_id": status.leader_id, "term": status.term, "commit_index": status.commit_index,
             "applied_index": status.applied_index, "last_log_index": status.last_log_index,
             "answered_by": status.header.as_ref().map_or(0, |h| h.node_id),
+            "apply_version": status.apply_version,
+            "implemented_apply_version": status.implemented_apply_version,
         });
         if !common.json {
             println!(
-                "leader {}  term {}  commit {}  applied {}  (answered by node {})",
+                "leader {}  term {}  commit {}  applied {}  apply version {} (implements {})  (answered by node {})",
                 status.leader_id,
                 status.term,
                 status.commit_index,
                 status.applied_index,
+                status.apply_version,
+                status.implemented_apply_version,
                 status.header.as_ref().map_or(0, |h| h.node_id)
             );
         }

@@ -88,7 +88,14 @@ impl Cluster for ClusterService {
                 s if s.is_learner() => "learner",
                 _ => "follower",
             };
+            let (apply_version, implemented_apply_version) = self
+                .context
+                .node
+                .apply_version()
+                .map_err(|e| self.context.status(e))?;
             Ok(Response::new(pb::StatusResponse {
+                apply_version,
+                implemented_apply_version,
                 header: self.context.header(applied),
                 term: metrics.current_term,
                 commit_index: metrics.local_committed.map_or(0, |l| l.index),
