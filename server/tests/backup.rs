@@ -320,7 +320,10 @@ async fn retention_flags_prune_the_chain_and_cluster_status_shows_its_age() {
     };
     let (code, out, err) = status(true).await;
     assert_eq!(code, 0, "{out}{err}");
-    let backup = &serde_json::from_str::<serde_json::Value>(&out).unwrap()["backup"];
+    let summary = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(summary["apply_version"], 1, "{out}");
+    assert_eq!(summary["implemented_apply_version"], 1, "{out}");
+    let backup = &summary["backup"];
     assert!(backup["shipped_index"].as_u64().unwrap() >= last, "{out}");
     // Rounds run every 100 ms; a minute allows for a very slow machine.
     let age = backup["restore_point_age_ms"].as_u64().unwrap();
@@ -328,6 +331,7 @@ async fn retention_flags_prune_the_chain_and_cluster_status_shows_its_age() {
     let (code, out, err) = status(false).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("backup: newest restore point"), "{out}");
+    assert!(out.contains("apply version 1 (implements 1)"), "{out}");
 
     // What retention left verifies and restores to the last write.
     let mut args: Vec<String> = vec!["backup".into(), "verify".into(), "--json".into()];

@@ -435,6 +435,12 @@ async fn limits_and_bad_requests_get_their_documented_errors() {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
+    for line in ["ferry_apply_version 1", "ferry_apply_version_implemented 1"] {
+        assert!(
+            metrics.contains(line),
+            "{line} missing from /metrics:\n{metrics}"
+        );
+    }
     assert!(common::http_get(&cluster.metrics_addr(1), "/readyz")
         .await
         .starts_with("HTTP/1.1 200"));
