@@ -16,14 +16,21 @@
 //!   the membership, learners included, has said that it implements the
 //!   new version. A member that cannot say (down, cut off, or of a release
 //!   from before this mechanism) counts as "no": the leader asks again
-//!   later.
+//!   later. The command names the membership whose members were asked,
+//!   and changes nothing if, where it is applied, the membership is
+//!   another one: a member added meanwhile was not asked.
 //! - A member never applies past what it implements: meeting a higher
-//!   version in an entry, an installed snapshot or its own state at start,
-//!   it stops with an error naming both versions, rather than applying by
-//!   rules it does not know. That can only happen to a member added (or
-//!   downgraded) after the version rose; adding one is refused while the
-//!   cluster's version is above what it implements (see
-//!   [`crate::Node::add_learner`]).
+//!   version in an entry, a snapshot to install or its own state at start
+//!   (or in an offline restore or recovery), it stops with an error naming
+//!   both versions, rather than applying by rules it does not know. That
+//!   can only happen to a member added (or downgraded) after the version
+//!   rose. Adding one that says it implements less is refused (see
+//!   [`crate::Node::add_learner`]); one that cannot be asked (not started
+//!   yet) is added and stops by itself if it is behind.
+//! - Members of releases before this mechanism check nothing: a cluster
+//!   that has one never rises past 1 (it cannot answer), but such a member
+//!   added or downgraded into a cluster past 1 would apply by its own
+//!   rules. Do not run them beside releases past apply version 1.
 //!
 //! How a future release changes apply: raise [`APPLY_VERSION`], and make
 //! the new behaviour depend on the version the overlay holds
@@ -34,8 +41,8 @@
 //!
 //! The state holds the version under `0x00 ‖ "apply_version"` as a
 //! `u32 LE` (absent: 1, what every state written before this mechanism
-//! follows). `SetApplyVersion` is tag 6 of the command envelope (see
-//! `types::command`); a member's answer to "which version do you
+//! follows). `SetApplyVersion { version, membership }` is tag 6 of the
+//! command envelope (see `types::command`); a member's answer to "which version do you
 //! implement" is `ForwardRequest::ApplyVersion` (see `network::forward`).
 
 use crate::network::client::NetworkFactory;
@@ -120,16 +127,22 @@ pub(crate) async fn implemented_by(
 }
 
 /// The version every member implements, if each of them answered (this
-/// one included): what the cluster may rise to.
-async fn common(raft: &Raft, factory: &NetworkFactory, own: (NodeId, u32)) -> Option<u32> {
-    let members: Vec<(NodeId, FerryNode)> = {
+/// one included): what the cluster may rise to; with the log index of the
+/// membership whose members were asked (0: none), which the raise names.
+async fn common(raft: &Raft, factory: &NetworkFactory, own: (NodeId, u32)) -> Option<(u32, u64)> {
+    let (members, membership): (Vec<(NodeId, FerryNode)>, u64) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow_watched();
-        metrics
-            .membership_config
-            .nodes()
-            .map(|(id, node)| (*id, node.clone()))
-            .collect()
+        let config = &metrics.membership_config;
+        (
+            // Every node of every config (a joint one has two) and the
+            // learners.
+            config
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect(),
+            config.log_id().map_or(0, |l| l.index),
+        )
     };
     let mut lowest = own.1;
     for (id, node) in members {
@@ -137,7 +150,7 @@ async fn common(raft: &Raft, factory: &NetworkFactory, own: (NodeId, u32)) -> Op
             lowest = lowest.min(implemented_by(factory, id, &node).await?);
         }
     }
-    Some(lowest)
+    Some((lowest, membership))
 }
 
 /// On the leader: raises the cluster's apply version to what every member
@@ -166,15 +179,20 @@ pub(crate) async fn run(
         if current >= own {
             continue;
         }
-        let Some(version) = common(&raft, &factory, (id, own)).await else {
+        let Some((version, membership)) = common(&raft, &factory, (id, own)).await else {
             continue;
         };
         if version > current {
-            match raft
-                .client_write(Command::SetApplyVersion { version }.into())
-                .await
-            {
-                Ok(_) => tracing::info!(from = current, to = version, "raised the apply version"),
+            let raise = Command::SetApplyVersion {
+                version,
+                membership,
+            };
+            match raft.client_write(raise.into()).await {
+                Ok(written) if written.data.succeeded => {
+                    tracing::info!(from = current, to = version, "raised the apply version")
+                }
+                // The membership changed since the members were asked.
+                Ok(_) => tracing::debug!("apply version not raised: the members changed"),
                 Err(error) => tracing::debug!(%error, "apply version not raised"),
             }
         }

@@ -184,7 +184,7 @@ fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedR
     let mut answers = 0;
     overlay.read_ahead(run)?;
     let time_before = overlay.time;
-    let mut membership = None;
+    let mut membership: Option<StoredMembership> = None;
     let mut applied = None;
     let mut responses = Vec::new();
     for entry in run {
@@ -206,8 +206,25 @@ fn apply_run(db: &Db, entries: &[Entry], bounds: Bounds) -> io::Result<(AppliedR
                     }
                     Command::Auth(change) => overlay.change_auth(change, log_id.index)?,
                     Command::Lease(change) => overlay.change_lease(change, log_id.index)?,
-                    Command::SetApplyVersion { version } => {
-                        overlay.set_apply_version(*version, log_id.index)?
+                    Command::SetApplyVersion {
+                        version,
+                        membership: asked,
+                    } => {
+                        // The membership as of this entry: one applied
+                        // earlier in this run, or the engine's.
+                        let current = match &membership {
+                            Some(m) => m.log_id().map_or(0, |l| l.index),
+                            None => super::read_point(db)?.1.log_id().map_or(0, |l| l.index),
+                        };
+                        if current == *asked {
+                            overlay.set_apply_version(*version, log_id.index)?
+                        } else {
+                            Response {
+                                revision: log_id.index,
+                                succeeded: false,
+                                ..Response::default()
+                            }
+                        }
                     }
                 }
             }
@@ -1149,14 +1166,12 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    /// Raises the compacted revision to `revision` (at most `index`, the
-    /// command's own: the future has no history to remove) and starts
-    /// purging below it. Not raising it (a revision at or below the
-    /// current one) is not an error; the answer says whether it moved.
-    /// Raises the apply version the entries after this one follow. A
-    /// version this member does not implement stops apply (an error, fatal
-    /// to openraft) before anything of the run is written: applying on by
-    /// the old rules would diverge from the members that follow the new.
+    /// Raises the apply version the entries after this one follow (the
+    /// caller checked that the membership is the one whose members were
+    /// asked). A version this member does not implement stops apply (an
+    /// error, fatal to openraft) before anything of the run is written:
+    /// applying on by the old rules would diverge from the members that
+    /// follow the new.
     fn set_apply_version(&mut self, version: u32, index: u64) -> io::Result<Response> {
         if version > self.bounds.implemented_apply_version {
             return Err(crate::apply_version::too_new(
@@ -1177,6 +1192,10 @@ impl<'a> Overlay<'a> {
         })
     }
 
+    /// Raises the compacted revision to `revision` (at most `index`, the
+    /// command's own: the future has no history to remove) and starts
+    /// purging below it. Not raising it (a revision at or below the
+    /// current one) is not an error; the answer says whether it moved.
     fn compact(&mut self, revision: u64, index: u64) -> Response {
         let revision = revision.min(index);
         let raised = revision > self.compacted;
@@ -2469,9 +2488,18 @@ mod tests {
     fn the_apply_version_rises_only_and_never_past_what_the_member_implements() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Default::default()).unwrap();
-        let set = |index, version| {
-            Entry::new_normal(log_id(index), Command::SetApplyVersion { version }.into())
+        let set_under = |index, version, membership| {
+            Entry::new_normal(
+                log_id(index),
+                Command::SetApplyVersion {
+                    version,
+                    membership,
+                }
+                .into(),
+            )
         };
+        // The state has no membership yet: asked under "none".
+        let set = |index, version| set_under(index, version, 0);
         let version = |db: &Db| Overlay::new(db).unwrap().apply_version;
         assert_eq!(version(&db), 1, "absent: 1");
         let implementing = |db: &Db, entries: &[Entry], implemented| {
@@ -2495,5 +2523,29 @@ mod tests {
         );
         assert_eq!(contents(&db), before);
         assert_eq!(version(&db), 2);
+        // Asked under a membership that changed since (a member was added
+        // after the leader asked): nothing changes, not even for a member
+        // that does not implement it.
+        let membership = |index| {
+            let node = crate::types::FerryNode::from("127.0.0.1:1".to_owned());
+            let membership = openraft::Membership::new(
+                vec![BTreeSet::from([1, 2])],
+                std::collections::BTreeMap::from([(1, node.clone()), (2, node)]),
+            )
+            .unwrap();
+            Entry::new_membership(log_id(index), membership)
+        };
+        let answers = apply(&db, &[membership(4), set_under(5, 3, 0)]);
+        assert!(!answers[1].succeeded);
+        assert_eq!(version(&db), 2);
+        let answers = implementing(&db, &[membership(6), set_under(7, 3, 4)], 2);
+        assert!(answers.is_ok(), "a stale raise is not applied: {answers:?}");
+        assert_eq!(version(&db), 2);
+        // Under the membership it names, whether applied in the same run
+        // or before it, the raise applies.
+        implementing(&db, &[set_under(8, 3, 6)], 3).unwrap();
+        assert_eq!(version(&db), 3);
+        implementing(&db, &[membership(9), set_under(10, 4, 9)], 4).unwrap();
+        assert_eq!(version(&db), 4);
     }
 }

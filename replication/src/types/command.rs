@@ -17,7 +17,9 @@
 //!   tag 5  CheckedTxn { txn (tag 0's fields), auth_revision }
 //!          a transaction whose permissions were checked under the auth
 //!          state of `auth_revision` (see `Txn::auth_revision`)
-//!   tag 6  SetApplyVersion { version: u32 }  (see `crate::apply_version`)
+//!   tag 6  SetApplyVersion { version: u32, membership: u64 }
+//!          (see `crate::apply_version`; `membership`: the log index of the
+//!          membership whose members were asked, 0 for none)
 //! op = varint(tag) | fields
 //!   tag 0  Put { key, value, lease, prev_kv }
 //!   tag 1  Delete { key, prev_kv }
@@ -260,9 +262,11 @@ pub enum Command {
     /// A lease granted, revoked (with its keys) or checkpointed.
     Lease(LeaseCommand),
     /// The cluster applies by the rules of apply version `version` from
-    /// here on (see [`crate::apply_version`]); a version at or below the
-    /// current one changes nothing.
-    SetApplyVersion { version: u32 },
+    /// here on (see [`crate::apply_version`]). It changes nothing if the
+    /// version is at or below the current one, or if the membership is no
+    /// longer the one at log index `membership` (0: none), whose members
+    /// the leader asked: a member added since may not implement it.
+    SetApplyVersion { version: u32, membership: u64 },
 }
 
 impl Command {
@@ -324,7 +328,7 @@ impl fmt::Display for Command {
                 write!(f, "lease-checkpoint({} leases)", remaining.len())
             }
             Command::Lease(LeaseCommand::Drain { id, .. }) => write!(f, "lease-drain({id})"),
-            Command::SetApplyVersion { version } => write!(f, "apply-version({version})"),
+            Command::SetApplyVersion { version, .. } => write!(f, "apply-version({version})"),
         }
     }
 }
@@ -338,7 +342,7 @@ enum KindRef<'a> {
     Auth(&'a AuthChange),
     Lease(&'a LeaseCommand),
     CheckedTxn(&'a Txn, u64),
-    SetApplyVersion { version: u32 },
+    SetApplyVersion { version: u32, membership: u64 },
 }
 
 #[derive(Deserialize)]
@@ -349,7 +353,7 @@ enum Kind {
     Auth(AuthChange),
     Lease(LeaseCommand),
     CheckedTxn(Txn, u64),
-    SetApplyVersion { version: u32 },
+    SetApplyVersion { version: u32, membership: u64 },
 }
 
 impl Serialize for Command {
@@ -366,7 +370,13 @@ impl Serialize for Command {
             Command::PurgeHistory => KindRef::PurgeHistory,
             Command::Auth(change) => KindRef::Auth(change),
             Command::Lease(change) => KindRef::Lease(change),
-            Command::SetApplyVersion { version } => KindRef::SetApplyVersion { version: *version },
+            Command::SetApplyVersion {
+                version,
+                membership,
+            } => KindRef::SetApplyVersion {
+                version: *version,
+                membership: *membership,
+            },
         };
         let mut tuple = serializer.serialize_tuple(3)?;
         tuple.serialize_element(&MAGIC)?;
@@ -444,7 +454,13 @@ impl<'de> Visitor<'de> for CommandVisitor {
                     auth_revision: Some(revision),
                     ..txn
                 }),
-                Kind::SetApplyVersion { version } => Command::SetApplyVersion { version },
+                Kind::SetApplyVersion {
+                    version,
+                    membership,
+                } => Command::SetApplyVersion {
+                    version,
+                    membership,
+                },
             });
         }
         // Release 0.1.0: `first` is the compares' count. Never allocate by
@@ -654,7 +670,10 @@ mod tests {
             time_ms: 1_700_000_000_002,
         }));
         // Added with the apply version.
-        all.push(Command::SetApplyVersion { version: 2 });
+        all.push(Command::SetApplyVersion {
+            version: 2,
+            membership: 300,
+        });
         all
     }
 
