@@ -184,6 +184,8 @@ pub async fn force_new_cluster(
         // Opening takes the engine's lock: a running member fails here.
         let db =
             ferry_engine::Db::open(&engine_dir, engine_options(fs)).map_err(io::Error::other)?;
+        // Before anything moves: a state of a later release stays as it is.
+        crate::state_machine::check_apply_version(&db, crate::apply_version::APPLY_VERSION)?;
         db.checkpoint(&checkpoint).map_err(io::Error::other)?;
         db.close().map_err(io::Error::other)?;
     }

@@ -156,6 +156,9 @@ fn rebuild(
         .map_err(io::Error::other)?;
     // A checkpoint of an earlier release: the replay records history from it on.
     crate::state_machine::upgrade_layout(&db)?;
+    // Replaying on a checkpoint that follows rules this release lacks
+    // would write a state no member would open.
+    crate::state_machine::check_apply_version(&db, crate::apply_version::APPLY_VERSION)?;
     let mut replay = Replay {
         point,
         applied: record.applied,

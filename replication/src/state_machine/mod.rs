@@ -112,7 +112,7 @@ pub fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
 
 /// The apply version `db`'s state follows, refused if it is above
 /// `implemented` (a state applied by a later release's rules).
-fn check_apply_version(db: &Db, implemented: u32) -> io::Result<u32> {
+pub(crate) fn check_apply_version(db: &Db, implemented: u32) -> io::Result<u32> {
     let version =
         crate::apply_version::decode(db.get(keys::APPLY_VERSION).map_err(engine_err)?.as_deref())?;
     if version > implemented {
