@@ -1,6 +1,9 @@
 //! Requests a follower hands to the leader on behalf of its clients
 //! ([`crate::Node::txn_anywhere`], [`crate::Consistency::ReadIndex`]), so
 //! that a client may send anything to any member, as etcd's clients do.
+//! The same call also asks a member about itself
+//! ([`ForwardRequest::ApplyVersion`], sent by a leader to its members and
+//! to a member it is about to add).
 //!
 //! The follower has already checked the caller's permissions (the auth
 //! state is replicated, so it decides as the leader would), and the link
