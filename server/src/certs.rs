@@ -9,11 +9,11 @@
 //! deployments bring their own PKI; Ferry only reads PEM files.
 
 use chrono::Datelike;
+use ferry_engine::fs::{FileSystem, OsFs};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const CA_CERT: &str = "ca.crt";
@@ -75,21 +75,29 @@ fn write(path: &Path, contents: &str, secret: bool, overwrite: bool) -> Result<(
         path: path.to_owned(),
         source,
     };
-    if !overwrite && path.exists() {
+    let fs = OsFs;
+    if !overwrite && fs.exists(path) {
         return Err(CertError::Exists(path.to_owned()));
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if secret {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    }
     // A new file under a temporary name, renamed over the old one: a
-    // server reloading its certificate never reads half of one.
+    // server reloading its certificate never reads half of one. The name
+    // is created anew: a leftover (or planted) file there would keep its
+    // own permissions, and a key written into it could be read by others.
     let partial = path.with_extension("partial");
-    let mut file = options.open(&partial).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)
+    match fs.remove_file(&partial) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+        _ => {}
+    }
+    let mut file = fs.create_new(&partial, secret).map_err(io)?;
+    file.append(contents.as_bytes()).map_err(io)?;
+    file.sync().map_err(io)?;
+    drop(file);
+    fs.rename(&partial, path).map_err(io)?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs.sync_dir(parent).map_err(io)
 }
 
 /// A CA loaded to sign with.
@@ -100,7 +108,7 @@ pub struct Ca {
 
 /// Makes a CA in `dir`.
 pub fn create_ca(dir: &Path, overwrite: bool) -> Result<(), CertError> {
-    std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
+    OsFs.create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_owned(),
         source,
     })?;
@@ -185,6 +193,33 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    /// A key is never written into a file that was there before: a
+    /// leftover (or planted) partial file readable by others keeps its
+    /// permissions if opened, and the key with it.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_is_private_even_over_a_leftover_partial_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join(super::CA_KEY);
+        let partial = key.with_extension("partial");
+        std::fs::write(&partial, b"left by a crash").unwrap();
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::create_ca(dir.path(), false).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the CA key is {mode:o}");
+        assert!(!partial.exists());
+        let cert = dir.path().join(super::CA_CERT);
+        assert!(std::fs::read_to_string(cert)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        // Not overwritten unless asked.
+        assert!(matches!(
+            super::create_ca(dir.path(), false),
+            Err(super::CertError::Exists(_))
+        ));
+    }
 
     /// A subject of one common name names its user; one of two names
     /// none (readers disagree on which counts).

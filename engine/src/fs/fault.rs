@@ -163,10 +163,18 @@ impl FaultInjectionFs {
     }
 
     /// Creates (or replaces) an empty file at `path`.
-    fn new_file(&self, path: &Path) -> io::Result<FileId> {
+    /// A new, empty file at `path` (replacing one there, unless
+    /// `exclusive`).
+    fn new_file(&self, path: &Path, exclusive: bool) -> io::Result<FileId> {
         let mut state = self.state.lock();
         if state.fail_writes {
             return Err(dead_disk());
+        }
+        if exclusive && (state.live.contains_key(path) || state.dirs.contains(path)) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
         }
         if !state.dirs.contains(&parent(path)) {
             return Err(not_found());
@@ -368,15 +376,40 @@ impl FileSystem for FaultInjectionFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let id = self.new_file(path)?;
+        let id = self.new_file(path, false)?;
         Ok(Box::new(MemWritableFile {
             state: self.state.clone(),
             id,
         }))
     }
 
+    /// As [`FileSystem::create`], refusing a name that is taken; this file
+    /// system has no permissions, so `private` changes nothing.
+    fn create_new(&self, path: &Path, _private: bool) -> io::Result<Box<dyn WritableFile>> {
+        let id = self.new_file(path, true)?;
+        Ok(Box::new(MemWritableFile {
+            state: self.state.clone(),
+            id,
+        }))
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.live.contains_key(path) || state.dirs.contains(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        if !state.dirs.contains(&parent(path)) {
+            return Err(not_found());
+        }
+        state.dirs.insert(path.to_path_buf());
+        Ok(())
+    }
+
     fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let id = self.new_file(path)?;
+        let id = self.new_file(path, false)?;
         Ok(Box::new(MemLogFile {
             state: self.state.clone(),
             id,

@@ -110,6 +110,16 @@ pub trait FileSystem: Send + Sync + Debug {
     }
     /// Creates (or truncates) a file for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates a file for appending that must not exist yet: a name that
+    /// is taken fails, a symlink planted there included (it is never
+    /// followed), so nothing of another's is opened. With `private`, only
+    /// its owner may read or write it (a key), from its creation on, where
+    /// the file system has permissions. For names that come from outside
+    /// and for secrets.
+    fn create_new(&self, path: &Path, private: bool) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates one directory, whose parent exists and whose name is not
+    /// taken (by anything: a planted symlink fails too).
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Creates (or truncates) a log segment for appending. Unlike
     /// [`FileSystem::create`], the file may reserve zero-filled space ahead
     /// of its appends (so its size on disk runs past [`WritableFile::len`]

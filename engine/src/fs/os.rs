@@ -97,6 +97,27 @@ impl FileSystem for OsFs {
         }))
     }
 
+    fn create_new(&self, path: &Path, private: bool) -> io::Result<Box<dyn WritableFile>> {
+        let mut options = OpenOptions::new();
+        // O_EXCL: fails on any existing name and never follows a symlink.
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        Ok(Box::new(OsWritableFile {
+            file: options.open(path)?,
+            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            len: 0,
+        }))
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
     fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let file = OpenOptions::new()
             .read(true)

@@ -5,20 +5,23 @@
 //! own (`.<name>.partial-<pid>-<nanos>` beside it, so two downloads never
 //! share one), renamed to `<dir>` only once everything arrived and was
 //! counted, and made durable there (a failed download leaves nothing).
+//! Every file goes through the engine's `FileSystem`.
 
 use super::exit;
-use std::io::Write;
+use ferry_engine::fs::{FileSystem, WritableFile};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 struct Incoming {
     name: String,
-    file: std::fs::File,
+    file: Box<dyn WritableFile>,
     crc: crc32fast::Hasher,
     size: u64,
 }
 
 /// See the module docs.
 pub struct Download {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     partial: PathBuf,
     current: Option<Incoming>,
@@ -37,7 +40,12 @@ impl Download {
     /// A download into `dir`, which must not exist; `progress` draws a bar
     /// on stderr.
     pub fn new(dir: &Path, progress: bool) -> Result<Download, i32> {
-        if dir.exists() {
+        Self::on(ferry_engine::fs::OsFs::shared(), dir, progress)
+    }
+
+    /// [`Download::new`] on the file system `fs`.
+    pub fn on(fs: Arc<dyn FileSystem>, dir: &Path, progress: bool) -> Result<Download, i32> {
+        if fs.exists(dir) {
             eprintln!("error: {} exists", dir.display());
             return Err(exit::USAGE);
         }
@@ -57,16 +65,18 @@ impl Download {
         // `create_dir` fails if the name exists (a symlink planted there
         // included), so nothing of another's is reused.
         if let Some(parent) = partial.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
+            fs.create_dir_all(parent)
                 .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
         }
-        std::fs::create_dir(&partial).map_err(|e| failed(format!("{}: {e}", partial.display())))?;
+        fs.create_dir(&partial)
+            .map_err(|e| failed(format!("{}: {e}", partial.display())))?;
         let bar = if progress {
             indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
         } else {
             indicatif::ProgressBar::hidden()
         };
         Ok(Download {
+            fs,
             dir: dir.to_path_buf(),
             partial,
             current: None,
@@ -99,15 +109,14 @@ impl Download {
         ferry_engine::fs::check_file_name(name)
             .map_err(|e| failed(format!("the server sent {e}")))?;
         let path = self.partial.join(name);
-        if path.exists() {
+        if self.fs.exists(&path) {
             return Err(failed(format!("the server sent {name} twice")));
         }
         // `create_new`: never opens what is already there, a symlink
-        // planted in the directory included (O_EXCL does not follow one).
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        // planted in the directory included.
+        let file = self
+            .fs
+            .create_new(&path, false)
             .map_err(|e| failed(format!("{}: {e}", path.display())))?;
         self.current = Some(Incoming {
             name: name.to_owned(),
@@ -124,7 +133,7 @@ impl Download {
             return Err(failed("data before a file began"));
         };
         open.file
-            .write_all(data)
+            .append(data)
             .map_err(|e| failed(format!("{}: {e}", open.name)))?;
         open.crc.update(data);
         open.size += data.len() as u64;
@@ -144,8 +153,8 @@ impl Download {
                 open.name, open.size
             )));
         }
-        open.file
-            .sync_all()
+        let mut file = open.file;
+        file.sync()
             .map_err(|e| failed(format!("{}: {e}", open.name)))?;
         self.files += 1;
         self.bytes += size;
@@ -168,14 +177,13 @@ impl Download {
             )));
         }
         self.bar.finish_and_clear();
-        use ferry_engine::fs::FileSystem;
+        let fs = self.fs.clone();
         let sync = |dir: &Path| {
-            ferry_engine::fs::OsFs
-                .sync_dir(dir)
+            fs.sync_dir(dir)
                 .map_err(|e| failed(format!("{}: {e}", dir.display())))
         };
         sync(&self.partial)?;
-        std::fs::rename(&self.partial, &self.dir)
+        fs.rename(&self.partial, &self.dir)
             .map_err(|e| failed(format!("{}: {e}", self.dir.display())))?;
         self.done = true;
         let parent = match self.dir.parent() {
@@ -191,7 +199,7 @@ impl Drop for Download {
     fn drop(&mut self) {
         if !self.done {
             self.bar.finish_and_clear();
-            let _ = std::fs::remove_dir_all(&self.partial);
+            let _ = self.fs.remove_dir_all(&self.partial);
         }
     }
 }

@@ -247,7 +247,7 @@ impl SnapshotFiles {
 fn unpack(file: &Path, dir: &Path, progress: bool) -> Result<(), i32> {
     let mut files = SnapshotFiles::new(Download::new(dir, progress)?);
     let mut failed = None;
-    let read = crate::etcd::snapshot::read(file, |chunk| {
+    let read = crate::etcd::snapshot::read(&ferry_engine::fs::OsFs, file, |chunk| {
         if let Err(code) = files.take(chunk) {
             failed = Some(code);
             return Err(crate::etcd::snapshot::ArchiveError::Damaged("unwritable"));

@@ -20,6 +20,7 @@
 //! ```
 
 use ferry_client::pb;
+use ferry_engine::fs::FileSystem;
 use prost::Message;
 use ring::digest;
 use std::io::Read;
@@ -95,16 +96,17 @@ impl Writer {
 /// Reads the chunks of the file at `path`, after checking its digest, and
 /// hands each to `each`; memory stays at one chunk.
 pub fn read(
+    fs: &dyn FileSystem,
     path: &Path,
     mut each: impl FnMut(pb::SnapshotChunk) -> Result<(), ArchiveError>,
 ) -> Result<(), ArchiveError> {
-    let size = std::fs::metadata(path)?.len();
+    let size = fs.file_size(path)?;
     if size < (MAGIC.len() + 1 + DIGEST) as u64 || size % SECTOR != DIGEST as u64 {
         return Err(ArchiveError::NotAnArchive);
     }
     let content = size - DIGEST as u64;
     // First pass: the digest.
-    let mut file = std::fs::File::open(path)?;
+    let mut file = fs.open_sequential(path)?;
     let mut hash = digest::Context::new(&digest::SHA256);
     let mut left = content;
     let mut buffer = vec![0u8; 1 << 20];
@@ -120,7 +122,7 @@ pub fn read(
         return Err(ArchiveError::Digest);
     }
     // Second pass: the chunks.
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?.take(content));
+    let mut reader = std::io::BufReader::new(fs.open_sequential(path)?.take(content));
     let mut head = [0u8; MAGIC.len() + 1];
     reader.read_exact(&mut head)?;
     if &head[..MAGIC.len()] != MAGIC {
@@ -159,9 +161,9 @@ fn read_varint(reader: &mut impl Read) -> Result<u64, ArchiveError> {
 }
 
 /// Whether the file at `path` starts as such a snapshot.
-pub fn is_archive(path: &Path) -> bool {
+pub fn is_archive(fs: &dyn FileSystem, path: &Path) -> bool {
     let mut head = [0u8; MAGIC.len()];
-    std::fs::File::open(path)
+    fs.open_sequential(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok()
         && &head == MAGIC
@@ -170,6 +172,7 @@ pub fn is_archive(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_engine::fs::OsFs;
 
     fn write(chunks: &[pb::SnapshotChunk]) -> Vec<u8> {
         let (mut writer, mut out) = Writer::start();
@@ -195,9 +198,9 @@ mod tests {
             assert_eq!(bytes.len() as u64 % SECTOR, DIGEST as u64, "{n}");
             let path = dir.path().join(format!("s{n}"));
             std::fs::write(&path, &bytes).unwrap();
-            assert!(is_archive(&path));
+            assert!(is_archive(&OsFs, &path));
             let mut back = Vec::new();
-            read(&path, |c| {
+            read(&OsFs, &path, |c| {
                 back.push(c);
                 Ok(())
             })
@@ -214,7 +217,7 @@ mod tests {
         bytes[20] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let mut seen = 0;
-        let result = read(&path, |_| {
+        let result = read(&OsFs, &path, |_| {
             seen += 1;
             Ok(())
         });
@@ -222,7 +225,7 @@ mod tests {
         assert_eq!(seen, 0);
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(matches!(
-            read(&path, |_| Ok(())),
+            read(&OsFs, &path, |_| Ok(())),
             Err(ArchiveError::NotAnArchive)
         ));
     }
