@@ -222,6 +222,70 @@ async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
     cluster.shutdown().await;
 }
 
+/// A table of the follower's own snapshot that rotted (its manifest still
+/// names the old CRC) is reused by a differential transfer, fails the
+/// check at its end, and the follower asks for everything: without that,
+/// every retry linked it again and failed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotten_local_table_makes_the_next_transfer_a_full_one() {
+    let mut cluster = Cluster::start(3, snapshotting_raft()).await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    load(&cluster, 1000, 1).await;
+    snapshot_and_purge(&cluster).await;
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader_id).unwrap();
+    // The follower installs the leader's snapshot: its tables are then the
+    // leader's, which a differential transfer reuses.
+    cluster.kill(follower).await;
+    load(&cluster, 1000, 3).await;
+    snapshot_and_purge(&cluster).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    cluster.start_node(follower).await;
+    let last = leader.put("x", "y").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(20)).await;
+    cluster.kill(follower).await;
+
+    // Rot: every file of its snapshots gets one byte flipped, in a copy
+    // renamed over it (the engine's hard links keep the good bytes).
+    let snapshots = cluster.data_dir(follower).join("snapshots");
+    let mut rotten = 0;
+    for snapshot in std::fs::read_dir(&snapshots).unwrap().flatten() {
+        if !snapshot.path().join("SNAPSHOT").exists() {
+            continue;
+        }
+        for file in std::fs::read_dir(snapshot.path()).unwrap().flatten() {
+            let path = file.path();
+            if path.file_name().unwrap() == "SNAPSHOT" || !path.is_file() {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            if bytes.is_empty() {
+                continue;
+            }
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            let copy = path.with_extension("rot");
+            std::fs::write(&copy, &bytes).unwrap();
+            std::fs::rename(&copy, &path).unwrap();
+            rotten += 1;
+        }
+    }
+    assert!(
+        rotten > 0,
+        "no snapshot file to rot under {}",
+        snapshots.display()
+    );
+    for i in 0..20 {
+        let key = format!("key-{i:06}").into_bytes();
+        write(&cluster, vec![Op::put(key, value(i, 4))]).await;
+    }
+    snapshot_and_purge(&cluster).await;
+    cluster.start_node(follower).await;
+    let last = leader.put("z", "w").await.unwrap();
+    cluster.wait_applied(last, Duration::from_secs(60)).await;
+    cluster.assert_converged(Duration::from_secs(10)).await;
+    cluster.shutdown().await;
+}
+
 fn leader_transfer_hook(cluster: &Cluster) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     cluster.transfer.corrupt_next_state_hash.clone()
 }

@@ -273,9 +273,12 @@ async fn receive_inner(
     {
         let (fs, staging) = (fs.clone(), staging.clone());
         let files = offer.files.clone();
+        // A file linked from this member's own snapshot that fails (bit
+        // rot there) would be linked again by the next plan: ask for
+        // everything instead.
         blocking(move || verify_files(&*fs, &staging, &files))
             .await
-            .map_err(|e| failed(e, false))?;
+            .map_err(|e| failed(e, reused_local))?;
     }
     if reused_local {
         let expected = state_hash
