@@ -302,9 +302,19 @@ impl Watcher {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let view = shared.db().snapshot();
+            // The history these changes were read from may be compacted
+            // since, and a purge may have removed their previous versions:
+            // no previous version would then read as a create.
+            let compacted = history::compacted(&view)?;
             changes
                 .into_iter()
                 .map(|change| {
+                    if change.revision < compacted {
+                        return Err(WatchError::Compacted(Compacted {
+                            requested: change.revision,
+                            compacted,
+                        }));
+                    }
                     let prev = history::version_before(&view, &change)?;
                     Ok(WatchEvent { change, prev })
                 })
