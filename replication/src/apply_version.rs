@@ -54,10 +54,18 @@ use openraft::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The highest apply version this release implements. Version 1 is apply
-/// as it is in this release (and was in the releases before the
-/// mechanism, as far as a cluster of one release is concerned).
-pub const APPLY_VERSION: u32 = 1;
+/// The highest apply version this release implements. The versions, each
+/// one's rules being the previous one's but for what it names:
+/// - 1: apply as in the releases before the apply version, and in this
+///   one while a cluster has not risen;
+/// - 2: a step of the history purge may stop inside a key
+///   (`history::purge_step`), so that its bounds hold for a key of any
+///   number of versions (under 1, a step takes a key's versions whole, in
+///   memory and in one engine batch); and a range inside a transaction,
+///   sorted otherwise than by key ascending, that would look at more than
+///   `MAX_TXN_RANGE_KEYS` keys is refused (under 1, it is answered from
+///   the first keys, which need not be the first in its order).
+pub const APPLY_VERSION: u32 = 2;
 
 /// What this member implements, and how often it checks, as leader,
 /// whether the cluster may rise.

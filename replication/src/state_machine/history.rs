@@ -470,18 +470,37 @@ pub struct ChangePage {
     pub changes: Vec<Change>,
     /// Every change up to this revision has been looked at.
     pub through: u64,
-    /// Whether the scan stopped at its byte budget before `until`.
+    /// Whether the scan stopped at its budget before `until`.
     pub more: bool,
 }
 
+/// Change log entries one page looks at, at most (plus the rest of the
+/// revision it stops in), matching or not: a watch on a key rarely
+/// written, far behind, would otherwise read the whole history in one
+/// call, longer than a progress interval, and begin again after it.
+pub(crate) const SCAN_ENTRIES: usize = 65_536;
+
 /// Changes from revision `from` through `until` whose key `matches`, up
-/// to about `budget` bytes; a revision is never split across pages.
+/// to about `budget` bytes of them and [`SCAN_ENTRIES`] looked at; a
+/// revision is never split across pages.
 pub(crate) fn scan_changes(
     view: &Snapshot,
     from: u64,
     until: u64,
     matches: &dyn Fn(&[u8]) -> bool,
     budget: usize,
+) -> io::Result<ChangePage> {
+    scan_changes_looking_at(view, from, until, matches, budget, SCAN_ENTRIES)
+}
+
+/// [`scan_changes`], looking at `look_at` entries at most.
+pub(crate) fn scan_changes_looking_at(
+    view: &Snapshot,
+    from: u64,
+    until: u64,
+    matches: &dyn Fn(&[u8]) -> bool,
+    budget: usize,
+    look_at: usize,
 ) -> io::Result<ChangePage> {
     let mut page = ChangePage {
         changes: Vec::new(),
@@ -492,16 +511,17 @@ pub(crate) fn scan_changes(
         page.through = until;
         return Ok(page);
     }
-    let mut bytes = 0;
+    let (mut bytes, mut looked) = (0, 0);
     let end = change_key(until.saturating_add(1), 0);
     let mut current = None;
     for item in view.range(change_key(from, 0)..end) {
         let (key, value) = item.map_err(engine)?;
         let (revision, index) =
             parse_change_key(&key).ok_or_else(|| corrupt("change key", &key))?;
+        looked += 1;
         if current != Some(revision) {
             // A new revision: everything before it is looked at.
-            if bytes >= budget {
+            if bytes >= budget || looked > look_at {
                 page.more = true;
                 page.through = revision - 1;
                 return Ok(page);
@@ -578,6 +598,10 @@ pub(crate) enum PurgePhase {
     Versions { after: Option<Vec<u8>> },
     /// Change log entries below `below` remain.
     Changes,
+    /// Versions of the key `group` (escaped, with its `0x03`) after the
+    /// version entry `after` remain, then those of the keys after it. Only
+    /// from apply version 2 on, where a step may stop inside a key.
+    WithinKey { group: Vec<u8>, after: Vec<u8> },
 }
 
 impl PurgeCursor {
@@ -601,22 +625,38 @@ const PURGE_STEP_BYTES: usize = 16 << 20;
 /// One step of purging `view` (the state before the step) below
 /// `cursor.below`: writes (engine key, `None` to delete) go to `write`;
 /// returns where the next step starts, `None` when done.
+///
+/// With `within_keys` (apply version 2 on) a step may stop inside a key,
+/// so its bounds hold for a key of any number of versions; below it (the
+/// rules of apply version 1) a step takes a key's versions whole, in
+/// memory. Both remove the same entries in the end.
 pub(crate) fn purge_step(
     view: &Snapshot,
     cursor: PurgeCursor,
     limit: usize,
+    within_keys: bool,
     write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
 ) -> io::Result<Option<PurgeCursor>> {
     let below = cursor.below;
     match cursor.phase {
+        PurgePhase::Versions { after } if within_keys => {
+            let from = match after {
+                Some(group) => past_group(&group),
+                None => vec![keys::VERSION_PREFIX],
+            };
+            purge_versions_within_keys(view, below, from, limit, write)
+        }
+        PurgePhase::WithinKey { group, after } => {
+            debug_assert!(within_keys, "only apply version 2 stops inside a key");
+            let mut from = after;
+            // The next engine key after `after`.
+            from.push(0);
+            debug_assert!(from.starts_with(&group));
+            purge_versions_within_keys(view, below, from, limit, write)
+        }
         PurgePhase::Versions { after } => {
             let from = match &after {
-                // Past every version of that key: its group then 0xFF…
-                Some(group) => {
-                    let mut from = group.clone();
-                    from.extend_from_slice(&[0xFF; VERSION_SUFFIX + 1]);
-                    from
-                }
+                Some(group) => past_group(group),
                 None => vec![keys::VERSION_PREFIX],
             };
             let mut iter = view.range(from..vec![keys::VERSION_PREFIX + 1]).peekable();
@@ -635,16 +675,7 @@ pub(crate) fn purge_step(
                     entries.push(iter.next().expect("peeked").map_err(engine)?);
                 }
                 looked += entries.len();
-                let user_key =
-                    unescape(&group[1..]).ok_or_else(|| corrupt("version key", &group))?;
-                let latest = match view.get(keys::user_key(&user_key)).map_err(engine)? {
-                    None => None,
-                    Some(bytes) => Some(
-                        Record::decode(&bytes)
-                            .ok_or_else(|| keys::undecodable("record", &user_key))?
-                            .mod_revision,
-                    ),
-                };
+                let latest = latest_revision(view, &group)?;
                 bytes += purge_key(view, &entries, latest, below, write)?;
                 if looked >= limit || bytes >= PURGE_STEP_BYTES {
                     return Ok(Some(PurgeCursor {
@@ -674,6 +705,108 @@ pub(crate) fn purge_step(
             Ok(None)
         }
     }
+}
+
+/// The first engine key after every version entry of `group`.
+fn past_group(group: &[u8]) -> Vec<u8> {
+    let mut from = group.to_vec();
+    from.extend_from_slice(&[0xFF; VERSION_SUFFIX + 1]);
+    from
+}
+
+/// The versions phase of [`purge_step`] from `from` on, one entry at a
+/// time (apply version 2 on): an entry below `below` goes unless it is its
+/// key's newest one there and the key changed at or after `below` (then
+/// it is kept, inline), as [`purge_key`] decides for a key whole; past a
+/// key's entries below `below`, the rest of the key is skipped unread.
+fn purge_versions_within_keys(
+    view: &Snapshot,
+    below: u64,
+    from: Vec<u8>,
+    limit: usize,
+    write: &mut dyn FnMut(Vec<u8>, Option<Vec<u8>>),
+) -> io::Result<Option<PurgeCursor>> {
+    let end = vec![keys::VERSION_PREFIX + 1];
+    let mut iter = view.range(from..end.clone()).peekable();
+    let (mut looked, mut bytes) = (0, 0);
+    while let Some(item) = iter.next() {
+        let (key, value) = item.map_err(engine)?;
+        let (group, revision, index) =
+            parse_version_key(&key).ok_or_else(|| corrupt("version key", &key))?;
+        let group = group.to_vec();
+        looked += 1;
+        let mut key_done = revision >= below;
+        if !key_done {
+            if matches!(iter.peek(), Some(Err(_))) {
+                iter.next().transpose().map_err(engine)?;
+            }
+            // The key's next entry, if it has one.
+            let next = match iter.peek() {
+                Some(Ok((next, _))) => parse_version_key(next)
+                    .filter(|(next_group, _, _)| *next_group == group.as_slice())
+                    .map(|(_, revision, _)| revision),
+                _ => None,
+            };
+            if next.is_some_and(|next| next < below) {
+                bytes += key.len();
+                write(key.clone(), None);
+            } else {
+                // The key's newest entry below `below`.
+                key_done = true;
+                let changed_since =
+                    next.is_some() || latest_revision(view, &group)?.is_some_and(|m| m >= below);
+                let record = if changed_since {
+                    resolve(view, &key, revision, index, &value)?
+                } else {
+                    None
+                };
+                match record {
+                    Some(record) => {
+                        if matches!(decode_version(&value), Some(Version::Pointer)) {
+                            // Its change log entry goes in the next phase.
+                            let inline = inline(&record);
+                            bytes += key.len() + inline.len();
+                            write(key.clone(), Some(inline));
+                        }
+                    }
+                    None => {
+                        bytes += key.len();
+                        write(key.clone(), None);
+                    }
+                }
+            }
+        }
+        if key_done {
+            // Nothing of this key is left below `below`.
+            iter = view.range(past_group(&group)..end.clone()).peekable();
+        }
+        if looked >= limit || bytes >= PURGE_STEP_BYTES {
+            let phase = if key_done {
+                PurgePhase::Versions { after: Some(group) }
+            } else {
+                PurgePhase::WithinKey { group, after: key }
+            };
+            return Ok(Some(PurgeCursor { below, phase }));
+        }
+    }
+    Ok(Some(PurgeCursor {
+        below,
+        phase: PurgePhase::Changes,
+    }))
+}
+
+/// The mod revision of the latest value of the key whose versions are
+/// `group`, if it has one.
+fn latest_revision(view: &Snapshot, group: &[u8]) -> io::Result<Option<u64>> {
+    let user_key = unescape(&group[1..]).ok_or_else(|| corrupt("version key", group))?;
+    Ok(match view.get(keys::user_key(&user_key)).map_err(engine)? {
+        None => None,
+        Some(bytes) => Some(
+            Record::decode(&bytes)
+                .ok_or_else(|| keys::undecodable("record", &user_key))?
+                .mod_revision,
+        ),
+    })
 }
 
 /// Purges one key's version entries below `below` (see the module docs);

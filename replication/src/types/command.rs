@@ -99,7 +99,9 @@ pub enum Op {
     /// `start` on) as part of the transaction, ordered by `order`, at most
     /// `limit` of them (0: no limit). Like a range delete, it is applied in
     /// a run of its own. At most [`MAX_TXN_RANGE_KEYS`] keys are looked
-    /// at; a larger range answers with what they hold and `more`.
+    /// at; a larger range answers with what they hold and `more` (from
+    /// apply version 2 on, one sorted otherwise than by key ascending is
+    /// refused instead: its first keys need not be the first in its order).
     Range {
         #[serde(with = "serde_bytes")]
         start: Vec<u8>,
