@@ -98,6 +98,8 @@ async fn keys_transactions_and_compaction() {
         .await
         .unwrap();
     assert_eq!(text(past.kvs()[0].value()), "1");
+    // Its header names the store's revision, as etcd's does.
+    assert!(past.header().unwrap().revision() > at_first, "{past:?}");
     let created_late = etcd
         .get(
             "app/",
@@ -226,6 +228,37 @@ async fn keys_transactions_and_compaction() {
             .contains("required revision has been compacted"),
         "{error}"
     );
+    // A watch from below it is created, then cancelled with the compacted
+    // revision, in answers of their own: etcd's clients take an answer
+    // both created and cancelled for a refusal, and lose the revision.
+    let mut stream = etcd
+        .watch(
+            "app/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(at_first),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let answer = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("an answer within 30 s")
+            .unwrap()
+            .unwrap();
+        answers.push(answer);
+    }
+    let (created, cancelled) = (&answers[0], &answers[1]);
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    assert!(
+        cancelled.canceled() && !cancelled.created(),
+        "{cancelled:?}"
+    );
+    assert_eq!(cancelled.watch_id(), created.watch_id());
+    assert_eq!(cancelled.compact_revision(), now);
     let error = etcd
         .get("x", Some(GetOptions::new().with_revision(now + 1_000_000)))
         .await

@@ -1469,3 +1469,109 @@ async fn one_user_cannot_take_every_watch_place() {
     drop((alices, waiting, alice, bob, root, setup));
     server.shutdown().await.unwrap();
 }
+
+/// An etcd watch outlives the token its stream was opened with, as etcd's
+/// does (etcd's clients renew a token only for new calls, so a watch ended
+/// by its token's expiry would end silently); a new watch on that stream
+/// is refused in the words etcd's clients match on to log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_watch_outlives_its_token_and_a_new_one_on_its_stream_is_refused_as_etcd_does() {
+    use ferry_server::config::ServeConfig;
+    use ferry_server::etcd::pb::etcdserverpb::watch_request::RequestUnion;
+    use ferry_server::etcd::pb::etcdserverpb::{AuthenticateRequest, AuthenticateResponse};
+    use ferry_server::etcd::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+    use ferry_server::server::Server;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServeConfig {
+        data_dir: dir.path().join("node"),
+        client_addr: "127.0.0.1:0".into(),
+        raft_addr: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
+        init: true,
+        auth_token_ttl_secs: 2,
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = server.client_addr.to_string();
+    let setup = common::connect(vec![addr.clone()]).await;
+    setup.put("ready", "1").await.unwrap();
+    secure::enable_auth(&setup).await;
+    let login = || {
+        etcd_call::<_, AuthenticateResponse>(
+            &addr,
+            "/etcdserverpb.Auth/Authenticate",
+            AuthenticateRequest {
+                name: "root".into(),
+                password: ROOT_PASSWORD.into(),
+            },
+            None,
+        )
+    };
+    let create = || WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"w/".to_vec(),
+            range_end: b"w0".to_vec(),
+            ..WatchCreateRequest::default()
+        })),
+    };
+    let first = login().await.unwrap().token;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // The stream's requests: a create now, another later.
+    let (requests, receiver) = tokio::sync::mpsc::unbounded_channel::<WatchRequest>();
+    requests.send(create()).unwrap();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|request| (request, receiver))
+    });
+    let mut request = tonic::Request::new(stream);
+    request
+        .metadata_mut()
+        .insert("token", first.parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
+    let mut answers = grpc
+        .streaming::<_, WatchRequest, WatchResponse, _>(
+            request,
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let created = next_answer(&mut answers).await;
+    assert!(created.created && !created.canceled, "{created:?}");
+    // The token expires; the watch goes on (it is checked again each second).
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let second = login().await.unwrap().token;
+    etcd_put(&addr, &second, "w/1").await.unwrap();
+    let event = next_answer(&mut answers).await;
+    assert!(!event.canceled, "{event:?}");
+    assert_eq!(event.events.len(), 1, "{event:?}");
+
+    // A new watch on the stream, whose token has expired, is refused.
+    requests.send(create()).unwrap();
+    let answer = next_answer(&mut answers).await;
+    assert!(answer.created && answer.canceled, "{answer:?}");
+    assert_eq!(answer.watch_id, -1, "{answer:?}");
+    assert_eq!(
+        answer.cancel_reason,
+        "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
+    );
+    drop((answers, requests, setup));
+    server.shutdown().await.unwrap();
+}
+
+/// The next answer of an etcd watch stream, within 20 s.
+async fn next_answer<T>(answers: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await
+        .expect("an answer within 20 s")
+        .unwrap()
+        .expect("the stream goes on")
+}

@@ -122,8 +122,14 @@ impl Gate {
         Credential::Anonymous
     }
 
-    /// The user `credential` stands for under `state`.
-    fn user(&self, state: &AuthState, credential: &Credential) -> Result<String, Status> {
+    /// The user `credential` stands for under `state`; with `expiring`,
+    /// an expired token stands for no one.
+    fn user(
+        &self,
+        state: &AuthState,
+        credential: &Credential,
+        expiring: bool,
+    ) -> Result<String, Status> {
         match credential {
             Credential::Anonymous => Err(Status::unauthenticated(NO_CREDENTIAL)),
             Credential::Certificate(name) => {
@@ -142,7 +148,7 @@ impl Gate {
                     .ok_or_else(|| Status::unauthenticated("auth has no token key"))?;
                 let claims = token::verify(key, token)
                     .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
-                if claims.expires_ms <= now_ms() {
+                if expiring && claims.expires_ms <= now_ms() {
                     return Err(Status::unauthenticated("the token has expired"));
                 }
                 match state.users.get(&claims.user) {
@@ -164,14 +170,15 @@ impl Gate {
         allowed: impl Fn(&AuthState, &str) -> bool,
         refusal: impl Fn(&str) -> String,
     ) -> Result<Principal, Status> {
-        self.admit_in(&self.node.auth(), credential, allowed, refusal)
+        self.admit_in(&self.node.auth(), credential, true, allowed, refusal)
     }
 
-    /// `admit` under `state`.
+    /// `admit` under `state` (`expiring`: see [`Gate::user`]).
     fn admit_in(
         &self,
         state: &AuthState,
         credential: &Credential,
+        expiring: bool,
         allowed: impl Fn(&AuthState, &str) -> bool,
         refusal: impl Fn(&str) -> String,
     ) -> Result<Principal, Status> {
@@ -181,7 +188,7 @@ impl Gate {
                 root: true,
             });
         }
-        let user = self.user(state, credential)?;
+        let user = self.user(state, credential, expiring)?;
         if !allowed(state, &user) {
             return Err(Status::permission_denied(refusal(&user)));
         }
@@ -193,19 +200,34 @@ impl Gate {
 
     /// Whether the caller presenting `credential` may do `access`.
     pub fn check(&self, credential: &Credential, access: &Access) -> Result<Principal, Status> {
-        self.check_in(&self.node.auth(), credential, access)
+        self.check_in(&self.node.auth(), credential, true, access)
     }
 
-    /// `check` under `state`.
+    /// [`Gate::check`] for what a call admitted by it goes on doing (an
+    /// etcd watch): its token's expiry does not end it, since etcd's
+    /// clients renew a token only for new calls and etcd checks a watch's
+    /// token only when it is created; a deleted user, a changed password
+    /// or a lost permission still do.
+    pub fn check_continuing(
+        &self,
+        credential: &Credential,
+        access: &Access,
+    ) -> Result<Principal, Status> {
+        self.check_in(&self.node.auth(), credential, false, access)
+    }
+
+    /// `check` under `state` (`expiring`: see [`Gate::user`]).
     fn check_in(
         &self,
         state: &AuthState,
         credential: &Credential,
+        expiring: bool,
         access: &Access,
     ) -> Result<Principal, Status> {
         self.admit_in(
             state,
             credential,
+            expiring,
             |state, user| state.allows(user, access),
             |user| match access {
                 Access::Root => format!("only {ROOT} may do this; {user:?} may not"),
@@ -224,7 +246,12 @@ impl Gate {
     pub fn check_readable(&self, credential: &Credential, keys: &[Vec<u8>]) -> Result<(), Status> {
         let state = self.node.auth();
         for key in keys {
-            self.check_in(&state, credential, &Access::key(AccessKind::Read, key))?;
+            self.check_in(
+                &state,
+                credential,
+                true,
+                &Access::key(AccessKind::Read, key),
+            )?;
         }
         Ok(())
     }
@@ -282,7 +309,7 @@ impl Gate {
                 .iter()
                 .chain(accesses.is_empty().then_some(&Access::Any))
             {
-                self.check_in(&state, credential, access)?;
+                self.check_in(&state, credential, true, access)?;
             }
             checks += 1;
             let command = Command::Txn(Txn {

@@ -194,8 +194,9 @@ impl Election for ElectionService {
             let mut last = None;
             loop {
                 // Checked again at each change, as a watch is: a user who
-                // lost the permission, or whose token expired, loses it.
-                if let Err(status) = recipe::check(&etcd, &credential, AccessKind::Read, &prefix) {
+                // lost the permission (not a token that expired) loses it.
+                let access = recipe::under(AccessKind::Read, &prefix);
+                if let Err(status) = context.gate.check_continuing(&credential, &access) {
                     let _ = context.send(&sender, Err(super::gate_status(status))).await;
                     return;
                 }

@@ -145,13 +145,22 @@ impl KvService {
         let revision = to_u64(request.revision, "revision")?;
         let node = &etcd.context.node;
         let status = |e| etcd.status(e);
+        // etcd's header names the store's revision, also for a read at an
+        // earlier one.
+        let header = |at: u64| {
+            if revision == 0 {
+                etcd.header(at)
+            } else {
+                etcd.header(etcd.context.applied().max(at))
+            }
+        };
         if request.count_only {
             let read = node
                 .count_at(&start, end.as_deref(), MAX_COUNT, revision, consistency)
                 .await
                 .map_err(status)?;
             return Ok(rpc::RangeResponse {
-                header: etcd.header(read.revision),
+                header: header(read.revision),
                 kvs: Vec::new(),
                 more: false,
                 count: to_i64(read.value),
@@ -206,7 +215,7 @@ impl KvService {
             }
         }
         Ok(rpc::RangeResponse {
-            header: etcd.header(at),
+            header: header(at),
             kvs: kvs.into_iter().map(key_value).collect(),
             more,
             count: to_i64(count),

@@ -35,7 +35,7 @@ pub fn queue_prefix(name: &[u8]) -> Vec<u8> {
 }
 
 /// `kind` on every key under `prefix`.
-fn under(kind: AccessKind, prefix: &[u8]) -> Access {
+pub fn under(kind: AccessKind, prefix: &[u8]) -> Access {
     Access::Keys {
         kind,
         start: prefix.to_vec(),

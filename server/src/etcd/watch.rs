@@ -33,9 +33,9 @@ const BUFFERED_MESSAGES: usize = 8;
 /// How often a watch's credential and permission are checked again.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The watch id of a stream-wide progress answer (etcd's
-/// `clientv3.InvalidWatchID`).
-const PROGRESS_WATCH_ID: i64 = -1;
+/// etcd's `clientv3.InvalidWatchID`: the watch id of a stream-wide
+/// progress answer and of a refused create.
+const INVALID_WATCH_ID: i64 = -1;
 
 pub struct WatchService {
     pub etcd: Etcd,
@@ -67,8 +67,15 @@ struct Create {
 
 impl WatchService {
     fn create(&self, request: &rpc::WatchCreateRequest) -> Result<Create, Status> {
-        self.etcd.check_key(&request.key)?;
-        let (start, end) = key_range(&request.key, &request.range_end);
+        // etcd watches from the smallest key, 0x00, when none is given (so
+        // an empty key with range end "\0" watches every key).
+        let key: &[u8] = if request.key.is_empty() {
+            &[0]
+        } else {
+            &request.key
+        };
+        self.etcd.check_key(key)?;
+        let (start, end) = key_range(key, &request.range_end);
         let mut options = WatchOptions::range(
             start.clone(),
             end.clone(),
@@ -123,7 +130,9 @@ impl Stream {
     /// An id the client did not choose: the lowest unused from `next_id`.
     fn free_id(&mut self) -> i64 {
         while self.watches.contains_key(&self.next_id) {
-            self.next_id += 1;
+            // After a client's own `i64::MAX`, from 0 again (a stream holds
+            // few watches, so one is free).
+            self.next_id = self.next_id.checked_add(1).unwrap_or(0);
         }
         self.next_id
     }
@@ -144,9 +153,12 @@ impl WatchService {
             stream.free_id()
         };
         let applied = self.etcd.context.applied();
+        // A create that is refused is answered as etcd does: created and
+        // cancelled, under watch id -1 (its clients match it to their
+        // oldest create waiting for an answer).
         let refuse = |reason: String| rpc::WatchResponse {
             header: self.etcd.header(applied),
-            watch_id: id,
+            watch_id: INVALID_WATCH_ID,
             created: true,
             canceled: true,
             cancel_reason: reason,
@@ -155,7 +167,7 @@ impl WatchService {
         if stream.watches.contains_key(&id) {
             return stream
                 .send(Ok(refuse(
-                    "etcdserver: duplicate watch ID provided on the WatchStream".into(),
+                    "mvcc: duplicate watch ID provided on the WatchStream".into(),
                 )))
                 .await;
         }
@@ -171,9 +183,15 @@ impl WatchService {
         {
             Ok(principal) => principal,
             Err(status) => {
-                return stream
-                    .send(Ok(refuse(super::gate_status(status).message().to_owned())))
-                    .await;
+                // As the text of Go's gRPC error: etcd's clients compare
+                // the whole of it to know that a new token may help.
+                let status = super::gate_status(status);
+                let reason = format!(
+                    "rpc error: code = {:?} desc = {}",
+                    status.code(),
+                    status.message()
+                );
+                return stream.send(Ok(refuse(reason))).await;
             }
         };
         let permit = match self.watches.take(principal.user.as_deref()) {
@@ -183,10 +201,19 @@ impl WatchService {
         let watcher = match self.etcd.context.node.watch(create.options.clone()) {
             Ok(watcher) => watcher,
             Err(WatchError::Compacted(c)) => {
-                // etcd: created, then cancelled with the compacted revision.
-                let mut answer = refuse(message::COMPACTED.into());
-                answer.compact_revision = to_i64(c.compacted);
-                return stream.send(Ok(answer)).await;
+                // etcd: created, then, in an answer of its own, cancelled
+                // with the compacted revision (its clients take a created
+                // and cancelled answer for a refusal, without it).
+                let mut created = stream.answer(id, applied);
+                created.created = true;
+                if !stream.send(Ok(created)).await {
+                    return false;
+                }
+                let mut cancelled = stream.answer(id, applied);
+                cancelled.canceled = true;
+                cancelled.compact_revision = to_i64(c.compacted);
+                cancelled.cancel_reason = message::COMPACTED.into();
+                return stream.send(Ok(cancelled)).await;
             }
             Err(error) => return stream.send(Ok(refuse(error.to_string()))).await,
         };
@@ -290,10 +317,16 @@ async fn pump(
             }
         }
         // Checked again as the watch goes on: a user who lost the
-        // permission, or whose token expired, loses the watch.
+        // permission, or was deleted or changed password, loses the watch.
+        // Not one whose token expired: etcd checks a watch's token only
+        // when it is created, and its clients renew tokens only for new
+        // calls, so a long watch would end silently.
         if checked.elapsed() >= RECHECK_EVERY {
             checked = tokio::time::Instant::now();
-            if let Err(status) = context.gate.check(&pump.credential, &pump.create.access) {
+            let still = context
+                .gate
+                .check_continuing(&pump.credential, &pump.create.access);
+            if let Err(status) = still {
                 answer.events.clear();
                 answer.canceled = true;
                 answer.cancel_reason = super::gate_status(status).message().to_owned();
@@ -373,13 +406,18 @@ impl rpc::watch_server::Watch for WatchService {
                 let go_on = match request.request_union {
                     Some(U::CreateRequest(create)) => service.open(&mut stream, create).await,
                     Some(U::CancelRequest(cancel)) => {
-                        if let Some(open) = stream.watches.remove(&cancel.watch_id) {
-                            open.task.abort();
+                        // etcd answers the cancel of a watch it has, and
+                        // says nothing about an id it does not.
+                        match stream.watches.remove(&cancel.watch_id) {
+                            Some(open) => {
+                                open.task.abort();
+                                let revision = service.etcd.context.applied();
+                                let mut answer = stream.answer(cancel.watch_id, revision);
+                                answer.canceled = true;
+                                stream.send(Ok(answer)).await
+                            }
+                            None => true,
                         }
-                        let revision = service.etcd.context.applied();
-                        let mut answer = stream.answer(cancel.watch_id, revision);
-                        answer.canceled = true;
-                        stream.send(Ok(answer)).await
                     }
                     Some(U::ProgressRequest(_)) => {
                         stream.reap();
@@ -391,7 +429,7 @@ impl rpc::watch_server::Watch for WatchService {
                             .map(|open| open.revision.load(Ordering::Acquire))
                             .min()
                             .unwrap_or_else(|| service.etcd.context.applied());
-                        let answer = stream.answer(PROGRESS_WATCH_ID, revision);
+                        let answer = stream.answer(INVALID_WATCH_ID, revision);
                         stream.send(Ok(answer)).await
                     }
                     None => {
