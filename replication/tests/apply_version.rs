@@ -76,6 +76,24 @@ async fn add(cluster: &Cluster, id: u64) -> Result<u64, Error> {
     .await
 }
 
+/// Starts node `id` as a member of a release that implements apply
+/// version 1 only, adds it while it cannot be asked (cut off from every
+/// voter), and waits until it stops; returns it and why it stopped.
+async fn add_unasked_behind(cluster: &mut Cluster, id: u64) -> (Arc<Node>, String) {
+    cluster.apply_versions.insert(id, 1);
+    cluster.start_node(id).await;
+    for voter in VOTERS {
+        cluster.network.cut(voter, id);
+    }
+    add(cluster, id)
+        .await
+        .expect("a member that does not answer is added");
+    cluster.network.heal();
+    let behind = cluster.nodes[&id].clone();
+    let fatal = wait_stopped(&behind).await;
+    (behind, fatal)
+}
+
 /// Waits until `node`'s Raft has stopped for good; returns why.
 async fn wait_stopped(node: &Node) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -157,17 +175,7 @@ async fn the_apply_version_rises_once_every_member_implements_it_and_never_past_
     // One that cannot be asked is added (etcd's `member add` comes before
     // the member starts), and it stops at the entry that raised the
     // version instead of applying on by older rules.
-    cluster.apply_versions.insert(5, 1);
-    cluster.start_node(5).await;
-    for id in VOTERS {
-        cluster.network.cut(id, 5);
-    }
-    add(&cluster, 5)
-        .await
-        .expect("a member that does not answer is added");
-    cluster.network.heal();
-    let behind = cluster.nodes[&5].clone();
-    let fatal = wait_stopped(&behind).await;
+    let (behind, fatal) = add_unasked_behind(&mut cluster, 5).await;
     assert!(fatal.contains("log entry"), "{fatal}");
     assert!(fatal.contains("follows apply version 2"), "{fatal}");
     assert_eq!(behind.apply_version().unwrap(), (1, 1));
@@ -178,30 +186,9 @@ async fn the_apply_version_rises_once_every_member_implements_it_and_never_past_
     // every voter, whichever leads): the member refuses to install a
     // state that follows a version it lacks.
     for id in VOTERS {
-        let node = &cluster.nodes[&id];
-        let covered = node.snapshot().await.unwrap().unwrap();
-        node.purge_log(covered.index).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while node
-            .metrics()
-            .purged
-            .is_none_or(|p| p.index < covered.index)
-        {
-            assert!(Instant::now() < deadline, "log not purged");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::snapshot_and_purge_log(&cluster.nodes[&id]).await;
     }
-    cluster.apply_versions.insert(6, 1);
-    cluster.start_node(6).await;
-    for id in VOTERS {
-        cluster.network.cut(id, 6);
-    }
-    add(&cluster, 6)
-        .await
-        .expect("a member that does not answer is added");
-    cluster.network.heal();
-    let behind = cluster.nodes[&6].clone();
-    let fatal = wait_stopped(&behind).await;
+    let (behind, fatal) = add_unasked_behind(&mut cluster, 6).await;
     assert!(fatal.contains("the state in"), "{fatal}");
     assert!(fatal.contains("follows apply version 2"), "{fatal}");
     assert_eq!(behind.apply_version().unwrap(), (1, 1));

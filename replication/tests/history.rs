@@ -445,17 +445,7 @@ async fn a_member_that_caught_up_by_snapshot_serves_the_same_history() {
     wait_purged(&leader).await;
     churn(&leader, &mut model, &mut rng, 20).await;
     // The log it lacks is gone: it can only catch up by a snapshot.
-    let covered = leader.snapshot().await.unwrap().unwrap();
-    leader.purge_log(covered.index).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leader
-        .metrics()
-        .purged
-        .is_none_or(|p| p.index < covered.index.saturating_sub(5))
-    {
-        assert!(Instant::now() < deadline, "log not purged");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::snapshot_and_purge_log(&leader).await;
     let received = cluster.nodes[&leader_id]
         .transfer_stats()
         .bytes_sent

@@ -71,18 +71,7 @@ async fn snapshot_bytes(node: &Node) -> u64 {
 
 /// Snapshot now and purge the log behind it, on the leader.
 async fn snapshot_and_purge(cluster: &Cluster) {
-    let leader = cluster.leader().unwrap();
-    let covered = leader.snapshot().await.unwrap().unwrap();
-    leader.purge_log(covered.index).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while leader
-        .metrics()
-        .purged
-        .is_none_or(|p| p.index < covered.index.saturating_sub(5))
-    {
-        assert!(std::time::Instant::now() < deadline, "log not purged");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::snapshot_and_purge_log(cluster.leader().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,8 +171,10 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
+/// Starts a cluster in which a follower installed the leader's snapshot
+/// (its tables are then the leader's, which a differential transfer
+/// reuses) and is stopped; returns the cluster, the leader and the follower.
+async fn a_stopped_follower_holding_the_leaders_tables() -> (Cluster, u64, u64) {
     let mut cluster = Cluster::start(3, snapshotting_raft()).await;
     let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
     load(&cluster, 1000, 1).await;
@@ -197,10 +188,14 @@ async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
     cluster.start_node(follower).await;
     let last = leader.put("x", "y").await.unwrap();
     cluster.wait_applied(last, Duration::from_secs(20)).await;
-
-    // Now the follower holds the leader's tables; change a little and lie
-    // about the state hash once.
     cluster.kill(follower).await;
+    (cluster, leader_id, follower)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
+    let (mut cluster, leader_id, follower) = a_stopped_follower_holding_the_leaders_tables().await;
+    // Change a little and lie about the state hash once.
     for i in 0..20 {
         let key = format!("key-{i:06}").into_bytes();
         write(&cluster, vec![Op::put(key, value(i, 4))]).await;
@@ -228,21 +223,8 @@ async fn state_hash_mismatch_falls_back_to_a_full_transfer() {
 /// every retry linked it again and failed the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotten_local_table_makes_the_next_transfer_a_full_one() {
-    let mut cluster = Cluster::start(3, snapshotting_raft()).await;
-    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
-    load(&cluster, 1000, 1).await;
-    snapshot_and_purge(&cluster).await;
-    let follower = *cluster.nodes.keys().find(|&&id| id != leader_id).unwrap();
-    // The follower installs the leader's snapshot: its tables are then the
-    // leader's, which a differential transfer reuses.
-    cluster.kill(follower).await;
-    load(&cluster, 1000, 3).await;
-    snapshot_and_purge(&cluster).await;
+    let (mut cluster, leader_id, follower) = a_stopped_follower_holding_the_leaders_tables().await;
     let leader = cluster.nodes[&leader_id].clone();
-    cluster.start_node(follower).await;
-    let last = leader.put("x", "y").await.unwrap();
-    cluster.wait_applied(last, Duration::from_secs(20)).await;
-    cluster.kill(follower).await;
 
     // Rot: every file of its snapshots gets one byte flipped, in a copy
     // renamed over it (the engine's hard links keep the good bytes).

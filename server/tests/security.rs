@@ -1094,6 +1094,18 @@ async fn lease_calls_are_authenticated_and_a_revoke_needs_write_on_every_key() {
 }
 
 /// One unary call of etcd's API (the server builds no etcd client stubs).
+/// A plain gRPC client of the server at `addr`, ready for a call.
+async fn etcd_grpc(addr: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc
+}
+
 async fn etcd_call<Req, Resp>(
     addr: &str,
     path: &'static str,
@@ -1104,13 +1116,7 @@ where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = etcd_grpc(addr).await;
     let mut request = tonic::Request::new(request);
     if let Some(token) = token {
         request
@@ -1517,13 +1523,7 @@ async fn an_etcd_watch_outlives_its_token_and_a_new_one_on_its_stream_is_refused
         })),
     };
     let first = login().await.unwrap().token;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = etcd_grpc(&addr).await;
     // The stream's requests: a create now, another later.
     let (requests, receiver) = tokio::sync::mpsc::unbounded_channel::<WatchRequest>();
     requests.send(create()).unwrap();

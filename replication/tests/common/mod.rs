@@ -218,6 +218,24 @@ impl Cluster {
     }
 }
 
+/// Builds a snapshot on `node` and purges its log behind it, waiting
+/// until the purge is done (to within a few entries); returns the
+/// snapshot's last index.
+pub async fn snapshot_and_purge_log(node: &Node) -> u64 {
+    let covered = node.snapshot().await.unwrap().unwrap();
+    node.purge_log(covered.index).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node
+        .metrics()
+        .purged
+        .is_none_or(|p| p.index < covered.index.saturating_sub(5))
+    {
+        assert!(Instant::now() < deadline, "log not purged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    covered.index
+}
+
 /// Opens the data directory of a new single-node cluster (a restore or a
 /// recovery) as node `id` on loopback and waits until it leads.
 pub async fn open_restored(id: u64, data_dir: &std::path::Path) -> Node {
