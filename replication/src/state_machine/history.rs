@@ -707,6 +707,10 @@ pub(crate) fn purge_step(
     }
 }
 
+/// Entries of a key at or above the purge's bound that a step steps
+/// over before it seeks past the rest of the key instead.
+const STEP_OVER: usize = 16;
+
 /// The first engine key after every version entry of `group`.
 fn past_group(group: &[u8]) -> Vec<u8> {
     let mut from = group.to_vec();
@@ -777,8 +781,23 @@ fn purge_versions_within_keys(
             }
         }
         if key_done {
-            // Nothing of this key is left below `below`.
-            iter = view.range(past_group(&group)..end.clone()).peekable();
+            // Nothing of this key is left below `below`: past the rest of
+            // it, stepping over a few entries (most keys have none left)
+            // and seeking past many (a new range costs a seek per table).
+            let mut stepped = 0;
+            while let Some(Ok((next, _))) = iter.peek() {
+                let same = parse_version_key(next).is_some_and(|(g, _, _)| g == group.as_slice());
+                if !same {
+                    break;
+                }
+                if stepped == STEP_OVER {
+                    iter = view.range(past_group(&group)..end.clone()).peekable();
+                    break;
+                }
+                iter.next();
+                stepped += 1;
+                looked += 1;
+            }
         }
         if looked >= limit || bytes >= PURGE_STEP_BYTES {
             let phase = if key_done {
