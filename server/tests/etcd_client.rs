@@ -259,6 +259,16 @@ async fn keys_transactions_and_compaction() {
     );
     assert_eq!(cancelled.watch_id(), created.watch_id());
     assert_eq!(cancelled.compact_revision(), now);
+    // Its id stays handed out: the next watch of the stream gets another
+    // (a client's cancel of the first must not end the second).
+    stream.watch("app/", None).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("an answer within 30 s")
+        .unwrap()
+        .unwrap();
+    assert!(next.created() && !next.canceled(), "{next:?}");
+    assert_ne!(next.watch_id(), created.watch_id());
     let error = etcd
         .get("x", Some(GetOptions::new().with_revision(now + 1_000_000)))
         .await

@@ -162,7 +162,6 @@ impl FaultInjectionFs {
         }
     }
 
-    /// Creates (or replaces) an empty file at `path`.
     /// A new, empty file at `path` (replacing one there, unless
     /// `exclusive`).
     fn new_file(&self, path: &Path, exclusive: bool) -> io::Result<FileId> {

@@ -122,8 +122,11 @@ impl Lease for LeaseService {
                     () = context.stopped() => None,
                 };
                 let Some(Ok(renew)) = next else { break };
-                // The credential may have been revoked since the stream opened.
-                let answer = match context.gate.check(&credential, &Access::Any) {
+                // The credential may have been revoked since the stream
+                // opened (a deleted user, a changed password). Not merely
+                // expired: etcd's clients renew a token only for new calls,
+                // and a keep-alive stream outlives it.
+                let answer = match context.gate.check_continuing(&credential, &Access::Any) {
                     Err(status) => Err(super::gate_status(status)),
                     Ok(_) => match u64::try_from(renew.id) {
                         Err(_) => Err(Status::invalid_argument("negative lease id")),

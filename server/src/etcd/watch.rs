@@ -213,6 +213,9 @@ impl WatchService {
                 cancelled.canceled = true;
                 cancelled.compact_revision = to_i64(c.compacted);
                 cancelled.cancel_reason = message::COMPACTED.into();
+                // The id was handed out: the next watch must not get it (a
+                // client's cancel of this one would end that one).
+                stream.next_id = stream.next_id.max(id.saturating_add(1));
                 return stream.send(Ok(cancelled)).await;
             }
             Err(error) => return stream.send(Ok(refuse(error.to_string()))).await,
