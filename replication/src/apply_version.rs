@@ -33,8 +33,8 @@
 //!   rules. Do not run them beside releases past apply version 1.
 //!
 //! How a future release changes apply: raise [`APPLY_VERSION`], and make
-//! the new behaviour depend on the version the overlay holds
-//! (`Overlay::apply_version`), keeping the old one below it. A new
+//! the new behaviour depend on the version the overlay gives
+//! (`Overlay::apply_version()`), keeping the old one below it. A new
 //! command is proposed only once the cluster's version allows it.
 //!
 //! ## Format
@@ -42,8 +42,9 @@
 //! The state holds the version under `0x00 ‖ "apply_version"` as a
 //! `u32 LE` (absent: 1, what every state written before this mechanism
 //! follows). `SetApplyVersion { version, membership }` is tag 6 of the
-//! command envelope (see `types::command`); a member's answer to "which version do you
-//! implement" is `ForwardRequest::ApplyVersion` (see `network::forward`).
+//! command envelope (see `types::command`); a member's answer to "which
+//! version do you implement" is `ForwardRequest::ApplyVersion` (see
+//! `network::forward`).
 
 use crate::network::client::NetworkFactory;
 use crate::network::forward::{self, ForwardReply, ForwardRequest};

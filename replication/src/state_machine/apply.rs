@@ -299,9 +299,9 @@ pub(crate) struct Overlay<'a> {
     purge: Option<PurgeCursor>,
     history_dirty: bool,
     /// The apply version the entries follow, as of the entries applied so
-    /// far (see [`crate::apply_version`]). Every rule that differs between
-    /// versions reads it here.
-    apply_version: u32,
+    /// far (see [`crate::apply_version`]); read from the engine only when a
+    /// rule asks ([`Overlay::apply_version`]), which few entries do.
+    apply_version: Option<u32>,
     /// An auth change was applied in this run.
     auth_changed: bool,
     /// The auth revision if auth is on, as of the entries applied so far;
@@ -385,11 +385,6 @@ impl<'a> Overlay<'a> {
             Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(io::Error::other)?),
             None => None,
         };
-        let apply_version = crate::apply_version::decode(
-            view.get(keys::APPLY_VERSION)
-                .map_err(io::Error::other)?
-                .as_deref(),
-        )?;
         Ok(Overlay {
             db,
             writes: HashMap::new(),
@@ -403,7 +398,7 @@ impl<'a> Overlay<'a> {
             compacted,
             purge,
             history_dirty: false,
-            apply_version,
+            apply_version: None,
             auth_changed: false,
             auth_gate: None,
             undo: None,
@@ -808,7 +803,7 @@ impl<'a> Overlay<'a> {
                     // its first in that order (etcd's lock recipe asks for
                     // the first by create revision): refused, not answered
                     // wrong. Below, answered from the keys looked at.
-                    if truncated && *order != RangeOrder::KEY && self.apply_version >= 2 {
+                    if truncated && *order != RangeOrder::KEY && self.apply_version()? >= 2 {
                         let reason = format!(
                             "{ANSWER_REFUSED}: a range in a transaction sorted otherwise than \
                              by key ascending must hold at most {MAX_TXN_RANGE_KEYS} keys; \
@@ -1179,6 +1174,20 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
+    /// The apply version the entries follow at this point of the run:
+    /// every rule that differs between versions asks here. The engine
+    /// holds it until an entry of this run raised it.
+    fn apply_version(&mut self) -> io::Result<u32> {
+        match self.apply_version {
+            Some(version) => Ok(version),
+            None => {
+                let version = super::stored_apply_version(self.db)?;
+                self.apply_version = Some(version);
+                Ok(version)
+            }
+        }
+    }
+
     /// Raises the apply version the entries after this one follow (the
     /// caller checked that the membership is the one whose members were
     /// asked). A version this member does not implement stops apply (an
@@ -1193,9 +1202,9 @@ impl<'a> Overlay<'a> {
                 &format!("log entry {index}"),
             ));
         }
-        let raised = version > self.apply_version;
+        let raised = version > self.apply_version()?;
         if raised {
-            self.apply_version = version;
+            self.apply_version = Some(version);
             self.put(keys::APPLY_VERSION.to_vec(), version.to_le_bytes().to_vec());
         }
         Ok(Response {
@@ -1230,14 +1239,14 @@ impl<'a> Overlay<'a> {
     /// earlier entry (see [`apply_and_write`]), so the engine is the state.
     fn purge_step(&mut self) -> io::Result<()> {
         debug_assert!(self.writes.is_empty(), "a purge step starts its run");
+        // Apply version 2 on: a step may stop inside a key (of any number
+        // of versions); below, a key's versions are taken whole.
+        let within_keys = self.apply_version()? >= 2;
         let Some(cursor) = self.purge.take() else {
             return Ok(());
         };
         let view = self.db.snapshot();
         let (writes, written) = (&mut self.writes, &mut self.written);
-        // Apply version 2 on: a step may stop inside a key (of any number
-        // of versions); below, a key's versions are taken whole.
-        let within_keys = self.apply_version >= 2;
         self.purge = history::purge_step(
             &view,
             cursor,
@@ -2736,7 +2745,7 @@ mod tests {
         };
         // The state has no membership yet: asked under "none".
         let set = |index, version| set_under(index, version, 0);
-        let version = |db: &Db| Overlay::new(db).unwrap().apply_version;
+        let version = |db: &Db| Overlay::new(db).unwrap().apply_version().unwrap();
         assert_eq!(version(&db), 1, "absent: 1");
         let implementing = |db: &Db, entries: &[Entry], implemented| {
             apply_and_write_implementing(db, entries, implemented, |_, _| Ok(()))

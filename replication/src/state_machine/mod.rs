@@ -110,11 +110,15 @@ pub fn applied_index(view: &ferry_engine::Snapshot) -> io::Result<u64> {
     Ok(applied.map_or(0, |l| l.index))
 }
 
-/// The apply version `db`'s state follows, refused if it is above
+/// The apply version `db`'s state follows (see [`crate::apply_version`]).
+pub(crate) fn stored_apply_version(db: &Db) -> io::Result<u32> {
+    crate::apply_version::decode(db.get(keys::APPLY_VERSION).map_err(engine_err)?.as_deref())
+}
+
+/// Refuses `db`'s state if it follows an apply version above
 /// `implemented` (a state applied by a later release's rules).
-pub(crate) fn check_apply_version(db: &Db, implemented: u32) -> io::Result<u32> {
-    let version =
-        crate::apply_version::decode(db.get(keys::APPLY_VERSION).map_err(engine_err)?.as_deref())?;
+pub(crate) fn check_apply_version(db: &Db, implemented: u32) -> io::Result<()> {
+    let version = stored_apply_version(db)?;
     if version > implemented {
         return Err(crate::apply_version::too_new(
             version,
@@ -122,7 +126,7 @@ pub(crate) fn check_apply_version(db: &Db, implemented: u32) -> io::Result<u32> 
             &format!("the state in {}", db.path().display()),
         ));
     }
-    Ok(version)
+    Ok(())
 }
 
 /// Brings a state written by an earlier release to this release's layout
@@ -310,12 +314,7 @@ impl SmShared {
     /// The apply version the applied state follows (see
     /// [`crate::apply_version`]).
     pub fn apply_version(&self) -> io::Result<u32> {
-        crate::apply_version::decode(
-            self.db()
-                .get(keys::APPLY_VERSION)
-                .map_err(engine_err)?
-                .as_deref(),
-        )
+        stored_apply_version(&self.db())
     }
 
     /// The highest apply version this member implements.
