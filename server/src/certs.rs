@@ -75,29 +75,13 @@ fn write(path: &Path, contents: &str, secret: bool, overwrite: bool) -> Result<(
         path: path.to_owned(),
         source,
     };
-    let fs = OsFs;
-    if !overwrite && fs.exists(path) {
+    if !overwrite && OsFs.exists(path) {
         return Err(CertError::Exists(path.to_owned()));
     }
-    // A new file under a temporary name, renamed over the old one: a
-    // server reloading its certificate never reads half of one. The name
-    // is created anew: a leftover (or planted) file there would keep its
-    // own permissions, and a key written into it could be read by others.
-    let partial = path.with_extension("partial");
-    match fs.remove_file(&partial) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
-        _ => {}
-    }
-    let mut file = fs.create_new(&partial, secret).map_err(io)?;
-    file.append(contents.as_bytes()).map_err(io)?;
-    file.sync().map_err(io)?;
-    drop(file);
-    fs.rename(&partial, path).map_err(io)?;
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    fs.sync_dir(parent).map_err(io)
+    // Under a temporary name, renamed over the old one: a server
+    // reloading its certificate never reads half of one.
+    OsFs.write_atomic_as(path, contents.as_bytes(), secret)
+        .map_err(io)
 }
 
 /// A CA loaded to sign with.
@@ -203,7 +187,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join(super::CA_KEY);
-        let partial = key.with_extension("partial");
+        let partial = key.with_extension("tmp");
         std::fs::write(&partial, b"left by a crash").unwrap();
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).unwrap();
         super::create_ca(dir.path(), false).unwrap();

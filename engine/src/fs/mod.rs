@@ -271,12 +271,31 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Writes a small file and makes it durable under its final name:
     /// write to `path.tmp`, fsync, rename, fsync the directory.
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.write_atomic_as(path, data, false)
+    }
+    /// [`FileSystem::write_atomic`]; with `private`, a file only its owner
+    /// may read (a key): `path.tmp` is then created anew, owner-only from
+    /// the start (see [`FileSystem::create_new`]), since a leftover or
+    /// planted one would keep its own permissions, and the data with them.
+    fn write_atomic_as(&self, path: &Path, data: &[u8], private: bool) -> io::Result<()> {
         let tmp = path.with_extension("tmp");
-        let mut file = self.create(&tmp)?;
+        let mut file = if private {
+            match self.remove_file(&tmp) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            self.create_new(&tmp, true)?
+        } else {
+            self.create(&tmp)?
+        };
         file.append(data)?;
         file.sync()?;
         drop(file);
         self.rename(&tmp, path)?;
-        self.sync_dir(path.parent().unwrap_or(Path::new(".")))
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        self.sync_dir(parent)
     }
 }
