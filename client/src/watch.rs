@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Code;
 
-/// A watch answer may carry one whole revision, which a transaction of up
-/// to the server's request size can fill: more than tonic's 4 MiB default.
+/// A watch answer holds about 512 KiB of changes, and one change may be
+/// a value of up to the server's request size with its previous version:
+/// more than tonic's 4 MiB default.
 const MAX_WATCH_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A stream of changes in revision order, each once. On a broken
@@ -33,7 +34,10 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
-    pub(crate) fn start(client: Client, request: WatchRequest) -> WatchStream {
+    pub(crate) fn start(client: Client, mut request: WatchRequest) -> WatchStream {
+        // The stream takes a large revision in parts (see `run`), so that
+        // none is too large for a message.
+        request.split_revisions = true;
         let (sender, events) = mpsc::channel(256);
         let progress = Arc::new(AtomicU64::new(request.start_revision.saturating_sub(1)));
         let task = tokio::spawn(run(client, request, sender, progress.clone()));
@@ -93,6 +97,11 @@ async fn run(
     // Whether the last attempt's token was refused: a second refusal in a
     // row ends the watch.
     let mut token_refused = false;
+    // The revision of the last event sent on, and how many of its events
+    // were. A resume starts at the first revision not known complete,
+    // from its first event: those of a split revision sent on already
+    // come again, in the same order, and are skipped.
+    let mut last = (0u64, 0u64);
     loop {
         if client.leader().is_none() {
             let _ = client.refresh_members().await;
@@ -120,16 +129,30 @@ async fn run(
                 let mut stream = response.into_inner();
                 backoff = client.inner.options.backoff_initial;
                 token_refused = false;
+                let resumed_at = request.start_revision;
+                let mut skip = if last.0 == resumed_at { last.1 } else { 0 };
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
                             for event in message.events {
+                                let revision = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                                if skip > 0 && revision == resumed_at {
+                                    skip -= 1;
+                                    continue;
+                                }
+                                skip = 0;
+                                if revision == last.0 {
+                                    last.1 += 1;
+                                } else {
+                                    last = (revision, 1);
+                                }
                                 if sender.send(Ok(event)).await.is_err() {
                                     return;
                                 }
                             }
-                            // Whole revisions only: everything up to the
-                            // header's revision has arrived.
+                            // Everything up to the header's revision has
+                            // arrived (events after it are a split
+                            // revision's first part).
                             let through = message.header.map_or(0, |h| h.revision);
                             if through >= request.start_revision {
                                 request.start_revision = through + 1;

@@ -10,12 +10,15 @@
 //! page whatever the watcher's speed, and it fails only when the history
 //! it still needs is compacted away.
 //!
-//! A page never splits a revision: a client that resumes after the last
-//! revision it received gets the rest of the changes, never half a
-//! revision.
+//! A revision is delivered whole unless it is larger than about twice a
+//! batch (a range delete or a lease revoke with previous values, a large
+//! transaction). Such a revision is split across batches only for a
+//! watcher that asked for it (`split_revisions`, etcd's `fragment`):
+//! the others get it whole, up to [`MAX_WHOLE_REVISION_BYTES`], and are
+//! ended past that, so that no watch holds an unbounded revision.
 
 use crate::state_machine::changes::FeedItem;
-use crate::state_machine::history::{self, Change, Compacted};
+use crate::state_machine::history::{self, Change, ChangeAt, Compacted, Scan};
 use crate::state_machine::SmShared;
 use crate::types::KeyValue;
 use std::io;
@@ -34,10 +37,21 @@ pub struct WatchOptions {
     pub from_revision: u64,
     /// Deliver each change's previous version with it.
     pub prev_kv: bool,
-    /// A batch holds about this many bytes of changes at most (a single
-    /// revision that is larger goes whole).
+    /// A batch holds about this many bytes of changes and previous
+    /// versions; at most about twice this with `split_revisions`.
     pub batch_bytes: usize,
+    /// Deliver a revision larger than a batch in parts (see
+    /// [`WatchBatch::complete`]). Else each revision is delivered whole,
+    /// and one larger than `max_whole_revision_bytes` ends the watch with
+    /// [`WatchError::RevisionTooLarge`].
+    pub split_revisions: bool,
+    /// See `split_revisions`; [`MAX_WHOLE_REVISION_BYTES`] by default.
+    pub max_whole_revision_bytes: usize,
 }
+
+/// The largest revision, in bytes of changes and previous versions, a
+/// watcher that does not take split revisions gets whole (as one batch).
+pub const MAX_WHOLE_REVISION_BYTES: usize = 64 << 20;
 
 impl WatchOptions {
     /// Changes of keys in `[start, end)` from `from_revision` on.
@@ -48,6 +62,8 @@ impl WatchOptions {
             from_revision,
             prev_kv: false,
             batch_bytes: 256 << 10,
+            split_revisions: false,
+            max_whole_revision_bytes: MAX_WHOLE_REVISION_BYTES,
         }
     }
 }
@@ -60,13 +76,40 @@ pub struct WatchEvent {
     pub prev: Option<KeyValue>,
 }
 
+impl WatchEvent {
+    /// What the event holds, in bytes, as a batch counts it.
+    fn size(&self) -> usize {
+        self.change.size()
+            + self
+                .prev
+                .as_ref()
+                .map_or(0, |kv| kv.key.len() + kv.value.len())
+    }
+}
+
 /// Changes delivered together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchBatch {
-    /// In revision order; whole revisions.
+    /// In revision order.
     pub events: Vec<WatchEvent>,
-    /// Every matching change up to this revision has been delivered.
+    /// Every matching change up to this revision has been delivered. With
+    /// `split_revisions`, events of a later revision are the first part
+    /// of revision `revision + 1`, whose rest comes in the next batches.
     pub revision: u64,
+}
+
+impl WatchBatch {
+    /// Whether the batch ends with a whole revision: false if its last
+    /// events are a part of a split revision.
+    pub fn complete(&self) -> bool {
+        self.events
+            .last()
+            .is_none_or(|e| e.change.revision <= self.revision)
+    }
+
+    fn size(&self) -> usize {
+        self.events.iter().map(WatchEvent::size).sum()
+    }
 }
 
 /// Why a watch ended.
@@ -80,6 +123,13 @@ pub enum WatchError {
     /// The node is shutting down.
     #[error("the node stopped")]
     Closed,
+    /// A revision too large to deliver whole, to a watcher that does not
+    /// take split revisions.
+    #[error(
+        "the changes of revision {revision} take more than {limit} bytes; \
+         a watch that takes a revision in parts (fragment) can read them"
+    )]
+    RevisionTooLarge { revision: u64, limit: usize },
 }
 
 /// See the module docs.
@@ -89,8 +139,14 @@ pub struct Watcher {
     feed: broadcast::Receiver<Arc<FeedItem>>,
     /// Every matching change up to this revision has been delivered.
     delivered: u64,
+    /// Changes of revision `delivered + 1` below this index have been
+    /// delivered (a split revision; only while catching up).
+    within: u32,
     /// Reading the engine, not the feed.
     catching_up: bool,
+    /// Without `split_revisions`: the parts of a revision read so far,
+    /// kept here so that [`Watcher::next`] stays cancel-safe.
+    pending: Option<WatchBatch>,
     /// See [`Watcher::progress`].
     progress: Arc<AtomicU64>,
 }
@@ -124,7 +180,9 @@ impl Watcher {
             options,
             feed,
             delivered,
+            within: 0,
             catching_up,
+            pending: None,
             progress: Arc::new(AtomicU64::new(delivered)),
         })
     }
@@ -155,6 +213,36 @@ impl Watcher {
     /// done), so it can sit in a `select!` beside a progress timer.
     pub async fn next(&mut self) -> Result<WatchBatch, WatchError> {
         loop {
+            let part = self.next_part().await?;
+            if self.options.split_revisions {
+                return Ok(part);
+            }
+            let batch = match self.pending.take() {
+                None => part,
+                Some(mut pending) => {
+                    pending.events.extend(part.events);
+                    pending.revision = part.revision;
+                    pending
+                }
+            };
+            if batch.complete() {
+                return Ok(batch);
+            }
+            let limit = self.options.max_whole_revision_bytes;
+            if batch.size() > limit {
+                return Err(WatchError::RevisionTooLarge {
+                    revision: batch.revision + 1,
+                    limit,
+                });
+            }
+            self.pending = Some(batch);
+        }
+    }
+
+    /// The next batch, which may end inside a revision.
+    async fn next_part(&mut self) -> Result<WatchBatch, WatchError> {
+        loop {
+            debug_assert!(self.catching_up || self.within == 0);
             if self.catching_up {
                 if let Some(batch) = self.read_engine().await? {
                     return Ok(batch);
@@ -223,7 +311,11 @@ impl Watcher {
                 }
             }
             self.catching_up = true;
-            let events = self.with_prev(events).await?;
+            let Some(events) = self.with_prev(events).await? else {
+                // Too large with their previous versions to hold whole:
+                // the engine read delivers them in bounded pages.
+                continue;
+            };
             self.delivered = delivered;
             self.catching_up = catch_up;
             if !events.is_empty() {
@@ -240,28 +332,24 @@ impl Watcher {
     async fn read_engine(&mut self) -> Result<Option<WatchBatch>, WatchError> {
         let shared = self.shared.clone();
         let options = self.options.clone();
-        let from = self.delivered + 1;
-        let (page, applied, prevs) = tokio::task::spawn_blocking(move || {
+        let from = ChangeAt {
+            revision: self.delivered + 1,
+            index: self.within,
+        };
+        let (page, applied) = tokio::task::spawn_blocking(move || {
             let view = shared.db().snapshot();
             let compacted = history::compacted(&view)?;
-            if from < compacted {
+            if from.revision < compacted {
                 return Err(WatchError::Compacted(Compacted {
-                    requested: from,
+                    requested: from.revision,
                     compacted,
                 }));
             }
             let applied = crate::state_machine::applied_index(&view)?;
             let matches = |key: &[u8]| Self::matches(&options, key);
-            let page = history::scan_changes(&view, from, applied, &matches, options.batch_bytes)?;
-            let prevs = if options.prev_kv {
-                page.changes
-                    .iter()
-                    .map(|c| history::version_before(&view, c))
-                    .collect::<io::Result<Vec<_>>>()?
-            } else {
-                vec![None; page.changes.len()]
-            };
-            Ok((page, applied, prevs))
+            let mut scan = Scan::new(from, applied, &matches, options.batch_bytes);
+            scan.prev_kv = options.prev_kv;
+            Ok((history::scan_changes(&view, &scan)?, applied))
         })
         .await
         .map_err(|e| WatchError::Storage(io::Error::other(e)))??;
@@ -269,8 +357,11 @@ impl Watcher {
         // member has not applied yet) reads an empty page ending at its
         // applied index: the position must not move back to it, or the
         // revisions in between would come again from the feed.
-        self.delivered = self.delivered.max(page.through);
-        if !page.more && page.through >= applied {
+        if page.next > from {
+            self.delivered = page.through();
+            self.within = page.next.index;
+        }
+        if !page.more && page.through() >= applied && self.within == 0 {
             // Caught up with the state as it was read; the feed holds what
             // was applied since (the watcher subscribed before reading).
             self.catching_up = false;
@@ -279,6 +370,12 @@ impl Watcher {
             self.progress.fetch_max(self.delivered, Ordering::AcqRel);
             return Ok(None);
         }
+        let prevs = if page.prevs.is_empty() {
+            vec![None; page.changes.len()]
+        } else {
+            page.prevs
+        };
+        debug_assert_eq!(prevs.len(), page.changes.len());
         let events = page
             .changes
             .into_iter()
@@ -291,34 +388,44 @@ impl Watcher {
         }))
     }
 
-    /// Events of live changes, with their previous versions if asked for.
-    async fn with_prev(&self, changes: Vec<Change>) -> Result<Vec<WatchEvent>, WatchError> {
+    /// Events of live changes, with their previous versions if asked for;
+    /// `None` if those take the events past what a batch may hold.
+    async fn with_prev(&self, changes: Vec<Change>) -> Result<Option<Vec<WatchEvent>>, WatchError> {
         if !self.options.prev_kv || changes.is_empty() {
-            return Ok(changes
-                .into_iter()
-                .map(|change| WatchEvent { change, prev: None })
-                .collect());
+            return Ok(Some(
+                changes
+                    .into_iter()
+                    .map(|change| WatchEvent { change, prev: None })
+                    .collect(),
+            ));
         }
         let shared = self.shared.clone();
+        // As a page of the engine holds at most (see `Scan::budget`).
+        let limit = self.options.batch_bytes.saturating_mul(2);
         tokio::task::spawn_blocking(move || {
             let view = shared.db().snapshot();
             // The history these changes were read from may be compacted
             // since, and a purge may have removed their previous versions:
             // no previous version would then read as a create.
             let compacted = history::compacted(&view)?;
-            changes
-                .into_iter()
-                .map(|change| {
-                    if change.revision < compacted {
-                        return Err(WatchError::Compacted(Compacted {
-                            requested: change.revision,
-                            compacted,
-                        }));
-                    }
-                    let prev = history::version_before(&view, &change)?;
-                    Ok(WatchEvent { change, prev })
-                })
-                .collect::<Result<Vec<_>, WatchError>>()
+            let mut events = Vec::with_capacity(changes.len());
+            let mut bytes = 0;
+            for change in changes {
+                if change.revision < compacted {
+                    return Err(WatchError::Compacted(Compacted {
+                        requested: change.revision,
+                        compacted,
+                    }));
+                }
+                let prev = history::version_before(&view, &change)?;
+                let event = WatchEvent { change, prev };
+                bytes += event.size();
+                if bytes > limit {
+                    return Ok(None);
+                }
+                events.push(event);
+            }
+            Ok(Some(events))
         })
         .await
         .map_err(|e| WatchError::Storage(io::Error::other(e)))?

@@ -636,3 +636,100 @@ async fn a_run_too_large_for_the_live_feed_reaches_a_live_watch() {
     assert_eq!(seen, written);
     cluster.shutdown().await;
 }
+
+/// A range delete whose previous values are far larger than a batch:
+/// a watch that takes split revisions gets it in bounded parts, each
+/// change once, in order, with its previous value, from the live feed and
+/// from the engine alike; one that does not gets it whole, or is ended
+/// with `RevisionTooLarge` when it is larger than its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_larger_than_a_batch_goes_in_bounded_parts_or_whole() {
+    const KEYS: usize = 200;
+    const VALUE: usize = 8 << 10;
+    const BATCH: usize = 32 << 10;
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.leader().unwrap().clone();
+    let key = |n: usize| format!("r/{n:03}").into_bytes();
+    let value = |n: usize| vec![n as u8; VALUE];
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(50) {
+        let ops = chunk.iter().map(|&n| Op::put(key(n), value(n))).collect();
+        node.txn(Command::batch(ops)).await.unwrap();
+    }
+    let options = |from: u64, split: bool| {
+        let mut options = WatchOptions::range(b"r/".to_vec(), Some(b"r0".to_vec()), from);
+        options.prev_kv = true;
+        options.batch_bytes = BATCH;
+        options.split_revisions = split;
+        options
+    };
+    let live = node.watch(options(0, true)).unwrap();
+    let mut whole_live = node.watch(options(0, false)).unwrap();
+    let delete = Op::DeleteRange {
+        start: b"r/".to_vec(),
+        end: Some(b"r0".to_vec()),
+        prev_kv: false,
+    };
+    let deleted = node
+        .txn(Command::batch(vec![delete]))
+        .await
+        .unwrap()
+        .revision;
+    let from_engine = node.watch(options(deleted, true)).unwrap();
+    let mut small = options(deleted, false);
+    small.max_whole_revision_bytes = KEYS * VALUE / 2;
+    let mut too_small = node.watch(small).unwrap();
+
+    let check = |events: &[ferry_replication::WatchEvent]| {
+        assert_eq!(events.len(), KEYS);
+        for (n, event) in events.iter().enumerate() {
+            assert_eq!(event.change.revision, deleted);
+            assert_eq!(event.change.kind, ChangeKind::Delete);
+            assert_eq!(event.change.key, key(n));
+            let prev = event.prev.as_ref().expect("a previous value");
+            assert_eq!(prev.value, value(n), "{n}");
+        }
+    };
+    for mut watcher in [live, from_engine] {
+        let (mut events, mut parts) = (Vec::new(), 0);
+        loop {
+            let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+                .await
+                .expect("every part within 10 s")
+                .unwrap();
+            parts += 1;
+            let bytes: usize = batch
+                .events
+                .iter()
+                .map(|e| e.change.size() + VALUE + e.change.key.len())
+                .sum();
+            assert!(bytes <= 2 * BATCH + VALUE + 200, "a part of {bytes} bytes");
+            let complete = batch.complete();
+            assert_eq!(complete, batch.revision >= deleted);
+            events.extend(batch.events);
+            if complete {
+                break;
+            }
+        }
+        assert!(parts >= KEYS * VALUE / (2 * BATCH), "{parts} parts");
+        check(&events);
+    }
+
+    let batch = tokio::time::timeout(Duration::from_secs(10), whole_live.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(batch.complete());
+    assert_eq!(batch.revision, deleted);
+    check(&batch.events);
+
+    match tokio::time::timeout(Duration::from_secs(10), too_small.next())
+        .await
+        .unwrap()
+    {
+        Err(WatchError::RevisionTooLarge { revision, limit }) => {
+            assert_eq!((revision, limit), (deleted, KEYS * VALUE / 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.shutdown().await;
+}

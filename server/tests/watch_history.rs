@@ -159,3 +159,181 @@ async fn a_watch_refused_as_invalid_ends_with_the_refusal() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A revision far larger than a watch message (a transaction deleting
+/// thousands of keys, with their previous values) reaches an SDK watch in
+/// parts; the server is SIGKILLed while the watch is inside it, and the
+/// resumed watch skips the part it already has: each change once, in
+/// order, with its previous value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumed_inside_a_split_revision_repeats_and_skips_nothing() {
+    const KEYS: usize = 8000;
+    let value = |n: usize| format!("{n:05}").repeat(200).into_bytes();
+    let mut cluster =
+        ProcessCluster::start_with(1, |_| vec!["--max-txn-ops".into(), KEYS.to_string()]);
+    let client = connect(cluster.endpoints()).await;
+    let key = |n: usize| format!("big/{n:05}");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let txn = chunk.iter().fold(ferry_client::Txn::new(), |txn, &n| {
+            txn.then_put(key(n), value(n))
+        });
+        client.txn(txn).await.unwrap();
+    }
+    let from = client.put("before", "v").await.unwrap() + 1;
+    let deleted = client
+        .txn((0..KEYS).fold(ferry_client::Txn::new(), |txn, n| txn.then_delete(key(n))))
+        .await
+        .unwrap()
+        .revision;
+    let mut watch = client.watch(ferry_client::pb::WatchRequest {
+        prefix: b"big/".to_vec(),
+        start_revision: from,
+        prev_kv: true,
+        ..Default::default()
+    });
+    let mut seen = vec![next_event(&mut watch).await];
+    // The stream fills its buffers and stops reading; the revision is not
+    // complete, so the resume starts inside it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(watch.revision() < deleted, "the revision arrived whole");
+    cluster.sigkill(1);
+    cluster.spawn(1, false, &[]);
+    while seen.len() < KEYS {
+        seen.push(next_event(&mut watch).await);
+    }
+    for (n, event) in seen.iter().enumerate() {
+        let kv = event.kv.as_ref().unwrap();
+        assert_eq!(
+            (kv.key.as_slice(), kv.mod_revision),
+            (key(n).as_bytes(), deleted),
+            "event {n}"
+        );
+        assert_eq!(event.prev_kv.as_ref().unwrap().value, value(n), "event {n}");
+    }
+    // Nothing after it: the next event is a later write.
+    let after = client.put("big/after", "v").await.unwrap();
+    let event = next_event(&mut watch).await;
+    assert_eq!(event.kv.unwrap().mod_revision, after);
+}
+
+async fn next_event(watch: &mut WatchStream) -> ferry_client::Event {
+    tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("the next event within 30 s")
+        .expect("the watch ended")
+        .expect("the watch failed")
+}
+
+/// etcd's `fragment`: a revision far larger than a message goes to a watch
+/// that asked for it in parts, every part but the last marked `fragment`,
+/// with no other answer of the stream between them (etcd's clients join
+/// only consecutive parts); a watch on the same stream that did not ask
+/// gets the revision whole, in one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_watch_with_fragment_gets_a_large_revision_in_consecutive_parts() {
+    use ferry_server::etcd::pb::etcdserverpb::{
+        watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
+    };
+    use prost::Message;
+    const KEYS: usize = 2000;
+    let value = |n: usize| format!("{n:04}").repeat(256).into_bytes();
+    let key = |n: usize| format!("big/{n:04}");
+    let dir = tempfile::tempdir().unwrap();
+    let limits = ferry_server::config::Limits {
+        max_txn_ops: KEYS,
+        ..Default::default()
+    };
+    let (server, client) = common::single_node(dir.path(), limits).await;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let txn = chunk.iter().fold(ferry_client::Txn::new(), |txn, &n| {
+            txn.then_put(key(n), value(n))
+        });
+        client.txn(txn).await.unwrap();
+    }
+    let deleted = client
+        .txn((0..KEYS).fold(ferry_client::Txn::new(), |txn, n| txn.then_delete(key(n))))
+        .await
+        .unwrap()
+        .revision;
+
+    let create = |watch_id: i64, fragment: bool| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"big/".to_vec(),
+            range_end: b"big0".to_vec(),
+            start_revision: deleted as i64,
+            prev_kv: true,
+            fragment,
+            watch_id,
+            ..WatchCreateRequest::default()
+        })),
+    };
+    // Kept open: a stream whose client stops sending ends.
+    let requests = futures_util::stream::iter([create(1, true), create(2, false)])
+        .chain(futures_util::stream::pending());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.client_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
+    let mut answers = grpc
+        .streaming::<_, WatchRequest, WatchResponse, _>(
+            tonic::Request::new(requests),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut events: [Vec<_>; 3] = Default::default();
+    let mut parts = 0;
+    // The watch whose fragmented answer is under way.
+    let mut open = None;
+    while events[1].len() < KEYS || events[2].len() < KEYS {
+        let answer = tokio::time::timeout(Duration::from_secs(20), answers.message())
+            .await
+            .expect("an answer within 20 s")
+            .unwrap()
+            .expect("the stream goes on");
+        assert!(!answer.canceled, "{}", answer.cancel_reason);
+        if let Some(watch) = open {
+            assert_eq!(answer.watch_id, watch, "another answer between parts");
+        }
+        open = answer.fragment.then_some(answer.watch_id);
+        if answer.events.is_empty() {
+            continue;
+        }
+        assert_eq!(answer.header.unwrap().revision, deleted as i64);
+        match answer.watch_id {
+            1 => {
+                parts += 1;
+                assert!(
+                    answer.encoded_len() < 1 << 20,
+                    "{} bytes",
+                    answer.encoded_len()
+                );
+            }
+            2 => {
+                assert!(!answer.fragment);
+                assert_eq!(answer.events.len(), KEYS, "the revision whole");
+            }
+            other => panic!("watch {other}"),
+        }
+        events[answer.watch_id as usize].extend(answer.events);
+    }
+    assert!(parts >= 4, "{parts} parts");
+    assert_eq!(open, None, "the last part ends the answer");
+    for watch in [1, 2] {
+        assert_eq!(events[watch].len(), KEYS);
+        for (n, event) in events[watch].iter().enumerate() {
+            let kv = event.kv.as_ref().unwrap();
+            assert_eq!(kv.key, key(n).as_bytes(), "watch {watch}, event {n}");
+            assert_eq!(event.prev_kv.as_ref().unwrap().value, value(n));
+        }
+    }
+    drop(answers);
+    server.shutdown().await.unwrap();
+}

@@ -4,7 +4,7 @@ use super::{
     export_error, write_manifest, ExportReport, FORMAT_VERSION, META_EXPORT, META_FROM, META_TO,
     META_VERSION,
 };
-use crate::state_machine::history::{self, ChangeKind, Compacted};
+use crate::state_machine::history::{self, ChangeAt, ChangeKind, Compacted, Scan};
 use arrow_array::builder::{
     BinaryBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
@@ -117,9 +117,9 @@ pub fn export<S: PartSink>(
     let mut writer = PartWriter::new(schema(), options, metadata, sink).map_err(export_error)?;
     let mut rows = Rows::new();
     let mut total = ContentChecksum::new();
-    let mut next = from;
-    while next <= to {
-        let page = history::scan_changes(view, next, to, &|_| true, PAGE_BYTES)?;
+    let mut next = ChangeAt::revision(from);
+    while next.revision <= to {
+        let page = history::scan_changes(view, &Scan::new(next, to, &|_| true, PAGE_BYTES))?;
         for change in page.changes {
             let id = [
                 change.revision.to_be_bytes().as_slice(),
@@ -149,7 +149,7 @@ pub fn export<S: PartSink>(
             rows.flush(&mut writer)?;
         }
         progress(total.rows());
-        next = page.through + 1;
+        next = page.next;
         if !page.more {
             break;
         }

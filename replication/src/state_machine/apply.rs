@@ -1427,7 +1427,18 @@ fn sort_range(kvs: &mut [crate::types::KeyValue], order: RangeOrder) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_machine::history::{ChangeAt, ChangePage, Scan};
     use crate::types::RequestId;
+
+    /// Every change of revisions `from..=until` in one page.
+    fn scan_all(view: &ferry_engine::Snapshot, from: u64, until: u64) -> ChangePage {
+        let all = |_: &[u8]| true;
+        let mut scan = Scan::new(ChangeAt::revision(from), until, &all, usize::MAX);
+        scan.look_at = usize::MAX;
+        let page = history::scan_changes(view, &scan).unwrap();
+        assert!(!page.more);
+        page
+    }
 
     fn log_id(index: u64) -> LogId {
         let leader = openraft::impls::leader_id_adv::LeaderId {
@@ -1885,7 +1896,7 @@ mod tests {
         }
         assert_eq!(user_keys(&db), 1, "only the detached key is left");
         // Each key deleted once, at the revoke's revision or a drain's.
-        let page = history::scan_changes(&db.snapshot(), 3, index, &|_| true, usize::MAX).unwrap();
+        let page = scan_all(&db.snapshot(), 3, index);
         let deletes: BTreeSet<_> = page
             .changes
             .iter()
@@ -1973,7 +1984,7 @@ mod tests {
         );
         assert_eq!(db.prefix([keys::USER_PREFIX]).count(), 0);
         // Every deleted key is a change of its own, in order.
-        let page = history::scan_changes(&db.snapshot(), 2, 3, &|_| true, usize::MAX).unwrap();
+        let page = scan_all(&db.snapshot(), 2, 3);
         let kinds: Vec<_> = page
             .changes
             .iter()
@@ -2507,7 +2518,7 @@ mod tests {
         apply(&db, &[purge(8), purge(9), purge(10), purge(11)]);
         assert!(cursor(&db).is_none(), "{:?}", cursor(&db));
         let view = db.snapshot();
-        let page = history::scan_changes(&view, 5, 6, &|_| true, usize::MAX).unwrap();
+        let page = scan_all(&view, 5, 6);
         assert_eq!(page.changes.len(), 40);
         for change in &page.changes {
             let before = history::version_before(&view, change).unwrap();
@@ -2648,16 +2659,18 @@ mod tests {
         let wanted = |key: &[u8]| key == b"wanted";
         let (mut from, mut pages) = (1, 0);
         let found = loop {
-            let page =
-                history::scan_changes_looking_at(&view, from, 51, &wanted, usize::MAX, 10).unwrap();
+            let mut scan = Scan::new(ChangeAt::revision(from), 51, &wanted, usize::MAX);
+            scan.look_at = 10;
+            let page = history::scan_changes(&view, &scan).unwrap();
             pages += 1;
-            assert!(page.through >= from, "a page moves on");
+            assert!(page.through() >= from, "a page moves on");
             if !page.changes.is_empty() {
                 assert!(!page.more);
                 break page.changes;
             }
             assert!(page.more, "an empty page before the end says there is more");
-            from = page.through + 1;
+            assert_eq!(page.next.index, 0, "one change per revision: never split");
+            from = page.next.revision;
         };
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].revision, 51);

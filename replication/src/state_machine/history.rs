@@ -464,80 +464,144 @@ pub(crate) fn range_at(
     }
 }
 
+/// A place in the change log: the change `index` of `revision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangeAt {
+    pub revision: u64,
+    pub index: u32,
+}
+
+impl ChangeAt {
+    /// The first change of `revision`.
+    pub fn revision(revision: u64) -> ChangeAt {
+        ChangeAt { revision, index: 0 }
+    }
+}
+
 /// A page of the change log.
 pub struct ChangePage {
-    /// The matching changes, in revision order, whole revisions only.
+    /// The matching changes, in revision order.
     pub changes: Vec<Change>,
-    /// Every change up to this revision has been looked at.
-    pub through: u64,
+    /// With `prev_kv`: each change's previous version (see
+    /// [`version_before`]), in step with `changes`; else empty.
+    pub prevs: Vec<Option<KeyValue>>,
+    /// Where the next page starts. Every change before it has been looked
+    /// at, so every revision before `next.revision` is complete; a page
+    /// that stopped inside a revision has `next.index > 0`.
+    pub next: ChangeAt,
     /// Whether the scan stopped at its budget before `until`.
     pub more: bool,
 }
 
-/// Change log entries one page looks at, at most (plus the rest of the
-/// revision it stops in), matching or not: a watch on a key rarely
-/// written, far behind, would otherwise read the whole history in one
-/// call, longer than a progress interval, and begin again after it.
-pub(crate) const SCAN_ENTRIES: usize = 65_536;
-
-/// Changes from revision `from` through `until` whose key `matches`, up
-/// to about `budget` bytes of them and [`SCAN_ENTRIES`] looked at; a
-/// revision is never split across pages.
-pub(crate) fn scan_changes(
-    view: &Snapshot,
-    from: u64,
-    until: u64,
-    matches: &dyn Fn(&[u8]) -> bool,
-    budget: usize,
-) -> io::Result<ChangePage> {
-    scan_changes_looking_at(view, from, until, matches, budget, SCAN_ENTRIES)
+impl ChangePage {
+    /// Every change up to this revision has been looked at.
+    pub fn through(&self) -> u64 {
+        self.next.revision - 1
+    }
 }
 
-/// [`scan_changes`], looking at `look_at` entries at most.
-pub(crate) fn scan_changes_looking_at(
-    view: &Snapshot,
-    from: u64,
-    until: u64,
-    matches: &dyn Fn(&[u8]) -> bool,
-    budget: usize,
-    look_at: usize,
-) -> io::Result<ChangePage> {
+/// Change log entries one page looks at, at most, matching or not: a watch
+/// on a key rarely written, far behind, would otherwise read the whole
+/// history in one call, longer than a progress interval, and begin again
+/// after it.
+pub(crate) const SCAN_ENTRIES: usize = 65_536;
+
+/// What one page of the change log reads.
+pub(crate) struct Scan<'a> {
+    /// Where to start; a page that starts inside a revision ends at its
+    /// end (or splits it again).
+    pub from: ChangeAt,
+    /// The last revision to read.
+    pub until: u64,
+    pub matches: &'a dyn Fn(&[u8]) -> bool,
+    /// Bytes of changes ([`Change::size`]) and previous versions a page
+    /// holds before it ends at the next revision. A revision is split
+    /// across pages only where it alone would take a page past twice
+    /// this, so a page holds at most about twice the budget and a
+    /// revision smaller than the budget is never split.
+    pub budget: usize,
+    /// Entries looked at before a page ends (at most twice this inside
+    /// one revision), as the budget.
+    pub look_at: usize,
+    /// Read each matching change's previous version, counted in the
+    /// budget: a range delete's previous values may be far larger than
+    /// its changes.
+    pub prev_kv: bool,
+}
+
+impl<'a> Scan<'a> {
+    /// The changes from `from` through revision `until` whose key
+    /// `matches`, about `budget` bytes of them.
+    pub(crate) fn new(
+        from: ChangeAt,
+        until: u64,
+        matches: &'a dyn Fn(&[u8]) -> bool,
+        budget: usize,
+    ) -> Self {
+        Scan {
+            from,
+            until,
+            matches,
+            budget,
+            look_at: SCAN_ENTRIES,
+            prev_kv: false,
+        }
+    }
+}
+
+/// One page of the change log: see [`Scan`].
+pub(crate) fn scan_changes(view: &Snapshot, scan: &Scan) -> io::Result<ChangePage> {
     let mut page = ChangePage {
         changes: Vec::new(),
-        through: from.saturating_sub(1),
+        prevs: Vec::new(),
+        next: scan.from,
         more: false,
     };
-    if until < from {
-        page.through = until;
+    if scan.until < scan.from.revision {
+        page.next = ChangeAt::revision(scan.until.saturating_add(1));
         return Ok(page);
     }
-    let (mut bytes, mut looked) = (0, 0);
-    let end = change_key(until.saturating_add(1), 0);
-    let mut current = None;
-    for item in view.range(change_key(from, 0)..end) {
+    let (mut bytes, mut looked) = (0usize, 0usize);
+    let (split_bytes, split_looked) = (
+        scan.budget.saturating_mul(2),
+        scan.look_at.saturating_mul(2),
+    );
+    let start = change_key(scan.from.revision, scan.from.index);
+    let end = change_key(scan.until.saturating_add(1), 0);
+    for item in view.range(start..end) {
         let (key, value) = item.map_err(engine)?;
         let (revision, index) =
             parse_change_key(&key).ok_or_else(|| corrupt("change key", &key))?;
-        looked += 1;
-        if current != Some(revision) {
-            // A new revision: everything before it is looked at.
-            if bytes >= budget || looked > look_at {
-                page.more = true;
-                page.through = revision - 1;
-                return Ok(page);
-            }
-            current = Some(revision);
+        let at = ChangeAt { revision, index };
+        // Everything before `at` is looked at: the page may end here. One
+        // that began inside a revision ends with it, so that the parts of
+        // a split revision hold that revision alone after the first.
+        let full = if index == 0 {
+            bytes >= scan.budget || looked >= scan.look_at || scan.from.index > 0
+        } else {
+            bytes >= split_bytes || looked >= split_looked
+        };
+        if full && at > scan.from {
+            page.more = true;
+            page.next = at;
+            return Ok(page);
         }
+        looked += 1;
         let user_key = Change::peek_key(&value).ok_or_else(|| corrupt("change", &key))?;
-        if !matches(user_key) {
+        if !(scan.matches)(user_key) {
             continue;
         }
         let change =
             Change::decode(revision, index, &value).ok_or_else(|| corrupt("change", &key))?;
         bytes += change.size();
+        if scan.prev_kv {
+            let prev = version_before(view, &change)?;
+            bytes += prev.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len());
+            page.prevs.push(prev);
+        }
         page.changes.push(change);
     }
-    page.through = until;
+    page.next = ChangeAt::revision(scan.until.saturating_add(1));
     Ok(page)
 }
 

@@ -222,8 +222,10 @@ impl Election for ElectionService {
                     }
                 }
                 // Then wait for any change under the prefix.
-                let options =
+                let mut options =
                     WatchOptions::range(prefix.clone(), prefix_end(&prefix), revision + 1);
+                // Any part of a revision says that something changed.
+                options.split_revisions = true;
                 let mut watcher = match context.node.watch(options) {
                     Ok(watcher) => watcher,
                     Err(error) => {

@@ -95,7 +95,9 @@ pub async fn queue(etcd: &Etcd, prefix: &[u8]) -> Result<(Vec<KeyValue>, u64), S
 
 /// Waits, from `after` on, until `key` is deleted (or was already).
 async fn deleted(context: &Context, key: &[u8], after: u64) -> Result<(), Status> {
-    let options = WatchOptions::range(key.to_vec(), Some([key, &[0]].concat()), after + 1);
+    let mut options = WatchOptions::range(key.to_vec(), Some([key, &[0]].concat()), after + 1);
+    // Any part of a revision tells whether the key was deleted.
+    options.split_revisions = true;
     let mut watcher = context.node.watch(options).map_err(watch_status)?;
     loop {
         let batch = tokio::select! {
@@ -117,6 +119,9 @@ fn watch_status(error: WatchError) -> Status {
         WatchError::Compacted(_) => Status::out_of_range(message::COMPACTED),
         WatchError::Closed => Status::unavailable("the member is stopping"),
         WatchError::Storage(e) => Status::internal(format!("watch: {e}")),
+        error @ WatchError::RevisionTooLarge { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
     }
 }
 

@@ -3,11 +3,20 @@
 //! Ferry's own watch (`crate::service::watch`).
 //!
 //! Memory per stream is bounded: each watch holds one batch of changes
-//! (about 256 KiB, or one larger revision), and all of a stream's watches
-//! share a few buffered messages towards the client. A client that reads
-//! slowly makes its watches fall behind, never grow; they read the history
-//! from the engine when it catches up. Because a message is at most one
-//! batch, etcd's `fragment` is never needed and is accepted as a no-op.
+//! (about 256 KiB), and all of a stream's watches share a few buffered
+//! messages towards the client. A client that reads slowly makes its
+//! watches fall behind, never grow; they read the history from the engine
+//! when it catches up.
+//!
+//! A revision much larger than a batch (a range delete or a lease revoke
+//! with `prev_kv`, a large transaction) goes in parts to a watch created
+//! with `fragment`: messages marked `fragment` but the last, which etcd's
+//! clients join into one answer. They join only parts that no other
+//! answer of the stream comes between, so a watch sending parts holds the
+//! stream's [`Outbox`] until its last. Without `fragment`, a revision goes
+//! whole in one message, as etcd sends it, up to 64 MiB
+//! (`MAX_WHOLE_REVISION_BYTES`); a larger one cancels the watch with a
+//! reason that names `fragment`.
 
 use super::pb::{etcdserverpb as rpc, mvccpb};
 use super::{key_range, key_value, message, to_i64, to_u64, Etcd};
@@ -20,7 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -48,6 +57,36 @@ pub struct WatchService {
 
 type Answer = Result<rpc::WatchResponse, Status>;
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Answer> + Send>>;
+
+/// A stream's way to its client, shared by its watches: one answer at a
+/// time, or one watch's parts of a fragmented answer together.
+#[derive(Clone)]
+struct Outbox {
+    sender: mpsc::Sender<Answer>,
+    turn: Arc<Mutex<()>>,
+}
+
+impl Outbox {
+    fn new(sender: mpsc::Sender<Answer>) -> Self {
+        Outbox {
+            sender,
+            turn: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Sends one answer, after any fragmented answer under way; false if
+    /// the client or the server is gone.
+    async fn send(&self, etcd: &Etcd, answer: Answer) -> bool {
+        let _turn = self.turn.lock().await;
+        etcd.context.send(&self.sender, answer).await
+    }
+
+    /// The outbox to oneself until the guard is dropped: for the parts of
+    /// a fragmented answer.
+    async fn hold(&self) -> OwnedMutexGuard<()> {
+        self.turn.clone().lock_owned().await
+    }
+}
 
 /// One open watch of a stream.
 struct Open {
@@ -82,6 +121,7 @@ impl WatchService {
             to_u64(request.start_revision, "start_revision")?,
         );
         options.prev_kv = request.prev_kv;
+        options.split_revisions = request.fragment;
         let mut no_put = false;
         let mut no_delete = false;
         for filter in &request.filters {
@@ -109,14 +149,14 @@ impl WatchService {
 struct Stream {
     etcd: Etcd,
     credential: Credential,
-    answers: mpsc::Sender<Answer>,
+    answers: Outbox,
     watches: HashMap<i64, Open>,
     next_id: i64,
 }
 
 impl Stream {
     async fn send(&self, answer: Answer) -> bool {
-        self.etcd.context.send(&self.answers, answer).await
+        self.answers.send(&self.etcd, answer).await
     }
 
     fn answer(&self, watch_id: i64, revision: u64) -> rpc::WatchResponse {
@@ -251,7 +291,7 @@ impl WatchService {
 struct Pump {
     etcd: Etcd,
     credential: Credential,
-    answers: mpsc::Sender<Answer>,
+    answers: Outbox,
     id: i64,
     create: Create,
     revision: Arc<AtomicU64>,
@@ -270,12 +310,15 @@ async fn pump(
     let mut checked = tokio::time::Instant::now();
     let stopped = context.stopped();
     tokio::pin!(stopped);
+    // Held while this watch sends the parts of a fragmented answer.
+    let mut parts: Option<OwnedMutexGuard<()>> = None;
     loop {
         let next = tokio::select! {
             next = watcher.next() => Some(next),
-            () = tokio::time::sleep(pump.progress_interval), if pump.create.progress_notify => None,
+            () = tokio::time::sleep(pump.progress_interval),
+                if pump.create.progress_notify && parts.is_none() => None,
             () = &mut stopped => return,
-            () = pump.answers.closed() => return,
+            () = pump.answers.sender.closed() => return,
         };
         let mut answer = rpc::WatchResponse {
             watch_id: pump.id,
@@ -286,7 +329,12 @@ async fn pump(
             None => answer.header = pump.etcd.header(watcher.revision()),
             Some(Ok(batch)) => {
                 sent = batch.revision;
-                answer.header = pump.etcd.header(batch.revision);
+                // A part names the revision it ends in, which the rest of
+                // the answer completes (as etcd's header, at or above its
+                // events).
+                let last = batch.events.last().map_or(0, |e| e.change.revision);
+                answer.header = pump.etcd.header(batch.revision.max(last));
+                answer.fragment = !batch.complete();
                 answer.events = batch
                     .events
                     .into_iter()
@@ -296,10 +344,13 @@ async fn pump(
                     })
                     .map(event)
                     .collect();
-                // A batch whose changes were all filtered out says nothing
-                // the client asked for.
-                if answer.events.is_empty() {
-                    pump.revision.fetch_max(sent, Ordering::AcqRel);
+                // A part whose changes were all filtered out says nothing
+                // the client asked for; the last part of an answer whose
+                // first parts went out still ends it.
+                if answer.events.is_empty() && (parts.is_none() || answer.fragment) {
+                    if !answer.fragment {
+                        pump.revision.fetch_max(sent, Ordering::AcqRel);
+                    }
                     continue;
                 }
             }
@@ -308,14 +359,14 @@ async fn pump(
                 answer.canceled = true;
                 answer.compact_revision = to_i64(c.compacted);
                 answer.cancel_reason = message::COMPACTED.into();
-                let _ = context.send(&pump.answers, Ok(answer)).await;
+                send(&pump, &mut parts, answer).await;
                 return;
             }
             Some(Err(error)) => {
                 answer.header = pump.etcd.header(watcher.revision());
                 answer.canceled = true;
                 answer.cancel_reason = error.to_string();
-                let _ = context.send(&pump.answers, Ok(answer)).await;
+                send(&pump, &mut parts, answer).await;
                 return;
             }
         }
@@ -331,17 +382,44 @@ async fn pump(
                 .check_continuing(&pump.credential, &pump.create.access);
             if let Err(status) = still {
                 answer.events.clear();
+                answer.fragment = false;
                 answer.canceled = true;
                 answer.cancel_reason = super::gate_status(status).message().to_owned();
-                let _ = context.send(&pump.answers, Ok(answer)).await;
+                send(&pump, &mut parts, answer).await;
                 return;
             }
         }
-        if !context.send(&pump.answers, Ok(answer)).await {
+        let more = answer.fragment;
+        if more && parts.is_none() {
+            parts = Some(pump.answers.hold().await);
+        }
+        if !send(&pump, &mut parts, answer).await {
             return;
         }
-        // Only now: a progress answer must not overtake these events.
-        pump.revision.fetch_max(sent, Ordering::AcqRel);
+        if !more {
+            // The answer is whole: other answers may go out again, and
+            // only now may a progress answer report it.
+            parts = None;
+            pump.revision.fetch_max(sent, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Sends one of a watch's answers: at once while it holds the outbox for
+/// the parts of a fragmented answer, else in its turn.
+async fn send(
+    pump: &Pump,
+    parts: &mut Option<OwnedMutexGuard<()>>,
+    answer: rpc::WatchResponse,
+) -> bool {
+    match parts {
+        Some(_) => {
+            pump.etcd
+                .context
+                .send(&pump.answers.sender, Ok(answer))
+                .await
+        }
+        None => pump.answers.send(&pump.etcd, Ok(answer)).await,
     }
 }
 
@@ -384,7 +462,8 @@ impl rpc::watch_server::Watch for WatchService {
             .check(&credential, &Access::Any)
             .map_err(super::gate_status)?;
         let mut requests = request.into_inner();
-        let (answers, receiver) = mpsc::channel(BUFFERED_MESSAGES);
+        let (sender, receiver) = mpsc::channel(BUFFERED_MESSAGES);
+        let answers = Outbox::new(sender);
         let service = WatchService {
             etcd: self.etcd.clone(),
             watches: self.watches.clone(),
@@ -402,7 +481,7 @@ impl rpc::watch_server::Watch for WatchService {
                 let next = tokio::select! {
                     next = requests.next() => next,
                     () = service.etcd.context.stopped() => None,
-                    () = stream.answers.closed() => None,
+                    () = stream.answers.sender.closed() => None,
                 };
                 let Some(Ok(request)) = next else { break };
                 use rpc::watch_request::RequestUnion as U;

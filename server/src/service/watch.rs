@@ -2,8 +2,10 @@
 //! on, in order, each once, from this member's history (see
 //! `ferry_replication::watch`).
 //!
-//! Memory per watch is bounded: one batch of changes (about 256 KiB, or
-//! one larger revision) plus a few messages buffered towards the client.
+//! Memory per watch is bounded: one batch of changes (about 256 KiB; a
+//! larger revision whole up to 64 MiB, or in parts for a client that
+//! asks with `split_revisions`) plus a few messages buffered towards the
+//! client.
 //! A client that reads slowly makes its watch fall behind, never grow; the
 //! watch then reads the history from the engine when the client catches
 //! up, and ends with OUT_OF_RANGE only if that history was compacted
@@ -54,6 +56,9 @@ fn watch_status(error: WatchError) -> Status {
         WatchError::Compacted(c) => ferry_client::compacted_status(c.requested, c.compacted),
         WatchError::Closed => Status::unavailable("the member is stopping"),
         WatchError::Storage(e) => Status::internal(format!("watch: {e}")),
+        error @ WatchError::RevisionTooLarge { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
     }
 }
 
@@ -75,6 +80,7 @@ impl WatchService {
         };
         let mut options = WatchOptions::range(start, end, request.start_revision);
         options.prev_kv = request.prev_kv;
+        options.split_revisions = request.split_revisions;
         Ok(options)
     }
 }
