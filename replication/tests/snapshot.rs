@@ -320,3 +320,43 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
     );
     cluster.shutdown().await;
 }
+
+/// A follower whose checks and install after the last chunk take longer
+/// than the leader's idle timeout (a large snapshot read back) keeps the
+/// leader waiting with progress replies: the first attempt installs, and
+/// nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_install_keeps_the_leader_waiting_instead_of_sending_again() {
+    let idle = Duration::from_millis(400);
+    let mut cluster =
+        common::Cluster::start_configured(3, snapshotting_raft(), Default::default(), |cluster| {
+            cluster.transfer.idle_timeout = idle
+        })
+        .await;
+    let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
+    load(&cluster, 1000, 1).await;
+    snapshot_and_purge(&cluster).await;
+    cluster.transfer.pause_before_install = idle * 5;
+    cluster.start_node(4).await;
+    let leader = cluster.nodes[&leader_id].clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        leader.add_learner(4, cluster.addrs[&4].clone(), true),
+    )
+    .await
+    .expect("the learner caught up within 60 s")
+    .unwrap();
+    let stats = leader.transfer_stats();
+    assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.transfers.load(Ordering::Relaxed), 1);
+    let snapshot_bytes = snapshot_bytes(&leader).await;
+    let received = cluster.nodes[&4]
+        .transfer_stats()
+        .bytes_received
+        .load(Ordering::Relaxed);
+    assert!(
+        received <= snapshot_bytes,
+        "received {received} bytes of a {snapshot_bytes}-byte snapshot"
+    );
+    cluster.shutdown().await;
+}

@@ -56,6 +56,7 @@ pub struct Metrics {
     lag_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     snapshot_sent: Gauge,
     snapshot_received: Gauge,
+    snapshot_failed_attempts: Gauge,
     log_received: Gauge,
     log_fsyncs: Gauge,
     log_fsync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -106,6 +107,7 @@ impl Metrics {
             lag_seconds: Family::default(),
             snapshot_sent: Gauge::default(),
             snapshot_received: Gauge::default(),
+            snapshot_failed_attempts: Gauge::default(),
             log_received: Gauge::default(),
             log_fsyncs: Gauge::default(),
             log_fsync_seconds: Gauge::default(),
@@ -178,6 +180,11 @@ impl Metrics {
             "snapshot_received_bytes",
             "Snapshot bytes received from a leader",
             metrics.snapshot_received.clone(),
+        );
+        registry.register(
+            "snapshot_failed_attempts",
+            "Snapshot transfers to a follower that failed and are tried again",
+            metrics.snapshot_failed_attempts.clone(),
         );
         registry.register(
             "log_received_bytes",
@@ -334,6 +341,8 @@ impl Metrics {
             .set(transfers.bytes_sent.load(Ordering::Relaxed) as i64);
         self.snapshot_received
             .set(transfers.bytes_received.load(Ordering::Relaxed) as i64);
+        self.snapshot_failed_attempts
+            .set(transfers.failed_attempts.load(Ordering::Relaxed) as i64);
         self.log_received
             .set(transfers.log_bytes_received.load(Ordering::Relaxed) as i64);
         let log = node.log_stats();

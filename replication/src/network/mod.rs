@@ -30,6 +30,10 @@ pub struct TransferStats {
     pub bytes_reused: AtomicU64,
     /// Transfers completed (sender side).
     pub transfers: AtomicU64,
+    /// Transfer attempts that failed (sender side): the follower refused
+    /// or failed, stopped answering, or could not be reached. openraft
+    /// tries again; the next attempt resumes what the follower staged.
+    pub failed_attempts: AtomicU64,
     /// Differential installs that failed their state-hash check.
     pub hash_mismatches: AtomicU64,
     /// Bytes of append-entries messages (log entries and heartbeats)

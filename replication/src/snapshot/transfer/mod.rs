@@ -24,6 +24,9 @@
 //! - Memory is bounded: one chunk in hand per side plus a channel of four.
 //! - There is no deadline for the whole transfer, only an idle timeout per
 //!   reply, and an optional bandwidth limit shared by all transfers of a node.
+//!   After `Done` the follower sends `Progress` every quarter of the idle
+//!   timeout while it checks and installs, which for a large snapshot takes
+//!   longer than the timeout.
 //!
 //! The leader's side is [`send`], the follower's [`receive`]; what a
 //! follower already holds is decided in `plan`.
@@ -57,6 +60,10 @@ pub struct TransferOptions {
     /// hash, to exercise the fall-back to a full transfer.
     #[doc(hidden)]
     pub corrupt_next_state_hash: Arc<std::sync::atomic::AtomicBool>,
+    /// Test hook: a receiver waits this long after `Done` before its
+    /// checks and install, as one reading back a large snapshot does.
+    #[doc(hidden)]
+    pub pause_before_install: Duration,
 }
 
 impl Default for TransferOptions {
@@ -67,6 +74,7 @@ impl Default for TransferOptions {
             max_bytes_per_sec: 0,
             sync_every_bytes: 8 << 20,
             corrupt_next_state_hash: Default::default(),
+            pause_before_install: Duration::ZERO,
         }
     }
 }

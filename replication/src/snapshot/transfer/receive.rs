@@ -265,103 +265,143 @@ async fn receive_inner(
             Frame::Offer(_) => return Err(failed("unexpected second offer", false)),
         }
     };
-    if let Some((_, mut handle)) = open.take() {
-        handle.sync().map_err(|e| failed(e, false))?;
-    }
+    let received: u64 = written.iter().sum();
+    let pause = context.options.pause_before_install;
+    let finish = async move {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        if let Some((_, mut handle)) = open.take() {
+            handle.sync().map_err(|e| failed(e, false))?;
+        }
 
-    // Every file must be exactly what the leader offered.
-    {
-        let (fs, staging) = (fs.clone(), staging.clone());
-        let files = offer.files.clone();
-        // A file linked from this member's own snapshot that fails (bit
-        // rot there) would be linked again by the next plan: ask for
-        // everything instead.
-        blocking(move || verify_files(&*fs, &staging, &files))
-            .await
-            .map_err(|e| failed(e, reused_local))?;
-    }
-    if reused_local {
-        let expected = state_hash
-            .ok_or_else(|| failed("a differential transfer needs the state hash", true))?;
-        let (dir, hash_fs) = (staging.clone(), fs.clone());
-        let actual = match blocking(move || state_hash_of_checkpoint(&hash_fs, &dir)).await {
-            Ok(hash) => hash,
-            Err(error) => {
+        // Every file must be exactly what the leader offered.
+        {
+            let (fs, staging) = (fs.clone(), staging.clone());
+            let files = offer.files.clone();
+            // A file linked from this member's own snapshot that fails (bit
+            // rot there) would be linked again by the next plan: ask for
+            // everything instead.
+            blocking(move || verify_files(&*fs, &staging, &files))
+                .await
+                .map_err(|e| failed(e, reused_local))?;
+        }
+        if reused_local {
+            let expected = state_hash
+                .ok_or_else(|| failed("a differential transfer needs the state hash", true))?;
+            let (dir, hash_fs) = (staging.clone(), fs.clone());
+            let actual = match blocking(move || state_hash_of_checkpoint(&hash_fs, &dir)).await {
+                Ok(hash) => hash,
+                Err(error) => {
+                    let _ = fs.remove_dir_all(&staging);
+                    return Err(failed(
+                        format!("assembled snapshot unreadable: {error}"),
+                        true,
+                    ));
+                }
+            };
+            if actual != expected {
+                TransferStats::add(&context.stats.hash_mismatches, 1);
                 let _ = fs.remove_dir_all(&staging);
+                tracing::error!(
+                    expected,
+                    actual,
+                    "assembled snapshot state differs from the leader's; asking for a full transfer"
+                );
                 return Err(failed(
-                    format!("assembled snapshot unreadable: {error}"),
+                    format!("state hash {actual:016x} differs from the leader's {expected:016x}"),
                     true,
                 ));
             }
-        };
-        if actual != expected {
-            TransferStats::add(&context.stats.hash_mismatches, 1);
-            let _ = fs.remove_dir_all(&staging);
-            tracing::error!(
-                expected,
-                actual,
-                "assembled snapshot state differs from the leader's; asking for a full transfer"
-            );
-            return Err(failed(
-                format!("state hash {actual:016x} differs from the leader's {expected:016x}"),
-                true,
-            ));
         }
-    }
-    // Not part of the snapshot.
-    let _ = fs.remove_file(&staging.join(super::plan::REUSED_LOCAL));
-    // The state must be the one the meta names: openraft installs by the
-    // meta (and, refused, the node could not even restart: the sealed
-    // snapshot would be its newest).
-    {
-        let (check_fs, dir) = (fs.clone(), staging.clone());
-        let point = blocking(move || {
-            crate::snapshot::read_checkpoint(&check_fs, &dir, crate::state_machine::read_point)
-        })
-        .await
-        .map_err(|e| failed(format!("received snapshot unreadable: {e}"), false))?;
-        if point.0 != meta.last_log_id || point.1 != meta.last_membership {
-            let _ = fs.remove_dir_all(&staging);
-            return Err(failed(
-                format!(
-                    "the snapshot's state was applied to {:?} with membership {:?}, \
-                     its meta says {:?} and {:?}",
-                    point.0, point.1, meta.last_log_id, meta.last_membership
-                ),
-                false,
-            ));
-        }
-    }
-    // Kept only if checked here: a later transfer from this node trusts it.
-    let state_hash = if reused_local { state_hash } else { None };
-    let handle = {
-        let sm = context.sm.clone();
-        let staging = staging.clone();
-        let meta = meta.clone();
-        blocking(move || sm.snapshots().seal(&staging, meta, state_hash))
+        // Not part of the snapshot.
+        let _ = fs.remove_file(&staging.join(super::plan::REUSED_LOCAL));
+        // The state must be the one the meta names: openraft installs by the
+        // meta (and, refused, the node could not even restart: the sealed
+        // snapshot would be its newest).
+        {
+            let (check_fs, dir) = (fs.clone(), staging.clone());
+            let point = blocking(move || {
+                crate::snapshot::read_checkpoint(&check_fs, &dir, crate::state_machine::read_point)
+            })
             .await
-            .map_err(|e| failed(e, false))?
+            .map_err(|e| failed(format!("received snapshot unreadable: {e}"), false))?;
+            if point.0 != meta.last_log_id || point.1 != meta.last_membership {
+                let _ = fs.remove_dir_all(&staging);
+                return Err(failed(
+                    format!(
+                        "the snapshot's state was applied to {:?} with membership {:?}, \
+                         its meta says {:?} and {:?}",
+                        point.0, point.1, meta.last_log_id, meta.last_membership
+                    ),
+                    false,
+                ));
+            }
+        }
+        // Kept only if checked here: a later transfer from this node trusts it.
+        let state_hash = if reused_local { state_hash } else { None };
+        let handle = {
+            let sm = context.sm.clone();
+            let staging = staging.clone();
+            let meta = meta.clone();
+            blocking(move || sm.snapshots().seal(&staging, meta, state_hash))
+                .await
+                .map_err(|e| failed(e, false))?
+        };
+        let response = context
+            .raft
+            .install_full_snapshot(
+                vote,
+                SnapshotOf::<TypeConfig, SnapshotHandle> {
+                    meta,
+                    snapshot: handle,
+                },
+            )
+            .await
+            .map_err(|fatal| failed(fatal, false))?;
+        // Older staging directories only served as sources of reusable files.
+        if let Ok(names) = fs.list(&incoming) {
+            for name in names {
+                let _ = fs.remove_dir_all(&incoming.join(name));
+            }
+        }
+        Ok::<Reply, Reply>(Reply::Installed(pb::Installed {
+            response: postcard::to_stdvec(&response).map_err(|e| failed(e, false))?,
+        }))
     };
-    let response = context
-        .raft
-        .install_full_snapshot(
-            vote,
-            SnapshotOf::<TypeConfig, SnapshotHandle> {
-                meta,
-                snapshot: handle,
-            },
-        )
-        .await
-        .map_err(|fatal| failed(fatal, false))?;
-    // Older staging directories only served as sources of reusable files.
-    if let Ok(names) = fs.list(&incoming) {
-        for name in names {
-            let _ = fs.remove_dir_all(&incoming.join(name));
+    keep_alive(finish, replies, received, idle).await
+}
+
+/// Runs `work`, the checks and the install after `Done`, while telling the
+/// leader every quarter of its idle timeout that this side still works:
+/// reading back and installing a large snapshot takes far longer than the
+/// leader waits for a reply, and a leader that gave up would send it all
+/// again. A leader gone meanwhile does not stop the install.
+async fn keep_alive<T>(
+    work: impl std::future::Future<Output = T>,
+    replies: &mpsc::Sender<Result<SnapshotReply, Status>>,
+    received: u64,
+    idle: Duration,
+) -> T {
+    tokio::pin!(work);
+    let every = (idle / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick(), if !replies.is_closed() => {
+                let alive = SnapshotReply {
+                    reply: Some(Reply::Progress(pb::Progress {
+                        received_bytes: received,
+                    })),
+                };
+                // Not awaited: a full channel holds replies the leader has
+                // yet to read, each as good as this one.
+                let _ = replies.try_send(Ok(alive));
+            }
         }
     }
-    Ok(Reply::Installed(pb::Installed {
-        response: postcard::to_stdvec(&response).map_err(|e| failed(e, false))?,
-    }))
 }
 
 /// Checks at `Done` that every offered file arrived whole and intact.

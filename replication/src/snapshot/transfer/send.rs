@@ -62,7 +62,12 @@ pub(crate) async fn send(
             limiter,
             stats,
         )
-        .await?;
+        .await
+        .inspect_err(|error| {
+            if !matches!(error, StreamingError::Closed(_)) {
+                TransferStats::add(&stats.failed_attempts, 1);
+            }
+        })?;
         match attempt {
             Attempt::Installed(response) => {
                 TransferStats::add(&stats.transfers, 1);
