@@ -195,13 +195,21 @@ async fn observe(
         // Apply every event of a revision before comparing leaders, so a
         // revision that replaces the leader reports only the result: the
         // leader is compared when the next event is of a later revision,
-        // or when no further event has arrived yet.
-        let event = if pending {
+        // or when no further event has arrived yet and the watch knows the
+        // revision complete (a large one comes in parts).
+        let event = if !pending {
+            watch.next().await
+        } else if watch.revision() >= at {
             tokio::time::timeout(std::time::Duration::ZERO, watch.next())
                 .await
                 .unwrap_or_default()
         } else {
-            watch.next().await
+            match tokio::time::timeout(std::time::Duration::from_millis(20), watch.next()).await {
+                Ok(event) => event,
+                // Neither the rest of the revision nor word that it is
+                // complete yet: look again.
+                Err(_) => continue,
+            }
         };
         let Some(event) = event else {
             if !pending {

@@ -190,7 +190,11 @@ impl Watcher {
     /// Every matching change up to this revision has been delivered: the
     /// revision a progress notification reports.
     pub fn revision(&self) -> u64 {
-        self.delivered
+        // Not past the revisions held back with a split one's first parts.
+        match self.pending.as_ref().and_then(|p| p.events.first()) {
+            Some(event) => self.delivered.min(event.change.revision - 1),
+            None => self.delivered,
+        }
     }
 
     /// A revision another task may read while this watcher waits in
@@ -311,20 +315,24 @@ impl Watcher {
                 }
             }
             self.catching_up = true;
-            let Some(events) = self.with_prev(events).await? else {
-                // Too large with their previous versions to hold whole:
-                // the engine read delivers them in bounded pages.
-                continue;
-            };
-            self.delivered = delivered;
-            self.catching_up = catch_up;
+            let (events, cut) = self.with_prev(events).await?;
+            match cut {
+                None => {
+                    self.delivered = delivered;
+                    self.catching_up = catch_up;
+                }
+                // The revisions from `cut` on are too large with their
+                // previous versions to hold here: the engine delivers them
+                // in bounded pages.
+                Some(cut) => self.delivered = cut - 1,
+            }
             if !events.is_empty() {
                 return Ok(WatchBatch {
                     events,
                     revision: self.delivered,
                 });
             }
-            self.progress.fetch_max(self.delivered, Ordering::AcqRel);
+            self.progress.fetch_max(self.revision(), Ordering::AcqRel);
         }
     }
 
@@ -367,7 +375,16 @@ impl Watcher {
             self.catching_up = false;
         }
         if page.changes.is_empty() {
-            self.progress.fetch_max(self.delivered, Ordering::AcqRel);
+            if from.index > 0 && self.within == 0 {
+                // The rest of a split revision, none of it matching: say
+                // that the revision is complete (its owner may hold its
+                // first parts, and etcd's client an unfinished answer).
+                return Ok(Some(WatchBatch {
+                    events: Vec::new(),
+                    revision: self.delivered,
+                }));
+            }
+            self.progress.fetch_max(self.revision(), Ordering::AcqRel);
             return Ok(None);
         }
         let prevs = if page.prevs.is_empty() {
@@ -388,16 +405,20 @@ impl Watcher {
         }))
     }
 
-    /// Events of live changes, with their previous versions if asked for;
-    /// `None` if those take the events past what a batch may hold.
-    async fn with_prev(&self, changes: Vec<Change>) -> Result<Option<Vec<WatchEvent>>, WatchError> {
+    /// Events of live changes, with their previous versions if asked for.
+    /// Where those take the events past what a batch may hold, only the
+    /// whole revisions before that are returned, with the revision of the
+    /// first change left out.
+    async fn with_prev(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<(Vec<WatchEvent>, Option<u64>), WatchError> {
         if !self.options.prev_kv || changes.is_empty() {
-            return Ok(Some(
-                changes
-                    .into_iter()
-                    .map(|change| WatchEvent { change, prev: None })
-                    .collect(),
-            ));
+            let events = changes
+                .into_iter()
+                .map(|change| WatchEvent { change, prev: None })
+                .collect();
+            return Ok((events, None));
         }
         let shared = self.shared.clone();
         // As a page of the engine holds at most (see `Scan::budget`).
@@ -421,11 +442,13 @@ impl Watcher {
                 let event = WatchEvent { change, prev };
                 bytes += event.size();
                 if bytes > limit {
-                    return Ok(None);
+                    let cut = event.change.revision;
+                    events.retain(|e: &WatchEvent| e.change.revision < cut);
+                    return Ok((events, Some(cut)));
                 }
                 events.push(event);
             }
-            Ok(Some(events))
+            Ok((events, None))
         })
         .await
         .map_err(|e| WatchError::Storage(io::Error::other(e)))?

@@ -733,3 +733,55 @@ async fn a_revision_larger_than_a_batch_goes_in_bounded_parts_or_whole() {
     }
     cluster.shutdown().await;
 }
+
+/// A split revision whose last part matches nothing (the watch's keys are
+/// all in its first parts) still ends: the watcher says the revision is
+/// complete, to one taking parts and to one waiting for it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_revision_whose_rest_matches_nothing_still_completes() {
+    // Parts of 8 deletes with their 8 KiB previous values: the 96th ends
+    // a part, and the keys after it are not watched.
+    const BATCH: usize = 32 << 10;
+    let cluster = Cluster::start(1, fast_raft()).await;
+    let node = cluster.leader().unwrap().clone();
+    let key = |n: usize| format!("r/{n:03}").into_bytes();
+    for chunk in (0..200).collect::<Vec<_>>().chunks(50) {
+        let ops = chunk
+            .iter()
+            .map(|&n| Op::put(key(n), vec![7; 8192]))
+            .collect();
+        node.txn(Command::batch(ops)).await.unwrap();
+    }
+    let delete = Op::DeleteRange {
+        start: b"r/".to_vec(),
+        end: Some(b"r0".to_vec()),
+        prev_kv: false,
+    };
+    let deleted = node
+        .txn(Command::batch(vec![delete]))
+        .await
+        .unwrap()
+        .revision;
+    for split in [true, false] {
+        let mut options = WatchOptions::range(key(0), Some(key(96)), deleted);
+        options.prev_kv = true;
+        options.batch_bytes = BATCH;
+        options.split_revisions = split;
+        let mut watcher = node.watch(options).unwrap();
+        let mut events = 0;
+        loop {
+            let batch = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+                .await
+                .expect("the revision completes within 10 s")
+                .unwrap();
+            events += batch.events.len();
+            if batch.complete() && batch.revision >= deleted {
+                break;
+            }
+            assert!(split, "a watcher not taking parts got one");
+        }
+        assert_eq!(events, 96, "split: {split}");
+        assert_eq!(watcher.revision(), deleted);
+    }
+    cluster.shutdown().await;
+}

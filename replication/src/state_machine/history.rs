@@ -516,9 +516,10 @@ pub(crate) struct Scan<'a> {
     pub matches: &'a dyn Fn(&[u8]) -> bool,
     /// Bytes of changes ([`Change::size`]) and previous versions a page
     /// holds before it ends at the next revision. A revision is split
-    /// across pages only where it alone would take a page past twice
-    /// this, so a page holds at most about twice the budget and a
-    /// revision smaller than the budget is never split.
+    /// across pages only where it alone takes a page past twice this (a
+    /// later revision that would is left whole to the next page), so a
+    /// page holds at most about twice the budget and a revision of up to
+    /// twice the budget is never split.
     pub budget: usize,
     /// Entries looked at before a page ends (at most twice this inside
     /// one revision), as the budget.
@@ -566,6 +567,10 @@ pub(crate) fn scan_changes(view: &Snapshot, scan: &Scan) -> io::Result<ChangePag
         scan.budget.saturating_mul(2),
         scan.look_at.saturating_mul(2),
     );
+    // The page's first revision, the only one it may split; and the
+    // revision being read, with the page's changes when it began.
+    let mut first = None;
+    let mut current = (scan.from.revision, 0usize);
     let start = change_key(scan.from.revision, scan.from.index);
     let end = change_key(scan.until.saturating_add(1), 0);
     for item in view.range(start..end) {
@@ -573,17 +578,31 @@ pub(crate) fn scan_changes(view: &Snapshot, scan: &Scan) -> io::Result<ChangePag
         let (revision, index) =
             parse_change_key(&key).ok_or_else(|| corrupt("change key", &key))?;
         let at = ChangeAt { revision, index };
-        // Everything before `at` is looked at: the page may end here. One
-        // that began inside a revision ends with it, so that the parts of
-        // a split revision hold that revision alone after the first.
-        let full = if index == 0 {
-            bytes >= scan.budget || looked >= scan.look_at || scan.from.index > 0
-        } else {
-            bytes >= split_bytes || looked >= split_looked
-        };
-        if full && at > scan.from {
+        let first = *first.get_or_insert(revision);
+        // Everything before `at` is looked at: the page may end here.
+        if revision != current.0 {
+            // A page that began inside a revision ends with it, so that
+            // the parts of a split revision hold that revision alone after
+            // the first.
+            if at > scan.from
+                && (bytes >= scan.budget || looked >= scan.look_at || scan.from.index > 0)
+            {
+                page.more = true;
+                page.next = at;
+                return Ok(page);
+            }
+            current = (revision, page.changes.len());
+        } else if bytes >= split_bytes || looked >= split_looked {
             page.more = true;
-            page.next = at;
+            if revision == first {
+                // Alone past twice the budget: split it here.
+                page.next = at;
+            } else {
+                // Not split: the next page starts with it.
+                page.changes.truncate(current.1);
+                page.prevs.truncate(current.1);
+                page.next = ChangeAt::revision(revision);
+            }
             return Ok(page);
         }
         looked += 1;
