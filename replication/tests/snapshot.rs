@@ -278,6 +278,12 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
     let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
     load(&cluster, 3000, 1).await;
     snapshot_and_purge(&cluster).await;
+    // What an attempt at an older snapshot left: the new transfer takes
+    // what it can reuse from it, then frees its space.
+    let incoming = cluster.data_dir(4).join("incoming");
+    let stale = incoming.join("9-stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("000001.sst"), vec![1u8; 1 << 20]).unwrap();
     cluster.start_node(4).await;
     let leader = cluster.nodes[&leader_id].clone();
     // Cut the link once the transfer is under way, then heal it.
@@ -298,6 +304,12 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         network.cut(leader_id, 4);
+        let staged: Vec<_> = std::fs::read_dir(&incoming)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        assert_ne!(staged[0], "9-stale");
         tokio::time::sleep(Duration::from_millis(300)).await;
         network.heal();
     });

@@ -20,7 +20,8 @@ pub(super) struct Plan {
 }
 
 /// Decides, per offered file, how many bytes are already here: a prefix
-/// from an interrupted attempt, or a whole file linked from local state.
+/// from an interrupted attempt, or a whole file linked from local state;
+/// then removes the staging directories of other snapshots.
 pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Plan> {
     let fs = &**sm.fs();
     fs.create_dir_all(staging)?;
@@ -93,5 +94,21 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
         plan.have.push(have);
     }
     fs.sync_dir(staging)?;
+    // Other staging directories (attempts at snapshots since replaced)
+    // have given what this one can reuse, and would otherwise hold their
+    // space until an install succeeds, each failed snapshot adding one.
+    if let Some(incoming) = staging.parent() {
+        for name in fs.list(incoming)? {
+            let path = incoming.join(name);
+            if path == staging {
+                continue;
+            }
+            if fs.is_dir(&path) {
+                fs.remove_dir_all(&path)?;
+            } else {
+                fs.remove_file(&path)?;
+            }
+        }
+    }
     Ok(plan)
 }

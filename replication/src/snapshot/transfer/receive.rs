@@ -133,18 +133,6 @@ async fn receive_inner(
         .map_err(|e| failed(e, false))?;
     let vote: Vote = postcard::from_bytes(&offer.vote).map_err(|e| failed(e, false))?;
     let meta: SnapshotMeta = postcard::from_bytes(&offer.meta).map_err(|e| failed(e, false))?;
-    let budget = {
-        context
-            .sm
-            .fs()
-            .available_space(context.sm.data_dir())
-            .map_err(|e| {
-                failed(
-                    format!("reading the free space of the data directory: {e}"),
-                    false,
-                )
-            })?
-    };
     // Names, count and sizes first: only then may names reach a path.
     check_offer(&offer, u64::MAX).map_err(|reason| failed(reason, false))?;
     let incoming = context.sm.data_dir().join("incoming");
@@ -157,6 +145,17 @@ async fn receive_inner(
             .await
             .map_err(|e| failed(format!("preparing {}: {e}", staging.display()), false))?
     };
+    // Read after the plan, which freed what older attempts staged.
+    let budget = context
+        .sm
+        .fs()
+        .available_space(context.sm.data_dir())
+        .map_err(|e| {
+            failed(
+                format!("reading the free space of the data directory: {e}"),
+                false,
+            )
+        })?;
     // What an interrupted attempt staged, or local state lent, takes no
     // new space: a resume after a cut must not be refused for ever
     // because the first attempt used the room it needs.
