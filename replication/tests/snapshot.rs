@@ -304,12 +304,11 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         network.cut(leader_id, 4);
-        let staged: Vec<_> = std::fs::read_dir(&incoming)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(staged.len(), 1, "{staged:?}");
-        assert_ne!(staged[0], "9-stale");
+        // Removed by the plan, before the first byte arrived.
+        assert!(
+            !stale.exists(),
+            "the stale staging directory is still there"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         network.heal();
     });
@@ -339,7 +338,7 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
 /// nothing is sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_install_keeps_the_leader_waiting_instead_of_sending_again() {
-    let idle = Duration::from_millis(400);
+    let idle = Duration::from_secs(2);
     let mut cluster =
         common::Cluster::start_configured(3, snapshotting_raft(), Default::default(), |cluster| {
             cluster.transfer.idle_timeout = idle
@@ -348,7 +347,7 @@ async fn a_slow_install_keeps_the_leader_waiting_instead_of_sending_again() {
     let leader_id = cluster.wait_leader(Duration::from_secs(10)).await;
     load(&cluster, 1000, 1).await;
     snapshot_and_purge(&cluster).await;
-    cluster.transfer.pause_before_install = idle * 5;
+    cluster.transfer.pause_before_install = idle * 3;
     cluster.start_node(4).await;
     let leader = cluster.nodes[&leader_id].clone();
     tokio::time::timeout(

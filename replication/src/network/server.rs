@@ -178,6 +178,7 @@ impl RaftService {
                 sm,
                 stats,
                 options,
+                staging: Default::default(),
             },
             id,
             raft,

@@ -24,9 +24,12 @@
 //! - Memory is bounded: one chunk in hand per side plus a channel of four.
 //! - There is no deadline for the whole transfer, only an idle timeout per
 //!   reply, and an optional bandwidth limit shared by all transfers of a node.
-//!   After `Done` the follower sends `Progress` every quarter of the idle
-//!   timeout while it checks and installs, which for a large snapshot takes
-//!   longer than the timeout.
+//!   After `Done` the follower sends `Progress` every second while it checks
+//!   and installs, which for a large snapshot takes longer than the timeout
+//!   (for at most `max_install_time`).
+//! - A follower receives one snapshot id at a time, and removes the staging
+//!   directories of other snapshots once its plan has reused what it can,
+//!   except those of receives still running.
 //!
 //! The leader's side is [`send`], the follower's [`receive`]; what a
 //! follower already holds is decided in `plan`.
@@ -56,6 +59,10 @@ pub struct TransferOptions {
     pub max_bytes_per_sec: u64,
     /// The receiver makes received data durable every this many bytes.
     pub sync_every_bytes: u64,
+    /// After the last chunk, the follower keeps the leader waiting at most
+    /// this long while it checks and installs (see `receive`); past it the
+    /// leader gives up, and the install, if it ends, still counts.
+    pub max_install_time: Duration,
     /// Test hook: the next differential transfer announces a wrong state
     /// hash, to exercise the fall-back to a full transfer.
     #[doc(hidden)]
@@ -73,6 +80,7 @@ impl Default for TransferOptions {
             idle_timeout: Duration::from_secs(10),
             max_bytes_per_sec: 0,
             sync_every_bytes: 8 << 20,
+            max_install_time: Duration::from_secs(30 * 60),
             corrupt_next_state_hash: Default::default(),
             pause_before_install: Duration::ZERO,
         }

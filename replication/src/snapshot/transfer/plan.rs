@@ -20,8 +20,7 @@ pub(super) struct Plan {
 }
 
 /// Decides, per offered file, how many bytes are already here: a prefix
-/// from an interrupted attempt, or a whole file linked from local state;
-/// then removes the staging directories of other snapshots.
+/// from an interrupted attempt, or a whole file linked from local state.
 pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io::Result<Plan> {
     let fs = &**sm.fs();
     fs.create_dir_all(staging)?;
@@ -46,7 +45,9 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
             }
         }
         for dir in dirs {
-            for name in fs.list(&dir)? {
+            // Another receive's directory may go meanwhile.
+            let Ok(names) = fs.list(&dir) else { continue };
+            for name in names {
                 let path = dir.join(&name);
                 sources.entry(name).or_default().push((path, None));
             }
@@ -78,7 +79,11 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
             }
             let crc = match known_crc {
                 Some(crc) => *crc,
-                None => fs.file_crc(path)?,
+                None => match fs.file_crc(path) {
+                    Ok(crc) => crc,
+                    // Gone meanwhile (another receive's, removed).
+                    Err(_) => continue,
+                },
             };
             if !plan.reused_local {
                 // Synced with the links, by the directory sync below.
@@ -94,21 +99,5 @@ pub(super) fn make_plan(sm: &SmShared, staging: &Path, offer: &pb::Offer) -> io:
         plan.have.push(have);
     }
     fs.sync_dir(staging)?;
-    // Other staging directories (attempts at snapshots since replaced)
-    // have given what this one can reuse, and would otherwise hold their
-    // space until an install succeeds, each failed snapshot adding one.
-    if let Some(incoming) = staging.parent() {
-        for name in fs.list(incoming)? {
-            let path = incoming.join(name);
-            if path == staging {
-                continue;
-            }
-            if fs.is_dir(&path) {
-                fs.remove_dir_all(&path)?;
-            } else {
-                fs.remove_file(&path)?;
-            }
-        }
-    }
     Ok(plan)
 }

@@ -14,12 +14,73 @@ use crate::types::{Raft, SnapshotMeta, TypeConfig, Vote};
 use ferry_engine::fs::{FileSystem, WritableFile};
 use futures_util::{Stream, StreamExt};
 use openraft::alias::SnapshotOf;
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
+
+/// The staging directories of the receives running now, by snapshot id:
+/// a receive removes only the others' that no receive uses, and one id is
+/// received by one receive at a time.
+#[derive(Default)]
+pub(crate) struct Staging(parking_lot::Mutex<HashSet<String>>);
+
+/// A receive's hold on its staging id, released when dropped.
+struct StagingClaim {
+    staging: Arc<Staging>,
+    id: String,
+}
+
+impl Drop for StagingClaim {
+    fn drop(&mut self) {
+        self.staging.0.lock().remove(&self.id);
+    }
+}
+
+impl Staging {
+    fn claim(self: &Arc<Self>, id: &str) -> Option<StagingClaim> {
+        self.0.lock().insert(id.to_owned()).then(|| StagingClaim {
+            staging: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Whether `name`, an entry of `incoming`, is a running receive's: its
+    /// staging directory, or a read's scratch beside it (`<id>.read-…`).
+    fn in_use(&self, name: &str) -> bool {
+        self.0.lock().iter().any(|id| {
+            name.strip_prefix(id.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        })
+    }
+
+    /// Removes what no running receive uses from `incoming`: attempts at
+    /// snapshots since replaced, which would otherwise hold their space
+    /// until an install succeeds, each failed snapshot adding one. Best
+    /// effort: what cannot be removed is left for the next time.
+    fn remove_unused(&self, fs: &dyn FileSystem, incoming: &Path) {
+        let Ok(names) = fs.list(incoming) else { return };
+        for name in names {
+            if self.in_use(&name) {
+                continue;
+            }
+            let path = incoming.join(&name);
+            let removed = if fs.is_dir(&path) {
+                fs.remove_dir_all(&path)
+            } else {
+                fs.remove_file(&path)
+            };
+            if let Err(error) = removed {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(%error, name, "could not remove an old snapshot staging directory");
+                }
+            }
+        }
+    }
+}
 
 /// What the follower side needs.
 #[derive(Clone)]
@@ -31,6 +92,7 @@ pub(crate) struct ReceiverContext {
     pub(crate) sm: Arc<SmShared>,
     pub(crate) stats: Arc<TransferStats>,
     pub(crate) options: TransferOptions,
+    pub(crate) staging: Arc<Staging>,
 }
 
 fn failed(reason: impl ToString, retry_full: bool) -> Reply {
@@ -137,13 +199,26 @@ async fn receive_inner(
     check_offer(&offer, u64::MAX).map_err(|reason| failed(reason, false))?;
     let incoming = context.sm.data_dir().join("incoming");
     let staging = incoming.join(&offer.snapshot_id);
+    // Held to the end, the install included.
+    let _claim = context.staging.claim(&offer.snapshot_id).ok_or_else(|| {
+        failed(
+            "an earlier attempt at this snapshot is still running here",
+            false,
+        )
+    })?;
     let plan = {
         let sm = context.sm.clone();
         let dir = staging.clone();
         let offer = offer.clone();
-        blocking(move || make_plan(&sm, &dir, &offer))
-            .await
-            .map_err(|e| failed(format!("preparing {}: {e}", staging.display()), false))?
+        let (used, incoming) = (context.staging.clone(), incoming.clone());
+        blocking(move || {
+            let plan = make_plan(&sm, &dir, &offer)?;
+            // Only now: the plan reuses what it can of them.
+            used.remove_unused(&**sm.fs(), &incoming);
+            Ok(plan)
+        })
+        .await
+        .map_err(|e| failed(format!("preparing {}: {e}", staging.display()), false))?
     };
     // Read after the plan, which freed what older attempts staged.
     let budget = context
@@ -266,12 +341,15 @@ async fn receive_inner(
     };
     let received: u64 = written.iter().sum();
     let pause = context.options.pause_before_install;
+    let limit = context.options.max_install_time;
     let finish = async move {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
         if let Some((_, mut handle)) = open.take() {
-            handle.sync().map_err(|e| failed(e, false))?;
+            blocking(move || handle.sync())
+                .await
+                .map_err(|e| failed(e, false))?;
         }
 
         // Every file must be exactly what the leader offered.
@@ -359,37 +437,43 @@ async fn receive_inner(
             .await
             .map_err(|fatal| failed(fatal, false))?;
         // Older staging directories only served as sources of reusable files.
-        if let Ok(names) = fs.list(&incoming) {
-            for name in names {
-                let _ = fs.remove_dir_all(&incoming.join(name));
-            }
-        }
+        let used = context.staging.clone();
+        let _ = blocking(move || {
+            used.remove_unused(&*fs, &incoming);
+            Ok(())
+        })
+        .await;
         Ok::<Reply, Reply>(Reply::Installed(pb::Installed {
             response: postcard::to_stdvec(&response).map_err(|e| failed(e, false))?,
         }))
     };
-    keep_alive(finish, replies, received, idle).await
+    keep_alive(finish, replies, received, idle, limit).await
 }
 
 /// Runs `work`, the checks and the install after `Done`, while telling the
-/// leader every quarter of its idle timeout that this side still works:
+/// leader every second (or quarter of the idle timeout, if shorter: the
+/// leader's is taken to be like this node's) that this side still works:
 /// reading back and installing a large snapshot takes far longer than the
 /// leader waits for a reply, and a leader that gave up would send it all
-/// again. A leader gone meanwhile does not stop the install.
+/// again. Past `limit` it stops, so that a leader is not held for ever by
+/// an install stuck on a failing disk; a leader gone meanwhile does not
+/// stop the install.
 async fn keep_alive<T>(
     work: impl std::future::Future<Output = T>,
     replies: &mpsc::Sender<Result<SnapshotReply, Status>>,
     received: u64,
     idle: Duration,
+    limit: Duration,
 ) -> T {
     tokio::pin!(work);
-    let every = (idle / 4).max(Duration::from_millis(10));
+    let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let until = tokio::time::Instant::now() + limit;
     loop {
         tokio::select! {
             done = &mut work => return done,
-            _ = tick.tick(), if !replies.is_closed() => {
+            _ = tick.tick(), if !replies.is_closed() && tokio::time::Instant::now() < until => {
                 let alive = SnapshotReply {
                     reply: Some(Reply::Progress(pb::Progress {
                         received_bytes: received,
@@ -442,6 +526,32 @@ fn verify_files(fs: &dyn FileSystem, staging: &Path, files: &[pb::FileEntry]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receive keeps its staging directory, and the scratch of a read
+    /// beside it, from another's clean-up; an id is claimed once at a time.
+    #[test]
+    fn staging_in_use_is_kept_and_the_rest_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ferry_engine::fs::OsFs;
+        let incoming = dir.path();
+        for name in ["1-a", "1-a.read-x", "1-ab", "2-old", "2-old.read-y"] {
+            std::fs::create_dir(incoming.join(name)).unwrap();
+            std::fs::write(incoming.join(name).join("000001.sst"), b"x").unwrap();
+        }
+        std::fs::write(incoming.join("stray"), b"x").unwrap();
+        let staging = Arc::new(Staging::default());
+        let claim = staging.claim("1-a").unwrap();
+        assert!(staging.claim("1-a").is_none(), "claimed twice");
+        staging.remove_unused(&fs, incoming);
+        let mut left: Vec<_> = std::fs::read_dir(incoming)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1-a", "1-a.read-x"]);
+        drop(claim);
+        assert!(staging.claim("1-a").is_some(), "released when dropped");
+    }
 
     #[test]
     fn offered_names_cannot_leave_the_staging_directory() {
