@@ -179,7 +179,8 @@ impl Client {
     pub fn lease_keep_alive(&self, id: u64, ttl: Duration) -> KeepAlive {
         let (report, state) = watch::channel(LeaseState::Alive);
         let client = self.clone();
-        let every = (ttl / 3).max(Duration::from_millis(100));
+        // A third of the TTL: two renewals may fail before it runs out.
+        let every = |ttl: Duration| (ttl / 3).max(Duration::from_millis(100));
         let mut ttl = ttl;
         let task = tokio::spawn(async move {
             // The lease was granted or renewed just before this handle was
@@ -202,7 +203,9 @@ impl Client {
                         // the caller named.
                         ttl = ttl.min(granted);
                         report.send_replace(LeaseState::Alive);
-                        tokio::time::sleep(every).await;
+                        // From when the leader may have restarted the TTL,
+                        // not from the answer, which may come late.
+                        tokio::time::sleep_until(renewed + every(ttl)).await;
                     }
                     Ok(Err(Error::LeaseNotFound(_))) | Err(_) => {
                         report.send_replace(LeaseState::Lost);
@@ -213,7 +216,9 @@ impl Client {
                         return;
                     }
                     // No member answered in time: keep trying, sooner.
-                    Ok(Err(_)) => tokio::time::sleep(every.min(Duration::from_millis(200))).await,
+                    Ok(Err(_)) => {
+                        tokio::time::sleep(every(ttl).min(Duration::from_millis(200))).await
+                    }
                 }
             }
         });

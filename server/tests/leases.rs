@@ -134,3 +134,19 @@ async fn a_kept_lease_nobody_can_renew_for_a_ttl_is_reported_lost() {
         cut.elapsed()
     );
 }
+
+/// A keep-alive asked with a longer TTL than the lease was granted (the
+/// server's answer says the shorter one) renews at a third of the lease's
+/// own TTL: the lease outlives several of its TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_named_a_longer_ttl_renews_at_the_leases_own() {
+    let cluster = ProcessCluster::start(1);
+    let client = connect(cluster.endpoints()).await;
+    let lease = client.lease_grant(Duration::from_secs(2)).await.unwrap();
+    let keep = client.lease_keep_alive(lease, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(keep.state(), ferry_client::LeaseState::Alive);
+    let info = client.lease_time_to_live(lease, false).await.unwrap();
+    assert!(info.remaining > Duration::ZERO, "{info:?}");
+    drop(cluster);
+}
