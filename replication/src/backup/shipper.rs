@@ -295,8 +295,12 @@ impl BackupShipper {
         self.node.state().fs().create_dir_all(&self.staging)?;
         // The term this node leads in; every name it writes carries it, and
         // the claim fails if a newer leader holds the chain (see `head`).
-        let term = self.node.metrics().current_term;
-        if !self.node.is_leader() {
+        // Both from one reading: a node that reads a term as a follower,
+        // then leads the next, must not ship under the old one.
+        let (term, leading) = self
+            .node
+            .with_metrics(|m| (m.current_term, m.state == openraft::ServerState::Leader));
+        if !leading {
             return Err(io::Error::other("not the leader: another node ships"));
         }
         let (target, node) = (self.target.clone(), self.node.id());
