@@ -479,3 +479,44 @@ async fn concurrent_grants_stay_within_max_leases() {
     assert_eq!(leader.leases().unwrap().len(), 5);
     cluster.shutdown().await;
 }
+
+/// A lease its owner abandoned, while the leadership moves more often than
+/// half its TTL: each new leader gives it its recorded remaining time, and
+/// checkpoints it while nobody renews it, so it still expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_lease_expires_though_the_leader_changes_every_third_of_its_ttl() {
+    let options = LeaseOptions {
+        checkpoint_interval: Duration::from_millis(200),
+        failover_extension: Duration::from_millis(100),
+        ..LeaseOptions::default()
+    };
+    let cluster = Cluster::start_with(3, fast_raft(), options).await;
+    let leader = cluster.leader().unwrap().clone();
+    let ttl = Duration::from_secs(3);
+    let lease = leader.lease_grant(0, ttl).await.unwrap();
+    leader.txn(put_with("abandoned", lease)).await.unwrap();
+    let started = Instant::now();
+    let mut moves = 0;
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let id = cluster.wait_leader(Duration::from_secs(10)).await;
+        let node = cluster.nodes[&id].clone();
+        if !present(&node, "abandoned").await {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still there after {moves} leader changes"
+        );
+        let target = *cluster.nodes.keys().find(|&&other| other != id).unwrap();
+        if node
+            .transfer_leadership(target, Duration::from_secs(5))
+            .await
+            .is_ok()
+        {
+            moves += 1;
+        }
+    }
+    assert!(started.elapsed() >= ttl, "expired before its TTL");
+    cluster.shutdown().await;
+}

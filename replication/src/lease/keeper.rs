@@ -47,6 +47,12 @@ struct Held {
     /// The replicated state may record less than the whole TTL as this
     /// lease's remaining time (a checkpoint was taken or is on its way).
     stored_low: bool,
+    /// Not renewed under this leader since then (this leader took over, or
+    /// last checkpointed it): such a lease is checkpointed every
+    /// `checkpoint_interval`. Else a lease abandoned by its owner, under
+    /// leaders that each lead for less than half its TTL, would be given
+    /// its whole TTL again by each of them, and never expire.
+    unrenewed_since: Option<Instant>,
 }
 
 impl Held {
@@ -56,6 +62,7 @@ impl Held {
             ttl,
             deadline: Instant::now() + ttl,
             stored_low: false,
+            unrenewed_since: None,
         }
     }
 }
@@ -145,6 +152,7 @@ impl Keeper {
                             ttl: Duration::from_millis(record.ttl_ms),
                             deadline,
                             stored_low: record.remaining_ms.is_some_and(|r| r < record.ttl_ms),
+                            unrenewed_since: Some(now),
                         },
                     )
                 })
@@ -230,6 +238,7 @@ impl Keeper {
                     deadline: now
                         + Duration::from_millis(record.remaining_ms.unwrap_or(record.ttl_ms)),
                     stored_low: record.remaining_ms.is_some_and(|r| r < record.ttl_ms),
+                    unrenewed_since: Some(now),
                 }
             });
         }
@@ -368,6 +377,7 @@ impl Keeper {
                 return Err(LeaseCall::Lease(LeaseError::NotFound(id)));
             }
             held.deadline = now + held.ttl;
+            held.unrenewed_since = None;
             (held.ttl, held.stored_low)
         };
         if stored_low {
@@ -448,15 +458,23 @@ impl Keeper {
             .is_some_and(|held| held.deadline <= Instant::now())
     }
 
-    /// The leases nobody renewed for half their TTL, in checkpoint-sized
-    /// chunks of ids.
+    /// Whether `held` is due a checkpoint: nobody renewed it for half its
+    /// TTL, or under this leader for a checkpoint interval.
+    fn is_due(&self, held: &Held, now: Instant) -> bool {
+        held.deadline.saturating_duration_since(now) < held.ttl / 2
+            || held
+                .unrenewed_since
+                .is_some_and(|since| now.duration_since(since) >= self.options.checkpoint_interval)
+    }
+
+    /// The leases due a checkpoint, in checkpoint-sized chunks of ids.
     fn due(&self) -> Vec<Vec<u64>> {
         let now = Instant::now();
         let clock = self.clock.lock();
         let mut due: Vec<u64> = clock
             .held
             .iter()
-            .filter(|(_, held)| held.deadline.saturating_duration_since(now) < held.ttl / 2)
+            .filter(|(_, held)| self.is_due(held, now))
             .map(|(id, _)| *id)
             .collect();
         due.sort_unstable();
@@ -474,8 +492,11 @@ impl Keeper {
             .filter_map(|id| {
                 let held = clock.held.get_mut(id)?;
                 let left = held.deadline.saturating_duration_since(now);
-                (left < held.ttl / 2).then(|| {
+                self.is_due(held, now).then(|| {
                     held.stored_low = true;
+                    if held.unrenewed_since.is_some() {
+                        held.unrenewed_since = Some(now);
+                    }
                     (*id, left.as_millis() as u64)
                 })
             })
