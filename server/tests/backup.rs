@@ -280,7 +280,13 @@ async fn retention_flags_prune_the_chain_and_cluster_status_shows_its_age() {
         if let Some(&first) = list().await.0.first() {
             break first;
         }
-        assert!(Instant::now() < deadline, "no checkpoint shipped");
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint shipped; logs:\n{}\n{}\n{}",
+            cluster.log(1),
+            cluster.log(2),
+            cluster.log(3)
+        );
     };
     // Writes go on until retention has dropped that first checkpoint.
     loop {

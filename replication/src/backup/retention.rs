@@ -82,14 +82,23 @@ impl Retention {
                 return Err(super::head::fenced(term, head));
             }
         }
-        let mut records = Vec::new();
+        // A record that cannot be read (damaged, or the read failed) names
+        // objects nobody knows: while it is kept, no object goes.
+        let (mut records, mut unreadable) = (Vec::new(), Vec::new());
         for &index in &catalog.checkpoints {
-            records.push((index, catalog.checkpoint(fs, target, index, scratch)?));
+            match catalog.checkpoint(fs, target, index, scratch) {
+                Ok(record) => records.push((index, record)),
+                Err(error) => {
+                    tracing::warn!(%error, index, "a checkpoint record could not be read: the objects stay");
+                    unreadable.push(index);
+                }
+            }
         }
         let times: Vec<(u64, u64)> = records.iter().map(|(i, r)| (*i, r.created_ms)).collect();
         let Some(oldest) = self.oldest_kept(&times, now_ms) else {
             return Ok(0);
         };
+        let objects_known = unreadable.iter().all(|&index| index < oldest);
         let needed: BTreeSet<String> = records
             .iter()
             .filter(|(index, _)| *index >= oldest)
@@ -106,7 +115,8 @@ impl Retention {
         for (_, name) in &catalog.shadowed {
             remove(name)?;
         }
-        for &(index, _) in records.iter().filter(|(index, _)| *index < oldest) {
+        let old_records = records.iter().map(|(index, _)| *index).chain(unreadable);
+        for index in old_records.filter(|index| *index < oldest) {
             remove(&catalog.checkpoint_name(index))?;
         }
         for chunk in catalog.log.iter().filter(|c| c.last <= oldest) {
@@ -119,7 +129,7 @@ impl Retention {
                 return Err(super::head::fenced(term, &head));
             }
         }
-        for name in objects {
+        for name in objects.into_iter().filter(|_| objects_known) {
             if !needed.contains(&name) {
                 remove(&name)?;
             }

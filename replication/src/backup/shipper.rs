@@ -321,9 +321,16 @@ impl BackupShipper {
                 None => catalog.checkpoints.last().map(|c| c + 1),
             };
         }
-        let reader = self.node.log_reader().clone();
         let mut report = ShipReport::default();
-        let gap = progress.next.is_none_or(|next| next < reader.first_index());
+        let gap = progress
+            .next
+            .is_none_or(|next| next < self.node.log_reader().first_index());
+        if checkpoint && !gap {
+            // First what the log holds: building the snapshot lets Raft
+            // purge it, and the chain would have a hole where it was.
+            self.ship_log_to_applied(progress, &mut report, term)
+                .await?;
+        }
         if checkpoint || gap {
             let shipped = self.ship_checkpoint(term).await?;
             let index = shipped.index;
@@ -338,6 +345,49 @@ impl BackupShipper {
             self.status.checkpoint_index.store(index, Ordering::Relaxed);
             report.checkpoint = Some(shipped);
         }
+        let next = self
+            .ship_log_to_applied(progress, &mut report, term)
+            .await?;
+        report.shipped_index = (next - 1).max(report.checkpoint.map_or(0, |c| c.index));
+        let (target, shipped) = (self.target.clone(), report.shipped_index);
+        // Pruning only has something new to drop once a newer checkpoint
+        // is in the chain; rounds between checkpoints skip its LIST.
+        let retention = self.options.retention.clone();
+        let prune = !retention.is_none() && report.checkpoint.is_some();
+        let scratch = self.staging.join(format!("retention-{}", unique_suffix()));
+        let fs = self.node.state().fs().clone();
+        // Committing is the last step that needs the chain: a leader fenced
+        // meanwhile fails here, and its files stay orphans.
+        let committed = target.clone();
+        self.step(move || head::commit(&*committed, term, shipped))
+            .await?;
+        if prune {
+            // What was shipped is committed: a failed prune fails only
+            // itself (the next checkpoint's round tries again).
+            match self
+                .step(move || retention.prune(&*fs, &*target, term, &scratch, now_ms()))
+                .await
+            {
+                Ok(pruned) => {
+                    self.status
+                        .pruned_files
+                        .fetch_add(pruned, Ordering::Relaxed);
+                }
+                Err(error) => tracing::warn!(%error, "backup retention: pruning failed"),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Ships the log from where the chain ends up to the applied index;
+    /// returns the index after the last entry shipped.
+    async fn ship_log_to_applied(
+        &self,
+        progress: &mut Progress,
+        report: &mut ShipReport,
+        term: u64,
+    ) -> io::Result<u64> {
+        let reader = self.node.log_reader().clone();
         let applied = self.node.state().applied().0.map_or(0, |l| l.index);
         let mut next = progress.next.unwrap_or(1);
         while next <= applied {
@@ -361,29 +411,7 @@ impl BackupShipper {
             next = last + 1;
             progress.next = Some(next);
         }
-        report.shipped_index = (next - 1).max(report.checkpoint.map_or(0, |c| c.index));
-        let (target, shipped) = (self.target.clone(), report.shipped_index);
-        // Pruning only has something new to drop once a newer checkpoint
-        // is in the chain; rounds between checkpoints skip its LIST.
-        let retention = self.options.retention.clone();
-        let prune = !retention.is_none() && report.checkpoint.is_some();
-        let scratch = self.staging.join(format!("retention-{}", unique_suffix()));
-        let fs = self.node.state().fs().clone();
-        let pruned = self
-            .step(move || {
-                // Committing is the last step that needs the chain: a leader
-                // fenced meanwhile fails here, and its files stay orphans.
-                head::commit(&*target, term, shipped)?;
-                if !prune {
-                    return Ok(0);
-                }
-                retention.prune(&*fs, &*target, term, &scratch, now_ms())
-            })
-            .await?;
-        self.status
-            .pruned_files
-            .fetch_add(pruned, Ordering::Relaxed);
-        Ok(report)
+        Ok(next)
     }
 
     /// Ships the state as a checkpoint: builds a snapshot, then stores the
