@@ -122,6 +122,9 @@ impl Client {
 
     /// Revokes lease `id`: its keys are deleted, at one revision, which
     /// this returns. Cancellation: the revoke may or may not have applied.
+    /// A retry that finds the lease gone (an earlier attempt revoked it,
+    /// and its answer was lost) succeeds, with a revision at or after the
+    /// revoke's.
     ///
     /// ```no_run
     /// # async fn demo(client: ferry_client::Client, lease: u64) -> ferry_client::Result<()> {
@@ -129,14 +132,32 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn lease_revoke(&self, id: u64) -> Result<u64> {
-        self.call(true, |connection| async move {
-            LeaseClient::new(connection.channel)
-                .revoke(pb::LeaseRevokeRequest { id })
-                .await
-                .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
-        })
-        .await
-        .map_err(not_found(id))
+        let mut attempts = 0u32;
+        let revoked = self
+            .call(true, |connection| {
+                attempts += 1;
+                let retry = attempts > 1;
+                async move {
+                    let answer = LeaseClient::new(connection.channel)
+                        .revoke(pb::LeaseRevokeRequest { id })
+                        .await;
+                    match answer {
+                        Ok(r) => Ok(Some(r.into_inner().header.map_or(0, |h| h.revision))),
+                        // An earlier attempt revoked it, and its answer was
+                        // lost.
+                        Err(status) if retry && status.code() == Code::NotFound => Ok(None),
+                        Err(status) => Err(status),
+                    }
+                }
+            })
+            .await
+            .map_err(not_found(id))?;
+        match revoked {
+            Some(revision) => Ok(revision),
+            // A revision at or after that revoke: the leader's, which
+            // applied it (any user may ask for the status).
+            None => Ok(self.status().await?.header.map_or(0, |h| h.revision)),
+        }
     }
 
     /// Renews lease `id` once for its whole TTL; returns the TTL.

@@ -4,6 +4,10 @@
 
 mod common;
 
+use ferry_client::pb;
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
 use common::{connect, ferry, ProcessCluster};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
@@ -149,4 +153,77 @@ async fn a_keep_alive_named_a_longer_ttl_renews_at_the_leases_own() {
     let info = client.lease_time_to_live(lease, false).await.unwrap();
     assert!(info.remaining > Duration::ZERO, "{info:?}");
     drop(cluster);
+}
+
+/// A Lease service whose first revoke of a lease applies but loses its
+/// answer (the connection drops), as a leader that dies just after
+/// applying it would.
+#[derive(Clone, Default)]
+struct LosesTheFirstRevokeAnswer {
+    revoked: Arc<Mutex<Vec<u64>>>,
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LosesTheFirstRevokeAnswer {
+    async fn grant(
+        &self,
+        _: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        Err(Status::unimplemented("grant"))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        let mut revoked = self.revoked.lock().unwrap();
+        if id == 7 && !revoked.contains(&id) {
+            revoked.push(id);
+            return Err(Status::unavailable("the connection dropped"));
+        }
+        Err(Status::not_found(format!("lease {id} not found")))
+    }
+
+    type KeepAliveStream = tokio_stream::Empty<Result<pb::LeaseKeepAliveResponse, Status>>;
+
+    async fn keep_alive(
+        &self,
+        _: Request<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        Err(Status::unimplemented("keep_alive"))
+    }
+
+    async fn time_to_live(
+        &self,
+        _: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        Err(Status::unimplemented("time_to_live"))
+    }
+
+    async fn list(
+        &self,
+        _: Request<pb::LeaseListRequest>,
+    ) -> Result<Response<pb::LeaseListResponse>, Status> {
+        Err(Status::unimplemented("list"))
+    }
+}
+
+/// A revoke whose answer was lost, retried, finds the lease gone: that is
+/// its own success, not "not found"; a lease that never existed still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_revoke_that_finds_the_lease_gone_succeeds() {
+    let service = LosesTheFirstRevokeAnswer::default();
+    let (addr, stop, server) = common::fake::serve_lease(service.clone()).await;
+    let client = ferry_client::Client::connect_with([addr], common::options())
+        .await
+        .unwrap();
+    client.lease_revoke(7).await.unwrap();
+    assert_eq!(*service.revoked.lock().unwrap(), vec![7]);
+    match client.lease_revoke(8).await {
+        Err(ferry_client::Error::LeaseNotFound(8)) => {}
+        other => panic!("{other:?}"),
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -58,23 +58,36 @@ impl pb::cluster_server::Cluster for OneMember {
     }
 }
 
-/// Serves `kv` and a [`OneMember`] cluster on a free loopback port until
-/// the returned sender is dropped or sent to; returns the address.
-pub async fn serve<K: pb::kv_server::Kv>(
-    kv: K,
-) -> (
+type Served = (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-) {
+);
+
+/// Serves `kv` and a [`OneMember`] cluster on a free loopback port until
+/// the returned sender is dropped or sent to; returns the address.
+#[allow(dead_code)]
+pub async fn serve<K: pb::kv_server::Kv>(kv: K) -> Served {
+    serve_with(|server| server.add_service(pb::kv_server::KvServer::new(kv))).await
+}
+
+/// As [`serve`], for a Lease service.
+#[allow(dead_code)]
+pub async fn serve_lease<L: pb::lease_server::Lease>(lease: L) -> Served {
+    serve_with(|server| server.add_service(pb::lease_server::LeaseServer::new(lease))).await
+}
+
+async fn serve_with(
+    service: impl FnOnce(&mut tonic::transport::Server) -> tonic::transport::server::Router,
+) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let cluster = OneMember::default();
     *cluster.addr.lock().unwrap() = addr.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::kv_server::KvServer::new(kv))
+        service(&mut builder)
             .add_service(pb::cluster_server::ClusterServer::new(cluster))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
