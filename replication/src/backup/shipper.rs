@@ -62,8 +62,9 @@ pub struct BackupStatus {
     /// When a round last succeeded (ms since the Unix epoch, 0 = never).
     pub last_success_ms: AtomicU64,
     /// The newest restore point: the chain holds every write applied
-    /// before this time (ms since the Unix epoch, 0 = none yet). Its age
-    /// is what a restore from the chain would lose now.
+    /// before this time (ms since the Unix epoch, 0 = none yet, or this
+    /// node does not lead). Its age is what a restore from the chain would
+    /// lose now.
     pub restore_point_ms: AtomicU64,
     /// Files pruned by retention.
     pub pruned_files: AtomicU64,
@@ -223,6 +224,9 @@ impl BackupShipper {
                 if !this.node.is_leader() {
                     // Another node ships meanwhile; re-read the chain when leading again.
                     this.progress.lock().await.next = None;
+                    // Its restore points are the leader's to report: this
+                    // node's last one would only age here.
+                    this.status.restore_point_ms.store(0, Ordering::Relaxed);
                     continue;
                 }
                 let due = this
