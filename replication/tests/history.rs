@@ -651,10 +651,7 @@ async fn a_revision_larger_than_a_batch_goes_in_bounded_parts_or_whole() {
     let node = cluster.leader().unwrap().clone();
     let key = |n: usize| format!("r/{n:03}").into_bytes();
     let value = |n: usize| vec![n as u8; VALUE];
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(50) {
-        let ops = chunk.iter().map(|&n| Op::put(key(n), value(n))).collect();
-        node.txn(Command::batch(ops)).await.unwrap();
-    }
+    fill(&node, KEYS, value).await;
     let options = |from: u64, split: bool| {
         let mut options = WatchOptions::range(b"r/".to_vec(), Some(b"r0".to_vec()), from);
         options.prev_kv = true;
@@ -664,16 +661,7 @@ async fn a_revision_larger_than_a_batch_goes_in_bounded_parts_or_whole() {
     };
     let live = node.watch(options(0, true)).unwrap();
     let mut whole_live = node.watch(options(0, false)).unwrap();
-    let delete = Op::DeleteRange {
-        start: b"r/".to_vec(),
-        end: Some(b"r0".to_vec()),
-        prev_kv: false,
-    };
-    let deleted = node
-        .txn(Command::batch(vec![delete]))
-        .await
-        .unwrap()
-        .revision;
+    let deleted = delete_all(&node).await;
     let from_engine = node.watch(options(deleted, true)).unwrap();
     let mut small = options(deleted, false);
     small.max_whole_revision_bytes = KEYS * VALUE / 2;
@@ -745,23 +733,8 @@ async fn a_split_revision_whose_rest_matches_nothing_still_completes() {
     let cluster = Cluster::start(1, fast_raft()).await;
     let node = cluster.leader().unwrap().clone();
     let key = |n: usize| format!("r/{n:03}").into_bytes();
-    for chunk in (0..200).collect::<Vec<_>>().chunks(50) {
-        let ops = chunk
-            .iter()
-            .map(|&n| Op::put(key(n), vec![7; 8192]))
-            .collect();
-        node.txn(Command::batch(ops)).await.unwrap();
-    }
-    let delete = Op::DeleteRange {
-        start: b"r/".to_vec(),
-        end: Some(b"r0".to_vec()),
-        prev_kv: false,
-    };
-    let deleted = node
-        .txn(Command::batch(vec![delete]))
-        .await
-        .unwrap()
-        .revision;
+    fill(&node, 200, |_| vec![7; 8192]).await;
+    let deleted = delete_all(&node).await;
     for split in [true, false] {
         let mut options = WatchOptions::range(key(0), Some(key(96)), deleted);
         options.prev_kv = true;
@@ -784,4 +757,28 @@ async fn a_split_revision_whose_rest_matches_nothing_still_completes() {
         assert_eq!(watcher.revision(), deleted);
     }
     cluster.shutdown().await;
+}
+
+/// Writes `keys` keys `r/000`.. with `value(n)`, in transactions of 50.
+async fn fill(node: &Node, keys: usize, value: impl Fn(usize) -> Vec<u8>) {
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(50) {
+        let ops = chunk
+            .iter()
+            .map(|&n| Op::put(format!("r/{n:03}").into_bytes(), value(n)))
+            .collect();
+        node.txn(Command::batch(ops)).await.unwrap();
+    }
+}
+
+/// Deletes every key under `r/` in one range delete; returns its revision.
+async fn delete_all(node: &Node) -> u64 {
+    let delete = Op::DeleteRange {
+        start: b"r/".to_vec(),
+        end: Some(b"r0".to_vec()),
+        prev_kv: false,
+    };
+    node.txn(Command::batch(vec![delete]))
+        .await
+        .unwrap()
+        .revision
 }

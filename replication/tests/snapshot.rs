@@ -109,10 +109,7 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     assert!(!during.is_empty());
     // Counted at the receiver: a follower that lagged behind the purge may
     // get a snapshot from the same leader meanwhile.
-    let full_bytes = cluster.nodes[&4]
-        .transfer_stats()
-        .bytes_received
-        .load(Ordering::Relaxed);
+    let full_bytes = received(&cluster, 4);
     let snapshot_bytes = snapshot_bytes(&leader).await;
     assert!(
         full_bytes >= snapshot_bytes,
@@ -150,10 +147,7 @@ async fn learner_joins_by_snapshot_then_rejoins_differentially() {
     let last = leader.put("after-rejoin", "1").await.unwrap();
     cluster.wait_applied(last, Duration::from_secs(20)).await;
     cluster.assert_converged(Duration::from_secs(10)).await;
-    let differential = cluster.nodes[&4]
-        .transfer_stats()
-        .bytes_received
-        .load(Ordering::Relaxed);
+    let differential = received(&cluster, 4);
     let reused = cluster.nodes[&4]
         .transfer_stats()
         .bytes_reused
@@ -321,10 +315,7 @@ async fn a_cut_transfer_resumes_where_it_stopped() {
     cluster.wait_applied(last, Duration::from_secs(30)).await;
     cluster.assert_converged(Duration::from_secs(10)).await;
     let snapshot_bytes = snapshot_bytes(&leader).await;
-    let received = cluster.nodes[&4]
-        .transfer_stats()
-        .bytes_received
-        .load(Ordering::Relaxed);
+    let received = received(&cluster, 4);
     assert!(
         received < snapshot_bytes + snapshot_bytes / 5,
         "received {received} bytes of a {snapshot_bytes}-byte snapshot: the transfer restarted"
@@ -361,13 +352,18 @@ async fn a_slow_install_keeps_the_leader_waiting_instead_of_sending_again() {
     assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 0);
     assert_eq!(stats.transfers.load(Ordering::Relaxed), 1);
     let snapshot_bytes = snapshot_bytes(&leader).await;
-    let received = cluster.nodes[&4]
-        .transfer_stats()
-        .bytes_received
-        .load(Ordering::Relaxed);
+    let received = received(&cluster, 4);
     assert!(
         received <= snapshot_bytes,
         "received {received} bytes of a {snapshot_bytes}-byte snapshot"
     );
     cluster.shutdown().await;
+}
+
+/// Snapshot bytes node `id` received.
+fn received(cluster: &Cluster, id: u64) -> u64 {
+    cluster.nodes[&id]
+        .transfer_stats()
+        .bytes_received
+        .load(Ordering::Relaxed)
 }

@@ -404,12 +404,7 @@ async fn limits_and_bad_requests_get_their_documented_errors() {
     );
 
     // Standard gRPC health.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.client_addr(1)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = common::channel(&cluster.client_addr(1)).await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),

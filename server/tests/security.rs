@@ -1096,12 +1096,7 @@ async fn lease_calls_are_authenticated_and_a_revoke_needs_write_on_every_key() {
 /// One unary call of etcd's API (the server builds no etcd client stubs).
 /// A plain gRPC client of the server at `addr`, ready for a call.
 async fn etcd_grpc(addr: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(common::channel(addr).await);
     grpc.ready().await.unwrap();
     grpc
 }

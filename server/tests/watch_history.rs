@@ -193,12 +193,7 @@ async fn a_watch_resumed_inside_a_split_revision_repeats_and_skips_nothing() {
     };
     // On the wire, asked with split_revisions as the SDK does: the first
     // part of the revision, its header at the revision before.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.client_addr(1)))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = common::channel(&cluster.client_addr(1)).await;
     let mut raw = ferry_client::pb::watch_client::WatchClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .watch(ferry_client::pb::WatchRequest {
@@ -298,11 +293,7 @@ async fn an_etcd_watch_with_fragment_gets_a_large_revision_in_consecutive_parts(
     // Kept open: a stream whose client stops sending ends.
     let requests = futures_util::stream::iter([create(1, true), create(2, false)])
         .chain(futures_util::stream::pending());
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.client_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::channel(&server.client_addr.to_string()).await;
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");

@@ -239,6 +239,16 @@ pub fn options() -> ClientOptions {
     }
 }
 
+/// A plaintext gRPC channel to `addr`, for raw calls the SDK does not make.
+#[allow(dead_code)]
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Connects once a leader is known.
 pub async fn connect(endpoints: Vec<String>) -> Client {
     let deadline = Instant::now() + Duration::from_secs(30);
