@@ -271,6 +271,26 @@ fn missing_current_with_data_present_is_reported() {
     }
 }
 
+/// What a first open killed after writing its manifest, before CURRENT,
+/// leaves (a manifest, nothing else): no database was ever there, so the
+/// next open creates one instead of refusing the directory.
+#[test]
+fn a_first_open_stopped_before_current_is_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    Db::open(dir.path(), options()).unwrap().close().unwrap();
+    fs::remove_file(dir.path().join("CURRENT")).unwrap();
+    for log in files_with_suffix(dir.path(), ".log") {
+        fs::remove_file(log).unwrap();
+    }
+    assert!(!files_with_suffix(dir.path(), "").is_empty());
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), None);
+    db.put(b"k", b"v").unwrap();
+    db.close().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 #[test]
 fn a_table_the_manifest_needs_is_missing() {
     let (dir, table) = tables_only(10);

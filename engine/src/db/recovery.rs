@@ -79,13 +79,20 @@ pub(crate) fn open(dir: &Path, options: Options) -> Result<Inner> {
     } else {
         let has_data = names
             .iter()
-            .any(|n| n.ends_with(".sst") || n.ends_with(".log") || n.starts_with("MANIFEST-"));
+            .any(|n| n.ends_with(".sst") || n.ends_with(".log"));
         if has_data {
             return Err(Error::corruption(
                 dir.join("CURRENT"),
                 0,
                 "CURRENT is missing but the directory holds database files",
             ));
+        }
+        // A first open stopped (a crash, a kill) between writing its
+        // manifest and CURRENT, which is replaced atomically ever after:
+        // no table and no log was written yet, so nothing was ever
+        // acknowledged. Its manifests are of no database.
+        for name in names.iter().filter(|n| n.starts_with("MANIFEST-")) {
+            fs.remove_file(&dir.join(name)).at(&dir.join(name))?;
         }
         if !options.create_if_missing {
             return Err(Error::InvalidOptions(format!(
