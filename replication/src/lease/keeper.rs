@@ -48,10 +48,10 @@ struct Held {
     /// lease's remaining time (a checkpoint was taken or is on its way).
     stored_low: bool,
     /// Not renewed under this leader since then (this leader took over, or
-    /// last checkpointed it): such a lease is checkpointed every
-    /// `checkpoint_interval`. Else a lease abandoned by its owner, under
-    /// leaders that each lead for less than half its TTL, would be given
-    /// its whole TTL again by each of them, and never expire.
+    /// last checkpointed it): see [`Keeper::is_due`]. Else a lease
+    /// abandoned by its owner, under leaders that each lead for less than
+    /// half its TTL, would be given its whole TTL again by each of them,
+    /// and never expire.
     unrenewed_since: Option<Instant>,
 }
 
@@ -459,12 +459,27 @@ impl Keeper {
     }
 
     /// Whether `held` is due a checkpoint: nobody renewed it for half its
-    /// TTL, or under this leader for a checkpoint interval.
+    /// TTL; or under this leader for a third of its TTL plus the failover
+    /// extension (a live owner renews by then: clients renew every third
+    /// of the TTL, and find a new leader within the extension), then
+    /// every checkpoint interval. Leases being renewed are never due, so
+    /// a new leader writes nothing for them (a lease checkpointed low
+    /// costs its next renewal a write of its own); and each checkpoint
+    /// records less than the last, so an abandoned lease moves on under
+    /// every leader that leads longer than the first wait.
     fn is_due(&self, held: &Held, now: Instant) -> bool {
+        let interval = self.options.checkpoint_interval;
+        let wait = if held.stored_low {
+            interval
+        } else {
+            held.ttl / 3 + self.options.failover_extension
+        };
         held.deadline.saturating_duration_since(now) < held.ttl / 2
-            || held
-                .unrenewed_since
-                .is_some_and(|since| now.duration_since(since) >= self.options.checkpoint_interval)
+            || held.unrenewed_since.is_some_and(|since| {
+                // A round comes an interval after the last began, a little
+                // before this one stamped `since`.
+                now.duration_since(since) + interval / 4 >= wait
+            })
     }
 
     /// The leases due a checkpoint, in checkpoint-sized chunks of ids.

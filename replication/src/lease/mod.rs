@@ -30,10 +30,11 @@
 //!   never was), plus [`LeaseOptions::failover_extension`]; a renewal of
 //!   a lease recorded with less than its TTL records the whole TTL before
 //!   it is answered (see [`keeper`]). Leases nobody renewed for half their
-//!   TTL, or under the current leader, are checkpointed every
+//!   TTL, or under the current leader for a third of their TTL plus the
+//!   failover extension, are checkpointed every
 //!   [`LeaseOptions::checkpoint_interval`], so such a lease cannot live
-//!   for ever across leader changes either, however often they come: each
-//!   leader that leads for longer than the interval moves it on.
+//!   for ever across leader changes either: each leader that leads longer
+//!   than that moves it on.
 //!
 //! ## Format (version 2)
 //!
