@@ -344,6 +344,25 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
     assert_eq!(catalog.checkpoint_name(checkpoint_1), twin);
     assert_eq!(catalog.shadowed, vec![(checkpoint_1, used)]);
 
+    // A record that cannot be read names objects nobody knows: a prune
+    // keeps every object while it is kept, and does not fail (a round's
+    // commit is done by then, and its prune must not make it a failure).
+    let record = catalog.checkpoint_name(checkpoint_3);
+    let good = scratch.join("good-record");
+    chain.get(&record, &good).unwrap();
+    damage(&chain, &record, 10, scratch);
+    let objects = chain.list("objects").unwrap();
+    let keep_two = Retention {
+        keep_chains: Some(2),
+        keep_for: None,
+    };
+    keep_two
+        .prune(&fs, &*chain, term, &scratch.join("prune"), now_ms())
+        .unwrap();
+    assert_eq!(chain.list("objects").unwrap(), objects);
+    chain.delete(&record).unwrap();
+    chain.put(&record, &good).unwrap();
+
     // Retention keeps the newest chain, removes the rest (and the orphan),
     // and what it keeps still restores.
     let keep_one = Retention {
@@ -382,22 +401,6 @@ async fn chain_scenario(chain: Arc<dyn BackupTarget>, scratch: &Path) {
         error.to_string().contains("before the oldest checkpoint"),
         "{error}"
     );
-    // A record that cannot be read names objects nobody knows: a prune
-    // keeps every object, and does not fail (a round's commit is done by
-    // then, and its prune must not make it a failure).
-    let record = Catalog::read(&*chain)
-        .unwrap()
-        .checkpoint_name(checkpoint_3);
-    let good = scratch.join("good-record");
-    chain.get(&record, &good).unwrap();
-    damage(&chain, &record, 10, scratch);
-    let objects = chain.list("objects").unwrap();
-    keep_one
-        .prune(&fs, &*chain, term, &scratch.join("prune"), now_ms())
-        .unwrap();
-    assert_eq!(chain.list("objects").unwrap(), objects);
-    chain.delete(&record).unwrap();
-    chain.put(&record, &good).unwrap();
 
     // The newest log chunk lost leaves no gap before a later one: the
     // head, committed past it, shows it to restore and to verify.

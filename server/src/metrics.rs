@@ -68,6 +68,7 @@ pub struct Metrics {
     backup_shipped_index: Gauge,
     backup_lag_entries: Gauge,
     backup_failures: Gauge,
+    backup_prune_failures: Gauge,
     backup_last_success: Gauge,
     backup_restore_point_age: Gauge,
     backup_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -119,6 +120,7 @@ impl Metrics {
             backup_shipped_index: Gauge::default(),
             backup_lag_entries: Gauge::default(),
             backup_failures: Gauge::default(),
+            backup_prune_failures: Gauge::default(),
             backup_last_success: Gauge::default(),
             backup_restore_point_age: Gauge::default(),
             backup_cpu: Gauge::default(),
@@ -235,6 +237,11 @@ impl Metrics {
             "backup_failures",
             "Backup rounds that failed",
             metrics.backup_failures.clone(),
+        );
+        registry.register(
+            "backup_prune_failures",
+            "Prunes of the backup chain by retention that failed",
+            metrics.backup_prune_failures.clone(),
         );
         registry.register(
             "backup_last_success_timestamp_seconds",
@@ -365,6 +372,8 @@ impl Metrics {
             });
             self.backup_failures
                 .set(backup.failures.load(Ordering::Relaxed) as i64);
+            self.backup_prune_failures
+                .set(backup.prune_failures.load(Ordering::Relaxed) as i64);
             self.backup_cpu.set(backup.cpu_seconds());
             self.backup_last_success
                 .set((backup.last_success_ms.load(Ordering::Relaxed) / 1000) as i64);

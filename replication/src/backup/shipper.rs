@@ -72,6 +72,9 @@ pub struct BackupStatus {
     pub bytes_shipped: AtomicU64,
     /// Rounds that failed.
     pub failures: AtomicU64,
+    /// Prunes that failed (a round's commit stands; the next
+    /// checkpoint's round prunes again).
+    pub prune_failures: AtomicU64,
     /// CPU time of the rounds' steps, on the blocking threads they run on
     /// (ns). Building a checkpoint's snapshot is the node's work and is
     /// not counted.
@@ -345,6 +348,15 @@ impl BackupShipper {
             if gap {
                 progress.next = Some(progress.next.unwrap_or(0).max(index + 1));
             }
+            // Building it let Raft purge the log, maybe past what was
+            // shipped before it (many entries applied meanwhile): the
+            // checkpoint covers those, as after a gap.
+            if progress
+                .next
+                .is_some_and(|next| next < self.node.log_reader().first_index())
+            {
+                progress.next = Some(index + 1);
+            }
             progress.last_checkpoint = Some(Instant::now());
             self.status.checkpoint_index.store(index, Ordering::Relaxed);
             report.checkpoint = Some(shipped);
@@ -377,7 +389,10 @@ impl BackupShipper {
                         .pruned_files
                         .fetch_add(pruned, Ordering::Relaxed);
                 }
-                Err(error) => tracing::warn!(%error, "backup retention: pruning failed"),
+                Err(error) => {
+                    self.status.prune_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "backup retention: pruning failed");
+                }
             }
         }
         Ok(report)
