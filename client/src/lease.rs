@@ -132,12 +132,17 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn lease_revoke(&self, id: u64) -> Result<u64> {
-        let mut attempts = 0u32;
+        // Whether an earlier attempt may have revoked it: one sent and not
+        // answered (it timed out, or the connection dropped), as opposed
+        // to one a member refused (a follower turning it away).
+        let unknown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let revoked = self
             .call(true, |connection| {
-                attempts += 1;
-                let retry = attempts > 1;
+                let unknown = unknown.clone();
                 async move {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    // Unknown until answered: a timeout drops this future.
+                    let before = unknown.swap(true, Relaxed);
                     let answer = LeaseClient::new(connection.channel)
                         .revoke(pb::LeaseRevokeRequest { id })
                         .await;
@@ -145,8 +150,21 @@ impl Client {
                         Ok(r) => Ok(Some(r.into_inner().header.map_or(0, |h| h.revision))),
                         // An earlier attempt revoked it, and its answer was
                         // lost.
-                        Err(status) if retry && status.code() == Code::NotFound => Ok(None),
-                        Err(status) => Err(status),
+                        Err(status) if status.code() == Code::NotFound && before => Ok(None),
+                        Err(status) => {
+                            let answered = !matches!(
+                                status.code(),
+                                Code::Unavailable
+                                    | Code::DeadlineExceeded
+                                    | Code::Cancelled
+                                    | Code::Unknown
+                                    | Code::Internal
+                            );
+                            if answered {
+                                unknown.store(before, Relaxed);
+                            }
+                            Err(status)
+                        }
                     }
                 }
             })
