@@ -129,7 +129,11 @@ pub(crate) fn read_checkpoint<T>(
     dir: &Path,
     read: impl FnOnce(&ferry_engine::Db) -> io::Result<T>,
 ) -> io::Result<T> {
-    let scratch = dir.with_extension(format!("read-{}", unique_suffix()));
+    // Beside it, named after it whole (`with_extension` would drop a
+    // dotted part), so that a receive's clean-up sees it as its own.
+    let mut scratch = dir.as_os_str().to_owned();
+    scratch.push(format!(".read-{}", unique_suffix()));
+    let scratch = std::path::PathBuf::from(scratch);
     link_tree(&**fs, dir, &scratch, |name| name != MANIFEST_FILE)?;
     let result = (|| {
         let options = ferry_engine::Options {
