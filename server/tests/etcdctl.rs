@@ -321,8 +321,10 @@ fn etcdctl_prints_what_it_prints_against_etcd() {
         let out = std::env::temp_dir().join("ferry-etcdctl.out");
         std::fs::write(&out, &actual).unwrap();
         panic!(
-            "etcdctl printed something else against Ferry (all of it: {}), {difference}",
-            out.display()
+            "etcdctl printed something else against Ferry (all of it: {}), {difference}\n\
+             the member's log:\n{}",
+            out.display(),
+            cluster.log(MEMBER)
         );
     }
 }
